@@ -1,0 +1,205 @@
+//! Types shared by the snoop eBPF programs and the userspace controller.
+//!
+//! Every map key and value has exactly one definition here. All are `#[repr(C)]`
+//! plain data with explicit padding so the kernel and userspace agree on layout.
+#![no_std]
+
+/// Address family tags stored in [`GroupKey::family`].
+pub const FAMILY_IPV4: u8 = 4;
+/// Reserved for MLD snooping.
+pub const FAMILY_IPV6: u8 = 6;
+
+/// VLAN id used while snooping is not VLAN-aware.
+pub const VLAN_NONE: u16 = 0;
+
+/// A multicast group as the data path sees it.
+///
+/// Sized for an IPv6 group and a VLAN id so MLD and VLAN-aware snooping need no
+/// new map layout. IPv4 groups use the first four bytes of `addr` (network order)
+/// and leave the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub addr: [u8; 16],
+    pub vlan: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+impl GroupKey {
+    #[inline(always)]
+    pub const fn ipv4(octets: [u8; 4], vlan: u16) -> Self {
+        Self {
+            addr: [
+                octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            ],
+            vlan,
+            family: FAMILY_IPV4,
+            _pad: 0,
+        }
+    }
+
+    /// The IPv4 group, if this key holds one.
+    pub const fn ipv4_octets(&self) -> Option<[u8; 4]> {
+        if self.family == FAMILY_IPV4 {
+            Some([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+        } else {
+            None
+        }
+    }
+}
+
+/// Key of the per-(group, port) maps: membership and traffic counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortGroupKey {
+    pub group: GroupKey,
+    /// Bridge port (interface index) the traffic leaves through.
+    pub ifindex: u32,
+}
+
+/// Value of [`MAP_MEMBERS`]: a port has at least one member of a group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberValue {
+    /// CLOCK_MONOTONIC time (ns, as `bpf_ktime_get_ns`) at which the membership
+    /// expires if not refreshed. A restarted controller resumes its timers from it.
+    pub expires_ns: u64,
+    /// Highest IGMP version heard from this port for this group (1, 2 or 3).
+    pub version: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Value of [`MAP_GROUPS`]: the group has members on at least one port, so the
+/// data path prunes it instead of treating it as unregistered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupValue {
+    pub member_ports: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`MAP_PORTS`], keyed by the port's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortValue {
+    /// `PORT_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// A multicast router is behind the port: it gets all group traffic and all reports.
+pub const PORT_ROUTER: u32 = 1;
+
+/// Value of the single-entry [`MAP_CONFIG`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Groups nobody has joined are flooded (off: sent to router ports only).
+pub const CONFIG_FLOOD_UNREGISTERED: u32 = 1;
+
+/// Per-(group, egress port) traffic, a per-CPU value summed by userspace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficCounters {
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
+    pub pruned_packets: u64,
+    pub pruned_bytes: u64,
+}
+
+/// Data path counters, indexes into the per-CPU array [`MAP_COUNTERS`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// IGMP frames seen entering a port.
+    IgmpSeen = 0,
+    /// PIM hellos seen entering a port (router port learning).
+    PimSeen,
+    /// Control frames handed to the controller.
+    Captured,
+    /// Control frames lost because the event ring was full.
+    CaptureRingFull,
+    /// Control frames longer than [`CAPTURE_LEN`]; only the head was handed over.
+    CaptureTruncated,
+    /// IPv4 frames whose header the data path could not read (counted, passed).
+    MalformedIp,
+    /// IGMP reports/leaves not sent to a host (non-router) port.
+    ReportsSuppressed,
+    /// Group data sent to a member or router port.
+    DataForwarded,
+    /// Group data not sent to a port without members.
+    DataPruned,
+    /// 224.0.0.0/24 traffic, always flooded.
+    LinkLocalFlooded,
+    /// Data for a group nobody joined, flooded.
+    UnregisteredFlooded,
+    /// Data for a group nobody joined, dropped (router-ports-only policy).
+    UnregisteredDropped,
+}
+
+/// Number of [`Counter`] slots.
+pub const COUNTER_COUNT: u32 = Counter::UnregisteredDropped as u32 + 1;
+
+/// Most bytes of a control frame's IP packet handed to userspace: a full
+/// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.
+pub const CAPTURE_LEN: usize = 1500;
+
+/// A control frame (IGMP or PIM) captured on a port's ingress, from its IP header on.
+#[repr(C)]
+pub struct CapturedFrame {
+    /// Port the frame entered the bridge through.
+    pub ifindex: u32,
+    /// Bytes of `data` that are valid.
+    pub captured_len: u16,
+    /// Length of the IP packet on the wire (may exceed `captured_len`).
+    pub wire_len: u16,
+    pub vlan: u16,
+    pub _pad: [u8; 6],
+    pub data: [u8; CAPTURE_LEN],
+}
+
+// Map names: the eBPF statics and the userspace lookups use these strings.
+pub const MAP_MEMBERS: &str = "SNOOP_MEMBERS";
+pub const MAP_GROUPS: &str = "SNOOP_GROUPS";
+pub const MAP_PORTS: &str = "SNOOP_PORTS";
+pub const MAP_CONFIG: &str = "SNOOP_CONFIG";
+pub const MAP_COUNTERS: &str = "SNOOP_COUNTERS";
+pub const MAP_TRAFFIC: &str = "SNOOP_TRAFFIC";
+pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
+
+/// Program names (the eBPF function names).
+pub const PROG_INGRESS: &str = "snoop_ingress";
+pub const PROG_EGRESS: &str = "snoop_egress";
+
+/// Map sizes.
+pub const MAX_PORTS: u32 = 1024;
+pub const MAX_GROUPS: u32 = 131_072;
+pub const MAX_MEMBERSHIPS: u32 = 262_144;
+pub const MAX_TRAFFIC_ENTRIES: u32 = 65_536;
+/// Bytes of the control-frame ring: about 2,800 full-size frames.
+pub const EVENT_RING_BYTES: u32 = 4 << 20;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) plain data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for GroupKey {}
+    unsafe impl aya::Pod for PortGroupKey {}
+    unsafe impl aya::Pod for MemberValue {}
+    unsafe impl aya::Pod for GroupValue {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for TrafficCounters {}
+}
+
+// Layout checks: a change here changes the pinned maps' format.
+const _: () = assert!(core::mem::size_of::<GroupKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
+const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
+const _: () = assert!(core::mem::size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);

@@ -1,0 +1,287 @@
+//! snoop data path: two TC programs on every port of a bridge.
+//!
+//! - `snoop_ingress` sees frames entering the bridge from a port. It copies IGMP
+//!   and PIM frames into a ring for the controller and never changes forwarding.
+//! - `snoop_egress` sees frames the bridge sends out of a port. It drops IPv4
+//!   group traffic the port has no member or router for, and IGMP reports/leaves
+//!   to host ports (so every host keeps reporting, RFC 4541 2.1.1).
+//!
+//! Membership lives in maps the controller writes; nothing here parses IGMP
+//! beyond the message type, so there is exactly one IGMP parser (userspace).
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
+    macros::{classifier, map},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    programs::TcContext,
+};
+use aya_log_ebpf::warn;
+use snoop_common::{
+    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupValue, MemberValue, PortGroupKey,
+    PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, COUNTER_COUNT,
+    EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_ENTRIES, PORT_ROUTER,
+    VLAN_NONE,
+};
+
+// Membership state is pinned so a restarted controller (and the programs it
+// replaces) keep forwarding from the same maps.
+#[map]
+static SNOOP_MEMBERS: HashMap<PortGroupKey, MemberValue> =
+    HashMap::pinned(MAX_MEMBERSHIPS, BPF_F_NO_PREALLOC);
+#[map]
+static SNOOP_GROUPS: HashMap<GroupKey, GroupValue> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_PREALLOC);
+#[map]
+static SNOOP_PORTS: HashMap<u32, PortValue> = HashMap::pinned(MAX_PORTS, 0);
+#[map]
+static SNOOP_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+#[map]
+static SNOOP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+#[map]
+static SNOOP_TRAFFIC: LruPerCpuHashMap<PortGroupKey, TrafficCounters> =
+    LruPerCpuHashMap::pinned(MAX_TRAFFIC_ENTRIES, 0);
+// Pinned too: reports that arrive while the controller restarts wait here.
+#[map]
+static SNOOP_EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_IGMP: u8 = 2;
+const IPPROTO_PIM: u8 = 103;
+const ALL_PIM_ROUTERS: [u8; 4] = [224, 0, 0, 13];
+
+const IGMP_V1_REPORT: u8 = 0x12;
+const IGMP_V2_REPORT: u8 = 0x16;
+const IGMP_V2_LEAVE: u8 = 0x17;
+const IGMP_V3_REPORT: u8 = 0x22;
+
+/// Adds one to a per-CPU counter and returns this CPU's new total.
+#[inline(always)]
+fn count(counter: Counter) -> u64 {
+    match SNOOP_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+/// The IPv4 header fields both programs need, read with direct packet access.
+struct Ipv4Head {
+    dst: [u8; 4],
+    protocol: u8,
+    header_len: usize,
+}
+
+/// `None` for anything but an IPv4 frame with a readable header.
+#[inline(always)]
+fn ipv4_head(ctx: &TcContext) -> Option<Ipv4Head> {
+    let data = ctx.data();
+    let data_end = ctx.data_end();
+    if data + ETH_HLEN + 20 > data_end {
+        // Short linear area (or a runt frame): not worth a pull for non-IP.
+        return None;
+    }
+    // SAFETY: bounds checked above.
+    let ethertype = u16::from_be(unsafe { *((data + 12) as *const u16) });
+    if ethertype != ETH_P_IP {
+        return None;
+    }
+    let ip = data + ETH_HLEN;
+    let version_ihl = unsafe { *(ip as *const u8) };
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    if version_ihl >> 4 != 4 || header_len < 20 {
+        count(Counter::MalformedIp);
+        return None;
+    }
+    let protocol = unsafe { *((ip + 9) as *const u8) };
+    let dst = unsafe { *((ip + 16) as *const [u8; 4]) };
+    Some(Ipv4Head {
+        dst,
+        protocol,
+        header_len,
+    })
+}
+
+#[classifier]
+pub fn snoop_ingress(ctx: TcContext) -> i32 {
+    if let Some(ip) = ipv4_head(&ctx) {
+        let is_pim_hello_dst = ip.protocol == IPPROTO_PIM && ip.dst == ALL_PIM_ROUTERS;
+        if ip.protocol == IPPROTO_IGMP {
+            count(Counter::IgmpSeen);
+            capture(&ctx);
+        } else if is_pim_hello_dst {
+            count(Counter::PimSeen);
+            capture(&ctx);
+        }
+    }
+    TC_ACT_OK
+}
+
+/// Hands the frame's IP packet to the controller through the event ring.
+#[inline(always)]
+fn capture(ctx: &TcContext) {
+    let Some(mut entry) = SNOOP_EVENTS.reserve::<CapturedFrame>(0) else {
+        let lost = count(Counter::CaptureRingFull);
+        // Log at 1, 2, 4, 8... losses per CPU: visible, but no log storm.
+        if lost & (lost - 1) == 0 {
+            warn!(ctx, "event ring full: {} control frames lost on this CPU", lost);
+        }
+        return;
+    };
+    let frame = entry.as_mut_ptr();
+    let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    let mut len = wire_len;
+    if len > CAPTURE_LEN {
+        count(Counter::CaptureTruncated);
+        len = CAPTURE_LEN;
+    }
+    // SAFETY: `frame` points at a reserved, writable CapturedFrame.
+    unsafe {
+        (*frame).ifindex = (*ctx.skb.skb).ifindex;
+        (*frame).wire_len = wire_len as u16;
+        (*frame).vlan = VLAN_NONE;
+        (*frame)._pad = [0; 6];
+        // The verifier needs a provably bounded, non-zero length.
+        let len = len & 0x7ff;
+        if len == 0 || len > CAPTURE_LEN {
+            entry.discard(0);
+            return;
+        }
+        let ret = aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ETH_HLEN as u32,
+            (*frame).data.as_mut_ptr() as *mut _,
+            len as u32,
+        );
+        if ret != 0 {
+            entry.discard(0);
+            count(Counter::MalformedIp);
+            return;
+        }
+        (*frame).captured_len = len as u16;
+    }
+    entry.submit(0);
+    count(Counter::Captured);
+}
+
+#[classifier]
+pub fn snoop_egress(ctx: TcContext) -> i32 {
+    let Some(ip) = ipv4_head(&ctx) else {
+        return TC_ACT_OK;
+    };
+    if ip.dst[0] & 0xf0 != 0xe0 {
+        return TC_ACT_OK; // not IPv4 multicast
+    }
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let is_router_port = match unsafe { SNOOP_PORTS.get(ifindex) } {
+        Some(port) => port.flags & PORT_ROUTER != 0,
+        // Not a port snoop manages (yet): leave the bridge's decision alone.
+        None => return TC_ACT_OK,
+    };
+
+    if ip.protocol == IPPROTO_IGMP {
+        return igmp_egress(&ctx, &ip, is_router_port);
+    }
+    if ip.dst[0] == 224 && ip.dst[1] == 0 && ip.dst[2] == 0 {
+        count(Counter::LinkLocalFlooded);
+        return TC_ACT_OK;
+    }
+
+    let key = PortGroupKey {
+        group: GroupKey::ipv4(ip.dst, VLAN_NONE),
+        ifindex,
+    };
+    let forward = if is_router_port || SNOOP_MEMBERS.get_ptr(&key).is_some() {
+        count(Counter::DataForwarded);
+        true
+    } else if SNOOP_GROUPS.get_ptr(&key.group).is_some() {
+        count(Counter::DataPruned);
+        false
+    } else if flood_unregistered() {
+        count(Counter::UnregisteredFlooded);
+        true
+    } else {
+        count(Counter::UnregisteredDropped);
+        false
+    };
+    count_traffic(&key, ctx.len() as u64, forward);
+    if forward {
+        TC_ACT_OK
+    } else {
+        TC_ACT_SHOT
+    }
+}
+
+/// Reports and leaves go to router ports only; queries and unknown IGMP types
+/// are flooded (RFC 4541 2.1.1 (1) and (3)).
+#[inline(always)]
+fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, is_router_port: bool) -> i32 {
+    let type_offset = ETH_HLEN + ip.header_len;
+    let Ok(igmp_type) = ctx.load::<u8>(type_offset) else {
+        return TC_ACT_OK; // too short to be a report: flood like unknown IGMP
+    };
+    let is_report = matches!(
+        igmp_type,
+        IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT | IGMP_V2_LEAVE
+    );
+    if is_report && !is_router_port {
+        count(Counter::ReportsSuppressed);
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK
+}
+
+#[inline(always)]
+fn flood_unregistered() -> bool {
+    match SNOOP_CONFIG.get(0) {
+        Some(config) => config.flags & CONFIG_FLOOD_UNREGISTERED != 0,
+        None => true,
+    }
+}
+
+#[inline(always)]
+fn count_traffic(key: &PortGroupKey, bytes: u64, forwarded: bool) {
+    match SNOOP_TRAFFIC.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        Some(counters) => unsafe {
+            if forwarded {
+                (*counters).forwarded_packets += 1;
+                (*counters).forwarded_bytes += bytes;
+            } else {
+                (*counters).pruned_packets += 1;
+                (*counters).pruned_bytes += bytes;
+            }
+        },
+        None => {
+            let counters = if forwarded {
+                TrafficCounters {
+                    forwarded_packets: 1,
+                    forwarded_bytes: bytes,
+                    ..TrafficCounters::default()
+                }
+            } else {
+                TrafficCounters {
+                    pruned_packets: 1,
+                    pruned_bytes: bytes,
+                    ..TrafficCounters::default()
+                }
+            };
+            let _ = SNOOP_TRAFFIC.insert(key, &counters, 0);
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

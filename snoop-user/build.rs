@@ -1,0 +1,141 @@
+//! Builds the eBPF programs (snoop-ebpf) for bpfel-unknown-none so the `snoop`
+//! binary can embed them.
+//!
+//! Two ways to get a BPF `core` library are supported, tried in this order:
+//! 1. a prebuilt one, as Debian's `libstd-rust-web-dev-bpf` ships for its
+//!    `rustc-web` compiler (/usr/bin/rustc): no `-Z build-std` needed;
+//! 2. a nightly toolchain with `rust-src`: the usual `-Z build-std=core`.
+//!
+//! `cargo xtask setup` installs the first on Debian.
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const TARGET: &str = "bpfel-unknown-none";
+
+enum Toolchain {
+    /// A rustc whose sysroot has a prebuilt core for the BPF target.
+    PrebuiltCore { rustc: PathBuf },
+    /// A rustup nightly with rust-src.
+    NightlyBuildStd,
+}
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let workspace = manifest_dir.parent().unwrap().to_path_buf();
+    for watched in ["snoop-ebpf/src", "snoop-ebpf/Cargo.toml", "snoop-common/src", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed=SNOOP_BPF_RUSTC");
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
+    let target_dir = out_dir.join("ebpf-target");
+
+    let toolchain = find_toolchain().unwrap_or_else(|missing| {
+        panic!(
+            "\n\nsnoop: cannot build the eBPF programs: {missing}.\n\
+             Run `cargo xtask setup` (installs Debian's rustc-web, libstd-rust-web-dev-bpf and \
+             bpf-linker), or install a nightly toolchain with rust-src \
+             (`rustup toolchain install nightly --component rust-src`) and \
+             `cargo install bpf-linker`.\n"
+        )
+    });
+    if which("bpf-linker").is_none() {
+        panic!(
+            "\n\nsnoop: bpf-linker is not on PATH. Run `cargo xtask setup`, or \
+             `cargo install bpf-linker` (with LLVM's bin directory on PATH).\n"
+        );
+    }
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = match &toolchain {
+        Toolchain::PrebuiltCore { rustc } => {
+            let mut cmd = Command::new(&cargo);
+            cmd.env("RUSTC", rustc);
+            cmd
+        }
+        Toolchain::NightlyBuildStd => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", "nightly", "cargo"]);
+            cmd.env_remove("RUSTC");
+            cmd
+        }
+    };
+    cmd.current_dir(&workspace)
+        .args(["build", "--release", "--package", "snoop-ebpf", "--target", TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // aya-ebpf uses #![feature]; the prebuilt core is a stable compiler's.
+        .env("RUSTC_BOOTSTRAP", "1");
+    if matches!(toolchain, Toolchain::NightlyBuildStd) {
+        cmd.args(["-Z", "build-std=core"]);
+    }
+    // Settings of the outer (host) build must not leak into the BPF build.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    let status = cmd.status().expect("running cargo for the eBPF build");
+    assert!(status.success(), "building snoop-ebpf failed ({status})");
+
+    let object = target_dir.join(TARGET).join("release").join("snoop");
+    fs::copy(&object, out_dir.join("snoop.bpf.o"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+}
+
+fn find_toolchain() -> Result<Toolchain, String> {
+    let candidates: Vec<PathBuf> = match env::var_os("SNOOP_BPF_RUSTC") {
+        Some(rustc) => vec![rustc.into()],
+        None => vec!["/usr/bin/rustc".into()],
+    };
+    for rustc in candidates {
+        if rustc.exists() && has_prebuilt_bpf_core(&rustc) {
+            return Ok(Toolchain::PrebuiltCore { rustc });
+        }
+    }
+    if nightly_has_rust_src() {
+        return Ok(Toolchain::NightlyBuildStd);
+    }
+    Err("no rustc with a prebuilt core for bpfel-unknown-none (Debian: /usr/bin/rustc from \
+         rustc-web plus libstd-rust-web-dev-bpf) and no nightly toolchain with rust-src"
+        .into())
+}
+
+fn has_prebuilt_bpf_core(rustc: &Path) -> bool {
+    let Some(sysroot) = command_output(Command::new(rustc).args(["--print", "sysroot"])) else {
+        return false;
+    };
+    let lib = Path::new(sysroot.trim()).join("lib/rustlib").join(TARGET).join("lib");
+    fs::read_dir(lib).is_ok_and(|entries| {
+        entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+    })
+}
+
+fn nightly_has_rust_src() -> bool {
+    command_output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
+        .is_some_and(|sysroot| {
+            Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").exists()
+        })
+}
+
+fn command_output(cmd: &mut Command) -> Option<String> {
+    let output = cmd.output().ok()?;
+    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|path| path.is_file())
+}

@@ -1,0 +1,536 @@
+//! `snoop run`: ties the data path, the membership state machine, the querier
+//! and the bridge together in one tokio task.
+use std::{
+    collections::BTreeMap,
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use log::{debug, info, warn};
+use snoop_common::{CapturedFrame, Counter, DatapathConfig, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER};
+use tokio::{
+    io::{unix::AsyncFd, AsyncWriteExt as _},
+    net::UnixListener,
+    signal::unix::{signal, SignalKind},
+    time::Instant,
+};
+
+use crate::{
+    bridge::{Bridge, Netlink, Port},
+    datapath::Datapath,
+    igmp,
+    membership::{Action, PortOptions, Snooper, Timers},
+    snapshot::{GroupView, MemberView, PortView, QuerierView, Snapshot, TrafficView},
+};
+
+/// Everything `snoop run` is told.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub bridge: String,
+    pub timers: Timers,
+    pub querier: bool,
+    /// Source of our queries; default: the bridge's IPv4 address, else 0.0.0.0.
+    pub query_source: Option<Ipv4Addr>,
+    pub static_router_ports: Vec<String>,
+    /// Port names with fast leave, or "all".
+    pub fast_leave_ports: Vec<String>,
+    pub flood_unregistered: bool,
+    pub pin_dir: PathBuf,
+    pub keep_state: bool,
+    pub port_scan_interval: Duration,
+}
+
+/// Abstract unix socket of the controller for `bridge`: per network namespace,
+/// nothing to clean up in the file system.
+pub fn control_socket_name(bridge: &str) -> String {
+    format!("snoop/{bridge}")
+}
+
+pub async fn run(config: RunConfig) -> Result<()> {
+    let netlink = Netlink::open()?;
+    let bridge = netlink.bridge(&config.bridge).await?;
+    let kernel_snooping_was_on = netlink.kernel_snooping(&bridge).await?;
+    if kernel_snooping_was_on {
+        info!("turning off {}'s own multicast snooping while snoop runs", bridge.name);
+        netlink.set_kernel_snooping(&bridge, false).await?;
+    }
+    let listener = bind_control_socket(&bridge.name)?;
+
+    let (datapath, resumed) = Datapath::load(&config.pin_dir)?;
+    let own_address = match config.query_source {
+        Some(addr) => addr,
+        None => netlink.bridge_ipv4(&bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED),
+    };
+    let start = Instant::now();
+    let snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
+    let query_socket = QuerySocket::open(bridge.ifindex)?;
+    let mut controller = Controller {
+        config,
+        bridge,
+        netlink,
+        datapath,
+        snooper,
+        start,
+        port_names: BTreeMap::new(),
+        query_socket,
+        stats: BTreeMap::new(),
+    };
+    let result = controller.run(listener, resumed).await;
+
+    let keep_state = controller.config.keep_state && result.is_ok();
+    let Controller { datapath, netlink, bridge, .. } = controller;
+    let shutdown = datapath.shutdown(keep_state);
+    if kernel_snooping_was_on && !keep_state && netlink.bridge_exists(&bridge).await.unwrap_or(false) {
+        let _ = netlink.set_kernel_snooping(&bridge, true).await;
+    }
+    result.and(shutdown)
+}
+
+struct Controller {
+    config: RunConfig,
+    bridge: Bridge,
+    netlink: Netlink,
+    datapath: Datapath,
+    snooper: Snooper,
+    start: Instant,
+    port_names: BTreeMap<u32, String>,
+    query_socket: QuerySocket,
+    /// Controller-side counters (parse errors, events handled, map errors).
+    stats: BTreeMap<String, u64>,
+}
+
+impl Controller {
+    async fn run(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
+        let flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
+        self.datapath.set_config(DatapathConfig { flags, _pad: 0 })?;
+        self.sync_ports().await?;
+        if resumed {
+            self.resume_memberships();
+        }
+        let ports: Vec<u32> = self.port_names.keys().copied().collect();
+        self.datapath.remove_stale_link_pins(&ports)?;
+
+        let ring = self.datapath.take_events().context("event ring already taken")?;
+        // SAFETY: the ring owns its fd and keeps it open while registered.
+        let mut events = unsafe { AsyncFd::register(ring) }
+            .map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?;
+        let mut logger = match self.datapath.logger() {
+            // SAFETY: the logger owns its fd and keeps it open while registered.
+            Ok(logger) => Some(
+                unsafe { AsyncFd::register(logger) }
+                    .map_err(|e| anyhow::anyhow!("watching the eBPF log: {e}"))?,
+            ),
+            Err(e) => {
+                warn!("eBPF log lines unavailable: {e:#}");
+                None
+            }
+        };
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut port_scan = tokio::time::interval(self.config.port_scan_interval);
+        info!(
+            "snooping on {} ({} ports){}; querier {}",
+            self.bridge.name,
+            self.port_names.len(),
+            if resumed { ", resumed from pinned state" } else { "" },
+            if self.config.querier { format!("on, source {}", self.snooper.querier().own_address) } else { "off".into() },
+        );
+
+        loop {
+            let now = self.now();
+            let actions = self.snooper.poll(now);
+            self.apply(actions);
+            let deadline = self
+                .snooper
+                .next_deadline()
+                .map(|at| self.start + at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+
+            tokio::select! {
+                guard = events.readable_mut() => {
+                    let mut guard = guard?;
+                    self.drain_events(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
+                    let mut guard = guard?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+                _ = port_scan.tick() => self.sync_ports().await?,
+                accepted = listener.accept() => {
+                    if let Ok((mut stream, _)) = accepted {
+                        let body = serde_json::to_vec(&self.snapshot())?;
+                        // A slow reader must not stall snooping.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&body)).await;
+                    }
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
+            }
+        }
+        info!("stopping{}", if self.config.keep_state { ", keeping the data path and its state pinned" } else { "" });
+        Ok(())
+    }
+
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn count(&mut self, name: &str) {
+        *self.stats.entry(name.to_owned()).or_default() += 1;
+    }
+
+    fn drain_events(&mut self, ring: &mut RingBuf<MapData>) {
+        let header_len = std::mem::offset_of!(CapturedFrame, data);
+        while let Some(item) = ring.next() {
+            let bytes: &[u8] = &item;
+            if bytes.len() < header_len {
+                drop(item);
+                self.count("events_short");
+                continue;
+            }
+            let ifindex = u32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes"));
+            let captured = usize::from(u16::from_ne_bytes(bytes[4..6].try_into().expect("2 bytes")));
+            let data = &bytes[header_len..(header_len + captured).min(bytes.len())];
+            let parsed = igmp::parse(data);
+            drop(item);
+            self.count("events");
+            match parsed {
+                Ok(packet) => {
+                    debug!("port {ifindex}: {packet:?}");
+                    let now = self.now();
+                    let actions = self.snooper.handle(ifindex, &packet, now);
+                    self.apply(actions);
+                }
+                Err(error) => {
+                    debug!("port {ifindex}: dropped control frame: {error}");
+                    self.count(&format!("dropped_{}", snake_case(&error.to_string())));
+                }
+            }
+        }
+    }
+
+    /// Carries the state machine's decisions out. A failed map write is logged
+    /// and counted: the state machine stays authoritative and the next refresh retries.
+    fn apply(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            if let Err(error) = self.apply_one(&action) {
+                warn!("{action:?} failed: {error:#}");
+                self.count("datapath_write_errors");
+            }
+        }
+    }
+
+    fn apply_one(&mut self, action: &Action) -> Result<()> {
+        match *action {
+            Action::AddMember { group, port, version, expires } => {
+                info!("{group}: port {} joined (IGMPv{version})", self.port_name(port));
+                self.datapath.set_member(group, port, version, self.monotonic_ns(expires))
+            }
+            Action::RefreshMember { group, port, version, expires } => {
+                self.datapath.set_member(group, port, version, self.monotonic_ns(expires))
+            }
+            Action::RemoveMember { group, port, reason } => {
+                info!("{group}: port {} removed ({reason:?})", self.port_name(port));
+                self.datapath.remove_member(group, port)
+            }
+            Action::RegisterGroup { group } => self.datapath.register_group(group),
+            Action::UnregisterGroup { group } => self.datapath.unregister_group(group),
+            Action::SendQuery { group } => {
+                let timers = self.snooper.timers();
+                let max_response = match group {
+                    None => timers.query_response_interval,
+                    Some(_) => timers.last_member_query_interval,
+                };
+                let frame = igmp::build_query_frame(
+                    self.bridge.mac,
+                    self.snooper.querier().own_address,
+                    group,
+                    max_response,
+                    u8::try_from(timers.robustness).unwrap_or(7),
+                    timers.query_interval,
+                );
+                debug!("sending {} query", group.map_or("general".into(), |g| format!("{g} group-specific")));
+                self.count(if group.is_some() { "group_queries_sent" } else { "general_queries_sent" });
+                self.query_socket.send(&frame).context("sending a query")
+            }
+            Action::SetRouterPort { port, is_router } => {
+                info!("port {} {} a router port", self.port_name(port), if is_router { "is" } else { "is no longer" });
+                self.datapath.set_port_flags(port, if is_router { PORT_ROUTER } else { 0 })
+            }
+            Action::QuerierChanged { other_querier } => {
+                match other_querier {
+                    Some(addr) => info!("querier is {addr}; snoop stops querying"),
+                    None => info!("no other querier heard; snoop is the querier"),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn port_name(&self, ifindex: u32) -> String {
+        self.port_names.get(&ifindex).cloned().unwrap_or_else(|| format!("#{ifindex}"))
+    }
+
+    /// CLOCK_MONOTONIC (the eBPF clock) time of a state-machine time.
+    fn monotonic_ns(&self, at: Duration) -> u64 {
+        let remaining = at.saturating_sub(self.now());
+        monotonic_now_ns().saturating_add(remaining.as_nanos() as u64)
+    }
+
+    fn port_options(&self, name: &str) -> PortOptions {
+        let listed = |list: &[String]| list.iter().any(|p| p == name || p == "all");
+        PortOptions {
+            fast_leave: listed(&self.config.fast_leave_ports),
+            static_router: self.config.static_router_ports.iter().any(|p| p == name),
+        }
+    }
+
+    /// Attaches to ports that joined the bridge and lets go of ports that left.
+    async fn sync_ports(&mut self) -> Result<()> {
+        if !self.netlink.bridge_exists(&self.bridge).await? {
+            bail!("bridge {} was deleted", self.bridge.name);
+        }
+        let ports = self.netlink.ports(&self.bridge).await?;
+        for Port { ifindex, name } in &ports {
+            if self.port_names.contains_key(ifindex) {
+                continue;
+            }
+            self.datapath.attach_port(*ifindex, name, 0)?;
+            self.port_names.insert(*ifindex, name.clone());
+            let actions = self.snooper.add_port(*ifindex, self.port_options(name));
+            info!("port {name} (ifindex {ifindex}) attached");
+            self.apply(actions);
+        }
+        let gone: Vec<u32> =
+            self.port_names.keys().copied().filter(|i| !ports.iter().any(|p| p.ifindex == *i)).collect();
+        for ifindex in gone {
+            let actions = self.snooper.remove_port(ifindex);
+            self.apply(actions);
+            self.datapath.detach_port(ifindex)?;
+            info!("port {} left the bridge", self.port_name(ifindex));
+            self.port_names.remove(&ifindex);
+        }
+        Ok(())
+    }
+
+    /// Adopts the memberships a previous snoop left in the pinned maps.
+    fn resume_memberships(&mut self) {
+        let now = self.now();
+        let mut restored = 0;
+        for (group, port, value) in self.datapath.memberships() {
+            if self.port_names.contains_key(&port) {
+                self.snooper.restore_member(group, port, value.version, now);
+                restored += 1;
+            } else {
+                let _ = self.datapath.remove_member(group, port);
+            }
+        }
+        for group in self.datapath.registered_groups() {
+            if !self.snooper.groups().contains_key(&group) {
+                let _ = self.datapath.unregister_group(group);
+            }
+        }
+        for ifindex in self.datapath.port_entries() {
+            if !self.port_names.contains_key(&ifindex) {
+                let _ = self.datapath.detach_port(ifindex);
+            }
+        }
+        info!("resumed {restored} memberships from the pinned maps");
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let now = self.now();
+        let secs_until = |at: Duration| at.saturating_sub(now).as_secs_f64();
+        let querier = self.snooper.querier();
+        let (role, querier_address) = match querier.other {
+            Some((addr, _)) => ("other", Some(addr)),
+            None if querier.enabled => ("self", Some(querier.own_address)),
+            None => ("none", None),
+        };
+        let groups = self.snooper.groups();
+        let ports = self
+            .snooper
+            .ports()
+            .iter()
+            .map(|(ifindex, state)| PortView {
+                ifindex: *ifindex,
+                name: self.port_name(*ifindex),
+                router: state.is_router(now),
+                static_router: state.options.static_router,
+                fast_leave: state.options.fast_leave,
+                router_expires_in_secs: state.router_until.map(secs_until),
+                groups: groups.values().filter(|members| members.contains_key(ifindex)).count(),
+            })
+            .collect();
+        let groups = groups
+            .iter()
+            .map(|(group, members)| GroupView {
+                group: *group,
+                members: members
+                    .iter()
+                    .map(|(ifindex, member)| MemberView {
+                        ifindex: *ifindex,
+                        port: self.port_name(*ifindex),
+                        version: member.version,
+                        expires_in_secs: secs_until(member.expires),
+                        last_reporter: member.last_reporter,
+                        leaving: member.leaving,
+                    })
+                    .collect(),
+            })
+            .collect();
+        let datapath = counter_names()
+            .iter()
+            .zip(self.datapath.counters())
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        let mut traffic: Vec<TrafficView> = self
+            .datapath
+            .traffic()
+            .into_iter()
+            .map(|(group, ifindex, c)| TrafficView {
+                group,
+                ifindex,
+                port: self.port_name(ifindex),
+                forwarded_packets: c.forwarded_packets,
+                forwarded_bytes: c.forwarded_bytes,
+                pruned_packets: c.pruned_packets,
+                pruned_bytes: c.pruned_bytes,
+            })
+            .collect();
+        traffic.sort_by_key(|t| (t.group, t.ifindex));
+        Snapshot {
+            bridge: self.bridge.name.clone(),
+            uptime_secs: now.as_secs_f64(),
+            querier: QuerierView {
+                role: role.into(),
+                own_address: querier.own_address,
+                querier_address,
+                other_querier_expires_in_secs: querier.other.map(|(_, until)| secs_until(until)),
+                next_query_in_secs: querier.next_general_query.filter(|_| querier.is_querier()).map(secs_until),
+            },
+            ports,
+            groups,
+            datapath,
+            controller: self.stats.clone(),
+            traffic,
+        }
+    }
+}
+
+/// Names of the data path counters, in `snoop_common::Counter` order.
+pub fn counter_names() -> [&'static str; snoop_common::COUNTER_COUNT as usize] {
+    use Counter::*;
+    let all = [
+        IgmpSeen,
+        PimSeen,
+        Captured,
+        CaptureRingFull,
+        CaptureTruncated,
+        MalformedIp,
+        ReportsSuppressed,
+        DataForwarded,
+        DataPruned,
+        LinkLocalFlooded,
+        UnregisteredFlooded,
+        UnregisteredDropped,
+    ];
+    all.map(|c| match c {
+        IgmpSeen => "igmp_seen",
+        PimSeen => "pim_seen",
+        Captured => "control_frames_captured",
+        CaptureRingFull => "control_frames_lost_ring_full",
+        CaptureTruncated => "control_frames_truncated",
+        MalformedIp => "malformed_ip",
+        ReportsSuppressed => "reports_suppressed",
+        DataForwarded => "data_forwarded",
+        DataPruned => "data_pruned",
+        LinkLocalFlooded => "link_local_flooded",
+        UnregisteredFlooded => "unregistered_flooded",
+        UnregisteredDropped => "unregistered_dropped",
+    })
+}
+
+fn snake_case(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn bind_control_socket(bridge: &str) -> Result<UnixListener> {
+    use std::os::linux::net::SocketAddrExt as _;
+    let name = control_socket_name(bridge);
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
+        if e.kind() == io::ErrorKind::AddrInUse {
+            anyhow::anyhow!("another snoop is already running on {bridge} in this network namespace")
+        } else {
+            anyhow::Error::from(e).context("binding the control socket")
+        }
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(UnixListener::from_std(listener)?)
+}
+
+/// An AF_PACKET socket that sends complete frames out of the bridge device,
+/// which floods them to every port (queries must reach every host).
+struct QuerySocket {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl QuerySocket {
+    fn open(ifindex: u32) -> Result<Self> {
+        // Protocol 0: send only, the socket receives nothing.
+        // SAFETY: plain socket(2) call.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error()).context("opening a packet socket for queries (are you root?)");
+        }
+        // SAFETY: fd was just returned by socket(2).
+        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, ifindex })
+    }
+
+    fn send(&self, frame: &[u8]) -> io::Result<()> {
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: frame and addr are valid for the given lengths.
+        let sent = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

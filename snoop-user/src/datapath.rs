@@ -1,0 +1,318 @@
+//! The eBPF side as userspace drives it: load, attach to ports, write the
+//! membership maps, read counters. All kernel objects live under one bpffs
+//! directory per bridge, so a restarted snoop adopts them without a gap in
+//! forwarding, and a clean exit removes every one of them.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        SchedClassifier, TcAttachType,
+    },
+    Ebpf, EbpfLoader,
+};
+use snoop_common::{
+    DatapathConfig, GroupKey, GroupValue, MemberValue, PortGroupKey, PortValue, TrafficCounters,
+    COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_MEMBERS, MAP_PORTS,
+    MAP_TRAFFIC, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+};
+
+/// The compiled eBPF object, built by build.rs.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snoop.bpf.o"));
+
+const BPF_FS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// One direction of one port: the pinned TCX link keeps the program attached
+/// even while no snoop process runs.
+struct PortLinks {
+    ingress: PinnedLink,
+    egress: PinnedLink,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    members: HashMap<MapData, PortGroupKey, MemberValue>,
+    groups: HashMap<MapData, GroupKey, GroupValue>,
+    ports: HashMap<MapData, u32, PortValue>,
+    config: Array<MapData, DatapathConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    traffic: PerCpuHashMap<MapData, PortGroupKey, TrafficCounters>,
+    events: Option<RingBuf<MapData>>,
+    links: BTreeMap<u32, PortLinks>,
+}
+
+impl Datapath {
+    /// Loads the programs, adopting the maps pinned in `pin_dir` if a previous
+    /// snoop left them there. `resumed` tells which happened.
+    pub fn load(pin_dir: &Path) -> Result<(Self, bool)> {
+        ensure_bpffs()?;
+        let resumed = pin_dir.join(MAP_MEMBERS).exists();
+        fs::create_dir_all(pin_dir.join("links"))
+            .with_context(|| format!("creating {}", pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .with_context(|| {
+                format!(
+                    "loading the eBPF programs (pinned state in {}; if it is from another snoop \
+                     version, remove that directory)",
+                    pin_dir.display()
+                )
+            })?;
+        for name in [PROG_INGRESS, PROG_EGRESS] {
+            let program: &mut SchedClassifier = program(&mut ebpf, name)?;
+            program.load().with_context(|| format!("verifying {name}"))?;
+        }
+        let datapath = Self {
+            members: take_map(&mut ebpf, MAP_MEMBERS)?,
+            groups: take_map(&mut ebpf, MAP_GROUPS)?,
+            ports: take_map(&mut ebpf, MAP_PORTS)?,
+            config: take_map(&mut ebpf, MAP_CONFIG)?,
+            counters: take_map(&mut ebpf, MAP_COUNTERS)?,
+            traffic: take_map(&mut ebpf, MAP_TRAFFIC)?,
+            events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+            links: BTreeMap::new(),
+        };
+        Ok((datapath, resumed))
+    }
+
+    /// The aya-log logger for the programs' log lines; keep it and poll it.
+    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the eBPF logger")
+    }
+
+    /// The ring of captured control frames (taken once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
+        self.config.set(0, config, 0).context("writing the data path config")
+    }
+
+    /// Attaches both programs to a port. A link pinned by a previous snoop is
+    /// updated in place (atomically: no frame sees no program).
+    pub fn attach_port(&mut self, ifindex: u32, name: &str, flags: u32) -> Result<()> {
+        self.set_port_flags(ifindex, flags)?;
+        if self.links.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let ingress = self.attach_one(ifindex, name, PROG_INGRESS, TcAttachType::Ingress)?;
+        let egress = self.attach_one(ifindex, name, PROG_EGRESS, TcAttachType::Egress)?;
+        self.links.insert(ifindex, PortLinks { ingress, egress });
+        Ok(())
+    }
+
+    fn attach_one(&mut self, ifindex: u32, name: &str, prog: &str, direction: TcAttachType) -> Result<PinnedLink> {
+        let pin = self.link_pin(ifindex, direction);
+        let program: &mut SchedClassifier = program(&mut self.ebpf, prog)?;
+        match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link = SchedClassifierLink::try_from(FdLink::from(old))
+                    .with_context(|| format!("{} is not a TCX link", pin.display()))?;
+                let id = program
+                    .attach_to_link(link)
+                    .with_context(|| format!("replacing the program on {name}"))?;
+                // The pin already names this link; keep a handle to it.
+                drop(program.take_link(id)?);
+                PinnedLink::from_pin(&pin).map_err(|e| anyhow!("reopening {}: {e}", pin.display()))
+            }
+            Err(_) => {
+                let id = program
+                    .attach(name, direction)
+                    .with_context(|| format!("attaching {prog} to {name}"))?;
+                let link: FdLink = program.take_link(id)?.try_into().context("TCX link")?;
+                Ok(link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
+            }
+        }
+    }
+
+    /// Detaches from a port and forgets it in the port map.
+    pub fn detach_port(&mut self, ifindex: u32) -> Result<()> {
+        if let Some(links) = self.links.remove(&ifindex) {
+            for link in [links.ingress, links.egress] {
+                // Closing the last reference to an unpinned link detaches it.
+                let _ = link.unpin();
+            }
+        }
+        remove_if_present(self.ports.remove(&ifindex))?;
+        Ok(())
+    }
+
+    /// Removes link pins of ports that are not on the bridge any more.
+    pub fn remove_stale_link_pins(&self, current: &[u32]) -> Result<()> {
+        let dir = self.pin_dir.join("links");
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let ifindex = name.to_string_lossy().split('-').next().and_then(|i| i.parse::<u32>().ok());
+            if ifindex.is_none_or(|i| !current.contains(&i)) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ifindexes that have an entry in the port map (from this or a previous run).
+    pub fn port_entries(&self) -> Vec<u32> {
+        self.ports.keys().filter_map(|k| k.ok()).collect()
+    }
+
+    pub fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
+        self.ports
+            .insert(ifindex, PortValue { flags, _pad: 0 }, 0)
+            .with_context(|| format!("writing port {ifindex} to the port map"))
+    }
+
+    pub fn set_member(&mut self, group: Ipv4Addr, port: u32, version: u8, expires_ns: u64) -> Result<()> {
+        let value = MemberValue { expires_ns, version, _pad: [0; 7] };
+        self.members
+            .insert(member_key(group, port), value, 0)
+            .with_context(|| format!("adding {group} on port {port} (membership map full?)"))
+    }
+
+    pub fn remove_member(&mut self, group: Ipv4Addr, port: u32) -> Result<()> {
+        remove_if_present(self.members.remove(&member_key(group, port)))
+    }
+
+    pub fn register_group(&mut self, group: Ipv4Addr) -> Result<()> {
+        self.groups
+            .insert(GroupKey::ipv4(group.octets(), VLAN_NONE), GroupValue { member_ports: 0, _pad: 0 }, 0)
+            .with_context(|| format!("registering {group} (group map full?)"))
+    }
+
+    pub fn unregister_group(&mut self, group: Ipv4Addr) -> Result<()> {
+        remove_if_present(self.groups.remove(&GroupKey::ipv4(group.octets(), VLAN_NONE)))
+    }
+
+    /// Every membership in the map, for resuming after a restart.
+    pub fn memberships(&self) -> Vec<(Ipv4Addr, u32, MemberValue)> {
+        self.members
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter_map(|(key, value)| Some((Ipv4Addr::from(key.group.ipv4_octets()?), key.ifindex, value)))
+            .collect()
+    }
+
+    /// Groups registered in the map.
+    pub fn registered_groups(&self) -> Vec<Ipv4Addr> {
+        self.groups.keys().filter_map(|k| k.ok()).filter_map(|k| k.ipv4_octets()).map(Ipv4Addr::from).collect()
+    }
+
+    /// Data path counters summed over CPUs, indexed by `snoop_common::Counter`.
+    pub fn counters(&self) -> Vec<u64> {
+        (0..COUNTER_COUNT)
+            .map(|i| self.counters.get(&i, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0))
+            .collect()
+    }
+
+    /// Per-(group, port) traffic summed over CPUs.
+    pub fn traffic(&self) -> Vec<(Ipv4Addr, u32, TrafficCounters)> {
+        self.traffic
+            .iter()
+            .filter_map(|entry| entry.ok())
+            .filter_map(|(key, per_cpu)| {
+                let group = Ipv4Addr::from(key.group.ipv4_octets()?);
+                let sum = per_cpu.iter().fold(TrafficCounters::default(), |mut acc, c| {
+                    acc.forwarded_packets += c.forwarded_packets;
+                    acc.forwarded_bytes += c.forwarded_bytes;
+                    acc.pruned_packets += c.pruned_packets;
+                    acc.pruned_bytes += c.pruned_bytes;
+                    acc
+                });
+                Some((group, key.ifindex, sum))
+            })
+            .collect()
+    }
+
+    /// Stops snooping. With `keep_state` the programs stay attached and the
+    /// maps pinned, so forwarding continues until a new snoop adopts them.
+    /// Without it every link, pin and the directory are removed.
+    pub fn shutdown(mut self, keep_state: bool) -> Result<()> {
+        if keep_state {
+            return Ok(()); // dropping the handles leaves the pins in place
+        }
+        for (_, links) in std::mem::take(&mut self.links) {
+            let _ = links.ingress.unpin();
+            let _ = links.egress.unpin();
+        }
+        remove_pin_dir(&self.pin_dir)
+    }
+
+    fn link_pin(&self, ifindex: u32, direction: TcAttachType) -> PathBuf {
+        let suffix = if direction == TcAttachType::Ingress { "ingress" } else { "egress" };
+        self.pin_dir.join("links").join(format!("{ifindex}-{suffix}"))
+    }
+}
+
+/// Removes a pin directory (maps and link pins) left by `--keep-state`.
+pub fn remove_pin_dir(pin_dir: &Path) -> Result<()> {
+    match fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", pin_dir.display())),
+    }
+}
+
+/// The default pin directory: one per (network namespace, bridge), so bridges
+/// of the same name in different namespaces never share state.
+pub fn default_pin_dir(netns: &str, bridge: &str) -> PathBuf {
+    Path::new(BPF_FS).join("snoop").join(netns).join(bridge)
+}
+
+fn member_key(group: Ipv4Addr, port: u32) -> PortGroupKey {
+    PortGroupKey { group: GroupKey::ipv4(group.octets(), VLAN_NONE), ifindex: port }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<()> {
+    match result {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as systemd does).
+fn ensure_bpffs() -> Result<()> {
+    let path = std::ffi::CString::new(BPF_FS).expect("no NUL");
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    if rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    fs::create_dir_all(BPF_FS).with_context(|| format!("creating {BPF_FS}"))?;
+    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf (is this kernel built with BPF syscall support?)");
+    }
+    Ok(())
+}

@@ -1,0 +1,483 @@
+//! The one IGMP (v1, v2, v3) parser, and the query builder.
+//!
+//! Input is an IPv4 packet as the data path captured it (from the IP header on).
+//! Everything is validated before anything is returned, so a malformed report
+//! never changes membership halfway.
+use std::{fmt, net::Ipv4Addr, time::Duration};
+
+use etherparse::Ipv4HeaderSlice;
+
+pub const IPPROTO_IGMP: u8 = 2;
+pub const IPPROTO_PIM: u8 = 103;
+
+const TYPE_QUERY: u8 = 0x11;
+const TYPE_V1_REPORT: u8 = 0x12;
+const TYPE_V2_REPORT: u8 = 0x16;
+const TYPE_V2_LEAVE: u8 = 0x17;
+const TYPE_V3_REPORT: u8 = 0x22;
+const PIM_HELLO: u8 = 0x20; // version 2, type 0
+
+/// 224.0.0.1, the destination of general queries.
+pub const ALL_SYSTEMS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+/// IPv4 Router Alert option (RFC 2113), carried by queries snoop sends.
+const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
+
+/// IGMPv3 group record types (RFC 3376 4.2.12).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RecordType {
+    ModeIsInclude,
+    ModeIsExclude,
+    ChangeToInclude,
+    ChangeToExclude,
+    AllowNewSources,
+    BlockOldSources,
+}
+
+impl RecordType {
+    fn from_wire(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::ModeIsInclude,
+            2 => Self::ModeIsExclude,
+            3 => Self::ChangeToInclude,
+            4 => Self::ChangeToExclude,
+            5 => Self::AllowNewSources,
+            6 => Self::BlockOldSources,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub record_type: RecordType,
+    pub group: Ipv4Addr,
+    pub source_count: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// A membership query; `group` is 0.0.0.0 for a general query.
+    Query {
+        version: u8,
+        group: Ipv4Addr,
+        max_response: Duration,
+    },
+    /// A v1 or v2 membership report.
+    Report { version: u8, group: Ipv4Addr },
+    /// A v2 leave group.
+    Leave { group: Ipv4Addr },
+    /// A v3 report with all of its records.
+    V3Report { records: Vec<GroupRecord> },
+    /// A PIMv2 hello: a multicast router is behind the port.
+    PimHello,
+}
+
+/// A validated control packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub source: Ipv4Addr,
+    pub destination: Ipv4Addr,
+    pub message: Message,
+}
+
+/// Why a captured packet was not used. Each is counted by the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum ParseError {
+    /// The IPv4 header is truncated or invalid.
+    BadIpHeader,
+    /// The IP total length runs past the captured bytes.
+    Truncated,
+    /// A fragment: IGMP is never fragmented legitimately.
+    Fragment,
+    /// The IGMP (or PIM) message is shorter than its type requires.
+    ShortMessage,
+    BadChecksum,
+    /// IGMP must be sent with TTL 1 (RFC 3376 4, RFC 2236 2).
+    BadTtl,
+    /// A v3 record (or its sources / aux data) runs past the message.
+    RecordOverrun,
+    UnknownRecordType,
+    /// An IGMP type snoop does not interpret; it is flooded, not tracked.
+    UnknownType,
+    /// Neither IGMP nor a PIM hello.
+    NotControl,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// Parses an IPv4 packet carrying IGMP or a PIM hello.
+pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
+    let header = Ipv4HeaderSlice::from_slice(ip_packet).map_err(|_| ParseError::BadIpHeader)?;
+    let header_len = header.slice().len();
+    let total_len = usize::from(header.total_len());
+    if total_len < header_len {
+        return Err(ParseError::BadIpHeader);
+    }
+    if total_len > ip_packet.len() {
+        return Err(ParseError::Truncated);
+    }
+    if header.more_fragments() || header.fragments_offset().value() != 0 {
+        return Err(ParseError::Fragment);
+    }
+    let payload = &ip_packet[header_len..total_len];
+    let source = header.source_addr();
+    let destination = header.destination_addr();
+    let message = match header.protocol().0 {
+        IPPROTO_IGMP => {
+            if header.ttl() != 1 {
+                return Err(ParseError::BadTtl);
+            }
+            parse_igmp(payload)?
+        }
+        IPPROTO_PIM => parse_pim(payload)?,
+        _ => return Err(ParseError::NotControl),
+    };
+    Ok(Packet {
+        source,
+        destination,
+        message,
+    })
+}
+
+fn parse_igmp(msg: &[u8]) -> Result<Message, ParseError> {
+    if msg.len() < 8 {
+        return Err(ParseError::ShortMessage);
+    }
+    if internet_checksum(msg) != 0 {
+        return Err(ParseError::BadChecksum);
+    }
+    let group = ipv4_at(msg, 4);
+    match msg[0] {
+        TYPE_QUERY => Ok(parse_query(msg, group)),
+        TYPE_V1_REPORT => Ok(Message::Report { version: 1, group }),
+        TYPE_V2_REPORT => Ok(Message::Report { version: 2, group }),
+        TYPE_V2_LEAVE => Ok(Message::Leave { group }),
+        TYPE_V3_REPORT => parse_v3_report(msg),
+        _ => Err(ParseError::UnknownType),
+    }
+}
+
+/// Query version per RFC 3376 7.1: by length, then by max response code.
+fn parse_query(msg: &[u8], group: Ipv4Addr) -> Message {
+    let code = msg[1];
+    let (version, max_response) = if msg.len() >= 12 {
+        (3, Duration::from_millis(100 * u64::from(decode_v3_code(code))))
+    } else if code == 0 {
+        (1, Duration::from_secs(10))
+    } else {
+        (2, Duration::from_millis(100 * u64::from(code)))
+    };
+    Message::Query {
+        version,
+        group,
+        max_response,
+    }
+}
+
+/// RFC 3376 4.1.1: codes >= 128 are a floating-point mantissa/exponent.
+fn decode_v3_code(code: u8) -> u32 {
+    if code < 128 {
+        u32::from(code)
+    } else {
+        let mant = u32::from(code & 0x0f);
+        let exp = u32::from((code >> 4) & 0x07);
+        (mant | 0x10) << (exp + 3)
+    }
+}
+
+/// Inverse of [`decode_v3_code`], rounding down.
+fn encode_v3_code(tenths: u32) -> u8 {
+    if tenths < 128 {
+        return tenths as u8;
+    }
+    for exp in 0..8u32 {
+        let mant = (tenths >> (exp + 3)).saturating_sub(0x10);
+        if mant < 0x10 {
+            return 0x80 | ((exp as u8) << 4) | mant as u8;
+        }
+    }
+    0xff
+}
+
+fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
+    let record_count = u16::from_be_bytes([msg[6], msg[7]]);
+    let mut records = Vec::with_capacity(usize::from(record_count).min(msg.len() / 8));
+    let mut at = 8;
+    for _ in 0..record_count {
+        let head = msg.get(at..at + 8).ok_or(ParseError::RecordOverrun)?;
+        let record_type = RecordType::from_wire(head[0]).ok_or(ParseError::UnknownRecordType)?;
+        let aux_len = usize::from(head[1]) * 4;
+        let source_count = u16::from_be_bytes([head[2], head[3]]);
+        let group = ipv4_at(head, 4);
+        at += 8 + usize::from(source_count) * 4 + aux_len;
+        if at > msg.len() {
+            return Err(ParseError::RecordOverrun);
+        }
+        records.push(GroupRecord {
+            record_type,
+            group,
+            source_count,
+        });
+    }
+    Ok(Message::V3Report { records })
+}
+
+fn parse_pim(msg: &[u8]) -> Result<Message, ParseError> {
+    if msg.len() < 4 {
+        return Err(ParseError::ShortMessage);
+    }
+    if msg[0] != PIM_HELLO {
+        return Err(ParseError::NotControl);
+    }
+    if internet_checksum(msg) != 0 {
+        return Err(ParseError::BadChecksum);
+    }
+    Ok(Message::PimHello)
+}
+
+fn ipv4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
+}
+
+/// RFC 1071 one's-complement sum; 0 over a message that carries a valid checksum.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = bytes.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Builds a complete Ethernet frame holding an IGMPv3 query (which v2 and v1
+/// hosts also answer, RFC 3376 7.2.1).
+///
+/// A general query goes to 224.0.0.1; a group-specific one to the group, with
+/// the S flag clear so hosts answer it.
+pub fn build_query_frame(
+    source_mac: [u8; 6],
+    source: Ipv4Addr,
+    group: Option<Ipv4Addr>,
+    max_response: Duration,
+    robustness: u8,
+    query_interval: Duration,
+) -> Vec<u8> {
+    let group_addr = group.unwrap_or(Ipv4Addr::UNSPECIFIED);
+    let destination = group.unwrap_or(ALL_SYSTEMS);
+    let tenths = u32::try_from(max_response.as_millis() / 100).unwrap_or(u32::MAX).max(1);
+    let qqic = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
+
+    let mut igmp = [0u8; 12];
+    igmp[0] = TYPE_QUERY;
+    igmp[1] = encode_v3_code(tenths);
+    igmp[4..8].copy_from_slice(&group_addr.octets());
+    igmp[8] = robustness.min(7);
+    igmp[9] = qqic;
+    let checksum = internet_checksum(&igmp);
+    igmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+
+    let mut ip = etherparse::Ipv4Header::new(
+        igmp.len() as u16,
+        1,
+        etherparse::IpNumber::IGMP,
+        source.octets(),
+        destination.octets(),
+    )
+    .expect("an IGMP query fits an IPv4 packet");
+    ip.options = ROUTER_ALERT[..].try_into().expect("4-byte option");
+    ip.set_payload_len(igmp.len()).expect("a 12-byte payload");
+    ip.header_checksum = ip.calc_header_checksum();
+
+    let d = destination.octets();
+    let destination_mac = [0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
+    let mut frame = Vec::with_capacity(14 + ip.header_len() + igmp.len());
+    frame.extend_from_slice(&destination_mac);
+    frame.extend_from_slice(&source_mac);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    ip.write(&mut frame).expect("writing to a Vec");
+    frame.extend_from_slice(&igmp);
+    frame
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An IPv4 packet around `payload`, as a host's kernel would send it.
+    pub fn ip_packet(protocol: u8, ttl: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        let mut ip = etherparse::Ipv4Header::new(
+            payload.len() as u16,
+            ttl,
+            etherparse::IpNumber(protocol),
+            src,
+            dst,
+        )
+        .unwrap();
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut out = ip.to_bytes().to_vec();
+        out.extend_from_slice(payload);
+        out
+    }
+
+    pub fn with_checksum(mut msg: Vec<u8>) -> Vec<u8> {
+        msg[2] = 0;
+        msg[3] = 0;
+        let sum = internet_checksum(&msg);
+        msg[2..4].copy_from_slice(&sum.to_be_bytes());
+        msg
+    }
+
+    pub fn igmp(msg: Vec<u8>) -> Vec<u8> {
+        ip_packet(IPPROTO_IGMP, 1, [10, 0, 0, 2], [224, 0, 0, 22], &with_checksum(msg))
+    }
+
+    pub fn v3_report(records: &[(u8, [u8; 4], u16)]) -> Vec<u8> {
+        let mut msg = vec![TYPE_V3_REPORT, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(&(records.len() as u16).to_be_bytes());
+        for (kind, group, sources) in records {
+            msg.extend_from_slice(&[*kind, 0]);
+            msg.extend_from_slice(&sources.to_be_bytes());
+            msg.extend_from_slice(group);
+            for i in 0..*sources {
+                msg.extend_from_slice(&[10, 1, (i >> 8) as u8, i as u8]);
+            }
+        }
+        igmp(msg)
+    }
+
+    #[test]
+    fn v2_report_and_leave() {
+        let report = parse(&igmp(vec![0x16, 0, 0, 0, 239, 1, 1, 1])).unwrap();
+        assert_eq!(
+            report.message,
+            Message::Report { version: 2, group: Ipv4Addr::new(239, 1, 1, 1) }
+        );
+        assert_eq!(report.source, Ipv4Addr::new(10, 0, 0, 2));
+        let leave = parse(&igmp(vec![0x17, 0, 0, 0, 239, 1, 1, 1])).unwrap();
+        assert_eq!(leave.message, Message::Leave { group: Ipv4Addr::new(239, 1, 1, 1) });
+        let v1 = parse(&igmp(vec![0x12, 0, 0, 0, 239, 2, 2, 2])).unwrap();
+        assert_eq!(v1.message, Message::Report { version: 1, group: Ipv4Addr::new(239, 2, 2, 2) });
+    }
+
+    #[test]
+    fn v3_report_all_record_types() {
+        let records: Vec<_> = (1..=6).map(|t| (t, [239, 1, 1, t], u16::from(t % 2))).collect();
+        let Message::V3Report { records: parsed } = parse(&v3_report(&records)).unwrap().message
+        else {
+            panic!("not a v3 report")
+        };
+        let kinds: Vec<_> = parsed.iter().map(|r| r.record_type).collect();
+        assert_eq!(
+            kinds,
+            [
+                RecordType::ModeIsInclude,
+                RecordType::ModeIsExclude,
+                RecordType::ChangeToInclude,
+                RecordType::ChangeToExclude,
+                RecordType::AllowNewSources,
+                RecordType::BlockOldSources
+            ]
+        );
+        assert_eq!(parsed[0].source_count, 1);
+        assert_eq!(parsed[5].group, Ipv4Addr::new(239, 1, 1, 6));
+    }
+
+    #[test]
+    fn queries_by_version() {
+        let v2 = parse(&igmp(vec![0x11, 100, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert_eq!(
+            v2.message,
+            Message::Query { version: 2, group: Ipv4Addr::UNSPECIFIED, max_response: Duration::from_secs(10) }
+        );
+        let v1 = parse(&igmp(vec![0x11, 0, 0, 0, 0, 0, 0, 0])).unwrap();
+        assert!(matches!(v1.message, Message::Query { version: 1, .. }));
+        let v3 = parse(&igmp(vec![0x11, 10, 0, 0, 239, 1, 1, 1, 2, 125, 0, 0])).unwrap();
+        assert_eq!(
+            v3.message,
+            Message::Query { version: 3, group: Ipv4Addr::new(239, 1, 1, 1), max_response: Duration::from_secs(1) }
+        );
+    }
+
+    #[test]
+    fn built_query_parses_back() {
+        for group in [None, Some(Ipv4Addr::new(239, 9, 9, 9))] {
+            let frame = build_query_frame(
+                [2, 0, 0, 0, 0, 1],
+                Ipv4Addr::UNSPECIFIED,
+                group,
+                Duration::from_secs(10),
+                2,
+                Duration::from_secs(125),
+            );
+            let parsed = parse(&frame[14..]).unwrap();
+            assert_eq!(
+                parsed.message,
+                Message::Query {
+                    version: 3,
+                    group: group.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    max_response: Duration::from_secs(10)
+                }
+            );
+            assert_eq!(parsed.destination, group.unwrap_or(ALL_SYSTEMS));
+            assert_eq!(&frame[..3], &[0x01, 0x00, 0x5e]);
+        }
+    }
+
+    #[test]
+    fn v3_code_round_trips() {
+        for tenths in [1, 10, 100, 127, 128, 1000, 1250, 31744] {
+            let decoded = decode_v3_code(encode_v3_code(tenths));
+            assert!(decoded <= tenths && decoded * 100 >= tenths * 93, "{tenths} -> {decoded}");
+        }
+    }
+
+    #[test]
+    fn malformed_input_is_rejected_not_panicking() {
+        let good = v3_report(&[(2, [239, 1, 1, 1], 0), (4, [239, 1, 1, 2], 3)]);
+        // Every truncation is an error, never a panic or a partial result.
+        for len in 0..good.len() {
+            assert!(parse(&good[..len]).is_err(), "accepted {len} bytes");
+        }
+        let mut bad_sum = good.clone();
+        let last = bad_sum.len() - 1;
+        bad_sum[last] ^= 0xff;
+        assert_eq!(parse(&bad_sum), Err(ParseError::BadChecksum));
+
+        // A record count larger than the records present.
+        let mut msg = vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 1, 1, 1];
+        msg = with_checksum(msg);
+        assert_eq!(
+            parse(&ip_packet(IPPROTO_IGMP, 1, [10, 0, 0, 2], [224, 0, 0, 22], &msg)),
+            Err(ParseError::RecordOverrun)
+        );
+        // A source count that runs past the message.
+        let msg = with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0xff, 0xff, 239, 1, 1, 1]);
+        assert_eq!(
+            parse(&ip_packet(IPPROTO_IGMP, 1, [10, 0, 0, 2], [224, 0, 0, 22], &msg)),
+            Err(ParseError::RecordOverrun)
+        );
+        let ttl64 = ip_packet(IPPROTO_IGMP, 64, [10, 0, 0, 2], [239, 1, 1, 1], &with_checksum(vec![0x16, 0, 0, 0, 239, 1, 1, 1]));
+        assert_eq!(parse(&ttl64), Err(ParseError::BadTtl));
+        assert_eq!(parse(&igmp(vec![0x99, 0, 0, 0, 0, 0, 0, 0])), Err(ParseError::UnknownType));
+        assert_eq!(parse(&igmp(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 1, 1, 1])), Err(ParseError::UnknownRecordType));
+        assert_eq!(parse(&[0x45; 10]), Err(ParseError::BadIpHeader));
+    }
+
+    #[test]
+    fn pim_hello() {
+        let hello = ip_packet(IPPROTO_PIM, 1, [10, 0, 0, 1], [224, 0, 0, 13], &with_checksum(vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105]));
+        assert_eq!(parse(&hello).unwrap().message, Message::PimHello);
+    }
+}

@@ -1,0 +1,474 @@
+//! A lab of network namespaces: one bridge namespace with a Linux bridge, and
+//! host namespaces each wired to a bridge port by a veth pair. Hosts are real
+//! kernel IP stacks: their sockets join groups, so their kernels send the IGMP.
+//!
+//! Used by `snoop demo`, the integration tests and the benchmarks. Dropping a
+//! `Lab` stops what it started and deletes its namespaces (and with them the
+//! bridge, the veths and any TCX link on them) and its bpffs pins.
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    fs,
+    io,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+/// UDP port of the lab's group traffic.
+pub const DATA_PORT: u16 = 5001;
+/// Bridge name inside the bridge namespace.
+pub const BRIDGE: &str = "br0";
+/// Namespace prefix of every lab, so leftovers of a killed run are found.
+pub const NS_PREFIX: &str = "snooplab";
+
+#[derive(Clone, Debug)]
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    /// The bridge-side veth of this host.
+    pub port: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LabOptions {
+    /// Force the hosts' IGMP version (1, 2 or 3); `None` leaves the kernel default (v3).
+    pub igmp_version: Option<u8>,
+    /// The kernel bridge's own snooping (for comparisons).
+    pub kernel_snooping: bool,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub bridge_netns: String,
+    pub hosts: Vec<Host>,
+    children: Vec<Child>,
+}
+
+impl Lab {
+    /// Builds a lab with `host_count` hosts named h0, h1, ...
+    pub fn new(tag: &str, host_count: usize, options: &LabOptions) -> Result<Self> {
+        let id = format!("{NS_PREFIX}-{tag}-{}", std::process::id());
+        let bridge_netns = format!("{id}-br");
+        let mut lab = Lab { id: id.clone(), bridge_netns: bridge_netns.clone(), hosts: Vec::new(), children: Vec::new() };
+        // From here on Drop cleans up whatever was made.
+        run("ip", &["netns", "add", &bridge_netns])?;
+        let snooping = if options.kernel_snooping { "1" } else { "0" };
+        lab.ip_br(&["link", "add", BRIDGE, "type", "bridge", "mcast_snooping", snooping])?;
+        lab.ip_br(&["link", "set", BRIDGE, "up"])?;
+        quiet_ipv6(&bridge_netns)?;
+        for i in 0..host_count {
+            lab.add_host(i, options)?;
+        }
+        Ok(lab)
+    }
+
+    fn add_host(&mut self, index: usize, options: &LabOptions) -> Result<()> {
+        let name = format!("h{index}");
+        let netns = format!("{}-{name}", self.id);
+        let port = format!("p{index}");
+        let ip = Ipv4Addr::new(10, 99, 0, 10 + index as u8);
+        run("ip", &["netns", "add", &netns])?;
+        self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone() });
+        quiet_ipv6(&netns)?;
+        self.ip_br(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        self.ip_br(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        run("ip", &["-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+        run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        if let Some(version) = options.igmp_version {
+            write_sysctl(&netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())?;
+        }
+        // Hosts repeat unsolicited reports quickly so joins settle fast in tests.
+        write_sysctl(&netns, "ipv4/conf/eth0/igmpv2_unsolicited_report_interval", "200")?;
+        write_sysctl(&netns, "ipv4/conf/eth0/igmpv3_unsolicited_report_interval", "200")?;
+        Ok(())
+    }
+
+    pub fn host(&self, name: &str) -> &Host {
+        self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name} in the lab"))
+    }
+
+    /// `ip` in the bridge namespace.
+    pub fn ip_br(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.bridge_netns.as_str()];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    /// Ifindex of a bridge port (in the bridge namespace).
+    pub fn port_ifindex(&self, port: &str) -> Result<u32> {
+        let port = port.to_owned();
+        in_netns(&self.bridge_netns, move || if_index(&port))?
+    }
+
+    /// Starts `snoop run` on the lab's bridge; extra `args` are passed through.
+    pub fn start_snoop(&mut self, snoop: &Path, args: &[&str]) -> Result<()> {
+        let mut cmd = Command::new(snoop);
+        cmd.args(["--netns", &self.bridge_netns, "run", "--bridge", BRIDGE]).args(args);
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        if std::env::var_os("SNOOP_LAB_VERBOSE").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", snoop.display()))?;
+        self.children.push(child);
+        self.wait_for_snoop(snoop, Duration::from_secs(20))
+    }
+
+    /// Waits until `snoop show` answers.
+    pub fn wait_for_snoop(&mut self, snoop: &Path, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.snoop_show(snoop, "querier").is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.children.last_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("snoop exited early with {status} (run with SNOOP_LAB_VERBOSE=1 to see its log)");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("snoop did not answer within {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `snoop show VIEW --json` against the lab's controller.
+    pub fn snoop_show(&self, snoop: &Path, view: &str) -> Result<serde_json::Value> {
+        let out = Command::new(snoop)
+            .args(["--netns", &self.bridge_netns, "show", view, "--bridge", BRIDGE, "--json"])
+            .output()?;
+        if !out.status.success() {
+            bail!("snoop show {view}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Stops the most recently started snoop: SIGTERM (clean exit) or SIGKILL.
+    pub fn stop_snoop(&mut self, kill: bool) -> Result<std::process::ExitStatus> {
+        let mut child = self.children.pop().context("no snoop running")?;
+        let signal = if kill { libc::SIGKILL } else { libc::SIGTERM };
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        Ok(child.wait()?)
+    }
+
+    /// The pin directory a snoop on this lab's bridge uses.
+    pub fn pin_dir(&self) -> PathBuf {
+        crate::datapath::default_pin_dir(&self.bridge_netns, BRIDGE)
+    }
+
+    /// A socket on `host` joined to `group`; dropping it leaves the group.
+    pub fn join(&self, host: &str, group: Ipv4Addr) -> Result<Membership> {
+        let host = self.host(host).clone();
+        let socket = in_netns(&host.netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.join_multicast_v4(&group, &host.ip)?;
+            Ok(socket)
+        })??;
+        Ok(Membership { _socket: socket })
+    }
+
+    /// Starts counting the group traffic that reaches `host`'s interface,
+    /// joined or not (a packet socket sees what the wire delivered).
+    pub fn sniff(&self, host: &str) -> Result<Sniffer> {
+        Sniffer::start(&self.host(host).netns)
+    }
+
+    /// Sends `count` UDP packets to `group` from `host`, `interval` apart.
+    pub fn send(&self, host: &str, group: Ipv4Addr, count: u64, interval: Duration) -> Result<()> {
+        let host = self.host(host).clone();
+        let socket = in_netns(&host.netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV4::new(host.ip, 0))?;
+            socket.set_multicast_loop_v4(false)?;
+            set_multicast_if(&socket, host.ip)?;
+            Ok(socket)
+        })??;
+        let payload = [0x5au8; 64];
+        for _ in 0..count {
+            socket.send_to(&payload, SocketAddrV4::new(group, DATA_PORT))?;
+            if !interval.is_zero() {
+                thread::sleep(interval);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a raw IPv4 packet (from its IP header on) out of `host`'s interface,
+    /// to the multicast MAC of its destination address.
+    pub fn send_raw_ip(&self, host: &str, ip_packet: &[u8]) -> Result<()> {
+        let host = self.host(host).clone();
+        let ip_packet = ip_packet.to_vec();
+        in_netns(&host.netns, move || -> Result<()> {
+            let ifindex = if_index("eth0")?;
+            let fd = packet_socket(0)?;
+            let d = &ip_packet[16..20];
+            let dst_mac = [0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
+            let mut frame = dst_mac.to_vec();
+            frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            frame.extend_from_slice(&ip_packet);
+            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            addr.sll_family = libc::AF_PACKET as u16;
+            addr.sll_ifindex = ifindex as i32;
+            addr.sll_halen = 6;
+            addr.sll_addr[..6].copy_from_slice(&dst_mac);
+            // SAFETY: valid buffers and lengths.
+            let rc = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    frame.as_ptr().cast(),
+                    frame.len(),
+                    0,
+                    (&addr as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            if rc < 0 {
+                return Err(io::Error::last_os_error().into());
+            }
+            Ok(())
+        })?
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for mut child in self.children.drain(..) {
+            // SAFETY: signalling our own child; SIGTERM lets snoop detach cleanly.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for host in &self.hosts {
+            let _ = run("ip", &["netns", "del", &host.netns]);
+        }
+        let _ = run("ip", &["netns", "del", &self.bridge_netns]);
+        let _ = crate::datapath::remove_pin_dir(&self.pin_dir());
+        let _ = fs::remove_dir(self.pin_dir().parent().expect("pin dir has a parent"));
+    }
+}
+
+/// Deletes namespaces and pins left by labs whose process was killed.
+pub fn remove_stale_labs() -> Result<usize> {
+    let listing = run("ip", &["netns", "list"])?;
+    let mut removed = 0;
+    for line in listing.lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        if name.starts_with(NS_PREFIX) {
+            let _ = run("ip", &["netns", "del", name]);
+            removed += 1;
+        }
+    }
+    if let Ok(entries) = fs::read_dir(Path::new("/sys/fs/bpf/snoop")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(NS_PREFIX) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Keeps a group joined while alive.
+pub struct Membership {
+    _socket: UdpSocket,
+}
+
+/// Counts UDP packets to each group arriving at a host's eth0.
+pub struct Sniffer {
+    counts: Arc<Mutex<HashMap<Ipv4Addr, u64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Sniffer {
+    fn start(netns: &str) -> Result<Self> {
+        let fd = in_netns(netns, || -> Result<OwnedFd> {
+            let fd = packet_socket((libc::ETH_P_ALL as u16).to_be())?;
+            bind_packet_socket(&fd, if_index("eth0")?)?;
+            Ok(fd)
+        })??;
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
+        // SAFETY: valid socket option pointer and length.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (counts, stop) = (counts.clone(), stop.clone());
+            thread::spawn(move || sniff_loop(fd, counts, stop))
+        };
+        Ok(Self { counts, stop, thread: Some(thread) })
+    }
+
+    /// Packets to `group` received so far.
+    pub fn count(&self, group: Ipv4Addr) -> u64 {
+        self.counts.lock().expect("sniffer lock").get(&group).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Sniffer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<HashMap<Ipv4Addr, u64>>>, stop: Arc<AtomicBool>) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut addr_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: valid buffers and lengths.
+        let n = unsafe {
+            libc::recvfrom(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut addr as *mut libc::sockaddr_ll).cast(),
+                &mut addr_len,
+            )
+        };
+        if n < 0 {
+            continue; // timeout: check the stop flag
+        }
+        let frame = &buf[..n as usize];
+        if addr.sll_pkttype == libc::PACKET_OUTGOING as u8 || frame.len() < 14 + 28 {
+            continue;
+        }
+        let is_udp_to_data_port = frame[12..14] == [0x08, 0x00]
+            && frame[14 + 9] == 17
+            && u16::from_be_bytes([frame[14 + 20 + 2], frame[14 + 20 + 3]]) == DATA_PORT;
+        if is_udp_to_data_port {
+            let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+            *counts.lock().expect("sniffer lock").entry(dst).or_default() += 1;
+        }
+    }
+}
+
+/// Runs `f` on a thread that has entered network namespace `netns`. Sockets
+/// made there stay in that namespace for their whole life.
+pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let path = format!("/run/netns/{netns}");
+    let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+    thread::spawn(move || -> Result<T> {
+        // SAFETY: setns on this thread only, with a valid namespace fd.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(io::Error::last_os_error()).context("setns");
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+}
+
+/// Enters `netns` on the calling thread (for a process about to do all its work there).
+pub fn enter_netns(netns: &str) -> Result<()> {
+    let path = format!("/run/netns/{netns}");
+    let ns = fs::File::open(&path).with_context(|| format!("network namespace {netns} not found ({path})"))?;
+    // SAFETY: valid namespace fd.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("entering network namespace {netns}"));
+    }
+    Ok(())
+}
+
+fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/{key}");
+    let value = value.to_owned();
+    in_netns(netns, move || fs::write(&path, value).with_context(|| format!("writing {path}")))?
+}
+
+/// IPv6 off in lab namespaces: no MLD or DAD noise in the counts.
+fn quiet_ipv6(netns: &str) -> Result<()> {
+    write_sysctl(netns, "ipv6/conf/all/disable_ipv6", "1")?;
+    write_sysctl(netns, "ipv6/conf/default/disable_ipv6", "1")
+}
+
+fn if_index(name: &str) -> Result<u32> {
+    let cname = CString::new(name)?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        bail!("no interface {name}");
+    }
+    Ok(index)
+}
+
+fn packet_socket(protocol_be: u16) -> Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol_be)) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).context("packet socket");
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn bind_packet_socket(fd: &OwnedFd, ifindex: u32) -> Result<()> {
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: valid address and length.
+    let rc = unsafe {
+        libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("binding packet socket");
+    }
+    Ok(())
+}
+
+fn set_multicast_if(socket: &UdpSocket, addr: Ipv4Addr) -> Result<()> {
+    let value = libc::in_addr { s_addr: u32::from_ne_bytes(addr.octets()) };
+    // SAFETY: valid option pointer and length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MULTICAST_IF,
+            (&value as *const libc::in_addr).cast(),
+            std::mem::size_of::<libc::in_addr>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("IP_MULTICAST_IF");
+    }
+    Ok(())
+}
+
+/// Runs a command, returning stdout; stderr goes into the error.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program).args(args).output().with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

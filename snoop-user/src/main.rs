@@ -1,0 +1,222 @@
+use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use snoop::{
+    controller::{self, RunConfig},
+    datapath, demo, lab,
+    membership::Timers,
+    show::{self, View},
+};
+
+/// IGMP snooping for Linux bridges, on eBPF: group traffic goes only to ports
+/// with members and to router ports.
+///
+/// Without a command, runs the demo lab.
+#[derive(Parser, Debug)]
+#[command(name = "snoop", version)]
+struct Cli {
+    /// Work in this network namespace (a name from `ip netns list`). Use this
+    /// rather than `ip netns exec`, which hides /sys/fs/bpf and so the pinned state.
+    #[arg(long, global = true, value_name = "NAME")]
+    netns: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Snoop on a bridge in the foreground until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show the state of the snoop running on a bridge.
+    Show {
+        #[arg(value_enum)]
+        view: View,
+        #[arg(long, default_value = "br0")]
+        bridge: String,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a lab in network namespaces and show snoop pruning multicast (the default).
+    Demo,
+    /// Remove the pinned state a `snoop run --keep-state` left behind (detaches the programs).
+    Cleanup {
+        #[arg(long)]
+        bridge: String,
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// The bridge to snoop on.
+    #[arg(long)]
+    bridge: String,
+    /// Robustness variable (RFC 3376 8.1).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=7))]
+    robustness: u32,
+    /// Interval between general queries.
+    #[arg(long, default_value = "125s", value_parser = duration)]
+    query_interval: Duration,
+    /// Max response time advertised in general queries.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    query_response_interval: Duration,
+    /// Default: robustness x query interval + query response interval.
+    #[arg(long, value_parser = duration)]
+    group_membership_interval: Option<Duration>,
+    /// Default: robustness x query interval + query response interval / 2.
+    #[arg(long, value_parser = duration)]
+    other_querier_present_interval: Option<Duration>,
+    /// Default: query interval / 4.
+    #[arg(long, value_parser = duration)]
+    startup_query_interval: Option<Duration>,
+    /// Default: robustness.
+    #[arg(long)]
+    startup_query_count: Option<u32>,
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    last_member_query_interval: Duration,
+    /// Default: robustness.
+    #[arg(long)]
+    last_member_query_count: Option<u32>,
+    /// Never send queries (a router or another switch is the querier).
+    #[arg(long)]
+    no_querier: bool,
+    /// Source address of snoop's queries. Default: the bridge's IPv4 address,
+    /// else 0.0.0.0 (which loses every querier election).
+    #[arg(long)]
+    query_source: Option<Ipv4Addr>,
+    /// A port that always gets all group traffic and reports (repeatable).
+    #[arg(long, value_name = "PORT")]
+    router_port: Vec<String>,
+    /// Remove a port's membership on a leave without a last-member query
+    /// (repeatable; `all` for every port). Only for ports with one host behind them.
+    #[arg(long, value_name = "PORT")]
+    fast_leave: Vec<String>,
+    /// What to do with groups nobody joined.
+    #[arg(long, value_enum, default_value_t = Unregistered::Flood)]
+    unregistered: Unregistered,
+    /// Where the maps and links are pinned. Default: /sys/fs/bpf/snoop/NETNS/BRIDGE.
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// On exit leave the programs attached and the state pinned: forwarding
+    /// continues and the next `snoop run` resumes without a gap.
+    #[arg(long)]
+    keep_state: bool,
+    /// How often to look for ports added to or removed from the bridge.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    port_scan_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Unregistered {
+    /// Flood to every port (like the Linux bridge and most switches).
+    Flood,
+    /// Send only to router ports.
+    Routers,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(text).or_else(|_| text.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| ()));
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be more than zero".into()),
+        Err(()) => Err(format!("`{text}` is not a duration (examples: 125s, 500ms, 2m)")),
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
+    if let Err(error) = real_main(cli) {
+        eprintln!("snoop: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main(cli: Cli) -> Result<()> {
+    if let Some(netns) = &cli.netns {
+        lab::enter_netns(netns)?;
+    }
+    match cli.command.unwrap_or(Command::Demo) {
+        Command::Run(args) => {
+            require_root()?;
+            let config = run_config(args, cli.netns.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(controller::run(config))
+        }
+        Command::Show { view, bridge, json } => show::print(&show::fetch(&bridge)?, view, json),
+        Command::Demo => {
+            require_root()?;
+            demo::run(&std::env::current_exe().context("locating the snoop binary")?)
+        }
+        Command::Cleanup { bridge, pin_dir } => {
+            require_root()?;
+            let pin_dir = pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(cli.netns.as_deref()), &bridge));
+            datapath::remove_pin_dir(&pin_dir)?;
+            println!("removed {}", pin_dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
+    let mut timers = Timers::derived(args.robustness, args.query_interval, args.query_response_interval);
+    if args.query_response_interval >= args.query_interval {
+        bail!("--query-response-interval must be shorter than --query-interval");
+    }
+    if let Some(v) = args.group_membership_interval {
+        timers.group_membership_interval = v;
+    }
+    if let Some(v) = args.other_querier_present_interval {
+        timers.other_querier_present_interval = v;
+    }
+    if let Some(v) = args.startup_query_interval {
+        timers.startup_query_interval = v;
+    }
+    if let Some(v) = args.startup_query_count {
+        timers.startup_query_count = v.max(1);
+    }
+    timers.last_member_query_interval = args.last_member_query_interval;
+    if let Some(v) = args.last_member_query_count {
+        timers.last_member_query_count = v.max(1);
+    }
+    let pin_dir = args.pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(netns), &args.bridge));
+    Ok(RunConfig {
+        bridge: args.bridge,
+        timers,
+        querier: !args.no_querier,
+        query_source: args.query_source,
+        static_router_ports: args.router_port,
+        fast_leave_ports: args.fast_leave,
+        flood_unregistered: args.unregistered == Unregistered::Flood,
+        pin_dir,
+        keep_state: args.keep_state,
+        port_scan_interval: args.port_scan_interval,
+    })
+}
+
+/// Names the network namespace in pin paths: the `--netns` name, `host` for
+/// the initial namespace, else `netns-INODE`.
+fn netns_label(netns: Option<&str>) -> String {
+    if let Some(name) = netns {
+        return name.to_owned();
+    }
+    let inode = |path: &str| std::fs::metadata(path).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    match (inode("/proc/self/ns/net"), inode("/proc/1/ns/net")) {
+        (Some(own), Some(init)) if own == init => "host".into(),
+        (Some(own), _) => format!("netns-{own}"),
+        _ => "host".into(),
+    }
+}
+
+fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("snoop needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW); run it with sudo");
+    }
+    Ok(())
+}

@@ -1,0 +1,770 @@
+//! Per-port group membership, router ports and the querier, as a pure state
+//! machine: messages and the current time go in, [`Action`]s come out. Time is
+//! injected (a [`Duration`] since any fixed origin) so every timer is testable.
+//!
+//! Behaviour follows RFC 4541 (snooping), RFC 2236 (IGMPv2) and RFC 3376
+//! (IGMPv3) at group granularity: v3 source lists decide only whether a port
+//! still wants a group, not which sources it gets.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::Duration,
+};
+
+use crate::igmp::{GroupRecord, Message, Packet, RecordType};
+
+/// The RFC 3376 section 8 timers. Defaults are the RFC's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timers {
+    pub robustness: u32,
+    pub query_interval: Duration,
+    pub query_response_interval: Duration,
+    pub group_membership_interval: Duration,
+    pub other_querier_present_interval: Duration,
+    pub startup_query_interval: Duration,
+    pub startup_query_count: u32,
+    pub last_member_query_interval: Duration,
+    pub last_member_query_count: u32,
+}
+
+impl Timers {
+    /// Derives the dependent timers from the three base ones as RFC 3376 8.x does.
+    pub fn derived(robustness: u32, query_interval: Duration, query_response_interval: Duration) -> Self {
+        Self {
+            robustness,
+            query_interval,
+            query_response_interval,
+            group_membership_interval: query_interval * robustness + query_response_interval,
+            other_querier_present_interval: query_interval * robustness + query_response_interval / 2,
+            startup_query_interval: query_interval / 4,
+            startup_query_count: robustness,
+            last_member_query_interval: Duration::from_secs(1),
+            last_member_query_count: robustness,
+        }
+    }
+
+    /// Time after a leave at which a port's membership ends unless a host reports.
+    pub fn last_member_query_time(&self) -> Duration {
+        self.last_member_query_interval * self.last_member_query_count
+    }
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Self::derived(2, Duration::from_secs(125), Duration::from_secs(10))
+    }
+}
+
+/// Per-port configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortOptions {
+    /// Remove the port's membership on a leave, without a last-member query.
+    pub fast_leave: bool,
+    /// Always a router port.
+    pub static_router: bool,
+}
+
+/// What the controller must do to the data path or the wire.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Forward `group` to `port` from now on (first member on the port).
+    AddMember { group: Ipv4Addr, port: u32, version: u8, expires: Duration },
+    /// The membership was refreshed: record the new expiry (and version) in the
+    /// pinned map. Emitted at most about once per query interval per membership.
+    RefreshMember { group: Ipv4Addr, port: u32, version: u8, expires: Duration },
+    /// Stop forwarding `group` to `port`.
+    RemoveMember { group: Ipv4Addr, port: u32, reason: RemoveReason },
+    /// `group` now has members somewhere (the data path prunes it).
+    RegisterGroup { group: Ipv4Addr },
+    /// `group` has no members left (the data path treats it as unregistered).
+    UnregisterGroup { group: Ipv4Addr },
+    /// Send a query: general when `group` is `None`.
+    SendQuery { group: Option<Ipv4Addr> },
+    /// A port became, or stopped being, a router port.
+    SetRouterPort { port: u32, is_router: bool },
+    /// Who the querier is changed; `None` when snoop itself queries.
+    QuerierChanged { other_querier: Option<Ipv4Addr> },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RemoveReason {
+    /// No report within the group membership interval (or last-member time).
+    Expired,
+    /// Fast leave.
+    Left,
+    /// The port left the bridge.
+    PortRemoved,
+}
+
+/// One port's membership of one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub expires: Duration,
+    /// Highest IGMP version heard, so a v1 host's presence is visible.
+    pub version: u8,
+    pub last_reporter: Ipv4Addr,
+    /// While set and in the future, leaves are ignored (RFC 2236 4: v1 hosts
+    /// never send them, so a leave cannot mean the v1 host is gone).
+    pub v1_host_until: Option<Duration>,
+    /// A leave was heard and the last-member queries are running.
+    pub leaving: bool,
+    /// Expiry last written to the pinned map.
+    persisted_expires: Duration,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortState {
+    pub options: PortOptions,
+    /// Learned router port (a query or PIM hello heard) until this time.
+    pub router_until: Option<Duration>,
+}
+
+impl PortState {
+    pub fn is_router(&self, now: Duration) -> bool {
+        self.options.static_router || self.router_until.is_some_and(|until| until > now)
+    }
+}
+
+/// Group-specific queries still to send for a leave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PendingGroupQuery {
+    remaining: u32,
+    next_at: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuerierState {
+    /// This snoop may act as querier at all.
+    pub enabled: bool,
+    /// Source address of our queries; 0.0.0.0 loses every election.
+    pub own_address: Ipv4Addr,
+    /// Another querier that won the election, and until when it counts as present.
+    pub other: Option<(Ipv4Addr, Duration)>,
+    /// When our next general query is due (only while we are the querier).
+    pub next_general_query: Option<Duration>,
+    startup_queries_left: u32,
+}
+
+impl QuerierState {
+    pub fn is_querier(&self) -> bool {
+        self.enabled && self.other.is_none()
+    }
+}
+
+/// The whole membership state of one bridge.
+#[derive(Clone, Debug)]
+pub struct Snooper {
+    timers: Timers,
+    ports: BTreeMap<u32, PortState>,
+    groups: BTreeMap<Ipv4Addr, BTreeMap<u32, Member>>,
+    querier: QuerierState,
+    pending_group_queries: BTreeMap<Ipv4Addr, PendingGroupQuery>,
+}
+
+impl Snooper {
+    pub fn new(timers: Timers, querier_enabled: bool, own_address: Ipv4Addr, now: Duration) -> Self {
+        let querier = QuerierState {
+            enabled: querier_enabled,
+            own_address,
+            other: None,
+            next_general_query: querier_enabled.then_some(now),
+            startup_queries_left: if querier_enabled { timers.startup_query_count } else { 0 },
+        };
+        Self {
+            timers,
+            ports: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            querier,
+            pending_group_queries: BTreeMap::new(),
+        }
+    }
+
+    pub fn timers(&self) -> &Timers {
+        &self.timers
+    }
+    pub fn ports(&self) -> &BTreeMap<u32, PortState> {
+        &self.ports
+    }
+    pub fn groups(&self) -> &BTreeMap<Ipv4Addr, BTreeMap<u32, Member>> {
+        &self.groups
+    }
+    pub fn querier(&self) -> &QuerierState {
+        &self.querier
+    }
+
+    /// Starts managing a port. Returns the router-port action for static routers.
+    pub fn add_port(&mut self, port: u32, options: PortOptions) -> Vec<Action> {
+        self.ports.insert(port, PortState { options, router_until: None });
+        if options.static_router {
+            vec![Action::SetRouterPort { port, is_router: true }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Forgets a port that left the bridge, with all of its memberships.
+    pub fn remove_port(&mut self, port: u32) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.ports.remove(&port);
+        let groups: Vec<Ipv4Addr> = self.groups.keys().copied().collect();
+        for group in groups {
+            self.remove_member(group, port, RemoveReason::PortRemoved, &mut actions);
+        }
+        actions
+    }
+
+    /// Re-adopts a membership found in the pinned map after a restart. It gets a
+    /// full membership interval: hosts re-report to our startup queries well before.
+    pub fn restore_member(&mut self, group: Ipv4Addr, port: u32, version: u8, now: Duration) {
+        let expires = now + self.timers.group_membership_interval;
+        self.groups.entry(group).or_default().insert(
+            port,
+            Member {
+                expires,
+                version,
+                last_reporter: Ipv4Addr::UNSPECIFIED,
+                v1_host_until: None,
+                leaving: false,
+                persisted_expires: Duration::ZERO,
+            },
+        );
+    }
+
+    /// Handles one validated control packet that entered through `port`.
+    pub fn handle(&mut self, port: u32, packet: &Packet, now: Duration) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if !self.ports.contains_key(&port) {
+            return actions;
+        }
+        match &packet.message {
+            Message::Report { version, group } => {
+                self.report(*group, port, *version, packet.source, now, &mut actions)
+            }
+            Message::Leave { group } => self.leave(*group, port, true, now, &mut actions),
+            Message::V3Report { records } => {
+                for record in records {
+                    self.v3_record(record, port, packet.source, now, &mut actions);
+                }
+            }
+            Message::Query { group, max_response, .. } => {
+                self.query_heard(port, packet.source, *group, *max_response, now, &mut actions)
+            }
+            Message::PimHello => self.learn_router_port(port, now, &mut actions),
+        }
+        actions
+    }
+
+    fn v3_record(
+        &mut self,
+        record: &GroupRecord,
+        port: u32,
+        reporter: Ipv4Addr,
+        now: Duration,
+        actions: &mut Vec<Action>,
+    ) {
+        let no_sources = record.source_count == 0;
+        match record.record_type {
+            // INCLUDE {} means "no interest": a leave (RFC 3376 6.4).
+            RecordType::ChangeToInclude | RecordType::ModeIsInclude if no_sources => {
+                self.leave(record.group, port, true, now, actions)
+            }
+            // Blocking sources may drop the last one; confirm with a query, but
+            // never fast-leave on it since other sources may still be wanted.
+            RecordType::BlockOldSources => self.leave(record.group, port, false, now, actions),
+            RecordType::AllowNewSources if no_sources => {}
+            _ => self.report(record.group, port, 3, reporter, now, actions),
+        }
+    }
+
+    fn report(
+        &mut self,
+        group: Ipv4Addr,
+        port: u32,
+        version: u8,
+        reporter: Ipv4Addr,
+        now: Duration,
+        actions: &mut Vec<Action>,
+    ) {
+        if !is_snoopable(group) {
+            return;
+        }
+        let expires = now + self.timers.group_membership_interval;
+        let refresh_slack = self.timers.query_interval;
+        let v1_host_until = (version == 1).then_some(expires);
+        let ports = self.groups.entry(group).or_default();
+        let registers = ports.is_empty();
+        match ports.get_mut(&port) {
+            Some(member) => {
+                member.expires = expires;
+                member.last_reporter = reporter;
+                member.leaving = false;
+                if v1_host_until.is_some() {
+                    member.v1_host_until = v1_host_until;
+                }
+                // Version only goes down while older hosts are present.
+                let version_changed = version < member.version;
+                if version_changed {
+                    member.version = version;
+                }
+                if version_changed || expires >= member.persisted_expires + refresh_slack {
+                    member.persisted_expires = expires;
+                    actions.push(Action::RefreshMember { group, port, version: member.version, expires });
+                }
+            }
+            None => {
+                ports.insert(
+                    port,
+                    Member {
+                        expires,
+                        version,
+                        last_reporter: reporter,
+                        v1_host_until,
+                        leaving: false,
+                        persisted_expires: expires,
+                    },
+                );
+                actions.push(Action::AddMember { group, port, version, expires });
+                // After the member: the group must not be pruned for its first
+                // member before that member's entry exists.
+                if registers {
+                    actions.push(Action::RegisterGroup { group });
+                }
+            }
+        }
+        // Nobody on this group is leaving any more: stop its last-member queries.
+        if self.groups[&group].values().all(|m| !m.leaving) {
+            self.pending_group_queries.remove(&group);
+        }
+    }
+
+    fn leave(&mut self, group: Ipv4Addr, port: u32, may_fast_leave: bool, now: Duration, actions: &mut Vec<Action>) {
+        let fast_leave = may_fast_leave && self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
+        let last_member_time = self.timers.last_member_query_time();
+        let Some(member) = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)) else {
+            return;
+        };
+        if member.v1_host_until.is_some_and(|until| until > now) {
+            return;
+        }
+        if fast_leave {
+            self.remove_member(group, port, RemoveReason::Left, actions);
+            return;
+        }
+        member.leaving = true;
+        member.expires = member.expires.min(now + last_member_time);
+        if self.querier.is_querier() {
+            actions.push(Action::SendQuery { group: Some(group) });
+            let remaining = self.timers.last_member_query_count.saturating_sub(1);
+            if remaining > 0 {
+                self.pending_group_queries.insert(
+                    group,
+                    PendingGroupQuery { remaining, next_at: now + self.timers.last_member_query_interval },
+                );
+            }
+        }
+    }
+
+    fn query_heard(
+        &mut self,
+        port: u32,
+        source: Ipv4Addr,
+        group: Ipv4Addr,
+        max_response: Duration,
+        now: Duration,
+        actions: &mut Vec<Action>,
+    ) {
+        // A 0.0.0.0 query comes from another snooping switch, not a router,
+        // and takes no part in the election (RFC 4541 2.1.1).
+        if source.is_unspecified() {
+            return;
+        }
+        self.learn_router_port(port, now, actions);
+
+        let own = self.querier.own_address;
+        let wins = own.is_unspecified() || source < own;
+        if self.querier.enabled && wins {
+            let until = now + self.timers.other_querier_present_interval;
+            let changed = self.querier.other.map(|(addr, _)| addr) != Some(source);
+            self.querier.other = Some((source, until));
+            self.querier.next_general_query = None;
+            self.querier.startup_queries_left = 0;
+            self.pending_group_queries.clear();
+            if changed {
+                actions.push(Action::QuerierChanged { other_querier: Some(source) });
+            }
+        } else if !self.querier.enabled {
+            self.querier.other = Some((source, now + self.timers.other_querier_present_interval));
+        }
+
+        // Another querier's group-specific query: its last-member round is on,
+        // so shorten this group's memberships like the querier does (RFC 3376 6.6.1).
+        if !group.is_unspecified() {
+            let limit = now + max_response * self.timers.last_member_query_count;
+            if let Some(ports) = self.groups.get_mut(&group) {
+                for member in ports.values_mut() {
+                    member.expires = member.expires.min(limit);
+                }
+            }
+        }
+    }
+
+    fn learn_router_port(&mut self, port: u32, now: Duration, actions: &mut Vec<Action>) {
+        let until = now + self.timers.other_querier_present_interval;
+        if let Some(state) = self.ports.get_mut(&port) {
+            let was_router = state.is_router(now);
+            state.router_until = Some(until);
+            if !was_router {
+                actions.push(Action::SetRouterPort { port, is_router: true });
+            }
+        }
+    }
+
+    fn remove_member(&mut self, group: Ipv4Addr, port: u32, reason: RemoveReason, actions: &mut Vec<Action>) {
+        let Some(ports) = self.groups.get_mut(&group) else { return };
+        if ports.remove(&port).is_none() {
+            return;
+        }
+        actions.push(Action::RemoveMember { group, port, reason });
+        if ports.is_empty() {
+            self.groups.remove(&group);
+            self.pending_group_queries.remove(&group);
+            actions.push(Action::UnregisterGroup { group });
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn poll(&mut self, now: Duration) -> Vec<Action> {
+        let mut actions = Vec::new();
+
+        let expired: Vec<(Ipv4Addr, u32)> = self
+            .groups
+            .iter()
+            .flat_map(|(group, ports)| {
+                ports.iter().filter(|(_, m)| m.expires <= now).map(move |(port, _)| (*group, *port))
+            })
+            .collect();
+        for (group, port) in expired {
+            self.remove_member(group, port, RemoveReason::Expired, &mut actions);
+        }
+
+        for (port, state) in &mut self.ports {
+            if state.router_until.is_some_and(|until| until <= now) {
+                state.router_until = None;
+                if !state.options.static_router {
+                    actions.push(Action::SetRouterPort { port: *port, is_router: false });
+                }
+            }
+        }
+
+        if let Some((_, until)) = self.querier.other {
+            if until <= now {
+                self.querier.other = None;
+                if self.querier.enabled {
+                    // Take over at once (RFC 3376 6.6.2 via 7.6).
+                    self.querier.next_general_query = Some(now);
+                    actions.push(Action::QuerierChanged { other_querier: None });
+                }
+            }
+        }
+
+        if self.querier.is_querier() && self.querier.next_general_query.is_some_and(|at| at <= now) {
+            actions.push(Action::SendQuery { group: None });
+            let interval = if self.querier.startup_queries_left > 1 {
+                self.querier.startup_queries_left -= 1;
+                self.timers.startup_query_interval
+            } else {
+                self.querier.startup_queries_left = 0;
+                self.timers.query_interval
+            };
+            self.querier.next_general_query = Some(now + interval);
+        }
+
+        let interval = self.timers.last_member_query_interval;
+        self.pending_group_queries.retain(|group, pending| {
+            if pending.next_at > now {
+                return true;
+            }
+            actions.push(Action::SendQuery { group: Some(*group) });
+            pending.remaining -= 1;
+            pending.next_at = now + interval;
+            pending.remaining > 0
+        });
+        actions
+    }
+
+    /// The earliest time at which [`Snooper::poll`] has something to do.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        let members = self.groups.values().flat_map(|ports| ports.values().map(|m| m.expires));
+        let routers = self.ports.values().filter_map(|p| p.router_until);
+        let querier = self.querier.other.map(|(_, until)| until).into_iter().chain(
+            self.querier.next_general_query.filter(|_| self.querier.is_querier()),
+        );
+        let group_queries = self.pending_group_queries.values().map(|p| p.next_at);
+        members.chain(routers).chain(querier).chain(group_queries).min()
+    }
+
+    /// Groups with at least one member port, for display.
+    pub fn group_ports(&self, group: Ipv4Addr) -> BTreeSet<u32> {
+        self.groups.get(&group).map(|p| p.keys().copied().collect()).unwrap_or_default()
+    }
+}
+
+/// Groups snoop tracks: IPv4 multicast outside 224.0.0.0/24, which is always flooded.
+pub fn is_snoopable(group: Ipv4Addr) -> bool {
+    group.is_multicast() && !matches!(group.octets(), [224, 0, 0, _])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G1: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+    const G2: Ipv4Addr = Ipv4Addr::new(239, 129, 1, 1);
+    const H1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn pkt(source: Ipv4Addr, message: Message) -> Packet {
+        Packet { source, destination: Ipv4Addr::UNSPECIFIED, message }
+    }
+
+    fn v2_report(group: Ipv4Addr) -> Packet {
+        pkt(H1, Message::Report { version: 2, group })
+    }
+
+    fn record(record_type: RecordType, group: Ipv4Addr, source_count: u16) -> Packet {
+        pkt(H1, Message::V3Report { records: vec![GroupRecord { record_type, group, source_count }] })
+    }
+
+    fn query(source: Ipv4Addr, group: Ipv4Addr) -> Packet {
+        pkt(source, Message::Query { version: 3, group, max_response: secs(10) })
+    }
+
+    /// Querier off unless a test needs it, two ports.
+    fn snooper(querier: bool) -> Snooper {
+        let mut s = Snooper::new(Timers::default(), querier, Ipv4Addr::new(10, 0, 0, 1), secs(0));
+        s.add_port(1, PortOptions::default());
+        s.add_port(2, PortOptions::default());
+        s
+    }
+
+    fn members(s: &Snooper, group: Ipv4Addr) -> Vec<u32> {
+        s.group_ports(group).into_iter().collect()
+    }
+
+    #[test]
+    fn report_adds_member_and_registers_group() {
+        let mut s = snooper(false);
+        let actions = s.handle(1, &v2_report(G1), secs(1));
+        assert_eq!(
+            actions,
+            [
+                Action::AddMember { group: G1, port: 1, version: 2, expires: secs(261) },
+                Action::RegisterGroup { group: G1 }
+            ]
+        );
+        // A second port only adds a member.
+        let actions = s.handle(2, &v2_report(G1), secs(2));
+        assert_eq!(actions, [Action::AddMember { group: G1, port: 2, version: 2, expires: secs(262) }]);
+        assert_eq!(members(&s, G1), [1, 2]);
+    }
+
+    #[test]
+    fn membership_expires_after_group_membership_interval() {
+        let mut s = snooper(false);
+        s.handle(1, &v2_report(G1), secs(0));
+        assert!(s.poll(secs(259)).is_empty());
+        assert_eq!(s.next_deadline(), Some(secs(260)));
+        let actions = s.poll(secs(260));
+        assert_eq!(
+            actions,
+            [
+                Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Expired },
+                Action::UnregisterGroup { group: G1 }
+            ]
+        );
+        assert!(s.groups().is_empty());
+    }
+
+    #[test]
+    fn refresh_is_persisted_at_most_once_per_query_interval() {
+        let mut s = snooper(false);
+        s.handle(1, &v2_report(G1), secs(0));
+        assert!(s.handle(1, &v2_report(G1), secs(60)).is_empty());
+        assert_eq!(
+            s.handle(1, &v2_report(G1), secs(125)),
+            [Action::RefreshMember { group: G1, port: 1, version: 2, expires: secs(385) }]
+        );
+        // The refresh still moved the timer.
+        assert!(s.poll(secs(384)).is_empty());
+    }
+
+    #[test]
+    fn leave_as_querier_sends_last_member_queries_then_expires() {
+        let mut s = snooper(true);
+        s.poll(secs(0)); // startup query
+        s.handle(1, &v2_report(G1), secs(1));
+        s.handle(2, &v2_report(G1), secs(1));
+        let actions = s.handle(1, &pkt(H1, Message::Leave { group: G1 }), secs(10));
+        assert_eq!(actions, [Action::SendQuery { group: Some(G1) }]);
+        assert_eq!(s.poll(secs(11)), [Action::SendQuery { group: Some(G1) }]);
+        // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
+        assert_eq!(
+            s.poll(secs(12)),
+            [Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Expired }]
+        );
+        assert_eq!(members(&s, G1), [2]);
+    }
+
+    #[test]
+    fn report_during_last_member_round_keeps_member_and_stops_queries() {
+        let mut s = snooper(true);
+        s.poll(secs(0));
+        s.handle(1, &v2_report(G1), secs(1));
+        s.handle(1, &pkt(H1, Message::Leave { group: G1 }), secs(10));
+        s.handle(1, &v2_report(G1), secs(10));
+        assert!(s.poll(secs(11)).iter().all(|a| !matches!(a, Action::SendQuery { group: Some(_) })));
+        assert!(s.poll(secs(12)).is_empty());
+        assert_eq!(members(&s, G1), [1]);
+    }
+
+    #[test]
+    fn v3_to_include_empty_is_a_leave_and_fast_leave_removes_at_once() {
+        let mut s = snooper(false);
+        s.add_port(3, PortOptions { fast_leave: true, ..Default::default() });
+        s.handle(3, &record(RecordType::ChangeToExclude, G1, 0), secs(0));
+        s.handle(1, &record(RecordType::ModeIsExclude, G1, 0), secs(0));
+        assert_eq!(members(&s, G1), [1, 3]);
+        let actions = s.handle(3, &record(RecordType::ChangeToInclude, G1, 0), secs(5));
+        assert_eq!(actions, [Action::RemoveMember { group: G1, port: 3, reason: RemoveReason::Left }]);
+        // Not querier and no fast leave: shortened to the last member query time.
+        s.handle(1, &record(RecordType::ChangeToInclude, G1, 0), secs(5));
+        assert_eq!(s.poll(secs(7)).len(), 2); // remove + unregister
+        assert!(s.groups().is_empty());
+    }
+
+    #[test]
+    fn v3_include_with_sources_joins_and_block_is_never_fast_left() {
+        let mut s = snooper(false);
+        s.add_port(3, PortOptions { fast_leave: true, ..Default::default() });
+        s.handle(3, &record(RecordType::ModeIsInclude, G1, 2), secs(0));
+        s.handle(3, &record(RecordType::AllowNewSources, G2, 1), secs(0));
+        assert_eq!(members(&s, G1), [3]);
+        assert_eq!(members(&s, G2), [3]);
+        assert!(s.handle(3, &record(RecordType::BlockOldSources, G1, 1), secs(1)).is_empty());
+        assert_eq!(members(&s, G1), [3]);
+        s.poll(secs(3));
+        assert!(members(&s, G1).is_empty(), "block confirmed by silence");
+    }
+
+    #[test]
+    fn v1_host_present_ignores_leaves() {
+        let mut s = snooper(false);
+        s.handle(1, &pkt(H1, Message::Report { version: 1, group: G1 }), secs(0));
+        s.handle(1, &v2_report(G1), secs(1));
+        s.handle(1, &pkt(H1, Message::Leave { group: G1 }), secs(2));
+        assert!(s.poll(secs(10)).is_empty());
+        assert_eq!(s.groups()[&G1][&1].version, 1);
+    }
+
+    #[test]
+    fn link_local_and_unicast_groups_are_not_tracked() {
+        let mut s = snooper(false);
+        assert!(s.handle(1, &v2_report(Ipv4Addr::new(224, 0, 0, 251)), secs(0)).is_empty());
+        assert!(s.handle(1, &v2_report(Ipv4Addr::new(10, 1, 1, 1)), secs(0)).is_empty());
+        assert!(s.groups().is_empty());
+    }
+
+    #[test]
+    fn querier_startup_then_regular_interval() {
+        let mut s = snooper(true);
+        let t = Timers::default();
+        assert_eq!(s.poll(secs(0)), [Action::SendQuery { group: None }]);
+        assert_eq!(s.next_deadline(), Some(t.startup_query_interval));
+        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { group: None }]);
+        assert_eq!(s.next_deadline(), Some(t.startup_query_interval + t.query_interval));
+    }
+
+    #[test]
+    fn lower_ip_querier_wins_and_we_resume_after_it_goes_silent() {
+        let mut s = snooper(true);
+        s.poll(secs(0));
+        let other = Ipv4Addr::new(10, 0, 0, 0);
+        let actions = s.handle(2, &query(other, Ipv4Addr::UNSPECIFIED), secs(5));
+        assert_eq!(
+            actions,
+            [
+                Action::SetRouterPort { port: 2, is_router: true },
+                Action::QuerierChanged { other_querier: Some(other) }
+            ]
+        );
+        assert!(!s.querier().is_querier());
+        // Silent for the other-querier-present interval (255 s): we take over.
+        assert!(s.poll(secs(259)).iter().all(|a| !matches!(a, Action::SendQuery { .. })));
+        let actions = s.poll(secs(260));
+        assert!(actions.contains(&Action::QuerierChanged { other_querier: None }));
+        assert!(actions.contains(&Action::SendQuery { group: None }));
+        assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: false }));
+    }
+
+    #[test]
+    fn higher_ip_or_unspecified_querier_does_not_win() {
+        let mut s = snooper(true);
+        s.handle(2, &query(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::UNSPECIFIED), secs(0));
+        assert!(s.querier().is_querier());
+        assert!(s.handle(2, &query(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
+        assert!(s.querier().is_querier());
+        // With our own address unspecified, any addressed querier wins.
+        let mut s = Snooper::new(Timers::default(), true, Ipv4Addr::UNSPECIFIED, secs(0));
+        s.add_port(1, PortOptions::default());
+        s.handle(1, &query(Ipv4Addr::new(192, 168, 9, 9), Ipv4Addr::UNSPECIFIED), secs(0));
+        assert!(!s.querier().is_querier());
+    }
+
+    #[test]
+    fn other_querier_group_query_shortens_membership() {
+        let mut s = snooper(false);
+        s.handle(1, &v2_report(G1), secs(0));
+        s.handle(2, &pkt(Ipv4Addr::new(10, 0, 0, 1), Message::Query { version: 2, group: G1, max_response: secs(1) }), secs(10));
+        assert!(s.poll(secs(11)).is_empty());
+        assert_eq!(s.poll(secs(12)).len(), 2);
+    }
+
+    #[test]
+    fn pim_hello_learns_router_port_and_static_router_stays() {
+        let mut s = snooper(false);
+        assert_eq!(
+            s.add_port(3, PortOptions { static_router: true, ..Default::default() }),
+            [Action::SetRouterPort { port: 3, is_router: true }]
+        );
+        assert_eq!(s.handle(1, &pkt(H1, Message::PimHello), secs(0)), [Action::SetRouterPort { port: 1, is_router: true }]);
+        let actions = s.poll(secs(1000));
+        assert_eq!(actions, [Action::SetRouterPort { port: 1, is_router: false }]);
+        assert!(s.ports()[&3].is_router(secs(1000)));
+    }
+
+    #[test]
+    fn removed_port_loses_its_memberships() {
+        let mut s = snooper(false);
+        s.handle(1, &v2_report(G1), secs(0));
+        s.handle(2, &v2_report(G1), secs(0));
+        s.handle(1, &v2_report(G2), secs(0));
+        let actions = s.remove_port(1);
+        assert!(actions.contains(&Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::PortRemoved }));
+        assert!(actions.contains(&Action::UnregisterGroup { group: G2 }));
+        assert_eq!(members(&s, G1), [2]);
+        // Messages from unknown ports are ignored.
+        assert!(s.handle(1, &v2_report(G1), secs(1)).is_empty());
+    }
+
+    #[test]
+    fn restored_members_get_a_full_interval() {
+        let mut s = snooper(false);
+        s.restore_member(G1, 2, 3, secs(100));
+        assert_eq!(members(&s, G1), [2]);
+        assert!(s.poll(secs(359)).is_empty());
+        assert_eq!(s.poll(secs(360)).len(), 2);
+    }
+}
