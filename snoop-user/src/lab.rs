@@ -73,7 +73,8 @@ impl Lab {
         Ok(lab)
     }
 
-    fn add_host(&mut self, index: usize, options: &LabOptions) -> Result<()> {
+    /// Adds host h<index> on a new bridge port p<index>.
+    pub fn add_host(&mut self, index: usize, options: &LabOptions) -> Result<()> {
         let name = format!("h{index}");
         let netns = format!("{}-{name}", self.id);
         let port = format!("p{index}");
@@ -93,6 +94,16 @@ impl Lab {
         write_sysctl(&netns, "ipv4/conf/eth0/igmpv2_unsolicited_report_interval", "200")?;
         write_sysctl(&netns, "ipv4/conf/eth0/igmpv3_unsolicited_report_interval", "200")?;
         Ok(())
+    }
+
+    /// Sets a host's IGMP version (1, 2, 3; 0 for the kernel's choice).
+    pub fn set_igmp_version(&self, host: &str, version: u8) -> Result<()> {
+        write_sysctl(&self.host(host).netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())
+    }
+
+    /// Brings a host's interface up or down (a cable plugged or pulled).
+    pub fn set_host_link(&self, host: &str, up: bool) -> Result<()> {
+        run("ip", &["-n", &self.host(host).netns, "link", "set", "eth0", if up { "up" } else { "down" }]).map(drop)
     }
 
     pub fn host(&self, name: &str) -> &Host {
@@ -188,6 +199,11 @@ impl Lab {
 
     /// Sends `count` UDP packets to `group` from `host`, `interval` apart.
     pub fn send(&self, host: &str, group: Ipv4Addr, count: u64, interval: Duration) -> Result<()> {
+        self.sender(host)?.send(group, count, interval)
+    }
+
+    /// A UDP sender on `host` that needs no borrow of the lab (for a thread).
+    pub fn sender(&self, host: &str) -> Result<GroupSender> {
         let host = self.host(host).clone();
         let socket = in_netns(&host.netns, move || -> Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV4::new(host.ip, 0))?;
@@ -195,14 +211,7 @@ impl Lab {
             set_multicast_if(&socket, host.ip)?;
             Ok(socket)
         })??;
-        let payload = [0x5au8; 64];
-        for _ in 0..count {
-            socket.send_to(&payload, SocketAddrV4::new(group, DATA_PORT))?;
-            if !interval.is_zero() {
-                thread::sleep(interval);
-            }
-        }
-        Ok(())
+        Ok(GroupSender { socket })
     }
 
     /// Sends a raw IPv4 packet (from its IP header on) out of `host`'s interface,
@@ -285,14 +294,40 @@ pub fn remove_stale_labs() -> Result<usize> {
     Ok(removed)
 }
 
+/// Sends group traffic to the lab's data port from one host.
+pub struct GroupSender {
+    socket: UdpSocket,
+}
+
+impl GroupSender {
+    pub fn send(&self, group: Ipv4Addr, count: u64, interval: Duration) -> Result<()> {
+        let payload = [0x5au8; 64];
+        for _ in 0..count {
+            self.socket.send_to(&payload, SocketAddrV4::new(group, DATA_PORT))?;
+            if !interval.is_zero() {
+                thread::sleep(interval);
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keeps a group joined while alive.
 pub struct Membership {
     _socket: UdpSocket,
 }
 
-/// Counts UDP packets to each group arriving at a host's eth0.
+/// What a sniffer counted: UDP packets to the data port by group, and IGMP
+/// queries by source address.
+#[derive(Default)]
+struct SniffCounts {
+    data: HashMap<Ipv4Addr, u64>,
+    queries: HashMap<Ipv4Addr, u64>,
+}
+
+/// Counts the group traffic and IGMP queries arriving at a host's eth0.
 pub struct Sniffer {
-    counts: Arc<Mutex<HashMap<Ipv4Addr, u64>>>,
+    counts: Arc<Mutex<SniffCounts>>,
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -315,7 +350,7 @@ impl Sniffer {
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
-        let counts = Arc::new(Mutex::new(HashMap::new()));
+        let counts = Arc::new(Mutex::new(SniffCounts::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (counts, stop) = (counts.clone(), stop.clone());
@@ -326,7 +361,12 @@ impl Sniffer {
 
     /// Packets to `group` received so far.
     pub fn count(&self, group: Ipv4Addr) -> u64 {
-        self.counts.lock().expect("sniffer lock").get(&group).copied().unwrap_or(0)
+        self.counts.lock().expect("sniffer lock").data.get(&group).copied().unwrap_or(0)
+    }
+
+    /// IGMP queries from `source` received so far.
+    pub fn queries_from(&self, source: Ipv4Addr) -> u64 {
+        self.counts.lock().expect("sniffer lock").queries.get(&source).copied().unwrap_or(0)
     }
 }
 
@@ -339,7 +379,7 @@ impl Drop for Sniffer {
     }
 }
 
-fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<HashMap<Ipv4Addr, u64>>>, stop: Arc<AtomicBool>) {
+fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool>) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -362,12 +402,20 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<HashMap<Ipv4Addr, u64>>>, stop: Arc
         if addr.sll_pkttype == libc::PACKET_OUTGOING as u8 || frame.len() < 14 + 28 {
             continue;
         }
-        let is_udp_to_data_port = frame[12..14] == [0x08, 0x00]
-            && frame[14 + 9] == 17
-            && u16::from_be_bytes([frame[14 + 20 + 2], frame[14 + 20 + 3]]) == DATA_PORT;
-        if is_udp_to_data_port {
-            let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
-            *counts.lock().expect("sniffer lock").entry(dst).or_default() += 1;
+        if frame[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        let header_len = usize::from(frame[14] & 0x0f) * 4;
+        let (protocol, l4) = (frame[14 + 9], 14 + header_len);
+        let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+        let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+        let mut counts = counts.lock().expect("sniffer lock");
+        match (protocol, frame.get(l4..l4 + 4)) {
+            (17, Some(udp)) if u16::from_be_bytes([udp[2], udp[3]]) == DATA_PORT => {
+                *counts.data.entry(dst).or_default() += 1
+            }
+            (2, Some(igmp)) if igmp[0] == 0x11 => *counts.queries.entry(src).or_default() += 1,
+            _ => {}
         }
     }
 }

@@ -1,1 +1,99 @@
+//! Helpers shared by the integration tests. The lab itself is `snoop::lab`,
+//! the same harness the demo and the benchmarks use.
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
 
+use anyhow::{bail, Result};
+use aya::maps::{HashMap, MapData};
+use snoop::lab::Lab;
+use snoop_common::{MemberValue, PortGroupKey, MAP_MEMBERS};
+
+pub use snoop::lab::{self, LabOptions};
+
+/// The snoop binary under test: $SNOOP_BIN, else target/debug/snoop
+/// (`cargo xtask test` builds it first).
+pub fn snoop_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SNOOP_BIN") {
+        return path.into();
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/snoop");
+    assert!(path.exists(), "{} missing: run the tests with `cargo xtask test`", path.display());
+    path
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// (group, port name) pairs in the pinned membership map, the data path's truth.
+pub fn map_members(lab: &Lab) -> Result<BTreeSet<(Ipv4Addr, String)>> {
+    let path = lab.pin_dir().join(MAP_MEMBERS);
+    if !path.exists() {
+        return Ok(BTreeSet::new());
+    }
+    let map: HashMap<MapData, PortGroupKey, MemberValue> = HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&path)?))?;
+    let mut out = BTreeSet::new();
+    for entry in map.iter() {
+        let (key, _) = entry?;
+        let group = Ipv4Addr::from(key.group.ipv4_octets().expect("IPv4 key"));
+        out.insert((group, port_name(lab, key.ifindex)?));
+    }
+    Ok(out)
+}
+
+fn port_name(lab: &Lab, ifindex: u32) -> Result<String> {
+    for host in &lab.hosts {
+        if lab.port_ifindex(&host.port).ok() == Some(ifindex) {
+            return Ok(host.port.clone());
+        }
+    }
+    Ok(format!("#{ifindex}"))
+}
+
+/// Member port names of `group` as `snoop show groups --json` reports them.
+pub fn shown_members(lab: &Lab, group: Ipv4Addr) -> Result<BTreeSet<String>> {
+    let groups = lab.snoop_show(&snoop_bin(), "groups")?;
+    let mut out = BTreeSet::new();
+    for g in groups.as_array().into_iter().flatten() {
+        if g["group"] == group.to_string() {
+            for m in g["members"].as_array().into_iter().flatten() {
+                out.insert(m["port"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until snoop's map holds exactly `ports` for `group`.
+pub fn wait_for_members(lab: &Lab, group: Ipv4Addr, ports: &[&str], timeout: Duration) -> Result<()> {
+    let want: BTreeSet<(Ipv4Addr, String)> = ports.iter().map(|p| (group, p.to_string())).collect();
+    wait_until(&format!("{group} members {ports:?}"), timeout, || {
+        let have: BTreeSet<_> = map_members(lab)?.into_iter().filter(|(g, _)| *g == group).collect();
+        Ok(have == want)
+    })
+}
+
+/// A controller counter from `snoop show stats --json`.
+pub fn stat(lab: &Lab, section: &str, name: &str) -> Result<u64> {
+    let stats = lab.snoop_show(&snoop_bin(), "stats")?;
+    Ok(stats[section][name].as_u64().unwrap_or(0))
+}
+
+pub fn s(x: &str) -> String {
+    x.to_owned()
+}

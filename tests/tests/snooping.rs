@@ -1,0 +1,324 @@
+//! End-to-end snooping in a lab of network namespaces: a real bridge, real
+//! veth ports, real kernel IGMP hosts, snoop's real maps. Each test checks what
+//! each receiver's interface actually got and what the membership map holds.
+use std::{
+    net::Ipv4Addr,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use snoop::igmp;
+use snoop_tests::{
+    lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
+};
+
+const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+const G_SAME_MAC: Ipv4Addr = Ipv4Addr::new(239, 129, 1, 1);
+const MDNS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
+const SETTLE: Duration = Duration::from_millis(300);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Fast timers: query every 2 s, answers within 1 s, last-member round 0.4 s.
+const FAST: &[&str] = &[
+    "--query-interval",
+    "2s",
+    "--query-response-interval",
+    "1s",
+    "--last-member-query-interval",
+    "200ms",
+];
+
+fn lab(tag: &str, hosts: usize, options: LabOptions) -> Result<Lab> {
+    Lab::new(tag, hosts, &options)
+}
+
+/// Sends `n` packets to each group from h0 and returns what each receiver got.
+fn blast(lab: &Lab, receivers: &[&str], groups: &[Ipv4Addr], n: u64) -> Result<Vec<Vec<u64>>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    for group in groups {
+        lab.send("h0", *group, n, Duration::from_micros(200))?;
+    }
+    thread::sleep(SETTLE);
+    Ok(sniffers.iter().map(|s| groups.iter().map(|g| s.count(*g)).collect()).collect())
+}
+
+#[test]
+fn only_members_receive_the_group() -> Result<()> {
+    let mut lab = lab("members", 5, LabOptions::default())?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    let receivers = ["h1", "h2", "h3", "h4"];
+
+    // Control: the plain bridge floods, so the counts below can fail.
+    assert_eq!(blast(&lab, &receivers, &[G], 100)?, vec![vec![100]; 4]);
+
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    assert_eq!(blast(&lab, &receivers, &[G], 100)?, [[100], [100], [0], [0]]);
+    assert_eq!(shown_members(&lab, G)?, ["p1", "p2"].map(String::from).into());
+    // The sender's own port has no member either.
+    assert!(!map_members(&lab)?.iter().any(|(_, port)| port == "p0"));
+    assert!(stat(&lab, "datapath", "data_pruned")? >= 200);
+    Ok(())
+}
+
+fn member_leaves(igmp_version: u8) -> Result<()> {
+    let options = LabOptions { igmp_version: Some(igmp_version), ..Default::default() };
+    let mut lab = lab(&format!("leave{igmp_version}"), 3, options)?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+
+    // Closing the socket makes the kernel send a v2 leave / v3 TO_IN{}.
+    drop(m1);
+    let left = Instant::now();
+    wait_for_members(&lab, G, &["p2"], Duration::from_secs(3))?;
+    // Last member query time is 2 x 200 ms; allow for the hosts' send delay.
+    assert!(left.elapsed() < Duration::from_millis(1500), "leave took {:?}", left.elapsed());
+    assert_eq!(blast(&lab, &["h1", "h2"], &[G], 100)?, [[0], [100]]);
+    assert!(stat(&lab, "controller", "group_queries_sent")? >= 1);
+    Ok(())
+}
+
+#[test]
+fn v2_leave_stops_traffic_within_last_member_time() -> Result<()> {
+    member_leaves(2)
+}
+
+#[test]
+fn v3_to_include_empty_stops_traffic_within_last_member_time() -> Result<()> {
+    member_leaves(3)
+}
+
+#[test]
+fn silent_member_is_aged_out() -> Result<()> {
+    let mut lab = lab("silent", 3, LabOptions::default())?;
+    // Group membership interval: 2 x 2 s + 1 s = 5 s.
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+
+    // Pull h1's cable: no leave can get out.
+    lab.set_host_link("h1", false)?;
+    let pulled = Instant::now();
+    thread::sleep(Duration::from_millis(1500));
+    assert!(map_members(&lab)?.contains(&(G, "p1".into())), "removed before the membership interval");
+    wait_for_members(&lab, G, &["p2"], Duration::from_secs(8))?;
+    let aged = pulled.elapsed();
+    assert!(aged >= Duration::from_secs(2), "aged out after only {aged:?}");
+    assert_eq!(blast(&lab, &["h2"], &[G], 50)?, [[50]]);
+    Ok(())
+}
+
+#[test]
+fn snoops_queries_keep_members_alive_without_a_router() -> Result<()> {
+    let mut lab = lab("querier", 3, LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let sniffer = lab.sniff("h2")?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    // Three membership intervals: only answers to snoop's queries keep h1 in.
+    for _ in 0..3 {
+        thread::sleep(Duration::from_secs(5));
+        assert!(map_members(&lab)?.contains(&(G, "p1".into())), "member lost although it answers queries");
+    }
+    assert!(sniffer.queries_from(Ipv4Addr::UNSPECIFIED) >= 6, "hosts got {} queries", sniffer.queries_from(Ipv4Addr::UNSPECIFIED));
+    assert_eq!(blast(&lab, &["h1", "h2"], &[G], 50)?, [[50], [0]]);
+    Ok(())
+}
+
+#[test]
+fn without_querier_members_expire() -> Result<()> {
+    // The counterpart of the test above: with no querier anywhere, nothing
+    // refreshes h1 after its join reports, so it expires (5 s interval).
+    let mut lab = lab("noquerier", 3, LabOptions::default())?;
+    let mut args = FAST.to_vec();
+    args.push("--no-querier");
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    wait_for_members(&lab, G, &[], Duration::from_secs(8))?;
+    Ok(())
+}
+
+#[test]
+fn lower_ip_querier_silences_snoop_until_it_goes_quiet() -> Result<()> {
+    let mut lab = lab("election", 4, LabOptions::default())?;
+    let own = Ipv4Addr::new(10, 99, 0, 200);
+    let other = lab.host("h3").ip; // 10.99.0.13 < 10.99.0.200
+    let mut args = FAST.to_vec();
+    args.extend(["--query-source", "10.99.0.200", "--other-querier-present-interval", "3s"]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let sniffer = lab.sniff("h1")?;
+    wait_until("snoop's own queries", Duration::from_secs(5), || Ok(sniffer.queries_from(own) >= 1))?;
+
+    // h3 queries every 500 ms for 4 s from a lower address.
+    let query = igmp::build_query_frame([2, 0, 0, 0, 0, 3], other, None, Duration::from_secs(1), 2, Duration::from_secs(2));
+    lab.send_raw_ip("h3", &query[14..])?;
+    wait_until("election lost", Duration::from_secs(2), || {
+        Ok(lab.snoop_show(&snoop_bin(), "querier")?["role"] == "other")
+    })?;
+    let querier = lab.snoop_show(&snoop_bin(), "querier")?;
+    assert_eq!(querier["querier_address"], other.to_string());
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let p3 = ports.as_array().unwrap().iter().find(|p| p["name"] == "p3").unwrap().clone();
+    assert_eq!(p3["router"], true, "the querier's port is a router port");
+
+    let own_before = sniffer.queries_from(own);
+    for _ in 0..8 {
+        lab.send_raw_ip("h3", &query[14..])?;
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(sniffer.queries_from(own), own_before, "snoop kept querying after losing the election");
+
+    // h3 goes quiet: after the other-querier-present interval snoop takes over.
+    wait_until("snoop querier again", Duration::from_secs(6), || Ok(sniffer.queries_from(own) > own_before))?;
+    assert_eq!(lab.snoop_show(&snoop_bin(), "querier")?["role"], "self");
+    Ok(())
+}
+
+#[test]
+fn link_local_floods_and_same_mac_groups_stay_apart() -> Result<()> {
+    let mut lab = lab("linklocal", 4, LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G_SAME_MAC)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    wait_for_members(&lab, G_SAME_MAC, &["p2"], JOIN_TIMEOUT)?;
+    let got = blast(&lab, &["h1", "h2", "h3"], &[G, G_SAME_MAC, MDNS], 100)?;
+    assert_eq!(got, [[100, 0, 100], [0, 100, 100], [0, 0, 100]]);
+    Ok(())
+}
+
+#[test]
+fn malformed_igmp_is_counted_and_changes_nothing() -> Result<()> {
+    use igmp::internet_checksum;
+    let mut lab = lab("malformed", 4, LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let before = map_members(&lab)?;
+
+    let src = lab.host("h3").ip.octets();
+    let ip = |payload: &[u8], dst: [u8; 4], total_len_override: Option<u16>| -> Vec<u8> {
+        let total = total_len_override.unwrap_or(20 + payload.len() as u16);
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
+        p[2..4].copy_from_slice(&total.to_be_bytes());
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        let sum = internet_checksum(&p);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        p.extend_from_slice(payload);
+        p
+    };
+    let checksummed = |mut m: Vec<u8>| {
+        let sum = internet_checksum(&m);
+        m[2..4].copy_from_slice(&sum.to_be_bytes());
+        m
+    };
+    let bad_groups = [Ipv4Addr::new(239, 5, 5, 5), Ipv4Addr::new(239, 6, 6, 6), Ipv4Addr::new(239, 7, 7, 7)];
+    // Truncated: the IP header claims more than the frame holds.
+    let truncated = ip(&checksummed(vec![0x16, 0, 0, 0, 239, 5, 5, 5]), [239, 5, 5, 5], Some(60));
+    // Bad IGMP checksum.
+    let mut bad_sum = checksummed(vec![0x16, 0, 0, 0, 239, 5, 5, 5]);
+    bad_sum[2] ^= 0xff;
+    let bad_sum = ip(&bad_sum, [239, 5, 5, 5], None);
+    // v3: five records announced, one present.
+    let overcount = ip(&checksummed(vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 6, 6, 6]), [224, 0, 0, 22], None);
+    // v3: a source count running past the packet.
+    let sources_overrun = ip(&checksummed(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 40, 239, 7, 7, 7]), [224, 0, 0, 22], None);
+    for frame in [&truncated, &bad_sum, &overcount, &sources_overrun] {
+        lab.send_raw_ip("h3", frame)?;
+    }
+    wait_until("4 dropped frames counted", Duration::from_secs(3), || {
+        let c = |n| stat(&lab, "controller", n);
+        Ok(c("dropped_truncated")? == 1 && c("dropped_bad_checksum")? == 1 && c("dropped_record_overrun")? == 2)
+    })?;
+    assert_eq!(map_members(&lab)?, before, "malformed frames changed membership");
+    for group in bad_groups {
+        assert!(shown_members(&lab, group)?.is_empty());
+    }
+    // The event path still works after the garbage: a valid report registers.
+    let _m3 = lab.join("h3", Ipv4Addr::new(239, 8, 8, 8))?;
+    wait_for_members(&lab, Ipv4Addr::new(239, 8, 8, 8), &["p3"], JOIN_TIMEOUT)?;
+    assert_eq!(blast(&lab, &["h1", "h2"], &[G], 50)?, [[50], [0]]);
+    Ok(())
+}
+
+#[test]
+fn controller_restart_keeps_members_receiving() -> Result<()> {
+    let mut lab = lab("restart", 4, LabOptions::default())?;
+    let mut args = FAST.to_vec();
+    args.push("--keep-state");
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+
+    for kill in [false, true] {
+        let sniffers = ["h1", "h2", "h3"].map(|h| lab.sniff(h).unwrap());
+        // 1500 packets over about 3 s; snoop is stopped and restarted meanwhile.
+        let sent = 1500;
+        let sender = lab.sender("h0")?;
+        let sending = thread::spawn(move || sender.send(G, sent, Duration::from_millis(2)));
+        thread::sleep(Duration::from_millis(800));
+        lab.stop_snoop(kill)?;
+        lab.start_snoop(&snoop_bin(), &args)?;
+        sending.join().expect("sender thread")?;
+        thread::sleep(SETTLE);
+        let got = sniffers.map(|s| s.count(G));
+        assert_eq!(got, [sent, sent, 0], "restart (kill: {kill}) lost or leaked packets");
+        // The new controller adopted the memberships.
+        assert_eq!(shown_members(&lab, G)?, ["p1", "p2"].map(String::from).into());
+    }
+    Ok(())
+}
+
+#[test]
+fn clean_exit_leaves_nothing_behind() -> Result<()> {
+    let mut lab = lab("cleanexit", 3, LabOptions { kernel_snooping: true, ..Default::default() })?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert!(lab.pin_dir().exists());
+    let status = lab.stop_snoop(false)?;
+    assert!(status.success(), "snoop exited with {status}");
+    assert!(!lab.pin_dir().exists(), "pins left in {}", lab.pin_dir().display());
+    for port in ["p0", "p1", "p2"] {
+        let owned_port = port.to_owned();
+        let programs = snoop::lab::in_netns(&lab.bridge_netns, move || -> Result<usize> {
+            use aya::programs::{SchedClassifier, TcAttachType};
+            let ingress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Ingress)?.1.len();
+            let egress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Egress)?.1.len();
+            Ok(ingress + egress)
+        })??;
+        assert_eq!(programs, 0, "programs still attached to {port}");
+        let qdiscs = snoop::lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "show", "dev", port])?;
+        assert!(!qdiscs.contains("clsact"), "a qdisc was left on {port}");
+    }
+    let bridge = lab.ip_br(&["-d", "-j", "link", "show", "br0"])?;
+    assert!(bridge.contains("\"mcast_snooping\":1"), "kernel snooping not restored: {bridge}");
+    // And the plain bridge floods again.
+    assert_eq!(blast(&lab, &["h1", "h2"], &[G], 20)?, [[20], [20]]);
+    Ok(())
+}
+
+#[test]
+fn ports_added_and_removed_while_running() -> Result<()> {
+    let mut lab = lab("hotplug", 3, LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+
+    lab.add_host(3, &LabOptions::default())?;
+    let _m3 = lab.join("h3", G)?;
+    wait_for_members(&lab, G, &["p1", "p3"], JOIN_TIMEOUT)?;
+    assert_eq!(blast(&lab, &["h1", "h2", "h3"], &[G], 50)?, [[50], [0], [50]]);
+
+    lab.ip_br(&["link", "set", "p1", "nomaster"])?;
+    wait_for_members(&lab, G, &["p3"], Duration::from_secs(5))?;
+    Ok(())
+}
