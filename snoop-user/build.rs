@@ -9,18 +9,14 @@
 //! `cargo xtask setup` installs the first on Debian.
 use std::{
     env, fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
 };
 
-const TARGET: &str = "bpfel-unknown-none";
+#[path = "../xtask/src/bpf_toolchain.rs"]
+mod bpf_toolchain;
 
-enum Toolchain {
-    /// A rustc whose sysroot has a prebuilt core for the BPF target.
-    PrebuiltCore { rustc: PathBuf },
-    /// A rustup nightly with rust-src.
-    NightlyBuildStd,
-}
+use bpf_toolchain::{which, BpfToolchain, BPF_TARGET as TARGET};
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -33,9 +29,11 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
     let target_dir = out_dir.join("ebpf-target");
 
-    let toolchain = find_toolchain().unwrap_or_else(|missing| {
+    let toolchain = bpf_toolchain::find().unwrap_or_else(|| {
         panic!(
-            "\n\nsnoop: cannot build the eBPF programs: {missing}.\n\
+            "\n\nsnoop: cannot build the eBPF programs: no rustc with a prebuilt core for \
+             bpfel-unknown-none (Debian: /usr/bin/rustc from rustc-web plus \
+             libstd-rust-web-dev-bpf) and no nightly toolchain with rust-src.\n\
              Run `cargo xtask setup` (installs Debian's rustc-web, libstd-rust-web-dev-bpf and \
              bpf-linker), or install a nightly toolchain with rust-src \
              (`rustup toolchain install nightly --component rust-src`) and \
@@ -51,12 +49,12 @@ fn main() {
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = match &toolchain {
-        Toolchain::PrebuiltCore { rustc } => {
+        BpfToolchain::PrebuiltCore { rustc } => {
             let mut cmd = Command::new(&cargo);
             cmd.env("RUSTC", rustc);
             cmd
         }
-        Toolchain::NightlyBuildStd => {
+        BpfToolchain::NightlyBuildStd => {
             let mut cmd = Command::new("rustup");
             cmd.args(["run", "nightly", "cargo"]);
             cmd.env_remove("RUSTC");
@@ -69,7 +67,7 @@ fn main() {
         .arg(&target_dir)
         // aya-ebpf uses #![feature]; the prebuilt core is a stable compiler's.
         .env("RUSTC_BOOTSTRAP", "1");
-    if matches!(toolchain, Toolchain::NightlyBuildStd) {
+    if matches!(toolchain, BpfToolchain::NightlyBuildStd) {
         cmd.args(["-Z", "build-std=core"]);
     }
     // Settings of the outer (host) build must not leak into the BPF build.
@@ -94,48 +92,3 @@ fn main() {
         .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
 }
 
-fn find_toolchain() -> Result<Toolchain, String> {
-    let candidates: Vec<PathBuf> = match env::var_os("SNOOP_BPF_RUSTC") {
-        Some(rustc) => vec![rustc.into()],
-        None => vec!["/usr/bin/rustc".into()],
-    };
-    for rustc in candidates {
-        if rustc.exists() && has_prebuilt_bpf_core(&rustc) {
-            return Ok(Toolchain::PrebuiltCore { rustc });
-        }
-    }
-    if nightly_has_rust_src() {
-        return Ok(Toolchain::NightlyBuildStd);
-    }
-    Err("no rustc with a prebuilt core for bpfel-unknown-none (Debian: /usr/bin/rustc from \
-         rustc-web plus libstd-rust-web-dev-bpf) and no nightly toolchain with rust-src"
-        .into())
-}
-
-fn has_prebuilt_bpf_core(rustc: &Path) -> bool {
-    let Some(sysroot) = command_output(Command::new(rustc).args(["--print", "sysroot"])) else {
-        return false;
-    };
-    let lib = Path::new(sysroot.trim()).join("lib/rustlib").join(TARGET).join("lib");
-    fs::read_dir(lib).is_ok_and(|entries| {
-        entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
-    })
-}
-
-fn nightly_has_rust_src() -> bool {
-    command_output(Command::new("rustup").args(["run", "nightly", "rustc", "--print", "sysroot"]))
-        .is_some_and(|sysroot| {
-            Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").exists()
-        })
-}
-
-fn command_output(cmd: &mut Command) -> Option<String> {
-    let output = cmd.output().ok()?;
-    output.status.success().then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-fn which(program: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(program))
-        .find(|path| path.is_file())
-}

@@ -42,10 +42,13 @@ enum Command {
     Demo,
     /// Remove the pinned state a `snoop run --keep-state` left behind (detaches the programs).
     Cleanup {
-        #[arg(long)]
-        bridge: String,
+        #[arg(long, required_unless_present = "stale_labs")]
+        bridge: Option<String>,
         #[arg(long)]
         pin_dir: Option<PathBuf>,
+        /// Instead: remove namespaces and pins left by interrupted demo or test labs.
+        #[arg(long, conflicts_with_all = ["bridge", "pin_dir"])]
+        stale_labs: bool,
     },
 }
 
@@ -153,8 +156,15 @@ fn real_main(cli: Cli) -> Result<()> {
             require_root()?;
             demo::run(&std::env::current_exe().context("locating the snoop binary")?)
         }
-        Command::Cleanup { bridge, pin_dir } => {
+        Command::Cleanup { stale_labs: true, .. } => {
             require_root()?;
+            let removed = lab::remove_stale_labs()?;
+            println!("removed {removed} stale lab namespaces");
+            Ok(())
+        }
+        Command::Cleanup { bridge, pin_dir, .. } => {
+            require_root()?;
+            let bridge = bridge.context("--bridge is required")?;
             let pin_dir = pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(cli.netns.as_deref()), &bridge));
             datapath::remove_pin_dir(&pin_dir)?;
             println!("removed {}", pin_dir.display());
