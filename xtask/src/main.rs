@@ -66,7 +66,7 @@ fn main() -> Result<()> {
                 .args(["test", "--workspace", "--exclude", "snoop-ebpf", "--", "--test-threads", "1"])
                 .args(&args)
                 .env("SNOOP_BIN", &snoop);
-            run(&mut test)
+            run_tests(&mut test)
         }
     }
 }
@@ -156,6 +156,34 @@ fn cargo_home_bin(program: &str) -> PathBuf {
 
 fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(cargo_bin()).current_dir(workspace()).args(args))
+}
+
+/// Runs cargo test, passing its output through, and closes with one line
+/// totalling every test binary's result (cargo prints one per binary).
+fn run_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = line.strip_prefix("test result: ") {
+            for part in result.split(|c| c == ';' || c == '.') {
+                let mut words = part.split_whitespace();
+                match (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                    (Some(n), Some("passed")) => passed += n,
+                    (Some(n), Some("failed")) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(())
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
