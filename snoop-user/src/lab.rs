@@ -323,6 +323,8 @@ pub struct Membership {
 struct SniffCounts {
     data: HashMap<Ipv4Addr, u64>,
     queries: HashMap<Ipv4Addr, u64>,
+    /// Reports and leaves (of other hosts: a host's own are outgoing).
+    reports: u64,
 }
 
 /// Counts the group traffic and IGMP queries arriving at a host's eth0.
@@ -362,6 +364,11 @@ impl Sniffer {
     /// Packets to `group` received so far.
     pub fn count(&self, group: Ipv4Addr) -> u64 {
         self.counts.lock().expect("sniffer lock").data.get(&group).copied().unwrap_or(0)
+    }
+
+    /// IGMP reports and leaves received so far.
+    pub fn reports(&self) -> u64 {
+        self.counts.lock().expect("sniffer lock").reports
     }
 
     /// IGMP queries from `source` received so far.
@@ -415,6 +422,7 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
                 *counts.data.entry(dst).or_default() += 1
             }
             (2, Some(igmp)) if igmp[0] == 0x11 => *counts.queries.entry(src).or_default() += 1,
+            (2, Some(igmp)) if matches!(igmp[0], 0x12 | 0x16 | 0x17 | 0x22) => counts.reports += 1,
             _ => {}
         }
     }

@@ -322,3 +322,40 @@ fn ports_added_and_removed_while_running() -> Result<()> {
     wait_for_members(&lab, G, &["p3"], Duration::from_secs(5))?;
     Ok(())
 }
+
+#[test]
+fn router_ports_get_all_groups_and_reports_hosts_get_none() -> Result<()> {
+    let mut lab = lab("routers", 4, LabOptions::default())?;
+    let mut args = FAST.to_vec();
+    args.extend(["--router-port", "p3", "--unregistered", "routers"]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let (host_side, router_side) = (lab.sniff("h2")?, lab.sniff("h3")?);
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    thread::sleep(Duration::from_secs(1));
+    // h1's reports reach the router port only (so no host suppresses its own).
+    assert_eq!(host_side.reports(), 0, "a host port got reports");
+    assert!(router_side.reports() >= 1, "the router port got no reports");
+
+    // G (joined) reaches its member and the router; UNJOINED only the router.
+    const UNJOINED: Ipv4Addr = Ipv4Addr::new(239, 3, 3, 3);
+    let got = blast(&lab, &["h1", "h2", "h3"], &[G, UNJOINED], 50)?;
+    assert_eq!(got, [[50, 0], [0, 0], [50, 50]]);
+    assert!(stat(&lab, "datapath", "unregistered_dropped")? >= 100);
+    Ok(())
+}
+
+#[test]
+fn fast_leave_removes_at_once_without_queries() -> Result<()> {
+    let mut lab = lab("fastleave", 3, LabOptions { igmp_version: Some(2), ..Default::default() })?;
+    // A long last-member round: only fast leave can remove p1 quickly.
+    let args = ["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "3s", "--fast-leave", "p1"];
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    drop(m1);
+    wait_for_members(&lab, G, &["p2"], Duration::from_millis(1000))?;
+    assert_eq!(stat(&lab, "controller", "group_queries_sent")?, 0);
+    Ok(())
+}
