@@ -113,6 +113,20 @@ pub struct TrafficCounters {
     pub pruned_bytes: u64,
 }
 
+/// Control traffic entering through one port, a per-CPU value keyed by ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortCounters {
+    pub queries: u64,
+    /// v1, v2 and v3 membership reports.
+    pub reports: u64,
+    /// v2 leaves (v3 leaves are records inside reports).
+    pub leaves: u64,
+    /// IGMP of other types (flooded, not interpreted).
+    pub other_igmp: u64,
+    pub pim_hellos: u64,
+}
+
 /// Data path counters, indexes into the per-CPU array [`MAP_COUNTERS`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,6 +185,7 @@ pub const MAP_PORTS: &str = "SNOOP_PORTS";
 pub const MAP_CONFIG: &str = "SNOOP_CONFIG";
 pub const MAP_COUNTERS: &str = "SNOOP_COUNTERS";
 pub const MAP_TRAFFIC: &str = "SNOOP_TRAFFIC";
+pub const MAP_PORT_COUNTERS: &str = "SNOOP_PORT_COUNTERS";
 pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
 
 /// Program names (the eBPF function names).
@@ -196,6 +211,7 @@ mod pod {
     unsafe impl aya::Pod for PortValue {}
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for TrafficCounters {}
+    unsafe impl aya::Pod for PortCounters {}
 }
 
 // Layout checks: a change here changes the pinned maps' format.

@@ -14,13 +14,13 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use snoop_common::{
-    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupValue, MemberValue, PortGroupKey,
-    PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, COUNTER_COUNT,
+    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupValue, MemberValue, PortCounters,
+    PortGroupKey, PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, COUNTER_COUNT,
     EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_ENTRIES, PORT_ROUTER,
     VLAN_NONE,
 };
@@ -41,6 +41,8 @@ static SNOOP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 #[map]
 static SNOOP_TRAFFIC: LruPerCpuHashMap<PortGroupKey, TrafficCounters> =
     LruPerCpuHashMap::pinned(MAX_TRAFFIC_ENTRIES, 0);
+#[map]
+static SNOOP_PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap::pinned(MAX_PORTS, 0);
 // Pinned too: reports that arrive while the controller restarts wait here.
 #[map]
 static SNOOP_EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
@@ -112,13 +114,46 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
         let is_pim_hello_dst = ip.protocol == IPPROTO_PIM && ip.dst == ALL_PIM_ROUTERS;
         if ip.protocol == IPPROTO_IGMP {
             count(Counter::IgmpSeen);
+            let igmp_type = ctx.load::<u8>(ETH_HLEN + ip.header_len).unwrap_or(0);
+            count_port_control(&ctx, igmp_type);
             capture(&ctx);
         } else if is_pim_hello_dst {
             count(Counter::PimSeen);
+            count_port_control(&ctx, PIM_HELLO_MARK);
             capture(&ctx);
         }
     }
     TC_ACT_OK
+}
+
+/// Not an IGMP type: marks a PIM hello for `count_port_control`.
+const PIM_HELLO_MARK: u8 = 0;
+const IGMP_QUERY: u8 = 0x11;
+
+/// Per-port control-traffic counters, by IGMP type.
+#[inline(always)]
+fn count_port_control(ctx: &TcContext, igmp_type: u8) {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(counters) = SNOOP_PORT_COUNTERS.get_ptr_mut(ifindex) else {
+        let mut fresh = PortCounters::default();
+        bump(&mut fresh, igmp_type);
+        let _ = SNOOP_PORT_COUNTERS.insert(ifindex, &fresh, 0);
+        return;
+    };
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    bump(unsafe { &mut *counters }, igmp_type);
+}
+
+#[inline(always)]
+fn bump(counters: &mut PortCounters, igmp_type: u8) {
+    match igmp_type {
+        PIM_HELLO_MARK => counters.pim_hellos += 1,
+        IGMP_QUERY => counters.queries += 1,
+        IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT => counters.reports += 1,
+        IGMP_V2_LEAVE => counters.leaves += 1,
+        _ => counters.other_igmp += 1,
+    }
 }
 
 /// Hands the frame's IP packet to the controller through the event ring.

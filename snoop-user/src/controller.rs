@@ -14,9 +14,10 @@ use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
 use snoop_common::{CapturedFrame, Counter, DatapathConfig, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER};
 use tokio::{
-    io::{unix::AsyncFd, AsyncWriteExt as _},
-    net::UnixListener,
+    io::{unix::AsyncFd, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+    net::{TcpListener, UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
+    sync::{broadcast, mpsc, oneshot},
     time::Instant,
 };
 
@@ -25,8 +26,13 @@ use crate::{
     datapath::Datapath,
     igmp,
     membership::{Action, PortOptions, Snooper, Timers},
-    snapshot::{GroupView, MemberView, PortView, QuerierView, Snapshot, TrafficView},
+    membership::RemoveReason,
+    metrics,
+    snapshot::{Event, EventKind, GroupView, MemberView, PortView, QuerierView, Snapshot, TrafficView},
 };
+
+/// A request for the current state, answered by the controller loop.
+pub(crate) type SnapshotRequest = oneshot::Sender<std::sync::Arc<Snapshot>>;
 
 /// Everything `snoop run` is told.
 #[derive(Clone, Debug)]
@@ -43,6 +49,8 @@ pub struct RunConfig {
     pub pin_dir: PathBuf,
     pub keep_state: bool,
     pub port_scan_interval: Duration,
+    /// Serve Prometheus metrics on this address.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Abstract unix socket of the controller for `bridge`: per network namespace,
@@ -79,6 +87,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
         port_names: BTreeMap::new(),
         query_socket,
         stats: BTreeMap::new(),
+        port_malformed: BTreeMap::new(),
+        events: broadcast::channel(4096).0,
     };
     let result = controller.run(listener, resumed).await;
 
@@ -102,6 +112,10 @@ struct Controller {
     query_socket: QuerySocket,
     /// Controller-side counters (parse errors, events handled, map errors).
     stats: BTreeMap<String, u64>,
+    /// Malformed control frames per port.
+    port_malformed: BTreeMap<u32, u64>,
+    /// Membership events for `snoop watch` clients.
+    events: broadcast::Sender<Event>,
 }
 
 impl Controller {
@@ -133,6 +147,13 @@ impl Controller {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut port_scan = tokio::time::interval(self.config.port_scan_interval);
+        let (snapshot_requests, mut snapshot_queue) = mpsc::channel::<SnapshotRequest>(64);
+        if let Some(addr) = self.config.metrics {
+            let metrics_listener =
+                TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?;
+            info!("serving Prometheus metrics on http://{addr}/metrics");
+            tokio::spawn(metrics::serve(metrics_listener, snapshot_requests.clone()));
+        }
         info!(
             "snooping on {} ({} ports){}; querier {}",
             self.bridge.name,
@@ -165,11 +186,13 @@ impl Controller {
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = port_scan.tick() => self.sync_ports().await?,
                 accepted = listener.accept() => {
-                    if let Ok((mut stream, _)) = accepted {
-                        let body = serde_json::to_vec(&self.snapshot())?;
-                        // A slow reader must not stall snooping.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&body)).await;
+                    if let Ok((stream, _)) = accepted {
+                        // Clients are served on their own tasks: a slow one never stalls snooping.
+                        tokio::spawn(serve_client(stream, snapshot_requests.clone(), self.events.clone()));
                     }
+                }
+                Some(reply) = snapshot_queue.recv() => {
+                    let _ = reply.send(std::sync::Arc::new(self.snapshot()));
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -212,6 +235,7 @@ impl Controller {
                 Err(error) => {
                     debug!("port {ifindex}: dropped control frame: {error}");
                     self.count(&format!("dropped_{}", snake_case(&error.to_string())));
+                    *self.port_malformed.entry(ifindex).or_default() += 1;
                 }
             }
         }
@@ -231,14 +255,19 @@ impl Controller {
     fn apply_one(&mut self, action: &Action) -> Result<()> {
         match *action {
             Action::AddMember { group, port, version, expires } => {
-                info!("{group}: port {} joined (IGMPv{version})", self.port_name(port));
+                self.publish(EventKind::Join, Some(group), Some(port), format!("IGMPv{version}"));
                 self.datapath.set_member(group, port, version, self.monotonic_ns(expires))
             }
             Action::RefreshMember { group, port, version, expires } => {
                 self.datapath.set_member(group, port, version, self.monotonic_ns(expires))
             }
             Action::RemoveMember { group, port, reason } => {
-                info!("{group}: port {} removed ({reason:?})", self.port_name(port));
+                let kind = match reason {
+                    RemoveReason::Expired => EventKind::Expire,
+                    RemoveReason::Left => EventKind::Leave,
+                    RemoveReason::PortRemoved => EventKind::PortRemoved,
+                };
+                self.publish(kind, Some(group), Some(port), String::new());
                 self.datapath.remove_member(group, port)
             }
             Action::RegisterGroup { group } => self.datapath.register_group(group),
@@ -262,17 +291,31 @@ impl Controller {
                 self.query_socket.send(&frame).context("sending a query")
             }
             Action::SetRouterPort { port, is_router } => {
-                info!("port {} {} a router port", self.port_name(port), if is_router { "is" } else { "is no longer" });
+                let kind = if is_router { EventKind::RouterPortLearned } else { EventKind::RouterPortExpired };
+                self.publish(kind, None, Some(port), String::new());
                 self.datapath.set_port_flags(port, if is_router { PORT_ROUTER } else { 0 })
             }
             Action::QuerierChanged { other_querier } => {
                 match other_querier {
-                    Some(addr) => info!("querier is {addr}; snoop stops querying"),
-                    None => info!("no other querier heard; snoop is the querier"),
+                    Some(addr) => self.publish(EventKind::QuerierOther, None, None, addr.to_string()),
+                    None => self.publish(
+                        EventKind::QuerierSelf,
+                        None,
+                        None,
+                        self.snooper.querier().own_address.to_string(),
+                    ),
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Logs a membership event and sends it to `snoop watch` clients.
+    fn publish(&self, kind: EventKind, group: Option<Ipv4Addr>, port: Option<u32>, detail: String) {
+        let event = Event::now(kind, group, port.map(|p| self.port_name(p)), detail);
+        info!("{}", event.to_line().split_once("  ").map_or("", |(_, rest)| rest));
+        // No receivers is fine: nobody is watching.
+        let _ = self.events.send(event);
     }
 
     fn port_name(&self, ifindex: u32) -> String {
@@ -306,7 +349,7 @@ impl Controller {
             self.datapath.attach_port(*ifindex, name, 0)?;
             self.port_names.insert(*ifindex, name.clone());
             let actions = self.snooper.add_port(*ifindex, self.port_options(name));
-            info!("port {name} (ifindex {ifindex}) attached");
+            self.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
             self.apply(actions);
         }
         let gone: Vec<u32> =
@@ -317,6 +360,7 @@ impl Controller {
             self.datapath.detach_port(ifindex)?;
             info!("port {} left the bridge", self.port_name(ifindex));
             self.port_names.remove(&ifindex);
+            self.port_malformed.remove(&ifindex);
         }
         Ok(())
     }
@@ -355,43 +399,6 @@ impl Controller {
             None if querier.enabled => ("self", Some(querier.own_address)),
             None => ("none", None),
         };
-        let groups = self.snooper.groups();
-        let ports = self
-            .snooper
-            .ports()
-            .iter()
-            .map(|(ifindex, state)| PortView {
-                ifindex: *ifindex,
-                name: self.port_name(*ifindex),
-                router: state.is_router(now),
-                static_router: state.options.static_router,
-                fast_leave: state.options.fast_leave,
-                router_expires_in_secs: state.router_until.map(secs_until),
-                groups: groups.values().filter(|members| members.contains_key(ifindex)).count(),
-            })
-            .collect();
-        let groups = groups
-            .iter()
-            .map(|(group, members)| GroupView {
-                group: *group,
-                members: members
-                    .iter()
-                    .map(|(ifindex, member)| MemberView {
-                        ifindex: *ifindex,
-                        port: self.port_name(*ifindex),
-                        version: member.version,
-                        expires_in_secs: secs_until(member.expires),
-                        last_reporter: member.last_reporter,
-                        leaving: member.leaving,
-                    })
-                    .collect(),
-            })
-            .collect();
-        let datapath = counter_names()
-            .iter()
-            .zip(self.datapath.counters())
-            .map(|(name, value)| (name.to_string(), value))
-            .collect();
         let mut traffic: Vec<TrafficView> = self
             .datapath
             .traffic()
@@ -407,6 +414,77 @@ impl Controller {
             })
             .collect();
         traffic.sort_by_key(|t| (t.group, t.ifindex));
+        let sum = |filter: &dyn Fn(&TrafficView) -> bool| {
+            traffic.iter().filter(|t| filter(t)).fold([0u64; 4], |acc, t| {
+                [
+                    acc[0] + t.forwarded_packets,
+                    acc[1] + t.forwarded_bytes,
+                    acc[2] + t.pruned_packets,
+                    acc[3] + t.pruned_bytes,
+                ]
+            })
+        };
+
+        let groups = self.snooper.groups();
+        let ports = self
+            .snooper
+            .ports()
+            .iter()
+            .map(|(ifindex, state)| {
+                let control = self.datapath.port_counters(*ifindex);
+                let [forwarded_packets, forwarded_bytes, pruned_packets, pruned_bytes] =
+                    sum(&|t| t.ifindex == *ifindex);
+                PortView {
+                    ifindex: *ifindex,
+                    name: self.port_name(*ifindex),
+                    router: state.is_router(now),
+                    static_router: state.options.static_router,
+                    fast_leave: state.options.fast_leave,
+                    router_expires_in_secs: state.router_until.map(secs_until),
+                    groups: groups.values().filter(|members| members.contains_key(ifindex)).count(),
+                    queries_received: control.queries,
+                    reports_received: control.reports,
+                    leaves_received: control.leaves,
+                    other_igmp_received: control.other_igmp,
+                    pim_hellos_received: control.pim_hellos,
+                    malformed_dropped: self.port_malformed.get(ifindex).copied().unwrap_or(0),
+                    forwarded_packets,
+                    forwarded_bytes,
+                    pruned_packets,
+                    pruned_bytes,
+                }
+            })
+            .collect();
+        let groups = groups
+            .iter()
+            .map(|(group, members)| {
+                let [forwarded_packets, forwarded_bytes, pruned_packets, pruned_bytes] =
+                    sum(&|t| t.group == *group);
+                GroupView {
+                    group: *group,
+                    members: members
+                        .iter()
+                        .map(|(ifindex, member)| MemberView {
+                            ifindex: *ifindex,
+                            port: self.port_name(*ifindex),
+                            version: member.version,
+                            expires_in_secs: secs_until(member.expires),
+                            last_reporter: member.last_reporter,
+                            leaving: member.leaving,
+                        })
+                        .collect(),
+                    forwarded_packets,
+                    forwarded_bytes,
+                    pruned_packets,
+                    pruned_bytes,
+                }
+            })
+            .collect();
+        let datapath = counter_names()
+            .iter()
+            .zip(self.datapath.counters())
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
         Snapshot {
             bridge: self.bridge.name.clone(),
             uptime_secs: now.as_secs_f64(),
@@ -424,6 +502,43 @@ impl Controller {
             traffic,
         }
     }
+}
+
+/// Serves one control-socket client: `snapshot` (the default) answers the
+/// state as one JSON document; `watch` streams events as JSON lines.
+async fn serve_client(stream: UnixStream, snapshots: mpsc::Sender<SnapshotRequest>, events: broadcast::Sender<Event>) {
+    let (read, mut write) = stream.into_split();
+    let mut request = String::new();
+    let mut reader = BufReader::new(read);
+    let _ = tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut request)).await;
+    if request.trim() == "watch" {
+        let mut receiver = events.subscribe();
+        loop {
+            let event = match receiver.recv().await {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Event::now(EventKind::Lost, None, None, missed.to_string())
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let mut line = serde_json::to_vec(&event).expect("events serialize");
+            line.push(b'\n');
+            if write.write_all(&line).await.is_err() {
+                return; // the watcher went away
+            }
+        }
+    }
+    if let Some(snapshot) = request_snapshot(&snapshots).await {
+        let body = serde_json::to_vec(&*snapshot).expect("snapshots serialize");
+        let _ = tokio::time::timeout(Duration::from_secs(5), write.write_all(&body)).await;
+    }
+}
+
+/// Asks the controller loop for its current state.
+pub(crate) async fn request_snapshot(snapshots: &mpsc::Sender<SnapshotRequest>) -> Option<std::sync::Arc<Snapshot>> {
+    let (reply, answer) = oneshot::channel();
+    snapshots.send(reply).await.ok()?;
+    answer.await.ok()
 }
 
 /// Names of the data path counters, in `snoop_common::Counter` order.

@@ -20,9 +20,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use snoop_common::{
-    DatapathConfig, GroupKey, GroupValue, MemberValue, PortGroupKey, PortValue, TrafficCounters,
-    COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_MEMBERS, MAP_PORTS,
-    MAP_TRAFFIC, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    DatapathConfig, GroupKey, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
+    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_MEMBERS,
+    MAP_PORTS, MAP_PORT_COUNTERS, MAP_TRAFFIC, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -47,6 +47,7 @@ pub struct Datapath {
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     traffic: PerCpuHashMap<MapData, PortGroupKey, TrafficCounters>,
+    port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     events: Option<RingBuf<MapData>>,
     links: BTreeMap<u32, PortLinks>,
 }
@@ -80,6 +81,7 @@ impl Datapath {
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
             traffic: take_map(&mut ebpf, MAP_TRAFFIC)?,
+            port_counters: take_map(&mut ebpf, MAP_PORT_COUNTERS)?,
             events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -148,6 +150,7 @@ impl Datapath {
             }
         }
         remove_if_present(self.ports.remove(&ifindex))?;
+        remove_if_present(self.port_counters.remove(&ifindex))?;
         Ok(())
     }
 
@@ -237,6 +240,21 @@ impl Datapath {
             .collect()
     }
 
+    /// Control traffic per port, summed over CPUs.
+    pub fn port_counters(&self, ifindex: u32) -> PortCounters {
+        let Ok(per_cpu) = self.port_counters.get(&ifindex, 0) else {
+            return PortCounters::default();
+        };
+        per_cpu.iter().fold(PortCounters::default(), |mut acc, c| {
+            acc.queries += c.queries;
+            acc.reports += c.reports;
+            acc.leaves += c.leaves;
+            acc.other_igmp += c.other_igmp;
+            acc.pim_hellos += c.pim_hellos;
+            acc
+        })
+    }
+
     /// Stops snooping. With `keep_state` the programs stay attached and the
     /// maps pinned, so forwarding continues until a new snoop adopts them.
     /// Without it every link, pin and the directory are removed.
@@ -257,13 +275,20 @@ impl Datapath {
     }
 }
 
-/// Removes a pin directory (maps and link pins) left by `--keep-state`.
+/// Removes a pin directory (maps and link pins), and its parents up to
+/// /sys/fs/bpf if that leaves them empty.
 pub fn remove_pin_dir(pin_dir: &Path) -> Result<()> {
     match fs::remove_dir_all(pin_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", pin_dir.display())),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", pin_dir.display())),
     }
+    for parent in pin_dir.ancestors().skip(1).take_while(|p| p.starts_with(BPF_FS) && *p != Path::new(BPF_FS)) {
+        if fs::remove_dir(parent).is_err() {
+            break; // not empty: another bridge's state lives there
+        }
+    }
+    Ok(())
 }
 
 /// The default pin directory: one per (network namespace, bridge), so bridges

@@ -66,6 +66,7 @@ impl Lab {
         let snooping = if options.kernel_snooping { "1" } else { "0" };
         lab.ip_br(&["link", "add", BRIDGE, "type", "bridge", "mcast_snooping", snooping])?;
         lab.ip_br(&["link", "set", BRIDGE, "up"])?;
+        lab.ip_br(&["link", "set", "lo", "up"])?;
         quiet_ipv6(&bridge_netns)?;
         for i in 0..host_count {
             lab.add_host(i, options)?;
@@ -269,7 +270,6 @@ impl Drop for Lab {
         }
         let _ = run("ip", &["netns", "del", &self.bridge_netns]);
         let _ = crate::datapath::remove_pin_dir(&self.pin_dir());
-        let _ = fs::remove_dir(self.pin_dir().parent().expect("pin dir has a parent"));
     }
 }
 

@@ -12,5 +12,6 @@ pub mod demo;
 pub mod igmp;
 pub mod lab;
 pub mod membership;
+pub mod metrics;
 pub mod show;
 pub mod snapshot;

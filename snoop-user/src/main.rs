@@ -37,6 +37,18 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Redraw every INTERVAL with traffic rates (e.g. 1s) until interrupted.
+        #[arg(long, value_name = "INTERVAL", value_parser = duration, num_args = 0..=1, default_missing_value = "1s")]
+        watch: Option<Duration>,
+    },
+    /// Stream membership events (joins, leaves, expiries, querier and router
+    /// port changes) from the snoop running on a bridge, one line each.
+    Watch {
+        #[arg(long, default_value = "br0")]
+        bridge: String,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Build a lab in network namespaces and show snoop pruning multicast (the default).
     Demo,
@@ -107,6 +119,9 @@ struct RunArgs {
     /// continues and the next `snoop run` resumes without a gap.
     #[arg(long)]
     keep_state: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// How often to look for ports added to or removed from the bridge.
     #[arg(long, default_value = "1s", value_parser = duration)]
     port_scan_interval: Duration,
@@ -151,7 +166,8 @@ fn real_main(cli: Cli) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(controller::run(config))
         }
-        Command::Show { view, bridge, json } => show::print(&show::fetch(&bridge)?, view, json),
+        Command::Show { view, bridge, json, watch } => show::show(&bridge, view, json, watch),
+        Command::Watch { bridge, json } => show::watch(&bridge, json),
         Command::Demo => {
             require_root()?;
             demo::run(&std::env::current_exe().context("locating the snoop binary")?)
@@ -206,6 +222,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         pin_dir,
         keep_state: args.keep_state,
         port_scan_interval: args.port_scan_interval,
+        metrics: args.metrics,
     })
 }
 

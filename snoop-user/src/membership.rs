@@ -88,9 +88,9 @@ pub enum Action {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum RemoveReason {
-    /// No report within the group membership interval (or last-member time).
+    /// No report within the group membership interval.
     Expired,
-    /// Fast leave.
+    /// A leave, by fast leave or confirmed by unanswered last-member queries.
     Left,
     /// The port left the bridge.
     PortRemoved,
@@ -436,15 +436,18 @@ impl Snooper {
     pub fn poll(&mut self, now: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
 
-        let expired: Vec<(Ipv4Addr, u32)> = self
+        let expired: Vec<(Ipv4Addr, u32, RemoveReason)> = self
             .groups
             .iter()
             .flat_map(|(group, ports)| {
-                ports.iter().filter(|(_, m)| m.expires <= now).map(move |(port, _)| (*group, *port))
+                ports.iter().filter(|(_, m)| m.expires <= now).map(move |(port, m)| {
+                    let reason = if m.leaving { RemoveReason::Left } else { RemoveReason::Expired };
+                    (*group, *port, reason)
+                })
             })
             .collect();
-        for (group, port) in expired {
-            self.remove_member(group, port, RemoveReason::Expired, &mut actions);
+        for (group, port, reason) in expired {
+            self.remove_member(group, port, reason, &mut actions);
         }
 
         for (port, state) in &mut self.ports {
@@ -613,7 +616,7 @@ mod tests {
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
         assert_eq!(
             s.poll(secs(12)),
-            [Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Expired }]
+            [Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Left }]
         );
         assert_eq!(members(&s, G1), [2]);
     }

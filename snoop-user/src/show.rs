@@ -1,9 +1,16 @@
 //! `snoop show`: asks a running controller for its state and prints it.
-use std::{io::Read as _, os::unix::net::UnixStream, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::net::UnixStream,
+    time::Duration,
+};
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{controller::control_socket_name, snapshot::Snapshot};
+use crate::{
+    controller::control_socket_name,
+    snapshot::{Event, Snapshot},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum View {
@@ -13,22 +20,76 @@ pub enum View {
     Stats,
 }
 
-/// Fetches the state of the controller running on `bridge` in this network namespace.
-pub fn fetch(bridge: &str) -> Result<Snapshot> {
+fn connect(bridge: &str) -> Result<UnixStream> {
     use std::os::linux::net::SocketAddrExt as _;
     let name = control_socket_name(bridge);
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let mut stream = match UnixStream::connect_addr(&addr) {
-        Ok(stream) => stream,
+    match UnixStream::connect_addr(&addr) {
+        Ok(stream) => Ok(stream),
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             bail!("snoop is not running on bridge {bridge} in this network namespace (start it with `snoop run --bridge {bridge}`)")
         }
-        Err(e) => return Err(e).context("connecting to the snoop controller"),
-    };
+        Err(e) => Err(e).context("connecting to the snoop controller"),
+    }
+}
+
+/// Fetches the state of the controller running on `bridge` in this network namespace.
+pub fn fetch(bridge: &str) -> Result<Snapshot> {
+    let mut stream = connect(bridge)?;
+    stream.write_all(b"snapshot\n")?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body).context("reading from the snoop controller")?;
     serde_json::from_slice(&body).context("the controller's answer is not a snapshot")
+}
+
+/// `snoop watch`: prints membership events as they happen, until interrupted.
+pub fn watch(bridge: &str, json: bool) -> Result<()> {
+    let mut stream = connect(bridge)?;
+    stream.write_all(b"watch\n")?;
+    let stdout = std::io::stdout();
+    for line in BufReader::new(stream).lines() {
+        let line = line.context("reading events")?;
+        let mut out = stdout.lock();
+        if json {
+            writeln!(out, "{line}")?;
+        } else {
+            let event: Event = serde_json::from_str(&line).context("an event line")?;
+            writeln!(out, "{}", event.to_line())?;
+        }
+        out.flush()?;
+    }
+    bail!("snoop on {bridge} stopped")
+}
+
+/// One view, printed once or, with `refresh`, redrawn with rates until interrupted.
+pub fn show(bridge: &str, view: View, json: bool, refresh: Option<Duration>) -> Result<()> {
+    let Some(interval) = refresh else {
+        return print(&fetch(bridge)?, view, json);
+    };
+    let mut previous: Option<Snapshot> = None;
+    loop {
+        let snapshot = fetch(bridge)?;
+        if json {
+            print(&snapshot, view, true)?;
+        } else {
+            // Clear the screen and redraw from the top.
+            print!("\x1b[2J\x1b[H{} on {} (every {:?}, Ctrl-C to stop)\n\n", view_name(view), bridge, interval);
+            print!("{}", render_with_rates(&snapshot, view, previous.as_ref()));
+        }
+        std::io::stdout().flush()?;
+        previous = Some(snapshot);
+        std::thread::sleep(interval);
+    }
+}
+
+fn view_name(view: View) -> &'static str {
+    match view {
+        View::Groups => "groups",
+        View::Ports => "ports",
+        View::Querier => "querier",
+        View::Stats => "stats",
+    }
 }
 
 pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
@@ -52,17 +113,36 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
 
 /// The human-readable table for one view.
 pub fn render(s: &Snapshot, view: View) -> String {
+    render_with_rates(s, view, None)
+}
+
+/// Packets per second between two counter readings.
+fn rate(now: u64, before: Option<u64>, seconds: f64) -> String {
+    match before {
+        Some(before) if seconds > 0.0 => format!("{}/s", human(now.saturating_sub(before) as f64 / seconds)),
+        _ => "-".into(),
+    }
+}
+
+/// The table for one view; with a previous snapshot, traffic rates too.
+pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) -> String {
+    let elapsed = previous.map_or(0.0, |p| s.uptime_secs - p.uptime_secs);
     let mut rows: Vec<Vec<String>> = Vec::new();
     match view {
         View::Groups => {
-            rows.push(["GROUP", "PORT", "VERSION", "EXPIRES", "REPORTER", "STATE", "FORWARDED"].map(String::from).to_vec());
+            rows.push(
+                ["GROUP", "PORT", "VERSION", "EXPIRES", "REPORTER", "STATE", "FORWARDED", "BYTES", "RATE"]
+                    .map(String::from)
+                    .to_vec(),
+            );
             for group in &s.groups {
                 for m in &group.members {
-                    let forwarded = s
-                        .traffic
-                        .iter()
-                        .find(|t| t.group == group.group && t.ifindex == m.ifindex)
-                        .map_or(0, |t| t.forwarded_packets);
+                    let traffic = |snap: &Snapshot| {
+                        snap.traffic.iter().find(|t| t.group == group.group && t.ifindex == m.ifindex).cloned()
+                    };
+                    let now = traffic(s);
+                    let before = previous.and_then(traffic).map(|t| t.forwarded_packets);
+                    let (packets, bytes) = now.map_or((0, 0), |t| (t.forwarded_packets, t.forwarded_bytes));
                     rows.push(vec![
                         group.group.to_string(),
                         m.port.clone(),
@@ -70,25 +150,41 @@ pub fn render(s: &Snapshot, view: View) -> String {
                         format!("{:.1}s", m.expires_in_secs),
                         m.last_reporter.to_string(),
                         if m.leaving { "leaving".into() } else { "member".into() },
-                        format!("{forwarded} pkts"),
+                        human(packets as f64),
+                        human_bytes(bytes),
+                        rate(packets, before.or(previous.map(|_| 0)), elapsed),
                     ]);
                 }
             }
         }
         View::Ports => {
-            rows.push(["PORT", "IFINDEX", "ROUTER", "FAST-LEAVE", "GROUPS"].map(String::from).to_vec());
+            rows.push(
+                ["PORT", "IFINDEX", "ROUTER", "FAST-LEAVE", "GROUPS", "REPORTS", "LEAVES", "QUERIES", "MALFORMED", "FORWARDED", "PRUNED", "RATE"]
+                    .map(String::from)
+                    .to_vec(),
+            );
             for p in &s.ports {
                 let router = match (p.static_router, p.router, p.router_expires_in_secs) {
                     (true, _, _) => "static".to_string(),
                     (false, true, Some(left)) => format!("learned ({left:.0}s)"),
                     _ => "-".to_string(),
                 };
+                let before = previous
+                    .and_then(|prev| prev.ports.iter().find(|q| q.ifindex == p.ifindex))
+                    .map(|q| q.forwarded_packets);
                 rows.push(vec![
                     p.name.clone(),
                     p.ifindex.to_string(),
                     router,
                     if p.fast_leave { "yes".into() } else { "no".into() },
                     p.groups.to_string(),
+                    p.reports_received.to_string(),
+                    p.leaves_received.to_string(),
+                    p.queries_received.to_string(),
+                    p.malformed_dropped.to_string(),
+                    human(p.forwarded_packets as f64),
+                    human(p.pruned_packets as f64),
+                    rate(p.forwarded_packets, before, elapsed),
                 ]);
             }
         }
@@ -107,13 +203,36 @@ pub fn render(s: &Snapshot, view: View) -> String {
             }
         }
         View::Stats => {
-            rows.push(vec!["COUNTER".into(), "VALUE".into()]);
-            for (name, value) in s.datapath.iter().chain(s.controller.iter()) {
-                rows.push(vec![name.clone(), value.to_string()]);
+            rows.push(vec!["SOURCE".into(), "COUNTER".into(), "VALUE".into()]);
+            for (name, value) in &s.datapath {
+                rows.push(vec!["datapath".into(), name.clone(), value.to_string()]);
+            }
+            for (name, value) in &s.controller {
+                rows.push(vec!["controller".into(), name.clone(), value.to_string()]);
             }
         }
     }
     table(&rows)
+}
+
+/// 1234567 -> "1.2M"; small numbers as they are.
+pub fn human(value: f64) -> String {
+    const UNITS: [(f64, &str); 3] = [(1e9, "G"), (1e6, "M"), (1e3, "k")];
+    for (scale, unit) in UNITS {
+        if value >= scale {
+            return format!("{:.1}{unit}", value / scale);
+        }
+    }
+    format!("{value:.0}")
+}
+
+/// Bytes with SI units: "1.2 MB".
+pub fn human_bytes(bytes: u64) -> String {
+    let text = human(bytes as f64);
+    match text.chars().last() {
+        Some(unit) if unit.is_alphabetic() => format!("{} {unit}B", &text[..text.len() - 1]),
+        _ => format!("{text} B"),
+    }
 }
 
 /// Left-aligned columns separated by two spaces.
@@ -128,4 +247,24 @@ fn table(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(human(999.0), "999");
+        assert_eq!(human(1234.0), "1.2k");
+        assert_eq!(human(2_500_000.0), "2.5M");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1_500_000), "1.5 MB");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let rows = vec![vec!["A".to_string(), "BB".to_string()], vec!["CCC".to_string(), "D".to_string()]];
+        assert_eq!(table(&rows), "A    BB\nCCC  D\n");
+    }
 }

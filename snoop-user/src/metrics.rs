@@ -1,0 +1,141 @@
+//! Prometheus metrics (`snoop run --metrics ADDR`), rendered with the
+//! prometheus-client crate from the same snapshot `snoop show` gets, so the two
+//! always agree.
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+use crate::{
+    controller::{request_snapshot, SnapshotRequest},
+    snapshot::Snapshot,
+};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, String)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+/// The OpenMetrics text for one snapshot.
+pub fn render(s: &Snapshot) -> String {
+    let mut registry = Registry::with_prefix("snoop");
+
+    let member_ports = Family::<Labels, Gauge>::default();
+    let membership = Family::<Labels, Gauge>::default();
+    for group in &s.groups {
+        member_ports.get_or_create(&labels(&[("group", group.group.to_string())])).set(group.members.len() as i64);
+        for m in &group.members {
+            let l = labels(&[("group", group.group.to_string()), ("port", m.port.clone()), ("version", m.version.to_string())]);
+            membership.get_or_create(&l).set(1);
+        }
+    }
+    registry.register("group_member_ports", "Ports with members of the group", member_ports);
+    registry.register("membership", "1 for each (group, port) with a member", membership);
+
+    let forwarded_packets = Family::<Labels, Counter>::default();
+    let forwarded_bytes = Family::<Labels, Counter>::default();
+    let pruned_packets = Family::<Labels, Counter>::default();
+    let pruned_bytes = Family::<Labels, Counter>::default();
+    for t in &s.traffic {
+        let l = labels(&[("group", t.group.to_string()), ("port", t.port.clone())]);
+        forwarded_packets.get_or_create(&l).inc_by(t.forwarded_packets);
+        forwarded_bytes.get_or_create(&l).inc_by(t.forwarded_bytes);
+        pruned_packets.get_or_create(&l).inc_by(t.pruned_packets);
+        pruned_bytes.get_or_create(&l).inc_by(t.pruned_bytes);
+    }
+    registry.register("forwarded_packets", "Group packets sent out of a port", forwarded_packets);
+    registry.register("forwarded_bytes", "Group bytes sent out of a port", forwarded_bytes);
+    registry.register("pruned_packets", "Group packets held back from a port without members", pruned_packets);
+    registry.register("pruned_bytes", "Group bytes held back from a port without members", pruned_bytes);
+
+    let control = Family::<Labels, Counter>::default();
+    let router = Family::<Labels, Gauge>::default();
+    for p in &s.ports {
+        for (kind, value) in [
+            ("query", p.queries_received),
+            ("report", p.reports_received),
+            ("leave", p.leaves_received),
+            ("other_igmp", p.other_igmp_received),
+            ("pim_hello", p.pim_hellos_received),
+            ("malformed", p.malformed_dropped),
+        ] {
+            control.get_or_create(&labels(&[("port", p.name.clone()), ("type", kind.into())])).inc_by(value);
+        }
+        router.get_or_create(&labels(&[("port", p.name.clone())])).set(i64::from(p.router));
+    }
+    registry.register("port_control_frames", "Control frames received on a port, by type", control);
+    registry.register("port_is_router", "1 if the port is a router port", router);
+
+    let is_querier = Gauge::<i64>::default();
+    is_querier.set(i64::from(s.querier.role == "self"));
+    registry.register("querier_is_self", "1 while snoop is the querier", is_querier);
+
+    let datapath = Family::<Labels, Counter>::default();
+    for (name, value) in &s.datapath {
+        datapath.get_or_create(&labels(&[("counter", name.clone())])).inc_by(*value);
+    }
+    registry.register("datapath_events", "Data path counters", datapath);
+    let controller = Family::<Labels, Counter>::default();
+    for (name, value) in &s.controller {
+        controller.get_or_create(&labels(&[("counter", name.clone())])).inc_by(*value);
+    }
+    registry.register("controller_events", "Controller counters (parse drops, queries sent)", controller);
+
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String");
+    out
+}
+
+/// Answers `GET /metrics` on `listener`; anything else gets a 404.
+pub(crate) async fn serve(listener: TcpListener, snapshots: mpsc::Sender<SnapshotRequest>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        tokio::spawn(answer(stream, snapshots.clone()));
+    }
+}
+
+async fn answer(mut stream: TcpStream, snapshots: mpsc::Sender<SnapshotRequest>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Read the request head (bounded in size and time).
+    let read = tokio::time::timeout(Duration::from_secs(2), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    if read.await.is_err() {
+        return;
+    }
+    let response = if head.starts_with(b"GET /metrics ") {
+        match request_snapshot(&snapshots).await {
+            Some(snapshot) => http(
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                &render(&snapshot),
+            ),
+            None => http("503 Service Unavailable", "text/plain", "snoop is shutting down\n"),
+        }
+    } else {
+        http("404 Not Found", "text/plain", "see /metrics\n")
+    };
+    let _ = stream.write_all(response.as_bytes()).await;
+}
+
+fn http(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
