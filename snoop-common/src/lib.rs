@@ -85,7 +85,13 @@ pub struct GroupValue {
 pub struct PortValue {
     /// `PORT_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// Control frames per second handed to the controller from this port; the
+    /// rest are counted and still forwarded. 0: no limit.
+    pub control_rate_limit: u32,
+    /// Rate-limit window: start (CLOCK_MONOTONIC ns) and frames so far. Written
+    /// by the data path only; a userspace write just restarts the window.
+    pub window_start_ns: u64,
+    pub window_frames: u64,
 }
 
 /// A multicast router is behind the port: it gets all group traffic and all reports.
@@ -98,6 +104,11 @@ pub struct DatapathConfig {
     /// `CONFIG_*` flags.
     pub flags: u32,
     pub _pad: u32,
+    /// CLOCK_MONOTONIC ns of the controller's last heartbeat.
+    pub heartbeat_ns: u64,
+    /// With no heartbeat for this long the controller counts as gone and the
+    /// data path stops pruning (floods like a plain bridge). 0: never.
+    pub failsafe_ns: u64,
 }
 
 /// Groups nobody has joined are flooded (off: sent to router ports only).
@@ -155,10 +166,15 @@ pub enum Counter {
     UnregisteredFlooded,
     /// Data for a group nobody joined, dropped (router-ports-only policy).
     UnregisteredDropped,
+    /// Control frames over a port's rate limit: forwarded, not handed over.
+    ControlRateLimited,
+    /// Data that would have been pruned, flooded because the controller's
+    /// heartbeat is older than the failsafe time.
+    FailsafeFlooded,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = Counter::UnregisteredDropped as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::FailsafeFlooded as u32 + 1;
 
 /// Most bytes of a control frame's IP packet handed to userspace: a full
 /// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.

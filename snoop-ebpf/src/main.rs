@@ -116,11 +116,11 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
             count(Counter::IgmpSeen);
             let igmp_type = ctx.load::<u8>(ETH_HLEN + ip.header_len).unwrap_or(0);
             count_port_control(&ctx, igmp_type);
-            capture(&ctx);
+            capture_within_rate(&ctx);
         } else if is_pim_hello_dst {
             count(Counter::PimSeen);
             count_port_control(&ctx, PIM_HELLO_MARK);
-            capture(&ctx);
+            capture_within_rate(&ctx);
         }
     }
     TC_ACT_OK
@@ -154,6 +154,37 @@ fn bump(counters: &mut PortCounters, igmp_type: u8) {
         IGMP_V2_LEAVE => counters.leaves += 1,
         _ => counters.other_igmp += 1,
     }
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Captures unless the port is over its control-frame rate, so one flooding
+/// host cannot fill the ring and starve every other port's reports.
+#[inline(always)]
+fn capture_within_rate(ctx: &TcContext) {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if let Some(port) = SNOOP_PORTS.get_ptr_mut(ifindex) {
+        // SAFETY: a map value; concurrent CPUs only make the window approximate.
+        unsafe {
+            let limit = u64::from((*port).control_rate_limit);
+            if limit != 0 {
+                let now = aya_ebpf::helpers::bpf_ktime_get_ns();
+                if now.wrapping_sub((*port).window_start_ns) >= NS_PER_SEC {
+                    (*port).window_start_ns = now;
+                    (*port).window_frames = 0;
+                }
+                // Not atomic (the BPF target's core has no fetch_add): CPUs
+                // racing here may let a few extra frames through.
+                (*port).window_frames += 1;
+                if (*port).window_frames > limit {
+                    count(Counter::ControlRateLimited);
+                    return;
+                }
+            }
+        }
+    }
+    capture(ctx);
 }
 
 /// Hands the frame's IP packet to the controller through the event ring.
@@ -234,15 +265,24 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
     let forward = if is_router_port || SNOOP_MEMBERS.get_ptr(&key).is_some() {
         count(Counter::DataForwarded);
         true
-    } else if SNOOP_GROUPS.get_ptr(&key.group).is_some() {
-        count(Counter::DataPruned);
-        false
-    } else if flood_unregistered() {
-        count(Counter::UnregisteredFlooded);
-        true
     } else {
-        count(Counter::UnregisteredDropped);
-        false
+        let config = SNOOP_CONFIG.get(0);
+        let registered = SNOOP_GROUPS.get_ptr(&key.group).is_some();
+        let flood_unregistered = config.is_none_or(|c| c.flags & CONFIG_FLOOD_UNREGISTERED != 0);
+        if !registered && flood_unregistered {
+            count(Counter::UnregisteredFlooded);
+            true
+        } else if controller_gone(config) {
+            // Only checked on the prune path: forwarding costs nothing extra.
+            count(Counter::FailsafeFlooded);
+            true
+        } else if registered {
+            count(Counter::DataPruned);
+            false
+        } else {
+            count(Counter::UnregisteredDropped);
+            false
+        }
     };
     count_traffic(&key, ctx.len() as u64, forward);
     if forward {
@@ -271,12 +311,16 @@ fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, is_router_port: bool) -> i32 {
     TC_ACT_OK
 }
 
+/// The controller's heartbeat is older than the failsafe time.
 #[inline(always)]
-fn flood_unregistered() -> bool {
-    match SNOOP_CONFIG.get(0) {
-        Some(config) => config.flags & CONFIG_FLOOD_UNREGISTERED != 0,
-        None => true,
+fn controller_gone(config: Option<&DatapathConfig>) -> bool {
+    let Some(config) = config else { return false };
+    if config.failsafe_ns == 0 {
+        return false;
     }
+    // SAFETY: plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    now.saturating_sub(config.heartbeat_ns) > config.failsafe_ns
 }
 
 #[inline(always)]

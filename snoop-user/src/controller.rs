@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
-use snoop_common::{CapturedFrame, Counter, DatapathConfig, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER};
+use snoop_common::{CapturedFrame, Counter, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER};
 use tokio::{
     io::{unix::AsyncFd, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, UnixListener, UnixStream},
@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     bridge::{Bridge, Netlink, Port},
-    datapath::Datapath,
+    datapath::{monotonic_now_ns, Datapath},
     igmp,
     membership::{Action, PortOptions, Snooper, Timers},
     membership::RemoveReason,
@@ -45,6 +45,14 @@ pub struct RunConfig {
     pub static_router_ports: Vec<String>,
     /// Port names with fast leave, or "all".
     pub fast_leave_ports: Vec<String>,
+    /// Ports whose queries and PIM hellos count, or "all".
+    pub trusted_ports: Vec<String>,
+    /// Most groups one port may join (0: no limit).
+    pub max_groups_per_port: usize,
+    /// Control frames per second per port handed to the controller (0: no limit).
+    pub control_rate_limit: u32,
+    /// Flood instead of pruning when the controller is gone this long.
+    pub failsafe_after: Option<Duration>,
     pub flood_unregistered: bool,
     pub pin_dir: PathBuf,
     pub keep_state: bool,
@@ -121,7 +129,7 @@ struct Controller {
 impl Controller {
     async fn run(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
         let flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
-        self.datapath.set_config(DatapathConfig { flags, _pad: 0 })?;
+        self.datapath.configure(flags, self.config.failsafe_after, self.config.control_rate_limit)?;
         self.sync_ports().await?;
         if resumed {
             self.resume_memberships();
@@ -184,7 +192,10 @@ impl Controller {
                     guard.clear_ready();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
-                _ = port_scan.tick() => self.sync_ports().await?,
+                _ = port_scan.tick() => {
+                    self.sync_ports().await?;
+                    self.datapath.heartbeat()?;
+                }
                 accepted = listener.accept() => {
                     if let Ok((stream, _)) = accepted {
                         // Clients are served on their own tasks: a slow one never stalls snooping.
@@ -330,9 +341,13 @@ impl Controller {
 
     fn port_options(&self, name: &str) -> PortOptions {
         let listed = |list: &[String]| list.iter().any(|p| p == name || p == "all");
+        let static_router = self.config.static_router_ports.iter().any(|p| p == name);
         PortOptions {
             fast_leave: listed(&self.config.fast_leave_ports),
-            static_router: self.config.static_router_ports.iter().any(|p| p == name),
+            static_router,
+            // A port declared a router port is trusted to speak as one.
+            trusted: static_router || listed(&self.config.trusted_ports),
+            max_groups: self.config.max_groups_per_port,
         }
     }
 
@@ -498,9 +513,26 @@ impl Controller {
             ports,
             groups,
             datapath,
-            controller: self.stats.clone(),
+            controller: self.controller_counters(),
             traffic,
         }
+    }
+}
+
+impl Controller {
+    /// The controller's own counters plus what the state machine ignored.
+    fn controller_counters(&self) -> BTreeMap<String, u64> {
+        let ignored = self.snooper.ignored();
+        let mut counters = self.stats.clone();
+        for (name, value) in [
+            ("ignored_not_snoopable_groups", ignored.not_snoopable_groups),
+            ("ignored_untrusted_router_messages", ignored.untrusted_router_messages),
+            ("ignored_group_limit", ignored.group_limit_refusals),
+            ("ignored_unknown_port", ignored.unknown_port_messages),
+        ] {
+            counters.insert(name.into(), value);
+        }
+        counters
     }
 }
 
@@ -557,6 +589,8 @@ pub fn counter_names() -> [&'static str; snoop_common::COUNTER_COUNT as usize] {
         LinkLocalFlooded,
         UnregisteredFlooded,
         UnregisteredDropped,
+        ControlRateLimited,
+        FailsafeFlooded,
     ];
     all.map(|c| match c {
         IgmpSeen => "igmp_seen",
@@ -571,6 +605,8 @@ pub fn counter_names() -> [&'static str; snoop_common::COUNTER_COUNT as usize] {
         LinkLocalFlooded => "link_local_flooded",
         UnregisteredFlooded => "unregistered_flooded",
         UnregisteredDropped => "unregistered_dropped",
+        ControlRateLimited => "control_frames_rate_limited",
+        FailsafeFlooded => "failsafe_flooded",
     })
 }
 
@@ -583,13 +619,6 @@ fn snake_case(camel: &str) -> String {
         out.push(c.to_ascii_lowercase());
     }
     out
-}
-
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 fn bind_control_socket(bridge: &str) -> Result<UnixListener> {

@@ -50,6 +50,9 @@ pub struct Datapath {
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     events: Option<RingBuf<MapData>>,
     links: BTreeMap<u32, PortLinks>,
+    /// Last config written; heartbeats rewrite it with a new time.
+    config_value: DatapathConfig,
+    control_rate_limit: u32,
 }
 
 impl Datapath {
@@ -86,6 +89,8 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             links: BTreeMap::new(),
+            config_value: DatapathConfig::default(),
+            control_rate_limit: 0,
         };
         Ok((datapath, resumed))
     }
@@ -100,8 +105,23 @@ impl Datapath {
         self.events.take()
     }
 
-    pub fn set_config(&mut self, config: DatapathConfig) -> Result<()> {
-        self.config.set(0, config, 0).context("writing the data path config")
+    /// Sets the data path policy: `CONFIG_*` flags, the failsafe time (see
+    /// [`DatapathConfig::failsafe_ns`]) and the per-port control-frame rate limit.
+    pub fn configure(&mut self, flags: u32, failsafe: Option<std::time::Duration>, control_rate_limit: u32) -> Result<()> {
+        self.control_rate_limit = control_rate_limit;
+        self.config_value = DatapathConfig {
+            flags,
+            _pad: 0,
+            heartbeat_ns: monotonic_now_ns(),
+            failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
+        };
+        self.config.set(0, self.config_value, 0).context("writing the data path config")
+    }
+
+    /// Tells the data path the controller is alive.
+    pub fn heartbeat(&mut self) -> Result<()> {
+        self.config_value.heartbeat_ns = monotonic_now_ns();
+        self.config.set(0, self.config_value, 0).context("writing the heartbeat")
     }
 
     /// Attaches both programs to a port. A link pinned by a previous snoop is
@@ -175,7 +195,11 @@ impl Datapath {
 
     pub fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
         self.ports
-            .insert(ifindex, PortValue { flags, _pad: 0 }, 0)
+            .insert(
+                ifindex,
+                PortValue { flags, control_rate_limit: self.control_rate_limit, window_start_ns: 0, window_frames: 0 },
+                0,
+            )
             .with_context(|| format!("writing port {ifindex} to the port map"))
     }
 
@@ -273,6 +297,14 @@ impl Datapath {
         let suffix = if direction == TcAttachType::Ingress { "ingress" } else { "egress" };
         self.pin_dir.join("links").join(format!("{ifindex}-{suffix}"))
     }
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Removes a pin directory (maps and link pins), and its parents up to

@@ -130,11 +130,39 @@ impl Lab {
         cmd.args(["--netns", &self.bridge_netns, "run", "--bridge", BRIDGE]).args(args);
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         if std::env::var_os("SNOOP_LAB_VERBOSE").is_none() {
-            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            // Appended, so a restarted snoop's log follows the first one's.
+            let log = fs::OpenOptions::new().create(true).append(true).open(self.snoop_log())?;
+            cmd.stdout(Stdio::null()).stderr(log);
         }
         let child = cmd.spawn().with_context(|| format!("starting {}", snoop.display()))?;
         self.children.push(child);
         self.wait_for_snoop(snoop, Duration::from_secs(20))
+    }
+
+    /// Where the lab's snoop processes log (removed with the lab).
+    pub fn snoop_log(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-snoop.log", self.id))
+    }
+
+    /// Process id of the most recently started snoop.
+    pub fn snoop_pid(&self) -> Option<u32> {
+        self.children.last().map(Child::id)
+    }
+
+    /// Waits for the most recently started snoop to exit by itself.
+    pub fn wait_snoop_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let child = self.children.last_mut().context("no snoop running")?;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.children.pop();
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("snoop still running after {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until `snoop show` answers.
@@ -146,7 +174,8 @@ impl Lab {
             }
             if let Some(child) = self.children.last_mut() {
                 if let Some(status) = child.try_wait()? {
-                    bail!("snoop exited early with {status} (run with SNOOP_LAB_VERBOSE=1 to see its log)");
+                    let log = fs::read_to_string(self.snoop_log()).unwrap_or_default();
+                    bail!("snoop exited early with {status}; its log:\n{log}");
                 }
             }
             if Instant::now() > deadline {
@@ -218,39 +247,79 @@ impl Lab {
     /// Sends a raw IPv4 packet (from its IP header on) out of `host`'s interface,
     /// to the multicast MAC of its destination address.
     pub fn send_raw_ip(&self, host: &str, ip_packet: &[u8]) -> Result<()> {
+        self.raw_sender(host)?.send(ip_packet)
+    }
+
+    /// A raw IP sender on `host` that needs no borrow of the lab (for a thread).
+    pub fn raw_sender(&self, host: &str) -> Result<RawSender> {
         let host = self.host(host).clone();
-        let ip_packet = ip_packet.to_vec();
-        in_netns(&host.netns, move || -> Result<()> {
-            let ifindex = if_index("eth0")?;
-            let fd = packet_socket(0)?;
-            let d = &ip_packet[16..20];
-            let dst_mac = [0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
-            let mut frame = dst_mac.to_vec();
-            frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-            frame.extend_from_slice(&0x0800u16.to_be_bytes());
-            frame.extend_from_slice(&ip_packet);
-            let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = ifindex as i32;
-            addr.sll_halen = 6;
-            addr.sll_addr[..6].copy_from_slice(&dst_mac);
-            // SAFETY: valid buffers and lengths.
-            let rc = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    frame.as_ptr().cast(),
-                    frame.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if rc < 0 {
-                return Err(io::Error::last_os_error().into());
-            }
-            Ok(())
+        in_netns(&host.netns, move || -> Result<RawSender> {
+            Ok(RawSender { ifindex: if_index("eth0")?, fd: packet_socket(0)? })
         })?
     }
+}
+
+/// Sends raw IPv4 packets out of one host's interface.
+pub struct RawSender {
+    fd: OwnedFd,
+    ifindex: u32,
+}
+
+impl RawSender {
+    pub fn send(&self, ip_packet: &[u8]) -> Result<()> {
+        if ip_packet.len() < 20 {
+            bail!("an IPv4 packet needs at least 20 bytes");
+        }
+        let d = &ip_packet[16..20];
+        let dst_mac = [0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
+        let mut frame = dst_mac.to_vec();
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
+        frame.extend_from_slice(ip_packet);
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_ifindex = self.ifindex as i32;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&dst_mac);
+        // SAFETY: valid buffers and lengths.
+        let rc = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+}
+
+/// An IPv4 packet (TTL 1, Router Alert) holding an IGMPv3 report with one
+/// MODE_IS_EXCLUDE({}) record per group: what a host sends to join them.
+pub fn v3_report_packet(source: Ipv4Addr, groups: &[Ipv4Addr]) -> Vec<u8> {
+    let mut igmp = vec![0x22, 0, 0, 0, 0, 0];
+    igmp.extend_from_slice(&(groups.len() as u16).to_be_bytes());
+    for group in groups {
+        igmp.extend_from_slice(&[2, 0, 0, 0]);
+        igmp.extend_from_slice(&group.octets());
+    }
+    let sum = crate::igmp::internet_checksum(&igmp);
+    igmp[2..4].copy_from_slice(&sum.to_be_bytes());
+    let total = (24 + igmp.len()) as u16;
+    let mut ip = vec![0x46, 0xc0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&source.octets());
+    ip.extend_from_slice(&[224, 0, 0, 22]);
+    ip.extend_from_slice(&[0x94, 0x04, 0, 0]);
+    let sum = crate::igmp::internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(&igmp);
+    ip
 }
 
 impl Drop for Lab {
@@ -270,6 +339,7 @@ impl Drop for Lab {
         }
         let _ = run("ip", &["netns", "del", &self.bridge_netns]);
         let _ = crate::datapath::remove_pin_dir(&self.pin_dir());
+        let _ = fs::remove_file(self.snoop_log());
     }
 }
 
@@ -527,4 +597,19 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
         bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::igmp::{parse, Message, RecordType};
+
+    #[test]
+    fn v3_report_packet_parses_as_joins() {
+        let groups = [Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(239, 2, 2, 2)];
+        let packet = parse(&v3_report_packet(Ipv4Addr::new(10, 99, 0, 10), &groups)).unwrap();
+        let Message::V3Report { records } = packet.message else { panic!("not a v3 report") };
+        assert_eq!(records.iter().map(|r| r.group).collect::<Vec<_>>(), groups);
+        assert!(records.iter().all(|r| r.record_type == RecordType::ModeIsExclude));
+    }
 }

@@ -109,6 +109,25 @@ struct RunArgs {
     /// (repeatable; `all` for every port). Only for ports with one host behind them.
     #[arg(long, value_name = "PORT")]
     fast_leave: Vec<String>,
+    /// A port whose queries and PIM hellos are believed: it may become a
+    /// router port and win the querier election (repeatable; `all` for every
+    /// port). Other ports' queries are ignored, so a host cannot hijack the
+    /// querier or attract all traffic. `--router-port` ports are trusted too.
+    #[arg(long, value_name = "PORT")]
+    trusted_port: Vec<String>,
+    /// Most groups one port may join; further joins are refused and counted (0: no limit).
+    #[arg(long, default_value_t = 1024)]
+    max_groups_per_port: usize,
+    /// IGMP/PIM frames per second per port handed to the controller; the
+    /// excess is counted and still forwarded (0: no limit).
+    #[arg(long, default_value_t = 1000)]
+    control_rate_limit: u32,
+    /// With no controller heartbeat for this long (snoop killed, or stopped
+    /// with --keep-state), the data path floods instead of pruning.
+    /// Default: the group membership interval, when every membership would
+    /// have expired anyway. `never` keeps pruning on the last state.
+    #[arg(long, value_name = "DURATION|never")]
+    failsafe_after: Option<String>,
     /// What to do with groups nobody joined.
     #[arg(long, value_enum, default_value_t = Unregistered::Flood)]
     unregistered: Unregistered,
@@ -211,6 +230,11 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         timers.last_member_query_count = v.max(1);
     }
     let pin_dir = args.pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(netns), &args.bridge));
+    let failsafe_after = match args.failsafe_after.as_deref() {
+        None => Some(timers.group_membership_interval),
+        Some("never") => None,
+        Some(text) => Some(duration(text).map_err(|e| anyhow::anyhow!("--failsafe-after: {e}"))?),
+    };
     Ok(RunConfig {
         bridge: args.bridge,
         timers,
@@ -218,6 +242,10 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         query_source: args.query_source,
         static_router_ports: args.router_port,
         fast_leave_ports: args.fast_leave,
+        trusted_ports: args.trusted_port,
+        max_groups_per_port: args.max_groups_per_port,
+        control_rate_limit: args.control_rate_limit,
+        failsafe_after,
         flood_unregistered: args.unregistered == Unregistered::Flood,
         pin_dir,
         keep_state: args.keep_state,

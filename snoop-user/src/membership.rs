@@ -62,6 +62,24 @@ pub struct PortOptions {
     pub fast_leave: bool,
     /// Always a router port.
     pub static_router: bool,
+    /// Queries and PIM hellos from this port count: it can become a router
+    /// port and win the querier election. Off, a host cannot pose as a router.
+    pub trusted: bool,
+    /// Most groups the port may join; reports for more are refused. 0: no limit.
+    pub max_groups: usize,
+}
+
+/// What the state machine ignored on purpose, for `snoop show stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IgnoredCounts {
+    /// Reports for non-multicast or 224.0.0.0/24 groups.
+    pub not_snoopable_groups: u64,
+    /// Queries and PIM hellos from untrusted ports.
+    pub untrusted_router_messages: u64,
+    /// Joins over a port's group limit.
+    pub group_limit_refusals: u64,
+    /// Messages from ports snoop does not manage.
+    pub unknown_port_messages: u64,
 }
 
 /// What the controller must do to the data path or the wire.
@@ -159,6 +177,7 @@ pub struct Snooper {
     groups: BTreeMap<Ipv4Addr, BTreeMap<u32, Member>>,
     querier: QuerierState,
     pending_group_queries: BTreeMap<Ipv4Addr, PendingGroupQuery>,
+    ignored: IgnoredCounts,
 }
 
 impl Snooper {
@@ -176,7 +195,12 @@ impl Snooper {
             groups: BTreeMap::new(),
             querier,
             pending_group_queries: BTreeMap::new(),
+            ignored: IgnoredCounts::default(),
         }
+    }
+
+    pub fn ignored(&self) -> &IgnoredCounts {
+        &self.ignored
     }
 
     pub fn timers(&self) -> &Timers {
@@ -233,7 +257,13 @@ impl Snooper {
     /// Handles one validated control packet that entered through `port`.
     pub fn handle(&mut self, port: u32, packet: &Packet, now: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
-        if !self.ports.contains_key(&port) {
+        let Some(state) = self.ports.get(&port) else {
+            self.ignored.unknown_port_messages += 1;
+            return actions;
+        };
+        let from_router = matches!(packet.message, Message::Query { .. } | Message::PimHello);
+        if from_router && !state.options.trusted {
+            self.ignored.untrusted_router_messages += 1;
             return actions;
         }
         match &packet.message {
@@ -286,6 +316,13 @@ impl Snooper {
         actions: &mut Vec<Action>,
     ) {
         if !is_snoopable(group) {
+            self.ignored.not_snoopable_groups += 1;
+            return;
+        }
+        let max_groups = self.ports.get(&port).map_or(0, |p| p.options.max_groups);
+        let is_new = !self.groups.get(&group).is_some_and(|ports| ports.contains_key(&port));
+        if is_new && max_groups > 0 && self.port_group_count(port) >= max_groups {
+            self.ignored.group_limit_refusals += 1;
             return;
         }
         let expires = now + self.timers.group_membership_interval;
@@ -506,6 +543,11 @@ impl Snooper {
         members.chain(routers).chain(querier).chain(group_queries).min()
     }
 
+    /// Groups the port is a member of.
+    pub fn port_group_count(&self, port: u32) -> usize {
+        self.groups.values().filter(|ports| ports.contains_key(&port)).count()
+    }
+
     /// Groups with at least one member port, for display.
     pub fn group_ports(&self, group: Ipv4Addr) -> BTreeSet<u32> {
         self.groups.get(&group).map(|p| p.keys().copied().collect()).unwrap_or_default()
@@ -545,12 +587,42 @@ mod tests {
         pkt(source, Message::Query { version: 3, group, max_response: secs(10) })
     }
 
-    /// Querier off unless a test needs it, two ports.
+    const TRUSTED: PortOptions = PortOptions { fast_leave: false, static_router: false, trusted: true, max_groups: 0 };
+
+    /// Querier off unless a test needs it, two trusted ports.
     fn snooper(querier: bool) -> Snooper {
         let mut s = Snooper::new(Timers::default(), querier, Ipv4Addr::new(10, 0, 0, 1), secs(0));
-        s.add_port(1, PortOptions::default());
-        s.add_port(2, PortOptions::default());
+        s.add_port(1, TRUSTED);
+        s.add_port(2, TRUSTED);
         s
+    }
+
+    #[test]
+    fn untrusted_port_cannot_pose_as_router_or_querier() {
+        let mut s = snooper(true);
+        s.add_port(3, PortOptions::default());
+        assert!(s.handle(3, &query(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
+        assert!(s.handle(3, &pkt(H1, Message::PimHello), secs(0)).is_empty());
+        assert!(s.querier().is_querier());
+        assert!(!s.ports()[&3].is_router(secs(0)));
+        assert_eq!(s.ignored().untrusted_router_messages, 2);
+        // Reports from it still count.
+        assert!(!s.handle(3, &v2_report(G1), secs(0)).is_empty());
+    }
+
+    #[test]
+    fn group_limit_refuses_new_groups_but_refreshes_old_ones() {
+        let mut s = snooper(false);
+        s.add_port(3, PortOptions { max_groups: 2, ..TRUSTED });
+        for i in 0..5 {
+            s.handle(3, &v2_report(Ipv4Addr::new(239, 0, 0, i)), secs(0));
+        }
+        assert_eq!(s.port_group_count(3), 2);
+        assert_eq!(s.ignored().group_limit_refusals, 3);
+        assert!(s.handle(3, &v2_report(Ipv4Addr::new(239, 0, 0, 0)), secs(200)).len() == 1, "refresh still works");
+        assert_eq!(s.poll(secs(260)).len(), 2, "the unrefreshed group expires");
+        s.handle(1, &v2_report(Ipv4Addr::new(239, 0, 0, 4)), secs(0));
+        assert_eq!(s.port_group_count(1), 1, "other ports are not limited");
     }
 
     fn members(s: &Snooper, group: Ipv4Addr) -> Vec<u32> {
@@ -636,7 +708,7 @@ mod tests {
     #[test]
     fn v3_to_include_empty_is_a_leave_and_fast_leave_removes_at_once() {
         let mut s = snooper(false);
-        s.add_port(3, PortOptions { fast_leave: true, ..Default::default() });
+        s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
         s.handle(3, &record(RecordType::ChangeToExclude, G1, 0), secs(0));
         s.handle(1, &record(RecordType::ModeIsExclude, G1, 0), secs(0));
         assert_eq!(members(&s, G1), [1, 3]);
@@ -651,7 +723,7 @@ mod tests {
     #[test]
     fn v3_include_with_sources_joins_and_block_is_never_fast_left() {
         let mut s = snooper(false);
-        s.add_port(3, PortOptions { fast_leave: true, ..Default::default() });
+        s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
         s.handle(3, &record(RecordType::ModeIsInclude, G1, 2), secs(0));
         s.handle(3, &record(RecordType::AllowNewSources, G2, 1), secs(0));
         assert_eq!(members(&s, G1), [3]);
@@ -721,7 +793,7 @@ mod tests {
         assert!(s.querier().is_querier());
         // With our own address unspecified, any addressed querier wins.
         let mut s = Snooper::new(Timers::default(), true, Ipv4Addr::UNSPECIFIED, secs(0));
-        s.add_port(1, PortOptions::default());
+        s.add_port(1, TRUSTED);
         s.handle(1, &query(Ipv4Addr::new(192, 168, 9, 9), Ipv4Addr::UNSPECIFIED), secs(0));
         assert!(!s.querier().is_querier());
     }
@@ -739,7 +811,7 @@ mod tests {
     fn pim_hello_learns_router_port_and_static_router_stays() {
         let mut s = snooper(false);
         assert_eq!(
-            s.add_port(3, PortOptions { static_router: true, ..Default::default() }),
+            s.add_port(3, PortOptions { static_router: true, ..TRUSTED }),
             [Action::SetRouterPort { port: 3, is_router: true }]
         );
         assert_eq!(s.handle(1, &pkt(H1, Message::PimHello), secs(0)), [Action::SetRouterPort { port: 1, is_router: true }]);

@@ -1,0 +1,256 @@
+//! Faults, storms and hostile hosts: malformed frames, spoofed queriers, a
+//! report storm, a dead controller, a deleted bridge. Membership of the
+//! legitimate hosts must survive all of them.
+use std::{
+    net::Ipv4Addr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use snoop::{igmp, lab::v3_report_packet};
+use snoop_tests::{lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions};
+
+const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+const FAST: &[&str] = &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+fn received(lab: &Lab, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    lab.send("h0", G, n, Duration::from_micros(200))?;
+    thread::sleep(Duration::from_millis(300));
+    Ok(sniffers.iter().map(|s| s.count(G)).collect())
+}
+
+/// An IPv4 packet from `src` with a correct header checksum; `total_len`
+/// may lie about the length.
+fn ip(src: Ipv4Addr, dst: [u8; 4], ttl: u8, payload: &[u8], total_len: Option<u16>) -> Vec<u8> {
+    let total = total_len.unwrap_or(20 + payload.len() as u16);
+    let mut p = vec![0x45, 0, 0, 0, 0, 0, 0, 0, ttl, 2, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst);
+    let sum = igmp::internet_checksum(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn with_checksum(mut m: Vec<u8>) -> Vec<u8> {
+    let sum = igmp::internet_checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+#[test]
+fn malformed_battery_is_counted_and_changes_no_membership() -> Result<()> {
+    let mut lab = Lab::new("battery", 4, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let before = map_members(&lab)?;
+    let src = lab.host("h3").ip;
+    let v2 = |group: [u8; 4]| with_checksum(vec![0x16, 0, 0, 0, group[0], group[1], group[2], group[3]]);
+
+    let mut bad_sum = v2([239, 5, 5, 5]);
+    bad_sum[2] ^= 0xff;
+    // (frame, the controller counter it must land in)
+    let battery: Vec<(Vec<u8>, &str)> = vec![
+        // IP header cut short: IHL says 60 bytes, 24 arrive.
+        (vec![0x4f, 0, 0, 60, 0, 0, 0, 0, 1, 2, 0, 0, 10, 99, 0, 13, 239, 5, 5, 5, 0, 0, 0, 0], "dropped_bad_ip_header"),
+        // IP total length beyond the frame.
+        (ip(src, [239, 5, 5, 5], 1, &v2([239, 5, 5, 5]), Some(200)), "dropped_truncated"),
+        // IGMP shorter than any message.
+        (ip(src, [239, 5, 5, 5], 1, &[0x16, 0, 0xe9], None), "dropped_short_message"),
+        (ip(src, [239, 5, 5, 5], 1, &bad_sum, None), "dropped_bad_checksum"),
+        // v3: five records announced, one present.
+        (ip(src, [224, 0, 0, 22], 1, &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 6, 6, 6]), None), "dropped_record_overrun"),
+        // v3: a source count running past the packet.
+        (ip(src, [224, 0, 0, 22], 1, &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 40, 239, 7, 7, 7]), None), "dropped_record_overrun"),
+        // v3: record type 9.
+        (ip(src, [224, 0, 0, 22], 1, &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 7, 7, 7]), None), "dropped_unknown_record_type"),
+        (ip(src, [239, 5, 5, 5], 1, &with_checksum(vec![0x99, 0, 0, 0, 239, 5, 5, 5]), None), "dropped_unknown_type"),
+        // Routed (TTL 64): not from this link.
+        (ip(src, [239, 5, 5, 5], 64, &v2([239, 5, 5, 5]), None), "dropped_bad_ttl"),
+        // Well-formed reports for groups that are not snooped.
+        (ip(src, [10, 1, 1, 1], 1, &v2([10, 1, 1, 1]), None), "ignored_not_snoopable_groups"),
+        (ip(src, [224, 0, 0, 251], 1, &v2([224, 0, 0, 251]), None), "ignored_not_snoopable_groups"),
+    ];
+    let sender = lab.raw_sender("h3")?;
+    for (frame, _) in &battery {
+        sender.send(frame)?;
+    }
+    let mut expected = std::collections::BTreeMap::<&str, u64>::new();
+    for (_, counter) in &battery {
+        *expected.entry(counter).or_default() += 1;
+    }
+    wait_until("every frame counted", Duration::from_secs(3), || {
+        for (counter, n) in &expected {
+            if stat(&lab, "controller", counter)? != *n {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })?;
+    assert_eq!(stat(&lab, "controller", "events")?, stat(&lab, "datapath", "control_frames_captured")?);
+    assert_eq!(map_members(&lab)?, before, "malformed frames changed membership");
+    for group in [[239, 5, 5, 5], [239, 6, 6, 6], [239, 7, 7, 7], [10, 1, 1, 1]] {
+        assert!(shown_members(&lab, Ipv4Addr::from(group))?.is_empty());
+    }
+
+    // A huge but valid source list (350 sources, 1.4 kB) is a join.
+    let mut big = vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0x01, 0x5e, 239, 8, 8, 8];
+    for i in 0..350u16 {
+        big.extend_from_slice(&[10, 2, (i >> 8) as u8, i as u8]);
+    }
+    sender.send(&ip(src, [224, 0, 0, 22], 1, &with_checksum(big), None))?;
+    wait_for_members(&lab, Ipv4Addr::new(239, 8, 8, 8), &["p3"], Duration::from_secs(3))?;
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
+
+#[test]
+fn untrusted_host_cannot_hijack_the_querier_or_become_a_router() -> Result<()> {
+    let mut lab = Lab::new("untrusted", 4, &LabOptions::default())?;
+    let own = Ipv4Addr::new(10, 99, 0, 200);
+    let mut args = FAST.to_vec();
+    args.extend(["--query-source", "10.99.0.200"]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let sniffer = lab.sniff("h2")?;
+
+    // h3 spoofs a querier with a lower address, and a PIM hello.
+    let spoof = igmp::build_query_frame([2, 0, 0, 0, 0, 3], Ipv4Addr::new(10, 99, 0, 1), None, Duration::from_secs(1), 2, Duration::from_secs(2));
+    let mut pim = vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105];
+    let sum = igmp::internet_checksum(&pim);
+    pim[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut hello = ip(lab.host("h3").ip, [224, 0, 0, 13], 1, &pim, None);
+    hello[9] = igmp::IPPROTO_PIM;
+    hello[10] = 0;
+    hello[11] = 0;
+    let sum = igmp::internet_checksum(&hello[..20]);
+    hello[10..12].copy_from_slice(&sum.to_be_bytes());
+    for _ in 0..6 {
+        lab.send_raw_ip("h3", &spoof[14..])?;
+        lab.send_raw_ip("h3", &hello)?;
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(lab.snoop_show(&snoop_bin(), "querier")?["role"], "self");
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let p3 = ports.as_array().unwrap().iter().find(|p| p["name"] == "p3").unwrap().clone();
+    assert_eq!(p3["router"], false);
+    assert!(stat(&lab, "controller", "ignored_untrusted_router_messages")? >= 12);
+    assert!(sniffer.queries_from(own) >= 1, "snoop stopped querying");
+    // Still pruned: h3 does not attract the group.
+    let sniff_h3 = lab.sniff("h3")?;
+    assert_eq!(received(&lab, &["h1"], 50)?, [50]);
+    assert_eq!(sniff_h3.count(G), 0);
+    Ok(())
+}
+
+#[test]
+fn report_storm_keeps_members_and_the_controller_responsive() -> Result<()> {
+    // SNOOP_STORM_SECS=30 for the full-length run; CI runs a short one.
+    let storm_secs: u64 = std::env::var("SNOOP_STORM_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut lab = Lab::new("storm", 5, &LabOptions::default())?;
+    let mut args = FAST.to_vec();
+    args.extend(["--max-groups-per-port", "256", "--control-rate-limit", "1000"]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let stormers: Vec<_> = ["h2", "h3", "h4"]
+        .iter()
+        .map(|h| {
+            let sender = lab.raw_sender(h)?;
+            let src = lab.host(h).ip;
+            let stop = stop.clone();
+            Ok(thread::spawn(move || -> u64 {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    // A new group every report: 239.200.x.y.
+                    let group = Ipv4Addr::new(239, 200, (sent >> 8) as u8, sent as u8);
+                    if sender.send(&v3_report_packet(src, &[group])).is_ok() {
+                        sent += 1;
+                    }
+                }
+                sent
+            }))
+        })
+        .collect::<Result<_>>()?;
+
+    let start = Instant::now();
+    let h1 = lab.sniff("h1")?;
+    let data = lab.sender("h0")?;
+    let mut slowest_show = Duration::ZERO;
+    let mut data_sent = 0;
+    while start.elapsed() < Duration::from_secs(storm_secs) {
+        data.send(G, 100, Duration::from_micros(500))?;
+        data_sent += 100;
+        let asked = Instant::now();
+        lab.snoop_show(&snoop_bin(), "querier")?;
+        slowest_show = slowest_show.max(asked.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reports: u64 = stormers.into_iter().map(|t| t.join().expect("storm thread")).sum();
+    thread::sleep(Duration::from_millis(300));
+    let rate = reports as f64 / start.elapsed().as_secs_f64();
+    println!("storm: {reports} reports in {:?} ({rate:.0}/s); slowest `snoop show`: {slowest_show:?}", start.elapsed());
+
+    assert_eq!(h1.count(G), data_sent, "the legitimate member lost traffic during the storm");
+    assert!(slowest_show < Duration::from_secs(1), "snoop show took {slowest_show:?}");
+    assert!(stat(&lab, "datapath", "control_frames_rate_limited")? > 0, "the rate limit never engaged");
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    for port in ports.as_array().unwrap() {
+        assert!(port["groups"].as_u64().unwrap() <= 256, "{} exceeds the group limit", port["name"]);
+    }
+    let pid = lab.snoop_pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    println!("controller RSS after the storm: {rss_kb} kB");
+    assert!(rss_kb < 64 * 1024, "controller RSS {rss_kb} kB");
+    assert!(map_members(&lab)?.contains(&(G, "p1".into())));
+    Ok(())
+}
+
+#[test]
+fn data_path_keeps_last_state_then_floods_when_the_controller_is_gone() -> Result<()> {
+    let mut lab = Lab::new("failsafe", 3, &LabOptions::default())?;
+    let mut args = FAST.to_vec();
+    args.extend(["--keep-state", "--failsafe-after", "3s"]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+
+    lab.stop_snoop(true)?; // kill -9: no cleanup at all
+    // Within the failsafe time: the last state keeps pruning.
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    thread::sleep(Duration::from_secs(3));
+    // Past it: flooding, as a plain bridge would.
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 50]);
+    assert!(map_members(&lab)?.contains(&(G, "p1".into())), "the pinned state survived");
+
+    // A new controller adopts the state and pruning resumes.
+    lab.start_snoop(&snoop_bin(), &args)?;
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
+
+#[test]
+fn deleted_bridge_is_a_clear_error_and_cleans_up() -> Result<()> {
+    let mut lab = Lab::new("bridgegone", 2, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    lab.ip_br(&["link", "del", "br0"])?;
+    let status = lab.wait_snoop_exit(Duration::from_secs(5))?;
+    assert_eq!(status.code(), Some(1));
+    let log = std::fs::read_to_string(lab.snoop_log())?;
+    assert!(log.contains("snoop: bridge br0 was deleted"), "log: {log}");
+    assert!(!lab.pin_dir().exists(), "pins left behind");
+    Ok(())
+}
