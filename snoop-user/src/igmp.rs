@@ -481,3 +481,40 @@ pub(crate) mod tests {
         assert_eq!(parse(&hello).unwrap().message, Message::PimHello);
     }
 }
+
+/// Fuzzing the parser with proptest: arbitrary bytes and mutated valid
+/// reports. It must never panic, and what it accepts must be self-consistent.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::{tests::v3_report, *};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let _ = parse(&bytes);
+        }
+
+        #[test]
+        fn mutated_reports_never_panic(
+            records in proptest::collection::vec((1u8..=6, any::<[u8; 4]>(), 0u16..40), 0..30),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
+        ) {
+            let mut packet = v3_report(&records);
+            for (at, value) in flips {
+                let len = packet.len();
+                packet[at % len] ^= value;
+            }
+            packet.truncate(cut % (packet.len() + 1));
+            if let Ok(Packet { message: Message::V3Report { records }, .. }) = parse(&packet) {
+                // Every accepted record fit inside the packet.
+                let bytes: usize = records.iter().map(|r| 8 + 4 * usize::from(r.source_count)).sum();
+                prop_assert!(bytes + 8 <= packet.len());
+            }
+        }
+    }
+}
