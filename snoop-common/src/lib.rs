@@ -65,17 +65,23 @@ pub struct MemberValue {
     /// CLOCK_MONOTONIC time (ns, as `bpf_ktime_get_ns`) at which the membership
     /// expires if not refreshed. A restarted controller resumes its timers from it.
     pub expires_ns: u64,
-    /// Highest IGMP version heard from this port for this group (1, 2 or 3).
+    /// Lowest IGMP version heard from this port for this group (1, 2 or 3).
     pub version: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Index into [`MAP_MEMBER_TRAFFIC`], or [`NO_SLOT`].
+    pub traffic_slot: u32,
 }
+
+/// No traffic counter slot: the slots ran out, the traffic is not counted.
+pub const NO_SLOT: u32 = u32::MAX;
 
 /// Value of [`MAP_GROUPS`]: the group has members on at least one port, so the
 /// data path prunes it instead of treating it as unregistered.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupValue {
-    pub member_ports: u32,
+    /// Index into [`MAP_GROUP_TRAFFIC`], or [`NO_SLOT`].
+    pub traffic_slot: u32,
     pub _pad: u32,
 }
 
@@ -92,6 +98,9 @@ pub struct PortValue {
     /// by the data path only; a userspace write just restarts the window.
     pub window_start_ns: u64,
     pub window_frames: u64,
+    /// Index into [`MAP_PORT_TRAFFIC`], or [`NO_SLOT`].
+    pub traffic_slot: u32,
+    pub _pad: u32,
 }
 
 /// A multicast router is behind the port: it gets all group traffic and all reports.
@@ -114,7 +123,11 @@ pub struct DatapathConfig {
 /// Groups nobody has joined are flooded (off: sent to router ports only).
 pub const CONFIG_FLOOD_UNREGISTERED: u32 = 1;
 
-/// Per-(group, egress port) traffic, a per-CPU value summed by userspace.
+/// Traffic counters, in per-CPU arrays summed by userspace: per membership
+/// (what a member port was sent), per group (what all ports were spared) and
+/// per port (what router ports were sent, what the port was spared). Slots are
+/// handed out by the controller and stored in the map values, so counting is
+/// an array update, not a second hash lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TrafficCounters {
@@ -200,7 +213,9 @@ pub const MAP_GROUPS: &str = "SNOOP_GROUPS";
 pub const MAP_PORTS: &str = "SNOOP_PORTS";
 pub const MAP_CONFIG: &str = "SNOOP_CONFIG";
 pub const MAP_COUNTERS: &str = "SNOOP_COUNTERS";
-pub const MAP_TRAFFIC: &str = "SNOOP_TRAFFIC";
+pub const MAP_MEMBER_TRAFFIC: &str = "SNOOP_MEMBER_TRAFFIC";
+pub const MAP_GROUP_TRAFFIC: &str = "SNOOP_GROUP_TRAFFIC";
+pub const MAP_PORT_TRAFFIC: &str = "SNOOP_PORT_TRAFFIC";
 pub const MAP_PORT_COUNTERS: &str = "SNOOP_PORT_COUNTERS";
 pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
 
@@ -212,7 +227,9 @@ pub const PROG_EGRESS: &str = "snoop_egress";
 pub const MAX_PORTS: u32 = 1024;
 pub const MAX_GROUPS: u32 = 131_072;
 pub const MAX_MEMBERSHIPS: u32 = 262_144;
-pub const MAX_TRAFFIC_ENTRIES: u32 = 65_536;
+/// Traffic slots for memberships and for groups (each array holds this many
+/// counters per CPU); memberships beyond it forward normally, uncounted.
+pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
 /// Bytes of the control-frame ring: about 2,800 full-size frames.
 pub const EVENT_RING_BYTES: u32 = 4 << 20;
 

@@ -14,14 +14,14 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, TC_ACT_OK, TC_ACT_SHOT},
     macros::{classifier, map},
-    maps::{Array, HashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 use aya_log_ebpf::warn;
 use snoop_common::{
     CapturedFrame, Counter, DatapathConfig, GroupKey, GroupValue, MemberValue, PortCounters,
     PortGroupKey, PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, COUNTER_COUNT,
-    EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_ENTRIES, PORT_ROUTER,
+    EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, PORT_ROUTER,
     VLAN_NONE,
 };
 
@@ -39,8 +39,11 @@ static SNOOP_CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
 #[map]
 static SNOOP_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 #[map]
-static SNOOP_TRAFFIC: LruPerCpuHashMap<PortGroupKey, TrafficCounters> =
-    LruPerCpuHashMap::pinned(MAX_TRAFFIC_ENTRIES, 0);
+static SNOOP_MEMBER_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_TRAFFIC_SLOTS, 0);
+#[map]
+static SNOOP_GROUP_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_TRAFFIC_SLOTS, 0);
+#[map]
+static SNOOP_PORT_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_PORTS, 0);
 #[map]
 static SNOOP_PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap::pinned(MAX_PORTS, 0);
 // Pinned too: reports that arrive while the controller restarts wait here.
@@ -244,47 +247,59 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
     }
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let is_router_port = match unsafe { SNOOP_PORTS.get(ifindex) } {
-        Some(port) => port.flags & PORT_ROUTER != 0,
-        // Not a port snoop manages (yet): leave the bridge's decision alone.
-        None => return TC_ACT_OK,
-    };
-
     if ip.protocol == IPPROTO_IGMP {
-        return igmp_egress(&ctx, &ip, is_router_port);
+        return igmp_egress(&ctx, &ip, ifindex);
     }
     if ip.dst[0] == 224 && ip.dst[1] == 0 && ip.dst[2] == 0 {
         count(Counter::LinkLocalFlooded);
         return TC_ACT_OK;
     }
-
+    let bytes = u64::from(ctx.len());
     let key = PortGroupKey {
         group: GroupKey::ipv4(ip.dst, VLAN_NONE),
         ifindex,
     };
-    let forward = if is_router_port || SNOOP_MEMBERS.get_ptr(&key).is_some() {
+    // The common case first: a member port, one hash lookup.
+    if let Some(member) = SNOOP_MEMBERS.get_ptr(&key) {
         count(Counter::DataForwarded);
-        true
-    } else {
-        let config = SNOOP_CONFIG.get(0);
-        let registered = SNOOP_GROUPS.get_ptr(&key.group).is_some();
-        let flood_unregistered = config.is_none_or(|c| c.flags & CONFIG_FLOOD_UNREGISTERED != 0);
-        if !registered && flood_unregistered {
-            count(Counter::UnregisteredFlooded);
-            true
-        } else if controller_gone(config) {
-            // Only checked on the prune path: forwarding costs nothing extra.
-            count(Counter::FailsafeFlooded);
-            true
-        } else if registered {
-            count(Counter::DataPruned);
-            false
-        } else {
-            count(Counter::UnregisteredDropped);
-            false
-        }
+        // SAFETY: a map value pointer from a successful lookup.
+        count_traffic(&SNOOP_MEMBER_TRAFFIC, unsafe { (*member).traffic_slot }, bytes, true);
+        return TC_ACT_OK;
+    }
+    // SAFETY: as above.
+    let Some(port) = (unsafe { SNOOP_PORTS.get(ifindex) }) else {
+        // Not a port snoop manages (yet): leave the bridge's decision alone.
+        return TC_ACT_OK;
     };
-    count_traffic(&key, ctx.len() as u64, forward);
+    if port.flags & PORT_ROUTER != 0 {
+        count(Counter::DataForwarded);
+        count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, bytes, true);
+        return TC_ACT_OK;
+    }
+    let config = SNOOP_CONFIG.get(0);
+    let group = SNOOP_GROUPS.get_ptr(&key.group);
+    let flood_unregistered = config.is_none_or(|c| c.flags & CONFIG_FLOOD_UNREGISTERED != 0);
+    let forward = if group.is_none() && flood_unregistered {
+        count(Counter::UnregisteredFlooded);
+        true
+    } else if controller_gone(config) {
+        // Only checked on the prune path: forwarding costs nothing extra.
+        count(Counter::FailsafeFlooded);
+        true
+    } else if group.is_some() {
+        count(Counter::DataPruned);
+        false
+    } else {
+        count(Counter::UnregisteredDropped);
+        false
+    };
+    if !forward {
+        if let Some(group) = group {
+            // SAFETY: a map value pointer from a successful lookup.
+            count_traffic(&SNOOP_GROUP_TRAFFIC, unsafe { (*group).traffic_slot }, bytes, false);
+        }
+    }
+    count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, bytes, forward);
     if forward {
         TC_ACT_OK
     } else {
@@ -295,7 +310,12 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
 /// Reports and leaves go to router ports only; queries and unknown IGMP types
 /// are flooded (RFC 4541 2.1.1 (1) and (3)).
 #[inline(always)]
-fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, is_router_port: bool) -> i32 {
+fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
+    // SAFETY: plain map lookup.
+    let is_router_port = match unsafe { SNOOP_PORTS.get(ifindex) } {
+        Some(port) => port.flags & PORT_ROUTER != 0,
+        None => return TC_ACT_OK, // not managed
+    };
     let type_offset = ETH_HLEN + ip.header_len;
     let Ok(igmp_type) = ctx.load::<u8>(type_offset) else {
         return TC_ACT_OK; // too short to be a report: flood like unknown IGMP
@@ -324,33 +344,18 @@ fn controller_gone(config: Option<&DatapathConfig>) -> bool {
 }
 
 #[inline(always)]
-fn count_traffic(key: &PortGroupKey, bytes: u64, forwarded: bool) {
-    match SNOOP_TRAFFIC.get_ptr_mut(key) {
-        // SAFETY: per-CPU value, no concurrent writer on this CPU.
-        Some(counters) => unsafe {
-            if forwarded {
-                (*counters).forwarded_packets += 1;
-                (*counters).forwarded_bytes += bytes;
-            } else {
-                (*counters).pruned_packets += 1;
-                (*counters).pruned_bytes += bytes;
-            }
-        },
-        None => {
-            let counters = if forwarded {
-                TrafficCounters {
-                    forwarded_packets: 1,
-                    forwarded_bytes: bytes,
-                    ..TrafficCounters::default()
-                }
-            } else {
-                TrafficCounters {
-                    pruned_packets: 1,
-                    pruned_bytes: bytes,
-                    ..TrafficCounters::default()
-                }
-            };
-            let _ = SNOOP_TRAFFIC.insert(key, &counters, 0);
+fn count_traffic(counters: &PerCpuArray<TrafficCounters>, slot: u32, bytes: u64, forwarded: bool) {
+    let Some(c) = counters.get_ptr_mut(slot) else {
+        return; // NO_SLOT or out of range: uncounted
+    };
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    unsafe {
+        if forwarded {
+            (*c).forwarded_packets += 1;
+            (*c).forwarded_bytes += bytes;
+        } else {
+            (*c).pruned_packets += 1;
+            (*c).pruned_bytes += bytes;
         }
     }
 }

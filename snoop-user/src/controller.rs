@@ -416,7 +416,7 @@ impl Controller {
         };
         let mut traffic: Vec<TrafficView> = self
             .datapath
-            .traffic()
+            .member_traffic()
             .into_iter()
             .map(|(group, ifindex, c)| TrafficView {
                 group,
@@ -424,20 +424,11 @@ impl Controller {
                 port: self.port_name(ifindex),
                 forwarded_packets: c.forwarded_packets,
                 forwarded_bytes: c.forwarded_bytes,
-                pruned_packets: c.pruned_packets,
-                pruned_bytes: c.pruned_bytes,
             })
             .collect();
         traffic.sort_by_key(|t| (t.group, t.ifindex));
-        let sum = |filter: &dyn Fn(&TrafficView) -> bool| {
-            traffic.iter().filter(|t| filter(t)).fold([0u64; 4], |acc, t| {
-                [
-                    acc[0] + t.forwarded_packets,
-                    acc[1] + t.forwarded_bytes,
-                    acc[2] + t.pruned_packets,
-                    acc[3] + t.pruned_bytes,
-                ]
-            })
+        let forwarded = |filter: &dyn Fn(&TrafficView) -> bool| {
+            traffic.iter().filter(|t| filter(t)).fold((0u64, 0u64), |(p, b), t| (p + t.forwarded_packets, b + t.forwarded_bytes))
         };
 
         let groups = self.snooper.groups();
@@ -447,8 +438,8 @@ impl Controller {
             .iter()
             .map(|(ifindex, state)| {
                 let control = self.datapath.port_counters(*ifindex);
-                let [forwarded_packets, forwarded_bytes, pruned_packets, pruned_bytes] =
-                    sum(&|t| t.ifindex == *ifindex);
+                let as_router = self.datapath.port_traffic(*ifindex);
+                let (to_members, member_bytes) = forwarded(&|t| t.ifindex == *ifindex);
                 PortView {
                     ifindex: *ifindex,
                     name: self.port_name(*ifindex),
@@ -463,18 +454,18 @@ impl Controller {
                     other_igmp_received: control.other_igmp,
                     pim_hellos_received: control.pim_hellos,
                     malformed_dropped: self.port_malformed.get(ifindex).copied().unwrap_or(0),
-                    forwarded_packets,
-                    forwarded_bytes,
-                    pruned_packets,
-                    pruned_bytes,
+                    forwarded_packets: to_members + as_router.forwarded_packets,
+                    forwarded_bytes: member_bytes + as_router.forwarded_bytes,
+                    pruned_packets: as_router.pruned_packets,
+                    pruned_bytes: as_router.pruned_bytes,
                 }
             })
             .collect();
         let groups = groups
             .iter()
             .map(|(group, members)| {
-                let [forwarded_packets, forwarded_bytes, pruned_packets, pruned_bytes] =
-                    sum(&|t| t.group == *group);
+                let (forwarded_packets, forwarded_bytes) = forwarded(&|t| t.group == *group);
+                let spared = self.datapath.group_traffic(*group);
                 GroupView {
                     group: *group,
                     members: members
@@ -490,8 +481,8 @@ impl Controller {
                         .collect(),
                     forwarded_packets,
                     forwarded_bytes,
-                    pruned_packets,
-                    pruned_bytes,
+                    pruned_packets: spared.pruned_packets,
+                    pruned_bytes: spared.pruned_bytes,
                 }
             })
             .collect();

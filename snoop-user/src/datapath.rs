@@ -3,7 +3,7 @@
 //! directory per bridge, so a restarted snoop adopts them without a gap in
 //! forwarding, and a clean exit removes every one of them.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap as StdHashMap},
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -21,8 +21,9 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
-    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_MEMBERS,
-    MAP_PORTS, MAP_PORT_COUNTERS, MAP_TRAFFIC, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS,
+    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS,
+    MAP_PORT_TRAFFIC, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -46,7 +47,13 @@ pub struct Datapath {
     ports: HashMap<MapData, u32, PortValue>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
-    traffic: PerCpuHashMap<MapData, PortGroupKey, TrafficCounters>,
+    member_traffic: TrafficSlots,
+    group_traffic: TrafficSlots,
+    port_traffic: TrafficSlots,
+    /// Slots handed out, so refreshes keep theirs and removals free them.
+    member_slots: StdHashMap<(Ipv4Addr, u32), u32>,
+    group_slots: StdHashMap<Ipv4Addr, u32>,
+    port_slots: StdHashMap<u32, u32>,
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     events: Option<RingBuf<MapData>>,
     links: BTreeMap<u32, PortLinks>,
@@ -83,7 +90,12 @@ impl Datapath {
             ports: take_map(&mut ebpf, MAP_PORTS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
-            traffic: take_map(&mut ebpf, MAP_TRAFFIC)?,
+            member_traffic: TrafficSlots::new(take_map(&mut ebpf, MAP_MEMBER_TRAFFIC)?, MAX_TRAFFIC_SLOTS),
+            group_traffic: TrafficSlots::new(take_map(&mut ebpf, MAP_GROUP_TRAFFIC)?, MAX_TRAFFIC_SLOTS),
+            port_traffic: TrafficSlots::new(take_map(&mut ebpf, MAP_PORT_TRAFFIC)?, MAX_PORTS),
+            member_slots: StdHashMap::new(),
+            group_slots: StdHashMap::new(),
+            port_slots: StdHashMap::new(),
             port_counters: take_map(&mut ebpf, MAP_PORT_COUNTERS)?,
             events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
             ebpf,
@@ -92,7 +104,17 @@ impl Datapath {
             config_value: DatapathConfig::default(),
             control_rate_limit: 0,
         };
+        let mut datapath = datapath;
+        if resumed {
+            datapath.adopt_slots();
+        }
         Ok((datapath, resumed))
+    }
+
+    /// The raw fd of a loaded program (for BPF_PROG_TEST_RUN in the benchmarks).
+    pub fn program_fd(&mut self, name: &str) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        Ok(program(&mut self.ebpf, name)?.fd()?.as_fd().as_raw_fd())
     }
 
     /// The aya-log logger for the programs' log lines; keep it and poll it.
@@ -171,6 +193,9 @@ impl Datapath {
         }
         remove_if_present(self.ports.remove(&ifindex))?;
         remove_if_present(self.port_counters.remove(&ifindex))?;
+        if let Some(slot) = self.port_slots.remove(&ifindex) {
+            self.port_traffic.give_back(slot);
+        }
         Ok(())
     }
 
@@ -194,34 +219,89 @@ impl Datapath {
     }
 
     pub fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
-        self.ports
-            .insert(
-                ifindex,
-                PortValue { flags, control_rate_limit: self.control_rate_limit, window_start_ns: 0, window_frames: 0 },
-                0,
-            )
-            .with_context(|| format!("writing port {ifindex} to the port map"))
+        let traffic_slot = match self.port_slots.get(&ifindex) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.port_traffic.take()?;
+                self.port_slots.insert(ifindex, slot);
+                slot
+            }
+        };
+        let value = PortValue {
+            flags,
+            control_rate_limit: self.control_rate_limit,
+            window_start_ns: 0,
+            window_frames: 0,
+            traffic_slot,
+            _pad: 0,
+        };
+        self.ports.insert(ifindex, value, 0).with_context(|| format!("writing port {ifindex} to the port map"))
     }
 
     pub fn set_member(&mut self, group: Ipv4Addr, port: u32, version: u8, expires_ns: u64) -> Result<()> {
-        let value = MemberValue { expires_ns, version, _pad: [0; 7] };
+        let traffic_slot = match self.member_slots.get(&(group, port)) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.member_traffic.take()?;
+                self.member_slots.insert((group, port), slot);
+                slot
+            }
+        };
+        let value = MemberValue { expires_ns, version, _pad: [0; 3], traffic_slot };
         self.members
             .insert(member_key(group, port), value, 0)
             .with_context(|| format!("adding {group} on port {port} (membership map full?)"))
     }
 
     pub fn remove_member(&mut self, group: Ipv4Addr, port: u32) -> Result<()> {
+        if let Some(slot) = self.member_slots.remove(&(group, port)) {
+            self.member_traffic.give_back(slot);
+        }
         remove_if_present(self.members.remove(&member_key(group, port)))
     }
 
     pub fn register_group(&mut self, group: Ipv4Addr) -> Result<()> {
+        let traffic_slot = match self.group_slots.get(&group) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.group_traffic.take()?;
+                self.group_slots.insert(group, slot);
+                slot
+            }
+        };
         self.groups
-            .insert(GroupKey::ipv4(group.octets(), VLAN_NONE), GroupValue { member_ports: 0, _pad: 0 }, 0)
+            .insert(GroupKey::ipv4(group.octets(), VLAN_NONE), GroupValue { traffic_slot, _pad: 0 }, 0)
             .with_context(|| format!("registering {group} (group map full?)"))
     }
 
     pub fn unregister_group(&mut self, group: Ipv4Addr) -> Result<()> {
+        if let Some(slot) = self.group_slots.remove(&group) {
+            self.group_traffic.give_back(slot);
+        }
         remove_if_present(self.groups.remove(&GroupKey::ipv4(group.octets(), VLAN_NONE)))
+    }
+
+    /// Takes over the slots recorded in maps a previous snoop pinned.
+    fn adopt_slots(&mut self) {
+        for (group, port, value) in self.memberships() {
+            if value.traffic_slot != NO_SLOT && self.member_traffic.claim(value.traffic_slot) {
+                self.member_slots.insert((group, port), value.traffic_slot);
+            }
+        }
+        let groups: Vec<(GroupKey, GroupValue)> = self.groups.iter().filter_map(|e| e.ok()).collect();
+        for (key, value) in groups {
+            if let Some(octets) = key.ipv4_octets() {
+                if value.traffic_slot != NO_SLOT && self.group_traffic.claim(value.traffic_slot) {
+                    self.group_slots.insert(Ipv4Addr::from(octets), value.traffic_slot);
+                }
+            }
+        }
+        let ports: Vec<(u32, PortValue)> = self.ports.iter().filter_map(|e| e.ok()).collect();
+        for (ifindex, value) in ports {
+            if value.traffic_slot != NO_SLOT && self.port_traffic.claim(value.traffic_slot) {
+                self.port_slots.insert(ifindex, value.traffic_slot);
+            }
+        }
     }
 
     /// Every membership in the map, for resuming after a restart.
@@ -245,23 +325,19 @@ impl Datapath {
             .collect()
     }
 
-    /// Per-(group, port) traffic summed over CPUs.
-    pub fn traffic(&self) -> Vec<(Ipv4Addr, u32, TrafficCounters)> {
-        self.traffic
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter_map(|(key, per_cpu)| {
-                let group = Ipv4Addr::from(key.group.ipv4_octets()?);
-                let sum = per_cpu.iter().fold(TrafficCounters::default(), |mut acc, c| {
-                    acc.forwarded_packets += c.forwarded_packets;
-                    acc.forwarded_bytes += c.forwarded_bytes;
-                    acc.pruned_packets += c.pruned_packets;
-                    acc.pruned_bytes += c.pruned_bytes;
-                    acc
-                });
-                Some((group, key.ifindex, sum))
-            })
-            .collect()
+    /// Traffic sent to each member port, summed over CPUs.
+    pub fn member_traffic(&self) -> Vec<(Ipv4Addr, u32, TrafficCounters)> {
+        self.member_slots.iter().map(|((group, port), slot)| (*group, *port, self.member_traffic.read(*slot))).collect()
+    }
+
+    /// Traffic of a group held back from ports without members.
+    pub fn group_traffic(&self, group: Ipv4Addr) -> TrafficCounters {
+        self.group_slots.get(&group).map(|slot| self.group_traffic.read(*slot)).unwrap_or_default()
+    }
+
+    /// Traffic a port was sent as a router port, and spared.
+    pub fn port_traffic(&self, ifindex: u32) -> TrafficCounters {
+        self.port_slots.get(&ifindex).map(|slot| self.port_traffic.read(*slot)).unwrap_or_default()
     }
 
     /// Control traffic per port, summed over CPUs.
@@ -296,6 +372,71 @@ impl Datapath {
     fn link_pin(&self, ifindex: u32, direction: TcAttachType) -> PathBuf {
         let suffix = if direction == TcAttachType::Ingress { "ingress" } else { "egress" };
         self.pin_dir.join("links").join(format!("{ifindex}-{suffix}"))
+    }
+}
+
+/// A per-CPU array of traffic counters and which of its slots are in use.
+struct TrafficSlots {
+    counters: PerCpuArray<MapData, TrafficCounters>,
+    free: Vec<u32>,
+    /// Slots below this have been handed out at some time.
+    next: u32,
+    capacity: u32,
+    in_use: std::collections::HashSet<u32>,
+}
+
+impl TrafficSlots {
+    fn new(counters: PerCpuArray<MapData, TrafficCounters>, capacity: u32) -> Self {
+        Self { counters, free: Vec::new(), next: 0, capacity, in_use: Default::default() }
+    }
+
+    /// A zeroed slot, or NO_SLOT when all are taken (the traffic then goes uncounted).
+    fn take(&mut self) -> Result<u32> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None if self.next < self.capacity => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return Ok(NO_SLOT),
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
+        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])?;
+        self.counters.set(slot, zeros, 0).context("zeroing a traffic slot")?;
+        self.in_use.insert(slot);
+        Ok(slot)
+    }
+
+    fn give_back(&mut self, slot: u32) {
+        if self.in_use.remove(&slot) {
+            self.free.push(slot);
+        }
+    }
+
+    /// Marks a slot found in a pinned map as taken; false if it is not valid.
+    fn claim(&mut self, slot: u32) -> bool {
+        if slot >= self.capacity || !self.in_use.insert(slot) {
+            return false;
+        }
+        while self.next <= slot {
+            if self.next != slot {
+                self.free.push(self.next);
+            }
+            self.next += 1;
+        }
+        self.free.retain(|s| *s != slot);
+        true
+    }
+
+    fn read(&self, slot: u32) -> TrafficCounters {
+        let Ok(per_cpu) = self.counters.get(&slot, 0) else { return TrafficCounters::default() };
+        per_cpu.iter().fold(TrafficCounters::default(), |mut acc, c| {
+            acc.forwarded_packets += c.forwarded_packets;
+            acc.forwarded_bytes += c.forwarded_bytes;
+            acc.pruned_packets += c.pruned_packets;
+            acc.pruned_bytes += c.pruned_bytes;
+            acc
+        })
     }
 }
 

@@ -370,6 +370,33 @@ pub struct GroupSender {
 }
 
 impl GroupSender {
+    /// Sends to `group` as fast as one thread can (sendmmsg, 64 per call)
+    /// until `duration` has passed; returns the packets sent.
+    pub fn blast(&self, group: Ipv4Addr, duration: Duration) -> Result<u64> {
+        self.socket.connect(SocketAddrV4::new(group, DATA_PORT))?;
+        let payload = [0x5au8; 64];
+        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+        let mut messages: Vec<libc::mmsghdr> = (0..64)
+            .map(|_| {
+                // SAFETY: an all-zero mmsghdr is valid; the iovec outlives the calls.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = &mut iov;
+                m.msg_hdr.msg_iovlen = 1;
+                m
+            })
+            .collect();
+        let deadline = Instant::now() + duration;
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            // SAFETY: `messages` holds 64 initialised headers.
+            let n = unsafe { libc::sendmmsg(self.socket.as_raw_fd(), messages.as_mut_ptr(), 64, 0) };
+            if n > 0 {
+                sent += n as u64;
+            }
+        }
+        Ok(sent)
+    }
+
     pub fn send(&self, group: Ipv4Addr, count: u64, interval: Duration) -> Result<()> {
         let payload = [0x5au8; 64];
         for _ in 0..count {

@@ -43,19 +43,31 @@ pub fn render(s: &Snapshot) -> String {
 
     let forwarded_packets = Family::<Labels, Counter>::default();
     let forwarded_bytes = Family::<Labels, Counter>::default();
-    let pruned_packets = Family::<Labels, Counter>::default();
-    let pruned_bytes = Family::<Labels, Counter>::default();
     for t in &s.traffic {
         let l = labels(&[("group", t.group.to_string()), ("port", t.port.clone())]);
         forwarded_packets.get_or_create(&l).inc_by(t.forwarded_packets);
         forwarded_bytes.get_or_create(&l).inc_by(t.forwarded_bytes);
-        pruned_packets.get_or_create(&l).inc_by(t.pruned_packets);
-        pruned_bytes.get_or_create(&l).inc_by(t.pruned_bytes);
     }
-    registry.register("forwarded_packets", "Group packets sent out of a port", forwarded_packets);
-    registry.register("forwarded_bytes", "Group bytes sent out of a port", forwarded_bytes);
-    registry.register("pruned_packets", "Group packets held back from a port without members", pruned_packets);
-    registry.register("pruned_bytes", "Group bytes held back from a port without members", pruned_bytes);
+    registry.register("forwarded_packets", "Group packets sent to a member port", forwarded_packets);
+    registry.register("forwarded_bytes", "Group bytes sent to a member port", forwarded_bytes);
+    let group_pruned_packets = Family::<Labels, Counter>::default();
+    let group_pruned_bytes = Family::<Labels, Counter>::default();
+    for g in &s.groups {
+        let l = labels(&[("group", g.group.to_string())]);
+        group_pruned_packets.get_or_create(&l).inc_by(g.pruned_packets);
+        group_pruned_bytes.get_or_create(&l).inc_by(g.pruned_bytes);
+    }
+    registry.register("group_pruned_packets", "Group packets held back from ports without members", group_pruned_packets);
+    registry.register("group_pruned_bytes", "Group bytes held back from ports without members", group_pruned_bytes);
+    let port_forwarded_packets = Family::<Labels, Counter>::default();
+    let port_pruned_packets = Family::<Labels, Counter>::default();
+    for p in &s.ports {
+        let l = labels(&[("port", p.name.clone())]);
+        port_forwarded_packets.get_or_create(&l).inc_by(p.forwarded_packets);
+        port_pruned_packets.get_or_create(&l).inc_by(p.pruned_packets);
+    }
+    registry.register("port_forwarded_packets", "Group packets sent out of a port, all groups", port_forwarded_packets);
+    registry.register("port_pruned_packets", "Group packets held back from a port, all groups", port_pruned_packets);
 
     let control = Family::<Labels, Counter>::default();
     let router = Family::<Labels, Gauge>::default();

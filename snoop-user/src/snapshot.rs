@@ -16,7 +16,7 @@ pub struct Snapshot {
     pub datapath: BTreeMap<String, u64>,
     /// Controller counters: parse errors by kind and event handling.
     pub controller: BTreeMap<String, u64>,
-    /// Traffic per (group, port) as the data path counted it.
+    /// Traffic per (group, member port) as the data path counted it.
     pub traffic: Vec<TrafficView>,
 }
 
@@ -53,7 +53,8 @@ pub struct PortView {
     pub pim_hellos_received: u64,
     /// Control frames from this port the controller dropped as malformed.
     pub malformed_dropped: u64,
-    /// Group traffic sent out of / held back from this port, all groups.
+    /// Group traffic sent out of this port (to members and as a router
+    /// port) and held back from it, all groups.
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     pub pruned_packets: u64,
@@ -64,7 +65,8 @@ pub struct PortView {
 pub struct GroupView {
     pub group: Ipv4Addr,
     pub members: Vec<MemberView>,
-    /// Group traffic sent out of / held back from all ports.
+    /// Group traffic sent to member ports, and held back from ports without
+    /// members (router ports' copies are counted per port).
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
     pub pruned_packets: u64,
@@ -84,14 +86,13 @@ pub struct MemberView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+/// Traffic sent to one member port for one group.
 pub struct TrafficView {
     pub group: Ipv4Addr,
     pub ifindex: u32,
     pub port: String,
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
-    pub pruned_packets: u64,
-    pub pruned_bytes: u64,
 }
 
 /// One line of `snoop watch`.

@@ -72,7 +72,9 @@ fn counters_json_and_metrics_match_what_hosts_got() -> Result<()> {
 
     let metrics = scrape(&lab)?;
     assert_eq!(metric(&metrics, "snoop_forwarded_packets_total{group=\"239.1.1.1\",port=\"p1\"}"), Some(100));
-    assert_eq!(metric(&metrics, "snoop_pruned_packets_total{group=\"239.1.1.1\",port=\"p2\"}"), Some(100));
+    assert_eq!(metric(&metrics, "snoop_group_pruned_packets_total{group=\"239.1.1.1\"}"), Some(100));
+    assert_eq!(metric(&metrics, "snoop_port_pruned_packets_total{port=\"p2\"}"), Some(100));
+    assert_eq!(metric(&metrics, "snoop_port_forwarded_packets_total{port=\"p1\"}"), Some(100));
     assert_eq!(metric(&metrics, "snoop_group_member_ports{group=\"239.1.1.1\"}"), Some(1));
     assert_eq!(metric(&metrics, "snoop_querier_is_self"), Some(1));
     assert!(metrics.trim_end().ends_with("# EOF"));

@@ -28,6 +28,15 @@ enum Task {
     Setup,
     /// Build snoop and run its demo lab (the main job).
     Demo,
+    /// Benchmark snoop against the kernel bridge's snooping and flooding (needs root).
+    Bench {
+        /// The short smoke version (CI runs it).
+        #[arg(long)]
+        quick: bool,
+        /// Only these figures, e.g. `1,2` (default: all).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Run the unit and integration tests (needs root: the tests build netns labs).
     Test {
         /// Passed to the test binaries, e.g. a test name filter.
@@ -52,6 +61,22 @@ fn main() -> Result<()> {
             setup()?;
             cargo(&["build", "--release", "--package", "snoop-user", "--bin", "snoop"])?;
             run(Command::new(workspace().join("target/release/snoop")).arg("demo"))
+        }
+        Task::Bench { quick, only } => {
+            setup()?;
+            require_root("the benchmarks build network namespaces, bridges and BPF programs")?;
+            cargo(&["build", "--release", "--package", "snoop-user", "--bin", "snoop"])?;
+            cargo(&["build", "--release", "--package", "snoop-tests", "--bin", "snoop-bench"])?;
+            let target = workspace().join("target/release");
+            let mut bench = Command::new(target.join("snoop-bench"));
+            bench.env("SNOOP_BIN", target.join("snoop"));
+            if quick {
+                bench.arg("--quick");
+            }
+            if let Some(only) = only {
+                bench.args(["--only", &only]);
+            }
+            run(&mut bench)
         }
         Task::Test { args } => {
             setup()?;

@@ -1,0 +1,577 @@
+//! `cargo xtask bench`: snoop against the Linux bridge's own IGMP snooping and
+//! against plain flooding, side by side in the same lab and the same run.
+//! Absolute figures depend on the (shared, noisy) machine; the ratios are the
+//! result. `--quick` is the short smoke version CI runs.
+use std::{
+    collections::HashMap,
+    fs,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use snoop::{
+    datapath::Datapath,
+    lab::{self, in_netns, v3_report_packet, Lab, LabOptions},
+};
+use snoop_common::{PROG_EGRESS, PROG_INGRESS};
+
+const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Snoop,
+    Kernel,
+    Flood,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Snoop => "snoop",
+            Mode::Kernel => "kernel snooping",
+            Mode::Flood => "flooding",
+        }
+    }
+}
+
+struct Settings {
+    snoop: PathBuf,
+    quick: bool,
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let snoop = std::env::var_os("SNOOP_BIN").map(PathBuf::from).context("SNOOP_BIN not set: run `cargo xtask bench`")?;
+    let settings = Settings { snoop, quick };
+    lab::remove_stale_labs()?;
+    println!("snoop benchmarks{} on {} ({} CPUs), kernel {}", if quick { " (quick)" } else { "" }, hostname(), num_cpus(), kernel());
+    println!();
+    // `--only 2,5` runs just those figures.
+    let only: Vec<String> = std::env::args()
+        .skip_while(|a| a != "--only")
+        .nth(1)
+        .map(|list| list.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
+    let wanted = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
+    if wanted("1") {
+        throughput(&settings)?;
+    }
+    if wanted("2") {
+        program_cost(&settings)?;
+    }
+    if wanted("3") || wanted("4") {
+        join_leave_latency(&settings)?;
+    }
+    if wanted("5") {
+        scale(&settings)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- 1. throughput
+
+/// A lab of 8 ports in `mode`, with `members` of h1..h7 joined to G.
+fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&str]) -> Result<Lab> {
+    let mut lab = Lab::new(tag, hosts, &LabOptions { kernel_snooping: mode == Mode::Kernel, ..Default::default() })?;
+    match mode {
+        Mode::Snoop => lab.start_snoop(&settings.snoop, extra)?,
+        Mode::Kernel => {
+            // Its querier on, sending v3 queries (v2 queries would turn the
+            // hosts to v2 and its report suppression), answers within 1 s.
+            // The response interval first: enabling the querier starts a
+            // startup delay of that length, during which the bridge floods.
+            lab.ip_br(&[
+                "link", "set", "br0", "type", "bridge", "mcast_igmp_version", "3", "mcast_query_response_interval", "100",
+            ])?;
+            lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_querier", "1"])?;
+        }
+        Mode::Flood => {}
+    }
+    Ok(lab)
+}
+
+fn throughput(settings: &Settings) -> Result<()> {
+    let seconds = if settings.quick { 1.0 } else { 3.0 };
+    println!("1. Data path throughput: 8-port bridge, h0 blasts one group (64-byte UDP, sendmmsg) for {seconds} s.");
+    println!("   Delivered = packets leaving member ports (port tx counters); CPU = busy time of all CPUs / packets delivered.");
+    println!("   {:<8}{:<17}{:>14}{:>12}{:>16}{:>14}{:>14}", "members", "mode", "sent pps", "per member", "to non-members", "CPU ns/pkt", "vs kernel");
+    for members in [1usize, 2, 7] {
+        let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
+        for mode in [Mode::Kernel, Mode::Snoop, Mode::Flood] {
+            let mut lab = mode_lab(settings, "tput", 8, mode, &[])?;
+            let joined: Vec<_> = (1..=members).map(|i| lab.join(&format!("h{i}"), G)).collect::<Result<_>>()?;
+            wait_joined(&mut lab, mode, members)?;
+            let before = port_tx_packets(&lab)?;
+            let cpu_before = cpu_busy_seconds()?;
+            let sent = lab.sender("h0")?.blast(G, Duration::from_secs_f64(seconds))?;
+            thread::sleep(Duration::from_millis(200));
+            let cpu = cpu_busy_seconds()? - cpu_before;
+            let after = port_tx_packets(&lab)?;
+            let delta = |i: usize| after[&format!("p{i}")] - before[&format!("p{i}")];
+            let to_members: u64 = (1..=members).map(delta).sum();
+            let to_others: u64 = (members + 1..8).map(delta).sum();
+            let per_member = to_members as f64 / members as f64 / seconds;
+            let ns_per_packet = cpu * 1e9 / (to_members.max(1)) as f64;
+            results.insert(mode.name(), (per_member, ns_per_packet));
+            let ratio = results.get(Mode::Kernel.name()).map_or("-".into(), |(k, _)| format!("{:.2}x", per_member / k));
+            println!(
+                "   {:<8}{:<17}{:>14.0}{:>12.0}{:>16}{:>14.0}{:>14}",
+                members,
+                mode.name(),
+                sent as f64 / seconds,
+                per_member,
+                to_others,
+                ns_per_packet,
+                ratio
+            );
+            drop(joined);
+        }
+        let (snoop, kernel) = (results["snoop"], results["kernel snooping"]);
+        println!(
+            "   -> {members} member(s): snoop delivers {:.2}x kernel snooping's pps at {:.2}x its CPU per packet",
+            snoop.0 / kernel.0,
+            snoop.1 / kernel.1
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Waits until the group is snooped in `mode` (kernel: mdb entries).
+fn wait_joined(lab: &mut Lab, mode: Mode, members: usize) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let ready = match mode {
+            Mode::Snoop => snoop_tests::map_members(lab)?.len() == members,
+            Mode::Kernel => {
+                let mdb = lab::run("bridge", &["-n", &lab.bridge_netns, "-j", "mdb", "show", "dev", "br0"])?;
+                mdb.matches("239.1.1.1").count() >= members
+            }
+            Mode::Flood => true,
+        };
+        if ready {
+            if mode == Mode::Kernel {
+                // The bridge floods everything until its querier has existed
+                // for one query response interval (1 s here).
+                thread::sleep(Duration::from_millis(1500));
+            }
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{members} members did not register in {mode:?} mode")
+}
+
+fn port_tx_packets(lab: &Lab) -> Result<HashMap<String, u64>> {
+    let json: serde_json::Value = serde_json::from_str(&lab.ip_br(&["-s", "-j", "link", "show"])?)?;
+    Ok(json
+        .as_array()
+        .context("ip -j output")?
+        .iter()
+        .filter_map(|l| Some((l["ifname"].as_str()?.to_owned(), l["stats64"]["tx"]["packets"].as_u64()?)))
+        .collect())
+}
+
+fn cpu_busy_seconds() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let fields: Vec<f64> = stat.lines().next().context("/proc/stat")?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields[3] + fields[4];
+    // USER_HZ is 100 on Linux.
+    Ok((total - idle) / 100.0)
+}
+
+// ------------------------------------------------------------ 2. program cost
+
+fn program_cost(settings: &Settings) -> Result<()> {
+    let repeat: u32 = if settings.quick { 100_000 } else { 1_000_000 };
+    println!("2. Per-packet program cost, BPF_PROG_TEST_RUN (the kernel's average over the repeats).");
+    let mut lab = Lab::new("progcost", 3, &LabOptions::default())?;
+    lab.start_snoop(&settings.snoop, &["--control-rate-limit", "0"])?;
+    let _m1 = lab.join("h1", G)?;
+    snoop_tests::wait_for_members(&lab, G, &["p1"], Duration::from_secs(8))?;
+    let p1 = lab.port_ifindex("p1")?;
+    let pin_dir = lab.pin_dir();
+    let data = |group: Ipv4Addr| udp_frame(Ipv4Addr::new(10, 99, 0, 10), group);
+    let report = {
+        let ip = v3_report_packet(Ipv4Addr::new(10, 99, 0, 11), &[G]);
+        let mut frame = vec![0x01, 0x00, 0x5e, 0, 0, 0x16, 2, 0, 0, 0, 0, 0x11, 0x08, 0x00];
+        frame.extend_from_slice(&ip);
+        frame
+    };
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x06]);
+    arp.extend_from_slice(&[0; 28]);
+    let cases: Vec<(&str, &str, Vec<u8>, u32)> = vec![
+        ("data, group in the map (egress, member port)", PROG_EGRESS, data(G), repeat),
+        ("data, group not in the map (egress)", PROG_EGRESS, data(Ipv4Addr::new(239, 9, 9, 9)), repeat),
+        // Each run hands a frame to the controller's ring; keep the run short enough not to fill it.
+        ("IGMPv3 report (ingress, captured)", PROG_INGRESS, report, 2_000),
+        ("non-IP frame (egress)", PROG_EGRESS, arp, repeat),
+    ];
+    let results = in_netns(&lab.bridge_netns, move || -> Result<Vec<(String, u32, u32)>> {
+        let (mut datapath, _) = Datapath::load(&pin_dir)?;
+        cases
+            .into_iter()
+            .map(|(name, prog, frame, repeat)| {
+                let fd = datapath.program_fd(prog)?;
+                let (retval, ns) = test_run(fd, &frame, p1, repeat)?;
+                Ok((format!("{name}, {repeat} runs"), ns, retval))
+            })
+            .collect()
+    })??;
+    for (name, ns, retval) in results {
+        println!("   {name:<62} {ns:>4} ns  (verdict {})", if retval == 0 { "pass" } else { "drop" });
+    }
+    println!("   goal: <= 60 ns per data packet");
+    println!();
+    Ok(())
+}
+
+fn udp_frame(src: Ipv4Addr, group: Ipv4Addr) -> Vec<u8> {
+    let d = group.octets();
+    let mut frame = vec![0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3], 2, 0, 0, 0, 0, 0x10, 0x08, 0x00];
+    let mut ip = vec![0x45, 0, 0, 92, 0, 0, 0x40, 0, 1, 17, 0, 0];
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&group.octets());
+    let sum = snoop::igmp::internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    frame.extend_from_slice(&ip);
+    frame.extend_from_slice(&[0x13, 0x89, 0x13, 0x89, 0, 72, 0, 0]);
+    frame.extend_from_slice(&[0x5a; 64]);
+    frame
+}
+
+/// BPF_PROG_TEST_RUN on a TC program with `skb->ifindex = ifindex`.
+/// Returns (verdict, average ns per run).
+fn test_run(prog_fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, u32)> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut ctx = [0u8; 192]; // struct __sk_buff
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // ifindex
+    let mut out = vec![0u8; frame.len() + 256];
+    let mut attr = [0u64; 16]; // union bpf_attr, the `test` member
+    let words = attr.as_mut_ptr() as *mut u32;
+    // SAFETY: writes stay inside the 128-byte attr, at the kernel's offsets.
+    unsafe {
+        *words = prog_fd as u32; // prog_fd
+        *words.add(2) = frame.len() as u32; // data_size_in
+        *words.add(3) = out.len() as u32; // data_size_out
+        attr[2] = frame.as_ptr() as u64; // data_in
+        attr[3] = out.as_mut_ptr() as u64; // data_out
+        *words.add(8) = repeat; // repeat
+        *words.add(10) = ctx.len() as u32; // ctx_size_in
+        attr[6] = ctx.as_ptr() as u64; // ctx_in
+    }
+    // SAFETY: a valid bpf_attr for this command.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_mut_ptr(), 128u32) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
+    }
+    // SAFETY: reading back the kernel's answers.
+    Ok(unsafe { (*words.add(1), *words.add(9)) }) // retval, duration
+}
+
+// ------------------------------------------------------- 3./4. join and leave
+
+fn join_leave_latency(settings: &Settings) -> Result<()> {
+    let joins = if settings.quick { 30 } else { 200 };
+    let leaves = if settings.quick { 5 } else { 20 };
+    println!("3./4. Join and leave latency. h0 sends G every 20 us; h2 stays joined (G is registered).");
+    println!("   Join: h1's report on the wire -> first G packet at h1. Leave: h1's leave on the wire -> last G packet at h1.");
+    println!("   Timed by one packet socket on h1's interface (both events on the same clock).");
+    println!("   {:<17}{:<26}{:>6}{:>10}{:>10}{:>10}", "mode", "measure", "n", "p50", "p99", "max");
+    for mode in [Mode::Kernel, Mode::Snoop] {
+        for fast_leave in [true, false] {
+            // Last-member round: 2 x 100 ms in both systems.
+            let snoop_args = if fast_leave {
+                vec!["--fast-leave", "p1", "--last-member-query-interval", "100ms"]
+            } else {
+                vec!["--last-member-query-interval", "100ms"]
+            };
+            let mut lab = mode_lab(settings, "latency", 3, mode, &snoop_args)?;
+            if mode == Mode::Kernel {
+                lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_last_member_interval", "10"])?;
+                if fast_leave {
+                    lab.ip_br(&["link", "set", "p1", "type", "bridge_slave", "fastleave", "on"])?;
+                }
+            }
+            let _m2 = lab.join("h2", G)?;
+            wait_joined(&mut lab, mode, 1)?;
+            let sender = lab.sender("h0")?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sending = {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = sender.send(G, 1, Duration::ZERO);
+                        let until = Instant::now() + Duration::from_micros(20);
+                        while Instant::now() < until {}
+                    }
+                })
+            };
+            let probe = Probe::open(&lab, "h1")?;
+            let rounds = if fast_leave { joins } else { leaves };
+            let (mut join_us, mut leave_us) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let membership = lab.join("h1", G)?;
+                join_us.push(probe.report_to_first_data()?);
+                drop(membership);
+                leave_us.push(probe.leave_to_last_data(if fast_leave { 100 } else { 500 })?);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sending.join().expect("sender");
+            let leave_name = if fast_leave { "leave (fast leave)" } else { "leave (last-member q.)" };
+            if fast_leave {
+                print_percentiles(mode.name(), "join", &mut join_us);
+            }
+            print_percentiles(mode.name(), leave_name, &mut leave_us);
+        }
+    }
+    println!("   goal: join <= 1 ms p99");
+    println!();
+    Ok(())
+}
+
+fn print_percentiles(mode: &str, what: &str, samples_us: &mut [f64]) {
+    samples_us.sort_by(f64::total_cmp);
+    let at = |q: f64| samples_us[((samples_us.len() - 1) as f64 * q).round() as usize];
+    let fmt = |us: f64| if us >= 1000.0 { format!("{:.1} ms", us / 1000.0) } else { format!("{us:.0} us") };
+    println!("   {:<17}{:<26}{:>6}{:>10}{:>10}{:>10}", mode, what, samples_us.len(), fmt(at(0.5)), fmt(at(0.99)), fmt(at(1.0)));
+}
+
+/// A packet socket on a host's eth0 seeing its outgoing IGMP and incoming G.
+struct Probe {
+    fd: OwnedFd,
+}
+
+enum Seen {
+    OutgoingIgmp(u8),
+    Data,
+    Other,
+}
+
+impl Probe {
+    fn open(lab: &Lab, host: &str) -> Result<Self> {
+        let fd = in_netns(&lab.host(host).netns, || -> Result<OwnedFd> {
+            // SAFETY: plain socket(2).
+            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be())) };
+            if fd < 0 {
+                bail!("packet socket: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: fresh fd.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        })??;
+        let timeout = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
+        // SAFETY: valid option.
+        unsafe {
+            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&timeout as *const libc::timeval).cast(), 16)
+        };
+        Ok(Self { fd })
+    }
+
+    fn next(&self) -> Option<(Instant, Seen)> {
+        let mut buf = [0u8; 256];
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        // SAFETY: valid buffers.
+        let n = unsafe {
+            libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, (&mut addr as *mut libc::sockaddr_ll).cast(), &mut len)
+        };
+        if n < 42 {
+            return None;
+        }
+        let at = Instant::now();
+        let outgoing = addr.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        let ihl = usize::from(buf[14] & 0x0f) * 4;
+        let seen = match (outgoing, buf[12..14] == [8, 0], buf[23]) {
+            (true, true, 2) => Seen::OutgoingIgmp(buf[14 + ihl]),
+            (false, true, 17) if buf[30..34] == G.octets() => Seen::Data,
+            _ => Seen::Other,
+        };
+        Some((at, seen))
+    }
+
+    /// Microseconds from the next outgoing report to the first data packet.
+    fn report_to_first_data(&self) -> Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut reported = None;
+        while Instant::now() < deadline {
+            match self.next() {
+                Some((at, Seen::OutgoingIgmp(0x16 | 0x22))) if reported.is_none() => reported = Some(at),
+                Some((at, Seen::Data)) if reported.is_some() => {
+                    return Ok(at.duration_since(reported.unwrap()).as_secs_f64() * 1e6)
+                }
+                _ => {}
+            }
+        }
+        bail!("no data after the join report within 5 s")
+    }
+
+    /// Microseconds from the next outgoing leave to the last data packet,
+    /// once none has arrived for `quiet_ms`.
+    fn leave_to_last_data(&self, quiet_ms: u64) -> Result<f64> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = None;
+        let mut last_data = None;
+        while Instant::now() < deadline {
+            if let (Some(_), Some(last)) = (left, last_data) {
+                if Instant::now().duration_since(last) > Duration::from_millis(quiet_ms) {
+                    break;
+                }
+            }
+            match self.next() {
+                Some((at, Seen::OutgoingIgmp(0x17 | 0x22))) if left.is_none() => {
+                    left = Some(at);
+                    last_data = Some(at);
+                }
+                Some((at, Seen::Data)) if left.is_some() => last_data = Some(at),
+                None if left.is_some() && last_data.is_some() => {}
+                _ => {}
+            }
+        }
+        let (Some(left), Some(last)) = (left, last_data) else { bail!("no leave seen") };
+        Ok(last.duration_since(left).as_secs_f64() * 1e6)
+    }
+}
+
+// ------------------------------------------------------------------- 5. scale
+
+fn scale(settings: &Settings) -> Result<()> {
+    let (ports, total_groups) = if settings.quick { (8usize, 5_000usize) } else { (64, 100_000) };
+    println!("5. Scale: {total_groups} groups across {ports} ports (each host joins its share with IGMPv3 reports).");
+    let mut lab = Lab::new("scale", ports + 1, &LabOptions::default())?;
+    lab.start_snoop(&settings.snoop, &["--max-groups-per-port", "0", "--control-rate-limit", "0"])?;
+    let pid = lab.snoop_pid().context("snoop pid")?;
+    let rss_before = rss_kb(pid)?;
+    let per_port = total_groups / ports;
+    let group_of = |port: usize, i: usize| {
+        let n = (port * per_port + i) as u32;
+        Ipv4Addr::from(0xEF10_0000 + n) // 239.16.0.0 + n
+    };
+    let senders: Vec<_> = (1..=ports).map(|p| lab.raw_sender(&format!("h{p}"))).collect::<Result<_>>()?;
+    let start = Instant::now();
+    for (index, sender) in senders.iter().enumerate() {
+        let port = index + 1;
+        let src = lab.host(&format!("h{port}")).ip;
+        let groups: Vec<Ipv4Addr> = (0..per_port).map(|i| group_of(port - 1, i)).collect();
+        for chunk in groups.chunks(180) {
+            sender.send(&v3_report_packet(src, chunk))?;
+        }
+    }
+    let expected = per_port * ports;
+    let members = wait_for_map_size(&lab, expected, Duration::from_secs(120))?;
+    let populate = start.elapsed();
+    println!("   populated {members} memberships in {:.2} s ({:.0} memberships/s)", populate.as_secs_f64(), members as f64 / populate.as_secs_f64());
+    println!("   controller RSS: {} kB ({} kB before)", rss_kb(pid)?, rss_before);
+    println!("   BPF map memory (memlock of snoop's maps): {} kB", map_memlock_kb(pid)? );
+
+    // Forwarding still follows the map: three sample groups, each on one port.
+    let mut ok = 0;
+    for port in [1, ports / 2, ports] {
+        let group = group_of(port - 1, per_port / 2);
+        let (member, other) = (lab.sniff(&format!("h{port}"))?, lab.sniff(&format!("h{}", if port == 1 { 2 } else { 1 }))?);
+        lab.send("h0", group, 20, Duration::from_micros(200))?;
+        thread::sleep(Duration::from_millis(200));
+        if member.count(group) == 20 && other.count(group) == 0 {
+            ok += 1;
+        }
+    }
+    println!("   forwarding follows the map for {ok}/3 sampled groups");
+
+    // Reports absorbed: a burst of single-record reports, rate limit off.
+    let burst = if settings.quick { 20_000 } else { 200_000 };
+    let captured_before = stat(&lab, &settings.snoop, "datapath", "control_frames_captured")?;
+    let events_before = stat(&lab, &settings.snoop, "controller", "events")?;
+    let lost_before = stat(&lab, &settings.snoop, "datapath", "control_frames_lost_ring_full")?;
+    // Four hosts send a quarter each, in parallel, so the senders are not the bottleneck.
+    let bursts: Vec<Vec<Vec<u8>>> = (0..4)
+        .map(|h| {
+            let src = lab.host(&format!("h{}", h + 1)).ip;
+            (0..burst / 4).map(|i| v3_report_packet(src, &[group_of(h, i % per_port)])).collect()
+        })
+        .collect();
+    let start = Instant::now();
+    thread::scope(|scope| {
+        for (sender, packets) in senders.iter().zip(&bursts) {
+            scope.spawn(move || packets.iter().for_each(|p| drop(sender.send(p))));
+        }
+    });
+    let sent_in = start.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (captured, events) = loop {
+        let captured = stat(&lab, &settings.snoop, "datapath", "control_frames_captured")? - captured_before;
+        let events = stat(&lab, &settings.snoop, "controller", "events")? - events_before;
+        if events >= captured || Instant::now() > deadline {
+            break (captured, events);
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let absorbed_in = start.elapsed();
+    let lost = stat(&lab, &settings.snoop, "datapath", "control_frames_lost_ring_full")? - lost_before;
+    println!(
+        "   report burst: {burst} sent in {:.2} s; {captured} captured, {events} processed, {lost} lost to a full ring; absorbed at {:.0} reports/s",
+        sent_in.as_secs_f64(),
+        events as f64 / absorbed_in.as_secs_f64()
+    );
+    println!("   goal: >= 200k reports/s with zero lost events");
+    Ok(())
+}
+
+fn stat(lab: &Lab, snoop: &Path, section: &str, name: &str) -> Result<u64> {
+    Ok(lab.snoop_show(snoop, "stats")?[section][name].as_u64().unwrap_or(0))
+}
+
+fn wait_for_map_size(lab: &Lab, expected: usize, timeout: Duration) -> Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = member_count(lab)?;
+        if count >= expected || Instant::now() > deadline {
+            return Ok(count);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn member_count(lab: &Lab) -> Result<usize> {
+    use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+    let map: BpfHashMap<MapData, snoop_common::PortGroupKey, snoop_common::MemberValue> =
+        BpfHashMap::try_from(Map::HashMap(MapData::from_pin(lab.pin_dir().join(snoop_common::MAP_MEMBERS))?))?;
+    Ok(map.keys().filter(|k| k.is_ok()).count())
+}
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")
+}
+
+/// Sum of `memlock` over the BPF maps snoop holds open.
+fn map_memlock_kb(pid: u32) -> Result<u64> {
+    let mut total = 0u64;
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
+        let info = fs::read_to_string(entry?.path()).unwrap_or_default();
+        if info.contains("map_type:") {
+            total += info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(total / 1024)
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+fn kernel() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
+fn num_cpus() -> usize {
+    thread::available_parallelism().map_or(1, |n| n.get())
+}
