@@ -1,7 +1,7 @@
 //! `snoop run`: ties the data path, the membership state machine, the querier
 //! and the bridge together in one tokio task.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     io,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -32,7 +32,12 @@ use crate::{
 };
 
 /// A request for the current state, answered by the controller loop.
-pub(crate) type SnapshotRequest = oneshot::Sender<std::sync::Arc<Snapshot>>;
+pub(crate) struct SnapshotRequest {
+    /// Without groups and traffic: the counters and querier only, cheap
+    /// however many groups there are.
+    pub counters_only: bool,
+    pub reply: oneshot::Sender<std::sync::Arc<Snapshot>>,
+}
 
 /// Everything `snoop run` is told.
 #[derive(Clone, Debug)]
@@ -202,8 +207,8 @@ impl Controller {
                         tokio::spawn(serve_client(stream, snapshot_requests.clone(), self.events.clone()));
                     }
                 }
-                Some(reply) = snapshot_queue.recv() => {
-                    let _ = reply.send(std::sync::Arc::new(self.snapshot()));
+                Some(request) = snapshot_queue.recv() => {
+                    let _ = request.reply.send(std::sync::Arc::new(self.snapshot(request.counters_only)));
                 }
                 _ = sigint.recv() => break,
                 _ = sigterm.recv() => break,
@@ -218,7 +223,12 @@ impl Controller {
     }
 
     fn count(&mut self, name: &str) {
-        *self.stats.entry(name.to_owned()).or_default() += 1;
+        match self.stats.get_mut(name) {
+            Some(value) => *value += 1,
+            None => {
+                self.stats.insert(name.to_owned(), 1);
+            }
+        }
     }
 
     fn drain_events(&mut self, ring: &mut RingBuf<MapData>) {
@@ -405,7 +415,7 @@ impl Controller {
         info!("resumed {restored} memberships from the pinned maps");
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self, counters_only: bool) -> Snapshot {
         let now = self.now();
         let secs_until = |at: Duration| at.saturating_sub(now).as_secs_f64();
         let querier = self.snooper.querier();
@@ -414,9 +424,8 @@ impl Controller {
             None if querier.enabled => ("self", Some(querier.own_address)),
             None => ("none", None),
         };
-        let mut traffic: Vec<TrafficView> = self
-            .datapath
-            .member_traffic()
+        let member_traffic = if counters_only { Vec::new() } else { self.datapath.member_traffic() };
+        let mut traffic: Vec<TrafficView> = member_traffic
             .into_iter()
             .map(|(group, ifindex, c)| TrafficView {
                 group,
@@ -427,9 +436,23 @@ impl Controller {
             })
             .collect();
         traffic.sort_by_key(|t| (t.group, t.ifindex));
-        let forwarded = |filter: &dyn Fn(&TrafficView) -> bool| {
-            traffic.iter().filter(|t| filter(t)).fold((0u64, 0u64), |(p, b), t| (p + t.forwarded_packets, b + t.forwarded_bytes))
-        };
+        // Totals per group and per port in one pass (100k groups must stay cheap).
+        let mut by_group: HashMap<Ipv4Addr, (u64, u64)> = HashMap::new();
+        let mut by_port: HashMap<u32, (u64, u64)> = HashMap::new();
+        for t in &traffic {
+            for total in [by_group.entry(t.group).or_default(), by_port.entry(t.ifindex).or_default()] {
+                total.0 += t.forwarded_packets;
+                total.1 += t.forwarded_bytes;
+            }
+        }
+        let member_totals: HashMap<(Ipv4Addr, u32), (u64, u64)> =
+            traffic.iter().map(|t| ((t.group, t.ifindex), (t.forwarded_packets, t.forwarded_bytes))).collect();
+        let mut groups_per_port: HashMap<u32, usize> = HashMap::new();
+        for members in self.snooper.groups().values() {
+            for port in members.keys() {
+                *groups_per_port.entry(*port).or_default() += 1;
+            }
+        }
 
         let groups = self.snooper.groups();
         let ports = self
@@ -439,7 +462,7 @@ impl Controller {
             .map(|(ifindex, state)| {
                 let control = self.datapath.port_counters(*ifindex);
                 let as_router = self.datapath.port_traffic(*ifindex);
-                let (to_members, member_bytes) = forwarded(&|t| t.ifindex == *ifindex);
+                let (to_members, member_bytes) = by_port.get(ifindex).copied().unwrap_or_default();
                 PortView {
                     ifindex: *ifindex,
                     name: self.port_name(*ifindex),
@@ -447,7 +470,7 @@ impl Controller {
                     static_router: state.options.static_router,
                     fast_leave: state.options.fast_leave,
                     router_expires_in_secs: state.router_until.map(secs_until),
-                    groups: groups.values().filter(|members| members.contains_key(ifindex)).count(),
+                    groups: groups_per_port.get(ifindex).copied().unwrap_or(0),
                     queries_received: control.queries,
                     reports_received: control.reports,
                     leaves_received: control.leaves,
@@ -463,8 +486,9 @@ impl Controller {
             .collect();
         let groups = groups
             .iter()
+            .filter(|_| !counters_only)
             .map(|(group, members)| {
-                let (forwarded_packets, forwarded_bytes) = forwarded(&|t| t.group == *group);
+                let (forwarded_packets, forwarded_bytes) = by_group.get(group).copied().unwrap_or_default();
                 let spared = self.datapath.group_traffic(*group);
                 GroupView {
                     group: *group,
@@ -477,6 +501,8 @@ impl Controller {
                             expires_in_secs: secs_until(member.expires),
                             last_reporter: member.last_reporter,
                             leaving: member.leaving,
+                            forwarded_packets: member_totals.get(&(*group, *ifindex)).map_or(0, |t| t.0),
+                            forwarded_bytes: member_totals.get(&(*group, *ifindex)).map_or(0, |t| t.1),
                         })
                         .collect(),
                     forwarded_packets,
@@ -528,13 +554,15 @@ impl Controller {
 }
 
 /// Serves one control-socket client: `snapshot` (the default) answers the
-/// state as one JSON document; `watch` streams events as JSON lines.
+/// state as one JSON document, `counters` the same without groups and
+/// traffic; `watch` streams events as JSON lines.
 async fn serve_client(stream: UnixStream, snapshots: mpsc::Sender<SnapshotRequest>, events: broadcast::Sender<Event>) {
     let (read, mut write) = stream.into_split();
     let mut request = String::new();
     let mut reader = BufReader::new(read);
     let _ = tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut request)).await;
-    if request.trim() == "watch" {
+    let request = request.trim();
+    if request == "watch" {
         let mut receiver = events.subscribe();
         loop {
             let event = match receiver.recv().await {
@@ -551,16 +579,19 @@ async fn serve_client(stream: UnixStream, snapshots: mpsc::Sender<SnapshotReques
             }
         }
     }
-    if let Some(snapshot) = request_snapshot(&snapshots).await {
+    if let Some(snapshot) = request_snapshot(&snapshots, request == "counters").await {
         let body = serde_json::to_vec(&*snapshot).expect("snapshots serialize");
-        let _ = tokio::time::timeout(Duration::from_secs(5), write.write_all(&body)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(30), write.write_all(&body)).await;
     }
 }
 
 /// Asks the controller loop for its current state.
-pub(crate) async fn request_snapshot(snapshots: &mpsc::Sender<SnapshotRequest>) -> Option<std::sync::Arc<Snapshot>> {
+pub(crate) async fn request_snapshot(
+    snapshots: &mpsc::Sender<SnapshotRequest>,
+    counters_only: bool,
+) -> Option<std::sync::Arc<Snapshot>> {
     let (reply, answer) = oneshot::channel();
-    snapshots.send(reply).await.ok()?;
+    snapshots.send(SnapshotRequest { counters_only, reply }).await.ok()?;
     answer.await.ok()
 }
 

@@ -177,6 +177,8 @@ pub struct Snooper {
     groups: BTreeMap<Ipv4Addr, BTreeMap<u32, Member>>,
     querier: QuerierState,
     pending_group_queries: BTreeMap<Ipv4Addr, PendingGroupQuery>,
+    /// Every member's expiry, ordered, so timers cost O(log n) with 100k members.
+    expiries: BTreeSet<(Duration, Ipv4Addr, u32)>,
     ignored: IgnoredCounts,
 }
 
@@ -195,6 +197,7 @@ impl Snooper {
             groups: BTreeMap::new(),
             querier,
             pending_group_queries: BTreeMap::new(),
+            expiries: BTreeSet::new(),
             ignored: IgnoredCounts::default(),
         }
     }
@@ -241,6 +244,7 @@ impl Snooper {
     /// full membership interval: hosts re-report to our startup queries well before.
     pub fn restore_member(&mut self, group: Ipv4Addr, port: u32, version: u8, now: Duration) {
         let expires = now + self.timers.group_membership_interval;
+        self.expiries.insert((expires, group, port));
         self.groups.entry(group).or_default().insert(
             port,
             Member {
@@ -332,6 +336,8 @@ impl Snooper {
         let registers = ports.is_empty();
         match ports.get_mut(&port) {
             Some(member) => {
+                self.expiries.remove(&(member.expires, group, port));
+                self.expiries.insert((expires, group, port));
                 member.expires = expires;
                 member.last_reporter = reporter;
                 member.leaving = false;
@@ -349,6 +355,7 @@ impl Snooper {
                 }
             }
             None => {
+                self.expiries.insert((expires, group, port));
                 ports.insert(
                     port,
                     Member {
@@ -388,7 +395,10 @@ impl Snooper {
             return;
         }
         member.leaving = true;
-        member.expires = member.expires.min(now + last_member_time);
+        let shortened = member.expires.min(now + last_member_time);
+        self.expiries.remove(&(member.expires, group, port));
+        self.expiries.insert((shortened, group, port));
+        member.expires = shortened;
         if self.querier.is_querier() {
             actions.push(Action::SendQuery { group: Some(group) });
             let remaining = self.timers.last_member_query_count.saturating_sub(1);
@@ -438,8 +448,12 @@ impl Snooper {
         if !group.is_unspecified() {
             let limit = now + max_response * self.timers.last_member_query_count;
             if let Some(ports) = self.groups.get_mut(&group) {
-                for member in ports.values_mut() {
-                    member.expires = member.expires.min(limit);
+                for (port, member) in ports.iter_mut() {
+                    if member.expires > limit {
+                        self.expiries.remove(&(member.expires, group, *port));
+                        self.expiries.insert((limit, group, *port));
+                        member.expires = limit;
+                    }
                 }
             }
         }
@@ -458,9 +472,8 @@ impl Snooper {
 
     fn remove_member(&mut self, group: Ipv4Addr, port: u32, reason: RemoveReason, actions: &mut Vec<Action>) {
         let Some(ports) = self.groups.get_mut(&group) else { return };
-        if ports.remove(&port).is_none() {
-            return;
-        }
+        let Some(member) = ports.remove(&port) else { return };
+        self.expiries.remove(&(member.expires, group, port));
         actions.push(Action::RemoveMember { group, port, reason });
         if ports.is_empty() {
             self.groups.remove(&group);
@@ -473,18 +486,15 @@ impl Snooper {
     pub fn poll(&mut self, now: Duration) -> Vec<Action> {
         let mut actions = Vec::new();
 
-        let expired: Vec<(Ipv4Addr, u32, RemoveReason)> = self
-            .groups
-            .iter()
-            .flat_map(|(group, ports)| {
-                ports.iter().filter(|(_, m)| m.expires <= now).map(move |(port, m)| {
-                    let reason = if m.leaving { RemoveReason::Left } else { RemoveReason::Expired };
-                    (*group, *port, reason)
-                })
-            })
-            .collect();
-        for (group, port, reason) in expired {
+        while let Some(&(expires, group, port)) = self.expiries.first() {
+            if expires > now {
+                break;
+            }
+            let leaving = self.groups.get(&group).and_then(|ports| ports.get(&port)).is_some_and(|m| m.leaving);
+            let reason = if leaving { RemoveReason::Left } else { RemoveReason::Expired };
             self.remove_member(group, port, reason, &mut actions);
+            // Never loop on an index entry without a member behind it.
+            self.expiries.remove(&(expires, group, port));
         }
 
         for (port, state) in &mut self.ports {
@@ -534,7 +544,7 @@ impl Snooper {
 
     /// The earliest time at which [`Snooper::poll`] has something to do.
     pub fn next_deadline(&self) -> Option<Duration> {
-        let members = self.groups.values().flat_map(|ports| ports.values().map(|m| m.expires));
+        let members = self.expiries.first().map(|(expires, _, _)| *expires).into_iter();
         let routers = self.ports.values().filter_map(|p| p.router_until);
         let querier = self.querier.other.map(|(_, until)| until).into_iter().chain(
             self.querier.next_general_query.filter(|_| self.querier.is_querier()),
@@ -904,6 +914,8 @@ mod fuzz {
                 s.poll(now);
                 prop_assert!(s.next_deadline().is_none_or(|d| d > now));
                 prop_assert!(s.groups().values().all(|ports| ports.keys().all(|p| *p < 4)));
+                let members: usize = s.groups().values().map(|ports| ports.len()).sum();
+                prop_assert_eq!(members, s.expiries.len(), "the expiry index matches the members");
             }
         }
     }

@@ -131,7 +131,7 @@ async fn answer(mut stream: TcpStream, snapshots: mpsc::Sender<SnapshotRequest>)
         return;
     }
     let response = if head.starts_with(b"GET /metrics ") {
-        match request_snapshot(&snapshots).await {
+        match request_snapshot(&snapshots, false).await {
             Some(snapshot) => http(
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -35,9 +35,22 @@ fn connect(bridge: &str) -> Result<UnixStream> {
 
 /// Fetches the state of the controller running on `bridge` in this network namespace.
 pub fn fetch(bridge: &str) -> Result<Snapshot> {
+    fetch_request(bridge, "snapshot")
+}
+
+/// What `view` needs: the querier and stats views skip groups and traffic.
+fn fetch_for(bridge: &str, view: View) -> Result<Snapshot> {
+    match view {
+        View::Querier | View::Stats => fetch_request(bridge, "counters"),
+        View::Groups | View::Ports => fetch(bridge),
+    }
+}
+
+fn fetch_request(bridge: &str, request: &str) -> Result<Snapshot> {
     let mut stream = connect(bridge)?;
-    stream.write_all(b"snapshot\n")?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    // Generous: a bridge with 100k groups answers with megabytes of JSON.
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body).context("reading from the snoop controller")?;
     serde_json::from_slice(&body).context("the controller's answer is not a snapshot")
@@ -65,11 +78,11 @@ pub fn watch(bridge: &str, json: bool) -> Result<()> {
 /// One view, printed once or, with `refresh`, redrawn with rates until interrupted.
 pub fn show(bridge: &str, view: View, json: bool, refresh: Option<Duration>) -> Result<()> {
     let Some(interval) = refresh else {
-        return print(&fetch(bridge)?, view, json);
+        return print(&fetch_for(bridge, view)?, view, json);
     };
     let mut previous: Option<Snapshot> = None;
     loop {
-        let snapshot = fetch(bridge)?;
+        let snapshot = fetch_for(bridge, view)?;
         if json {
             print(&snapshot, view, true)?;
         } else {
@@ -101,7 +114,6 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
             View::Stats => serde_json::to_string_pretty(&serde_json::json!({
                 "datapath": snapshot.datapath,
                 "controller": snapshot.controller,
-                "traffic": snapshot.traffic,
             }))?,
         };
         println!("{value}");
@@ -137,12 +149,11 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             );
             for group in &s.groups {
                 for m in &group.members {
-                    let traffic = |snap: &Snapshot| {
-                        snap.traffic.iter().find(|t| t.group == group.group && t.ifindex == m.ifindex).cloned()
-                    };
-                    let now = traffic(s);
-                    let before = previous.and_then(traffic).map(|t| t.forwarded_packets);
-                    let (packets, bytes) = now.map_or((0, 0), |t| (t.forwarded_packets, t.forwarded_bytes));
+                    let before = previous
+                        .and_then(|p| p.groups.iter().find(|g| g.group == group.group))
+                        .and_then(|g| g.members.iter().find(|pm| pm.ifindex == m.ifindex))
+                        .map(|pm| pm.forwarded_packets);
+                    let (packets, bytes) = (m.forwarded_packets, m.forwarded_bytes);
                     rows.push(vec![
                         group.group.to_string(),
                         m.port.clone(),

@@ -83,6 +83,9 @@ pub struct MemberView {
     pub last_reporter: Ipv4Addr,
     /// A leave was heard; the membership ends unless a host answers the last-member queries.
     pub leaving: bool,
+    /// Group traffic sent to this port.
+    pub forwarded_packets: u64,
+    pub forwarded_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
