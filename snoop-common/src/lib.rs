@@ -122,6 +122,28 @@ pub struct DatapathConfig {
 
 /// Groups nobody has joined are flooded (off: sent to router ports only).
 pub const CONFIG_FLOOD_UNREGISTERED: u32 = 1;
+/// Redirect mode: registered group traffic is copied straight from the
+/// ingress port to the ports in [`MAP_GROUP_PORTS`], bypassing the bridge.
+pub const CONFIG_REDIRECT: u32 = 2;
+
+/// Most ports one group can be copied to in redirect mode; groups with more
+/// member and router ports take the bridge path.
+pub const MAX_FANOUT: usize = 32;
+
+/// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupPorts {
+    pub count: u32,
+    /// Bit i set: copy to `ifindexes[i]`'s ingress (the bridge device itself,
+    /// for the bridge host's own members) instead of its egress.
+    pub ingress_mask: u32,
+    /// The group's slot in [`MAP_GROUP_TRAFFIC`] (copies not made count as pruned).
+    pub traffic_slot: u32,
+    /// Ports of the bridge snoop manages: a packet spares those it is not copied to.
+    pub bridge_ports: u32,
+    pub ifindexes: [u32; MAX_FANOUT],
+}
 
 /// Traffic counters, in per-CPU arrays summed by userspace: per membership
 /// (what a member port was sent), per group (what all ports were spared) and
@@ -184,10 +206,14 @@ pub enum Counter {
     /// Data that would have been pruned, flooded because the controller's
     /// heartbeat is older than the failsafe time.
     FailsafeFlooded,
+    /// Redirect mode: group packets copied straight to their ports.
+    Redirected,
+    /// Redirect mode: copies made (one per destination port).
+    RedirectCopies,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = Counter::FailsafeFlooded as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::RedirectCopies as u32 + 1;
 
 /// Most bytes of a control frame's IP packet handed to userspace: a full
 /// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.
@@ -217,6 +243,7 @@ pub const MAP_MEMBER_TRAFFIC: &str = "SNOOP_MEMBER_TRAFFIC";
 pub const MAP_GROUP_TRAFFIC: &str = "SNOOP_GROUP_TRAFFIC";
 pub const MAP_PORT_TRAFFIC: &str = "SNOOP_PORT_TRAFFIC";
 pub const MAP_PORT_COUNTERS: &str = "SNOOP_PORT_COUNTERS";
+pub const MAP_GROUP_PORTS: &str = "SNOOP_GROUP_PORTS";
 pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
 
 /// Program names (the eBPF function names).
@@ -245,6 +272,7 @@ mod pod {
     unsafe impl aya::Pod for DatapathConfig {}
     unsafe impl aya::Pod for TrafficCounters {}
     unsafe impl aya::Pod for PortCounters {}
+    unsafe impl aya::Pod for GroupPorts {}
 }
 
 // Layout checks: a change here changes the pinned maps' format.

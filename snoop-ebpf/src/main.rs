@@ -19,10 +19,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use snoop_common::{
-    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupValue, MemberValue, PortCounters,
+    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters,
     PortGroupKey, PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, COUNTER_COUNT,
-    EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, PORT_ROUTER,
-    VLAN_NONE,
+    CONFIG_REDIRECT, EVENT_RING_BYTES, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS,
+    MAX_TRAFFIC_SLOTS, PORT_ROUTER, VLAN_NONE,
 };
 
 // Membership state is pinned so a restarted controller (and the programs it
@@ -45,6 +45,8 @@ static SNOOP_GROUP_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(M
 #[map]
 static SNOOP_PORT_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_PORTS, 0);
 #[map]
+static SNOOP_GROUP_PORTS: HashMap<GroupKey, GroupPorts> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_PREALLOC);
+#[map]
 static SNOOP_PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap::pinned(MAX_PORTS, 0);
 // Pinned too: reports that arrive while the controller restarts wait here.
 #[map]
@@ -64,10 +66,15 @@ const IGMP_V3_REPORT: u8 = 0x22;
 /// Adds one to a per-CPU counter and returns this CPU's new total.
 #[inline(always)]
 fn count(counter: Counter) -> u64 {
+    count_n(counter, 1)
+}
+
+#[inline(always)]
+fn count_n(counter: Counter, n: u64) -> u64 {
     match SNOOP_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         Some(slot) => unsafe {
-            *slot += 1;
+            *slot += n;
             *slot
         },
         None => 0,
@@ -124,10 +131,59 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
             count(Counter::PimSeen);
             count_port_control(&ctx, PIM_HELLO_MARK);
             capture_within_rate(&ctx);
+        } else if ip.dst[0] & 0xf0 == 0xe0 && !(ip.dst[0] == 224 && ip.dst[1] == 0 && ip.dst[2] == 0) {
+            return redirect_group(&ctx, ip.dst);
         }
     }
     TC_ACT_OK
 }
+
+/// Redirect mode: copies a registered group's packet to its ports and
+/// consumes the original, so the bridge never clones it for ports that would
+/// only drop it. Anything else (unregistered groups, more ports than
+/// MAX_FANOUT, no controller) takes the bridge path.
+#[inline(always)]
+fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
+    let Some(config) = SNOOP_CONFIG.get(0) else { return TC_ACT_OK };
+    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(Some(config)) {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain map lookup; the value is only read.
+    let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(GroupKey::ipv4(dst, VLAN_NONE)) }) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    count(Counter::Redirected);
+    let mut copies = 0u32;
+    for i in 0..MAX_FANOUT {
+        if i as u32 >= ports.count {
+            break;
+        }
+        let Some(&target) = ports.ifindexes.get(i) else { break };
+        if target == ingress {
+            continue;
+        }
+        let flags = if ports.ingress_mask & (1 << i) != 0 { BPF_F_INGRESS } else { 0 };
+        if ctx.clone_redirect(target, flags).is_ok() {
+            count(Counter::RedirectCopies);
+            if flags == 0 {
+                copies += 1;
+            }
+        }
+    }
+    // Every other port (but the sender's) was spared the packet.
+    let spared = ports.bridge_ports.saturating_sub(copies + 1);
+    if spared > 0 {
+        count_n(Counter::DataPruned, u64::from(spared));
+        count_traffic(&SNOOP_GROUP_TRAFFIC, ports.traffic_slot, u64::from(spared), u64::from(ctx.len()) * u64::from(spared), false);
+    }
+    // The copies carry it on. (TCX knows only OK/SHOT/REDIRECT/NEXT; any
+    // other code, TC_ACT_STOLEN included, would pass it to the bridge too.)
+    TC_ACT_SHOT
+}
+
+const BPF_F_INGRESS: u64 = 1;
 
 /// Not an IGMP type: marks a PIM hello for `count_port_control`.
 const PIM_HELLO_MARK: u8 = 0;
@@ -263,7 +319,7 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
     if let Some(member) = SNOOP_MEMBERS.get_ptr(&key) {
         count(Counter::DataForwarded);
         // SAFETY: a map value pointer from a successful lookup.
-        count_traffic(&SNOOP_MEMBER_TRAFFIC, unsafe { (*member).traffic_slot }, bytes, true);
+        count_traffic(&SNOOP_MEMBER_TRAFFIC, unsafe { (*member).traffic_slot }, 1, bytes, true);
         return TC_ACT_OK;
     }
     // SAFETY: as above.
@@ -273,7 +329,7 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
     };
     if port.flags & PORT_ROUTER != 0 {
         count(Counter::DataForwarded);
-        count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, bytes, true);
+        count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, true);
         return TC_ACT_OK;
     }
     let config = SNOOP_CONFIG.get(0);
@@ -296,10 +352,10 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
     if !forward {
         if let Some(group) = group {
             // SAFETY: a map value pointer from a successful lookup.
-            count_traffic(&SNOOP_GROUP_TRAFFIC, unsafe { (*group).traffic_slot }, bytes, false);
+            count_traffic(&SNOOP_GROUP_TRAFFIC, unsafe { (*group).traffic_slot }, 1, bytes, false);
         }
     }
-    count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, bytes, forward);
+    count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, forward);
     if forward {
         TC_ACT_OK
     } else {
@@ -344,17 +400,17 @@ fn controller_gone(config: Option<&DatapathConfig>) -> bool {
 }
 
 #[inline(always)]
-fn count_traffic(counters: &PerCpuArray<TrafficCounters>, slot: u32, bytes: u64, forwarded: bool) {
+fn count_traffic(counters: &PerCpuArray<TrafficCounters>, slot: u32, packets: u64, bytes: u64, forwarded: bool) {
     let Some(c) = counters.get_ptr_mut(slot) else {
         return; // NO_SLOT or out of range: uncounted
     };
     // SAFETY: per-CPU value, no concurrent writer on this CPU.
     unsafe {
         if forwarded {
-            (*c).forwarded_packets += 1;
+            (*c).forwarded_packets += packets;
             (*c).forwarded_bytes += bytes;
         } else {
-            (*c).pruned_packets += 1;
+            (*c).pruned_packets += packets;
             (*c).pruned_bytes += bytes;
         }
     }

@@ -7,7 +7,7 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        link::{BridgeStpState, InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage},
     },
     Handle, LinkBridge, LinkMessageBuilder,
 };
@@ -103,23 +103,39 @@ impl Netlink {
         Ok(ports)
     }
 
-    /// The kernel bridge's own multicast snooping setting.
-    pub async fn kernel_snooping(&self, bridge: &Bridge) -> Result<bool> {
+    /// The bridge's options (IFLA_INFO_DATA).
+    async fn bridge_options(&self, bridge: &Bridge) -> Result<Vec<InfoBridge>> {
         let link = self
             .link_by_name(&bridge.name)
             .await?
             .with_context(|| format!("bridge {} disappeared", bridge.name))?;
-        let enabled = link.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
-                LinkInfo::Data(InfoData::Bridge(opts)) => opts.iter().find_map(|o| match o {
-                    InfoBridge::MulticastSnooping(on) => Some(*on),
-                    _ => None,
-                }),
+        let options = link.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|info| match info {
+                LinkInfo::Data(InfoData::Bridge(options)) => Some(options),
                 _ => None,
             }),
             _ => None,
         });
-        Ok(enabled.unwrap_or(false))
+        Ok(options.unwrap_or_default())
+    }
+
+    /// The kernel bridge's own multicast snooping setting.
+    pub async fn kernel_snooping(&self, bridge: &Bridge) -> Result<bool> {
+        let options = self.bridge_options(bridge).await?;
+        Ok(options.iter().any(|o| *o == InfoBridge::MulticastSnooping(true)))
+    }
+
+    /// Why redirect mode cannot be used on this bridge, if it cannot: copies
+    /// made outside the bridge would ignore STP port states and VLAN filtering.
+    pub async fn redirect_obstacle(&self, bridge: &Bridge) -> Result<Option<&'static str>> {
+        for option in self.bridge_options(bridge).await? {
+            match option {
+                InfoBridge::StpState(state) if state != BridgeStpState::Disabled => return Ok(Some("STP is on")),
+                InfoBridge::VlanFiltering(true) => return Ok(Some("VLAN filtering is on")),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Turns the kernel bridge's own snooping on or off: two snoopers on one
@@ -156,4 +172,46 @@ fn is_bridge(link: &LinkMessage) -> bool {
         LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| *i == LinkInfo::Kind(InfoKind::Bridge)),
         _ => false,
     })
+}
+
+/// Groups the bridge device itself has joined (its own host's sockets), from
+/// /proc/net/igmp of the current network namespace.
+pub fn local_groups(bridge: &str) -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/proc/self/net/igmp").map(|text| parse_proc_igmp(&text, bridge)).unwrap_or_default()
+}
+
+fn parse_proc_igmp(text: &str, device: &str) -> Vec<Ipv4Addr> {
+    let mut groups = Vec::new();
+    let mut in_device = false;
+    for line in text.lines().skip(1) {
+        if !line.starts_with('\t') {
+            // "2\tbr0       :     1      V3"
+            in_device = line.split_whitespace().nth(1) == Some(device);
+        } else if in_device {
+            // "\t\t\t\t010000E0     1 0:00000000\t\t0": the group, little-endian hex.
+            if let Some(hex) = line.split_whitespace().next() {
+                if let Ok(value) = u32::from_str_radix(hex, 16) {
+                    groups.push(Ipv4Addr::from(value.to_le_bytes()));
+                }
+            }
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_igmp() {
+        let text = "Idx\tDevice    : Count Querier\tGroup    Users Timer\tReporter\n\
+                    1\tlo        :     1      V3\n\
+                    \t\t\t\t010000E0     1 0:00000000\t\t0\n\
+                    4\tbr0       :     2      V3\n\
+                    \t\t\t\t010101EF     1 0:00000000\t\t0\n\
+                    \t\t\t\t010000E0     1 0:00000000\t\t0\n";
+        assert_eq!(parse_proc_igmp(text, "br0"), [Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(224, 0, 0, 1)]);
+        assert!(parse_proc_igmp(text, "p1").is_empty());
+    }
 }

@@ -1,7 +1,7 @@
 //! `snoop run`: ties the data path, the membership state machine, the querier
 //! and the bridge together in one tokio task.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     io,
     net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use log::{debug, info, warn};
-use snoop_common::{CapturedFrame, Counter, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER};
+use snoop_common::{CapturedFrame, Counter, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER};
 use tokio::{
     io::{unix::AsyncFd, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, UnixListener, UnixStream},
@@ -22,7 +22,7 @@ use tokio::{
 };
 
 use crate::{
-    bridge::{Bridge, Netlink, Port},
+    bridge::{local_groups, Bridge, Netlink, Port},
     datapath::{monotonic_now_ns, Datapath},
     igmp,
     membership::{Action, PortOptions, Snooper, Timers},
@@ -58,12 +58,23 @@ pub struct RunConfig {
     pub control_rate_limit: u32,
     /// Flood instead of pruning when the controller is gone this long.
     pub failsafe_after: Option<Duration>,
+    pub forwarding: Forwarding,
     pub flood_unregistered: bool,
     pub pin_dir: PathBuf,
     pub keep_state: bool,
     pub port_scan_interval: Duration,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// How group traffic reaches member ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Forwarding {
+    /// The sender's port copies registered groups straight to member and
+    /// router ports (TC redirect); the bridge never clones them for other ports.
+    Redirect,
+    /// The bridge floods; each port's egress drops what it has no member for.
+    Bridge,
 }
 
 /// Abstract unix socket of the controller for `bridge`: per network namespace,
@@ -102,6 +113,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
         stats: BTreeMap::new(),
         port_malformed: BTreeMap::new(),
         events: broadcast::channel(4096).0,
+        redirect: false,
+        local_groups: BTreeSet::new(),
     };
     let result = controller.run(listener, resumed).await;
 
@@ -129,16 +142,31 @@ struct Controller {
     port_malformed: BTreeMap<u32, u64>,
     /// Membership events for `snoop watch` clients.
     events: broadcast::Sender<Event>,
+    /// Redirect mode is in effect.
+    redirect: bool,
+    /// Groups the bridge's own host has joined (redirect mode copies them to it).
+    local_groups: BTreeSet<Ipv4Addr>,
 }
 
 impl Controller {
     async fn run(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
-        let flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
+        if self.config.forwarding == Forwarding::Redirect {
+            match self.netlink.redirect_obstacle(&self.bridge).await? {
+                Some(why) => warn!("{why} on {}: forwarding through the bridge instead of redirecting", self.bridge.name),
+                None => self.redirect = true,
+            }
+        }
+        let mut flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
+        if self.redirect {
+            flags |= CONFIG_REDIRECT;
+        }
         self.datapath.configure(flags, self.config.failsafe_after, self.config.control_rate_limit)?;
         self.sync_ports().await?;
         if resumed {
             self.resume_memberships();
         }
+        self.refresh_local_groups();
+        self.refresh_fanout(BTreeSet::new(), true);
         let ports: Vec<u32> = self.port_names.keys().copied().collect();
         self.datapath.remove_stale_link_pins(&ports)?;
 
@@ -199,6 +227,7 @@ impl Controller {
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = port_scan.tick() => {
                     self.sync_ports().await?;
+                    self.refresh_local_groups();
                     self.datapath.heartbeat()?;
                 }
                 accepted = listener.accept() => {
@@ -265,11 +294,65 @@ impl Controller {
     /// Carries the state machine's decisions out. A failed map write is logged
     /// and counted: the state machine stays authoritative and the next refresh retries.
     fn apply(&mut self, actions: Vec<Action>) {
+        let mut changed_groups = BTreeSet::new();
+        let mut routers_changed = false;
         for action in actions {
+            match action {
+                Action::AddMember { group, .. } | Action::RemoveMember { group, .. } | Action::UnregisterGroup { group } => {
+                    changed_groups.insert(group);
+                }
+                Action::SetRouterPort { .. } => routers_changed = true,
+                _ => {}
+            }
             if let Err(error) = self.apply_one(&action) {
                 warn!("{action:?} failed: {error:#}");
                 self.count("datapath_write_errors");
             }
+        }
+        self.refresh_fanout(changed_groups, routers_changed);
+    }
+
+    /// Redirect mode: rewrites where the data path copies each changed group
+    /// (every group when `all`, as when router ports change).
+    fn refresh_fanout(&mut self, mut groups: BTreeSet<Ipv4Addr>, all: bool) {
+        if !self.redirect {
+            return;
+        }
+        if all {
+            groups.extend(self.snooper.groups().keys().copied());
+            groups.extend(self.datapath.redirected_groups());
+        }
+        let now = self.now();
+        let routers: Vec<u32> =
+            self.snooper.ports().iter().filter(|(_, p)| p.is_router(now)).map(|(ifindex, _)| *ifindex).collect();
+        for group in groups {
+            let mut targets: Vec<(u32, bool)> = Vec::new();
+            if let Some(members) = self.snooper.groups().get(&group) {
+                targets.extend(members.keys().map(|port| (*port, false)));
+                targets.extend(routers.iter().filter(|r| !members.contains_key(r)).map(|r| (*r, false)));
+                if self.local_groups.contains(&group) {
+                    targets.push((self.bridge.ifindex, true));
+                }
+            }
+            if let Err(error) = self.datapath.set_group_ports(group, &targets) {
+                warn!("redirect targets of {group}: {error:#}");
+                self.count("datapath_write_errors");
+            }
+        }
+    }
+
+    /// Redirect mode bypasses the bridge, so the bridge host's own members
+    /// (sockets on the bridge device) must be copied to explicitly.
+    fn refresh_local_groups(&mut self) {
+        if !self.redirect {
+            return;
+        }
+        let now: BTreeSet<Ipv4Addr> =
+            local_groups(&self.bridge.name).into_iter().filter(|g| crate::membership::is_snoopable(*g)).collect();
+        if now != self.local_groups {
+            let changed = now.symmetric_difference(&self.local_groups).copied().collect();
+            self.local_groups = now;
+            self.refresh_fanout(changed, false);
         }
     }
 
@@ -367,6 +450,7 @@ impl Controller {
             bail!("bridge {} was deleted", self.bridge.name);
         }
         let ports = self.netlink.ports(&self.bridge).await?;
+        let mut ports_changed = false;
         for Port { ifindex, name } in &ports {
             if self.port_names.contains_key(ifindex) {
                 continue;
@@ -376,6 +460,7 @@ impl Controller {
             let actions = self.snooper.add_port(*ifindex, self.port_options(name));
             self.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
             self.apply(actions);
+            ports_changed = true;
         }
         let gone: Vec<u32> =
             self.port_names.keys().copied().filter(|i| !ports.iter().any(|p| p.ifindex == *i)).collect();
@@ -386,6 +471,11 @@ impl Controller {
             info!("port {} left the bridge", self.port_name(ifindex));
             self.port_names.remove(&ifindex);
             self.port_malformed.remove(&ifindex);
+            ports_changed = true;
+        }
+        if ports_changed {
+            // The port count is in every group's redirect entry.
+            self.refresh_fanout(BTreeSet::new(), true);
         }
         Ok(())
     }
@@ -613,6 +703,8 @@ pub fn counter_names() -> [&'static str; snoop_common::COUNTER_COUNT as usize] {
         UnregisteredDropped,
         ControlRateLimited,
         FailsafeFlooded,
+        Redirected,
+        RedirectCopies,
     ];
     all.map(|c| match c {
         IgmpSeen => "igmp_seen",
@@ -629,6 +721,8 @@ pub fn counter_names() -> [&'static str; snoop_common::COUNTER_COUNT as usize] {
         UnregisteredDropped => "unregistered_dropped",
         ControlRateLimited => "control_frames_rate_limited",
         FailsafeFlooded => "failsafe_flooded",
+        Redirected => "redirected",
+        RedirectCopies => "redirect_copies",
     })
 }
 

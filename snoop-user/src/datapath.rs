@@ -20,9 +20,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use snoop_common::{
-    DatapathConfig, GroupKey, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
+    DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
     TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS,
-    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS,
+    MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAX_FANOUT, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS,
     MAP_PORT_TRAFFIC, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 
@@ -44,6 +44,7 @@ pub struct Datapath {
     pin_dir: PathBuf,
     members: HashMap<MapData, PortGroupKey, MemberValue>,
     groups: HashMap<MapData, GroupKey, GroupValue>,
+    group_ports: HashMap<MapData, GroupKey, GroupPorts>,
     ports: HashMap<MapData, u32, PortValue>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -87,6 +88,7 @@ impl Datapath {
         let datapath = Self {
             members: take_map(&mut ebpf, MAP_MEMBERS)?,
             groups: take_map(&mut ebpf, MAP_GROUPS)?,
+            group_ports: take_map(&mut ebpf, MAP_GROUP_PORTS)?,
             ports: take_map(&mut ebpf, MAP_PORTS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
@@ -279,6 +281,34 @@ impl Datapath {
             self.group_traffic.give_back(slot);
         }
         remove_if_present(self.groups.remove(&GroupKey::ipv4(group.octets(), VLAN_NONE)))
+    }
+
+    /// Where redirect mode copies `group`: (ifindex, to its ingress) pairs.
+    /// No targets, or more than MAX_FANOUT, leave the group to the bridge path.
+    pub fn set_group_ports(&mut self, group: Ipv4Addr, targets: &[(u32, bool)]) -> Result<()> {
+        let key = GroupKey::ipv4(group.octets(), VLAN_NONE);
+        if targets.is_empty() || targets.len() > MAX_FANOUT {
+            return remove_if_present(self.group_ports.remove(&key));
+        }
+        let mut value = GroupPorts {
+            count: targets.len() as u32,
+            ingress_mask: 0,
+            traffic_slot: self.group_slots.get(&group).copied().unwrap_or(NO_SLOT),
+            bridge_ports: self.links.len() as u32,
+            ifindexes: [0; MAX_FANOUT],
+        };
+        for (i, (ifindex, to_ingress)) in targets.iter().enumerate() {
+            value.ifindexes[i] = *ifindex;
+            if *to_ingress {
+                value.ingress_mask |= 1 << i;
+            }
+        }
+        self.group_ports.insert(key, value, 0).with_context(|| format!("writing the ports of {group}"))
+    }
+
+    /// Groups with redirect targets (from this or a previous run).
+    pub fn redirected_groups(&self) -> Vec<Ipv4Addr> {
+        self.group_ports.keys().filter_map(|k| k.ok()).filter_map(|k| k.ipv4_octets()).map(Ipv4Addr::from).collect()
     }
 
     /// Takes over the slots recorded in maps a previous snoop pinned.

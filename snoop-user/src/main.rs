@@ -3,7 +3,7 @@ use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use snoop::{
-    controller::{self, RunConfig},
+    controller::{self, Forwarding, RunConfig},
     datapath, demo, lab,
     membership::Timers,
     show::{self, View},
@@ -128,6 +128,12 @@ struct RunArgs {
     /// have expired anyway. `never` keeps pruning on the last state.
     #[arg(long, value_name = "DURATION|never")]
     failsafe_after: Option<String>,
+    /// How group traffic reaches member ports: `redirect` copies it from the
+    /// sender's port straight to member and router ports; `bridge` lets the
+    /// bridge flood and drops it at ports without members. Redirect falls back
+    /// to bridge when the bridge runs STP or VLAN filtering.
+    #[arg(long, value_enum, default_value_t = Forwarding::Redirect)]
+    forwarding: Forwarding,
     /// What to do with groups nobody joined.
     #[arg(long, value_enum, default_value_t = Unregistered::Flood)]
     unregistered: Unregistered,
@@ -251,6 +257,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         keep_state: args.keep_state,
         port_scan_interval: args.port_scan_interval,
         metrics: args.metrics,
+        forwarding: args.forwarding,
     })
 }
 

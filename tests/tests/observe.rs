@@ -43,9 +43,18 @@ fn metric(text: &str, series: &str) -> Option<u64> {
 
 #[test]
 fn counters_json_and_metrics_match_what_hosts_got() -> Result<()> {
-    let mut lab = Lab::new("counters", 3, &LabOptions::default())?;
+    counters_match("redirect")
+}
+
+#[test]
+fn counters_match_in_bridge_forwarding_too() -> Result<()> {
+    counters_match("bridge")
+}
+
+fn counters_match(forwarding: &str) -> Result<()> {
+    let mut lab = Lab::new(&format!("counters-{forwarding}"), 3, &LabOptions::default())?;
     let mut args = FAST.to_vec();
-    args.extend(["--metrics", METRICS]);
+    args.extend(["--metrics", METRICS, "--forwarding", forwarding]);
     lab.start_snoop(&snoop_bin(), &args)?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], Duration::from_secs(8))?;
@@ -67,17 +76,22 @@ fn counters_json_and_metrics_match_what_hosts_got() -> Result<()> {
     let p1 = find(&ports, "name", "p1");
     assert!(p1["reports_received"].as_u64().unwrap() >= 1);
     assert_eq!(p1["forwarded_packets"], 100);
-    assert_eq!(find(&ports, "name", "p2")["pruned_packets"], 100);
+    // Per-port pruning is seen where the bridge offers the copy: bridge forwarding.
+    let p2_pruned = if forwarding == "bridge" { 100 } else { 0 };
+    assert_eq!(find(&ports, "name", "p2")["pruned_packets"], p2_pruned);
     assert_eq!(find(&ports, "name", "p0")["forwarded_packets"], 0, "nothing goes back to the sender");
 
     let metrics = scrape(&lab)?;
     assert_eq!(metric(&metrics, "snoop_forwarded_packets_total{group=\"239.1.1.1\",port=\"p1\"}"), Some(100));
     assert_eq!(metric(&metrics, "snoop_group_pruned_packets_total{group=\"239.1.1.1\"}"), Some(100));
-    assert_eq!(metric(&metrics, "snoop_port_pruned_packets_total{port=\"p2\"}"), Some(100));
+    assert_eq!(metric(&metrics, "snoop_port_pruned_packets_total{port=\"p2\"}"), Some(p2_pruned));
     assert_eq!(metric(&metrics, "snoop_port_forwarded_packets_total{port=\"p1\"}"), Some(100));
     assert_eq!(metric(&metrics, "snoop_group_member_ports{group=\"239.1.1.1\"}"), Some(1));
     assert_eq!(metric(&metrics, "snoop_querier_is_self"), Some(1));
     assert!(metrics.trim_end().ends_with("# EOF"));
+    let stats = lab.snoop_show(&snoop_bin(), "stats")?;
+    let redirected = stats["datapath"]["redirected"].as_u64().unwrap();
+    assert_eq!(redirected, if forwarding == "redirect" { 100 } else { 0 });
     Ok(())
 }
 

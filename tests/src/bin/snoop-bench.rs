@@ -23,7 +23,10 @@ const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
+    /// snoop, default forwarding (redirect).
     Snoop,
+    /// snoop with --forwarding bridge (egress filtering only).
+    SnoopBridge,
     Kernel,
     Flood,
 }
@@ -32,6 +35,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Snoop => "snoop",
+            Mode::SnoopBridge => "snoop (bridge)",
             Mode::Kernel => "kernel snooping",
             Mode::Flood => "flooding",
         }
@@ -79,6 +83,11 @@ fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&
     let mut lab = Lab::new(tag, hosts, &LabOptions { kernel_snooping: mode == Mode::Kernel, ..Default::default() })?;
     match mode {
         Mode::Snoop => lab.start_snoop(&settings.snoop, extra)?,
+        Mode::SnoopBridge => {
+            let mut args = extra.to_vec();
+            args.extend(["--forwarding", "bridge"]);
+            lab.start_snoop(&settings.snoop, &args)?
+        }
         Mode::Kernel => {
             // Its querier on, sending v3 queries (v2 queries would turn the
             // hosts to v2 and its report suppression), answers within 1 s.
@@ -101,7 +110,7 @@ fn throughput(settings: &Settings) -> Result<()> {
     println!("   {:<8}{:<17}{:>14}{:>12}{:>16}{:>14}{:>14}", "members", "mode", "sent pps", "per member", "to non-members", "CPU ns/pkt", "vs kernel");
     for members in [1usize, 2, 7] {
         let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
-        for mode in [Mode::Kernel, Mode::Snoop, Mode::Flood] {
+        for mode in [Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood] {
             let mut lab = mode_lab(settings, "tput", 8, mode, &[])?;
             let joined: Vec<_> = (1..=members).map(|i| lab.join(&format!("h{i}"), G)).collect::<Result<_>>()?;
             wait_joined(&mut lab, mode, members)?;
@@ -146,7 +155,7 @@ fn wait_joined(lab: &mut Lab, mode: Mode, members: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let ready = match mode {
-            Mode::Snoop => snoop_tests::map_members(lab)?.len() == members,
+            Mode::Snoop | Mode::SnoopBridge => snoop_tests::map_members(lab)?.len() == members,
             Mode::Kernel => {
                 let mdb = lab::run("bridge", &["-n", &lab.bridge_netns, "-j", "mdb", "show", "dev", "br0"])?;
                 mdb.matches("239.1.1.1").count() >= members
