@@ -315,7 +315,7 @@ impl Controller {
     /// Redirect mode: rewrites where the data path copies each changed group
     /// (every group when `all`, as when router ports change).
     fn refresh_fanout(&mut self, mut groups: BTreeSet<Ipv4Addr>, all: bool) {
-        if !self.redirect {
+        if !self.redirect || (groups.is_empty() && !all) {
             return;
         }
         if all {
@@ -537,12 +537,6 @@ impl Controller {
         }
         let member_totals: HashMap<(Ipv4Addr, u32), (u64, u64)> =
             traffic.iter().map(|t| ((t.group, t.ifindex), (t.forwarded_packets, t.forwarded_bytes))).collect();
-        let mut groups_per_port: HashMap<u32, usize> = HashMap::new();
-        for members in self.snooper.groups().values() {
-            for port in members.keys() {
-                *groups_per_port.entry(*port).or_default() += 1;
-            }
-        }
 
         let groups = self.snooper.groups();
         let ports = self
@@ -560,7 +554,7 @@ impl Controller {
                     static_router: state.options.static_router,
                     fast_leave: state.options.fast_leave,
                     router_expires_in_secs: state.router_until.map(secs_until),
-                    groups: groups_per_port.get(ifindex).copied().unwrap_or(0),
+                    groups: state.groups,
                     queries_received: control.queries,
                     reports_received: control.reports,
                     leaves_received: control.leaves,
@@ -574,7 +568,7 @@ impl Controller {
                 }
             })
             .collect();
-        let groups = groups
+        let mut groups: Vec<GroupView> = groups
             .iter()
             .filter(|_| !counters_only)
             .map(|(group, members)| {
@@ -602,6 +596,7 @@ impl Controller {
                 }
             })
             .collect();
+        groups.sort_by_key(|g| g.group);
         let datapath = counter_names()
             .iter()
             .zip(self.datapath.counters())

@@ -179,7 +179,10 @@ impl Datapath {
                 let id = program
                     .attach(name, direction)
                     .with_context(|| format!("attaching {prog} to {name}"))?;
-                let link: FdLink = program.take_link(id)?.try_into().context("TCX link")?;
+                let link: FdLink = program
+                    .take_link(id)?
+                    .try_into()
+                    .context("attaching did not give a TCX link: snoop needs Linux 6.6 or newer")?;
                 Ok(link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
             }
         }

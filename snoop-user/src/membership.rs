@@ -6,7 +6,7 @@
 //! (IGMPv3) at group granularity: v3 source lists decide only whether a port
 //! still wants a group, not which sources it gets.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     time::Duration,
 };
@@ -135,6 +135,8 @@ pub struct PortState {
     pub options: PortOptions,
     /// Learned router port (a query or PIM hello heard) until this time.
     pub router_until: Option<Duration>,
+    /// Groups the port is a member of (kept so the group limit is O(1)).
+    pub groups: usize,
 }
 
 impl PortState {
@@ -174,7 +176,8 @@ impl QuerierState {
 pub struct Snooper {
     timers: Timers,
     ports: BTreeMap<u32, PortState>,
-    groups: BTreeMap<Ipv4Addr, BTreeMap<u32, Member>>,
+    /// Hashed: a report's lookups are O(1) with 100k groups (display sorts).
+    groups: HashMap<Ipv4Addr, BTreeMap<u32, Member>>,
     querier: QuerierState,
     pending_group_queries: BTreeMap<Ipv4Addr, PendingGroupQuery>,
     /// Every member's expiry, ordered, so timers cost O(log n) with 100k members.
@@ -194,7 +197,7 @@ impl Snooper {
         Self {
             timers,
             ports: BTreeMap::new(),
-            groups: BTreeMap::new(),
+            groups: HashMap::new(),
             querier,
             pending_group_queries: BTreeMap::new(),
             expiries: BTreeSet::new(),
@@ -212,7 +215,7 @@ impl Snooper {
     pub fn ports(&self) -> &BTreeMap<u32, PortState> {
         &self.ports
     }
-    pub fn groups(&self) -> &BTreeMap<Ipv4Addr, BTreeMap<u32, Member>> {
+    pub fn groups(&self) -> &HashMap<Ipv4Addr, BTreeMap<u32, Member>> {
         &self.groups
     }
     pub fn querier(&self) -> &QuerierState {
@@ -221,7 +224,7 @@ impl Snooper {
 
     /// Starts managing a port. Returns the router-port action for static routers.
     pub fn add_port(&mut self, port: u32, options: PortOptions) -> Vec<Action> {
-        self.ports.insert(port, PortState { options, router_until: None });
+        self.ports.insert(port, PortState { options, router_until: None, groups: 0 });
         if options.static_router {
             vec![Action::SetRouterPort { port, is_router: true }]
         } else {
@@ -245,6 +248,9 @@ impl Snooper {
     pub fn restore_member(&mut self, group: Ipv4Addr, port: u32, version: u8, now: Duration) {
         let expires = now + self.timers.group_membership_interval;
         self.expiries.insert((expires, group, port));
+        if let Some(state) = self.ports.get_mut(&port) {
+            state.groups += 1;
+        }
         self.groups.entry(group).or_default().insert(
             port,
             Member {
@@ -323,15 +329,10 @@ impl Snooper {
             self.ignored.not_snoopable_groups += 1;
             return;
         }
-        let max_groups = self.ports.get(&port).map_or(0, |p| p.options.max_groups);
-        let is_new = !self.groups.get(&group).is_some_and(|ports| ports.contains_key(&port));
-        if is_new && max_groups > 0 && self.port_group_count(port) >= max_groups {
-            self.ignored.group_limit_refusals += 1;
-            return;
-        }
         let expires = now + self.timers.group_membership_interval;
         let refresh_slack = self.timers.query_interval;
         let v1_host_until = (version == 1).then_some(expires);
+        let port_state = self.ports.get_mut(&port);
         let ports = self.groups.entry(group).or_default();
         let registers = ports.is_empty();
         match ports.get_mut(&port) {
@@ -355,6 +356,16 @@ impl Snooper {
                 }
             }
             None => {
+                if let Some(state) = port_state {
+                    if state.options.max_groups > 0 && state.groups >= state.options.max_groups {
+                        self.ignored.group_limit_refusals += 1;
+                        if registers {
+                            self.groups.remove(&group); // created empty just above
+                        }
+                        return;
+                    }
+                    state.groups += 1;
+                }
                 self.expiries.insert((expires, group, port));
                 ports.insert(
                     port,
@@ -376,7 +387,7 @@ impl Snooper {
             }
         }
         // Nobody on this group is leaving any more: stop its last-member queries.
-        if self.groups[&group].values().all(|m| !m.leaving) {
+        if !self.pending_group_queries.is_empty() && self.groups[&group].values().all(|m| !m.leaving) {
             self.pending_group_queries.remove(&group);
         }
     }
@@ -474,6 +485,9 @@ impl Snooper {
         let Some(ports) = self.groups.get_mut(&group) else { return };
         let Some(member) = ports.remove(&port) else { return };
         self.expiries.remove(&(member.expires, group, port));
+        if let Some(state) = self.ports.get_mut(&port) {
+            state.groups -= 1;
+        }
         actions.push(Action::RemoveMember { group, port, reason });
         if ports.is_empty() {
             self.groups.remove(&group);
@@ -555,7 +569,7 @@ impl Snooper {
 
     /// Groups the port is a member of.
     pub fn port_group_count(&self, port: u32) -> usize {
-        self.groups.values().filter(|ports| ports.contains_key(&port)).count()
+        self.ports.get(&port).map_or(0, |p| p.groups)
     }
 
     /// Groups with at least one member port, for display.
@@ -916,6 +930,10 @@ mod fuzz {
                 prop_assert!(s.groups().values().all(|ports| ports.keys().all(|p| *p < 4)));
                 let members: usize = s.groups().values().map(|ports| ports.len()).sum();
                 prop_assert_eq!(members, s.expiries.len(), "the expiry index matches the members");
+                for p in 0..4 {
+                    let counted = s.groups().values().filter(|ports| ports.contains_key(&p)).count();
+                    prop_assert_eq!(s.port_group_count(p), counted, "the per-port group count is exact");
+                }
             }
         }
     }

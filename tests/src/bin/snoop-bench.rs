@@ -204,6 +204,7 @@ fn program_cost(settings: &Settings) -> Result<()> {
     let _m1 = lab.join("h1", G)?;
     snoop_tests::wait_for_members(&lab, G, &["p1"], Duration::from_secs(8))?;
     let p1 = lab.port_ifindex("p1")?;
+    let p0 = lab.port_ifindex("p0")?;
     let pin_dir = lab.pin_dir();
     let data = |group: Ipv4Addr| udp_frame(Ipv4Addr::new(10, 99, 0, 10), group);
     let report = {
@@ -215,28 +216,32 @@ fn program_cost(settings: &Settings) -> Result<()> {
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
-    let cases: Vec<(&str, &str, Vec<u8>, u32)> = vec![
-        ("data, group in the map (egress, member port)", PROG_EGRESS, data(G), repeat),
-        ("data, group not in the map (egress)", PROG_EGRESS, data(Ipv4Addr::new(239, 9, 9, 9)), repeat),
+    // (name, program, frame, skb->ifindex, runs)
+    let cases: Vec<(&str, &str, Vec<u8>, u32, u32)> = vec![
+        ("data, group in the map (egress, member port)", PROG_EGRESS, data(G), p1, repeat),
+        ("data, group not in the map (egress)", PROG_EGRESS, data(Ipv4Addr::new(239, 9, 9, 9)), p1, repeat),
+        ("data, group not in the map (ingress, to the bridge)", PROG_INGRESS, data(Ipv4Addr::new(239, 9, 9, 9)), p0, repeat),
+        // Includes making and transmitting the copy to p1 (h1 really receives them).
+        ("data, joined group (ingress, redirect to 1 port)", PROG_INGRESS, data(G), p0, repeat / 10),
         // Each run hands a frame to the controller's ring; keep the run short enough not to fill it.
-        ("IGMPv3 report (ingress, captured)", PROG_INGRESS, report, 2_000),
-        ("non-IP frame (egress)", PROG_EGRESS, arp, repeat),
+        ("IGMPv3 report (ingress, captured)", PROG_INGRESS, report, p1, 2_000),
+        ("non-IP frame (egress)", PROG_EGRESS, arp, p1, repeat),
     ];
     let results = in_netns(&lab.bridge_netns, move || -> Result<Vec<(String, u32, u32)>> {
         let (mut datapath, _) = Datapath::load(&pin_dir)?;
         cases
             .into_iter()
-            .map(|(name, prog, frame, repeat)| {
+            .map(|(name, prog, frame, ifindex, repeat)| {
                 let fd = datapath.program_fd(prog)?;
-                let (retval, ns) = test_run(fd, &frame, p1, repeat)?;
+                let (retval, ns) = test_run(fd, &frame, ifindex, repeat)?;
                 Ok((format!("{name}, {repeat} runs"), ns, retval))
             })
             .collect()
     })??;
     for (name, ns, retval) in results {
-        println!("   {name:<62} {ns:>4} ns  (verdict {})", if retval == 0 { "pass" } else { "drop" });
+        println!("   {name:<68} {ns:>5} ns  (verdict {})", if retval == 0 { "pass" } else { "drop/consumed" });
     }
-    println!("   goal: <= 60 ns per data packet");
+    println!("   goal: <= 60 ns per data packet; a trivial program costs the non-IP figure here");
     println!();
     Ok(())
 }
