@@ -7,11 +7,7 @@
 //! 2. a nightly toolchain with `rust-src`: the usual `-Z build-std=core`.
 //!
 //! `cargo xtask setup` installs the first on Debian.
-use std::{
-    env, fs,
-    path::PathBuf,
-    process::Command,
-};
+use std::{env, fs, path::PathBuf, process::Command};
 
 #[path = "../xtask/src/bpf_toolchain.rs"]
 mod bpf_toolchain;
@@ -88,7 +84,5 @@ fn main() {
     assert!(status.success(), "building snoop-ebpf failed ({status})");
 
     let object = target_dir.join(TARGET).join("release").join("snoop");
-    fs::copy(&object, out_dir.join("snoop.bpf.o"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    fs::copy(&object, out_dir.join("snoop.bpf.o")).unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
 }
-

@@ -30,9 +30,7 @@ impl GroupKey {
     #[inline(always)]
     pub const fn ipv4(octets: [u8; 4], vlan: u16) -> Self {
         Self {
-            addr: [
-                octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-            ],
+            addr: [octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
             vlan,
             family: FAMILY_IPV4,
             _pad: 0,

@@ -19,17 +19,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use snoop_common::{
-    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters,
-    PortGroupKey, PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, COUNTER_COUNT,
-    CONFIG_REDIRECT, EVENT_RING_BYTES, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS,
-    MAX_TRAFFIC_SLOTS, PORT_ROUTER, VLAN_NONE,
+    CapturedFrame, Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey,
+    PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, COUNTER_COUNT,
+    EVENT_RING_BYTES, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, PORT_ROUTER, VLAN_NONE,
 };
 
 // Membership state is pinned so a restarted controller (and the programs it
 // replaces) keep forwarding from the same maps.
 #[map]
-static SNOOP_MEMBERS: HashMap<PortGroupKey, MemberValue> =
-    HashMap::pinned(MAX_MEMBERSHIPS, BPF_F_NO_PREALLOC);
+static SNOOP_MEMBERS: HashMap<PortGroupKey, MemberValue> = HashMap::pinned(MAX_MEMBERSHIPS, BPF_F_NO_PREALLOC);
 #[map]
 static SNOOP_GROUPS: HashMap<GroupKey, GroupValue> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_PREALLOC);
 #[map]
@@ -111,11 +109,7 @@ fn ipv4_head(ctx: &TcContext) -> Option<Ipv4Head> {
     }
     let protocol = unsafe { *((ip + 9) as *const u8) };
     let dst = unsafe { *((ip + 16) as *const [u8; 4]) };
-    Some(Ipv4Head {
-        dst,
-        protocol,
-        header_len,
-    })
+    Some(Ipv4Head { dst, protocol, header_len })
 }
 
 #[classifier]
@@ -176,7 +170,13 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let spared = ports.bridge_ports.saturating_sub(copies + 1);
     if spared > 0 {
         count_n(Counter::DataPruned, u64::from(spared));
-        count_traffic(&SNOOP_GROUP_TRAFFIC, ports.traffic_slot, u64::from(spared), u64::from(ctx.len()) * u64::from(spared), false);
+        count_traffic(
+            &SNOOP_GROUP_TRAFFIC,
+            ports.traffic_slot,
+            u64::from(spared),
+            u64::from(ctx.len()) * u64::from(spared),
+            false,
+        );
     }
     // The copies carry it on. (TCX knows only OK/SHOT/REDIRECT/NEXT; any
     // other code, TC_ACT_STOLEN included, would pass it to the bridge too.)
@@ -311,10 +311,7 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
         return TC_ACT_OK;
     }
     let bytes = u64::from(ctx.len());
-    let key = PortGroupKey {
-        group: GroupKey::ipv4(ip.dst, VLAN_NONE),
-        ifindex,
-    };
+    let key = PortGroupKey { group: GroupKey::ipv4(ip.dst, VLAN_NONE), ifindex };
     // The common case first: a member port, one hash lookup.
     if let Some(member) = SNOOP_MEMBERS.get_ptr(&key) {
         count(Counter::DataForwarded);
@@ -376,10 +373,7 @@ fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
     let Ok(igmp_type) = ctx.load::<u8>(type_offset) else {
         return TC_ACT_OK; // too short to be a report: flood like unknown IGMP
     };
-    let is_report = matches!(
-        igmp_type,
-        IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT | IGMP_V2_LEAVE
-    );
+    let is_report = matches!(igmp_type, IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT | IGMP_V2_LEAVE);
     if is_report && !is_router_port {
         count(Counter::ReportsSuppressed);
         return TC_ACT_SHOT;

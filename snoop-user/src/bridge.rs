@@ -85,7 +85,7 @@ impl Netlink {
         let mut ports = Vec::new();
         let mut links = self.handle.link().get().execute();
         while let Some(link) = links.try_next().await.context("listing interfaces")? {
-            let is_port = link.attributes.iter().any(|a| *a == LinkAttribute::Controller(bridge.ifindex));
+            let is_port = link.attributes.contains(&LinkAttribute::Controller(bridge.ifindex));
             if !is_port {
                 continue;
             }
@@ -105,10 +105,8 @@ impl Netlink {
 
     /// The bridge's options (IFLA_INFO_DATA).
     async fn bridge_options(&self, bridge: &Bridge) -> Result<Vec<InfoBridge>> {
-        let link = self
-            .link_by_name(&bridge.name)
-            .await?
-            .with_context(|| format!("bridge {} disappeared", bridge.name))?;
+        let link =
+            self.link_by_name(&bridge.name).await?.with_context(|| format!("bridge {} disappeared", bridge.name))?;
         let options = link.attributes.into_iter().find_map(|a| match a {
             LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|info| match info {
                 LinkInfo::Data(InfoData::Bridge(options)) => Some(options),
@@ -122,7 +120,7 @@ impl Netlink {
     /// The kernel bridge's own multicast snooping setting.
     pub async fn kernel_snooping(&self, bridge: &Bridge) -> Result<bool> {
         let options = self.bridge_options(bridge).await?;
-        Ok(options.iter().any(|o| *o == InfoBridge::MulticastSnooping(true)))
+        Ok(options.contains(&InfoBridge::MulticastSnooping(true)))
     }
 
     /// Why redirect mode cannot be used on this bridge, if it cannot: copies
@@ -169,7 +167,7 @@ impl Netlink {
 
 fn is_bridge(link: &LinkMessage) -> bool {
     link.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.iter().any(|i| *i == LinkInfo::Kind(InfoKind::Bridge)),
+        LinkAttribute::LinkInfo(infos) => infos.contains(&LinkInfo::Kind(InfoKind::Bridge)),
         _ => false,
     })
 }

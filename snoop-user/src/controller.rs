@@ -4,7 +4,6 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     io,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::PathBuf,
     time::Duration,
 };
@@ -24,9 +23,10 @@ use tokio::{
 use crate::{
     bridge::{local_groups, Bridge, Netlink, Port},
     datapath::{monotonic_now_ns, Datapath},
+    frame_sender::FrameSender,
     igmp,
-    membership::{Action, PortOptions, Snooper, Timers},
     membership::RemoveReason,
+    membership::{Action, PortOptions, Snooper, Timers},
     metrics,
     snapshot::{Event, EventKind, GroupView, MemberView, PortView, QuerierView, Snapshot, TrafficView},
 };
@@ -100,7 +100,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
     };
     let start = Instant::now();
     let snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
-    let query_socket = QuerySocket::open(bridge.ifindex)?;
+    // Queries leave through the bridge device, which floods them to every port.
+    let query_socket = FrameSender::open(bridge.ifindex).context("opening a packet socket for queries")?;
     let mut controller = Controller {
         config,
         bridge,
@@ -135,7 +136,7 @@ struct Controller {
     snooper: Snooper,
     start: Instant,
     port_names: BTreeMap<u32, String>,
-    query_socket: QuerySocket,
+    query_socket: FrameSender,
     /// Controller-side counters (parse errors, events handled, map errors).
     stats: BTreeMap<String, u64>,
     /// Malformed control frames per port.
@@ -152,7 +153,9 @@ impl Controller {
     async fn run(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
         if self.config.forwarding == Forwarding::Redirect {
             match self.netlink.redirect_obstacle(&self.bridge).await? {
-                Some(why) => warn!("{why} on {}: forwarding through the bridge instead of redirecting", self.bridge.name),
+                Some(why) => {
+                    warn!("{why} on {}: forwarding through the bridge instead of redirecting", self.bridge.name)
+                }
                 None => self.redirect = true,
             }
         }
@@ -172,14 +175,13 @@ impl Controller {
 
         let ring = self.datapath.take_events().context("event ring already taken")?;
         // SAFETY: the ring owns its fd and keeps it open while registered.
-        let mut events = unsafe { AsyncFd::register(ring) }
-            .map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?;
+        let mut events =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?;
         let mut logger = match self.datapath.logger() {
             // SAFETY: the logger owns its fd and keeps it open while registered.
-            Ok(logger) => Some(
-                unsafe { AsyncFd::register(logger) }
-                    .map_err(|e| anyhow::anyhow!("watching the eBPF log: {e}"))?,
-            ),
+            Ok(logger) => {
+                Some(unsafe { AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("watching the eBPF log: {e}"))?)
+            }
             Err(e) => {
                 warn!("eBPF log lines unavailable: {e:#}");
                 None
@@ -200,7 +202,11 @@ impl Controller {
             self.bridge.name,
             self.port_names.len(),
             if resumed { ", resumed from pinned state" } else { "" },
-            if self.config.querier { format!("on, source {}", self.snooper.querier().own_address) } else { "off".into() },
+            if self.config.querier {
+                format!("on, source {}", self.snooper.querier().own_address)
+            } else {
+                "off".into()
+            },
         );
 
         loop {
@@ -298,7 +304,9 @@ impl Controller {
         let mut routers_changed = false;
         for action in actions {
             match action {
-                Action::AddMember { group, .. } | Action::RemoveMember { group, .. } | Action::UnregisterGroup { group } => {
+                Action::AddMember { group, .. }
+                | Action::RemoveMember { group, .. }
+                | Action::UnregisterGroup { group } => {
                     changed_groups.insert(group);
                 }
                 Action::SetRouterPort { .. } => routers_changed = true,
@@ -402,12 +410,9 @@ impl Controller {
             Action::QuerierChanged { other_querier } => {
                 match other_querier {
                     Some(addr) => self.publish(EventKind::QuerierOther, None, None, addr.to_string()),
-                    None => self.publish(
-                        EventKind::QuerierSelf,
-                        None,
-                        None,
-                        self.snooper.querier().own_address.to_string(),
-                    ),
+                    None => {
+                        self.publish(EventKind::QuerierSelf, None, None, self.snooper.querier().own_address.to_string())
+                    }
                 }
                 Ok(())
             }
@@ -745,47 +750,4 @@ fn bind_control_socket(bridge: &str) -> Result<UnixListener> {
     })?;
     listener.set_nonblocking(true)?;
     Ok(UnixListener::from_std(listener)?)
-}
-
-/// An AF_PACKET socket that sends complete frames out of the bridge device,
-/// which floods them to every port (queries must reach every host).
-struct QuerySocket {
-    fd: OwnedFd,
-    ifindex: u32,
-}
-
-impl QuerySocket {
-    fn open(ifindex: u32) -> Result<Self> {
-        // Protocol 0: send only, the socket receives nothing.
-        // SAFETY: plain socket(2) call.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error()).context("opening a packet socket for queries (are you root?)");
-        }
-        // SAFETY: fd was just returned by socket(2).
-        Ok(Self { fd: unsafe { OwnedFd::from_raw_fd(fd) }, ifindex })
-    }
-
-    fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = self.ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: frame and addr are valid for the given lengths.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
 }

@@ -21,9 +21,9 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
-    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS,
-    MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAX_FANOUT, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS,
-    MAP_PORT_TRAFFIC, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
+    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
+    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -69,18 +69,14 @@ impl Datapath {
     pub fn load(pin_dir: &Path) -> Result<(Self, bool)> {
         ensure_bpffs()?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
-        fs::create_dir_all(pin_dir.join("links"))
-            .with_context(|| format!("creating {}", pin_dir.display()))?;
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(EBPF_OBJECT)
-            .with_context(|| {
-                format!(
-                    "loading the eBPF programs (pinned state in {}; if it is from another snoop \
+        fs::create_dir_all(pin_dir.join("links")).with_context(|| format!("creating {}", pin_dir.display()))?;
+        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(EBPF_OBJECT).with_context(|| {
+            format!(
+                "loading the eBPF programs (pinned state in {}; if it is from another snoop \
                      version, remove that directory)",
-                    pin_dir.display()
-                )
-            })?;
+                pin_dir.display()
+            )
+        })?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
             let program: &mut SchedClassifier = program(&mut ebpf, name)?;
             program.load().with_context(|| format!("verifying {name}"))?;
@@ -131,7 +127,12 @@ impl Datapath {
 
     /// Sets the data path policy: `CONFIG_*` flags, the failsafe time (see
     /// [`DatapathConfig::failsafe_ns`]) and the per-port control-frame rate limit.
-    pub fn configure(&mut self, flags: u32, failsafe: Option<std::time::Duration>, control_rate_limit: u32) -> Result<()> {
+    pub fn configure(
+        &mut self,
+        flags: u32,
+        failsafe: Option<std::time::Duration>,
+        control_rate_limit: u32,
+    ) -> Result<()> {
         self.control_rate_limit = control_rate_limit;
         self.config_value = DatapathConfig {
             flags,
@@ -168,17 +169,13 @@ impl Datapath {
             Ok(old) => {
                 let link = SchedClassifierLink::try_from(FdLink::from(old))
                     .with_context(|| format!("{} is not a TCX link", pin.display()))?;
-                let id = program
-                    .attach_to_link(link)
-                    .with_context(|| format!("replacing the program on {name}"))?;
+                let id = program.attach_to_link(link).with_context(|| format!("replacing the program on {name}"))?;
                 // The pin already names this link; keep a handle to it.
                 drop(program.take_link(id)?);
                 PinnedLink::from_pin(&pin).map_err(|e| anyhow!("reopening {}: {e}", pin.display()))
             }
             Err(_) => {
-                let id = program
-                    .attach(name, direction)
-                    .with_context(|| format!("attaching {prog} to {name}"))?;
+                let id = program.attach(name, direction).with_context(|| format!("attaching {prog} to {name}"))?;
                 let link: FdLink = program
                     .take_link(id)?
                     .try_into()
@@ -353,9 +350,7 @@ impl Datapath {
 
     /// Data path counters summed over CPUs, indexed by `snoop_common::Counter`.
     pub fn counters(&self) -> Vec<u64> {
-        (0..COUNTER_COUNT)
-            .map(|i| self.counters.get(&i, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0))
-            .collect()
+        (0..COUNTER_COUNT).map(|i| self.counters.get(&i, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)).collect()
     }
 
     /// Traffic sent to each member port, summed over CPUs.
@@ -543,7 +538,8 @@ fn ensure_bpffs() -> Result<()> {
     // SAFETY: valid C strings; no data argument.
     let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        return Err(io::Error::last_os_error()).context("mounting bpffs at /sys/fs/bpf (is this kernel built with BPF syscall support?)");
+        return Err(io::Error::last_os_error())
+            .context("mounting bpffs at /sys/fs/bpf (is this kernel built with BPF syscall support?)");
     }
     Ok(())
 }

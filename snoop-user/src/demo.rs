@@ -22,11 +22,7 @@ pub fn run(snoop: &Path) -> Result<()> {
     }
     println!("Building a lab: bridge {BRIDGE} with 5 ports; h0 sends, h1..h4 receive.");
     let mut lab = Lab::new("demo", 5, &LabOptions::default())?;
-    let _joins = [
-        lab.join("h1", GROUP_A)?,
-        lab.join("h2", GROUP_A)?,
-        lab.join("h3", GROUP_B)?,
-    ];
+    let _joins = [lab.join("h1", GROUP_A)?, lab.join("h2", GROUP_A)?, lab.join("h3", GROUP_B)?];
     println!("  h1, h2 joined {GROUP_A}; h3 joined {GROUP_B}; h4 joined nothing.\n");
 
     println!("1) Plain Linux bridge (multicast_snooping off): every port gets every group.");

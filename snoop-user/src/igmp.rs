@@ -57,11 +57,7 @@ pub struct GroupRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// A membership query; `group` is 0.0.0.0 for a general query.
-    Query {
-        version: u8,
-        group: Ipv4Addr,
-        max_response: Duration,
-    },
+    Query { version: u8, group: Ipv4Addr, max_response: Duration },
     /// A v1 or v2 membership report.
     Report { version: u8, group: Ipv4Addr },
     /// A v2 leave group.
@@ -138,11 +134,7 @@ pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
         IPPROTO_PIM => parse_pim(payload)?,
         _ => return Err(ParseError::NotControl),
     };
-    Ok(Packet {
-        source,
-        destination,
-        message,
-    })
+    Ok(Packet { source, destination, message })
 }
 
 fn parse_igmp(msg: &[u8]) -> Result<Message, ParseError> {
@@ -173,11 +165,7 @@ fn parse_query(msg: &[u8], group: Ipv4Addr) -> Message {
     } else {
         (2, Duration::from_millis(100 * u64::from(code)))
     };
-    Message::Query {
-        version,
-        group,
-        max_response,
-    }
+    Message::Query { version, group, max_response }
 }
 
 /// RFC 3376 4.1.1: codes >= 128 are a floating-point mantissa/exponent.
@@ -219,11 +207,7 @@ fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
         if at > msg.len() {
             return Err(ParseError::RecordOverrun);
         }
-        records.push(GroupRecord {
-            record_type,
-            group,
-            source_count,
-        });
+        records.push(GroupRecord { record_type, group, source_count });
     }
     Ok(Message::V3Report { records })
 }
@@ -317,14 +301,8 @@ pub(crate) mod tests {
 
     /// An IPv4 packet around `payload`, as a host's kernel would send it.
     pub fn ip_packet(protocol: u8, ttl: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
-        let mut ip = etherparse::Ipv4Header::new(
-            payload.len() as u16,
-            ttl,
-            etherparse::IpNumber(protocol),
-            src,
-            dst,
-        )
-        .unwrap();
+        let mut ip =
+            etherparse::Ipv4Header::new(payload.len() as u16, ttl, etherparse::IpNumber(protocol), src, dst).unwrap();
         ip.header_checksum = ip.calc_header_checksum();
         let mut out = ip.to_bytes().to_vec();
         out.extend_from_slice(payload);
@@ -360,10 +338,7 @@ pub(crate) mod tests {
     #[test]
     fn v2_report_and_leave() {
         let report = parse(&igmp(vec![0x16, 0, 0, 0, 239, 1, 1, 1])).unwrap();
-        assert_eq!(
-            report.message,
-            Message::Report { version: 2, group: Ipv4Addr::new(239, 1, 1, 1) }
-        );
+        assert_eq!(report.message, Message::Report { version: 2, group: Ipv4Addr::new(239, 1, 1, 1) });
         assert_eq!(report.source, Ipv4Addr::new(10, 0, 0, 2));
         let leave = parse(&igmp(vec![0x17, 0, 0, 0, 239, 1, 1, 1])).unwrap();
         assert_eq!(leave.message, Message::Leave { group: Ipv4Addr::new(239, 1, 1, 1) });
@@ -374,8 +349,7 @@ pub(crate) mod tests {
     #[test]
     fn v3_report_all_record_types() {
         let records: Vec<_> = (1..=6).map(|t| (t, [239, 1, 1, t], u16::from(t % 2))).collect();
-        let Message::V3Report { records: parsed } = parse(&v3_report(&records)).unwrap().message
-        else {
+        let Message::V3Report { records: parsed } = parse(&v3_report(&records)).unwrap().message else {
             panic!("not a v3 report")
         };
         let kinds: Vec<_> = parsed.iter().map(|r| r.record_type).collect();
@@ -468,16 +442,31 @@ pub(crate) mod tests {
             parse(&ip_packet(IPPROTO_IGMP, 1, [10, 0, 0, 2], [224, 0, 0, 22], &msg)),
             Err(ParseError::RecordOverrun)
         );
-        let ttl64 = ip_packet(IPPROTO_IGMP, 64, [10, 0, 0, 2], [239, 1, 1, 1], &with_checksum(vec![0x16, 0, 0, 0, 239, 1, 1, 1]));
+        let ttl64 = ip_packet(
+            IPPROTO_IGMP,
+            64,
+            [10, 0, 0, 2],
+            [239, 1, 1, 1],
+            &with_checksum(vec![0x16, 0, 0, 0, 239, 1, 1, 1]),
+        );
         assert_eq!(parse(&ttl64), Err(ParseError::BadTtl));
         assert_eq!(parse(&igmp(vec![0x99, 0, 0, 0, 0, 0, 0, 0])), Err(ParseError::UnknownType));
-        assert_eq!(parse(&igmp(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 1, 1, 1])), Err(ParseError::UnknownRecordType));
+        assert_eq!(
+            parse(&igmp(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 1, 1, 1])),
+            Err(ParseError::UnknownRecordType)
+        );
         assert_eq!(parse(&[0x45; 10]), Err(ParseError::BadIpHeader));
     }
 
     #[test]
     fn pim_hello() {
-        let hello = ip_packet(IPPROTO_PIM, 1, [10, 0, 0, 1], [224, 0, 0, 13], &with_checksum(vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105]));
+        let hello = ip_packet(
+            IPPROTO_PIM,
+            1,
+            [10, 0, 0, 1],
+            [224, 0, 0, 13],
+            &with_checksum(vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105]),
+        );
         assert_eq!(parse(&hello).unwrap().message, Message::PimHello);
     }
 }

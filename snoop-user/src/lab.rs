@@ -8,8 +8,7 @@
 use std::{
     collections::HashMap,
     ffi::CString,
-    fs,
-    io,
+    fs, io,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -23,6 +22,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+
+use crate::frame_sender::FrameSender;
 
 /// UDP port of the lab's group traffic.
 pub const DATA_PORT: u16 = 5001;
@@ -60,7 +61,8 @@ impl Lab {
     pub fn new(tag: &str, host_count: usize, options: &LabOptions) -> Result<Self> {
         let id = format!("{NS_PREFIX}-{tag}-{}", std::process::id());
         let bridge_netns = format!("{id}-br");
-        let mut lab = Lab { id: id.clone(), bridge_netns: bridge_netns.clone(), hosts: Vec::new(), children: Vec::new() };
+        let mut lab =
+            Lab { id: id.clone(), bridge_netns: bridge_netns.clone(), hosts: Vec::new(), children: Vec::new() };
         // From here on Drop cleans up whatever was made.
         run("ip", &["netns", "add", &bridge_netns])?;
         let snooping = if options.kernel_snooping { "1" } else { "0" };
@@ -253,49 +255,25 @@ impl Lab {
     /// A raw IP sender on `host` that needs no borrow of the lab (for a thread).
     pub fn raw_sender(&self, host: &str) -> Result<RawSender> {
         let host = self.host(host).clone();
-        in_netns(&host.netns, move || -> Result<RawSender> {
-            Ok(RawSender { ifindex: if_index("eth0")?, fd: packet_socket(0)? })
-        })?
+        in_netns(&host.netns, move || -> Result<RawSender> { Ok(RawSender(FrameSender::open(if_index("eth0")?)?)) })?
     }
 }
 
 /// Sends raw IPv4 packets out of one host's interface.
-pub struct RawSender {
-    fd: OwnedFd,
-    ifindex: u32,
-}
+pub struct RawSender(FrameSender);
 
 impl RawSender {
+    /// Sends `ip_packet` in a frame to the multicast MAC of its destination.
     pub fn send(&self, ip_packet: &[u8]) -> Result<()> {
         if ip_packet.len() < 20 {
             bail!("an IPv4 packet needs at least 20 bytes");
         }
         let d = &ip_packet[16..20];
-        let dst_mac = [0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
-        let mut frame = dst_mac.to_vec();
+        let mut frame = vec![0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
         frame.extend_from_slice(&0x0800u16.to_be_bytes());
         frame.extend_from_slice(ip_packet);
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_ifindex = self.ifindex as i32;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&dst_mac);
-        // SAFETY: valid buffers and lengths.
-        let rc = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error().into());
-        }
-        Ok(())
+        Ok(self.0.send(&frame)?)
     }
 }
 
@@ -503,7 +481,7 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
             continue; // timeout: check the stop flag
         }
         let frame = &buf[..n as usize];
-        if addr.sll_pkttype == libc::PACKET_OUTGOING as u8 || frame.len() < 14 + 28 {
+        if addr.sll_pkttype == libc::PACKET_OUTGOING || frame.len() < 14 + 28 {
             continue;
         }
         if frame[12..14] != [0x08, 0x00] {
@@ -591,7 +569,11 @@ fn bind_packet_socket(fd: &OwnedFd, ifindex: u32) -> Result<()> {
     addr.sll_ifindex = ifindex as i32;
     // SAFETY: valid address and length.
     let rc = unsafe {
-        libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32)
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
     };
     if rc != 0 {
         return Err(io::Error::last_os_error()).context("binding packet socket");

@@ -9,6 +9,7 @@ pub mod bridge;
 pub mod controller;
 pub mod datapath;
 pub mod demo;
+pub mod frame_sender;
 pub mod igmp;
 pub mod lab;
 pub mod membership;

@@ -25,6 +25,7 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Snoop on a bridge in the foreground until SIGINT/SIGTERM.
     Run(RunArgs),
@@ -161,7 +162,8 @@ enum Unregistered {
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
-    let parsed = humantime::parse_duration(text).or_else(|_| text.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| ()));
+    let parsed =
+        humantime::parse_duration(text).or_else(|_| text.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| ()));
     match parsed {
         Ok(d) if !d.is_zero() => Ok(d),
         Ok(_) => Err("must be more than zero".into()),
@@ -206,7 +208,8 @@ fn real_main(cli: Cli) -> Result<()> {
         Command::Cleanup { bridge, pin_dir, .. } => {
             require_root()?;
             let bridge = bridge.context("--bridge is required")?;
-            let pin_dir = pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(cli.netns.as_deref()), &bridge));
+            let pin_dir =
+                pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(cli.netns.as_deref()), &bridge));
             datapath::remove_pin_dir(&pin_dir)?;
             println!("removed {}", pin_dir.display());
             Ok(())

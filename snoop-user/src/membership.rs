@@ -277,9 +277,7 @@ impl Snooper {
             return actions;
         }
         match &packet.message {
-            Message::Report { version, group } => {
-                self.report(*group, port, *version, packet.source, now, &mut actions)
-            }
+            Message::Report { version, group } => self.report(*group, port, *version, packet.source, now, &mut actions),
             Message::Leave { group } => self.leave(*group, port, true, now, &mut actions),
             Message::V3Report { records } => {
                 for record in records {
@@ -560,9 +558,12 @@ impl Snooper {
     pub fn next_deadline(&self) -> Option<Duration> {
         let members = self.expiries.first().map(|(expires, _, _)| *expires).into_iter();
         let routers = self.ports.values().filter_map(|p| p.router_until);
-        let querier = self.querier.other.map(|(_, until)| until).into_iter().chain(
-            self.querier.next_general_query.filter(|_| self.querier.is_querier()),
-        );
+        let querier = self
+            .querier
+            .other
+            .map(|(_, until)| until)
+            .into_iter()
+            .chain(self.querier.next_general_query.filter(|_| self.querier.is_querier()));
         let group_queries = self.pending_group_queries.values().map(|p| p.next_at);
         members.chain(routers).chain(querier).chain(group_queries).min()
     }
@@ -710,10 +711,7 @@ mod tests {
         assert_eq!(actions, [Action::SendQuery { group: Some(G1) }]);
         assert_eq!(s.poll(secs(11)), [Action::SendQuery { group: Some(G1) }]);
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
-        assert_eq!(
-            s.poll(secs(12)),
-            [Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Left }]
-        );
+        assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Left }]);
         assert_eq!(members(&s, G1), [2]);
     }
 
@@ -794,10 +792,7 @@ mod tests {
         let actions = s.handle(2, &query(other, Ipv4Addr::UNSPECIFIED), secs(5));
         assert_eq!(
             actions,
-            [
-                Action::SetRouterPort { port: 2, is_router: true },
-                Action::QuerierChanged { other_querier: Some(other) }
-            ]
+            [Action::SetRouterPort { port: 2, is_router: true }, Action::QuerierChanged { other_querier: Some(other) }]
         );
         assert!(!s.querier().is_querier());
         // Silent for the other-querier-present interval (255 s): we take over.
@@ -826,7 +821,11 @@ mod tests {
     fn other_querier_group_query_shortens_membership() {
         let mut s = snooper(false);
         s.handle(1, &v2_report(G1), secs(0));
-        s.handle(2, &pkt(Ipv4Addr::new(10, 0, 0, 1), Message::Query { version: 2, group: G1, max_response: secs(1) }), secs(10));
+        s.handle(
+            2,
+            &pkt(Ipv4Addr::new(10, 0, 0, 1), Message::Query { version: 2, group: G1, max_response: secs(1) }),
+            secs(10),
+        );
         assert!(s.poll(secs(11)).is_empty());
         assert_eq!(s.poll(secs(12)).len(), 2);
     }
@@ -838,7 +837,10 @@ mod tests {
             s.add_port(3, PortOptions { static_router: true, ..TRUSTED }),
             [Action::SetRouterPort { port: 3, is_router: true }]
         );
-        assert_eq!(s.handle(1, &pkt(H1, Message::PimHello), secs(0)), [Action::SetRouterPort { port: 1, is_router: true }]);
+        assert_eq!(
+            s.handle(1, &pkt(H1, Message::PimHello), secs(0)),
+            [Action::SetRouterPort { port: 1, is_router: true }]
+        );
         let actions = s.poll(secs(1000));
         assert_eq!(actions, [Action::SetRouterPort { port: 1, is_router: false }]);
         assert!(s.ports()[&3].is_router(secs(1000)));

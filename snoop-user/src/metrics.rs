@@ -34,7 +34,11 @@ pub fn render(s: &Snapshot) -> String {
     for group in &s.groups {
         member_ports.get_or_create(&labels(&[("group", group.group.to_string())])).set(group.members.len() as i64);
         for m in &group.members {
-            let l = labels(&[("group", group.group.to_string()), ("port", m.port.clone()), ("version", m.version.to_string())]);
+            let l = labels(&[
+                ("group", group.group.to_string()),
+                ("port", m.port.clone()),
+                ("version", m.version.to_string()),
+            ]);
             membership.get_or_create(&l).set(1);
         }
     }
@@ -57,7 +61,11 @@ pub fn render(s: &Snapshot) -> String {
         group_pruned_packets.get_or_create(&l).inc_by(g.pruned_packets);
         group_pruned_bytes.get_or_create(&l).inc_by(g.pruned_bytes);
     }
-    registry.register("group_pruned_packets", "Group packets held back from ports without members", group_pruned_packets);
+    registry.register(
+        "group_pruned_packets",
+        "Group packets held back from ports without members",
+        group_pruned_packets,
+    );
     registry.register("group_pruned_bytes", "Group bytes held back from ports without members", group_pruned_bytes);
     let port_forwarded_packets = Family::<Labels, Counter>::default();
     let port_pruned_packets = Family::<Labels, Counter>::default();
@@ -132,11 +140,9 @@ async fn answer(mut stream: TcpStream, snapshots: mpsc::Sender<SnapshotRequest>)
     }
     let response = if head.starts_with(b"GET /metrics ") {
         match request_snapshot(&snapshots, false).await {
-            Some(snapshot) => http(
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                &render(&snapshot),
-            ),
+            Some(snapshot) => {
+                http("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", &render(&snapshot))
+            }
             None => http("503 Service Unavailable", "text/plain", "snoop is shutting down\n"),
         }
     } else {

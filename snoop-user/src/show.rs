@@ -170,9 +170,22 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
         }
         View::Ports => {
             rows.push(
-                ["PORT", "IFINDEX", "ROUTER", "FAST-LEAVE", "GROUPS", "REPORTS", "LEAVES", "QUERIES", "MALFORMED", "FORWARDED", "PRUNED", "RATE"]
-                    .map(String::from)
-                    .to_vec(),
+                [
+                    "PORT",
+                    "IFINDEX",
+                    "ROUTER",
+                    "FAST-LEAVE",
+                    "GROUPS",
+                    "REPORTS",
+                    "LEAVES",
+                    "QUERIES",
+                    "MALFORMED",
+                    "FORWARDED",
+                    "PRUNED",
+                    "RATE",
+                ]
+                .map(String::from)
+                .to_vec(),
             );
             for p in &s.ports {
                 let router = match (p.static_router, p.router, p.router_expires_in_secs) {
@@ -249,8 +262,9 @@ pub fn human_bytes(bytes: u64) -> String {
 /// Left-aligned columns separated by two spaces.
 fn table(rows: &[Vec<String>]) -> String {
     let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> =
-        (0..columns).map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|v| v.chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
         let line: Vec<String> = row.iter().enumerate().map(|(c, v)| format!("{v:<w$}", w = widths[c])).collect();

@@ -46,7 +46,8 @@ pub fn map_members(lab: &Lab) -> Result<BTreeSet<(Ipv4Addr, String)>> {
     if !path.exists() {
         return Ok(BTreeSet::new());
     }
-    let map: HashMap<MapData, PortGroupKey, MemberValue> = HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&path)?))?;
+    let map: HashMap<MapData, PortGroupKey, MemberValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&path)?))?;
     let mut out = BTreeSet::new();
     for entry in map.iter() {
         let (key, _) = entry?;

@@ -15,7 +15,8 @@ use serde_json::Value;
 use snoop_tests::{lab::Lab, snoop_bin, wait_for_members, wait_until, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
-const FAST: &[&str] = &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+const FAST: &[&str] =
+    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
 const METRICS: &str = "127.0.0.1:9464";
 
 fn find<'a>(items: &'a Value, key: &str, value: &str) -> &'a Value {
@@ -139,7 +140,10 @@ fn watch_streams_joins_and_leaves() -> Result<()> {
     thread::sleep(Duration::from_millis(300)); // let it subscribe
     let m1 = lab.join("h1", G)?;
     let join = watcher.next()?;
-    assert_eq!((join["event"].as_str(), join["group"].as_str(), join["port"].as_str()), (Some("join"), Some("239.1.1.1"), Some("p1")));
+    assert_eq!(
+        (join["event"].as_str(), join["group"].as_str(), join["port"].as_str()),
+        (Some("join"), Some("239.1.1.1"), Some("p1"))
+    );
     assert_eq!(join["detail"], "IGMPv3");
 
     drop(m1);

@@ -16,7 +16,8 @@ use snoop::{igmp, lab::v3_report_packet};
 use snoop_tests::{lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
-const FAST: &[&str] = &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+const FAST: &[&str] =
+    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
 const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 fn received(lab: &Lab, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
@@ -61,18 +62,48 @@ fn malformed_battery_is_counted_and_changes_no_membership() -> Result<()> {
     // (frame, the controller counter it must land in)
     let battery: Vec<(Vec<u8>, &str)> = vec![
         // IP header cut short: IHL says 60 bytes, 24 arrive.
-        (vec![0x4f, 0, 0, 60, 0, 0, 0, 0, 1, 2, 0, 0, 10, 99, 0, 13, 239, 5, 5, 5, 0, 0, 0, 0], "dropped_bad_ip_header"),
+        (
+            vec![0x4f, 0, 0, 60, 0, 0, 0, 0, 1, 2, 0, 0, 10, 99, 0, 13, 239, 5, 5, 5, 0, 0, 0, 0],
+            "dropped_bad_ip_header",
+        ),
         // IP total length beyond the frame.
         (ip(src, [239, 5, 5, 5], 1, &v2([239, 5, 5, 5]), Some(200)), "dropped_truncated"),
         // IGMP shorter than any message.
         (ip(src, [239, 5, 5, 5], 1, &[0x16, 0, 0xe9], None), "dropped_short_message"),
         (ip(src, [239, 5, 5, 5], 1, &bad_sum, None), "dropped_bad_checksum"),
         // v3: five records announced, one present.
-        (ip(src, [224, 0, 0, 22], 1, &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 6, 6, 6]), None), "dropped_record_overrun"),
+        (
+            ip(
+                src,
+                [224, 0, 0, 22],
+                1,
+                &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 6, 6, 6]),
+                None,
+            ),
+            "dropped_record_overrun",
+        ),
         // v3: a source count running past the packet.
-        (ip(src, [224, 0, 0, 22], 1, &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 40, 239, 7, 7, 7]), None), "dropped_record_overrun"),
+        (
+            ip(
+                src,
+                [224, 0, 0, 22],
+                1,
+                &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 40, 239, 7, 7, 7]),
+                None,
+            ),
+            "dropped_record_overrun",
+        ),
         // v3: record type 9.
-        (ip(src, [224, 0, 0, 22], 1, &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 7, 7, 7]), None), "dropped_unknown_record_type"),
+        (
+            ip(
+                src,
+                [224, 0, 0, 22],
+                1,
+                &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 7, 7, 7]),
+                None,
+            ),
+            "dropped_unknown_record_type",
+        ),
         (ip(src, [239, 5, 5, 5], 1, &with_checksum(vec![0x99, 0, 0, 0, 239, 5, 5, 5]), None), "dropped_unknown_type"),
         // Routed (TTL 64): not from this link.
         (ip(src, [239, 5, 5, 5], 64, &v2([239, 5, 5, 5]), None), "dropped_bad_ttl"),
@@ -125,7 +156,14 @@ fn untrusted_host_cannot_hijack_the_querier_or_become_a_router() -> Result<()> {
     let sniffer = lab.sniff("h2")?;
 
     // h3 spoofs a querier with a lower address, and a PIM hello.
-    let spoof = igmp::build_query_frame([2, 0, 0, 0, 0, 3], Ipv4Addr::new(10, 99, 0, 1), None, Duration::from_secs(1), 2, Duration::from_secs(2));
+    let spoof = igmp::build_query_frame(
+        [2, 0, 0, 0, 0, 3],
+        Ipv4Addr::new(10, 99, 0, 1),
+        None,
+        Duration::from_secs(1),
+        2,
+        Duration::from_secs(2),
+    );
     let mut pim = vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105];
     let sum = igmp::internet_checksum(&pim);
     pim[2..4].copy_from_slice(&sum.to_be_bytes());
@@ -212,7 +250,11 @@ fn report_storm_keeps_members_and_the_controller_responsive() -> Result<()> {
     }
     let pid = lab.snoop_pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap();
+    let rss_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
     println!("controller RSS after the storm: {rss_kb} kB");
     assert!(rss_kb < 64 * 1024, "controller RSS {rss_kb} kB");
     assert!(map_members(&lab)?.contains(&(G, "p1".into())));
@@ -229,7 +271,7 @@ fn data_path_keeps_last_state_then_floods_when_the_controller_is_gone() -> Resul
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
 
     lab.stop_snoop(true)?; // kill -9: no cleanup at all
-    // Within the failsafe time: the last state keeps pruning.
+                           // Within the failsafe time: the last state keeps pruning.
     assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
     thread::sleep(Duration::from_secs(3));
     // Past it: flooding, as a plain bridge would.

@@ -9,9 +9,7 @@ use std::{
 
 use anyhow::Result;
 use snoop::igmp;
-use snoop_tests::{
-    lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
-};
+use snoop_tests::{lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const G_SAME_MAC: Ipv4Addr = Ipv4Addr::new(239, 129, 1, 1);
@@ -20,14 +18,8 @@ const SETTLE: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Fast timers: query every 2 s, answers within 1 s, last-member round 0.4 s.
-const FAST: &[&str] = &[
-    "--query-interval",
-    "2s",
-    "--query-response-interval",
-    "1s",
-    "--last-member-query-interval",
-    "200ms",
-];
+const FAST: &[&str] =
+    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
 
 fn lab(tag: &str, hosts: usize, options: LabOptions) -> Result<Lab> {
     Lab::new(tag, hosts, &options)
@@ -125,7 +117,11 @@ fn snoops_queries_keep_members_alive_without_a_router() -> Result<()> {
         thread::sleep(Duration::from_secs(5));
         assert!(map_members(&lab)?.contains(&(G, "p1".into())), "member lost although it answers queries");
     }
-    assert!(sniffer.queries_from(Ipv4Addr::UNSPECIFIED) >= 6, "hosts got {} queries", sniffer.queries_from(Ipv4Addr::UNSPECIFIED));
+    assert!(
+        sniffer.queries_from(Ipv4Addr::UNSPECIFIED) >= 6,
+        "hosts got {} queries",
+        sniffer.queries_from(Ipv4Addr::UNSPECIFIED)
+    );
     assert_eq!(blast(&lab, &["h1", "h2"], &[G], 50)?, [[50], [0]]);
     Ok(())
 }
@@ -156,7 +152,8 @@ fn lower_ip_querier_silences_snoop_until_it_goes_quiet() -> Result<()> {
     wait_until("snoop's own queries", Duration::from_secs(5), || Ok(sniffer.queries_from(own) >= 1))?;
 
     // h3 queries every 500 ms for 4 s from a lower address.
-    let query = igmp::build_query_frame([2, 0, 0, 0, 0, 3], other, None, Duration::from_secs(1), 2, Duration::from_secs(2));
+    let query =
+        igmp::build_query_frame([2, 0, 0, 0, 0, 3], other, None, Duration::from_secs(1), 2, Duration::from_secs(2));
     lab.send_raw_ip("h3", &query[14..])?;
     wait_until("election lost", Duration::from_secs(2), || {
         Ok(lab.snoop_show(&snoop_bin(), "querier")?["role"] == "other")
@@ -294,7 +291,16 @@ fn router_ports_get_all_groups_and_reports_hosts_get_none() -> Result<()> {
 fn fast_leave_removes_at_once_without_queries() -> Result<()> {
     let mut lab = lab("fastleave", 3, LabOptions { igmp_version: Some(2), ..Default::default() })?;
     // A long last-member round: only fast leave can remove p1 quickly.
-    let args = ["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "3s", "--fast-leave", "p1"];
+    let args = [
+        "--query-interval",
+        "2s",
+        "--query-response-interval",
+        "1s",
+        "--last-member-query-interval",
+        "3s",
+        "--fast-leave",
+        "p1",
+    ];
     lab.start_snoop(&snoop_bin(), &args)?;
     let m1 = lab.join("h1", G)?;
     let _m2 = lab.join("h2", G)?;

@@ -31,9 +31,8 @@ fn has_prebuilt_bpf_core(rustc: &Path) -> bool {
         return false;
     };
     let lib = Path::new(sysroot.trim()).join("lib/rustlib").join(BPF_TARGET).join("lib");
-    fs::read_dir(lib).is_ok_and(|entries| {
-        entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
-    })
+    fs::read_dir(lib)
+        .is_ok_and(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
 }
 
 fn nightly_has_rust_src() -> bool {

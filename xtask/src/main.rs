@@ -193,7 +193,7 @@ fn run_tests(cmd: &mut Command) -> Result<()> {
         let line = line?;
         println!("{line}");
         if let Some(result) = line.strip_prefix("test result: ") {
-            for part in result.split(|c| c == ';' || c == '.') {
+            for part in result.split([';', '.']) {
                 let mut words = part.split_whitespace();
                 match (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
                     (Some(n), Some("passed")) => passed += n,

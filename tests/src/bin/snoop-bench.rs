@@ -49,10 +49,17 @@ struct Settings {
 
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let snoop = std::env::var_os("SNOOP_BIN").map(PathBuf::from).context("SNOOP_BIN not set: run `cargo xtask bench`")?;
+    let snoop =
+        std::env::var_os("SNOOP_BIN").map(PathBuf::from).context("SNOOP_BIN not set: run `cargo xtask bench`")?;
     let settings = Settings { snoop, quick };
     lab::remove_stale_labs()?;
-    println!("snoop benchmarks{} on {} ({} CPUs), kernel {}", if quick { " (quick)" } else { "" }, hostname(), num_cpus(), kernel());
+    println!(
+        "snoop benchmarks{} on {} ({} CPUs), kernel {}",
+        if quick { " (quick)" } else { "" },
+        hostname(),
+        num_cpus(),
+        kernel()
+    );
     println!();
     // `--only 2,5` runs just those figures.
     let only: Vec<String> = std::env::args()
@@ -94,7 +101,15 @@ fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&
             // The response interval first: enabling the querier starts a
             // startup delay of that length, during which the bridge floods.
             lab.ip_br(&[
-                "link", "set", "br0", "type", "bridge", "mcast_igmp_version", "3", "mcast_query_response_interval", "100",
+                "link",
+                "set",
+                "br0",
+                "type",
+                "bridge",
+                "mcast_igmp_version",
+                "3",
+                "mcast_query_response_interval",
+                "100",
             ])?;
             lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_querier", "1"])?;
         }
@@ -107,7 +122,10 @@ fn throughput(settings: &Settings) -> Result<()> {
     let seconds = if settings.quick { 1.0 } else { 3.0 };
     println!("1. Data path throughput: 8-port bridge, h0 blasts one group (64-byte UDP, sendmmsg) for {seconds} s.");
     println!("   Delivered = packets leaving member ports (port tx counters); CPU = busy time of all CPUs / packets delivered.");
-    println!("   {:<8}{:<17}{:>14}{:>12}{:>16}{:>14}{:>14}", "members", "mode", "sent pps", "per member", "to non-members", "CPU ns/pkt", "vs kernel");
+    println!(
+        "   {:<8}{:<17}{:>14}{:>12}{:>16}{:>14}{:>14}",
+        "members", "mode", "sent pps", "per member", "to non-members", "CPU ns/pkt", "vs kernel"
+    );
     for members in [1usize, 2, 7] {
         let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
         for mode in [Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood] {
@@ -187,7 +205,8 @@ fn port_tx_packets(lab: &Lab) -> Result<HashMap<String, u64>> {
 
 fn cpu_busy_seconds() -> Result<f64> {
     let stat = fs::read_to_string("/proc/stat")?;
-    let fields: Vec<f64> = stat.lines().next().context("/proc/stat")?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let fields: Vec<f64> =
+        stat.lines().next().context("/proc/stat")?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     let total: f64 = fields.iter().take(8).sum();
     let idle = fields[3] + fields[4];
     // USER_HZ is 100 on Linux.
@@ -220,7 +239,13 @@ fn program_cost(settings: &Settings) -> Result<()> {
     let cases: Vec<(&str, &str, Vec<u8>, u32, u32)> = vec![
         ("data, group in the map (egress, member port)", PROG_EGRESS, data(G), p1, repeat),
         ("data, group not in the map (egress)", PROG_EGRESS, data(Ipv4Addr::new(239, 9, 9, 9)), p1, repeat),
-        ("data, group not in the map (ingress, to the bridge)", PROG_INGRESS, data(Ipv4Addr::new(239, 9, 9, 9)), p0, repeat),
+        (
+            "data, group not in the map (ingress, to the bridge)",
+            PROG_INGRESS,
+            data(Ipv4Addr::new(239, 9, 9, 9)),
+            p0,
+            repeat,
+        ),
         // Includes making and transmitting the copy to p1 (h1 really receives them).
         ("data, joined group (ingress, redirect to 1 port)", PROG_INGRESS, data(G), p0, repeat / 10),
         // Each run hands a frame to the controller's ring; keep the run short enough not to fill it.
@@ -354,7 +379,15 @@ fn print_percentiles(mode: &str, what: &str, samples_us: &mut [f64]) {
     samples_us.sort_by(f64::total_cmp);
     let at = |q: f64| samples_us[((samples_us.len() - 1) as f64 * q).round() as usize];
     let fmt = |us: f64| if us >= 1000.0 { format!("{:.1} ms", us / 1000.0) } else { format!("{us:.0} us") };
-    println!("   {:<17}{:<26}{:>6}{:>10}{:>10}{:>10}", mode, what, samples_us.len(), fmt(at(0.5)), fmt(at(0.99)), fmt(at(1.0)));
+    println!(
+        "   {:<17}{:<26}{:>6}{:>10}{:>10}{:>10}",
+        mode,
+        what,
+        samples_us.len(),
+        fmt(at(0.5)),
+        fmt(at(0.99)),
+        fmt(at(1.0))
+    );
 }
 
 /// A packet socket on a host's eth0 seeing its outgoing IGMP and incoming G.
@@ -372,7 +405,8 @@ impl Probe {
     fn open(lab: &Lab, host: &str) -> Result<Self> {
         let fd = in_netns(&lab.host(host).netns, || -> Result<OwnedFd> {
             // SAFETY: plain socket(2).
-            let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be())) };
+            let fd =
+                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be())) };
             if fd < 0 {
                 bail!("packet socket: {}", std::io::Error::last_os_error());
             }
@@ -382,7 +416,13 @@ impl Probe {
         let timeout = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
         // SAFETY: valid option.
         unsafe {
-            libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&timeout as *const libc::timeval).cast(), 16)
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                16,
+            )
         };
         Ok(Self { fd })
     }
@@ -393,13 +433,20 @@ impl Probe {
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
         // SAFETY: valid buffers.
         let n = unsafe {
-            libc::recvfrom(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0, (&mut addr as *mut libc::sockaddr_ll).cast(), &mut len)
+            libc::recvfrom(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                0,
+                (&mut addr as *mut libc::sockaddr_ll).cast(),
+                &mut len,
+            )
         };
         if n < 42 {
             return None;
         }
         let at = Instant::now();
-        let outgoing = addr.sll_pkttype == libc::PACKET_OUTGOING as u8;
+        let outgoing = addr.sll_pkttype == libc::PACKET_OUTGOING;
         let ihl = usize::from(buf[14] & 0x0f) * 4;
         let seen = match (outgoing, buf[12..14] == [8, 0], buf[23]) {
             (true, true, 2) => Seen::OutgoingIgmp(buf[14 + ihl]),
@@ -479,15 +526,20 @@ fn scale(settings: &Settings) -> Result<()> {
     let expected = per_port * ports;
     let members = wait_for_map_size(&lab, expected, Duration::from_secs(120))?;
     let populate = start.elapsed();
-    println!("   populated {members} memberships in {:.2} s ({:.0} memberships/s)", populate.as_secs_f64(), members as f64 / populate.as_secs_f64());
+    println!(
+        "   populated {members} memberships in {:.2} s ({:.0} memberships/s)",
+        populate.as_secs_f64(),
+        members as f64 / populate.as_secs_f64()
+    );
     println!("   controller RSS: {} kB ({} kB before)", rss_kb(pid)?, rss_before);
-    println!("   BPF map memory (memlock of snoop's maps): {} kB", map_memlock_kb(pid)? );
+    println!("   BPF map memory (memlock of snoop's maps): {} kB", map_memlock_kb(pid)?);
 
     // Forwarding still follows the map: three sample groups, each on one port.
     let mut ok = 0;
     for port in [1, ports / 2, ports] {
         let group = group_of(port - 1, per_port / 2);
-        let (member, other) = (lab.sniff(&format!("h{port}"))?, lab.sniff(&format!("h{}", if port == 1 { 2 } else { 1 }))?);
+        let (member, other) =
+            (lab.sniff(&format!("h{port}"))?, lab.sniff(&format!("h{}", if port == 1 { 2 } else { 1 }))?);
         lab.send("h0", group, 20, Duration::from_micros(200))?;
         thread::sleep(Duration::from_millis(200));
         if member.count(group) == 20 && other.count(group) == 0 {
@@ -589,7 +641,11 @@ fn map_memlock_kb(pid: u32) -> Result<u64> {
     for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))? {
         let info = fs::read_to_string(entry?.path()).unwrap_or_default();
         if info.contains("map_type:") {
-            total += info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
         }
     }
     Ok(total / 1024)
