@@ -1,7 +1,8 @@
 //! snoop data path: two TC programs on every port of a bridge.
 //!
 //! - `snoop_ingress` sees frames entering the bridge from a port. It copies IGMP
-//!   and PIM frames into a ring for the controller and never changes forwarding.
+//!   and PIM hellos into a ring for the controller, and in redirect mode copies
+//!   joined groups' traffic straight to their member and router ports.
 //! - `snoop_egress` sees frames the bridge sends out of a port. It drops IPv4
 //!   group traffic the port has no member or router for, and IGMP reports/leaves
 //!   to host ports (so every host keeps reporting, RFC 4541 2.1.1).
@@ -118,12 +119,13 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
         let is_pim_hello_dst = ip.protocol == IPPROTO_PIM && ip.dst == ALL_PIM_ROUTERS;
         if ip.protocol == IPPROTO_IGMP {
             count(Counter::IgmpSeen);
-            let igmp_type = ctx.load::<u8>(ETH_HLEN + ip.header_len).unwrap_or(0);
-            count_port_control(&ctx, igmp_type);
+            // Too short to hold a type: counted as other IGMP.
+            let igmp_type = ctx.load::<u8>(ETH_HLEN + ip.header_len).unwrap_or(0xff);
+            count_port_control(&ctx, Some(igmp_type));
             capture_within_rate(&ctx);
         } else if is_pim_hello_dst {
             count(Counter::PimSeen);
-            count_port_control(&ctx, PIM_HELLO_MARK);
+            count_port_control(&ctx, None);
             capture_within_rate(&ctx);
         } else if ip.dst[0] & 0xf0 == 0xe0 && !(ip.dst[0] == 224 && ip.dst[1] == 0 && ip.dst[2] == 0) {
             return redirect_group(&ctx, ip.dst);
@@ -148,7 +150,6 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     };
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    count(Counter::Redirected);
     let mut copies = 0u32;
     for i in 0..MAX_FANOUT {
         if i as u32 >= ports.count {
@@ -158,14 +159,19 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
         if target == ingress {
             continue;
         }
-        let flags = if ports.ingress_mask & (1 << i) != 0 { BPF_F_INGRESS } else { 0 };
-        if ctx.clone_redirect(target, flags).is_ok() {
-            count(Counter::RedirectCopies);
-            if flags == 0 {
-                copies += 1;
-            }
-        }
+        // Kept branch-free: each branch here multiplies the verifier's work
+        // by the 32 iterations.
+        let to_ingress = u64::from((ports.ingress_mask >> i) & 1);
+        let made = ctx.clone_redirect(target, to_ingress * BPF_F_INGRESS).is_ok();
+        copies += u32::from(made) * (1 - to_ingress as u32);
     }
+    if copies == 0 && ports.ingress_mask == 0 {
+        // No copy made (every one failed as a port vanished, or the sender's
+        // is the only port): the bridge path delivers it, correctly if slower.
+        return TC_ACT_OK;
+    }
+    count(Counter::Redirected);
+    count_n(Counter::RedirectCopies, u64::from(copies));
     // Every other port (but the sender's) was spared the packet.
     let spared = ports.bridge_ports.saturating_sub(copies + 1);
     if spared > 0 {
@@ -185,13 +191,11 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
 
 const BPF_F_INGRESS: u64 = 1;
 
-/// Not an IGMP type: marks a PIM hello for `count_port_control`.
-const PIM_HELLO_MARK: u8 = 0;
 const IGMP_QUERY: u8 = 0x11;
 
-/// Per-port control-traffic counters, by IGMP type.
+/// Per-port control-traffic counters, by IGMP type (`None`: a PIM hello).
 #[inline(always)]
-fn count_port_control(ctx: &TcContext, igmp_type: u8) {
+fn count_port_control(ctx: &TcContext, igmp_type: Option<u8>) {
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let Some(counters) = SNOOP_PORT_COUNTERS.get_ptr_mut(ifindex) else {
@@ -205,13 +209,13 @@ fn count_port_control(ctx: &TcContext, igmp_type: u8) {
 }
 
 #[inline(always)]
-fn bump(counters: &mut PortCounters, igmp_type: u8) {
+fn bump(counters: &mut PortCounters, igmp_type: Option<u8>) {
     match igmp_type {
-        PIM_HELLO_MARK => counters.pim_hellos += 1,
-        IGMP_QUERY => counters.queries += 1,
-        IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT => counters.reports += 1,
-        IGMP_V2_LEAVE => counters.leaves += 1,
-        _ => counters.other_igmp += 1,
+        None => counters.pim_hellos += 1,
+        Some(IGMP_QUERY) => counters.queries += 1,
+        Some(IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT) => counters.reports += 1,
+        Some(IGMP_V2_LEAVE) => counters.leaves += 1,
+        Some(_) => counters.other_igmp += 1,
     }
 }
 
