@@ -409,24 +409,34 @@ pub struct Sniffer {
     thread: Option<thread::JoinHandle<()>>,
 }
 
+/// A packet socket seeing every frame in and out of a host's eth0; reads
+/// time out after `timeout` so a reader can check for a stop request.
+pub fn capture_socket(netns: &str, timeout: Duration) -> Result<OwnedFd> {
+    let fd = in_netns(netns, || -> Result<OwnedFd> {
+        let fd = packet_socket((libc::ETH_P_ALL as u16).to_be())?;
+        bind_packet_socket(&fd, if_index("eth0")?)?;
+        Ok(fd)
+    })??;
+    let timeout = libc::timeval { tv_sec: 0, tv_usec: timeout.as_micros().min(999_999) as libc::suseconds_t };
+    // SAFETY: valid socket option pointer and length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error()).context("SO_RCVTIMEO");
+    }
+    Ok(fd)
+}
+
 impl Sniffer {
     fn start(netns: &str) -> Result<Self> {
-        let fd = in_netns(netns, || -> Result<OwnedFd> {
-            let fd = packet_socket((libc::ETH_P_ALL as u16).to_be())?;
-            bind_packet_socket(&fd, if_index("eth0")?)?;
-            Ok(fd)
-        })??;
-        let timeout = libc::timeval { tv_sec: 0, tv_usec: 50_000 };
-        // SAFETY: valid socket option pointer and length.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        let fd = capture_socket(netns, Duration::from_millis(50))?;
         let counts = Arc::new(Mutex::new(SniffCounts::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

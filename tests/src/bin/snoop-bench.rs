@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     fs,
     net::Ipv4Addr,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
@@ -403,28 +403,7 @@ enum Seen {
 
 impl Probe {
     fn open(lab: &Lab, host: &str) -> Result<Self> {
-        let fd = in_netns(&lab.host(host).netns, || -> Result<OwnedFd> {
-            // SAFETY: plain socket(2).
-            let fd =
-                unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from((libc::ETH_P_ALL as u16).to_be())) };
-            if fd < 0 {
-                bail!("packet socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: fresh fd.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        })??;
-        let timeout = libc::timeval { tv_sec: 0, tv_usec: 20_000 };
-        // SAFETY: valid option.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&timeout as *const libc::timeval).cast(),
-                16,
-            )
-        };
-        Ok(Self { fd })
+        Ok(Self { fd: lab::capture_socket(&lab.host(host).netns, Duration::from_millis(20))? })
     }
 
     fn next(&self) -> Option<(Instant, Seen)> {
