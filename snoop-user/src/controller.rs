@@ -84,24 +84,30 @@ pub fn control_socket_name(bridge: &str) -> String {
 }
 
 pub async fn run(config: RunConfig) -> Result<()> {
+    // Everything that can fail without side effects comes first.
     let netlink = Netlink::open()?;
     let bridge = netlink.bridge(&config.bridge).await?;
-    let kernel_snooping_was_on = netlink.kernel_snooping(&bridge).await?;
-    if kernel_snooping_was_on {
-        info!("turning off {}'s own multicast snooping while snoop runs", bridge.name);
-        netlink.set_kernel_snooping(&bridge, false).await?;
-    }
+    // Binding first also stops a second snoop before it touches the pinned state.
     let listener = bind_control_socket(&bridge.name)?;
-
-    let (datapath, resumed) = Datapath::load(&config.pin_dir)?;
+    // Queries leave through the bridge device, which floods them to every port.
+    let query_socket = FrameSender::open(bridge.ifindex).context("opening a packet socket for queries")?;
     let own_address = match config.query_source {
         Some(addr) => addr,
         None => netlink.bridge_ipv4(&bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED),
     };
+    let kernel_snooping_was_on = netlink.kernel_snooping(&bridge).await?;
+
+    let (datapath, resumed) = Datapath::load(&config.pin_dir)?;
+    if kernel_snooping_was_on {
+        info!("turning off {}'s own multicast snooping while snoop runs", bridge.name);
+        if let Err(error) = netlink.set_kernel_snooping(&bridge, false).await {
+            // Leave state a previous snoop pinned as it was; remove our own.
+            let _ = datapath.shutdown(resumed);
+            return Err(error);
+        }
+    }
     let start = Instant::now();
     let snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
-    // Queries leave through the bridge device, which floods them to every port.
-    let query_socket = FrameSender::open(bridge.ifindex).context("opening a packet socket for queries")?;
     let mut controller = Controller {
         config,
         bridge,

@@ -69,6 +69,15 @@ impl Datapath {
     pub fn load(pin_dir: &Path) -> Result<(Self, bool)> {
         ensure_bpffs()?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
+        let loaded = Self::load_pinned(pin_dir, resumed);
+        if loaded.is_err() && !resumed {
+            // Maps this failed attempt pinned must not look like state to resume.
+            let _ = remove_pin_dir(pin_dir);
+        }
+        Ok((loaded?, resumed))
+    }
+
+    fn load_pinned(pin_dir: &Path, resumed: bool) -> Result<Self> {
         fs::create_dir_all(pin_dir.join("links")).with_context(|| format!("creating {}", pin_dir.display()))?;
         let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(EBPF_OBJECT).with_context(|| {
             format!(
@@ -106,7 +115,7 @@ impl Datapath {
         if resumed {
             datapath.adopt_slots();
         }
-        Ok((datapath, resumed))
+        Ok(datapath)
     }
 
     /// The raw fd of a loaded program (for BPF_PROG_TEST_RUN in the benchmarks).

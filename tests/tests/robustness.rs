@@ -300,3 +300,21 @@ fn deleted_bridge_is_a_clear_error_and_cleans_up() -> Result<()> {
     assert!(!lab.pin_dir().exists(), "pins left behind");
     Ok(())
 }
+
+#[test]
+fn second_snoop_on_the_same_bridge_is_refused_and_changes_nothing() -> Result<()> {
+    let mut lab = Lab::new("second", 3, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let out = std::process::Command::new(snoop_bin())
+        .args(["--netns", &lab.bridge_netns, "run", "--bridge", "br0"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another snoop is already running on br0"), "stderr: {stderr}");
+    // The first one still owns its state and prunes.
+    assert!(lab.pin_dir().exists());
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
