@@ -40,7 +40,7 @@ enum Task {
     /// Run the unit and integration tests (needs root: the tests build netns labs).
     Test {
         /// Passed to the test binaries, e.g. a test name filter.
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
