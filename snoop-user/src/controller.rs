@@ -308,8 +308,8 @@ impl Controller {
     fn apply(&mut self, actions: Vec<Action>) {
         let mut changed_groups = BTreeSet::new();
         let mut routers_changed = false;
-        for action in actions {
-            match action {
+        for action in &actions {
+            match *action {
                 Action::AddMember { group, .. }
                 | Action::RemoveMember { group, .. }
                 | Action::UnregisterGroup { group } => {
@@ -318,12 +318,17 @@ impl Controller {
                 Action::SetRouterPort { .. } => routers_changed = true,
                 _ => {}
             }
+        }
+        // Redirect targets first: a port that lost its membership must stop
+        // getting copies before its member entry goes (without it, an
+        // unregistered group's copy would be let through as flooding).
+        self.refresh_fanout(changed_groups, routers_changed);
+        for action in actions {
             if let Err(error) = self.apply_one(&action) {
                 warn!("{action:?} failed: {error:#}");
                 self.count("datapath_write_errors");
             }
         }
-        self.refresh_fanout(changed_groups, routers_changed);
     }
 
     /// Redirect mode: rewrites where the data path copies each changed group

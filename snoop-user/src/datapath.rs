@@ -271,15 +271,18 @@ impl Datapath {
         remove_if_present(self.members.remove(&member_key(group, port)))
     }
 
+    /// The group's traffic slot, taken on first use.
+    fn group_slot(&mut self, group: Ipv4Addr) -> Result<u32> {
+        if let Some(slot) = self.group_slots.get(&group) {
+            return Ok(*slot);
+        }
+        let slot = self.group_traffic.take()?;
+        self.group_slots.insert(group, slot);
+        Ok(slot)
+    }
+
     pub fn register_group(&mut self, group: Ipv4Addr) -> Result<()> {
-        let traffic_slot = match self.group_slots.get(&group) {
-            Some(slot) => *slot,
-            None => {
-                let slot = self.group_traffic.take()?;
-                self.group_slots.insert(group, slot);
-                slot
-            }
-        };
+        let traffic_slot = self.group_slot(group)?;
         self.groups
             .insert(GroupKey::ipv4(group.octets(), VLAN_NONE), GroupValue { traffic_slot, _pad: 0 }, 0)
             .with_context(|| format!("registering {group} (group map full?)"))
@@ -302,7 +305,8 @@ impl Datapath {
         let mut value = GroupPorts {
             count: targets.len() as u32,
             ingress_mask: 0,
-            traffic_slot: self.group_slots.get(&group).copied().unwrap_or(NO_SLOT),
+            // Written before the group's registration: the slot may be new.
+            traffic_slot: self.group_slot(group)?,
             bridge_ports: self.links.len() as u32,
             ifindexes: [0; MAX_FANOUT],
         };

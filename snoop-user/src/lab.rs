@@ -81,7 +81,10 @@ impl Lab {
         let name = format!("h{index}");
         let netns = format!("{}-{name}", self.id);
         let port = format!("p{index}");
-        let ip = Ipv4Addr::new(10, 99, 0, 10 + index as u8);
+        let Some(last_octet) = u8::try_from(index + 10).ok().filter(|o| *o < 255) else {
+            bail!("a lab holds at most 245 hosts");
+        };
+        let ip = Ipv4Addr::new(10, 99, 0, last_octet);
         run("ip", &["netns", "add", &netns])?;
         self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone() });
         quiet_ipv6(&netns)?;
@@ -97,11 +100,6 @@ impl Lab {
         write_sysctl(&netns, "ipv4/conf/eth0/igmpv2_unsolicited_report_interval", "200")?;
         write_sysctl(&netns, "ipv4/conf/eth0/igmpv3_unsolicited_report_interval", "200")?;
         Ok(())
-    }
-
-    /// Sets a host's IGMP version (1, 2, 3; 0 for the kernel's choice).
-    pub fn set_igmp_version(&self, host: &str, version: u8) -> Result<()> {
-        write_sysctl(&self.host(host).netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())
     }
 
     /// Brings a host's interface up or down (a cable plugged or pulled).
