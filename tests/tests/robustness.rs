@@ -56,6 +56,8 @@ fn malformed_battery_is_counted_and_changes_no_membership() -> Result<()> {
     let before = map_members(&lab)?;
     let src = lab.host("h3").ip;
     let v2 = |group: [u8; 4]| with_checksum(vec![0x16, 0, 0, 0, group[0], group[1], group[2], group[3]]);
+    // A v3 report message to 224.0.0.22, checksummed.
+    let v3 = |message: Vec<u8>| ip(src, [224, 0, 0, 22], 1, &with_checksum(message), None);
 
     let mut bad_sum = v2([239, 5, 5, 5]);
     bad_sum[2] ^= 0xff;
@@ -72,38 +74,11 @@ fn malformed_battery_is_counted_and_changes_no_membership() -> Result<()> {
         (ip(src, [239, 5, 5, 5], 1, &[0x16, 0, 0xe9], None), "dropped_short_message"),
         (ip(src, [239, 5, 5, 5], 1, &bad_sum, None), "dropped_bad_checksum"),
         // v3: five records announced, one present.
-        (
-            ip(
-                src,
-                [224, 0, 0, 22],
-                1,
-                &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 6, 6, 6]),
-                None,
-            ),
-            "dropped_record_overrun",
-        ),
+        (v3(vec![0x22, 0, 0, 0, 0, 0, 0, 5, 2, 0, 0, 0, 239, 6, 6, 6]), "dropped_record_overrun"),
         // v3: a source count running past the packet.
-        (
-            ip(
-                src,
-                [224, 0, 0, 22],
-                1,
-                &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 40, 239, 7, 7, 7]),
-                None,
-            ),
-            "dropped_record_overrun",
-        ),
+        (v3(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 40, 239, 7, 7, 7]), "dropped_record_overrun"),
         // v3: record type 9.
-        (
-            ip(
-                src,
-                [224, 0, 0, 22],
-                1,
-                &with_checksum(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 7, 7, 7]),
-                None,
-            ),
-            "dropped_unknown_record_type",
-        ),
+        (v3(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 7, 7, 7]), "dropped_unknown_record_type"),
         (ip(src, [239, 5, 5, 5], 1, &with_checksum(vec![0x99, 0, 0, 0, 239, 5, 5, 5]), None), "dropped_unknown_type"),
         // Routed (TTL 64): not from this link.
         (ip(src, [239, 5, 5, 5], 64, &v2([239, 5, 5, 5]), None), "dropped_bad_ttl"),
