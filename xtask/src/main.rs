@@ -47,14 +47,16 @@ enum Task {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // bpf-linker lands in cargo's bin directory, which a minimal PATH may lack.
-    let cargo_bin_dir = cargo_home_bin("");
+    // bpf-linker lands in cargo's bin directory, and ip/tc/bridge in sbin
+    // directories: a minimal PATH may lack either.
     let path = std::env::var_os("PATH").unwrap_or_default();
     let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    if !dirs.contains(&cargo_bin_dir) {
-        dirs.push(cargo_bin_dir);
-        std::env::set_var("PATH", std::env::join_paths(dirs)?);
+    for dir in [cargo_home_bin(""), "/usr/sbin".into(), "/sbin".into()] {
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
     }
+    std::env::set_var("PATH", std::env::join_paths(dirs)?);
     match cli.task {
         Task::Setup => setup(),
         Task::Demo => {
