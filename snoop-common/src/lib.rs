@@ -129,6 +129,11 @@ pub const CONFIG_REDIRECT: u32 = 2;
 /// verifier on 6.18; 32 keeps each group's entry at 144 bytes.)
 pub const MAX_FANOUT: usize = 32;
 
+/// Key of the [`MAP_GROUP_PORTS`] entry listing where redirect mode copies
+/// IGMP reports and leaves: router ports and the bridge device (family 0 is
+/// no address family, so no group collides with it).
+pub const REPORT_TARGETS: GroupKey = GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 };
+
 /// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,9 +224,16 @@ pub const COUNTER_COUNT: u32 = Counter::RedirectCopies as u32 + 1;
 /// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.
 pub const CAPTURE_LEN: usize = 1500;
 
-/// A control frame (IGMP or PIM) captured on a port's ingress, from its IP header on.
+/// Packets up to this long go into small ring records (most reports), so a
+/// burst of reports fills the ring ten times slower than full-size records.
+pub const SMALL_CAPTURE_LEN: usize = 120;
+
+/// A control frame (IGMP or PIM) captured on a port's ingress, from its IP
+/// header on. Ring records come in two sizes, `N` = [`SMALL_CAPTURE_LEN`] or
+/// [`CAPTURE_LEN`]; the header is the same, and `captured_len` says how much
+/// of `data` is valid.
 #[repr(C)]
-pub struct CapturedFrame {
+pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
     /// Port the frame entered the bridge through.
     pub ifindex: u32,
     /// Bytes of `data` that are valid.
@@ -230,7 +242,7 @@ pub struct CapturedFrame {
     pub wire_len: u16,
     pub vlan: u16,
     pub _pad: [u8; 6],
-    pub data: [u8; CAPTURE_LEN],
+    pub data: [u8; N],
 }
 
 // Map names: the eBPF statics and the userspace lookups use these strings.
@@ -257,8 +269,8 @@ pub const MAX_MEMBERSHIPS: u32 = 262_144;
 /// Traffic slots for memberships and for groups (each array holds this many
 /// counters per CPU); memberships beyond it forward normally, uncounted.
 pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
-/// Bytes of the control-frame ring: about 2,800 full-size frames.
-pub const EVENT_RING_BYTES: u32 = 4 << 20;
+/// Bytes of the control-frame ring: about 60,000 small records (5,500 full-size).
+pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -280,3 +292,4 @@ const _: () = assert!(core::mem::size_of::<GroupKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
 const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
 const _: () = assert!(core::mem::size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
+const _: () = assert!(core::mem::size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);

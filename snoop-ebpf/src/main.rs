@@ -22,7 +22,8 @@ use aya_log_ebpf::warn;
 use snoop_common::{
     CapturedFrame, Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey,
     PortValue, TrafficCounters, CAPTURE_LEN, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, COUNTER_COUNT,
-    EVENT_RING_BYTES, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, PORT_ROUTER, VLAN_NONE,
+    EVENT_RING_BYTES, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, PORT_ROUTER,
+    REPORT_TARGETS, SMALL_CAPTURE_LEN, VLAN_NONE,
 };
 
 // Membership state is pinned so a restarted controller (and the programs it
@@ -123,6 +124,9 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
             let igmp_type = ctx.load::<u8>(ETH_HLEN + ip.header_len).unwrap_or(0xff);
             count_port_control(&ctx, Some(igmp_type));
             capture_within_rate(&ctx);
+            if is_report(igmp_type) {
+                return redirect_reports(&ctx);
+            }
         } else if is_pim_hello_dst {
             count(Counter::PimSeen);
             count_port_control(&ctx, None);
@@ -148,23 +152,7 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(GroupKey::ipv4(dst, VLAN_NONE)) }) else {
         return TC_ACT_OK;
     };
-    // SAFETY: ctx.skb.skb is the program's context pointer.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let mut copies = 0u32;
-    for i in 0..MAX_FANOUT {
-        if i as u32 >= ports.count {
-            break;
-        }
-        let Some(&target) = ports.ifindexes.get(i) else { break };
-        if target == ingress {
-            continue;
-        }
-        // Kept branch-free: each branch here multiplies the verifier's work
-        // by the 32 iterations.
-        let to_ingress = u64::from((ports.ingress_mask >> i) & 1);
-        let made = ctx.clone_redirect(target, to_ingress * BPF_F_INGRESS).is_ok();
-        copies += u32::from(made) * (1 - to_ingress as u32);
-    }
+    let copies = copy_to(ctx, ports);
     if copies == 0 && ports.ingress_mask == 0 {
         // No copy made (every one failed as a port vanished, or the sender's
         // is the only port): the bridge path delivers it, correctly if slower.
@@ -187,6 +175,53 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     // The copies carry it on. (TCX knows only OK/SHOT/REDIRECT/NEXT; any
     // other code, TC_ACT_STOLEN included, would pass it to the bridge too.)
     TC_ACT_SHOT
+}
+
+/// Copies the frame to every port in `ports` but the one it came from.
+/// Returns the copies made to bridge ports (not to the bridge device).
+#[inline(always)]
+fn copy_to(ctx: &TcContext, ports: &GroupPorts) -> u32 {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let mut copies = 0u32;
+    for i in 0..MAX_FANOUT {
+        if i as u32 >= ports.count {
+            break;
+        }
+        let Some(&target) = ports.ifindexes.get(i) else { break };
+        if target == ingress {
+            continue;
+        }
+        // Kept branch-free: each branch here multiplies the verifier's work
+        // by the 32 iterations.
+        let to_ingress = u64::from((ports.ingress_mask >> i) & 1);
+        let made = ctx.clone_redirect(target, to_ingress * BPF_F_INGRESS).is_ok();
+        copies += u32::from(made) * (1 - to_ingress as u32);
+    }
+    copies
+}
+
+/// Redirect mode: reports and leaves go to router ports and the bridge
+/// device only (RFC 4541 2.1.1), copied here instead of flooded by the bridge
+/// and dropped again at every host port.
+#[inline(always)]
+fn redirect_reports(ctx: &TcContext) -> i32 {
+    let Some(config) = SNOOP_CONFIG.get(0) else { return TC_ACT_OK };
+    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(Some(config)) {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain map lookup; the value is only read.
+    let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(REPORT_TARGETS) }) else {
+        return TC_ACT_OK;
+    };
+    let copies = copy_to(ctx, targets);
+    count_n(Counter::RedirectCopies, u64::from(copies));
+    TC_ACT_SHOT
+}
+
+#[inline(always)]
+fn is_report(igmp_type: u8) -> bool {
+    matches!(igmp_type, IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT | IGMP_V2_LEAVE)
 }
 
 const BPF_F_INGRESS: u64 = 1;
@@ -250,10 +285,21 @@ fn capture_within_rate(ctx: &TcContext) {
     capture(ctx);
 }
 
-/// Hands the frame's IP packet to the controller through the event ring.
+/// Hands the frame's IP packet to the controller through the event ring, in
+/// a small record when it fits one.
 #[inline(always)]
 fn capture(ctx: &TcContext) {
-    let Some(mut entry) = SNOOP_EVENTS.reserve::<CapturedFrame>(0) else {
+    let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    if wire_len <= SMALL_CAPTURE_LEN {
+        capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len);
+    } else {
+        capture_into::<CAPTURE_LEN>(ctx, wire_len);
+    }
+}
+
+#[inline(always)]
+fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
+    let Some(mut entry) = SNOOP_EVENTS.reserve::<CapturedFrame<N>>(0) else {
         let lost = count(Counter::CaptureRingFull);
         // Log at 1, 2, 4, 8... losses per CPU: visible, but no log storm.
         if lost & (lost - 1) == 0 {
@@ -262,22 +308,31 @@ fn capture(ctx: &TcContext) {
         return;
     };
     let frame = entry.as_mut_ptr();
-    let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     let mut len = wire_len;
-    if len > CAPTURE_LEN {
+    if len > N {
         count(Counter::CaptureTruncated);
-        len = CAPTURE_LEN;
+        len = N;
     }
-    // SAFETY: `frame` points at a reserved, writable CapturedFrame.
+    // SAFETY: `frame` points at a reserved, writable CapturedFrame<N>.
     unsafe {
         (*frame).ifindex = (*ctx.skb.skb).ifindex;
         (*frame).wire_len = wire_len as u16;
         (*frame).vlan = VLAN_NONE;
         (*frame)._pad = [0; 6];
-        // The verifier needs a provably bounded, non-zero length.
-        let len = len & 0x7ff;
-        if len == 0 || len > CAPTURE_LEN {
+        // The verifier needs a provably bounded, non-zero length. Read it back
+        // through memory so the compiler cannot drop a check it believes
+        // redundant, and keep two checks with different effects so it cannot
+        // fuse them into one unsigned compare the verifier cannot follow.
+        (*frame).captured_len = len as u16;
+        let len = usize::from(core::ptr::read_volatile(&raw const (*frame).captured_len));
+        if len == 0 {
             entry.discard(0);
+            count(Counter::MalformedIp);
+            return;
+        }
+        if len > N {
+            entry.discard(0);
+            count(Counter::CaptureTruncated);
             return;
         }
         let ret = aya_ebpf::helpers::bpf_skb_load_bytes(
@@ -291,7 +346,6 @@ fn capture(ctx: &TcContext) {
             count(Counter::MalformedIp);
             return;
         }
-        (*frame).captured_len = len as u16;
     }
     entry.submit(0);
     count(Counter::Captured);
@@ -377,8 +431,7 @@ fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
     let Ok(igmp_type) = ctx.load::<u8>(type_offset) else {
         return TC_ACT_OK; // too short to be a report: flood like unknown IGMP
     };
-    let is_report = matches!(igmp_type, IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT | IGMP_V2_LEAVE);
-    if is_report && !is_router_port {
+    if is_report(igmp_type) && !is_router_port {
         count(Counter::ReportsSuppressed);
         return TC_ACT_SHOT;
     }

@@ -344,6 +344,16 @@ impl Controller {
         let now = self.now();
         let routers: Vec<u32> =
             self.snooper.ports().iter().filter(|(_, p)| p.is_router(now)).map(|(ifindex, _)| *ifindex).collect();
+        if all {
+            // Reports and leaves: to router ports, and up to the bridge
+            // device (a multicast routing daemon on it needs them).
+            let mut targets: Vec<(u32, bool)> = routers.iter().map(|r| (*r, false)).collect();
+            targets.push((self.bridge.ifindex, true));
+            if let Err(error) = self.datapath.set_report_targets(&targets) {
+                warn!("report targets: {error:#}");
+                self.count("datapath_write_errors");
+            }
+        }
         for group in groups {
             let mut targets: Vec<(u32, bool)> = Vec::new();
             if let Some(members) = self.snooper.groups().get(&group) {

@@ -23,7 +23,7 @@ use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
     TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
     MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
-    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -317,6 +317,27 @@ impl Datapath {
             }
         }
         self.group_ports.insert(key, value, 0).with_context(|| format!("writing the ports of {group}"))
+    }
+
+    /// Where redirect mode copies reports and leaves: (ifindex, to its ingress).
+    pub fn set_report_targets(&mut self, targets: &[(u32, bool)]) -> Result<()> {
+        if targets.is_empty() || targets.len() > MAX_FANOUT {
+            return remove_if_present(self.group_ports.remove(&REPORT_TARGETS));
+        }
+        let mut value = GroupPorts {
+            count: targets.len() as u32,
+            ingress_mask: 0,
+            traffic_slot: NO_SLOT,
+            bridge_ports: self.links.len() as u32,
+            ifindexes: [0; MAX_FANOUT],
+        };
+        for (i, (ifindex, to_ingress)) in targets.iter().enumerate() {
+            value.ifindexes[i] = *ifindex;
+            if *to_ingress {
+                value.ingress_mask |= 1 << i;
+            }
+        }
+        self.group_ports.insert(REPORT_TARGETS, value, 0).context("writing the report targets")
     }
 
     /// Groups with redirect targets (from this or a previous run).

@@ -564,8 +564,8 @@ fn scale(settings: &Settings) -> Result<()> {
         sent_in.as_secs_f64(),
     );
     println!(
-        "   absorbed end to end at {:.0} reports/s (bound by the bridge flooding each report to {ports} ports); \
-         the controller used {controller_cpu:.2} CPU s: {:.0} reports per controller CPU second",
+        "   absorbed end to end at {:.0} reports/s; the controller used {controller_cpu:.2} CPU s: \
+         {:.0} reports per controller CPU second",
         events as f64 / absorbed_in.as_secs_f64(),
         events as f64 / controller_cpu.max(0.01),
     );
