@@ -249,7 +249,7 @@ fn program_cost(settings: &Settings) -> Result<()> {
         // Includes making and transmitting the copy to p1 (h1 really receives them).
         ("data, joined group (ingress, redirect to 1 port)", PROG_INGRESS, data(G), p0, repeat / 10),
         // Each run hands a frame to the controller's ring; keep the run short enough not to fill it.
-        ("IGMPv3 report (ingress, captured)", PROG_INGRESS, report, p1, 2_000),
+        ("IGMPv3 report (ingress, captured, copied to the bridge device)", PROG_INGRESS, report, p1, 2_000),
         ("non-IP frame (egress)", PROG_EGRESS, arp, p1, repeat),
     ];
     let results = in_netns(&lab.bridge_netns, move || -> Result<Vec<(String, u32, u32)>> {
