@@ -302,21 +302,9 @@ impl Datapath {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
             return remove_if_present(self.group_ports.remove(&key));
         }
-        let mut value = GroupPorts {
-            count: targets.len() as u32,
-            ingress_mask: 0,
-            // Written before the group's registration: the slot may be new.
-            traffic_slot: self.group_slot(group)?,
-            bridge_ports: self.links.len() as u32,
-            ifindexes: [0; MAX_FANOUT],
-        };
-        for (i, (ifindex, to_ingress)) in targets.iter().enumerate() {
-            value.ifindexes[i] = *ifindex;
-            if *to_ingress {
-                value.ingress_mask |= 1 << i;
-            }
-        }
-        self.group_ports.insert(key, value, 0).with_context(|| format!("writing the ports of {group}"))
+        // Written before the group's registration: the slot may be new.
+        let slot = self.group_slot(group)?;
+        self.write_targets(key, targets, slot).with_context(|| format!("writing the ports of {group}"))
     }
 
     /// Where redirect mode copies reports and leaves: (ifindex, to its ingress).
@@ -324,10 +312,15 @@ impl Datapath {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
             return remove_if_present(self.group_ports.remove(&REPORT_TARGETS));
         }
+        self.write_targets(REPORT_TARGETS, targets, NO_SLOT).context("writing the report targets")
+    }
+
+    /// Writes one copy list; `targets` holds 1..=MAX_FANOUT entries.
+    fn write_targets(&mut self, key: GroupKey, targets: &[(u32, bool)], traffic_slot: u32) -> Result<()> {
         let mut value = GroupPorts {
             count: targets.len() as u32,
             ingress_mask: 0,
-            traffic_slot: NO_SLOT,
+            traffic_slot,
             bridge_ports: self.links.len() as u32,
             ifindexes: [0; MAX_FANOUT],
         };
@@ -337,7 +330,7 @@ impl Datapath {
                 value.ingress_mask |= 1 << i;
             }
         }
-        self.group_ports.insert(REPORT_TARGETS, value, 0).context("writing the report targets")
+        Ok(self.group_ports.insert(key, value, 0)?)
     }
 
     /// Groups with redirect targets (from this or a previous run).
