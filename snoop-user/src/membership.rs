@@ -573,8 +573,9 @@ impl Snooper {
         self.ports.get(&port).map_or(0, |p| p.groups)
     }
 
-    /// Groups with at least one member port, for display.
-    pub fn group_ports(&self, group: Ipv4Addr) -> BTreeSet<u32> {
+    /// The member ports of `group` (used by the tests).
+    #[cfg(test)]
+    fn group_ports(&self, group: Ipv4Addr) -> BTreeSet<u32> {
         self.groups.get(&group).map(|p| p.keys().copied().collect()).unwrap_or_default()
     }
 }

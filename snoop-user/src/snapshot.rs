@@ -88,8 +88,8 @@ pub struct MemberView {
     pub forwarded_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
 /// Traffic sent to one member port for one group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrafficView {
     pub group: Ipv4Addr,
     pub ifindex: u32,

@@ -94,7 +94,3 @@ pub fn stat(lab: &Lab, section: &str, name: &str) -> Result<u64> {
     let stats = lab.snoop_show(&snoop_bin(), "stats")?;
     Ok(stats[section][name].as_u64().unwrap_or(0))
 }
-
-pub fn s(x: &str) -> String {
-    x.to_owned()
-}
