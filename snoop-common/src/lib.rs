@@ -126,7 +126,7 @@ pub const CONFIG_REDIRECT: u32 = 2;
 
 /// Most ports one group can be copied to in redirect mode; groups with more
 /// member and router ports take the bridge path. (64 also passes the
-/// verifier on 6.18; 32 keeps each group's entry at 144 bytes.)
+/// verifier on 6.18; 32 keeps each group's entry at 160 bytes.)
 pub const MAX_FANOUT: usize = 32;
 
 /// Key of the [`MAP_GROUP_PORTS`] entry listing where redirect mode copies
@@ -146,6 +146,17 @@ pub struct GroupPorts {
     pub traffic_slot: u32,
     /// Ports of the bridge snoop manages: a packet spares those it is not copied to.
     pub bridge_ports: u32,
+    /// 1: the last target is a veth port whose peer lives in another network
+    /// namespace, and no qdisc of its own: the packet itself (not a clone) goes
+    /// straight into the peer's ingress (bpf_redirect_peer), skipping the
+    /// port's transmit path, its egress program and a backlog queue pass.
+    pub last_to_peer: u32,
+    /// Counters for that last copy, which no egress program sees: its
+    /// membership's slot in [`MAP_MEMBER_TRAFFIC`] (a member port) or its
+    /// port's slot in [`MAP_PORT_TRAFFIC`] (a router port); the other is [`NO_SLOT`].
+    pub last_member_slot: u32,
+    pub last_port_slot: u32,
+    pub _pad: u32,
     pub ifindexes: [u32; MAX_FANOUT],
 }
 
@@ -291,5 +302,6 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<GroupKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
 const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
+const _: () = assert!(core::mem::size_of::<GroupPorts>() == 32 + 4 * MAX_FANOUT);
 const _: () = assert!(core::mem::size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
 const _: () = assert!(core::mem::size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);

@@ -140,8 +140,11 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
 
 /// Redirect mode: copies a registered group's packet to its ports and
 /// consumes the original, so the bridge never clones it for ports that would
-/// only drop it. Anything else (unregistered groups, more ports than
-/// MAX_FANOUT, no controller) takes the bridge path.
+/// only drop it. When the list ends with a veth port whose peer is in another
+/// namespace, that port gets the original itself, handed to the peer's
+/// ingress: one clone, one transmit and one backlog pass fewer. Anything else
+/// (unregistered groups, more ports than MAX_FANOUT, no controller) takes the
+/// bridge path.
 #[inline(always)]
 fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let Some(config) = SNOOP_CONFIG.get(0) else { return TC_ACT_OK };
@@ -152,11 +155,25 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(GroupKey::ipv4(dst, VLAN_NONE)) }) else {
         return TC_ACT_OK;
     };
-    let copies = copy_to(ctx, ports);
-    if copies == 0 && ports.ingress_mask == 0 {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
+    // The sender's own port never gets its packet back, so then every copy is a clone.
+    let last_to_peer = ports.last_to_peer != 0 && last != ingress;
+    let clones = if last_to_peer { ports.count - 1 } else { ports.count };
+    let mut copies = copy_to(ctx, ports, ingress, clones);
+    if copies == 0 && ports.ingress_mask == 0 && !last_to_peer {
         // No copy made (every one failed as a port vanished, or the sender's
         // is the only port): the bridge path delivers it, correctly if slower.
         return TC_ACT_OK;
+    }
+    let bytes = u64::from(ctx.len());
+    if last_to_peer {
+        // No egress program sees this copy: count it here.
+        copies += 1;
+        count(Counter::DataForwarded);
+        count_traffic(&SNOOP_MEMBER_TRAFFIC, ports.last_member_slot, 1, bytes, true);
+        count_traffic(&SNOOP_PORT_TRAFFIC, ports.last_port_slot, 1, bytes, true);
     }
     count(Counter::Redirected);
     count_n(Counter::RedirectCopies, u64::from(copies));
@@ -164,28 +181,24 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let spared = ports.bridge_ports.saturating_sub(copies + 1);
     if spared > 0 {
         count_n(Counter::DataPruned, u64::from(spared));
-        count_traffic(
-            &SNOOP_GROUP_TRAFFIC,
-            ports.traffic_slot,
-            u64::from(spared),
-            u64::from(ctx.len()) * u64::from(spared),
-            false,
-        );
+        count_traffic(&SNOOP_GROUP_TRAFFIC, ports.traffic_slot, u64::from(spared), bytes * u64::from(spared), false);
+    }
+    if last_to_peer {
+        // SAFETY: plain helper call; TC_ACT_REDIRECT is its result.
+        return unsafe { aya_ebpf::helpers::bpf_redirect_peer(last, 0) } as i32;
     }
     // The copies carry it on. (TCX knows only OK/SHOT/REDIRECT/NEXT; any
     // other code, TC_ACT_STOLEN included, would pass it to the bridge too.)
     TC_ACT_SHOT
 }
 
-/// Copies the frame to every port in `ports` but the one it came from.
-/// Returns the copies made to bridge ports (not to the bridge device).
+/// Clones the frame to the first `limit` ports in `ports` but the one it came
+/// from. Returns the copies made to bridge ports (not to the bridge device).
 #[inline(always)]
-fn copy_to(ctx: &TcContext, ports: &GroupPorts) -> u32 {
-    // SAFETY: ctx.skb.skb is the program's context pointer.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32) -> u32 {
     let mut copies = 0u32;
     for i in 0..MAX_FANOUT {
-        if i as u32 >= ports.count {
+        if i as u32 >= limit {
             break;
         }
         let Some(&target) = ports.ifindexes.get(i) else { break };
@@ -214,7 +227,9 @@ fn redirect_reports(ctx: &TcContext) -> i32 {
     let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(REPORT_TARGETS) }) else {
         return TC_ACT_OK;
     };
-    let copies = copy_to(ctx, targets);
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let copies = copy_to(ctx, targets, ingress, targets.count);
     count_n(Counter::RedirectCopies, u64::from(copies));
     TC_ACT_SHOT
 }
@@ -445,8 +460,11 @@ fn controller_gone(config: Option<&DatapathConfig>) -> bool {
     if config.failsafe_ns == 0 {
         return false;
     }
+    // The coarse clock (CLOCK_MONOTONIC_COARSE) is a memory read, not a clock
+    // source read, and this runs for every redirected packet; a tick of lag
+    // is nothing next to a failsafe time of seconds.
     // SAFETY: plain helper call.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
     now.saturating_sub(config.heartbeat_ns) > config.failsafe_ns
 }
 

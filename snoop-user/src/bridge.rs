@@ -17,6 +17,10 @@ use rtnetlink::{
 pub struct Port {
     pub ifindex: u32,
     pub name: String,
+    /// A veth whose peer is in another network namespace and which has no
+    /// qdisc: redirect mode may hand packets straight to the peer's ingress
+    /// (the kernel's bpf_redirect_peer needs both; a qdisc would be bypassed).
+    pub peer_redirect: bool,
 }
 
 /// The bridge snoop runs on.
@@ -97,7 +101,10 @@ impl Netlink {
                     _ => None,
                 })
                 .unwrap_or_default();
-            ports.push(Port { ifindex: link.header.index, name });
+            let peer_redirect = link_kind(&link) == Some(&InfoKind::Veth)
+                && link.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)))
+                && link.attributes.iter().any(|a| matches!(a, LinkAttribute::Qdisc(q) if q == "noqueue"));
+            ports.push(Port { ifindex: link.header.index, name, peer_redirect });
         }
         ports.sort();
         Ok(ports)
@@ -166,9 +173,16 @@ impl Netlink {
 }
 
 fn is_bridge(link: &LinkMessage) -> bool {
-    link.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => infos.contains(&LinkInfo::Kind(InfoKind::Bridge)),
-        _ => false,
+    link_kind(link) == Some(&InfoKind::Bridge)
+}
+
+fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(kind) => Some(kind),
+            _ => None,
+        }),
+        _ => None,
     })
 }
 

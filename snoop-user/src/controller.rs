@@ -22,7 +22,7 @@ use tokio::{
 
 use crate::{
     bridge::{local_groups, Bridge, Netlink, Port},
-    datapath::{monotonic_now_ns, Datapath},
+    datapath::{monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
     igmp,
     membership::RemoveReason,
@@ -347,20 +347,20 @@ impl Controller {
         if all {
             // Reports and leaves: to router ports, and up to the bridge
             // device (a multicast routing daemon on it needs them).
-            let mut targets: Vec<(u32, bool)> = routers.iter().map(|r| (*r, false)).collect();
-            targets.push((self.bridge.ifindex, true));
+            let mut targets: Vec<CopyTarget> = routers.iter().map(|r| CopyTarget::Router(*r)).collect();
+            targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
             if let Err(error) = self.datapath.set_report_targets(&targets) {
                 warn!("report targets: {error:#}");
                 self.count("datapath_write_errors");
             }
         }
         for group in groups {
-            let mut targets: Vec<(u32, bool)> = Vec::new();
+            let mut targets: Vec<CopyTarget> = Vec::new();
             if let Some(members) = self.snooper.groups().get(&group) {
-                targets.extend(members.keys().map(|port| (*port, false)));
-                targets.extend(routers.iter().filter(|r| !members.contains_key(r)).map(|r| (*r, false)));
+                targets.extend(members.keys().map(|port| CopyTarget::Member(*port)));
+                targets.extend(routers.iter().filter(|r| !members.contains_key(r)).map(|r| CopyTarget::Router(*r)));
                 if self.local_groups.contains(&group) {
-                    targets.push((self.bridge.ifindex, true));
+                    targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
                 }
             }
             if let Err(error) = self.datapath.set_group_ports(group, &targets) {
@@ -477,7 +477,7 @@ impl Controller {
         }
         let ports = self.netlink.ports(&self.bridge).await?;
         let mut ports_changed = false;
-        for Port { ifindex, name } in &ports {
+        for Port { ifindex, name, .. } in &ports {
             if self.port_names.contains_key(ifindex) {
                 continue;
             }
@@ -497,6 +497,10 @@ impl Controller {
             info!("port {} left the bridge", self.port_name(ifindex));
             self.port_names.remove(&ifindex);
             self.port_malformed.remove(&ifindex);
+            ports_changed = true;
+        }
+        let peer_ports = ports.iter().filter(|p| p.peer_redirect).map(|p| p.ifindex).collect();
+        if self.datapath.set_peer_ports(peer_ports) {
             ports_changed = true;
         }
         if ports_changed {

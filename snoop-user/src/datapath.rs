@@ -3,7 +3,7 @@
 //! directory per bridge, so a restarted snoop adopts them without a gap in
 //! forwarding, and a clean exit removes every one of them.
 use std::{
-    collections::{BTreeMap, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     fs, io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -39,6 +39,34 @@ struct PortLinks {
     egress: PinnedLink,
 }
 
+/// One place redirect mode copies a frame to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyTarget {
+    /// A port with a member of the group.
+    Member(u32),
+    /// A router port (without a member).
+    Router(u32),
+    /// The bridge device itself, for the bridge host's own sockets: the copy
+    /// goes to its ingress.
+    BridgeDevice(u32),
+}
+
+impl CopyTarget {
+    pub fn ifindex(self) -> u32 {
+        match self {
+            CopyTarget::Member(i) | CopyTarget::Router(i) | CopyTarget::BridgeDevice(i) => i,
+        }
+    }
+
+    /// The bridge port, for a member or router port.
+    fn port(self) -> Option<u32> {
+        match self {
+            CopyTarget::Member(i) | CopyTarget::Router(i) => Some(i),
+            CopyTarget::BridgeDevice(_) => None,
+        }
+    }
+}
+
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
@@ -58,6 +86,8 @@ pub struct Datapath {
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     events: Option<RingBuf<MapData>>,
     links: BTreeMap<u32, PortLinks>,
+    /// Ports whose copies can go straight to their veth peer (see GroupPorts::last_to_peer).
+    peer_ports: BTreeSet<u32>,
     /// Last config written; heartbeats rewrite it with a new time.
     config_value: DatapathConfig,
     control_rate_limit: u32,
@@ -108,6 +138,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             links: BTreeMap::new(),
+            peer_ports: BTreeSet::new(),
             config_value: DatapathConfig::default(),
             control_rate_limit: 0,
         };
@@ -250,14 +281,7 @@ impl Datapath {
     }
 
     pub fn set_member(&mut self, group: Ipv4Addr, port: u32, version: u8, expires_ns: u64) -> Result<()> {
-        let traffic_slot = match self.member_slots.get(&(group, port)) {
-            Some(slot) => *slot,
-            None => {
-                let slot = self.member_traffic.take()?;
-                self.member_slots.insert((group, port), slot);
-                slot
-            }
-        };
+        let traffic_slot = self.member_slot(group, port)?;
         let value = MemberValue { expires_ns, version, _pad: [0; 3], traffic_slot };
         self.members
             .insert(member_key(group, port), value, 0)
@@ -269,6 +293,17 @@ impl Datapath {
             self.member_traffic.give_back(slot);
         }
         remove_if_present(self.members.remove(&member_key(group, port)))
+    }
+
+    /// The membership's traffic slot, taken on first use (by whichever of its
+    /// member entry and its group's copy list is written first).
+    fn member_slot(&mut self, group: Ipv4Addr, port: u32) -> Result<u32> {
+        if let Some(slot) = self.member_slots.get(&(group, port)) {
+            return Ok(*slot);
+        }
+        let slot = self.member_traffic.take()?;
+        self.member_slots.insert((group, port), slot);
+        Ok(slot)
     }
 
     /// The group's traffic slot, taken on first use.
@@ -295,38 +330,71 @@ impl Datapath {
         remove_if_present(self.groups.remove(&GroupKey::ipv4(group.octets(), VLAN_NONE)))
     }
 
-    /// Where redirect mode copies `group`: (ifindex, to its ingress) pairs.
-    /// No targets, or more than MAX_FANOUT, leave the group to the bridge path.
-    pub fn set_group_ports(&mut self, group: Ipv4Addr, targets: &[(u32, bool)]) -> Result<()> {
+    /// Where redirect mode copies `group`. No targets, or more than
+    /// MAX_FANOUT, leave the group to the bridge path.
+    pub fn set_group_ports(&mut self, group: Ipv4Addr, targets: &[CopyTarget]) -> Result<()> {
         let key = GroupKey::ipv4(group.octets(), VLAN_NONE);
         if targets.is_empty() || targets.len() > MAX_FANOUT {
             return remove_if_present(self.group_ports.remove(&key));
         }
         // Written before the group's registration: the slot may be new.
         let slot = self.group_slot(group)?;
-        self.write_targets(key, targets, slot).with_context(|| format!("writing the ports of {group}"))
+        self.write_targets(key, Some(group), targets, slot).with_context(|| format!("writing the ports of {group}"))
     }
 
-    /// Where redirect mode copies reports and leaves: (ifindex, to its ingress).
-    pub fn set_report_targets(&mut self, targets: &[(u32, bool)]) -> Result<()> {
+    /// Where redirect mode copies reports and leaves.
+    pub fn set_report_targets(&mut self, targets: &[CopyTarget]) -> Result<()> {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
             return remove_if_present(self.group_ports.remove(&REPORT_TARGETS));
         }
-        self.write_targets(REPORT_TARGETS, targets, NO_SLOT).context("writing the report targets")
+        self.write_targets(REPORT_TARGETS, None, targets, NO_SLOT).context("writing the report targets")
     }
 
-    /// Writes one copy list; `targets` holds 1..=MAX_FANOUT entries.
-    fn write_targets(&mut self, key: GroupKey, targets: &[(u32, bool)], traffic_slot: u32) -> Result<()> {
+    /// Sets the ports whose copies may go straight to their veth peer;
+    /// returns whether that changed (every copy list then needs rewriting).
+    pub fn set_peer_ports(&mut self, ports: BTreeSet<u32>) -> bool {
+        let changed = ports != self.peer_ports;
+        self.peer_ports = ports;
+        changed
+    }
+
+    /// Writes one copy list; `targets` holds 1..=MAX_FANOUT entries. For a
+    /// group, a port reachable through its veth peer goes last, so the data
+    /// path can hand it the packet itself instead of one more clone.
+    fn write_targets(
+        &mut self,
+        key: GroupKey,
+        group: Option<Ipv4Addr>,
+        targets: &[CopyTarget],
+        traffic_slot: u32,
+    ) -> Result<()> {
+        let mut ordered = targets.to_vec();
+        let peer =
+            group.and_then(|_| ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p))));
+        let (mut last_member_slot, mut last_port_slot) = (NO_SLOT, NO_SLOT);
+        if let (Some(index), Some(group)) = (peer, group) {
+            let last = ordered.remove(index);
+            match last {
+                CopyTarget::Member(port) => last_member_slot = self.member_slot(group, port)?,
+                CopyTarget::Router(port) => last_port_slot = self.port_slots.get(&port).copied().unwrap_or(NO_SLOT),
+                CopyTarget::BridgeDevice(_) => {} // never chosen: it has no peer
+            }
+            ordered.push(last);
+        }
         let mut value = GroupPorts {
-            count: targets.len() as u32,
+            count: ordered.len() as u32,
             ingress_mask: 0,
             traffic_slot,
             bridge_ports: self.links.len() as u32,
+            last_to_peer: u32::from(peer.is_some()),
+            last_member_slot,
+            last_port_slot,
+            _pad: 0,
             ifindexes: [0; MAX_FANOUT],
         };
-        for (i, (ifindex, to_ingress)) in targets.iter().enumerate() {
-            value.ifindexes[i] = *ifindex;
-            if *to_ingress {
+        for (i, target) in ordered.iter().enumerate() {
+            value.ifindexes[i] = target.ifindex();
+            if matches!(target, CopyTarget::BridgeDevice(_)) {
                 value.ingress_mask |= 1 << i;
             }
         }

@@ -9,7 +9,10 @@ use std::{
 
 use anyhow::Result;
 use snoop::igmp;
-use snoop_tests::{lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions};
+use snoop_tests::{
+    lab::{self, Lab},
+    map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
+};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const G_SAME_MAC: Ipv4Addr = Ipv4Addr::new(239, 129, 1, 1);
@@ -308,5 +311,48 @@ fn fast_leave_removes_at_once_without_queries() -> Result<()> {
     drop(m1);
     wait_for_members(&lab, G, &["p2"], Duration::from_millis(1000))?;
     assert_eq!(stat(&lab, "controller", "group_queries_sent")?, 0);
+    Ok(())
+}
+
+/// `tc -s` packets through `port`'s root qdisc, or its tx counter with none.
+fn port_sent(lab: &Lab, port: &str) -> Result<u64> {
+    let qdisc: serde_json::Value = serde_json::from_str(&lab::run(
+        "tc",
+        &["-n", &lab.bridge_netns, "-s", "-j", "qdisc", "show", "dev", port, "root"],
+    )?)?;
+    qdisc[0]["packets"].as_u64().ok_or_else(|| anyhow::anyhow!("no packet count for {port}'s qdisc"))
+}
+
+fn port_tx_packets(lab: &Lab, port: &str) -> Result<u64> {
+    let link: serde_json::Value = serde_json::from_str(&lab.ip_br(&["-s", "-j", "link", "show", port])?)?;
+    link[0]["stats64"]["tx"]["packets"].as_u64().ok_or_else(|| anyhow::anyhow!("no tx counter for {port}"))
+}
+
+#[test]
+fn fast_path_hands_one_copy_to_a_veth_peer_but_never_skips_a_qdisc() -> Result<()> {
+    let mut lab = lab("peer", 4, LabOptions::default())?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--port-scan-interval", "200ms"]].concat())?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+
+    // Both ports are plain veths: one copy goes straight into its host,
+    // past the port's transmit path (its tx counter does not move).
+    let before = [port_tx_packets(&lab, "p1")?, port_tx_packets(&lab, "p2")?];
+    assert_eq!(blast(&lab, &["h1", "h2", "h3"], &[G], 100)?, [[100], [100], [0]]);
+    let moved = [port_tx_packets(&lab, "p1")? - before[0], port_tx_packets(&lab, "p2")? - before[1]];
+    assert!(moved.iter().any(|m| *m < 100), "no copy skipped a port's transmit path: {moved:?}");
+    assert!(stat(&lab, "datapath", "redirected")? >= 100);
+
+    // A qdisc on a port (shaping, say) must see every packet for that port.
+    for port in ["p1", "p2"] {
+        lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "add", "dev", port, "root", "pfifo"])?;
+    }
+    thread::sleep(Duration::from_secs(1)); // a few port scans
+    assert_eq!(blast(&lab, &["h1", "h2", "h3"], &[G], 100)?, [[100], [100], [0]]);
+    for port in ["p1", "p2"] {
+        let sent = port_sent(&lab, port)?;
+        assert!(sent >= 100, "{port}'s qdisc saw {sent} packets, its host got 100");
+    }
     Ok(())
 }
