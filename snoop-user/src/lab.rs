@@ -27,6 +27,8 @@ use crate::frame_sender::FrameSender;
 
 /// UDP port of the lab's group traffic.
 pub const DATA_PORT: u16 = 5001;
+/// nftables table of a host's data counter (and sink).
+const SINK_TABLE: &str = "snoop_lab_count";
 /// Bridge name inside the bridge namespace.
 pub const BRIDGE: &str = "br0";
 /// Namespace prefix of every lab, so leftovers of a killed run are found.
@@ -250,6 +252,44 @@ impl Lab {
         self.raw_sender(host)?.send(ip_packet)
     }
 
+    /// Counts the lab's group traffic (UDP to the data port) arriving at
+    /// `host`'s interface, in an nftables ingress hook that sees every way a
+    /// frame can arrive. With `drop`, the host is a traffic sink: the packets
+    /// stop there, before its IP stack, so in throughput runs the hosts' own
+    /// receive work does not compete with the switch for the CPUs.
+    pub fn count_udp(&self, host: &str, drop: bool) -> Result<()> {
+        let netns = &self.host(host).netns;
+        let port = DATA_PORT.to_string();
+        let mut rule = vec!["add", "rule", "netdev", SINK_TABLE, "in", "udp", "dport", &port, "counter"];
+        if drop {
+            rule.push("drop");
+        }
+        for command in [
+            &["add", "table", "netdev", SINK_TABLE][..],
+            &["add", "chain", "netdev", SINK_TABLE, "in", "{ type filter hook ingress device eth0 priority 0; }"],
+            &rule,
+        ] {
+            run("ip", &[&["netns", "exec", netns, "nft"][..], command].concat())?;
+        }
+        Ok(())
+    }
+
+    /// Packets [`Lab::count_udp`] has counted at `host`.
+    pub fn counted_udp(&self, host: &str) -> Result<u64> {
+        let out = run(
+            "ip",
+            &["netns", "exec", &self.host(host).netns, "nft", "-j", "list", "chain", "netdev", SINK_TABLE, "in"],
+        )?;
+        let json: serde_json::Value = serde_json::from_str(&out)?;
+        json["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|item| item["rule"]["expr"].as_array().cloned().unwrap_or_default())
+            .find_map(|expr| expr["counter"]["packets"].as_u64())
+            .with_context(|| format!("no nftables counter on {host}"))
+    }
+
     /// A raw IP sender on `host` that needs no borrow of the lab (for a thread).
     pub fn raw_sender(&self, host: &str) -> Result<RawSender> {
         let host = self.host(host).clone();
@@ -263,16 +303,55 @@ pub struct RawSender(FrameSender);
 impl RawSender {
     /// Sends `ip_packet` in a frame to the multicast MAC of its destination.
     pub fn send(&self, ip_packet: &[u8]) -> Result<()> {
-        if ip_packet.len() < 20 {
-            bail!("an IPv4 packet needs at least 20 bytes");
-        }
-        let d = &ip_packet[16..20];
-        let mut frame = vec![0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
-        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
-        frame.extend_from_slice(&0x0800u16.to_be_bytes());
-        frame.extend_from_slice(ip_packet);
-        Ok(self.0.send(&frame)?)
+        Ok(self.0.send(&multicast_frame(ip_packet)?)?)
     }
+
+    /// Sends `ip_packet` as fast as one thread can (sendmmsg of 64 frames,
+    /// the qdisc bypassed) until `duration` has passed; returns the frames
+    /// sent. A traffic generator far cheaper per packet than a UDP socket, so
+    /// what is measured is mostly the switch.
+    pub fn blast(&self, ip_packet: &[u8], duration: Duration) -> Result<u64> {
+        let frame = multicast_frame(ip_packet)?;
+        self.0.bypass_qdisc()?;
+        let deadline = Instant::now() + duration;
+        let mut sent = 0u64;
+        while Instant::now() < deadline {
+            // A full transmit path (ENOBUFS) is a frame not sent, not an error.
+            sent += self.0.send_copies(&frame, 64).unwrap_or(0) as u64;
+        }
+        Ok(sent)
+    }
+}
+
+/// `ip_packet` in an Ethernet frame to the multicast MAC of its destination.
+pub fn multicast_frame(ip_packet: &[u8]) -> Result<Vec<u8>> {
+    if ip_packet.len() < 20 {
+        bail!("an IPv4 packet needs at least 20 bytes");
+    }
+    let d = &ip_packet[16..20];
+    let mut frame = vec![0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
+    frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    frame.extend_from_slice(&0x0800u16.to_be_bytes());
+    frame.extend_from_slice(ip_packet);
+    Ok(frame)
+}
+
+/// An IPv4 UDP packet (TTL 1) from `source` to `group`'s data port with
+/// `payload` bytes: the lab's group traffic, for raw senders.
+pub fn udp_packet(source: Ipv4Addr, group: Ipv4Addr, payload: usize) -> Vec<u8> {
+    let total = 20 + 8 + payload;
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 1, 17, 0, 0];
+    packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&group.octets());
+    let sum = crate::igmp::internet_checksum(&packet);
+    packet[10..12].copy_from_slice(&sum.to_be_bytes());
+    packet.extend_from_slice(&DATA_PORT.to_be_bytes());
+    packet.extend_from_slice(&DATA_PORT.to_be_bytes());
+    packet.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]); // no UDP checksum
+    packet.resize(total, 0x5a);
+    packet
 }
 
 /// An IPv4 packet (TTL 1, Router Alert) holding an IGMPv3 report with one

@@ -98,7 +98,8 @@ fn main() -> Result<()> {
     }
 }
 
-/// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2.
+/// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2,
+/// nftables (the labs count and sink group traffic at hosts with it).
 fn setup() -> Result<()> {
     let mut apt = Apt::default();
     if bpf_toolchain::find().is_none() {
@@ -128,6 +129,9 @@ fn setup() -> Result<()> {
     }
     if bpf_toolchain::which("ip").is_none() || bpf_toolchain::which("tc").is_none() {
         apt.install(&["iproute2"])?;
+    }
+    if bpf_toolchain::which("nft").is_none() {
+        apt.install(&["nftables"])?;
     }
     Ok(())
 }
