@@ -7,9 +7,9 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{BridgeStpState, InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage},
+        link::{BridgeStpState, InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage, State},
     },
-    Handle, LinkBridge, LinkMessageBuilder,
+    Handle, LinkBridge, LinkMessageBuilder, MulticastGroup,
 };
 
 /// A bridge port.
@@ -17,9 +17,11 @@ use rtnetlink::{
 pub struct Port {
     pub ifindex: u32,
     pub name: String,
-    /// A veth whose peer is in another network namespace and which has no
-    /// qdisc: redirect mode may hand packets straight to the peer's ingress
-    /// (the kernel's bpf_redirect_peer needs both; a qdisc would be bypassed).
+    /// An operationally up veth whose peer is in another network namespace
+    /// and which has no qdisc: redirect mode may hand packets straight to the
+    /// peer's ingress. (The kernel's bpf_redirect_peer needs the other
+    /// namespace; it would bypass a qdisc, and it checks only that the peer is
+    /// up, so a port set down must stop qualifying.)
     pub peer_redirect: bool,
 }
 
@@ -41,6 +43,16 @@ impl Netlink {
         let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
         tokio::spawn(connection);
         Ok(Self { handle })
+    }
+
+    /// A stream that yields whenever a link of the current network namespace
+    /// is added, removed or changes (state, master, qdisc...): ports are
+    /// rescanned at once instead of at the next periodic scan.
+    pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
+        let (connection, _, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+            .context("subscribing to rtnetlink link events")?;
+        tokio::spawn(connection);
+        Ok(futures::StreamExt::map(messages, |_| ()))
     }
 
     /// Looks the bridge up; a clear error if it is missing or not a bridge.
@@ -103,7 +115,8 @@ impl Netlink {
                 .unwrap_or_default();
             let peer_redirect = link_kind(&link) == Some(&InfoKind::Veth)
                 && link.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)))
-                && link.attributes.iter().any(|a| matches!(a, LinkAttribute::Qdisc(q) if q == "noqueue"));
+                && link.attributes.iter().any(|a| matches!(a, LinkAttribute::Qdisc(q) if q == "noqueue"))
+                && link.attributes.contains(&LinkAttribute::OperState(State::Up));
             ports.push(Port { ifindex: link.header.index, name, peer_redirect });
         }
         ports.sort();

@@ -10,6 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
+use futures::{FutureExt as _, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{CapturedFrame, Counter, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER};
 use tokio::{
@@ -196,6 +197,13 @@ impl Controller {
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut port_scan = tokio::time::interval(self.config.port_scan_interval);
+        let mut link_changes = match Netlink::link_changes() {
+            Ok(changes) => Some(changes),
+            Err(e) => {
+                warn!("{e:#}; ports are rescanned every {:?} only", self.config.port_scan_interval);
+                None
+            }
+        };
         let (snapshot_requests, mut snapshot_queue) = mpsc::channel::<SnapshotRequest>(64);
         if let Some(addr) = self.config.metrics {
             let metrics_listener =
@@ -237,6 +245,11 @@ impl Controller {
                     guard.clear_ready();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
+                Some(()) = async { link_changes.as_mut().expect("guarded").next().await }, if link_changes.is_some() => {
+                    // A burst of changes (a container starting) is one rescan.
+                    while let Some(Some(())) = link_changes.as_mut().and_then(|c| c.next().now_or_never()) {}
+                    self.sync_ports().await?;
+                }
                 _ = port_scan.tick() => {
                     self.sync_ports().await?;
                     self.refresh_local_groups();

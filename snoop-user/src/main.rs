@@ -148,7 +148,8 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
-    /// How often to look for ports added to or removed from the bridge.
+    /// How often to rescan the bridge's ports (every rtnetlink link change
+    /// triggers a rescan too; this catches anything an event could miss).
     #[arg(long, default_value = "1s", value_parser = duration)]
     port_scan_interval: Duration,
 }

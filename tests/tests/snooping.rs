@@ -356,3 +356,24 @@ fn fast_path_hands_one_copy_to_a_veth_peer_but_never_skips_a_qdisc() -> Result<(
     }
     Ok(())
 }
+
+#[test]
+fn a_port_set_down_gets_nothing_and_is_noticed_without_waiting_for_a_scan() -> Result<()> {
+    let mut lab = lab("portdown", 4, LabOptions::default())?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    // p2 has a qdisc, so p1 is the port whose copies go straight to its peer.
+    lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "add", "dev", "p2", "root", "pfifo"])?;
+    // Scans far apart: only rtnetlink link events can make snoop notice in time.
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--port-scan-interval", "60s"]].concat())?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    assert_eq!(blast(&lab, &["h1", "h2", "h3"], &[G], 100)?, [[100], [100], [0]]);
+
+    lab.ip_br(&["link", "set", "p1", "down"])?;
+    thread::sleep(SETTLE);
+    assert_eq!(blast(&lab, &["h1", "h2", "h3"], &[G], 100)?, [[0], [100], [0]]);
+
+    lab.ip_br(&["link", "set", "p1", "up"])?;
+    wait_until("p1 forwarding again", Duration::from_secs(5), || Ok(blast(&lab, &["h1"], &[G], 10)? == [[10]]))?;
+    Ok(())
+}
