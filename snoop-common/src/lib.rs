@@ -116,6 +116,11 @@ pub struct DatapathConfig {
     /// With no heartbeat for this long the controller counts as gone and the
     /// data path stops pruning (floods like a plain bridge). 0: never.
     pub failsafe_ns: u64,
+    /// With no heartbeat for this long, copies are no longer handed to a
+    /// veth peer (see [`GroupPorts::last_to_peer`]) but cloned through the
+    /// port's transmit path: only a running controller notices a port set
+    /// down, and the transmit path drops what a down port is sent. 0: no limit.
+    pub handover_ns: u64,
 }
 
 /// Groups nobody has joined are flooded (off: sent to router ports only).

@@ -148,7 +148,8 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let Some(config) = SNOOP_CONFIG.get(0) else { return TC_ACT_OK };
-    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(Some(config)) {
+    let heartbeat_age = heartbeat_age_ns(config);
+    if config.flags & CONFIG_REDIRECT == 0 || (config.failsafe_ns != 0 && heartbeat_age > config.failsafe_ns) {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
@@ -159,7 +160,8 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
     // The sender's own port never gets its packet back, so then every copy is a clone.
-    let last_to_peer = ports.last_to_peer != 0 && last != ingress;
+    let fresh = config.handover_ns == 0 || heartbeat_age <= config.handover_ns;
+    let last_to_peer = ports.last_to_peer != 0 && last != ingress && fresh;
     let clones = if last_to_peer { ports.count - 1 } else { ports.count };
     let mut copies = copy_to(ctx, ports, ingress, clones);
     if copies == 0 && ports.ingress_mask == 0 && !last_to_peer {
@@ -457,15 +459,17 @@ fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
 #[inline(always)]
 fn controller_gone(config: Option<&DatapathConfig>) -> bool {
     let Some(config) = config else { return false };
-    if config.failsafe_ns == 0 {
-        return false;
-    }
+    config.failsafe_ns != 0 && heartbeat_age_ns(config) > config.failsafe_ns
+}
+
+#[inline(always)]
+fn heartbeat_age_ns(config: &DatapathConfig) -> u64 {
     // The coarse clock (CLOCK_MONOTONIC_COARSE) is a memory read, not a clock
     // source read, and this runs for every redirected packet; a tick of lag
     // is nothing next to a failsafe time of seconds.
     // SAFETY: plain helper call.
     let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
-    now.saturating_sub(config.heartbeat_ns) > config.failsafe_ns
+    now.saturating_sub(config.heartbeat_ns)
 }
 
 #[inline(always)]

@@ -170,7 +170,9 @@ impl Controller {
         if self.redirect {
             flags |= CONFIG_REDIRECT;
         }
-        self.datapath.configure(flags, self.config.failsafe_after, self.config.control_rate_limit)?;
+        // Heartbeats come with every port scan; three missed ones end hand-overs.
+        let handover = (self.config.port_scan_interval * 3).max(Duration::from_secs(1));
+        self.datapath.configure(flags, self.config.failsafe_after, handover, self.config.control_rate_limit)?;
         self.sync_ports().await?;
         if resumed {
             self.resume_memberships();

@@ -166,11 +166,14 @@ impl Datapath {
     }
 
     /// Sets the data path policy: `CONFIG_*` flags, the failsafe time (see
-    /// [`DatapathConfig::failsafe_ns`]) and the per-port control-frame rate limit.
+    /// [`DatapathConfig::failsafe_ns`]), how long peer hand-overs outlive the
+    /// last heartbeat ([`DatapathConfig::handover_ns`]) and the per-port
+    /// control-frame rate limit.
     pub fn configure(
         &mut self,
         flags: u32,
         failsafe: Option<std::time::Duration>,
+        handover: std::time::Duration,
         control_rate_limit: u32,
     ) -> Result<()> {
         self.control_rate_limit = control_rate_limit;
@@ -179,6 +182,7 @@ impl Datapath {
             _pad: 0,
             heartbeat_ns: monotonic_now_ns(),
             failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
+            handover_ns: handover.as_nanos() as u64,
         };
         self.config.set(0, self.config_value, 0).context("writing the data path config")
     }

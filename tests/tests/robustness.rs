@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::Result;
 use snoop::{igmp, lab::v3_report_packet};
-use snoop_tests::{lab::Lab, map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions};
+use snoop_tests::{
+    lab::{self, Lab},
+    map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
+};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const FAST: &[&str] =
@@ -249,8 +252,8 @@ fn data_path_keeps_last_state_then_floods_when_the_controller_is_gone() -> Resul
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
 
-    lab.stop_snoop(true)?; // kill -9: no cleanup at all
-                           // Within the failsafe time: the last state keeps pruning.
+    // kill -9: no cleanup at all. Within the failsafe time the last state keeps pruning.
+    lab.stop_snoop(true)?;
     assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
     thread::sleep(Duration::from_secs(3));
     // Past it: flooding, as a plain bridge would.
@@ -260,6 +263,26 @@ fn data_path_keeps_last_state_then_floods_when_the_controller_is_gone() -> Resul
     // A new controller adopts the state and pruning resumes.
     lab.start_snoop(&snoop_bin(), &args)?;
     assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
+
+#[test]
+fn with_the_controller_gone_a_port_set_down_still_gets_nothing() -> Result<()> {
+    let mut lab = Lab::new("deadport", 4, &LabOptions::default())?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    // p2 has a qdisc, so p1 is the port whose copies go straight to its peer.
+    lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "add", "dev", "p2", "root", "pfifo"])?;
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--failsafe-after", "60s"]].concat())?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    assert_eq!(received(&lab, &["h1", "h2", "h3"], 50)?, [50, 50, 0]);
+
+    lab.stop_snoop(true)?; // kill -9
+                           // Nobody sees the port go down; hand-overs end 3 port scans (3 s) after
+                           // the last heartbeat, and a clone to a down port goes nowhere.
+    lab.ip_br(&["link", "set", "p1", "down"])?;
+    thread::sleep(Duration::from_millis(3500));
+    assert_eq!(received(&lab, &["h1", "h2", "h3"], 50)?, [0, 50, 0]);
     Ok(())
 }
 
