@@ -9,9 +9,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -21,9 +21,10 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
-    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
-    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
-    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS, VLAN_NONE,
+    TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS,
+    MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS,
+    MAP_PORT_TRAFFIC, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS,
+    PROG_INGRESS, REPORT_TARGETS, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -98,6 +99,7 @@ impl Datapath {
     /// snoop left them there. `resumed` tells which happened.
     pub fn load(pin_dir: &Path) -> Result<(Self, bool)> {
         ensure_bpffs()?;
+        drop_pins_of_another_layout(pin_dir)?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
         let loaded = Self::load_pinned(pin_dir, resumed);
         if loaded.is_err() && !resumed {
@@ -606,6 +608,55 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
         .with_context(|| format!("program {name} missing from the eBPF object"))?
         .try_into()
         .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+/// Each pinned map as this build defines it: (name, key bytes, value bytes
+/// (per CPU for per-CPU maps), entries). Must match snoop-ebpf's definitions.
+const MAP_LAYOUTS: [(&str, usize, usize, u32); 11] = [
+    (MAP_MEMBERS, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
+    (MAP_GROUPS, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
+    (MAP_PORTS, 4, size_of::<PortValue>(), MAX_PORTS),
+    (MAP_CONFIG, 4, size_of::<DatapathConfig>(), 1),
+    (MAP_COUNTERS, 4, 8, COUNTER_COUNT),
+    (MAP_MEMBER_TRAFFIC, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
+    (MAP_GROUP_TRAFFIC, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
+    (MAP_PORT_TRAFFIC, 4, size_of::<TrafficCounters>(), MAX_PORTS),
+    (MAP_GROUP_PORTS, size_of::<GroupKey>(), size_of::<GroupPorts>(), MAX_GROUPS),
+    (MAP_PORT_COUNTERS, 4, size_of::<PortCounters>(), MAX_PORTS),
+    (MAP_EVENTS, 0, 0, EVENT_RING_BYTES),
+];
+
+/// Pinned maps left by a snoop with another map layout would be adopted as
+/// they are and fail verification. The memberships are the state a restart
+/// keeps: those are never dropped silently, that is a clear error. Every
+/// other map is rewritten by the controller at start (or holds counters), so
+/// it is unpinned and made anew; the old programs keep theirs until replaced.
+fn drop_pins_of_another_layout(pin_dir: &Path) -> Result<()> {
+    for (name, key, value, entries) in MAP_LAYOUTS {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
+        let pinned = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        if pinned == (key, value, entries) {
+            continue;
+        }
+        if name == MAP_MEMBERS || name == MAP_GROUPS {
+            bail!(
+                "the memberships kept in {} are from a snoop with another map layout ({name}: key {} B, value {} B, \
+                 {} entries; this snoop: {key} B, {value} B, {entries}). Remove them with `snoop cleanup --bridge \
+                 BRIDGE` (hosts report their groups again at the next query) and start snoop again",
+                pin_dir.display(),
+                pinned.0,
+                pinned.1,
+                pinned.2
+            );
+        }
+        log::info!("{name}: pinned by a snoop with another map layout; made anew");
+        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>

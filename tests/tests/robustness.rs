@@ -13,9 +13,10 @@ use std::{
 
 use anyhow::Result;
 use snoop::{igmp, lab::v3_report_packet};
+use snoop_common::{MAP_GROUP_PORTS, MAP_MEMBERS};
 use snoop_tests::{
     lab::{self, Lab},
-    map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
+    map_members, pin_hash_map, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
 };
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
@@ -283,6 +284,33 @@ fn with_the_controller_gone_a_port_set_down_still_gets_nothing() -> Result<()> {
     lab.ip_br(&["link", "set", "p1", "down"])?;
     thread::sleep(Duration::from_millis(3500));
     assert_eq!(received(&lab, &["h1", "h2", "h3"], 50)?, [0, 50, 0]);
+    Ok(())
+}
+
+#[test]
+fn pins_of_another_map_layout_are_made_anew_or_refused_clearly() -> Result<()> {
+    let mut lab = Lab::new("layout", 3, &LabOptions::default())?;
+    let pins = lab.pin_dir();
+    std::fs::create_dir_all(&pins)?;
+    // A copy list of another layout: the controller rewrites those, so it is made anew.
+    pin_hash_map(&pins.join(MAP_GROUP_PORTS), 20, 144, 1024)?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    assert!(lab.stop_snoop(false)?.success());
+
+    // Memberships of another layout are state: refused, with the way out, and kept.
+    std::fs::create_dir_all(&pins)?;
+    pin_hash_map(&pins.join(MAP_MEMBERS), 24, 8, 1024)?;
+    let out = std::process::Command::new(snoop_bin())
+        .args(["--netns", &lab.bridge_netns, "run", "--bridge", "br0"])
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another map layout") && stderr.contains("snoop cleanup"), "stderr: {stderr}");
+    assert!(pins.join(MAP_MEMBERS).exists());
+    std::fs::remove_dir_all(&pins)?;
     Ok(())
 }
 
