@@ -148,8 +148,11 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let Some(config) = SNOOP_CONFIG.get(0) else { return TC_ACT_OK };
+    if config.flags & CONFIG_REDIRECT == 0 {
+        return TC_ACT_OK;
+    }
     let heartbeat_age = heartbeat_age_ns(config);
-    if config.flags & CONFIG_REDIRECT == 0 || (config.failsafe_ns != 0 && heartbeat_age > config.failsafe_ns) {
+    if controller_gone(config, heartbeat_age) {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
@@ -159,7 +162,8 @@ fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     // SAFETY: ctx.skb.skb is the program's context pointer.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
     let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
-    // The sender's own port never gets its packet back, so then every copy is a clone.
+    // Hand-overs need a live controller (it alone sees a port go down), and
+    // the sender's own port never gets its packet back: else every copy is a clone.
     let fresh = config.handover_ns == 0 || heartbeat_age <= config.handover_ns;
     let last_to_peer = ports.last_to_peer != 0 && last != ingress && fresh;
     let clones = if last_to_peer { ports.count - 1 } else { ports.count };
@@ -222,7 +226,7 @@ fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32) -> u32
 #[inline(always)]
 fn redirect_reports(ctx: &TcContext) -> i32 {
     let Some(config) = SNOOP_CONFIG.get(0) else { return TC_ACT_OK };
-    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(Some(config)) {
+    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(config, heartbeat_age_ns(config)) {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
@@ -410,7 +414,7 @@ pub fn snoop_egress(ctx: TcContext) -> i32 {
     let forward = if group.is_none() && flood_unregistered {
         count(Counter::UnregisteredFlooded);
         true
-    } else if controller_gone(config) {
+    } else if config.is_some_and(|c| controller_gone(c, heartbeat_age_ns(c))) {
         // Only checked on the prune path: forwarding costs nothing extra.
         count(Counter::FailsafeFlooded);
         true
@@ -457,9 +461,8 @@ fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
 
 /// The controller's heartbeat is older than the failsafe time.
 #[inline(always)]
-fn controller_gone(config: Option<&DatapathConfig>) -> bool {
-    let Some(config) = config else { return false };
-    config.failsafe_ns != 0 && heartbeat_age_ns(config) > config.failsafe_ns
+fn controller_gone(config: &DatapathConfig, heartbeat_age: u64) -> bool {
+    config.failsafe_ns != 0 && heartbeat_age > config.failsafe_ns
 }
 
 #[inline(always)]
