@@ -404,19 +404,29 @@ pub fn remove_stale_labs() -> Result<usize> {
     let mut removed = 0;
     for line in listing.lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
-        if name.starts_with(NS_PREFIX) {
+        if is_stale_lab(name) {
             let _ = run("ip", &["netns", "del", name]);
             removed += 1;
         }
     }
     if let Ok(entries) = fs::read_dir(Path::new("/sys/fs/bpf/snoop")) {
         for entry in entries.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(NS_PREFIX) {
+            if is_stale_lab(&entry.file_name().to_string_lossy()) {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
     }
     Ok(removed)
+}
+
+/// A lab namespace (`PREFIX-TAG-PID-NODE`) whose owning process is gone: a
+/// lab of a run still going (tests and a demo at once) is left alone.
+fn is_stale_lab(name: &str) -> bool {
+    if !name.starts_with(NS_PREFIX) {
+        return false;
+    }
+    let owner = name.rsplit('-').nth(1).and_then(|pid| pid.parse::<u32>().ok());
+    owner.is_none_or(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 /// Sends group traffic to the lab's data port from one host.
@@ -707,5 +717,16 @@ mod tests {
         let Message::V3Report { records } = packet.message else { panic!("not a v3 report") };
         assert_eq!(records.iter().map(|r| r.group).collect::<Vec<_>>(), groups);
         assert!(records.iter().all(|r| r.record_type == RecordType::ModeIsExclude));
+    }
+
+    #[test]
+    fn only_labs_of_finished_runs_are_stale() {
+        let me = std::process::id();
+        assert!(!is_stale_lab(&format!("{NS_PREFIX}-demo-{me}-br")), "this process's own lab");
+        assert!(!is_stale_lab(&format!("{NS_PREFIX}-tput-{me}-h7")));
+        // pid_max is at most 2^22: no process has this pid.
+        assert!(is_stale_lab(&format!("{NS_PREFIX}-demo-99999999-br")));
+        assert!(is_stale_lab(&format!("{NS_PREFIX}-garbled")));
+        assert!(!is_stale_lab("production-netns"));
     }
 }
