@@ -152,6 +152,12 @@ struct RunArgs {
     /// triggers a rescan too; this catches anything an event could miss).
     #[arg(long, default_value = "1s", value_parser = duration)]
     port_scan_interval: Duration,
+    /// The controller's nice value (-20..19). A join waits for the controller
+    /// to be scheduled; on a busy machine a slightly raised priority lets it
+    /// preempt at once (0: leave the priority as it is).
+    #[arg(long, default_value_t = -5, allow_hyphen_values = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    nice: i32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -190,6 +196,8 @@ fn real_main(cli: Cli) -> Result<()> {
     match cli.command.unwrap_or(Command::Demo) {
         Command::Run(args) => {
             require_root()?;
+            // Before the runtime starts: threads inherit the calling thread's nice value.
+            set_nice(args.nice);
             let config = run_config(args, cli.netns.as_deref())?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(controller::run(config))
@@ -276,6 +284,16 @@ fn netns_label(netns: Option<&str>) -> String {
         (Some(own), Some(init)) if own == init => "host".into(),
         (Some(own), _) => format!("netns-{own}"),
         _ => "host".into(),
+    }
+}
+
+fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain setpriority(2) on the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        log::warn!("could not set nice {nice}: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -377,3 +377,21 @@ fn a_port_set_down_gets_nothing_and_is_noticed_without_waiting_for_a_scan() -> R
     wait_until("p1 forwarding again", Duration::from_secs(5), || Ok(blast(&lab, &["h1"], &[G], 10)? == [[10]]))?;
     Ok(())
 }
+
+#[test]
+fn the_controller_runs_at_its_nice_value() -> Result<()> {
+    let nice_of = |lab: &Lab| -> Result<i64> {
+        let pid = lab.snoop_pid().ok_or_else(|| anyhow::anyhow!("snoop is not running"))?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Field 19 is the nice value; the command name (field 2) ends with ')'.
+        let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+        Ok(after_name.split_whitespace().nth(16).unwrap_or_default().parse()?)
+    };
+    let mut lab = lab("nice", 2, LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    assert_eq!(nice_of(&lab)?, -5, "the default");
+    lab.stop_snoop(false)?;
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--nice", "0"]].concat())?;
+    assert_eq!(nice_of(&lab)?, 0, "--nice 0 leaves the priority alone");
+    Ok(())
+}
