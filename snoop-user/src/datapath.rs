@@ -375,10 +375,13 @@ impl Datapath {
         traffic_slot: u32,
     ) -> Result<()> {
         let mut ordered = targets.to_vec();
-        let peer =
-            group.and_then(|_| ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p))));
+        // Group traffic only: reports keep going through every port's transmit path.
+        let peer = group.and_then(|group| {
+            let index = ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p)))?;
+            Some((group, index))
+        });
         let (mut last_member_slot, mut last_port_slot) = (NO_SLOT, NO_SLOT);
-        if let (Some(index), Some(group)) = (peer, group) {
+        if let Some((group, index)) = peer {
             let last = ordered.remove(index);
             match last {
                 CopyTarget::Member(port) => last_member_slot = self.member_slot(group, port)?,
