@@ -110,7 +110,9 @@ pub const PORT_ROUTER: u32 = 1;
 pub struct DatapathConfig {
     /// `CONFIG_*` flags.
     pub flags: u32,
-    pub _pad: u32,
+    /// `RESTORE_*` flags: bridge settings snoop changed and must put back
+    /// at a clean exit, kept here so keep-state restarts remember them.
+    pub restore: u32,
     /// CLOCK_MONOTONIC ns of the controller's last heartbeat.
     pub heartbeat_ns: u64,
     /// With no heartbeat for this long the controller counts as gone and the
@@ -128,6 +130,9 @@ pub const CONFIG_FLOOD_UNREGISTERED: u32 = 1;
 /// Redirect mode: registered group traffic is copied straight from the
 /// ingress port to the ports in [`MAP_GROUP_PORTS`], bypassing the bridge.
 pub const CONFIG_REDIRECT: u32 = 2;
+
+/// The bridge's own multicast snooping was on before snoop turned it off.
+pub const RESTORE_KERNEL_SNOOPING: u32 = 1;
 
 /// Most ports one group can be copied to in redirect mode; groups with more
 /// member and router ports take the bridge path. (64 also passes the

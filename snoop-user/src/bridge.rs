@@ -157,18 +157,21 @@ impl Netlink {
     }
 
     /// Turns the kernel bridge's own snooping on or off: two snoopers on one
-    /// bridge would prune each other's traffic.
+    /// bridge would prune each other's traffic. Bridge options change only
+    /// with RTM_NEWLINK on the existing link (RTM_SETLINK ignores them, as
+    /// the kernel's rtnl_setlink never looks at IFLA_INFO_DATA), so the
+    /// result is read back.
     pub async fn set_kernel_snooping(&self, bridge: &Bridge, on: bool) -> Result<()> {
         let message = LinkMessageBuilder::<LinkBridge>::new(&bridge.name)
             .index(bridge.ifindex)
             .append_info_data(InfoBridge::MulticastSnooping(on))
             .build();
-        self.handle
-            .link()
-            .set(message)
-            .execute()
-            .await
-            .with_context(|| format!("setting mcast_snooping {} on {}", u8::from(on), bridge.name))
+        let what = || format!("setting mcast_snooping {} on {}", u8::from(on), bridge.name);
+        self.handle.link().change(message).execute().await.with_context(what)?;
+        if self.kernel_snooping(bridge).await? != on {
+            bail!("{}: the kernel did not take the setting", what());
+        }
+        Ok(())
     }
 
     /// The bridge's first IPv4 address, used as the querier source by default.

@@ -12,7 +12,9 @@ use anyhow::{bail, Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, StreamExt as _};
 use log::{debug, info, warn};
-use snoop_common::{CapturedFrame, Counter, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER};
+use snoop_common::{
+    CapturedFrame, Counter, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER, RESTORE_KERNEL_SNOOPING,
+};
 use tokio::{
     io::{unix::AsyncFd, AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
     net::{TcpListener, UnixListener, UnixStream},
@@ -96,12 +98,16 @@ pub async fn run(config: RunConfig) -> Result<()> {
         Some(addr) => addr,
         None => netlink.bridge_ipv4(&bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED),
     };
-    let kernel_snooping_was_on = netlink.kernel_snooping(&bridge).await?;
+    let kernel_snooping_on = netlink.kernel_snooping(&bridge).await?;
 
-    let (datapath, resumed) = Datapath::load(&config.pin_dir)?;
-    if kernel_snooping_was_on {
+    let (mut datapath, resumed) = Datapath::load(&config.pin_dir)?;
+    if kernel_snooping_on {
         info!("turning off {}'s own multicast snooping while snoop runs", bridge.name);
-        if let Err(error) = netlink.set_kernel_snooping(&bridge, false).await {
+        let turned_off = match datapath.add_restore_flags(RESTORE_KERNEL_SNOOPING) {
+            Ok(()) => netlink.set_kernel_snooping(&bridge, false).await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = turned_off {
             // Leave state a previous snoop pinned as it was; remove our own.
             let _ = datapath.shutdown(resumed);
             return Err(error);
@@ -128,11 +134,34 @@ pub async fn run(config: RunConfig) -> Result<()> {
 
     let keep_state = controller.config.keep_state && result.is_ok();
     let Controller { datapath, netlink, bridge, .. } = controller;
+    let restore = datapath.restore_flags();
     let shutdown = datapath.shutdown(keep_state);
-    if kernel_snooping_was_on && !keep_state && netlink.bridge_exists(&bridge).await.unwrap_or(false) {
-        let _ = netlink.set_kernel_snooping(&bridge, true).await;
+    if !keep_state && netlink.bridge_exists(&bridge).await.unwrap_or(false) {
+        restore_bridge_settings(&netlink, &bridge, restore).await;
     }
     result.and(shutdown)
+}
+
+/// `snoop cleanup`: removes what a `--keep-state` exit left pinned and puts
+/// back the bridge settings snoop had changed.
+pub async fn cleanup(bridge: &str, pin_dir: &std::path::Path) -> Result<()> {
+    let restore = crate::datapath::pinned_restore_flags(pin_dir)?;
+    crate::datapath::remove_pin_dir(pin_dir)?;
+    if restore != 0 {
+        let netlink = Netlink::open()?;
+        let bridge = netlink.bridge(bridge).await?;
+        restore_bridge_settings(&netlink, &bridge, restore).await;
+    }
+    Ok(())
+}
+
+async fn restore_bridge_settings(netlink: &Netlink, bridge: &Bridge, restore: u32) {
+    if restore & RESTORE_KERNEL_SNOOPING != 0 {
+        match netlink.set_kernel_snooping(bridge, true).await {
+            Ok(()) => info!("turned {}'s own multicast snooping back on", bridge.name),
+            Err(error) => warn!("{error:#}"),
+        }
+    }
 }
 
 struct Controller {

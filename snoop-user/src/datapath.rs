@@ -147,6 +147,8 @@ impl Datapath {
         let mut datapath = datapath;
         if resumed {
             datapath.adopt_slots();
+            // Keeps what a keep-state predecessor must still restore.
+            datapath.config_value = datapath.config.get(&0, 0).unwrap_or_default();
         }
         Ok(datapath)
     }
@@ -181,11 +183,22 @@ impl Datapath {
         self.control_rate_limit = control_rate_limit;
         self.config_value = DatapathConfig {
             flags,
-            _pad: 0,
+            restore: self.config_value.restore,
             heartbeat_ns: monotonic_now_ns(),
             failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
             handover_ns: handover.as_nanos() as u64,
         };
+        self.config.set(0, self.config_value, 0).context("writing the data path config")
+    }
+
+    /// Bridge settings to put back at a clean exit (`RESTORE_*`), kept in
+    /// the pinned config so keep-state restarts remember them.
+    pub fn restore_flags(&self) -> u32 {
+        self.config_value.restore
+    }
+
+    pub fn add_restore_flags(&mut self, flags: u32) -> Result<()> {
+        self.config_value.restore |= flags;
         self.config.set(0, self.config_value, 0).context("writing the data path config")
     }
 
@@ -578,6 +591,17 @@ pub fn monotonic_now_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The `RESTORE_*` flags in a pin directory's config map (0 without one).
+pub fn pinned_restore_flags(pin_dir: &Path) -> Result<u32> {
+    let path = pin_dir.join(MAP_CONFIG);
+    if !path.exists() {
+        return Ok(0);
+    }
+    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let config: Array<MapData, DatapathConfig> = Array::try_from(aya::maps::Map::Array(map))?;
+    Ok(config.get(&0, 0).map_or(0, |c| c.restore))
 }
 
 /// Removes a pin directory (maps and link pins), and its parents up to

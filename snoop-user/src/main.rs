@@ -219,7 +219,8 @@ fn real_main(cli: Cli) -> Result<()> {
             let bridge = bridge.context("--bridge is required")?;
             let pin_dir =
                 pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(cli.netns.as_deref()), &bridge));
-            datapath::remove_pin_dir(&pin_dir)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(controller::cleanup(&bridge, &pin_dir))?;
             println!("removed {}", pin_dir.display());
             Ok(())
         }
