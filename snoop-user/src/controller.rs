@@ -215,16 +215,6 @@ impl Controller {
         // SAFETY: the ring owns its fd and keeps it open while registered.
         let mut events =
             unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?;
-        let mut logger = match self.datapath.logger() {
-            // SAFETY: the logger owns its fd and keeps it open while registered.
-            Ok(logger) => {
-                Some(unsafe { AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("watching the eBPF log: {e}"))?)
-            }
-            Err(e) => {
-                warn!("eBPF log lines unavailable: {e:#}");
-                None
-            }
-        };
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut port_scan = tokio::time::interval(self.config.port_scan_interval);
@@ -268,11 +258,6 @@ impl Controller {
                 guard = events.readable_mut() => {
                     let mut guard = guard?;
                     self.drain_events(guard.get_inner_mut());
-                    guard.clear_ready();
-                }
-                guard = async { logger.as_mut().expect("guarded").readable_mut().await }, if logger.is_some() => {
-                    let mut guard = guard?;
-                    guard.get_inner_mut().flush();
                     guard.clear_ready();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
@@ -671,10 +656,10 @@ impl Controller {
             })
             .collect();
         groups.sort_by_key(|g| g.group);
-        let datapath = counter_names()
+        let datapath = Counter::ALL
             .iter()
             .zip(self.datapath.counters())
-            .map(|(name, value)| (name.to_string(), value))
+            .map(|(counter, value)| (counter.name().to_owned(), value))
             .collect();
         Snapshot {
             bridge: self.bridge.name.clone(),
@@ -752,47 +737,6 @@ pub(crate) async fn request_snapshot(
     let (reply, answer) = oneshot::channel();
     snapshots.send(SnapshotRequest { counters_only, reply }).await.ok()?;
     answer.await.ok()
-}
-
-/// Names of the data path counters, in `snoop_common::Counter` order.
-pub fn counter_names() -> [&'static str; snoop_common::COUNTER_COUNT as usize] {
-    use Counter::*;
-    let all = [
-        IgmpSeen,
-        PimSeen,
-        Captured,
-        CaptureRingFull,
-        CaptureTruncated,
-        MalformedIp,
-        ReportsSuppressed,
-        DataForwarded,
-        DataPruned,
-        LinkLocalFlooded,
-        UnregisteredFlooded,
-        UnregisteredDropped,
-        ControlRateLimited,
-        FailsafeFlooded,
-        Redirected,
-        RedirectCopies,
-    ];
-    all.map(|c| match c {
-        IgmpSeen => "igmp_seen",
-        PimSeen => "pim_seen",
-        Captured => "control_frames_captured",
-        CaptureRingFull => "control_frames_lost_ring_full",
-        CaptureTruncated => "control_frames_truncated",
-        MalformedIp => "malformed_ip",
-        ReportsSuppressed => "reports_suppressed",
-        DataForwarded => "data_forwarded",
-        DataPruned => "data_pruned",
-        LinkLocalFlooded => "link_local_flooded",
-        UnregisteredFlooded => "unregistered_flooded",
-        UnregisteredDropped => "unregistered_dropped",
-        ControlRateLimited => "control_frames_rate_limited",
-        FailsafeFlooded => "failsafe_flooded",
-        Redirected => "redirected",
-        RedirectCopies => "redirect_copies",
-    })
 }
 
 fn snake_case(camel: &str) -> String {

@@ -21,10 +21,9 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
-    TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS,
-    MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS,
-    MAP_PORT_TRAFFIC, MAX_FANOUT, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS,
-    PROG_INGRESS, REPORT_TARGETS, VLAN_NONE,
+    TrafficCounters, COUNTER_COUNT, MAPS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
+    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
+    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -157,11 +156,6 @@ impl Datapath {
     pub fn program_fd(&mut self, name: &str) -> Result<std::os::fd::RawFd> {
         use std::os::fd::{AsFd as _, AsRawFd as _};
         Ok(program(&mut self.ebpf, name)?.fd()?.as_fd().as_raw_fd())
-    }
-
-    /// The aya-log logger for the programs' log lines; keep it and poll it.
-    pub fn logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
-        aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the eBPF logger")
     }
 
     /// The ring of captured control frames (taken once).
@@ -637,35 +631,20 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier
         .with_context(|| format!("program {name} is not a TC classifier"))
 }
 
-/// Each pinned map as this build defines it: (name, key bytes, value bytes
-/// (per CPU for per-CPU maps), entries). Must match snoop-ebpf's definitions.
-const MAP_LAYOUTS: [(&str, usize, usize, u32); 11] = [
-    (MAP_MEMBERS, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
-    (MAP_GROUPS, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
-    (MAP_PORTS, 4, size_of::<PortValue>(), MAX_PORTS),
-    (MAP_CONFIG, 4, size_of::<DatapathConfig>(), 1),
-    (MAP_COUNTERS, 4, 8, COUNTER_COUNT),
-    (MAP_MEMBER_TRAFFIC, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
-    (MAP_GROUP_TRAFFIC, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
-    (MAP_PORT_TRAFFIC, 4, size_of::<TrafficCounters>(), MAX_PORTS),
-    (MAP_GROUP_PORTS, size_of::<GroupKey>(), size_of::<GroupPorts>(), MAX_GROUPS),
-    (MAP_PORT_COUNTERS, 4, size_of::<PortCounters>(), MAX_PORTS),
-    (MAP_EVENTS, 0, 0, EVENT_RING_BYTES),
-];
-
 /// Pinned maps left by a snoop with another map layout would be adopted as
 /// they are and fail verification. The memberships are the state a restart
 /// keeps: those are never dropped silently, that is a clear error. Every
 /// other map is rewritten by the controller at start (or holds counters), so
 /// it is unpinned and made anew; the old programs keep theirs until replaced.
 fn drop_pins_of_another_layout(pin_dir: &Path) -> Result<()> {
-    for (name, key, value, entries) in MAP_LAYOUTS {
+    for spec in MAPS {
+        let (name, key, value, entries) = (spec.name, spec.key_size, spec.value_size, spec.max_entries);
         let path = pin_dir.join(name);
         if !path.exists() {
             continue;
         }
         let info = MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
-        let pinned = (info.key_size() as usize, info.value_size() as usize, info.max_entries());
+        let pinned = (info.key_size(), info.value_size(), info.max_entries());
         if pinned == (key, value, entries) {
             continue;
         }
@@ -719,4 +698,30 @@ fn ensure_bpffs() -> Result<()> {
             .context("mounting bpffs at /sys/fs/bpf (is this kernel built with BPF syscall support?)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The built eBPF object declares exactly the maps snoop-common defines:
+    /// a drift between the two sides fails here, without root or a kernel.
+    #[test]
+    fn built_object_matches_snoop_common() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the embedded object parses");
+        let mut declared: Vec<&str> = object.maps.keys().map(String::as_str).collect();
+        declared.sort_unstable();
+        let mut defined: Vec<&str> = MAPS.iter().map(|spec| spec.name).collect();
+        defined.sort_unstable();
+        assert_eq!(declared, defined, "map names");
+        for spec in MAPS {
+            let map = &object.maps[spec.name];
+            let declared = (map.map_type(), map.key_size(), map.value_size(), map.max_entries());
+            let defined = (spec.kind as u32, spec.key_size, spec.value_size, spec.max_entries);
+            assert_eq!(declared, defined, "{}: (type, key, value, entries)", spec.name);
+        }
+        for program in [PROG_INGRESS, PROG_EGRESS] {
+            assert!(object.programs.contains_key(program), "program {program} missing");
+        }
+    }
 }

@@ -7,18 +7,15 @@ use std::{fmt, net::Ipv4Addr, time::Duration};
 
 use etherparse::Ipv4HeaderSlice;
 
-pub const IPPROTO_IGMP: u8 = 2;
-pub const IPPROTO_PIM: u8 = 103;
-
-const TYPE_QUERY: u8 = 0x11;
-const TYPE_V1_REPORT: u8 = 0x12;
-const TYPE_V2_REPORT: u8 = 0x16;
-const TYPE_V2_LEAVE: u8 = 0x17;
-const TYPE_V3_REPORT: u8 = 0x22;
-const PIM_HELLO: u8 = 0x20; // version 2, type 0
+use snoop_common::wire::{
+    IGMP_QUERY as TYPE_QUERY, IGMP_V1_REPORT as TYPE_V1_REPORT, IGMP_V2_LEAVE as TYPE_V2_LEAVE,
+    IGMP_V2_REPORT as TYPE_V2_REPORT, IGMP_V3_REPORT as TYPE_V3_REPORT, IPV4_ALL_SYSTEMS, PIM_HELLO,
+};
+pub use snoop_common::wire::{IPPROTO_IGMP, IPPROTO_PIM};
 
 /// 224.0.0.1, the destination of general queries.
-pub const ALL_SYSTEMS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 1);
+pub const ALL_SYSTEMS: Ipv4Addr =
+    Ipv4Addr::new(IPV4_ALL_SYSTEMS[0], IPV4_ALL_SYSTEMS[1], IPV4_ALL_SYSTEMS[2], IPV4_ALL_SYSTEMS[3]);
 /// IPv4 Router Alert option (RFC 2113), carried by queries snoop sends.
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
 

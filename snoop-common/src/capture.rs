@@ -1,0 +1,28 @@
+//! The record in which the data path hands a control frame to the controller.
+/// Most bytes of a control frame's IP packet handed to userspace: a full
+/// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.
+pub const CAPTURE_LEN: usize = 1500;
+
+/// Packets up to this long go into small ring records (most reports), so a
+/// burst of reports fills the ring ten times slower than full-size records.
+pub const SMALL_CAPTURE_LEN: usize = 120;
+
+/// A control frame (IGMP or PIM) captured on a port's ingress, from its IP
+/// header on. Ring records come in two sizes, `N` = [`SMALL_CAPTURE_LEN`] or
+/// [`CAPTURE_LEN`]; the header is the same, and `captured_len` says how much
+/// of `data` is valid.
+#[repr(C)]
+pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
+    /// Port the frame entered the bridge through.
+    pub ifindex: u32,
+    /// Bytes of `data` that are valid.
+    pub captured_len: u16,
+    /// Length of the IP packet on the wire (may exceed `captured_len`).
+    pub wire_len: u16,
+    pub vlan: u16,
+    pub _pad: [u8; 6],
+    pub data: [u8; N],
+}
+
+const _: () = assert!(core::mem::size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
+const _: () = assert!(core::mem::size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);

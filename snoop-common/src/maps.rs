@@ -1,0 +1,258 @@
+//! The data path's maps: names, sizes, keys and values, and [`MAPS`], the
+//! table both the userspace loader and the object check read.
+use crate::{PortCounters, TrafficCounters};
+/// Address family tags stored in [`GroupKey::family`].
+pub const FAMILY_IPV4: u8 = 4;
+/// Reserved for MLD snooping.
+pub const FAMILY_IPV6: u8 = 6;
+
+/// VLAN id used while snooping is not VLAN-aware.
+pub const VLAN_NONE: u16 = 0;
+
+/// A multicast group as the data path sees it.
+///
+/// Sized for an IPv6 group and a VLAN id so MLD and VLAN-aware snooping need no
+/// new map layout. IPv4 groups use the first four bytes of `addr` (network order)
+/// and leave the rest zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub addr: [u8; 16],
+    pub vlan: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+impl GroupKey {
+    #[inline(always)]
+    pub const fn ipv4(octets: [u8; 4], vlan: u16) -> Self {
+        Self {
+            addr: [octets[0], octets[1], octets[2], octets[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            vlan,
+            family: FAMILY_IPV4,
+            _pad: 0,
+        }
+    }
+
+    /// The IPv4 group, if this key holds one.
+    pub const fn ipv4_octets(&self) -> Option<[u8; 4]> {
+        if self.family == FAMILY_IPV4 {
+            Some([self.addr[0], self.addr[1], self.addr[2], self.addr[3]])
+        } else {
+            None
+        }
+    }
+}
+
+/// Key of the per-(group, port) maps: membership and traffic counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortGroupKey {
+    pub group: GroupKey,
+    /// Bridge port (interface index) the traffic leaves through.
+    pub ifindex: u32,
+}
+
+/// Value of [`MAP_MEMBERS`]: a port has at least one member of a group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberValue {
+    /// CLOCK_MONOTONIC time (ns, as `bpf_ktime_get_ns`) at which the membership
+    /// expires if not refreshed. A restarted controller resumes its timers from it.
+    pub expires_ns: u64,
+    /// Lowest IGMP version heard from this port for this group (1, 2 or 3).
+    pub version: u8,
+    pub _pad: [u8; 3],
+    /// Index into [`MAP_MEMBER_TRAFFIC`], or [`NO_SLOT`].
+    pub traffic_slot: u32,
+}
+
+/// No traffic counter slot: the slots ran out, the traffic is not counted.
+pub const NO_SLOT: u32 = u32::MAX;
+
+/// Value of [`MAP_GROUPS`]: the group has members on at least one port, so the
+/// data path prunes it instead of treating it as unregistered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupValue {
+    /// Index into [`MAP_GROUP_TRAFFIC`], or [`NO_SLOT`].
+    pub traffic_slot: u32,
+    pub _pad: u32,
+}
+
+/// Value of [`MAP_PORTS`], keyed by the port's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortValue {
+    /// `PORT_*` flags.
+    pub flags: u32,
+    /// Control frames per second handed to the controller from this port; the
+    /// rest are counted and still forwarded. 0: no limit.
+    pub control_rate_limit: u32,
+    /// Rate-limit window: start (CLOCK_MONOTONIC ns) and frames so far. Written
+    /// by the data path only; a userspace write just restarts the window.
+    pub window_start_ns: u64,
+    pub window_frames: u64,
+    /// Index into [`MAP_PORT_TRAFFIC`], or [`NO_SLOT`].
+    pub traffic_slot: u32,
+    pub _pad: u32,
+}
+
+/// A multicast router is behind the port: it gets all group traffic and all reports.
+pub const PORT_ROUTER: u32 = 1;
+
+/// Value of the single-entry [`MAP_CONFIG`] array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DatapathConfig {
+    /// `CONFIG_*` flags.
+    pub flags: u32,
+    /// `RESTORE_*` flags: bridge settings snoop changed and must put back
+    /// at a clean exit, kept here so keep-state restarts remember them.
+    pub restore: u32,
+    /// CLOCK_MONOTONIC ns of the controller's last heartbeat.
+    pub heartbeat_ns: u64,
+    /// With no heartbeat for this long the controller counts as gone and the
+    /// data path stops pruning (floods like a plain bridge). 0: never.
+    pub failsafe_ns: u64,
+    /// With no heartbeat for this long, copies are no longer handed to a
+    /// veth peer (see [`GroupPorts::last_to_peer`]) but cloned through the
+    /// port's transmit path: only a running controller notices a port set
+    /// down, and the transmit path drops what a down port is sent. 0: no limit.
+    pub handover_ns: u64,
+}
+
+/// Groups nobody has joined are flooded (off: sent to router ports only).
+pub const CONFIG_FLOOD_UNREGISTERED: u32 = 1;
+/// Redirect mode: registered group traffic is copied straight from the
+/// ingress port to the ports in [`MAP_GROUP_PORTS`], bypassing the bridge.
+pub const CONFIG_REDIRECT: u32 = 2;
+
+/// The bridge's own multicast snooping was on before snoop turned it off.
+pub const RESTORE_KERNEL_SNOOPING: u32 = 1;
+
+/// Most ports one group can be copied to in redirect mode; groups with more
+/// member and router ports take the bridge path. (64 also passes the
+/// verifier on 6.18; 32 keeps each group's entry at 160 bytes.)
+pub const MAX_FANOUT: usize = 32;
+
+/// Key of the [`MAP_GROUP_PORTS`] entry listing where redirect mode copies
+/// IGMP reports and leaves: router ports and the bridge device (family 0 is
+/// no address family, so no group collides with it).
+pub const REPORT_TARGETS: GroupKey = GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 };
+
+/// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupPorts {
+    pub count: u32,
+    /// Bit i set: copy to `ifindexes[i]`'s ingress (the bridge device itself,
+    /// for the bridge host's own members) instead of its egress.
+    pub ingress_mask: u32,
+    /// The group's slot in [`MAP_GROUP_TRAFFIC`] (copies not made count as pruned).
+    pub traffic_slot: u32,
+    /// Ports of the bridge snoop manages: a packet spares those it is not copied to.
+    pub bridge_ports: u32,
+    /// 1: the last target is a veth port whose peer lives in another network
+    /// namespace, and no qdisc of its own: the packet itself (not a clone) goes
+    /// straight into the peer's ingress (bpf_redirect_peer), skipping the
+    /// port's transmit path, its egress program and a backlog queue pass.
+    pub last_to_peer: u32,
+    /// Counters for that last copy, which no egress program sees: its
+    /// membership's slot in [`MAP_MEMBER_TRAFFIC`] (a member port) or its
+    /// port's slot in [`MAP_PORT_TRAFFIC`] (a router port); the other is [`NO_SLOT`].
+    pub last_member_slot: u32,
+    pub last_port_slot: u32,
+    pub _pad: u32,
+    pub ifindexes: [u32; MAX_FANOUT],
+}
+
+// Map names: the eBPF statics and the userspace lookups use these strings.
+pub const MAP_MEMBERS: &str = "SNOOP_MEMBERS";
+pub const MAP_GROUPS: &str = "SNOOP_GROUPS";
+pub const MAP_PORTS: &str = "SNOOP_PORTS";
+pub const MAP_CONFIG: &str = "SNOOP_CONFIG";
+pub const MAP_COUNTERS: &str = "SNOOP_COUNTERS";
+pub const MAP_MEMBER_TRAFFIC: &str = "SNOOP_MEMBER_TRAFFIC";
+pub const MAP_GROUP_TRAFFIC: &str = "SNOOP_GROUP_TRAFFIC";
+pub const MAP_PORT_TRAFFIC: &str = "SNOOP_PORT_TRAFFIC";
+pub const MAP_PORT_COUNTERS: &str = "SNOOP_PORT_COUNTERS";
+pub const MAP_GROUP_PORTS: &str = "SNOOP_GROUP_PORTS";
+pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
+
+/// Program names (the eBPF function names).
+pub const PROG_INGRESS: &str = "snoop_ingress";
+pub const PROG_EGRESS: &str = "snoop_egress";
+
+/// Map sizes.
+pub const MAX_PORTS: u32 = 1024;
+pub const MAX_GROUPS: u32 = 131_072;
+pub const MAX_MEMBERSHIPS: u32 = 262_144;
+/// Traffic slots for memberships and for groups (each array holds this many
+/// counters per CPU); memberships beyond it forward normally, uncounted.
+pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
+/// Bytes of the control-frame ring: about 58,000 small records (5,500 full-size).
+pub const EVENT_RING_BYTES: u32 = 8 << 20;
+
+/// BPF map types snoop uses (`enum bpf_map_type`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapKind {
+    Hash = 1,
+    Array = 2,
+    PerCpuHash = 5,
+    PerCpuArray = 6,
+    RingBuf = 27,
+}
+
+/// One pinned map as this build defines it. For per-CPU maps the value size
+/// is one CPU's value; for the ring, the entries are its bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub name: &'static str,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+}
+
+const fn spec(name: &'static str, kind: MapKind, key_size: usize, value_size: usize, max_entries: u32) -> MapSpec {
+    MapSpec { name, kind, key_size: key_size as u32, value_size: value_size as u32, max_entries }
+}
+
+use core::mem::size_of;
+
+/// Every map of the data path. snoop-ebpf declares its statics from the same
+/// types and sizes; a test checks the built object against this table.
+pub const MAPS: [MapSpec; 11] = [
+    spec(MAP_MEMBERS, MapKind::Hash, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
+    spec(MAP_GROUPS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
+    spec(MAP_PORTS, MapKind::Hash, 4, size_of::<PortValue>(), MAX_PORTS),
+    spec(MAP_CONFIG, MapKind::Array, 4, size_of::<DatapathConfig>(), 1),
+    spec(MAP_COUNTERS, MapKind::PerCpuArray, 4, 8, crate::COUNTER_COUNT),
+    spec(MAP_MEMBER_TRAFFIC, MapKind::PerCpuArray, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
+    spec(MAP_GROUP_TRAFFIC, MapKind::PerCpuArray, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
+    spec(MAP_PORT_TRAFFIC, MapKind::PerCpuArray, 4, size_of::<TrafficCounters>(), MAX_PORTS),
+    spec(MAP_GROUP_PORTS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupPorts>(), MAX_GROUPS),
+    spec(MAP_PORT_COUNTERS, MapKind::PerCpuHash, 4, size_of::<PortCounters>(), MAX_PORTS),
+    spec(MAP_EVENTS, MapKind::RingBuf, 0, 0, EVENT_RING_BYTES),
+];
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C) plain data with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for GroupKey {}
+    unsafe impl aya::Pod for PortGroupKey {}
+    unsafe impl aya::Pod for MemberValue {}
+    unsafe impl aya::Pod for GroupValue {}
+    unsafe impl aya::Pod for PortValue {}
+    unsafe impl aya::Pod for DatapathConfig {}
+    unsafe impl aya::Pod for GroupPorts {}
+}
+
+// Layout checks: a change here changes the pinned maps' format.
+const _: () = assert!(core::mem::size_of::<GroupKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
+const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
+const _: () = assert!(core::mem::size_of::<GroupPorts>() == 32 + 4 * MAX_FANOUT);

@@ -1,0 +1,103 @@
+//! Handing control frames (IGMP, PIM hellos) to the controller through the
+//! event ring, within each port's rate limit.
+use aya_ebpf::programs::TcContext;
+use snoop_common::{wire::ETH_HLEN, CapturedFrame, Counter, CAPTURE_LEN, SMALL_CAPTURE_LEN, VLAN_NONE};
+
+use crate::{
+    counters::count,
+    maps::{SNOOP_EVENTS, SNOOP_PORTS},
+    packet::ifindex,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Captures unless the port is over its control-frame rate, so one flooding
+/// host cannot fill the ring and starve every other port's reports.
+#[inline(always)]
+pub fn capture_within_rate(ctx: &TcContext) {
+    if let Some(port) = SNOOP_PORTS.get_ptr_mut(ifindex(ctx)) {
+        // SAFETY: a map value; concurrent CPUs only make the window approximate.
+        unsafe {
+            let limit = u64::from((*port).control_rate_limit);
+            if limit != 0 {
+                let now = aya_ebpf::helpers::bpf_ktime_get_ns();
+                if now.wrapping_sub((*port).window_start_ns) >= NS_PER_SEC {
+                    (*port).window_start_ns = now;
+                    (*port).window_frames = 0;
+                }
+                // Not atomic (the BPF target's core has no fetch_add): CPUs
+                // racing here may let a few extra frames through.
+                (*port).window_frames += 1;
+                if (*port).window_frames > limit {
+                    count(Counter::ControlRateLimited);
+                    return;
+                }
+            }
+        }
+    }
+    capture(ctx);
+}
+
+/// Hands the frame's IP packet to the controller, in a small record when it
+/// fits one.
+#[inline(always)]
+fn capture(ctx: &TcContext) {
+    let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
+    if wire_len <= SMALL_CAPTURE_LEN {
+        capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len);
+    } else {
+        capture_into::<CAPTURE_LEN>(ctx, wire_len);
+    }
+}
+
+#[inline(always)]
+fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
+    let Some(mut entry) = SNOOP_EVENTS.reserve::<CapturedFrame<N>>(0) else {
+        // Visible in `snoop show stats`; a log line here would cost more
+        // instructions than the whole egress program.
+        count(Counter::CaptureRingFull);
+        return;
+    };
+    let frame = entry.as_mut_ptr();
+    let mut len = wire_len;
+    if len > N {
+        count(Counter::CaptureTruncated);
+        len = N;
+    }
+    // SAFETY: `frame` points at a reserved, writable CapturedFrame<N>.
+    unsafe {
+        (*frame).ifindex = ifindex(ctx);
+        (*frame).wire_len = wire_len as u16;
+        (*frame).vlan = VLAN_NONE;
+        (*frame)._pad = [0; 6];
+        // The verifier needs a provably bounded, non-zero length. Read it back
+        // through memory so the compiler cannot drop a check it believes
+        // redundant, and keep two checks with different effects so it cannot
+        // fuse them into one unsigned compare the verifier cannot follow.
+        (*frame).captured_len = len as u16;
+        let len = usize::from(core::ptr::read_volatile(&raw const (*frame).captured_len));
+        if len == 0 {
+            entry.discard(0);
+            count(Counter::MalformedIp);
+            return;
+        }
+        if len > N {
+            entry.discard(0);
+            count(Counter::CaptureTruncated);
+            return;
+        }
+        let ret = aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ETH_HLEN as u32,
+            (*frame).data.as_mut_ptr() as *mut _,
+            len as u32,
+        );
+        if ret != 0 {
+            entry.discard(0);
+            count(Counter::MalformedIp);
+            return;
+        }
+    }
+    entry.submit(0);
+    count(Counter::Captured);
+}

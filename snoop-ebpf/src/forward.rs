@@ -1,0 +1,116 @@
+//! Redirect mode, the ingress fast path: a registered group's packet is
+//! copied from the sender's port straight to its member and router ports, and
+//! reports straight to router ports, instead of being flooded by the bridge
+//! and dropped again at every other port.
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use snoop_common::{Counter, GroupKey, GroupPorts, CONFIG_REDIRECT, MAX_FANOUT, REPORT_TARGETS, VLAN_NONE};
+
+use crate::{
+    config::{config, controller_gone, heartbeat_age_ns},
+    counters::{count, count_n, count_traffic},
+    maps::{SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORT_TRAFFIC},
+    packet::ifindex,
+};
+
+const BPF_F_INGRESS: u64 = 1;
+
+/// Copies a registered group's packet to its ports and consumes the original,
+/// so the bridge never clones it for ports that would only drop it. When the
+/// list ends with a veth port whose peer is in another namespace, that port
+/// gets the original itself, handed to the peer's ingress: one clone, one
+/// transmit and one backlog pass fewer. Anything else (unregistered groups,
+/// more ports than MAX_FANOUT, no controller) takes the bridge path.
+#[inline(always)]
+pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
+    let Some(config) = config() else { return TC_ACT_OK };
+    if config.flags & CONFIG_REDIRECT == 0 {
+        return TC_ACT_OK;
+    }
+    let heartbeat_age = heartbeat_age_ns(config);
+    if controller_gone(config, heartbeat_age) {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain map lookup; the value is only read.
+    let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(GroupKey::ipv4(dst, VLAN_NONE)) }) else {
+        return TC_ACT_OK;
+    };
+    let ingress = ifindex(ctx);
+    let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
+    // Hand-overs need a live controller (it alone sees a port go down), and
+    // the sender's own port never gets its packet back: else every copy is a clone.
+    let fresh = config.handover_ns == 0 || heartbeat_age <= config.handover_ns;
+    let last_to_peer = ports.last_to_peer != 0 && last != ingress && fresh;
+    let clones = if last_to_peer { ports.count - 1 } else { ports.count };
+    let mut copies = copy_to(ctx, ports, ingress, clones);
+    if copies == 0 && ports.ingress_mask == 0 && !last_to_peer {
+        // No copy made (every one failed as a port vanished, or the sender's
+        // is the only port): the bridge path delivers it, correctly if slower.
+        return TC_ACT_OK;
+    }
+    let bytes = u64::from(ctx.len());
+    if last_to_peer {
+        // No egress program sees this copy: count it here.
+        copies += 1;
+        count(Counter::DataForwarded);
+        count_traffic(&SNOOP_MEMBER_TRAFFIC, ports.last_member_slot, 1, bytes, true);
+        count_traffic(&SNOOP_PORT_TRAFFIC, ports.last_port_slot, 1, bytes, true);
+    }
+    count(Counter::Redirected);
+    count_n(Counter::RedirectCopies, u64::from(copies));
+    // Every other port (but the sender's) was spared the packet.
+    let spared = ports.bridge_ports.saturating_sub(copies + 1);
+    if spared > 0 {
+        count_n(Counter::DataPruned, u64::from(spared));
+        count_traffic(&SNOOP_GROUP_TRAFFIC, ports.traffic_slot, u64::from(spared), bytes * u64::from(spared), false);
+    }
+    if last_to_peer {
+        // SAFETY: plain helper call; TC_ACT_REDIRECT is its result.
+        return unsafe { aya_ebpf::helpers::bpf_redirect_peer(last, 0) } as i32;
+    }
+    // The copies carry it on. (TCX knows only OK/SHOT/REDIRECT/NEXT; any
+    // other code, TC_ACT_STOLEN included, would pass it to the bridge too.)
+    TC_ACT_SHOT
+}
+
+/// Reports and leaves go to router ports and the bridge device only (RFC
+/// 4541 2.1.1), copied here instead of flooded by the bridge and dropped
+/// again at every host port.
+#[inline(always)]
+pub fn redirect_reports(ctx: &TcContext) -> i32 {
+    let Some(config) = config() else { return TC_ACT_OK };
+    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(config, heartbeat_age_ns(config)) {
+        return TC_ACT_OK;
+    }
+    // SAFETY: plain map lookup; the value is only read.
+    let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(REPORT_TARGETS) }) else {
+        return TC_ACT_OK;
+    };
+    let copies = copy_to(ctx, targets, ifindex(ctx), targets.count);
+    count_n(Counter::RedirectCopies, u64::from(copies));
+    TC_ACT_SHOT
+}
+
+/// Clones the frame to the first `limit` ports in `ports` but the one it came
+/// from. Returns the copies made to bridge ports (not to the bridge device).
+#[inline(always)]
+fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32) -> u32 {
+    let mut copies = 0u32;
+    for i in 0..MAX_FANOUT {
+        if i as u32 >= limit {
+            break;
+        }
+        let Some(&target) = ports.ifindexes.get(i) else { break };
+        if target == ingress {
+            continue;
+        }
+        // Kept branch-free: each branch here multiplies the verifier's work
+        // by the 32 iterations.
+        let to_ingress = u64::from((ports.ingress_mask >> i) & 1);
+        let made = ctx.clone_redirect(target, to_ingress * BPF_F_INGRESS).is_ok();
+        copies += u32::from(made) * (1 - to_ingress as u32);
+    }
+    copies
+}
