@@ -2,7 +2,6 @@
 //! whatever network namespace snoop runs in (sysfs shows the mounter's).
 use std::net::{IpAddr, Ipv4Addr};
 
-use anyhow::{bail, Context as _, Result};
 use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
@@ -11,6 +10,30 @@ use rtnetlink::{
     },
     Handle, LinkBridge, LinkMessageBuilder, MulticastGroup,
 };
+
+/// What the bridge layer reports, as callers decide on it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no interface named {0} (create it with `ip link add {0} type bridge`)")]
+    NoSuchInterface(String),
+    #[error("{0} is not a bridge")]
+    NotABridge(String),
+    #[error("bridge {0} was deleted")]
+    BridgeGone(String),
+    #[error("{what}")]
+    Netlink { what: String, source: rtnetlink::Error },
+    #[error("{what}: the kernel did not take the setting")]
+    NotTaken { what: String },
+    #[error("{what}")]
+    Io { what: &'static str, source: std::io::Error },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn netlink_error(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Netlink { what, source }
+}
 
 /// A bridge port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,7 +63,8 @@ pub struct Netlink {
 impl Netlink {
     /// Opens an rtnetlink socket in the current network namespace. Needs a tokio runtime.
     pub fn open() -> Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening rtnetlink")?;
+        let (connection, handle, _) =
+            rtnetlink::new_connection().map_err(|source| Error::Io { what: "opening rtnetlink", source })?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
@@ -50,19 +74,16 @@ impl Netlink {
     /// rescanned at once instead of at the next periodic scan.
     pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
         let (connection, _, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
-            .context("subscribing to rtnetlink link events")?;
+            .map_err(|source| Error::Io { what: "subscribing to rtnetlink link events", source })?;
         tokio::spawn(connection);
         Ok(futures::StreamExt::map(messages, |_| ()))
     }
 
     /// Looks the bridge up; a clear error if it is missing or not a bridge.
     pub async fn bridge(&self, name: &str) -> Result<Bridge> {
-        let link = self
-            .link_by_name(name)
-            .await?
-            .with_context(|| format!("no interface named {name} (create it with `ip link add {name} type bridge`)"))?;
+        let link = self.link_by_name(name).await?.ok_or_else(|| Error::NoSuchInterface(name.to_owned()))?;
         if !is_bridge(&link) {
-            bail!("{name} is not a bridge");
+            return Err(Error::NotABridge(name.to_owned()));
         }
         let mac = link
             .attributes
@@ -81,7 +102,7 @@ impl Netlink {
             Ok(link) => Ok(link),
             // ENODEV: no such interface.
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-            Err(e) => Err(e).context("asking rtnetlink for the interface"),
+            Err(e) => Err(netlink_error("asking rtnetlink for the interface")(e)),
         }
     }
 
@@ -92,7 +113,7 @@ impl Netlink {
             Ok(Some(link)) => Ok(is_bridge(&link)),
             Ok(None) => Ok(false),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(false),
-            Err(e) => Err(e).context("asking rtnetlink for the bridge"),
+            Err(e) => Err(netlink_error("asking rtnetlink for the bridge")(e)),
         }
     }
 
@@ -100,7 +121,7 @@ impl Netlink {
     pub async fn ports(&self, bridge: &Bridge) -> Result<Vec<Port>> {
         let mut ports = Vec::new();
         let mut links = self.handle.link().get().execute();
-        while let Some(link) = links.try_next().await.context("listing interfaces")? {
+        while let Some(link) = links.try_next().await.map_err(netlink_error("listing interfaces"))? {
             let is_port = link.attributes.contains(&LinkAttribute::Controller(bridge.ifindex));
             if !is_port {
                 continue;
@@ -125,8 +146,7 @@ impl Netlink {
 
     /// The bridge's options (IFLA_INFO_DATA).
     async fn bridge_options(&self, bridge: &Bridge) -> Result<Vec<InfoBridge>> {
-        let link =
-            self.link_by_name(&bridge.name).await?.with_context(|| format!("bridge {} disappeared", bridge.name))?;
+        let link = self.link_by_name(&bridge.name).await?.ok_or_else(|| Error::BridgeGone(bridge.name.clone()))?;
         let options = link.attributes.into_iter().find_map(|a| match a {
             LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|info| match info {
                 LinkInfo::Data(InfoData::Bridge(options)) => Some(options),
@@ -166,10 +186,10 @@ impl Netlink {
             .index(bridge.ifindex)
             .append_info_data(InfoBridge::MulticastSnooping(on))
             .build();
-        let what = || format!("setting mcast_snooping {} on {}", u8::from(on), bridge.name);
-        self.handle.link().change(message).execute().await.with_context(what)?;
+        let what = format!("setting mcast_snooping {} on {}", u8::from(on), bridge.name);
+        self.handle.link().change(message).execute().await.map_err(netlink_error(what.clone()))?;
         if self.kernel_snooping(bridge).await? != on {
-            bail!("{}: the kernel did not take the setting", what());
+            return Err(Error::NotTaken { what });
         }
         Ok(())
     }
@@ -177,7 +197,7 @@ impl Netlink {
     /// The bridge's first IPv4 address, used as the querier source by default.
     pub async fn bridge_ipv4(&self, bridge: &Bridge) -> Result<Option<Ipv4Addr>> {
         let mut addresses = self.handle.address().get().set_link_index_filter(bridge.ifindex).execute();
-        while let Some(message) = addresses.try_next().await.context("listing addresses")? {
+        while let Some(message) = addresses.try_next().await.map_err(netlink_error("listing addresses"))? {
             for attribute in &message.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(addr)) = attribute {
                     return Ok(Some(*addr));

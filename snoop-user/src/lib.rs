@@ -1,18 +1,25 @@
 //! snoop: IGMP snooping for Linux bridges, on eBPF.
 //!
-//! - [`igmp`]: the IGMP parser and query builder;
-//! - [`membership`]: the membership/querier state machine (pure, injected time);
-//! - [`datapath`]: loading and driving the eBPF programs and their pinned maps;
-//! - [`controller`]: `snoop run`;
-//! - [`lab`]: network-namespace labs for the demo, tests and benchmarks.
+//! Where a packet is parsed, where membership is decided, where it is enforced:
+//! - [`proto`]: the one parser shape (IGMP now), and the query builder;
+//! - [`membership`]: the membership/querier state machine (pure, injected
+//!   time, generic over the address family, groups keyed by VLAN);
+//! - [`datapath`]: loading and driving the eBPF programs and their pinned
+//!   maps (the layout is snoop-common's);
+//! - [`controller`]: `snoop run`, carrying the state machine's decisions
+//!   into the data path; [`bridge`]: what it reads of the bridge (rtnetlink);
+//! - [`control`]: the protocol `snoop show`/`watch` and the metrics speak to
+//!   it; [`snapshot`]: the state it answers with; [`stats`]: its counters;
+//! - [`show`], [`metrics`]: the views.
 pub mod bridge;
+pub mod control;
 pub mod controller;
 pub mod datapath;
-pub mod demo;
 pub mod frame_sender;
-pub mod igmp;
-pub mod lab;
 pub mod membership;
 pub mod metrics;
+pub mod netns;
+pub mod proto;
 pub mod show;
 pub mod snapshot;
+pub mod stats;

@@ -1,18 +1,17 @@
 use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use snoop::{
     controller::{self, Forwarding, RunConfig},
-    datapath, demo, lab,
+    datapath,
     membership::Timers,
+    netns,
     show::{self, View},
 };
 
 /// IGMP snooping for Linux bridges, on eBPF: group traffic goes only to ports
 /// with members and to router ports.
-///
-/// Without a command, runs the demo lab.
 #[derive(Parser, Debug)]
 #[command(name = "snoop", version)]
 struct Cli {
@@ -21,7 +20,7 @@ struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     netns: Option<String>,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,17 +50,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Build a lab in network namespaces and show snoop pruning multicast (the default).
-    Demo,
-    /// Remove the pinned state a `snoop run --keep-state` left behind (detaches the programs).
+    /// Remove the pinned state a `snoop run --keep-state` left behind
+    /// (detaches the programs, restores the bridge's own snooping).
     Cleanup {
-        #[arg(long, required_unless_present = "stale_labs")]
-        bridge: Option<String>,
+        #[arg(long)]
+        bridge: String,
         #[arg(long)]
         pin_dir: Option<PathBuf>,
-        /// Instead: remove namespaces and pins left by interrupted demo or test labs.
-        #[arg(long, conflicts_with_all = ["bridge", "pin_dir"])]
-        stale_labs: bool,
     },
 }
 
@@ -190,10 +185,10 @@ fn main() {
 }
 
 fn real_main(cli: Cli) -> Result<()> {
-    if let Some(netns) = &cli.netns {
-        lab::enter_netns(netns)?;
+    if let Some(name) = &cli.netns {
+        netns::enter(name)?;
     }
-    match cli.command.unwrap_or(Command::Demo) {
+    match cli.command {
         Command::Run(args) => {
             require_root()?;
             // Before the runtime starts: threads inherit the calling thread's nice value.
@@ -204,21 +199,10 @@ fn real_main(cli: Cli) -> Result<()> {
         }
         Command::Show { view, bridge, json, watch } => show::show(&bridge, view, json, watch),
         Command::Watch { bridge, json } => show::watch(&bridge, json),
-        Command::Demo => {
+        Command::Cleanup { bridge, pin_dir } => {
             require_root()?;
-            demo::run(&std::env::current_exe().context("locating the snoop binary")?)
-        }
-        Command::Cleanup { stale_labs: true, .. } => {
-            require_root()?;
-            let removed = lab::remove_stale_labs()?;
-            println!("removed {removed} stale lab namespaces");
-            Ok(())
-        }
-        Command::Cleanup { bridge, pin_dir, .. } => {
-            require_root()?;
-            let bridge = bridge.context("--bridge is required")?;
             let pin_dir =
-                pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(cli.netns.as_deref()), &bridge));
+                pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns::label(cli.netns.as_deref()), &bridge));
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(controller::cleanup(&bridge, &pin_dir))?;
             println!("removed {}", pin_dir.display());
@@ -248,7 +232,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
     if let Some(v) = args.last_member_query_count {
         timers.last_member_query_count = v.max(1);
     }
-    let pin_dir = args.pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns_label(netns), &args.bridge));
+    let pin_dir = args.pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns::label(netns), &args.bridge));
     let failsafe_after = match args.failsafe_after.as_deref() {
         None => Some(timers.group_membership_interval),
         Some("never") => None,
@@ -272,20 +256,6 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         metrics: args.metrics,
         forwarding: args.forwarding,
     })
-}
-
-/// Names the network namespace in pin paths: the `--netns` name, `host` for
-/// the initial namespace, else `netns-INODE`.
-fn netns_label(netns: Option<&str>) -> String {
-    if let Some(name) = netns {
-        return name.to_owned();
-    }
-    let inode = |path: &str| std::fs::metadata(path).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
-    match (inode("/proc/self/ns/net"), inode("/proc/1/ns/net")) {
-        (Some(own), Some(init)) if own == init => "host".into(),
-        (Some(own), _) => format!("netns-{own}"),
-        _ => "host".into(),
-    }
 }
 
 fn set_nice(nice: i32) {

@@ -2,16 +2,53 @@
 //! machine: messages and the current time go in, [`Action`]s come out. Time is
 //! injected (a [`Duration`] since any fixed origin) so every timer is testable.
 //!
-//! Behaviour follows RFC 4541 (snooping), RFC 2236 (IGMPv2) and RFC 3376
-//! (IGMPv3) at group granularity: v3 source lists decide only whether a port
-//! still wants a group, not which sources it gets.
+//! One machine serves every address family ([`Family`]: IGMP for IPv4, MLD
+//! for IPv6) and keys groups by VLAN ([`Group`]). Behaviour follows RFC 4541
+//! (snooping), RFC 2236 (IGMPv2) and RFC 3376 (IGMPv3) at group granularity:
+//! source lists decide only whether a port still wants a group, not which
+//! sources it gets.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    fmt,
     time::Duration,
 };
 
-use crate::igmp::{GroupRecord, Message, Packet, RecordType};
+use snoop_common::{GroupKey, VLAN_NONE};
+
+use crate::proto::{Family, GroupRecord, Message, Packet, RecordType};
+
+/// A group as snooping tracks it: its address in one VLAN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Group<A> {
+    pub vlan: u16,
+    pub addr: A,
+}
+
+impl<A: Family> Group<A> {
+    /// The group outside any VLAN (snooping that is not VLAN-aware).
+    pub const fn untagged(addr: A) -> Self {
+        Self { vlan: VLAN_NONE, addr }
+    }
+
+    /// The data path's key for the group.
+    pub fn key(self) -> GroupKey {
+        self.addr.key(self.vlan)
+    }
+
+    pub fn from_key(key: &GroupKey) -> Option<Self> {
+        Some(Self { vlan: key.vlan, addr: A::from_key(key)? })
+    }
+}
+
+impl<A: fmt::Display> fmt::Display for Group<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.vlan == VLAN_NONE {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{} vlan {}", self.addr, self.vlan)
+        }
+    }
+}
 
 /// The RFC 3376 section 8 timers. Defaults are the RFC's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +109,7 @@ pub struct PortOptions {
 /// What the state machine ignored on purpose, for `snoop show stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IgnoredCounts {
-    /// Reports for non-multicast or 224.0.0.0/24 groups.
+    /// Reports for groups that are not multicast or always flooded.
     pub not_snoopable_groups: u64,
     /// Queries and PIM hellos from untrusted ports.
     pub untrusted_router_messages: u64,
@@ -82,26 +119,38 @@ pub struct IgnoredCounts {
     pub unknown_port_messages: u64,
 }
 
+impl IgnoredCounts {
+    /// The counts by their names in `snoop show stats` (a stable interface).
+    pub fn named(&self) -> [(&'static str, u64); 4] {
+        [
+            ("ignored_not_snoopable_groups", self.not_snoopable_groups),
+            ("ignored_untrusted_router_messages", self.untrusted_router_messages),
+            ("ignored_group_limit", self.group_limit_refusals),
+            ("ignored_unknown_port", self.unknown_port_messages),
+        ]
+    }
+}
+
 /// What the controller must do to the data path or the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum Action<A> {
     /// Forward `group` to `port` from now on (first member on the port).
-    AddMember { group: Ipv4Addr, port: u32, version: u8, expires: Duration },
+    AddMember { group: Group<A>, port: u32, version: u8, expires: Duration },
     /// The membership was refreshed: record the new expiry (and version) in the
     /// pinned map. Emitted at most about once per query interval per membership.
-    RefreshMember { group: Ipv4Addr, port: u32, version: u8, expires: Duration },
+    RefreshMember { group: Group<A>, port: u32, version: u8, expires: Duration },
     /// Stop forwarding `group` to `port`.
-    RemoveMember { group: Ipv4Addr, port: u32, reason: RemoveReason },
+    RemoveMember { group: Group<A>, port: u32, reason: RemoveReason },
     /// `group` now has members somewhere (the data path prunes it).
-    RegisterGroup { group: Ipv4Addr },
+    RegisterGroup { group: Group<A> },
     /// `group` has no members left (the data path treats it as unregistered).
-    UnregisterGroup { group: Ipv4Addr },
-    /// Send a query: general when `group` is `None`.
-    SendQuery { group: Option<Ipv4Addr> },
+    UnregisterGroup { group: Group<A> },
+    /// Send a query in `vlan`: general when `group` is `None`.
+    SendQuery { vlan: u16, group: Option<A> },
     /// A port became, or stopped being, a router port.
     SetRouterPort { port: u32, is_router: bool },
     /// Who the querier is changed; `None` when snoop itself queries.
-    QuerierChanged { other_querier: Option<Ipv4Addr> },
+    QuerierChanged { other_querier: Option<A> },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -116,14 +165,15 @@ pub enum RemoveReason {
 
 /// One port's membership of one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
+pub struct Member<A> {
     pub expires: Duration,
-    /// Highest IGMP version heard, so a v1 host's presence is visible.
+    /// Lowest version heard, so an older host's presence is visible.
     pub version: u8,
-    pub last_reporter: Ipv4Addr,
-    /// While set and in the future, leaves are ignored (RFC 2236 4: v1 hosts
-    /// never send them, so a leave cannot mean the v1 host is gone).
-    pub v1_host_until: Option<Duration>,
+    pub last_reporter: A,
+    /// While set and in the future, leaves are ignored: hosts of a version
+    /// that sends none are present (RFC 2236 4, IGMPv1), so a leave cannot
+    /// mean they are gone.
+    pub no_leave_host_until: Option<Duration>,
     /// A leave was heard and the last-member queries are running.
     pub leaving: bool,
     /// Expiry last written to the pinned map.
@@ -153,40 +203,40 @@ struct PendingGroupQuery {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct QuerierState {
+pub struct QuerierState<A> {
     /// This snoop may act as querier at all.
     pub enabled: bool,
-    /// Source address of our queries; 0.0.0.0 loses every election.
-    pub own_address: Ipv4Addr,
+    /// Source address of our queries; the unspecified address loses every election.
+    pub own_address: A,
     /// Another querier that won the election, and until when it counts as present.
-    pub other: Option<(Ipv4Addr, Duration)>,
+    pub other: Option<(A, Duration)>,
     /// When our next general query is due (only while we are the querier).
     pub next_general_query: Option<Duration>,
     startup_queries_left: u32,
 }
 
-impl QuerierState {
+impl<A> QuerierState<A> {
     pub fn is_querier(&self) -> bool {
         self.enabled && self.other.is_none()
     }
 }
 
-/// The whole membership state of one bridge.
+/// The whole membership state of one bridge for one address family.
 #[derive(Clone, Debug)]
-pub struct Snooper {
+pub struct Snooper<A> {
     timers: Timers,
     ports: BTreeMap<u32, PortState>,
     /// Hashed: a report's lookups are O(1) with 100k groups (display sorts).
-    groups: HashMap<Ipv4Addr, BTreeMap<u32, Member>>,
-    querier: QuerierState,
-    pending_group_queries: BTreeMap<Ipv4Addr, PendingGroupQuery>,
+    groups: HashMap<Group<A>, BTreeMap<u32, Member<A>>>,
+    querier: QuerierState<A>,
+    pending_group_queries: BTreeMap<Group<A>, PendingGroupQuery>,
     /// Every member's expiry, ordered, so timers cost O(log n) with 100k members.
-    expiries: BTreeSet<(Duration, Ipv4Addr, u32)>,
+    expiries: BTreeSet<(Duration, Group<A>, u32)>,
     ignored: IgnoredCounts,
 }
 
-impl Snooper {
-    pub fn new(timers: Timers, querier_enabled: bool, own_address: Ipv4Addr, now: Duration) -> Self {
+impl<A: Family> Snooper<A> {
+    pub fn new(timers: Timers, querier_enabled: bool, own_address: A, now: Duration) -> Self {
         let querier = QuerierState {
             enabled: querier_enabled,
             own_address,
@@ -215,15 +265,15 @@ impl Snooper {
     pub fn ports(&self) -> &BTreeMap<u32, PortState> {
         &self.ports
     }
-    pub fn groups(&self) -> &HashMap<Ipv4Addr, BTreeMap<u32, Member>> {
+    pub fn groups(&self) -> &HashMap<Group<A>, BTreeMap<u32, Member<A>>> {
         &self.groups
     }
-    pub fn querier(&self) -> &QuerierState {
+    pub fn querier(&self) -> &QuerierState<A> {
         &self.querier
     }
 
     /// Starts managing a port. Returns the router-port action for static routers.
-    pub fn add_port(&mut self, port: u32, options: PortOptions) -> Vec<Action> {
+    pub fn add_port(&mut self, port: u32, options: PortOptions) -> Vec<Action<A>> {
         self.ports.insert(port, PortState { options, router_until: None, groups: 0 });
         if options.static_router {
             vec![Action::SetRouterPort { port, is_router: true }]
@@ -233,10 +283,10 @@ impl Snooper {
     }
 
     /// Forgets a port that left the bridge, with all of its memberships.
-    pub fn remove_port(&mut self, port: u32) -> Vec<Action> {
+    pub fn remove_port(&mut self, port: u32) -> Vec<Action<A>> {
         let mut actions = Vec::new();
         self.ports.remove(&port);
-        let groups: Vec<Ipv4Addr> = self.groups.keys().copied().collect();
+        let groups: Vec<Group<A>> = self.groups.keys().copied().collect();
         for group in groups {
             self.remove_member(group, port, RemoveReason::PortRemoved, &mut actions);
         }
@@ -245,7 +295,7 @@ impl Snooper {
 
     /// Re-adopts a membership found in the pinned map after a restart. It gets a
     /// full membership interval: hosts re-report to our startup queries well before.
-    pub fn restore_member(&mut self, group: Ipv4Addr, port: u32, version: u8, now: Duration) {
+    pub fn restore_member(&mut self, group: Group<A>, port: u32, version: u8, now: Duration) {
         let expires = now + self.timers.group_membership_interval;
         self.expiries.insert((expires, group, port));
         if let Some(state) = self.ports.get_mut(&port) {
@@ -256,16 +306,16 @@ impl Snooper {
             Member {
                 expires,
                 version,
-                last_reporter: Ipv4Addr::UNSPECIFIED,
-                v1_host_until: None,
+                last_reporter: A::UNSPECIFIED,
+                no_leave_host_until: None,
                 leaving: false,
                 persisted_expires: Duration::ZERO,
             },
         );
     }
 
-    /// Handles one validated control packet that entered through `port`.
-    pub fn handle(&mut self, port: u32, packet: &Packet, now: Duration) -> Vec<Action> {
+    /// Handles one validated control packet that entered through `port` in `vlan`.
+    pub fn handle(&mut self, port: u32, vlan: u16, packet: &Packet<A>, now: Duration) -> Vec<Action<A>> {
         let mut actions = Vec::new();
         let Some(state) = self.ports.get(&port) else {
             self.ignored.unknown_port_messages += 1;
@@ -276,60 +326,66 @@ impl Snooper {
             self.ignored.untrusted_router_messages += 1;
             return actions;
         }
+        let group = |addr| Group { vlan, addr };
         match &packet.message {
-            Message::Report { version, group } => self.report(*group, port, *version, packet.source, now, &mut actions),
-            Message::Leave { group } => self.leave(*group, port, true, now, &mut actions),
-            Message::V3Report { records } => {
+            Message::Report { version, group: addr } => {
+                self.report(group(*addr), port, *version, packet.source, now, &mut actions)
+            }
+            Message::Leave { group: addr } => self.leave(group(*addr), port, true, now, &mut actions),
+            Message::RecordReport { records } => {
                 for record in records {
-                    self.v3_record(record, port, packet.source, now, &mut actions);
+                    self.record(vlan, record, port, packet.source, now, &mut actions);
                 }
             }
-            Message::Query { group, max_response, .. } => {
-                self.query_heard(port, packet.source, *group, *max_response, now, &mut actions)
+            Message::Query { group: addr, max_response, .. } => {
+                let specific = (!addr.is_unspecified()).then(|| group(*addr));
+                self.query_heard(port, packet.source, specific, *max_response, now, &mut actions)
             }
             Message::PimHello => self.learn_router_port(port, now, &mut actions),
         }
         actions
     }
 
-    fn v3_record(
+    fn record(
         &mut self,
-        record: &GroupRecord,
+        vlan: u16,
+        record: &GroupRecord<A>,
         port: u32,
-        reporter: Ipv4Addr,
+        reporter: A,
         now: Duration,
-        actions: &mut Vec<Action>,
+        actions: &mut Vec<Action<A>>,
     ) {
-        let no_sources = record.source_count == 0;
+        let group = Group { vlan, addr: record.group };
+        let no_sources = record.sources.is_empty();
         match record.record_type {
             // INCLUDE {} means "no interest": a leave (RFC 3376 6.4).
             RecordType::ChangeToInclude | RecordType::ModeIsInclude if no_sources => {
-                self.leave(record.group, port, true, now, actions)
+                self.leave(group, port, true, now, actions)
             }
             // Blocking sources may drop the last one; confirm with a query, but
             // never fast-leave on it since other sources may still be wanted.
-            RecordType::BlockOldSources => self.leave(record.group, port, false, now, actions),
+            RecordType::BlockOldSources => self.leave(group, port, false, now, actions),
             RecordType::AllowNewSources if no_sources => {}
-            _ => self.report(record.group, port, 3, reporter, now, actions),
+            _ => self.report(group, port, A::RECORD_VERSION, reporter, now, actions),
         }
     }
 
     fn report(
         &mut self,
-        group: Ipv4Addr,
+        group: Group<A>,
         port: u32,
         version: u8,
-        reporter: Ipv4Addr,
+        reporter: A,
         now: Duration,
-        actions: &mut Vec<Action>,
+        actions: &mut Vec<Action<A>>,
     ) {
-        if !is_snoopable(group) {
+        if !group.addr.is_snoopable() {
             self.ignored.not_snoopable_groups += 1;
             return;
         }
         let expires = now + self.timers.group_membership_interval;
         let refresh_slack = self.timers.query_interval;
-        let v1_host_until = (version == 1).then_some(expires);
+        let no_leave_host_until = A::sends_no_leaves(version).then_some(expires);
         let port_state = self.ports.get_mut(&port);
         let ports = self.groups.entry(group).or_default();
         let registers = ports.is_empty();
@@ -340,8 +396,8 @@ impl Snooper {
                 member.expires = expires;
                 member.last_reporter = reporter;
                 member.leaving = false;
-                if v1_host_until.is_some() {
-                    member.v1_host_until = v1_host_until;
+                if no_leave_host_until.is_some() {
+                    member.no_leave_host_until = no_leave_host_until;
                 }
                 // Version only goes down while older hosts are present.
                 let version_changed = version < member.version;
@@ -371,7 +427,7 @@ impl Snooper {
                         expires,
                         version,
                         last_reporter: reporter,
-                        v1_host_until,
+                        no_leave_host_until,
                         leaving: false,
                         persisted_expires: expires,
                     },
@@ -390,13 +446,13 @@ impl Snooper {
         }
     }
 
-    fn leave(&mut self, group: Ipv4Addr, port: u32, may_fast_leave: bool, now: Duration, actions: &mut Vec<Action>) {
+    fn leave(&mut self, group: Group<A>, port: u32, may_fast_leave: bool, now: Duration, actions: &mut Vec<Action<A>>) {
         let fast_leave = may_fast_leave && self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
         let last_member_time = self.timers.last_member_query_time();
         let Some(member) = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)) else {
             return;
         };
-        if member.v1_host_until.is_some_and(|until| until > now) {
+        if member.no_leave_host_until.is_some_and(|until| until > now) {
             return;
         }
         if fast_leave {
@@ -409,7 +465,7 @@ impl Snooper {
         self.expiries.insert((shortened, group, port));
         member.expires = shortened;
         if self.querier.is_querier() {
-            actions.push(Action::SendQuery { group: Some(group) });
+            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr) });
             let remaining = self.timers.last_member_query_count.saturating_sub(1);
             if remaining > 0 {
                 self.pending_group_queries.insert(
@@ -423,13 +479,13 @@ impl Snooper {
     fn query_heard(
         &mut self,
         port: u32,
-        source: Ipv4Addr,
-        group: Ipv4Addr,
+        source: A,
+        group: Option<Group<A>>,
         max_response: Duration,
         now: Duration,
-        actions: &mut Vec<Action>,
+        actions: &mut Vec<Action<A>>,
     ) {
-        // A 0.0.0.0 query comes from another snooping switch, not a router,
+        // An unspecified source is another snooping switch, not a router,
         // and takes no part in the election (RFC 4541 2.1.1).
         if source.is_unspecified() {
             return;
@@ -454,7 +510,7 @@ impl Snooper {
 
         // Another querier's group-specific query: its last-member round is on,
         // so shorten this group's memberships like the querier does (RFC 3376 6.6.1).
-        if !group.is_unspecified() {
+        if let Some(group) = group {
             let limit = now + max_response * self.timers.last_member_query_count;
             if let Some(ports) = self.groups.get_mut(&group) {
                 for (port, member) in ports.iter_mut() {
@@ -468,7 +524,7 @@ impl Snooper {
         }
     }
 
-    fn learn_router_port(&mut self, port: u32, now: Duration, actions: &mut Vec<Action>) {
+    fn learn_router_port(&mut self, port: u32, now: Duration, actions: &mut Vec<Action<A>>) {
         let until = now + self.timers.other_querier_present_interval;
         if let Some(state) = self.ports.get_mut(&port) {
             let was_router = state.is_router(now);
@@ -479,7 +535,7 @@ impl Snooper {
         }
     }
 
-    fn remove_member(&mut self, group: Ipv4Addr, port: u32, reason: RemoveReason, actions: &mut Vec<Action>) {
+    fn remove_member(&mut self, group: Group<A>, port: u32, reason: RemoveReason, actions: &mut Vec<Action<A>>) {
         let Some(ports) = self.groups.get_mut(&group) else { return };
         let Some(member) = ports.remove(&port) else { return };
         self.expiries.remove(&(member.expires, group, port));
@@ -495,7 +551,7 @@ impl Snooper {
     }
 
     /// Fires every timer due at `now`.
-    pub fn poll(&mut self, now: Duration) -> Vec<Action> {
+    pub fn poll(&mut self, now: Duration) -> Vec<Action<A>> {
         let mut actions = Vec::new();
 
         while let Some(&(expires, group, port)) = self.expiries.first() {
@@ -530,7 +586,7 @@ impl Snooper {
         }
 
         if self.querier.is_querier() && self.querier.next_general_query.is_some_and(|at| at <= now) {
-            actions.push(Action::SendQuery { group: None });
+            actions.push(Action::SendQuery { vlan: VLAN_NONE, group: None });
             let interval = if self.querier.startup_queries_left > 1 {
                 self.querier.startup_queries_left -= 1;
                 self.timers.startup_query_interval
@@ -546,7 +602,7 @@ impl Snooper {
             if pending.next_at > now {
                 return true;
             }
-            actions.push(Action::SendQuery { group: Some(*group) });
+            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr) });
             pending.remaining -= 1;
             pending.next_at = now + interval;
             pending.remaining > 0
@@ -575,19 +631,23 @@ impl Snooper {
 
     /// The member ports of `group` (used by the tests).
     #[cfg(test)]
-    fn group_ports(&self, group: Ipv4Addr) -> BTreeSet<u32> {
+    fn group_ports(&self, group: Group<A>) -> BTreeSet<u32> {
         self.groups.get(&group).map(|p| p.keys().copied().collect()).unwrap_or_default()
     }
 }
 
-/// Groups snoop tracks: IPv4 multicast outside 224.0.0.0/24, which is always flooded.
-pub fn is_snoopable(group: Ipv4Addr) -> bool {
-    group.is_multicast() && !matches!(group.octets(), [224, 0, 0, _])
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    type Packet = crate::proto::Packet<Ipv4Addr>;
+    type Message = crate::proto::Message<Ipv4Addr>;
+
+    fn g(addr: Ipv4Addr) -> Group<Ipv4Addr> {
+        Group::untagged(addr)
+    }
 
     const G1: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
     const G2: Ipv4Addr = Ipv4Addr::new(239, 129, 1, 1);
@@ -605,8 +665,9 @@ mod tests {
         pkt(H1, Message::Report { version: 2, group })
     }
 
-    fn record(record_type: RecordType, group: Ipv4Addr, source_count: u16) -> Packet {
-        pkt(H1, Message::V3Report { records: vec![GroupRecord { record_type, group, source_count }] })
+    fn record(record_type: RecordType, group: Ipv4Addr, source_count: u8) -> Packet {
+        let sources = (0..source_count).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect();
+        pkt(H1, Message::RecordReport { records: vec![GroupRecord { record_type, group, sources }] })
     }
 
     fn query(source: Ipv4Addr, group: Ipv4Addr) -> Packet {
@@ -616,7 +677,7 @@ mod tests {
     const TRUSTED: PortOptions = PortOptions { fast_leave: false, static_router: false, trusted: true, max_groups: 0 };
 
     /// Querier off unless a test needs it, two trusted ports.
-    fn snooper(querier: bool) -> Snooper {
+    fn snooper(querier: bool) -> Snooper<Ipv4Addr> {
         let mut s = Snooper::new(Timers::default(), querier, Ipv4Addr::new(10, 0, 0, 1), secs(0));
         s.add_port(1, TRUSTED);
         s.add_port(2, TRUSTED);
@@ -627,13 +688,13 @@ mod tests {
     fn untrusted_port_cannot_pose_as_router_or_querier() {
         let mut s = snooper(true);
         s.add_port(3, PortOptions::default());
-        assert!(s.handle(3, &query(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
-        assert!(s.handle(3, &pkt(H1, Message::PimHello), secs(0)).is_empty());
+        assert!(s.handle(3, 0, &query(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
+        assert!(s.handle(3, 0, &pkt(H1, Message::PimHello), secs(0)).is_empty());
         assert!(s.querier().is_querier());
         assert!(!s.ports()[&3].is_router(secs(0)));
         assert_eq!(s.ignored().untrusted_router_messages, 2);
         // Reports from it still count.
-        assert!(!s.handle(3, &v2_report(G1), secs(0)).is_empty());
+        assert!(!s.handle(3, 0, &v2_report(G1), secs(0)).is_empty());
     }
 
     #[test]
@@ -641,49 +702,49 @@ mod tests {
         let mut s = snooper(false);
         s.add_port(3, PortOptions { max_groups: 2, ..TRUSTED });
         for i in 0..5 {
-            s.handle(3, &v2_report(Ipv4Addr::new(239, 0, 0, i)), secs(0));
+            s.handle(3, 0, &v2_report(Ipv4Addr::new(239, 0, 0, i)), secs(0));
         }
         assert_eq!(s.port_group_count(3), 2);
         assert_eq!(s.ignored().group_limit_refusals, 3);
-        assert!(s.handle(3, &v2_report(Ipv4Addr::new(239, 0, 0, 0)), secs(200)).len() == 1, "refresh still works");
+        assert!(s.handle(3, 0, &v2_report(Ipv4Addr::new(239, 0, 0, 0)), secs(200)).len() == 1, "refresh still works");
         assert_eq!(s.poll(secs(260)).len(), 2, "the unrefreshed group expires");
-        s.handle(1, &v2_report(Ipv4Addr::new(239, 0, 0, 4)), secs(0));
+        s.handle(1, 0, &v2_report(Ipv4Addr::new(239, 0, 0, 4)), secs(0));
         assert_eq!(s.port_group_count(1), 1, "other ports are not limited");
     }
 
-    fn members(s: &Snooper, group: Ipv4Addr) -> Vec<u32> {
-        s.group_ports(group).into_iter().collect()
+    fn members(s: &Snooper<Ipv4Addr>, group: Ipv4Addr) -> Vec<u32> {
+        s.group_ports(g(group)).into_iter().collect()
     }
 
     #[test]
     fn report_adds_member_and_registers_group() {
         let mut s = snooper(false);
-        let actions = s.handle(1, &v2_report(G1), secs(1));
+        let actions = s.handle(1, 0, &v2_report(G1), secs(1));
         assert_eq!(
             actions,
             [
-                Action::AddMember { group: G1, port: 1, version: 2, expires: secs(261) },
-                Action::RegisterGroup { group: G1 }
+                Action::AddMember { group: g(G1), port: 1, version: 2, expires: secs(261) },
+                Action::RegisterGroup { group: g(G1) }
             ]
         );
         // A second port only adds a member.
-        let actions = s.handle(2, &v2_report(G1), secs(2));
-        assert_eq!(actions, [Action::AddMember { group: G1, port: 2, version: 2, expires: secs(262) }]);
+        let actions = s.handle(2, 0, &v2_report(G1), secs(2));
+        assert_eq!(actions, [Action::AddMember { group: g(G1), port: 2, version: 2, expires: secs(262) }]);
         assert_eq!(members(&s, G1), [1, 2]);
     }
 
     #[test]
     fn membership_expires_after_group_membership_interval() {
         let mut s = snooper(false);
-        s.handle(1, &v2_report(G1), secs(0));
+        s.handle(1, 0, &v2_report(G1), secs(0));
         assert!(s.poll(secs(259)).is_empty());
         assert_eq!(s.next_deadline(), Some(secs(260)));
         let actions = s.poll(secs(260));
         assert_eq!(
             actions,
             [
-                Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Expired },
-                Action::UnregisterGroup { group: G1 }
+                Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Expired },
+                Action::UnregisterGroup { group: g(G1) }
             ]
         );
         assert!(s.groups().is_empty());
@@ -692,11 +753,11 @@ mod tests {
     #[test]
     fn refresh_is_persisted_at_most_once_per_query_interval() {
         let mut s = snooper(false);
-        s.handle(1, &v2_report(G1), secs(0));
-        assert!(s.handle(1, &v2_report(G1), secs(60)).is_empty());
+        s.handle(1, 0, &v2_report(G1), secs(0));
+        assert!(s.handle(1, 0, &v2_report(G1), secs(60)).is_empty());
         assert_eq!(
-            s.handle(1, &v2_report(G1), secs(125)),
-            [Action::RefreshMember { group: G1, port: 1, version: 2, expires: secs(385) }]
+            s.handle(1, 0, &v2_report(G1), secs(125)),
+            [Action::RefreshMember { group: g(G1), port: 1, version: 2, expires: secs(385) }]
         );
         // The refresh still moved the timer.
         assert!(s.poll(secs(384)).is_empty());
@@ -706,13 +767,13 @@ mod tests {
     fn leave_as_querier_sends_last_member_queries_then_expires() {
         let mut s = snooper(true);
         s.poll(secs(0)); // startup query
-        s.handle(1, &v2_report(G1), secs(1));
-        s.handle(2, &v2_report(G1), secs(1));
-        let actions = s.handle(1, &pkt(H1, Message::Leave { group: G1 }), secs(10));
-        assert_eq!(actions, [Action::SendQuery { group: Some(G1) }]);
-        assert_eq!(s.poll(secs(11)), [Action::SendQuery { group: Some(G1) }]);
+        s.handle(1, 0, &v2_report(G1), secs(1));
+        s.handle(2, 0, &v2_report(G1), secs(1));
+        let actions = s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(10));
+        assert_eq!(actions, [Action::SendQuery { vlan: 0, group: Some(G1) }]);
+        assert_eq!(s.poll(secs(11)), [Action::SendQuery { vlan: 0, group: Some(G1) }]);
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
-        assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::Left }]);
+        assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }]);
         assert_eq!(members(&s, G1), [2]);
     }
 
@@ -720,10 +781,10 @@ mod tests {
     fn report_during_last_member_round_keeps_member_and_stops_queries() {
         let mut s = snooper(true);
         s.poll(secs(0));
-        s.handle(1, &v2_report(G1), secs(1));
-        s.handle(1, &pkt(H1, Message::Leave { group: G1 }), secs(10));
-        s.handle(1, &v2_report(G1), secs(10));
-        assert!(s.poll(secs(11)).iter().all(|a| !matches!(a, Action::SendQuery { group: Some(_) })));
+        s.handle(1, 0, &v2_report(G1), secs(1));
+        s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(10));
+        s.handle(1, 0, &v2_report(G1), secs(10));
+        assert!(s.poll(secs(11)).iter().all(|a| !matches!(a, Action::SendQuery { group: Some(_), .. })));
         assert!(s.poll(secs(12)).is_empty());
         assert_eq!(members(&s, G1), [1]);
     }
@@ -732,13 +793,13 @@ mod tests {
     fn v3_to_include_empty_is_a_leave_and_fast_leave_removes_at_once() {
         let mut s = snooper(false);
         s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
-        s.handle(3, &record(RecordType::ChangeToExclude, G1, 0), secs(0));
-        s.handle(1, &record(RecordType::ModeIsExclude, G1, 0), secs(0));
+        s.handle(3, 0, &record(RecordType::ChangeToExclude, G1, 0), secs(0));
+        s.handle(1, 0, &record(RecordType::ModeIsExclude, G1, 0), secs(0));
         assert_eq!(members(&s, G1), [1, 3]);
-        let actions = s.handle(3, &record(RecordType::ChangeToInclude, G1, 0), secs(5));
-        assert_eq!(actions, [Action::RemoveMember { group: G1, port: 3, reason: RemoveReason::Left }]);
+        let actions = s.handle(3, 0, &record(RecordType::ChangeToInclude, G1, 0), secs(5));
+        assert_eq!(actions, [Action::RemoveMember { group: g(G1), port: 3, reason: RemoveReason::Left }]);
         // Not querier and no fast leave: shortened to the last member query time.
-        s.handle(1, &record(RecordType::ChangeToInclude, G1, 0), secs(5));
+        s.handle(1, 0, &record(RecordType::ChangeToInclude, G1, 0), secs(5));
         assert_eq!(s.poll(secs(7)).len(), 2); // remove + unregister
         assert!(s.groups().is_empty());
     }
@@ -747,11 +808,11 @@ mod tests {
     fn v3_include_with_sources_joins_and_block_is_never_fast_left() {
         let mut s = snooper(false);
         s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
-        s.handle(3, &record(RecordType::ModeIsInclude, G1, 2), secs(0));
-        s.handle(3, &record(RecordType::AllowNewSources, G2, 1), secs(0));
+        s.handle(3, 0, &record(RecordType::ModeIsInclude, G1, 2), secs(0));
+        s.handle(3, 0, &record(RecordType::AllowNewSources, G2, 1), secs(0));
         assert_eq!(members(&s, G1), [3]);
         assert_eq!(members(&s, G2), [3]);
-        assert!(s.handle(3, &record(RecordType::BlockOldSources, G1, 1), secs(1)).is_empty());
+        assert!(s.handle(3, 0, &record(RecordType::BlockOldSources, G1, 1), secs(1)).is_empty());
         assert_eq!(members(&s, G1), [3]);
         s.poll(secs(3));
         assert!(members(&s, G1).is_empty(), "block confirmed by silence");
@@ -760,18 +821,18 @@ mod tests {
     #[test]
     fn v1_host_present_ignores_leaves() {
         let mut s = snooper(false);
-        s.handle(1, &pkt(H1, Message::Report { version: 1, group: G1 }), secs(0));
-        s.handle(1, &v2_report(G1), secs(1));
-        s.handle(1, &pkt(H1, Message::Leave { group: G1 }), secs(2));
+        s.handle(1, 0, &pkt(H1, Message::Report { version: 1, group: G1 }), secs(0));
+        s.handle(1, 0, &v2_report(G1), secs(1));
+        s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(2));
         assert!(s.poll(secs(10)).is_empty());
-        assert_eq!(s.groups()[&G1][&1].version, 1);
+        assert_eq!(s.groups()[&g(G1)][&1].version, 1);
     }
 
     #[test]
     fn link_local_and_unicast_groups_are_not_tracked() {
         let mut s = snooper(false);
-        assert!(s.handle(1, &v2_report(Ipv4Addr::new(224, 0, 0, 251)), secs(0)).is_empty());
-        assert!(s.handle(1, &v2_report(Ipv4Addr::new(10, 1, 1, 1)), secs(0)).is_empty());
+        assert!(s.handle(1, 0, &v2_report(Ipv4Addr::new(224, 0, 0, 251)), secs(0)).is_empty());
+        assert!(s.handle(1, 0, &v2_report(Ipv4Addr::new(10, 1, 1, 1)), secs(0)).is_empty());
         assert!(s.groups().is_empty());
     }
 
@@ -779,9 +840,9 @@ mod tests {
     fn querier_startup_then_regular_interval() {
         let mut s = snooper(true);
         let t = Timers::default();
-        assert_eq!(s.poll(secs(0)), [Action::SendQuery { group: None }]);
+        assert_eq!(s.poll(secs(0)), [Action::SendQuery { vlan: 0, group: None }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval));
-        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { group: None }]);
+        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { vlan: 0, group: None }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval + t.query_interval));
     }
 
@@ -790,7 +851,7 @@ mod tests {
         let mut s = snooper(true);
         s.poll(secs(0));
         let other = Ipv4Addr::new(10, 0, 0, 0);
-        let actions = s.handle(2, &query(other, Ipv4Addr::UNSPECIFIED), secs(5));
+        let actions = s.handle(2, 0, &query(other, Ipv4Addr::UNSPECIFIED), secs(5));
         assert_eq!(
             actions,
             [Action::SetRouterPort { port: 2, is_router: true }, Action::QuerierChanged { other_querier: Some(other) }]
@@ -800,30 +861,31 @@ mod tests {
         assert!(s.poll(secs(259)).iter().all(|a| !matches!(a, Action::SendQuery { .. })));
         let actions = s.poll(secs(260));
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }));
-        assert!(actions.contains(&Action::SendQuery { group: None }));
+        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: None }));
         assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: false }));
     }
 
     #[test]
     fn higher_ip_or_unspecified_querier_does_not_win() {
         let mut s = snooper(true);
-        s.handle(2, &query(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::UNSPECIFIED), secs(0));
+        s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::UNSPECIFIED), secs(0));
         assert!(s.querier().is_querier());
-        assert!(s.handle(2, &query(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
+        assert!(s.handle(2, 0, &query(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
         assert!(s.querier().is_querier());
         // With our own address unspecified, any addressed querier wins.
         let mut s = Snooper::new(Timers::default(), true, Ipv4Addr::UNSPECIFIED, secs(0));
         s.add_port(1, TRUSTED);
-        s.handle(1, &query(Ipv4Addr::new(192, 168, 9, 9), Ipv4Addr::UNSPECIFIED), secs(0));
+        s.handle(1, 0, &query(Ipv4Addr::new(192, 168, 9, 9), Ipv4Addr::UNSPECIFIED), secs(0));
         assert!(!s.querier().is_querier());
     }
 
     #[test]
     fn other_querier_group_query_shortens_membership() {
         let mut s = snooper(false);
-        s.handle(1, &v2_report(G1), secs(0));
+        s.handle(1, 0, &v2_report(G1), secs(0));
         s.handle(
             2,
+            0,
             &pkt(Ipv4Addr::new(10, 0, 0, 1), Message::Query { version: 2, group: G1, max_response: secs(1) }),
             secs(10),
         );
@@ -839,7 +901,7 @@ mod tests {
             [Action::SetRouterPort { port: 3, is_router: true }]
         );
         assert_eq!(
-            s.handle(1, &pkt(H1, Message::PimHello), secs(0)),
+            s.handle(1, 0, &pkt(H1, Message::PimHello), secs(0)),
             [Action::SetRouterPort { port: 1, is_router: true }]
         );
         let actions = s.poll(secs(1000));
@@ -850,21 +912,21 @@ mod tests {
     #[test]
     fn removed_port_loses_its_memberships() {
         let mut s = snooper(false);
-        s.handle(1, &v2_report(G1), secs(0));
-        s.handle(2, &v2_report(G1), secs(0));
-        s.handle(1, &v2_report(G2), secs(0));
+        s.handle(1, 0, &v2_report(G1), secs(0));
+        s.handle(2, 0, &v2_report(G1), secs(0));
+        s.handle(1, 0, &v2_report(G2), secs(0));
         let actions = s.remove_port(1);
-        assert!(actions.contains(&Action::RemoveMember { group: G1, port: 1, reason: RemoveReason::PortRemoved }));
-        assert!(actions.contains(&Action::UnregisterGroup { group: G2 }));
+        assert!(actions.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::PortRemoved }));
+        assert!(actions.contains(&Action::UnregisterGroup { group: g(G2) }));
         assert_eq!(members(&s, G1), [2]);
         // Messages from unknown ports are ignored.
-        assert!(s.handle(1, &v2_report(G1), secs(1)).is_empty());
+        assert!(s.handle(1, 0, &v2_report(G1), secs(1)).is_empty());
     }
 
     #[test]
     fn restored_members_get_a_full_interval() {
         let mut s = snooper(false);
-        s.restore_member(G1, 2, 3, secs(100));
+        s.restore_member(g(G1), 2, 3, secs(100));
         assert_eq!(members(&s, G1), [2]);
         assert!(s.poll(secs(359)).is_empty());
         assert_eq!(s.poll(secs(360)).len(), 2);
@@ -875,13 +937,18 @@ mod tests {
 /// at increasing times. It must never panic and its invariants must hold.
 #[cfg(test)]
 mod fuzz {
+    use std::net::Ipv4Addr;
+
     use proptest::prelude::*;
 
     use super::*;
+    use crate::proto::Packet;
+
+    type Message = crate::proto::Message<Ipv4Addr>;
 
     fn message() -> impl Strategy<Value = Message> {
         let group = (0u8..4).prop_map(|i| Ipv4Addr::new(239, 0, 0, i));
-        let record = (0usize..6, group.clone(), 0u16..3).prop_map(|(t, group, source_count)| GroupRecord {
+        let record = (0usize..6, group.clone(), 0u8..3).prop_map(|(t, group, source_count)| GroupRecord {
             record_type: [
                 RecordType::ModeIsInclude,
                 RecordType::ModeIsExclude,
@@ -891,12 +958,12 @@ mod fuzz {
                 RecordType::BlockOldSources,
             ][t],
             group,
-            source_count,
+            sources: (0..source_count).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect(),
         });
         prop_oneof![
             (1u8..=2, group.clone()).prop_map(|(version, group)| Message::Report { version, group }),
             group.clone().prop_map(|group| Message::Leave { group }),
-            proptest::collection::vec(record, 0..4).prop_map(|records| Message::V3Report { records }),
+            proptest::collection::vec(record, 0..4).prop_map(|records| Message::RecordReport { records }),
             (prop_oneof![Just(Ipv4Addr::UNSPECIFIED), group], 0u64..3).prop_map(|(group, s)| Message::Query {
                 version: 3,
                 group,
@@ -923,7 +990,7 @@ mod fuzz {
                 now += Duration::from_millis(advance_ms);
                 s.poll(now);
                 let packet = Packet { source: Ipv4Addr::from(source), destination: Ipv4Addr::UNSPECIFIED, message };
-                s.handle(port, &packet, now);
+                s.handle(port, 0, &packet, now);
                 // No group without member ports; no port over its limit;
                 // after a poll nothing is overdue.
                 prop_assert!(s.groups().values().all(|ports| !ports.is_empty()));

@@ -11,13 +11,9 @@ use prometheus_client::{
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
-    sync::mpsc,
 };
 
-use crate::{
-    controller::{request_snapshot, SnapshotRequest},
-    snapshot::Snapshot,
-};
+use crate::{control, snapshot::Snapshot};
 
 type Labels = Vec<(String, String)>;
 
@@ -116,14 +112,14 @@ pub fn render(s: &Snapshot) -> String {
 }
 
 /// Answers `GET /metrics` on `listener`; anything else gets a 404.
-pub(crate) async fn serve(listener: TcpListener, snapshots: mpsc::Sender<SnapshotRequest>) {
+pub(crate) async fn serve(listener: TcpListener, snapshots: control::Snapshots) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
         tokio::spawn(answer(stream, snapshots.clone()));
     }
 }
 
-async fn answer(mut stream: TcpStream, snapshots: mpsc::Sender<SnapshotRequest>) {
+async fn answer(mut stream: TcpStream, snapshots: control::Snapshots) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     // Read the request head (bounded in size and time).
@@ -139,7 +135,7 @@ async fn answer(mut stream: TcpStream, snapshots: mpsc::Sender<SnapshotRequest>)
         return;
     }
     let response = if head.starts_with(b"GET /metrics ") {
-        match request_snapshot(&snapshots, false).await {
+        match control::ask(&snapshots, false).await {
             Some(snapshot) => {
                 http("200 OK", "application/openmetrics-text; version=1.0.0; charset=utf-8", &render(&snapshot))
             }

@@ -1,15 +1,11 @@
 //! `snoop show`: asks a running controller for its state and prints it.
-use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    os::unix::net::UnixStream,
-    time::Duration,
-};
+use std::{io::Write as _, time::Duration};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::Result;
 
 use crate::{
-    controller::control_socket_name,
-    snapshot::{Event, Snapshot},
+    control::{self, Request},
+    snapshot::Snapshot,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -20,59 +16,29 @@ pub enum View {
     Stats,
 }
 
-fn connect(bridge: &str) -> Result<UnixStream> {
-    use std::os::linux::net::SocketAddrExt as _;
-    let name = control_socket_name(bridge);
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    match UnixStream::connect_addr(&addr) {
-        Ok(stream) => Ok(stream),
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            bail!("snoop is not running on bridge {bridge} in this network namespace (start it with `snoop run --bridge {bridge}`)")
-        }
-        Err(e) => Err(e).context("connecting to the snoop controller"),
-    }
-}
-
-/// Fetches the state of the controller running on `bridge` in this network namespace.
-pub fn fetch(bridge: &str) -> Result<Snapshot> {
-    fetch_request(bridge, "snapshot")
-}
-
 /// What `view` needs: the querier and stats views skip groups and traffic.
 fn fetch_for(bridge: &str, view: View) -> Result<Snapshot> {
-    match view {
-        View::Querier | View::Stats => fetch_request(bridge, "counters"),
-        View::Groups | View::Ports => fetch(bridge),
-    }
+    let request = match view {
+        View::Querier | View::Stats => Request::Counters,
+        View::Groups | View::Ports => Request::Snapshot,
+    };
+    Ok(control::fetch(bridge, request)?)
 }
 
-fn fetch_request(bridge: &str, request: &str) -> Result<Snapshot> {
-    let mut stream = connect(bridge)?;
-    stream.write_all(format!("{request}\n").as_bytes())?;
-    // Generous: a bridge with 100k groups answers with megabytes of JSON.
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut body = Vec::new();
-    stream.read_to_end(&mut body).context("reading from the snoop controller")?;
-    serde_json::from_slice(&body).context("the controller's answer is not a snapshot")
-}
-
-/// `snoop watch`: prints membership events as they happen, until interrupted.
+/// `snoop watch`: prints membership events as they happen, until the controller stops.
 pub fn watch(bridge: &str, json: bool) -> Result<()> {
-    let mut stream = connect(bridge)?;
-    stream.write_all(b"watch\n")?;
     let stdout = std::io::stdout();
-    for line in BufReader::new(stream).lines() {
-        let line = line.context("reading events")?;
+    for event in control::watch(bridge)? {
+        let (line, event) = event?;
         let mut out = stdout.lock();
         if json {
             writeln!(out, "{line}")?;
         } else {
-            let event: Event = serde_json::from_str(&line).context("an event line")?;
             writeln!(out, "{}", event.to_line())?;
         }
         out.flush()?;
     }
-    bail!("snoop on {bridge} stopped")
+    Ok(())
 }
 
 /// One view, printed once or, with `refresh`, redrawn with rates until interrupted.

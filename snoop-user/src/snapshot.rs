@@ -1,9 +1,22 @@
 //! The state a running controller reports to `snoop show`: one JSON document,
-//! also the `--json` output. Field names are a stable interface: add fields,
-//! never rename or remove them.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//! also the `--json` output, collected from the state machine and the data
+//! path by [`collect`]. Field names are a stable interface: add fields, never
+//! rename or remove them.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
+use snoop_common::{Counter, PortGroupKey};
+
+use crate::{
+    datapath::Datapath,
+    membership::{Member, Snooper},
+    proto::{key_ip, Family},
+    stats::Stats,
+};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -26,9 +39,9 @@ pub struct QuerierView {
     /// "none": snoop's querier is disabled and no other was heard.
     pub role: String,
     /// Source address of snoop's own queries.
-    pub own_address: Ipv4Addr,
+    pub own_address: IpAddr,
     /// The elected querier's address (own address when role is "self").
-    pub querier_address: Option<Ipv4Addr>,
+    pub querier_address: Option<IpAddr>,
     /// Seconds until the other querier counts as gone.
     pub other_querier_expires_in_secs: Option<f64>,
     /// Seconds until snoop's next general query.
@@ -63,7 +76,7 @@ pub struct PortView {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupView {
-    pub group: Ipv4Addr,
+    pub group: IpAddr,
     pub members: Vec<MemberView>,
     /// Group traffic sent to member ports, and held back from ports without
     /// members (router ports' copies are counted per port).
@@ -80,7 +93,7 @@ pub struct MemberView {
     /// Lowest IGMP version heard on the port for this group.
     pub version: u8,
     pub expires_in_secs: f64,
-    pub last_reporter: Ipv4Addr,
+    pub last_reporter: IpAddr,
     /// A leave was heard; the membership ends unless a host answers the last-member queries.
     pub leaving: bool,
     /// Group traffic sent to this port.
@@ -91,7 +104,7 @@ pub struct MemberView {
 /// Traffic sent to one member port for one group.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrafficView {
-    pub group: Ipv4Addr,
+    pub group: IpAddr,
     pub ifindex: u32,
     pub port: String,
     pub forwarded_packets: u64,
@@ -104,7 +117,7 @@ pub struct Event {
     /// RFC 3339 UTC time with milliseconds.
     pub time: String,
     pub event: EventKind,
-    pub group: Option<Ipv4Addr>,
+    pub group: Option<IpAddr>,
     pub port: Option<String>,
     /// Free text: IGMP version of a join, reason of a removal, querier address.
     pub detail: String,
@@ -150,7 +163,7 @@ impl EventKind {
 }
 
 impl Event {
-    pub fn now(event: EventKind, group: Option<Ipv4Addr>, port: Option<String>, detail: String) -> Self {
+    pub fn now(event: EventKind, group: Option<IpAddr>, port: Option<String>, detail: String) -> Self {
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
         Self { time, event, group, port, detail }
     }
@@ -167,5 +180,179 @@ impl Event {
             self.detail
         );
         line.trim_end().to_owned()
+    }
+}
+
+/// A bridge port as the controller knows it.
+#[derive(Clone, Debug, Default)]
+pub struct PortInfo {
+    pub name: String,
+    /// Control frames from this port the controller dropped as malformed.
+    pub malformed: u64,
+}
+
+/// What a snapshot is collected from.
+pub struct Sources<'a> {
+    pub bridge: &'a str,
+    pub uptime: Duration,
+    pub igmp: &'a Snooper<std::net::Ipv4Addr>,
+    pub datapath: &'a Datapath,
+    pub ports: &'a BTreeMap<u32, PortInfo>,
+    pub stats: &'a Stats,
+}
+
+impl Sources<'_> {
+    fn port_name(&self, ifindex: u32) -> String {
+        self.ports.get(&ifindex).map_or_else(|| format!("#{ifindex}"), |p| p.name.clone())
+    }
+
+    fn secs_until(&self, at: Duration) -> f64 {
+        at.saturating_sub(self.uptime).as_secs_f64()
+    }
+}
+
+/// The current state; without groups and traffic when `counters_only`
+/// (cheap however many groups there are).
+pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
+    let traffic = if counters_only { Vec::new() } else { traffic(sources) };
+    let groups = if counters_only { Vec::new() } else { group_views(sources, sources.igmp, &traffic) };
+    Snapshot {
+        bridge: sources.bridge.to_owned(),
+        uptime_secs: sources.uptime.as_secs_f64(),
+        querier: querier_view(sources, sources.igmp),
+        ports: port_views(sources, &traffic),
+        groups,
+        datapath: Counter::ALL.iter().zip(sources.datapath.counters()).map(|(c, v)| (c.name().to_owned(), v)).collect(),
+        controller: sources
+            .stats
+            .named()
+            .chain(sources.igmp.ignored().named().into_iter().map(|(name, v)| (name.to_owned(), v)))
+            .collect(),
+        traffic,
+    }
+}
+
+/// Traffic per (group, member port), sorted.
+fn traffic(sources: &Sources) -> Vec<TrafficView> {
+    let mut traffic: Vec<TrafficView> = sources
+        .datapath
+        .member_traffic()
+        .into_iter()
+        .filter_map(|(PortGroupKey { group, ifindex }, c)| {
+            Some(TrafficView {
+                group: key_ip(&group)?,
+                ifindex,
+                port: sources.port_name(ifindex),
+                forwarded_packets: c.forwarded_packets,
+                forwarded_bytes: c.forwarded_bytes,
+            })
+        })
+        .collect();
+    traffic.sort_by_key(|t| (t.group, t.ifindex));
+    traffic
+}
+
+fn querier_view<A: Family>(sources: &Sources, snooper: &Snooper<A>) -> QuerierView {
+    let querier = snooper.querier();
+    let (role, querier_address) = match querier.other {
+        Some((addr, _)) => ("other", Some(addr.ip())),
+        None if querier.enabled => ("self", Some(querier.own_address.ip())),
+        None => ("none", None),
+    };
+    QuerierView {
+        role: role.into(),
+        own_address: querier.own_address.ip(),
+        querier_address,
+        other_querier_expires_in_secs: querier.other.map(|(_, until)| sources.secs_until(until)),
+        next_query_in_secs: querier
+            .next_general_query
+            .filter(|_| querier.is_querier())
+            .map(|at| sources.secs_until(at)),
+    }
+}
+
+fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
+    // Totals per port in one pass (100k groups must stay cheap).
+    let mut to_members: HashMap<u32, (u64, u64)> = HashMap::new();
+    for t in traffic {
+        let total = to_members.entry(t.ifindex).or_default();
+        total.0 += t.forwarded_packets;
+        total.1 += t.forwarded_bytes;
+    }
+    let now = sources.uptime;
+    sources
+        .igmp
+        .ports()
+        .iter()
+        .map(|(ifindex, state)| {
+            let control = sources.datapath.port_counters(*ifindex);
+            let as_router = sources.datapath.port_traffic(*ifindex);
+            let (member_packets, member_bytes) = to_members.get(ifindex).copied().unwrap_or_default();
+            PortView {
+                ifindex: *ifindex,
+                name: sources.port_name(*ifindex),
+                router: state.is_router(now),
+                static_router: state.options.static_router,
+                fast_leave: state.options.fast_leave,
+                router_expires_in_secs: state.router_until.map(|at| sources.secs_until(at)),
+                groups: state.groups,
+                queries_received: control.queries,
+                reports_received: control.reports,
+                leaves_received: control.leaves,
+                other_igmp_received: control.other_igmp,
+                pim_hellos_received: control.pim_hellos,
+                malformed_dropped: sources.ports.get(ifindex).map_or(0, |p| p.malformed),
+                forwarded_packets: member_packets + as_router.forwarded_packets,
+                forwarded_bytes: member_bytes + as_router.forwarded_bytes,
+                pruned_packets: as_router.pruned_packets,
+                pruned_bytes: as_router.pruned_bytes,
+            }
+        })
+        .collect()
+}
+
+fn group_views<A: Family>(sources: &Sources, snooper: &Snooper<A>, traffic: &[TrafficView]) -> Vec<GroupView> {
+    let by_member: HashMap<(IpAddr, u32), (u64, u64)> =
+        traffic.iter().map(|t| ((t.group, t.ifindex), (t.forwarded_packets, t.forwarded_bytes))).collect();
+    let mut groups: Vec<GroupView> = snooper
+        .groups()
+        .iter()
+        .map(|(group, members)| {
+            let members: Vec<MemberView> = members
+                .iter()
+                .map(|(ifindex, member)| member_view(sources, group.addr.ip(), *ifindex, member, &by_member))
+                .collect();
+            let spared = sources.datapath.group_traffic(group.key());
+            GroupView {
+                group: group.addr.ip(),
+                forwarded_packets: members.iter().map(|m| m.forwarded_packets).sum(),
+                forwarded_bytes: members.iter().map(|m| m.forwarded_bytes).sum(),
+                members,
+                pruned_packets: spared.pruned_packets,
+                pruned_bytes: spared.pruned_bytes,
+            }
+        })
+        .collect();
+    groups.sort_by_key(|g| g.group);
+    groups
+}
+
+fn member_view<A: Family>(
+    sources: &Sources,
+    group: IpAddr,
+    ifindex: u32,
+    member: &Member<A>,
+    traffic: &HashMap<(IpAddr, u32), (u64, u64)>,
+) -> MemberView {
+    let (forwarded_packets, forwarded_bytes) = traffic.get(&(group, ifindex)).copied().unwrap_or_default();
+    MemberView {
+        ifindex,
+        port: sources.port_name(ifindex),
+        version: member.version,
+        expires_in_secs: sources.secs_until(member.expires),
+        last_reporter: member.last_reporter.ip(),
+        leaving: member.leaving,
+        forwarded_packets,
+        forwarded_bytes,
     }
 }

@@ -1,5 +1,8 @@
-//! Helpers shared by the integration tests. The lab itself is `snoop::lab`,
-//! the same harness the demo and the benchmarks use.
+//! The lab harness ([`lab`]: namespaces, hosts, senders, sniffers, nftables
+//! sinks), used by the integration tests, the benchmark and the demo, and
+//! helpers the integration tests share. None of it ships in `snoop`.
+pub mod lab;
+
 use std::{
     collections::BTreeSet,
     net::Ipv4Addr,
@@ -10,10 +13,10 @@ use std::{
 
 use anyhow::{bail, Result};
 use aya::maps::{HashMap, MapData};
-use snoop::lab::Lab;
+use lab::Lab;
 use snoop_common::{MemberValue, PortGroupKey, MAP_MEMBERS};
 
-pub use snoop::lab::{self, LabOptions};
+pub use lab::LabOptions;
 
 /// The snoop binary under test: $SNOOP_BIN, else target/debug/snoop
 /// (`cargo xtask test` builds it first).

@@ -28,7 +28,7 @@ fn find<'a>(items: &'a Value, key: &str, value: &str) -> &'a Value {
 
 /// `curl http://127.0.0.1:9464/metrics`, from inside the lab's bridge namespace.
 fn scrape(lab: &Lab) -> Result<String> {
-    snoop::lab::in_netns(&lab.bridge_netns, || -> Result<String> {
+    snoop_tests::lab::in_netns(&lab.bridge_netns, || -> Result<String> {
         let mut stream = TcpStream::connect(METRICS)?;
         stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: snoop\r\n\r\n")?;
         let mut response = String::new();

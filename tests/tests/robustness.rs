@@ -12,8 +12,9 @@ use std::{
 };
 
 use anyhow::Result;
-use snoop::{igmp, lab::v3_report_packet};
+use snoop::proto::{igmp, internet_checksum};
 use snoop_common::{MAP_GROUP_PORTS, MAP_MEMBERS};
+use snoop_tests::lab::v3_report_packet;
 use snoop_tests::{
     lab::{self, Lab},
     map_members, pin_hash_map, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
@@ -39,14 +40,14 @@ fn ip(src: Ipv4Addr, dst: [u8; 4], ttl: u8, payload: &[u8], total_len: Option<u1
     p[2..4].copy_from_slice(&total.to_be_bytes());
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst);
-    let sum = igmp::internet_checksum(&p);
+    let sum = internet_checksum(&p);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(payload);
     p
 }
 
 fn with_checksum(mut m: Vec<u8>) -> Vec<u8> {
-    let sum = igmp::internet_checksum(&m);
+    let sum = internet_checksum(&m);
     m[2..4].copy_from_slice(&sum.to_be_bytes());
     m
 }
@@ -139,25 +140,18 @@ fn untrusted_host_cannot_hijack_the_querier_or_become_a_router() -> Result<()> {
     let sniffer = lab.sniff("h2")?;
 
     // h3 spoofs a querier with a lower address, and a PIM hello.
-    let spoof = igmp::build_query_frame(
-        [2, 0, 0, 0, 0, 3],
-        Ipv4Addr::new(10, 99, 0, 1),
-        None,
-        Duration::from_secs(1),
-        2,
-        Duration::from_secs(2),
-    );
+    let spoof = lab::igmp_query_packet(Ipv4Addr::new(10, 99, 0, 1), None);
     let mut pim = vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105];
-    let sum = igmp::internet_checksum(&pim);
+    let sum = internet_checksum(&pim);
     pim[2..4].copy_from_slice(&sum.to_be_bytes());
     let mut hello = ip(lab.host("h3").ip, [224, 0, 0, 13], 1, &pim, None);
     hello[9] = igmp::IPPROTO_PIM;
     hello[10] = 0;
     hello[11] = 0;
-    let sum = igmp::internet_checksum(&hello[..20]);
+    let sum = internet_checksum(&hello[..20]);
     hello[10..12].copy_from_slice(&sum.to_be_bytes());
     for _ in 0..6 {
-        lab.send_raw_ip("h3", &spoof[14..])?;
+        lab.send_raw_ip("h3", &spoof)?;
         lab.send_raw_ip("h3", &hello)?;
         thread::sleep(Duration::from_millis(500));
     }

@@ -8,7 +8,6 @@ use std::{
 };
 
 use anyhow::Result;
-use snoop::igmp;
 use snoop_tests::{
     lab::{self, Lab},
     map_members, shown_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions,
@@ -155,9 +154,8 @@ fn lower_ip_querier_silences_snoop_until_it_goes_quiet() -> Result<()> {
     wait_until("snoop's own queries", Duration::from_secs(5), || Ok(sniffer.queries_from(own) >= 1))?;
 
     // h3 queries every 500 ms for 4 s from a lower address.
-    let query =
-        igmp::build_query_frame([2, 0, 0, 0, 0, 3], other, None, Duration::from_secs(1), 2, Duration::from_secs(2));
-    lab.send_raw_ip("h3", &query[14..])?;
+    let query = lab::igmp_query_packet(other, None);
+    lab.send_raw_ip("h3", &query)?;
     wait_until("election lost", Duration::from_secs(2), || {
         Ok(lab.snoop_show(&snoop_bin(), "querier")?["role"] == "other")
     })?;
@@ -169,7 +167,7 @@ fn lower_ip_querier_silences_snoop_until_it_goes_quiet() -> Result<()> {
 
     let own_before = sniffer.queries_from(own);
     for _ in 0..8 {
-        lab.send_raw_ip("h3", &query[14..])?;
+        lab.send_raw_ip("h3", &query)?;
         thread::sleep(Duration::from_millis(500));
     }
     assert_eq!(sniffer.queries_from(own), own_before, "snoop kept querying after losing the election");
@@ -234,14 +232,14 @@ fn clean_exit_leaves_nothing_behind() -> Result<()> {
     assert!(!lab.pin_dir().exists(), "pins left in {}", lab.pin_dir().display());
     for port in ["p0", "p1", "p2"] {
         let owned_port = port.to_owned();
-        let programs = snoop::lab::in_netns(&lab.bridge_netns, move || -> Result<usize> {
+        let programs = snoop_tests::lab::in_netns(&lab.bridge_netns, move || -> Result<usize> {
             use aya::programs::{SchedClassifier, TcAttachType};
             let ingress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Ingress)?.1.len();
             let egress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Egress)?.1.len();
             Ok(ingress + egress)
         })??;
         assert_eq!(programs, 0, "programs still attached to {port}");
-        let qdiscs = snoop::lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "show", "dev", port])?;
+        let qdiscs = snoop_tests::lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "show", "dev", port])?;
         assert!(!qdiscs.contains("clsact"), "a qdisc was left on {port}");
     }
     let bridge = lab.ip_br(&["-d", "-j", "link", "show", "br0"])?;

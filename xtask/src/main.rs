@@ -61,8 +61,11 @@ fn main() -> Result<()> {
         Task::Setup => setup(),
         Task::Demo => {
             setup()?;
+            require_root("the demo builds network namespaces, a bridge and BPF programs")?;
             cargo(&["build", "--release", "--package", "snoop-user", "--bin", "snoop"])?;
-            run(Command::new(workspace().join("target/release/snoop")).arg("demo"))
+            cargo(&["build", "--release", "--package", "snoop-tests", "--bin", "snoop-lab"])?;
+            let target = workspace().join("target/release");
+            run(Command::new(target.join("snoop-lab")).arg("demo").env("SNOOP_BIN", target.join("snoop")))
         }
         Task::Bench { quick, only } => {
             setup()?;
@@ -84,8 +87,9 @@ fn main() -> Result<()> {
             setup()?;
             require_root("the integration tests build network namespaces, bridges and BPF programs")?;
             cargo(&["build", "--package", "snoop-user", "--bin", "snoop"])?;
+            cargo(&["build", "--package", "snoop-tests", "--bin", "snoop-lab"])?;
             let snoop = workspace().join("target/debug/snoop");
-            run(Command::new(&snoop).args(["cleanup", "--stale-labs"]))?;
+            run(Command::new(workspace().join("target/debug/snoop-lab")).arg("cleanup"))?;
             // One test at a time: the labs' timers are short, and two cores are
             // not enough to run several labs side by side without jitter.
             let mut test = Command::new(cargo_bin());

@@ -13,11 +13,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use snoop::{
-    datapath::Datapath,
-    lab::{self, in_netns, v3_report_packet, Lab, LabOptions},
-};
+use snoop::datapath::Datapath;
 use snoop_common::{PROG_EGRESS, PROG_INGRESS};
+use snoop_tests::lab::{self, in_netns, v3_report_packet, Lab, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const G2: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 2);
@@ -284,7 +282,7 @@ fn program_cost(settings: &Settings) -> Result<()> {
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x06]);
     arp.extend_from_slice(&[0; 28]);
     // (name, program, frame, skb->ifindex, runs)
-    let cases: Vec<(&str, &str, Vec<u8>, u32, u32)> = vec![
+    let cases: Vec<(&str, &'static str, Vec<u8>, u32, u32)> = vec![
         ("data, group in the map (egress, member port)", PROG_EGRESS, data(G)?, p1, repeat),
         ("data, group not in the map (egress)", PROG_EGRESS, data(Ipv4Addr::new(239, 9, 9, 9))?, p1, repeat),
         (
@@ -302,14 +300,13 @@ fn program_cost(settings: &Settings) -> Result<()> {
         ("IGMPv3 report (ingress, captured, copied to the bridge device)", PROG_INGRESS, report, p1, 2_000),
         ("non-IP frame (egress)", PROG_EGRESS, arp, p1, repeat),
     ];
-    let results = in_netns(&lab.bridge_netns, move || -> Result<Vec<(String, u32, u32)>> {
+    let results = in_netns(&lab.bridge_netns, move || -> Result<Vec<(String, u32, i32)>> {
         let (mut datapath, _) = Datapath::load(&pin_dir)?;
         cases
             .into_iter()
             .map(|(name, prog, frame, ifindex, repeat)| {
-                let fd = datapath.program_fd(prog)?;
-                let (retval, ns) = test_run(fd, &frame, ifindex, repeat)?;
-                Ok((format!("{name}, {repeat} runs"), ns, retval))
+                let (verdict, average) = datapath.test_run(prog, &frame, ifindex, repeat)?;
+                Ok((format!("{name}, {repeat} runs"), average.as_nanos() as u32, verdict))
             })
             .collect()
     })??;
@@ -327,35 +324,6 @@ fn program_cost(settings: &Settings) -> Result<()> {
     println!("   goal: <= 60 ns per data packet");
     println!();
     Ok(())
-}
-
-/// BPF_PROG_TEST_RUN on a TC program with `skb->ifindex = ifindex`.
-/// Returns (verdict, average ns per run).
-fn test_run(prog_fd: i32, frame: &[u8], ifindex: u32, repeat: u32) -> Result<(u32, u32)> {
-    const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let mut ctx = [0u8; 192]; // struct __sk_buff
-    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // ifindex
-    let mut out = vec![0u8; frame.len() + 256];
-    let mut attr = [0u64; 16]; // union bpf_attr, the `test` member
-    let words = attr.as_mut_ptr() as *mut u32;
-    // SAFETY: writes stay inside the 128-byte attr, at the kernel's offsets.
-    unsafe {
-        *words = prog_fd as u32; // prog_fd
-        *words.add(2) = frame.len() as u32; // data_size_in
-        *words.add(3) = out.len() as u32; // data_size_out
-        attr[2] = frame.as_ptr() as u64; // data_in
-        attr[3] = out.as_mut_ptr() as u64; // data_out
-        *words.add(8) = repeat; // repeat
-        *words.add(10) = ctx.len() as u32; // ctx_size_in
-        attr[6] = ctx.as_ptr() as u64; // ctx_in
-    }
-    // SAFETY: a valid bpf_attr for this command.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, attr.as_mut_ptr(), 128u32) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
-    // SAFETY: reading back the kernel's answers.
-    Ok(unsafe { (*words.add(1), *words.add(9)) }) // retval, duration
 }
 
 // ------------------------------------------------------- 3./4. join and leave

@@ -2,7 +2,8 @@
 //! host namespaces each wired to a bridge port by a veth pair. Hosts are real
 //! kernel IP stacks: their sockets join groups, so their kernels send the IGMP.
 //!
-//! Used by `snoop demo`, the integration tests and the benchmarks. Dropping a
+//! Used by the demo (`snoop-lab demo`), the integration tests and the
+//! benchmarks; it is not part of the shipped `snoop`. Dropping a
 //! `Lab` stops what it started and deletes its namespaces (and with them the
 //! bridge, the veths and any TCX link on them) and its bpffs pins.
 use std::{
@@ -23,7 +24,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::frame_sender::FrameSender;
+use snoop::{frame_sender::FrameSender, proto::internet_checksum};
 
 /// UDP port of the lab's group traffic.
 pub const DATA_PORT: u16 = 5001;
@@ -209,7 +210,7 @@ impl Lab {
 
     /// The pin directory a snoop on this lab's bridge uses.
     pub fn pin_dir(&self) -> PathBuf {
-        crate::datapath::default_pin_dir(&self.bridge_netns, BRIDGE)
+        snoop::datapath::default_pin_dir(&self.bridge_netns, BRIDGE)
     }
 
     /// A socket on `host` joined to `group`; dropping it leaves the group.
@@ -344,7 +345,7 @@ pub fn udp_packet(source: Ipv4Addr, group: Ipv4Addr, payload: usize) -> Vec<u8> 
     packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
     packet.extend_from_slice(&source.octets());
     packet.extend_from_slice(&group.octets());
-    let sum = crate::igmp::internet_checksum(&packet);
+    let sum = internet_checksum(&packet);
     packet[10..12].copy_from_slice(&sum.to_be_bytes());
     packet.extend_from_slice(&DATA_PORT.to_be_bytes());
     packet.extend_from_slice(&DATA_PORT.to_be_bytes());
@@ -352,6 +353,17 @@ pub fn udp_packet(source: Ipv4Addr, group: Ipv4Addr, payload: usize) -> Vec<u8> 
     packet.extend_from_slice(&[0, 0]); // no UDP checksum
     packet.resize(total, 0x5a);
     packet
+}
+
+/// An IGMPv3 query (IP packet) from `source`, as a router on a lab host would
+/// send it: general when `group` is `None`, answers within 1 s, QRV 2, QQIC 2 s.
+pub fn igmp_query_packet(source: Ipv4Addr, group: Option<Ipv4Addr>) -> Vec<u8> {
+    let timers = snoop::proto::QueryTimers {
+        max_response: Duration::from_secs(1),
+        robustness: 2,
+        query_interval: Duration::from_secs(2),
+    };
+    snoop::proto::igmp::build_query_frame([2, 0, 0, 0, 0, 0x51], source, group, &timers)[14..].to_vec()
 }
 
 /// An IPv4 packet (TTL 1, Router Alert) holding an IGMPv3 report with one
@@ -363,7 +375,7 @@ pub fn v3_report_packet(source: Ipv4Addr, groups: &[Ipv4Addr]) -> Vec<u8> {
         igmp.extend_from_slice(&[2, 0, 0, 0]);
         igmp.extend_from_slice(&group.octets());
     }
-    let sum = crate::igmp::internet_checksum(&igmp);
+    let sum = internet_checksum(&igmp);
     igmp[2..4].copy_from_slice(&sum.to_be_bytes());
     let total = (24 + igmp.len()) as u16;
     let mut ip = vec![0x46, 0xc0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
@@ -371,7 +383,7 @@ pub fn v3_report_packet(source: Ipv4Addr, groups: &[Ipv4Addr]) -> Vec<u8> {
     ip.extend_from_slice(&source.octets());
     ip.extend_from_slice(&[224, 0, 0, 22]);
     ip.extend_from_slice(&[0x94, 0x04, 0, 0]);
-    let sum = crate::igmp::internet_checksum(&ip);
+    let sum = internet_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     ip.extend_from_slice(&igmp);
     ip
@@ -393,7 +405,7 @@ impl Drop for Lab {
             let _ = run("ip", &["netns", "del", &host.netns]);
         }
         let _ = run("ip", &["netns", "del", &self.bridge_netns]);
-        let _ = crate::datapath::remove_pin_dir(&self.pin_dir());
+        let _ = snoop::datapath::remove_pin_dir(&self.pin_dir());
         let _ = fs::remove_file(self.snoop_log());
     }
 }
@@ -616,17 +628,6 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
     .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
 }
 
-/// Enters `netns` on the calling thread (for a process about to do all its work there).
-pub fn enter_netns(netns: &str) -> Result<()> {
-    let path = format!("/run/netns/{netns}");
-    let ns = fs::File::open(&path).with_context(|| format!("network namespace {netns} not found ({path})"))?;
-    // SAFETY: valid namespace fd.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("entering network namespace {netns}"));
-    }
-    Ok(())
-}
-
 fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/net/{key}");
     let value = value.to_owned();
@@ -708,13 +709,13 @@ pub fn run(program: &str, args: &[&str]) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::igmp::{parse, Message, RecordType};
+    use snoop::proto::{igmp::parse, Message, RecordType};
 
     #[test]
     fn v3_report_packet_parses_as_joins() {
         let groups = [Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(239, 2, 2, 2)];
         let packet = parse(&v3_report_packet(Ipv4Addr::new(10, 99, 0, 10), &groups)).unwrap();
-        let Message::V3Report { records } = packet.message else { panic!("not a v3 report") };
+        let Message::RecordReport { records } = packet.message else { panic!("not a v3 report") };
         assert_eq!(records.iter().map(|r| r.group).collect::<Vec<_>>(), groups);
         assert!(records.iter().all(|r| r.record_type == RecordType::ModeIsExclude));
     }

@@ -1,13 +1,20 @@
-//! `snoop demo` (the default command): a lab in network namespaces showing a
-//! Linux bridge flooding a group to everyone, then snoop pruning it to members.
-use std::{net::Ipv4Addr, path::Path, time::Duration};
+//! `snoop-lab demo` (what `cargo xtask demo` runs): a lab in network
+//! namespaces showing a Linux bridge flooding a group to everyone, then snoop
+//! pruning it to members. `snoop-lab cleanup` removes labs of killed runs.
+//!
+//! The `snoop` under test is $SNOOP_BIN, else the `snoop` beside this binary.
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{Context as _, Result};
-
-use crate::{
-    lab::{self, in_netns, Lab, LabOptions, BRIDGE},
+use anyhow::{bail, Context as _, Result};
+use snoop::{
+    control::{self, Request},
     show::{self, View},
 };
+use snoop_tests::lab::{self, in_netns, Lab, LabOptions, BRIDGE};
 
 const GROUP_A: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 /// Same multicast MAC as GROUP_A (01:00:5e:01:01:01): snoop keeps them apart.
@@ -15,7 +22,27 @@ const GROUP_B: Ipv4Addr = Ipv4Addr::new(239, 129, 1, 1);
 const MDNS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
 const PACKETS: u64 = 200;
 
-pub fn run(snoop: &Path) -> Result<()> {
+fn main() -> Result<()> {
+    match std::env::args().nth(1).as_deref() {
+        Some("demo") => demo(&snoop_bin()?),
+        Some("cleanup") => {
+            let removed = lab::remove_stale_labs()?;
+            println!("removed {removed} namespaces of interrupted labs");
+            Ok(())
+        }
+        _ => bail!("usage: snoop-lab demo|cleanup"),
+    }
+}
+
+fn snoop_bin() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("SNOOP_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe().context("locating snoop-lab")?;
+    Ok(me.with_file_name("snoop"))
+}
+
+fn demo(snoop: &Path) -> Result<()> {
     let stale = lab::remove_stale_labs()?;
     if stale > 0 {
         println!("removed {stale} namespaces left by an earlier, interrupted lab");
@@ -34,7 +61,7 @@ pub fn run(snoop: &Path) -> Result<()> {
     std::thread::sleep(Duration::from_millis(1500));
     traffic_table(&lab)?;
 
-    let snapshot = in_netns(&lab.bridge_netns, || show::fetch(BRIDGE))??;
+    let snapshot = in_netns(&lab.bridge_netns, || control::fetch(BRIDGE, Request::Snapshot))??;
     println!("\n`snoop show groups`:\n{}", show::render(&snapshot, View::Groups));
     println!("`snoop show querier`:\n{}", show::render(&snapshot, View::Querier));
     lab.stop_snoop(false).context("stopping snoop")?;

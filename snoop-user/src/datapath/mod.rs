@@ -2,16 +2,26 @@
 //! membership maps, read counters. All kernel objects live under one bpffs
 //! directory per bridge, so a restarted snoop adopts them without a gap in
 //! forwarding, and a clean exit removes every one of them.
+//!
+//! - [`pins`]: the pin directory, and pinned state of another layout;
+//! - [`slots`]: traffic counter slots;
+//! - [`Error`]: what callers decide on.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
-    fs, io,
-    net::Ipv4Addr,
+    fs,
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+mod error;
+mod pins;
+mod slots;
+
+pub use error::{Error, Result};
+pub use pins::{default_pin_dir, pinned_restore_flags, remove_pin_dir};
+use slots::TrafficSlots;
+
 use aya::{
-    maps::{Array, HashMap, MapData, MapInfo, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
@@ -21,16 +31,13 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
-    TrafficCounters, COUNTER_COUNT, MAPS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
+    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
     MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
-    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS, VLAN_NONE,
+    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS,
 };
 
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snoop.bpf.o"));
-
-const BPF_FS: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// One direction of one port: the pinned TCX link keeps the program attached
 /// even while no snoop process runs.
@@ -80,8 +87,8 @@ pub struct Datapath {
     group_traffic: TrafficSlots,
     port_traffic: TrafficSlots,
     /// Slots handed out, so refreshes keep theirs and removals free them.
-    member_slots: StdHashMap<(Ipv4Addr, u32), u32>,
-    group_slots: StdHashMap<Ipv4Addr, u32>,
+    member_slots: StdHashMap<PortGroupKey, u32>,
+    group_slots: StdHashMap<GroupKey, u32>,
     port_slots: StdHashMap<u32, u32>,
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     events: Option<RingBuf<MapData>>,
@@ -97,8 +104,8 @@ impl Datapath {
     /// Loads the programs, adopting the maps pinned in `pin_dir` if a previous
     /// snoop left them there. `resumed` tells which happened.
     pub fn load(pin_dir: &Path) -> Result<(Self, bool)> {
-        ensure_bpffs()?;
-        drop_pins_of_another_layout(pin_dir)?;
+        pins::ensure_bpffs()?;
+        pins::drop_pins_of_another_layout(pin_dir)?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
         let loaded = Self::load_pinned(pin_dir, resumed);
         if loaded.is_err() && !resumed {
@@ -109,17 +116,18 @@ impl Datapath {
     }
 
     fn load_pinned(pin_dir: &Path, resumed: bool) -> Result<Self> {
-        fs::create_dir_all(pin_dir.join("links")).with_context(|| format!("creating {}", pin_dir.display()))?;
-        let mut ebpf = EbpfLoader::new().default_map_pin_directory(pin_dir).load(EBPF_OBJECT).with_context(|| {
-            format!(
-                "loading the eBPF programs (pinned state in {}; if it is from another snoop \
-                     version, remove that directory)",
-                pin_dir.display()
-            )
-        })?;
+        let links = pin_dir.join("links");
+        fs::create_dir_all(&links).map_err(|source| Error::Pins { what: "creating", path: links, source })?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .map_err(|source| Error::Load { pin_dir: pin_dir.to_owned(), source: Box::new(source) })?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
-            let program: &mut SchedClassifier = program(&mut ebpf, name)?;
-            program.load().with_context(|| format!("verifying {name}"))?;
+            program(&mut ebpf, name)?.load().map_err(|source| Error::Program {
+                what: "verifying",
+                program: name,
+                source,
+            })?;
         }
         let datapath = Self {
             members: take_map(&mut ebpf, MAP_MEMBERS)?,
@@ -128,9 +136,17 @@ impl Datapath {
             ports: take_map(&mut ebpf, MAP_PORTS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
-            member_traffic: TrafficSlots::new(take_map(&mut ebpf, MAP_MEMBER_TRAFFIC)?, MAX_TRAFFIC_SLOTS),
-            group_traffic: TrafficSlots::new(take_map(&mut ebpf, MAP_GROUP_TRAFFIC)?, MAX_TRAFFIC_SLOTS),
-            port_traffic: TrafficSlots::new(take_map(&mut ebpf, MAP_PORT_TRAFFIC)?, MAX_PORTS),
+            member_traffic: TrafficSlots::new(
+                MAP_MEMBER_TRAFFIC,
+                take_map(&mut ebpf, MAP_MEMBER_TRAFFIC)?,
+                MAX_TRAFFIC_SLOTS,
+            ),
+            group_traffic: TrafficSlots::new(
+                MAP_GROUP_TRAFFIC,
+                take_map(&mut ebpf, MAP_GROUP_TRAFFIC)?,
+                MAX_TRAFFIC_SLOTS,
+            ),
+            port_traffic: TrafficSlots::new(MAP_PORT_TRAFFIC, take_map(&mut ebpf, MAP_PORT_TRAFFIC)?, MAX_PORTS),
             member_slots: StdHashMap::new(),
             group_slots: StdHashMap::new(),
             port_slots: StdHashMap::new(),
@@ -152,10 +168,29 @@ impl Datapath {
         Ok(datapath)
     }
 
-    /// The raw fd of a loaded program (for BPF_PROG_TEST_RUN in the benchmarks).
-    pub fn program_fd(&mut self, name: &str) -> Result<std::os::fd::RawFd> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        Ok(program(&mut self.ebpf, name)?.fd()?.as_fd().as_raw_fd())
+    /// Runs `program` (PROG_INGRESS or PROG_EGRESS) on `frame` as if it were
+    /// on interface `ifindex` (BPF_PROG_TEST_RUN), `repeat` times: its verdict
+    /// and the kernel's average time per run. For the verdict tests and the
+    /// benchmark; the frame is really forwarded where the program redirects it.
+    pub fn test_run(
+        &mut self,
+        program_name: &'static str,
+        frame: &[u8],
+        ifindex: u32,
+        repeat: u32,
+    ) -> Result<(i32, std::time::Duration)> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        // struct __sk_buff, with ifindex (offset 40) naming the device the
+        // kernel gives the test skb.
+        let mut skb = [0u8; 192];
+        skb[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let options = TestRunOptions { data_in: Some(frame), ctx_in: Some(&skb), repeat, ..Default::default() };
+        let result = program(&mut self.ebpf, program_name)?.test_run(options).map_err(|source| Error::Program {
+            what: "test-running",
+            program: program_name,
+            source,
+        })?;
+        Ok((result.return_value as i32, result.duration))
     }
 
     /// The ring of captured control frames (taken once).
@@ -182,7 +217,11 @@ impl Datapath {
             failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
             handover_ns: handover.as_nanos() as u64,
         };
-        self.config.set(0, self.config_value, 0).context("writing the data path config")
+        self.write_config()
+    }
+
+    fn write_config(&mut self) -> Result<()> {
+        self.config.set(0, self.config_value, 0).map_err(|e| Error::map("writing", MAP_CONFIG, e))
     }
 
     /// Bridge settings to put back at a clean exit (`RESTORE_*`), kept in
@@ -193,13 +232,13 @@ impl Datapath {
 
     pub fn add_restore_flags(&mut self, flags: u32) -> Result<()> {
         self.config_value.restore |= flags;
-        self.config.set(0, self.config_value, 0).context("writing the data path config")
+        self.write_config()
     }
 
     /// Tells the data path the controller is alive.
     pub fn heartbeat(&mut self) -> Result<()> {
         self.config_value.heartbeat_ns = monotonic_now_ns();
-        self.config.set(0, self.config_value, 0).context("writing the heartbeat")
+        self.write_config()
     }
 
     /// Attaches both programs to a port. A link pinned by a previous snoop is
@@ -215,25 +254,33 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_one(&mut self, ifindex: u32, name: &str, prog: &str, direction: TcAttachType) -> Result<PinnedLink> {
+    fn attach_one(
+        &mut self,
+        ifindex: u32,
+        name: &str,
+        prog: &'static str,
+        direction: TcAttachType,
+    ) -> Result<PinnedLink> {
         let pin = self.link_pin(ifindex, direction);
-        let program: &mut SchedClassifier = program(&mut self.ebpf, prog)?;
+        let program = program(&mut self.ebpf, prog)?;
+        let attach = |source| Error::Attach { port: name.to_owned(), source };
+        let link =
+            |what, source: Box<dyn std::error::Error + Send + Sync>| Error::Link { what, path: pin.clone(), source };
         match PinnedLink::from_pin(&pin) {
             Ok(old) => {
-                let link = SchedClassifierLink::try_from(FdLink::from(old))
-                    .with_context(|| format!("{} is not a TCX link", pin.display()))?;
-                let id = program.attach_to_link(link).with_context(|| format!("replacing the program on {name}"))?;
+                let old =
+                    SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| link("not a TCX link:", e.into()))?;
+                let id = program.attach_to_link(old).map_err(attach)?;
                 // The pin already names this link; keep a handle to it.
-                drop(program.take_link(id)?);
-                PinnedLink::from_pin(&pin).map_err(|e| anyhow!("reopening {}: {e}", pin.display()))
+                drop(program.take_link(id).map_err(attach)?);
+                PinnedLink::from_pin(&pin).map_err(|e| link("reopening", e.into()))
             }
             Err(_) => {
-                let id = program.attach(name, direction).with_context(|| format!("attaching {prog} to {name}"))?;
-                let link: FdLink = program
-                    .take_link(id)?
-                    .try_into()
-                    .context("attaching did not give a TCX link: snoop needs Linux 6.6 or newer")?;
-                Ok(link.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?)
+                let id = program.attach(name, direction).map_err(attach)?;
+                let fd_link: FdLink = program.take_link(id).map_err(attach)?.try_into().map_err(
+                    |e: aya::programs::links::LinkError| link("not a TCX link (snoop needs Linux 6.6):", e.into()),
+                )?;
+                fd_link.pin(&pin).map_err(|e| link("pinning", e.into()))
             }
         }
     }
@@ -246,8 +293,8 @@ impl Datapath {
                 let _ = link.unpin();
             }
         }
-        remove_if_present(self.ports.remove(&ifindex))?;
-        remove_if_present(self.port_counters.remove(&ifindex))?;
+        remove_if_present(MAP_PORTS, self.ports.remove(&ifindex))?;
+        remove_if_present(MAP_PORT_COUNTERS, self.port_counters.remove(&ifindex))?;
         if let Some(slot) = self.port_slots.remove(&ifindex) {
             self.port_traffic.give_back(slot);
         }
@@ -257,12 +304,14 @@ impl Datapath {
     /// Removes link pins of ports that are not on the bridge any more.
     pub fn remove_stale_link_pins(&self, current: &[u32]) -> Result<()> {
         let dir = self.pin_dir.join("links");
-        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let entry = entry?;
+        let entries =
+            fs::read_dir(&dir).map_err(|source| Error::Pins { what: "reading", path: dir.clone(), source })?;
+        for entry in entries.flatten() {
             let name = entry.file_name();
             let ifindex = name.to_string_lossy().split('-').next().and_then(|i| i.parse::<u32>().ok());
             if ifindex.is_none_or(|i| !current.contains(&i)) {
-                fs::remove_file(entry.path())?;
+                let path = entry.path();
+                fs::remove_file(&path).map_err(|source| Error::Pins { what: "removing", path, source })?;
             }
         }
         Ok(())
@@ -290,37 +339,35 @@ impl Datapath {
             traffic_slot,
             _pad: 0,
         };
-        self.ports.insert(ifindex, value, 0).with_context(|| format!("writing port {ifindex} to the port map"))
+        self.ports.insert(ifindex, value, 0).map_err(|e| Error::map("writing", MAP_PORTS, e))
     }
 
-    pub fn set_member(&mut self, group: Ipv4Addr, port: u32, version: u8, expires_ns: u64) -> Result<()> {
-        let traffic_slot = self.member_slot(group, port)?;
+    pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64) -> Result<()> {
+        let traffic_slot = self.member_slot(member)?;
         let value = MemberValue { expires_ns, version, _pad: [0; 3], traffic_slot };
-        self.members
-            .insert(member_key(group, port), value, 0)
-            .with_context(|| format!("adding {group} on port {port} (membership map full?)"))
+        self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))
     }
 
-    pub fn remove_member(&mut self, group: Ipv4Addr, port: u32) -> Result<()> {
-        if let Some(slot) = self.member_slots.remove(&(group, port)) {
+    pub fn remove_member(&mut self, member: PortGroupKey) -> Result<()> {
+        if let Some(slot) = self.member_slots.remove(&member) {
             self.member_traffic.give_back(slot);
         }
-        remove_if_present(self.members.remove(&member_key(group, port)))
+        remove_if_present(MAP_MEMBERS, self.members.remove(&member))
     }
 
     /// The membership's traffic slot, taken on first use (by whichever of its
     /// member entry and its group's copy list is written first).
-    fn member_slot(&mut self, group: Ipv4Addr, port: u32) -> Result<u32> {
-        if let Some(slot) = self.member_slots.get(&(group, port)) {
+    fn member_slot(&mut self, member: PortGroupKey) -> Result<u32> {
+        if let Some(slot) = self.member_slots.get(&member) {
             return Ok(*slot);
         }
         let slot = self.member_traffic.take()?;
-        self.member_slots.insert((group, port), slot);
+        self.member_slots.insert(member, slot);
         Ok(slot)
     }
 
     /// The group's traffic slot, taken on first use.
-    fn group_slot(&mut self, group: Ipv4Addr) -> Result<u32> {
+    fn group_slot(&mut self, group: GroupKey) -> Result<u32> {
         if let Some(slot) = self.group_slots.get(&group) {
             return Ok(*slot);
         }
@@ -329,38 +376,37 @@ impl Datapath {
         Ok(slot)
     }
 
-    pub fn register_group(&mut self, group: Ipv4Addr) -> Result<()> {
+    pub fn register_group(&mut self, group: GroupKey) -> Result<()> {
         let traffic_slot = self.group_slot(group)?;
         self.groups
-            .insert(GroupKey::ipv4(group.octets(), VLAN_NONE), GroupValue { traffic_slot, _pad: 0 }, 0)
-            .with_context(|| format!("registering {group} (group map full?)"))
+            .insert(group, GroupValue { traffic_slot, _pad: 0 }, 0)
+            .map_err(|e| Error::map("writing", MAP_GROUPS, e))
     }
 
-    pub fn unregister_group(&mut self, group: Ipv4Addr) -> Result<()> {
+    pub fn unregister_group(&mut self, group: GroupKey) -> Result<()> {
         if let Some(slot) = self.group_slots.remove(&group) {
             self.group_traffic.give_back(slot);
         }
-        remove_if_present(self.groups.remove(&GroupKey::ipv4(group.octets(), VLAN_NONE)))
+        remove_if_present(MAP_GROUPS, self.groups.remove(&group))
     }
 
     /// Where redirect mode copies `group`. No targets, or more than
     /// MAX_FANOUT, leave the group to the bridge path.
-    pub fn set_group_ports(&mut self, group: Ipv4Addr, targets: &[CopyTarget]) -> Result<()> {
-        let key = GroupKey::ipv4(group.octets(), VLAN_NONE);
+    pub fn set_group_ports(&mut self, group: GroupKey, targets: &[CopyTarget]) -> Result<()> {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
-            return remove_if_present(self.group_ports.remove(&key));
+            return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&group));
         }
         // Written before the group's registration: the slot may be new.
         let slot = self.group_slot(group)?;
-        self.write_targets(key, Some(group), targets, slot).with_context(|| format!("writing the ports of {group}"))
+        self.write_targets(group, true, targets, slot)
     }
 
     /// Where redirect mode copies reports and leaves.
     pub fn set_report_targets(&mut self, targets: &[CopyTarget]) -> Result<()> {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
-            return remove_if_present(self.group_ports.remove(&REPORT_TARGETS));
+            return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&REPORT_TARGETS));
         }
-        self.write_targets(REPORT_TARGETS, None, targets, NO_SLOT).context("writing the report targets")
+        self.write_targets(REPORT_TARGETS, false, targets, NO_SLOT)
     }
 
     /// Sets the ports whose copies may go straight to their veth peer;
@@ -377,21 +423,22 @@ impl Datapath {
     fn write_targets(
         &mut self,
         key: GroupKey,
-        group: Option<Ipv4Addr>,
+        is_group: bool,
         targets: &[CopyTarget],
         traffic_slot: u32,
     ) -> Result<()> {
         let mut ordered = targets.to_vec();
         // Group traffic only: reports keep going through every port's transmit path.
-        let peer = group.and_then(|group| {
-            let index = ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p)))?;
-            Some((group, index))
-        });
+        let peer = is_group
+            .then(|| ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p))))
+            .flatten();
         let (mut last_member_slot, mut last_port_slot) = (NO_SLOT, NO_SLOT);
-        if let Some((group, index)) = peer {
+        if let Some(index) = peer {
             let last = ordered.remove(index);
             match last {
-                CopyTarget::Member(port) => last_member_slot = self.member_slot(group, port)?,
+                CopyTarget::Member(port) => {
+                    last_member_slot = self.member_slot(PortGroupKey { group: key, ifindex: port })?
+                }
                 CopyTarget::Router(port) => last_port_slot = self.port_slots.get(&port).copied().unwrap_or(NO_SLOT),
                 CopyTarget::BridgeDevice(_) => {} // never chosen: it has no peer
             }
@@ -414,27 +461,25 @@ impl Datapath {
                 value.ingress_mask |= 1 << i;
             }
         }
-        Ok(self.group_ports.insert(key, value, 0)?)
+        self.group_ports.insert(key, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
     }
 
     /// Groups with redirect targets (from this or a previous run).
-    pub fn redirected_groups(&self) -> Vec<Ipv4Addr> {
-        self.group_ports.keys().filter_map(|k| k.ok()).filter_map(|k| k.ipv4_octets()).map(Ipv4Addr::from).collect()
+    pub fn redirected_groups(&self) -> Vec<GroupKey> {
+        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| *k != REPORT_TARGETS).collect()
     }
 
     /// Takes over the slots recorded in maps a previous snoop pinned.
     fn adopt_slots(&mut self) {
-        for (group, port, value) in self.memberships() {
+        for (member, value) in self.memberships() {
             if value.traffic_slot != NO_SLOT && self.member_traffic.claim(value.traffic_slot) {
-                self.member_slots.insert((group, port), value.traffic_slot);
+                self.member_slots.insert(member, value.traffic_slot);
             }
         }
         let groups: Vec<(GroupKey, GroupValue)> = self.groups.iter().filter_map(|e| e.ok()).collect();
         for (key, value) in groups {
-            if let Some(octets) = key.ipv4_octets() {
-                if value.traffic_slot != NO_SLOT && self.group_traffic.claim(value.traffic_slot) {
-                    self.group_slots.insert(Ipv4Addr::from(octets), value.traffic_slot);
-                }
+            if value.traffic_slot != NO_SLOT && self.group_traffic.claim(value.traffic_slot) {
+                self.group_slots.insert(key, value.traffic_slot);
             }
         }
         let ports: Vec<(u32, PortValue)> = self.ports.iter().filter_map(|e| e.ok()).collect();
@@ -446,17 +491,13 @@ impl Datapath {
     }
 
     /// Every membership in the map, for resuming after a restart.
-    pub fn memberships(&self) -> Vec<(Ipv4Addr, u32, MemberValue)> {
-        self.members
-            .iter()
-            .filter_map(|entry| entry.ok())
-            .filter_map(|(key, value)| Some((Ipv4Addr::from(key.group.ipv4_octets()?), key.ifindex, value)))
-            .collect()
+    pub fn memberships(&self) -> Vec<(PortGroupKey, MemberValue)> {
+        self.members.iter().filter_map(|entry| entry.ok()).collect()
     }
 
     /// Groups registered in the map.
-    pub fn registered_groups(&self) -> Vec<Ipv4Addr> {
-        self.groups.keys().filter_map(|k| k.ok()).filter_map(|k| k.ipv4_octets()).map(Ipv4Addr::from).collect()
+    pub fn registered_groups(&self) -> Vec<GroupKey> {
+        self.groups.keys().filter_map(|k| k.ok()).collect()
     }
 
     /// Data path counters summed over CPUs, indexed by `snoop_common::Counter`.
@@ -465,12 +506,12 @@ impl Datapath {
     }
 
     /// Traffic sent to each member port, summed over CPUs.
-    pub fn member_traffic(&self) -> Vec<(Ipv4Addr, u32, TrafficCounters)> {
-        self.member_slots.iter().map(|((group, port), slot)| (*group, *port, self.member_traffic.read(*slot))).collect()
+    pub fn member_traffic(&self) -> Vec<(PortGroupKey, TrafficCounters)> {
+        self.member_slots.iter().map(|(member, slot)| (*member, self.member_traffic.read(*slot))).collect()
     }
 
     /// Traffic of a group held back from ports without members.
-    pub fn group_traffic(&self, group: Ipv4Addr) -> TrafficCounters {
+    pub fn group_traffic(&self, group: GroupKey) -> TrafficCounters {
         self.group_slots.get(&group).map(|slot| self.group_traffic.read(*slot)).unwrap_or_default()
     }
 
@@ -514,71 +555,6 @@ impl Datapath {
     }
 }
 
-/// A per-CPU array of traffic counters and which of its slots are in use.
-struct TrafficSlots {
-    counters: PerCpuArray<MapData, TrafficCounters>,
-    free: Vec<u32>,
-    /// Slots below this have been handed out at some time.
-    next: u32,
-    capacity: u32,
-    in_use: std::collections::HashSet<u32>,
-}
-
-impl TrafficSlots {
-    fn new(counters: PerCpuArray<MapData, TrafficCounters>, capacity: u32) -> Self {
-        Self { counters, free: Vec::new(), next: 0, capacity, in_use: Default::default() }
-    }
-
-    /// A zeroed slot, or NO_SLOT when all are taken (the traffic then goes uncounted).
-    fn take(&mut self) -> Result<u32> {
-        let slot = match self.free.pop() {
-            Some(slot) => slot,
-            None if self.next < self.capacity => {
-                self.next += 1;
-                self.next - 1
-            }
-            None => return Ok(NO_SLOT),
-        };
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e).context("counting CPUs")?;
-        let zeros = PerCpuValues::try_from(vec![TrafficCounters::default(); cpus])?;
-        self.counters.set(slot, zeros, 0).context("zeroing a traffic slot")?;
-        self.in_use.insert(slot);
-        Ok(slot)
-    }
-
-    fn give_back(&mut self, slot: u32) {
-        if self.in_use.remove(&slot) {
-            self.free.push(slot);
-        }
-    }
-
-    /// Marks a slot found in a pinned map as taken; false if it is not valid.
-    fn claim(&mut self, slot: u32) -> bool {
-        if slot >= self.capacity || !self.in_use.insert(slot) {
-            return false;
-        }
-        while self.next <= slot {
-            if self.next != slot {
-                self.free.push(self.next);
-            }
-            self.next += 1;
-        }
-        self.free.retain(|s| *s != slot);
-        true
-    }
-
-    fn read(&self, slot: u32) -> TrafficCounters {
-        let Ok(per_cpu) = self.counters.get(&slot, 0) else { return TrafficCounters::default() };
-        per_cpu.iter().fold(TrafficCounters::default(), |mut acc, c| {
-            acc.forwarded_packets += c.forwarded_packets;
-            acc.forwarded_bytes += c.forwarded_bytes;
-            acc.pruned_packets += c.pruned_packets;
-            acc.pruned_bytes += c.pruned_bytes;
-            acc
-        })
-    }
-}
-
 /// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -587,121 +563,28 @@ pub fn monotonic_now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The `RESTORE_*` flags in a pin directory's config map (0 without one).
-pub fn pinned_restore_flags(pin_dir: &Path) -> Result<u32> {
-    let path = pin_dir.join(MAP_CONFIG);
-    if !path.exists() {
-        return Ok(0);
-    }
-    let map = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let config: Array<MapData, DatapathConfig> = Array::try_from(aya::maps::Map::Array(map))?;
-    Ok(config.get(&0, 0).map_or(0, |c| c.restore))
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(Error::Object(name))
 }
 
-/// Removes a pin directory (maps and link pins), and its parents up to
-/// /sys/fs/bpf if that leaves them empty.
-pub fn remove_pin_dir(pin_dir: &Path) -> Result<()> {
-    match fs::remove_dir_all(pin_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", pin_dir.display())),
-    }
-    for parent in pin_dir.ancestors().skip(1).take_while(|p| p.starts_with(BPF_FS) && *p != Path::new(BPF_FS)) {
-        if fs::remove_dir(parent).is_err() {
-            break; // not empty: another bridge's state lives there
-        }
-    }
-    Ok(())
-}
-
-/// The default pin directory: one per (network namespace, bridge), so bridges
-/// of the same name in different namespaces never share state.
-pub fn default_pin_dir(netns: &str, bridge: &str) -> PathBuf {
-    Path::new(BPF_FS).join("snoop").join(netns).join(bridge)
-}
-
-fn member_key(group: Ipv4Addr, port: u32) -> PortGroupKey {
-    PortGroupKey { group: GroupKey::ipv4(group.octets(), VLAN_NONE), ifindex: port }
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {name} is not a TC classifier"))
-}
-
-/// Pinned maps left by a snoop with another map layout would be adopted as
-/// they are and fail verification. The memberships are the state a restart
-/// keeps: those are never dropped silently, that is a clear error. Every
-/// other map is rewritten by the controller at start (or holds counters), so
-/// it is unpinned and made anew; the old programs keep theirs until replaced.
-fn drop_pins_of_another_layout(pin_dir: &Path) -> Result<()> {
-    for spec in MAPS {
-        let (name, key, value, entries) = (spec.name, spec.key_size, spec.value_size, spec.max_entries);
-        let path = pin_dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapInfo::from_pin(&path).with_context(|| format!("reading {}", path.display()))?;
-        let pinned = (info.key_size(), info.value_size(), info.max_entries());
-        if pinned == (key, value, entries) {
-            continue;
-        }
-        if name == MAP_MEMBERS || name == MAP_GROUPS {
-            bail!(
-                "the memberships kept in {} are from a snoop with another map layout ({name}: key {} B, value {} B, \
-                 {} entries; this snoop: {key} B, {value} B, {entries}). Remove them with `snoop cleanup --bridge \
-                 BRIDGE` (hosts report their groups again at the next query) and start snoop again",
-                pin_dir.display(),
-                pinned.0,
-                pinned.1,
-                pinned.2
-            );
-        }
-        log::info!("{name}: pinned by a snoop with another map layout; made anew");
-        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn take_map<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+    ebpf.take_map(name).and_then(|map| T::try_from(map).ok()).ok_or(Error::Object(name))
 }
 
-fn remove_if_present(result: Result<(), aya::maps::MapError>) -> Result<()> {
+fn remove_if_present(map: &'static str, result: Result<(), aya::maps::MapError>) -> Result<()> {
     match result {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(Error::map("removing from", map, e)),
     }
-}
-
-/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as systemd does).
-fn ensure_bpffs() -> Result<()> {
-    let path = std::ffi::CString::new(BPF_FS).expect("no NUL");
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
-    if rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    fs::create_dir_all(BPF_FS).with_context(|| format!("creating {BPF_FS}"))?;
-    let fstype = std::ffi::CString::new("bpf").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error())
-            .context("mounting bpffs at /sys/fs/bpf (is this kernel built with BPF syscall support?)");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use snoop_common::MAPS;
+
     use super::*;
 
     /// The built eBPF object declares exactly the maps snoop-common defines:

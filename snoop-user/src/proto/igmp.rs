@@ -1,11 +1,13 @@
-//! The one IGMP (v1, v2, v3) parser, and the query builder.
+//! The IGMP (v1, v2, v3) and PIM hello parser, and the IGMP query builder.
 //!
 //! Input is an IPv4 packet as the data path captured it (from the IP header on).
 //! Everything is validated before anything is returned, so a malformed report
 //! never changes membership halfway.
-use std::{fmt, net::Ipv4Addr, time::Duration};
+use std::{net::Ipv4Addr, time::Duration};
 
 use etherparse::Ipv4HeaderSlice;
+
+use super::{decode_v3_code, encode_v3_code, internet_checksum, ParseError, QueryTimers, RecordType};
 
 use snoop_common::wire::{
     IGMP_QUERY as TYPE_QUERY, IGMP_V1_REPORT as TYPE_V1_REPORT, IGMP_V2_LEAVE as TYPE_V2_LEAVE,
@@ -19,90 +21,9 @@ pub const ALL_SYSTEMS: Ipv4Addr =
 /// IPv4 Router Alert option (RFC 2113), carried by queries snoop sends.
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
 
-/// IGMPv3 group record types (RFC 3376 4.2.12).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum RecordType {
-    ModeIsInclude,
-    ModeIsExclude,
-    ChangeToInclude,
-    ChangeToExclude,
-    AllowNewSources,
-    BlockOldSources,
-}
-
-impl RecordType {
-    fn from_wire(value: u8) -> Option<Self> {
-        Some(match value {
-            1 => Self::ModeIsInclude,
-            2 => Self::ModeIsExclude,
-            3 => Self::ChangeToInclude,
-            4 => Self::ChangeToExclude,
-            5 => Self::AllowNewSources,
-            6 => Self::BlockOldSources,
-            _ => return None,
-        })
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct GroupRecord {
-    pub record_type: RecordType,
-    pub group: Ipv4Addr,
-    pub source_count: u16,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Message {
-    /// A membership query; `group` is 0.0.0.0 for a general query.
-    Query { version: u8, group: Ipv4Addr, max_response: Duration },
-    /// A v1 or v2 membership report.
-    Report { version: u8, group: Ipv4Addr },
-    /// A v2 leave group.
-    Leave { group: Ipv4Addr },
-    /// A v3 report with all of its records.
-    V3Report { records: Vec<GroupRecord> },
-    /// A PIMv2 hello: a multicast router is behind the port.
-    PimHello,
-}
-
-/// A validated control packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Packet {
-    pub source: Ipv4Addr,
-    pub destination: Ipv4Addr,
-    pub message: Message,
-}
-
-/// Why a captured packet was not used. Each is counted by the controller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub enum ParseError {
-    /// The IPv4 header is truncated or invalid.
-    BadIpHeader,
-    /// The IP total length runs past the captured bytes.
-    Truncated,
-    /// A fragment: IGMP is never fragmented legitimately.
-    Fragment,
-    /// The IGMP (or PIM) message is shorter than its type requires.
-    ShortMessage,
-    BadChecksum,
-    /// IGMP must be sent with TTL 1 (RFC 3376 4, RFC 2236 2).
-    BadTtl,
-    /// A v3 record (or its sources / aux data) runs past the message.
-    RecordOverrun,
-    UnknownRecordType,
-    /// An IGMP type snoop does not interpret; it is flooded, not tracked.
-    UnknownType,
-    /// Neither IGMP nor a PIM hello.
-    NotControl,
-}
-
-impl fmt::Display for ParseError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self, f)
-    }
-}
-
-impl std::error::Error for ParseError {}
+pub type Packet = super::Packet<Ipv4Addr>;
+pub type Message = super::Message<Ipv4Addr>;
+pub type GroupRecord = super::GroupRecord<Ipv4Addr>;
 
 /// Parses an IPv4 packet carrying IGMP or a PIM hello.
 pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
@@ -165,31 +86,6 @@ fn parse_query(msg: &[u8], group: Ipv4Addr) -> Message {
     Message::Query { version, group, max_response }
 }
 
-/// RFC 3376 4.1.1: codes >= 128 are a floating-point mantissa/exponent.
-fn decode_v3_code(code: u8) -> u32 {
-    if code < 128 {
-        u32::from(code)
-    } else {
-        let mant = u32::from(code & 0x0f);
-        let exp = u32::from((code >> 4) & 0x07);
-        (mant | 0x10) << (exp + 3)
-    }
-}
-
-/// Inverse of [`decode_v3_code`], rounding down.
-fn encode_v3_code(tenths: u32) -> u8 {
-    if tenths < 128 {
-        return tenths as u8;
-    }
-    for exp in 0..8u32 {
-        let mant = (tenths >> (exp + 3)).saturating_sub(0x10);
-        if mant < 0x10 {
-            return 0x80 | ((exp as u8) << 4) | mant as u8;
-        }
-    }
-    0xff
-}
-
 fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
     let record_count = u16::from_be_bytes([msg[6], msg[7]]);
     let mut records = Vec::with_capacity(usize::from(record_count).min(msg.len() / 8));
@@ -198,15 +94,17 @@ fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
         let head = msg.get(at..at + 8).ok_or(ParseError::RecordOverrun)?;
         let record_type = RecordType::from_wire(head[0]).ok_or(ParseError::UnknownRecordType)?;
         let aux_len = usize::from(head[1]) * 4;
-        let source_count = u16::from_be_bytes([head[2], head[3]]);
+        let source_count = usize::from(u16::from_be_bytes([head[2], head[3]]));
         let group = ipv4_at(head, 4);
-        at += 8 + usize::from(source_count) * 4 + aux_len;
+        let sources_at = at + 8;
+        at = sources_at + source_count * 4 + aux_len;
         if at > msg.len() {
             return Err(ParseError::RecordOverrun);
         }
-        records.push(GroupRecord { record_type, group, source_count });
+        let sources = (0..source_count).map(|i| ipv4_at(msg, sources_at + 4 * i)).collect();
+        records.push(GroupRecord { record_type, group, sources });
     }
-    Ok(Message::V3Report { records })
+    Ok(Message::RecordReport { records })
 }
 
 fn parse_pim(msg: &[u8]) -> Result<Message, ParseError> {
@@ -226,22 +124,6 @@ fn ipv4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
 }
 
-/// RFC 1071 one's-complement sum; 0 over a message that carries a valid checksum.
-pub fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut chunks = bytes.chunks_exact(2);
-    for pair in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Builds a complete Ethernet frame holding an IGMPv3 query (which v2 and v1
 /// hosts also answer, RFC 3376 7.2.1).
 ///
@@ -251,10 +133,9 @@ pub fn build_query_frame(
     source_mac: [u8; 6],
     source: Ipv4Addr,
     group: Option<Ipv4Addr>,
-    max_response: Duration,
-    robustness: u8,
-    query_interval: Duration,
+    timers: &QueryTimers,
 ) -> Vec<u8> {
+    let QueryTimers { max_response, robustness, query_interval } = *timers;
     let group_addr = group.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let destination = group.unwrap_or(ALL_SYSTEMS);
     let tenths = u32::try_from(max_response.as_millis() / 100).unwrap_or(u32::MAX).max(1);
@@ -346,7 +227,7 @@ pub(crate) mod tests {
     #[test]
     fn v3_report_all_record_types() {
         let records: Vec<_> = (1..=6).map(|t| (t, [239, 1, 1, t], u16::from(t % 2))).collect();
-        let Message::V3Report { records: parsed } = parse(&v3_report(&records)).unwrap().message else {
+        let Message::RecordReport { records: parsed } = parse(&v3_report(&records)).unwrap().message else {
             panic!("not a v3 report")
         };
         let kinds: Vec<_> = parsed.iter().map(|r| r.record_type).collect();
@@ -361,7 +242,8 @@ pub(crate) mod tests {
                 RecordType::BlockOldSources
             ]
         );
-        assert_eq!(parsed[0].source_count, 1);
+        assert_eq!(parsed[0].sources, [Ipv4Addr::new(10, 1, 0, 0)]);
+        assert!(parsed[1].sources.is_empty());
         assert_eq!(parsed[5].group, Ipv4Addr::new(239, 1, 1, 6));
     }
 
@@ -384,14 +266,12 @@ pub(crate) mod tests {
     #[test]
     fn built_query_parses_back() {
         for group in [None, Some(Ipv4Addr::new(239, 9, 9, 9))] {
-            let frame = build_query_frame(
-                [2, 0, 0, 0, 0, 1],
-                Ipv4Addr::UNSPECIFIED,
-                group,
-                Duration::from_secs(10),
-                2,
-                Duration::from_secs(125),
-            );
+            let timers = QueryTimers {
+                max_response: Duration::from_secs(10),
+                robustness: 2,
+                query_interval: Duration::from_secs(125),
+            };
+            let frame = build_query_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::UNSPECIFIED, group, &timers);
             let parsed = parse(&frame[14..]).unwrap();
             assert_eq!(
                 parsed.message,
@@ -475,6 +355,7 @@ mod fuzz {
     use proptest::prelude::*;
 
     use super::{tests::v3_report, *};
+    use crate::proto::Packet;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
@@ -496,9 +377,9 @@ mod fuzz {
                 packet[at % len] ^= value;
             }
             packet.truncate(cut % (packet.len() + 1));
-            if let Ok(Packet { message: Message::V3Report { records }, .. }) = parse(&packet) {
+            if let Ok(Packet { message: Message::RecordReport { records }, .. }) = parse(&packet) {
                 // Every accepted record fit inside the packet.
-                let bytes: usize = records.iter().map(|r| 8 + 4 * usize::from(r.source_count)).sum();
+                let bytes: usize = records.iter().map(|r| 8 + 4 * r.sources.len()).sum();
                 prop_assert!(bytes + 8 <= packet.len());
             }
         }

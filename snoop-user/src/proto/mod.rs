@@ -1,0 +1,258 @@
+//! Control messages in the one shape the membership state machine reads,
+//! whatever the protocol: a parser turns a captured IP packet into a
+//! [`Packet`], whose [`Message`] and [`GroupRecord`]s (filter mode changes
+//! and source lists, as IGMPv3 and MLDv2 share them) are generic over the
+//! address family ([`Family`]).
+//!
+//! - [`igmp`]: IGMPv1/v2/v3 and PIM hellos over IPv4, and the query builder.
+pub mod igmp;
+
+use std::{
+    fmt::{Debug, Display},
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
+
+use snoop_common::{
+    wire::{is_ipv4_link_local_group, is_ipv4_multicast},
+    GroupKey, FAMILY_IPV4,
+};
+
+/// An address family snoop snoops: what the state machine and the data path
+/// need to know of its addresses.
+pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
+    /// The tag in data path keys ([`GroupKey::family`]).
+    const FAMILY: u8;
+    /// The protocol, as versions are shown: "IGMP" (v1-v3), "MLD" (v1-v2).
+    const PROTOCOL: &'static str;
+    /// The version whose reports carry group records (IGMPv3, MLDv2).
+    const RECORD_VERSION: u8;
+    const UNSPECIFIED: Self;
+
+    fn is_unspecified(&self) -> bool;
+    /// Groups snoop tracks per port; other multicast groups are always flooded.
+    fn is_snoopable(self) -> bool;
+    /// Hosts of this version send no leaves (IGMPv1): while one is present on
+    /// a port, a leave there cannot mean the group is unwanted (RFC 2236 4).
+    fn sends_no_leaves(version: u8) -> bool;
+    fn key(self, vlan: u16) -> GroupKey;
+    fn from_key(key: &GroupKey) -> Option<Self>;
+    fn ip(self) -> IpAddr;
+    /// Parses a captured IP packet of this family.
+    fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError>;
+    /// A complete Ethernet frame holding a query from `source`: general
+    /// when `group` is `None`.
+    fn query_frame(source_mac: [u8; 6], source: Self, group: Option<Self>, timers: &QueryTimers) -> Vec<u8>;
+}
+
+/// What a query announces: its max response time, and the querier's
+/// robustness and query interval (IGMPv3 QRV/QQIC, MLDv2 QRV/QQIC).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryTimers {
+    pub max_response: Duration,
+    pub robustness: u8,
+    pub query_interval: Duration,
+}
+
+impl Family for Ipv4Addr {
+    const FAMILY: u8 = FAMILY_IPV4;
+    const PROTOCOL: &'static str = "IGMP";
+    const RECORD_VERSION: u8 = 3;
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+
+    fn is_unspecified(&self) -> bool {
+        Ipv4Addr::is_unspecified(self)
+    }
+
+    /// IPv4 multicast outside 224.0.0.0/24, which is always flooded (RFC 4541 2.1.2).
+    fn is_snoopable(self) -> bool {
+        is_ipv4_multicast(self.octets()) && !is_ipv4_link_local_group(self.octets())
+    }
+
+    fn sends_no_leaves(version: u8) -> bool {
+        version == 1
+    }
+
+    fn key(self, vlan: u16) -> GroupKey {
+        GroupKey::ipv4(self.octets(), vlan)
+    }
+
+    fn from_key(key: &GroupKey) -> Option<Self> {
+        key.ipv4_octets().map(Ipv4Addr::from)
+    }
+
+    fn ip(self) -> IpAddr {
+        IpAddr::V4(self)
+    }
+
+    fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError> {
+        igmp::parse(ip_packet)
+    }
+
+    fn query_frame(source_mac: [u8; 6], source: Self, group: Option<Self>, timers: &QueryTimers) -> Vec<u8> {
+        igmp::build_query_frame(source_mac, source, group, timers)
+    }
+}
+
+/// The group address in a data path key, whatever its family.
+pub fn key_ip(key: &GroupKey) -> Option<IpAddr> {
+    Ipv4Addr::from_key(key).map(Family::ip)
+}
+
+/// Group record types (RFC 3376 4.2.12, RFC 3810 5.2.12: the same six).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RecordType {
+    ModeIsInclude,
+    ModeIsExclude,
+    ChangeToInclude,
+    ChangeToExclude,
+    AllowNewSources,
+    BlockOldSources,
+}
+
+impl RecordType {
+    pub fn from_wire(value: u8) -> Option<Self> {
+        Some(match value {
+            1 => Self::ModeIsInclude,
+            2 => Self::ModeIsExclude,
+            3 => Self::ChangeToInclude,
+            4 => Self::ChangeToExclude,
+            5 => Self::AllowNewSources,
+            6 => Self::BlockOldSources,
+            _ => return None,
+        })
+    }
+}
+
+/// One group record of an IGMPv3 or MLDv2 report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord<A> {
+    pub record_type: RecordType,
+    pub group: A,
+    pub sources: Vec<A>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message<A> {
+    /// A membership query; `group` is unspecified for a general query.
+    Query { version: u8, group: A, max_response: Duration },
+    /// A report without records (IGMPv1/v2, MLDv1).
+    Report { version: u8, group: A },
+    /// A leave (IGMPv2) or done (MLDv1).
+    Leave { group: A },
+    /// A report with group records (IGMPv3, MLDv2).
+    RecordReport { records: Vec<GroupRecord<A>> },
+    /// A PIM hello: a multicast router is behind the port.
+    PimHello,
+}
+
+/// A validated control packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet<A> {
+    pub source: A,
+    pub destination: A,
+    pub message: Message<A>,
+}
+
+/// Why a captured packet was not used. Each is counted by the controller
+/// under its [`ParseError::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
+pub enum ParseError {
+    #[error("the IP header is truncated or invalid")]
+    BadIpHeader,
+    #[error("the IP total length runs past the captured bytes")]
+    Truncated,
+    #[error("a fragment (control messages are never fragmented legitimately)")]
+    Fragment,
+    #[error("the message is shorter than its type requires")]
+    ShortMessage,
+    #[error("bad checksum")]
+    BadChecksum,
+    /// IGMP must be sent with TTL 1 (RFC 3376 4, RFC 2236 2).
+    #[error("TTL is not 1")]
+    BadTtl,
+    #[error("a group record (its sources or aux data) runs past the message")]
+    RecordOverrun,
+    #[error("unknown group record type")]
+    UnknownRecordType,
+    /// Flooded, not tracked (RFC 4541 2.1.1 (3)).
+    #[error("a message type snoop does not interpret")]
+    UnknownType,
+    #[error("neither a membership message nor a PIM hello")]
+    NotControl,
+}
+
+impl ParseError {
+    pub const ALL: [ParseError; 10] = [
+        Self::BadIpHeader,
+        Self::Truncated,
+        Self::Fragment,
+        Self::ShortMessage,
+        Self::BadChecksum,
+        Self::BadTtl,
+        Self::RecordOverrun,
+        Self::UnknownRecordType,
+        Self::UnknownType,
+        Self::NotControl,
+    ];
+
+    /// A stable short name, for counters.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::BadIpHeader => "bad_ip_header",
+            Self::Truncated => "truncated",
+            Self::Fragment => "fragment",
+            Self::ShortMessage => "short_message",
+            Self::BadChecksum => "bad_checksum",
+            Self::BadTtl => "bad_ttl",
+            Self::RecordOverrun => "record_overrun",
+            Self::UnknownRecordType => "unknown_record_type",
+            Self::UnknownType => "unknown_type",
+            Self::NotControl => "not_control",
+        }
+    }
+}
+
+/// RFC 1071 one's-complement sum; 0 over a message that carries a valid checksum.
+pub fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut chunks = bytes.chunks_exact(2);
+    for pair in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// RFC 3376 4.1.1 / RFC 3810 5.1.3 style codes: below `1 << (mant_bits +
+/// exp_bits)` the value itself, above a floating-point mantissa/exponent.
+/// IGMPv3 codes are 8 bits (4 mantissa, 3 exponent).
+pub fn decode_v3_code(code: u8) -> u32 {
+    if code < 128 {
+        u32::from(code)
+    } else {
+        let mant = u32::from(code & 0x0f);
+        let exp = u32::from((code >> 4) & 0x07);
+        (mant | 0x10) << (exp + 3)
+    }
+}
+
+/// Inverse of [`decode_v3_code`], rounding down.
+pub fn encode_v3_code(value: u32) -> u8 {
+    if value < 128 {
+        return value as u8;
+    }
+    for exp in 0..8u32 {
+        let mant = (value >> (exp + 3)).saturating_sub(0x10);
+        if mant < 0x10 {
+            return 0x80 | ((exp as u8) << 4) | mant as u8;
+        }
+    }
+    0xff
+}
