@@ -7,12 +7,12 @@
 //! 2. a nightly toolchain with `rust-src`: the usual `-Z build-std=core`.
 //!
 //! `cargo xtask setup` installs the first on Debian.
-use std::{env, fs, path::PathBuf, process::Command};
+use std::{env, fs, path::PathBuf};
 
 #[path = "../xtask/src/bpf_toolchain.rs"]
 mod bpf_toolchain;
 
-use bpf_toolchain::{which, BpfToolchain, BPF_TARGET as TARGET};
+use bpf_toolchain::{which, BPF_TARGET as TARGET};
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
@@ -44,42 +44,7 @@ fn main() {
     }
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = match &toolchain {
-        BpfToolchain::PrebuiltCore { rustc } => {
-            let mut cmd = Command::new(&cargo);
-            cmd.env("RUSTC", rustc);
-            cmd
-        }
-        BpfToolchain::NightlyBuildStd => {
-            let mut cmd = Command::new("rustup");
-            cmd.args(["run", "nightly", "cargo"]);
-            cmd.env_remove("RUSTC");
-            cmd
-        }
-    };
-    cmd.current_dir(&workspace)
-        .args(["build", "--release", "--package", "snoop-ebpf", "--target", TARGET])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        // aya-ebpf uses #![feature]; the prebuilt core is a stable compiler's.
-        .env("RUSTC_BOOTSTRAP", "1");
-    if matches!(toolchain, BpfToolchain::NightlyBuildStd) {
-        cmd.args(["-Z", "build-std=core"]);
-    }
-    // Settings of the outer (host) build must not leak into the BPF build.
-    for var in [
-        "RUSTC_WORKSPACE_WRAPPER",
-        "RUSTC_WRAPPER",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_MAKEFLAGS",
-        "MAKEFLAGS",
-        "MFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = bpf_toolchain::build_command(&toolchain, &cargo, &workspace, &target_dir);
     let status = cmd.status().expect("running cargo for the eBPF build");
     assert!(status.success(), "building snoop-ebpf failed ({status})");
 

@@ -24,5 +24,5 @@ pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
     pub data: [u8; N],
 }
 
-const _: () = assert!(core::mem::size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
-const _: () = assert!(core::mem::size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);
+const _: () = assert!(size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
+const _: () = assert!(size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);

@@ -128,5 +128,6 @@ mod pod {
     use super::*;
     // SAFETY: repr(C) plain data of u64 fields, no padding, any bit pattern valid.
     unsafe impl aya::Pod for TrafficCounters {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PortCounters {}
 }

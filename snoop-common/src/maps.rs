@@ -241,13 +241,19 @@ pub const MAPS: [MapSpec; 11] = [
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all are repr(C) plain data with explicit padding and no invalid bit patterns.
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for GroupKey {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for PortGroupKey {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for MemberValue {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for GroupValue {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for PortValue {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for GroupPorts {}
 }
 

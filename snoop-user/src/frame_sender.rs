@@ -35,7 +35,7 @@ impl FrameSender {
                 libc::SOL_PACKET,
                 PACKET_QDISC_BYPASS,
                 (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as u32,
+                size_of::<libc::c_int>() as u32,
             )
         };
         if rc < 0 {
@@ -55,7 +55,7 @@ impl FrameSender {
                 frame.len(),
                 0,
                 (&addr as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                size_of::<libc::sockaddr_ll>() as u32,
             )
         };
         if sent < 0 {
@@ -73,7 +73,7 @@ impl FrameSender {
         let mut messages: [libc::mmsghdr; 64] = unsafe { std::mem::zeroed() };
         for m in &mut messages {
             m.msg_hdr.msg_name = (&mut addr as *mut libc::sockaddr_ll).cast();
-            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+            m.msg_hdr.msg_namelen = size_of::<libc::sockaddr_ll>() as u32;
             m.msg_hdr.msg_iov = &mut iov;
             m.msg_hdr.msg_iovlen = 1;
         }

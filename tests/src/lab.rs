@@ -524,7 +524,7 @@ pub fn capture_socket(netns: &str, timeout: Duration) -> Result<OwnedFd> {
             libc::SOL_SOCKET,
             libc::SO_RCVTIMEO,
             (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
+            size_of::<libc::timeval>() as u32,
         )
     };
     if rc != 0 {
@@ -573,8 +573,9 @@ impl Drop for Sniffer {
 fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool>) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
+        // SAFETY: an all-zero sockaddr_ll is valid.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut addr_len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let mut addr_len = size_of::<libc::sockaddr_ll>() as u32;
         // SAFETY: valid buffers and lengths.
         let n = unsafe {
             libc::recvfrom(
@@ -616,6 +617,7 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
 /// made there stay in that namespace for their whole life.
 pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
     let path = format!("/run/netns/{netns}");
+    let netns = netns.to_owned();
     let ns = fs::File::open(&path).with_context(|| format!("opening {path}"))?;
     thread::spawn(move || -> Result<T> {
         // SAFETY: setns on this thread only, with a valid namespace fd.
@@ -625,7 +627,10 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
         Ok(f())
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))?
+    .map_err(|panic| {
+        let message = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+        anyhow::anyhow!("in network namespace {netns}: {}", message.unwrap_or("panicked"))
+    })?
 }
 
 fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
@@ -661,17 +666,14 @@ fn packet_socket(protocol_be: u16) -> Result<OwnedFd> {
 }
 
 fn bind_packet_socket(fd: &OwnedFd, ifindex: u32) -> Result<()> {
+    // SAFETY: an all-zero sockaddr_ll is valid.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
     addr.sll_ifindex = ifindex as i32;
     // SAFETY: valid address and length.
     let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&addr as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
+        libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_ll).cast(), size_of::<libc::sockaddr_ll>() as u32)
     };
     if rc != 0 {
         return Err(io::Error::last_os_error()).context("binding packet socket");
@@ -688,7 +690,7 @@ fn set_multicast_if(socket: &UdpSocket, addr: Ipv4Addr) -> Result<()> {
             libc::IPPROTO_IP,
             libc::IP_MULTICAST_IF,
             (&value as *const libc::in_addr).cast(),
-            std::mem::size_of::<libc::in_addr>() as u32,
+            size_of::<libc::in_addr>() as u32,
         )
     };
     if rc != 0 {

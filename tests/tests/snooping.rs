@@ -232,14 +232,14 @@ fn clean_exit_leaves_nothing_behind() -> Result<()> {
     assert!(!lab.pin_dir().exists(), "pins left in {}", lab.pin_dir().display());
     for port in ["p0", "p1", "p2"] {
         let owned_port = port.to_owned();
-        let programs = snoop_tests::lab::in_netns(&lab.bridge_netns, move || -> Result<usize> {
+        let programs = lab::in_netns(&lab.bridge_netns, move || -> Result<usize> {
             use aya::programs::{SchedClassifier, TcAttachType};
             let ingress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Ingress)?.1.len();
             let egress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Egress)?.1.len();
             Ok(ingress + egress)
         })??;
         assert_eq!(programs, 0, "programs still attached to {port}");
-        let qdiscs = snoop_tests::lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "show", "dev", port])?;
+        let qdiscs = lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "show", "dev", port])?;
         assert!(!qdiscs.contains("clsact"), "a qdisc was left on {port}");
     }
     let bridge = lab.ip_br(&["-d", "-j", "link", "show", "br0"])?;

@@ -40,6 +40,52 @@ fn nightly_has_rust_src() -> bool {
         .is_some_and(|sysroot| Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/core").exists())
 }
 
+/// `cargo build` of the eBPF crate with `toolchain`, into `target_dir`.
+pub fn build_command(
+    toolchain: &BpfToolchain,
+    cargo: &std::ffi::OsStr,
+    workspace: &Path,
+    target_dir: &Path,
+) -> Command {
+    let mut cmd = match toolchain {
+        BpfToolchain::PrebuiltCore { rustc } => {
+            let mut cmd = Command::new(cargo);
+            cmd.env("RUSTC", rustc);
+            cmd
+        }
+        BpfToolchain::NightlyBuildStd => {
+            let mut cmd = Command::new("rustup");
+            cmd.args(["run", "nightly", "cargo"]);
+            cmd.env_remove("RUSTC");
+            cmd
+        }
+    };
+    cmd.current_dir(workspace)
+        .args(["build", "--release", "--package", "snoop-ebpf", "--target", BPF_TARGET])
+        .arg("--target-dir")
+        .arg(target_dir)
+        // aya-ebpf uses #![feature]; the prebuilt core is a stable compiler's.
+        .env("RUSTC_BOOTSTRAP", "1");
+    if matches!(toolchain, BpfToolchain::NightlyBuildStd) {
+        cmd.args(["-Z", "build-std=core"]);
+    }
+    // Settings of an outer (host) build must not leak into the BPF build.
+    for var in [
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_MAKEFLAGS",
+        "MAKEFLAGS",
+        "MFLAGS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// A program on PATH.
 pub fn which(program: &str) -> Option<PathBuf> {
     env::split_paths(&env::var_os("PATH")?).map(|dir| dir.join(program)).find(|path| path.is_file())

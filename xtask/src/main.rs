@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | lint | test | bench`.
 //!
 //! `demo` and `test` run `setup` first, so on a fresh Debian 12 machine they
 //! are the only two commands a newcomer needs.
@@ -37,6 +37,8 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// cargo fmt --check and clippy with warnings denied (the workspace [lints]).
+    Lint,
     /// Run the unit and integration tests (needs root: the tests build netns labs).
     Test {
         /// Passed to the test binaries, e.g. a test name filter.
@@ -59,6 +61,19 @@ fn main() -> Result<()> {
     std::env::set_var("PATH", std::env::join_paths(dirs)?);
     match cli.task {
         Task::Setup => setup(),
+        Task::Lint => {
+            setup()?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // Clippy cannot build for the BPF target here (its compiler is not
+            // the one with the prebuilt core): the eBPF crate gets rustc's
+            // lints, denied.
+            let toolchain = bpf_toolchain::find().context("no BPF toolchain after setup")?;
+            let target_dir = workspace().join("target/ebpf-lint");
+            let mut build =
+                bpf_toolchain::build_command(&toolchain, cargo_bin().as_os_str(), &workspace(), &target_dir);
+            run(build.env("RUSTFLAGS", "-D warnings"))
+        }
         Task::Demo => {
             setup()?;
             require_root("the demo builds network namespaces, a bridge and BPF programs")?;

@@ -420,8 +420,9 @@ impl Probe {
 
     fn next(&self) -> Option<(Instant, Seen)> {
         let mut buf = [0u8; 256];
+        // SAFETY: an all-zero sockaddr_ll is valid.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+        let mut len = size_of::<libc::sockaddr_ll>() as u32;
         // SAFETY: valid buffers.
         let n = unsafe {
             libc::recvfrom(

@@ -1,0 +1,319 @@
+//! The eBPF programs' verdicts, one packet class at a time, through
+//! BPF_PROG_TEST_RUN: no hosts, no timing, just the programs, their maps (as
+//! the controller's datapath module writes them) and a bridge whose ports give
+//! the test skbs a device. Each case asserts the verdict and that exactly the
+//! expected data path counters moved, and no other.
+use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+use anyhow::Result;
+use snoop::{
+    datapath::{CopyTarget, Datapath},
+    proto::internet_checksum,
+};
+use snoop_common::{
+    Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER,
+    PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+};
+use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+
+const JOINED: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+const UNJOINED: Ipv4Addr = Ipv4Addr::new(239, 9, 9, 9);
+const HOST: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+
+/// The ports of the lab's bridge: p0 (senders), p1 (member of JOINED),
+/// p2 (no member), p3 (router port).
+struct Ports {
+    p0: u32,
+    p1: u32,
+    p2: u32,
+    p3: u32,
+}
+
+/// Loads the programs in the lab's bridge namespace and writes the maps as
+/// the controller would; runs `check` there.
+fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<()> + Send + 'static) -> Result<()> {
+    let lab = Lab::new(tag, 4, &LabOptions::default())?;
+    let ports = Ports {
+        p0: lab.port_ifindex("p0")?,
+        p1: lab.port_ifindex("p1")?,
+        p2: lab.port_ifindex("p2")?,
+        p3: lab.port_ifindex("p3")?,
+    };
+    let pin_dir = lab.pin_dir();
+    in_netns(&lab.bridge_netns, move || -> Result<()> {
+        let (mut datapath, _) = Datapath::load(&pin_dir)?;
+        datapath.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
+        for port in [ports.p0, ports.p1, ports.p2] {
+            datapath.set_port_flags(port, 0)?;
+        }
+        datapath.set_port_flags(ports.p3, PORT_ROUTER)?;
+        let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
+        datapath.set_member(PortGroupKey { group: joined, ifindex: ports.p1 }, 3, u64::MAX)?;
+        datapath.register_group(joined)?;
+        let result = check(&mut datapath, &ports);
+        datapath.shutdown(false)?;
+        result
+    })?
+}
+
+/// Runs one frame and checks the verdict and the counter deltas.
+fn case(
+    datapath: &mut Datapath,
+    name: &str,
+    program: &'static str,
+    ifindex: u32,
+    frame: &[u8],
+    verdict: i32,
+    moved: &[(Counter, u64)],
+) -> Result<()> {
+    let before = datapath.counters();
+    let (got, _) = datapath.test_run(program, frame, ifindex, 1)?;
+    let after = datapath.counters();
+    assert_eq!(got, verdict, "{name}: verdict");
+    let deltas: BTreeMap<&str, u64> = Counter::ALL
+        .iter()
+        .map(|c| (c.name(), after[*c as usize] - before[*c as usize]))
+        .filter(|(_, d)| *d != 0)
+        .collect();
+    let expected: BTreeMap<&str, u64> = moved.iter().map(|(c, n)| (c.name(), *n)).collect();
+    assert_eq!(deltas, expected, "{name}: counters that moved");
+    Ok(())
+}
+
+/// An Ethernet frame to the multicast MAC of `ip`'s destination.
+fn frame(ip: &[u8]) -> Vec<u8> {
+    lab::multicast_frame(ip).expect("an IPv4 packet")
+}
+
+/// A UDP packet to `group`.
+fn data(group: Ipv4Addr) -> Vec<u8> {
+    frame(&lab::udp_packet(HOST, group, 64))
+}
+
+/// An IPv4 packet with `options` (a multiple of 4 bytes) and `flags_fragment`
+/// (the flags/fragment-offset word) around `payload`.
+fn ipv4(protocol: u8, dst: [u8; 4], options: &[u8], flags_fragment: u16, payload: &[u8]) -> Vec<u8> {
+    let header_len = 20 + options.len();
+    let mut ip = vec![0x40 | (header_len / 4) as u8, 0, 0, 0, 0, 0, 0, 0, 1, protocol, 0, 0];
+    ip[2..4].copy_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
+    ip[6..8].copy_from_slice(&flags_fragment.to_be_bytes());
+    ip.extend_from_slice(&HOST.octets());
+    ip.extend_from_slice(&dst);
+    ip.extend_from_slice(options);
+    let sum = internet_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip.extend_from_slice(payload);
+    ip
+}
+
+/// An IGMP message of `igmp_type` about `group`, in an IPv4 packet with the Router Alert option.
+fn igmp(igmp_type: u8, group: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+    let mut msg = vec![igmp_type, 0, 0, 0];
+    msg.extend_from_slice(&group.octets());
+    if igmp_type == 0x22 {
+        // A v3 report: one MODE_IS_EXCLUDE {} record.
+        msg = vec![0x22, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0];
+        msg.extend_from_slice(&group.octets());
+    }
+    let sum = internet_checksum(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    frame(&ipv4(2, dst.octets(), &[0x94, 4, 0, 0], 0, &msg))
+}
+
+fn arp() -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x06]);
+    frame.extend_from_slice(&[0; 28]);
+    frame
+}
+
+#[test]
+fn egress_prunes_group_data_to_ports_without_members() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-egress", |dp, p| {
+        case(dp, "member port", PROG_EGRESS, p.p1, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "port without a member", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        case(dp, "router port", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        let unregistered = data(UNJOINED);
+        case(dp, "unregistered, flooded", PROG_EGRESS, p.p2, &unregistered, TC_ACT_OK, &[(UnregisteredFlooded, 1)])?;
+        let link_local = data(Ipv4Addr::new(224, 0, 0, 251));
+        case(dp, "224.0.0.251", PROG_EGRESS, p.p2, &link_local, TC_ACT_OK, &[(LinkLocalFlooded, 1)])?;
+        case(dp, "unicast", PROG_EGRESS, p.p2, &data(Ipv4Addr::new(10, 99, 0, 12)), TC_ACT_OK, &[])?;
+        case(dp, "non-IP", PROG_EGRESS, p.p2, &arp(), TC_ACT_OK, &[])?;
+        // IHL 4: not a valid header; counted and left to the bridge.
+        let mut bad = data(JOINED);
+        bad[14] = 0x44;
+        case(dp, "IHL < 5", PROG_EGRESS, p.p2, &bad, TC_ACT_OK, &[(MalformedIp, 1)])?;
+        // An options header moves nothing the decision reads.
+        let udp = &lab::udp_packet(HOST, JOINED, 64)[20..];
+        let with_options = frame(&ipv4(17, JOINED.octets(), &[1, 1, 1, 1], 0, udp));
+        case(dp, "IP options, member", PROG_EGRESS, p.p1, &with_options, TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "IP options, no member", PROG_EGRESS, p.p2, &with_options, TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        // Fragments of group data are group data, first (MF) or not (offset).
+        for (name, word) in [("first fragment", 0x2000), ("later fragment", 0x0010)] {
+            let fragment = frame(&ipv4(17, JOINED.octets(), &[], word, &udp[..16]));
+            case(dp, name, PROG_EGRESS, p.p1, &fragment, TC_ACT_OK, &[(DataForwarded, 1)])?;
+            case(dp, name, PROG_EGRESS, p.p2, &fragment, TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        }
+
+        // Groups nobody joined, router ports only.
+        dp.configure(0, None, Duration::from_secs(3), 0)?;
+        case(dp, "unregistered, dropped", PROG_EGRESS, p.p2, &unregistered, TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
+        case(dp, "unregistered, router", PROG_EGRESS, p.p3, &unregistered, TC_ACT_OK, &[(DataForwarded, 1)])?;
+
+        // A controller gone past the failsafe time: flooding, not pruning.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED, Some(Duration::from_nanos(1)), Duration::from_secs(3), 0)?;
+        std::thread::sleep(Duration::from_millis(20));
+        case(dp, "failsafe", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(FailsafeFlooded, 1)])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn egress_sends_reports_to_router_ports_only_and_floods_queries() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-igmp-out", |dp, p| {
+        let general = Ipv4Addr::new(224, 0, 0, 1);
+        let v3_routers = Ipv4Addr::new(224, 0, 0, 22);
+        for (name, message) in [
+            ("v1 report", igmp(0x12, JOINED, JOINED)),
+            ("v2 report", igmp(0x16, JOINED, JOINED)),
+            ("v3 report", igmp(0x22, JOINED, v3_routers)),
+            ("v2 leave", igmp(0x17, JOINED, Ipv4Addr::new(224, 0, 0, 2))),
+        ] {
+            case(dp, name, PROG_EGRESS, p.p2, &message, TC_ACT_SHOT, &[(ReportsSuppressed, 1)])?;
+            case(dp, name, PROG_EGRESS, p.p3, &message, TC_ACT_OK, &[])?;
+        }
+        case(dp, "query", PROG_EGRESS, p.p2, &igmp(0x11, Ipv4Addr::UNSPECIFIED, general), TC_ACT_OK, &[])?;
+        case(dp, "unknown IGMP type", PROG_EGRESS, p.p2, &igmp(0x99, JOINED, JOINED), TC_ACT_OK, &[])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn ingress_hands_control_frames_to_the_controller_and_counts_them_per_port() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-capture", |dp, p| {
+        let mut ring = dp.take_events().expect("the event ring");
+        let seen = [(IgmpSeen, 1), (Captured, 1)];
+        let cases = [
+            ("v1 report", igmp(0x12, JOINED, JOINED), PortCounters { reports: 1, ..Default::default() }),
+            ("v2 report", igmp(0x16, JOINED, JOINED), PortCounters { reports: 1, ..Default::default() }),
+            ("v3 report", igmp(0x22, JOINED, JOINED), PortCounters { reports: 1, ..Default::default() }),
+            ("leave", igmp(0x17, JOINED, JOINED), PortCounters { leaves: 1, ..Default::default() }),
+            ("query", igmp(0x11, JOINED, JOINED), PortCounters { queries: 1, ..Default::default() }),
+            ("unknown type", igmp(0x99, JOINED, JOINED), PortCounters { other_igmp: 1, ..Default::default() }),
+            // IGMP with no message at all: handed over (the controller drops it as malformed).
+            (
+                "no IGMP bytes",
+                frame(&ipv4(2, JOINED.octets(), &[], 0, &[])),
+                PortCounters { other_igmp: 1, ..Default::default() },
+            ),
+        ];
+        for (name, message, per_port) in cases {
+            let before = dp.port_counters(p.p2);
+            case(dp, name, PROG_INGRESS, p.p2, &message, TC_ACT_OK, &seen)?;
+            assert_eq!(difference(dp.port_counters(p.p2), before), per_port, "{name}: per-port counters");
+            // The controller gets the IP packet, whole, with the port it came in on.
+            let item = ring.next().expect("a captured frame");
+            let ifindex = u32::from_ne_bytes(item[0..4].try_into()?);
+            let captured = usize::from(u16::from_ne_bytes(item[4..6].try_into()?));
+            assert_eq!((ifindex, &item[16..16 + captured]), (p.p2, &message[14..]), "{name}: captured frame");
+        }
+        let mut hello = vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105];
+        let sum = internet_checksum(&hello);
+        hello[2..4].copy_from_slice(&sum.to_be_bytes());
+        let pim = frame(&ipv4(103, [224, 0, 0, 13], &[], 0, &hello));
+        case(dp, "PIM hello", PROG_INGRESS, p.p3, &pim, TC_ACT_OK, &[(PimSeen, 1), (Captured, 1)])?;
+        assert_eq!(dp.port_counters(p.p3).pim_hellos, 1);
+        assert!(ring.next().is_some(), "the hello was handed over");
+        // PIM to another address is not a hello to all PIM routers: passed untouched.
+        let other_pim = frame(&ipv4(103, JOINED.octets(), &[], 0, &hello));
+        case(dp, "PIM elsewhere", PROG_INGRESS, p.p3, &other_pim, TC_ACT_OK, &[])?;
+
+        // Bridge forwarding: group data entering is the bridge's to forward.
+        case(dp, "group data, bridge mode", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_OK, &[])?;
+        case(dp, "non-IP", PROG_INGRESS, p.p0, &arp(), TC_ACT_OK, &[])?;
+        assert!(ring.next().is_none(), "nothing else was handed over");
+        Ok(())
+    })
+}
+
+#[test]
+fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-redirect", |dp, p| {
+        dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
+        let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
+        dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)])?;
+        dp.set_report_targets(&[CopyTarget::Router(p.p3)])?;
+        let copied = [(Redirected, 1), (RedirectCopies, 2)];
+        case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_SHOT, &copied)?;
+        // The sender's own port never gets its packet back.
+        case(
+            dp,
+            "from a member",
+            PROG_INGRESS,
+            p.p1,
+            &data(JOINED),
+            TC_ACT_SHOT,
+            &[(Redirected, 1), (RedirectCopies, 1)],
+        )?;
+        case(dp, "unregistered", PROG_INGRESS, p.p0, &data(UNJOINED), TC_ACT_OK, &[])?;
+        let link_local = data(Ipv4Addr::new(224, 0, 0, 251));
+        case(dp, "224.0.0.251", PROG_INGRESS, p.p0, &link_local, TC_ACT_OK, &[])?;
+        let report = igmp(0x16, JOINED, JOINED);
+        let moved = [(IgmpSeen, 1), (Captured, 1), (RedirectCopies, 1)];
+        case(dp, "report, to router ports", PROG_INGRESS, p.p1, &report, TC_ACT_SHOT, &moved)?;
+        let query = igmp(0x11, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(224, 0, 0, 1));
+        case(
+            dp,
+            "query, flooded by the bridge",
+            PROG_INGRESS,
+            p.p3,
+            &query,
+            TC_ACT_OK,
+            &[(IgmpSeen, 1), (Captured, 1)],
+        )?;
+
+        // With the controller gone, the bridge path takes over.
+        dp.configure(
+            CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT,
+            Some(Duration::from_nanos(1)),
+            Duration::from_secs(3),
+            0,
+        )?;
+        std::thread::sleep(Duration::from_millis(20));
+        case(dp, "joined group, no controller", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_OK, &[])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn control_frames_over_a_ports_rate_are_counted_and_not_handed_over() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-rate", |dp, p| {
+        dp.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 2)?;
+        dp.set_port_flags(p.p2, 0)?; // takes the new limit
+        let report = igmp(0x16, JOINED, JOINED);
+        for _ in 0..2 {
+            case(dp, "within the rate", PROG_INGRESS, p.p2, &report, TC_ACT_OK, &[(IgmpSeen, 1), (Captured, 1)])?;
+        }
+        let over = [(IgmpSeen, 1), (ControlRateLimited, 1)];
+        case(dp, "over the rate", PROG_INGRESS, p.p2, &report, TC_ACT_OK, &over)?;
+        Ok(())
+    })
+}
+
+fn difference(after: PortCounters, before: PortCounters) -> PortCounters {
+    PortCounters {
+        queries: after.queries - before.queries,
+        reports: after.reports - before.reports,
+        leaves: after.leaves - before.leaves,
+        other_igmp: after.other_igmp - before.other_igmp,
+        pim_hellos: after.pim_hellos - before.pim_hellos,
+    }
+}
