@@ -1,11 +1,11 @@
 //! The record in which the data path hands a control frame to the controller.
 /// Most bytes of a control frame's IP packet handed to userspace: a full
 /// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.
-pub const CAPTURE_LEN: usize = 1500;
+pub const CAPTURE_LEN: usize = 2048;
 
 /// Packets up to this long go into small ring records (most reports), so a
 /// burst of reports fills the ring ten times slower than full-size records.
-pub const SMALL_CAPTURE_LEN: usize = 120;
+pub const SMALL_CAPTURE_LEN: usize = 128;
 
 /// A control frame (IGMP or PIM) captured on a port's ingress, from its IP
 /// header on. Ring records come in two sizes, `N` = [`SMALL_CAPTURE_LEN`] or
@@ -24,5 +24,8 @@ pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
     pub data: [u8; N],
 }
 
+// Powers of two: the data path bounds a copy's length with a mask, which
+// every verifier tracks (see snoop-ebpf's capture).
+const _: () = assert!(CAPTURE_LEN.is_power_of_two() && SMALL_CAPTURE_LEN.is_power_of_two());
 const _: () = assert!(size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
 const _: () = assert!(size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);

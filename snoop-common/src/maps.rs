@@ -191,7 +191,7 @@ pub const MAX_MEMBERSHIPS: u32 = 262_144;
 /// Traffic slots for memberships and for groups (each array holds this many
 /// counters per CPU); memberships beyond it forward normally, uncounted.
 pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
-/// Bytes of the control-frame ring: about 58,000 small records (5,500 full-size).
+/// Bytes of the control-frame ring: about 55,000 small records (4,000 full-size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
 /// BPF map types snoop uses (`enum bpf_map_type`).

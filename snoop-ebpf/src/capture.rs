@@ -59,6 +59,11 @@ fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
         return;
     };
     let frame = entry.as_mut_ptr();
+    if wire_len == 0 {
+        entry.discard(0);
+        count(Counter::MalformedIp);
+        return;
+    }
     let mut len = wire_len;
     if len > N {
         count(Counter::CaptureTruncated);
@@ -70,27 +75,18 @@ fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
         (*frame).wire_len = wire_len as u16;
         (*frame).vlan = VLAN_NONE;
         (*frame)._pad = [0; 6];
-        // The verifier needs a provably bounded, non-zero length. Read it back
-        // through memory so the compiler cannot drop a check it believes
-        // redundant, and keep two checks with different effects so it cannot
-        // fuse them into one unsigned compare the verifier cannot follow.
         (*frame).captured_len = len as u16;
-        let len = usize::from(core::ptr::read_volatile(&raw const (*frame).captured_len));
-        if len == 0 {
-            entry.discard(0);
-            count(Counter::MalformedIp);
-            return;
-        }
-        if len > N {
-            entry.discard(0);
-            count(Counter::CaptureTruncated);
-            return;
-        }
+        // The verifier must see a copy length in [1, N]. A mask (N is a power
+        // of two) bounds it for every verifier: Linux 6.1's learns nothing
+        // from `len != 0`. Read back through memory, the length is unknown to
+        // the compiler, so it cannot fold the arithmetic back into `len`.
+        let stored = u32::from(core::ptr::read_volatile(&raw const (*frame).captured_len));
+        let size = 1 + (stored.wrapping_sub(1) & (N as u32 - 1));
         let ret = aya_ebpf::helpers::bpf_skb_load_bytes(
             ctx.skb.skb as *const _,
             ETH_HLEN as u32,
             (*frame).data.as_mut_ptr() as *mut _,
-            len as u32,
+            size,
         );
         if ret != 0 {
             entry.discard(0);

@@ -179,10 +179,13 @@ impl Netlink {
     /// Turns the kernel bridge's own snooping on or off: two snoopers on one
     /// bridge would prune each other's traffic. Bridge options change only
     /// with RTM_NEWLINK on the existing link (RTM_SETLINK ignores them, as
-    /// the kernel's rtnl_setlink never looks at IFLA_INFO_DATA), so the
-    /// result is read back.
+    /// the kernel's rtnl_setlink never looks at IFLA_INFO_DATA); the result
+    /// is read back.
     pub async fn set_kernel_snooping(&self, bridge: &Bridge, on: bool) -> Result<()> {
-        let message = LinkMessageBuilder::<LinkBridge>::new(&bridge.name)
+        // By index only: a name in the message makes Linux 6.1 refuse the
+        // change with EBUSY (its dev_change_name tests IFF_UP before noticing
+        // the name is the same).
+        let message = LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
             .index(bridge.ifindex)
             .append_info_data(InfoBridge::MulticastSnooping(on))
             .build();

@@ -30,7 +30,7 @@ use tokio::{
 use crate::{
     bridge::{self, local_groups, Bridge, Netlink, Port},
     control::{self, SnapshotRequest},
-    datapath::{monotonic_now_ns, CopyTarget, Datapath},
+    datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
     membership::{Action, Group, PortOptions, RemoveReason, Snooper, Timers},
     metrics,
@@ -86,8 +86,8 @@ pub async fn run(config: RunConfig) -> Result<()> {
 /// `snoop cleanup`: removes what a `--keep-state` exit left pinned and puts
 /// back the bridge settings snoop had changed.
 pub async fn cleanup(bridge: &str, pin_dir: &std::path::Path) -> Result<()> {
-    let restore = crate::datapath::pinned_restore_flags(pin_dir)?;
-    crate::datapath::remove_pin_dir(pin_dir)?;
+    let restore = datapath::pinned_restore_flags(pin_dir)?;
+    datapath::remove_pin_dir(pin_dir)?;
     if restore != 0 {
         let netlink = Netlink::open()?;
         let bridge = netlink.bridge(bridge).await?;
@@ -161,7 +161,7 @@ impl Controller {
         };
         let kernel_snooping_on = netlink.kernel_snooping(&bridge).await?;
 
-        let (mut datapath, resumed) = Datapath::load(&config.pin_dir)?;
+        let (mut datapath, resumed) = Datapath::load(&config.pin_dir, bridge.ifindex)?;
         if kernel_snooping_on {
             info!("turning off {}'s own multicast snooping while snoop runs", bridge.name);
             let turned_off = match datapath.add_restore_flags(RESTORE_KERNEL_SNOOPING) {
@@ -211,7 +211,7 @@ impl Controller {
         self.refresh_local_groups();
         self.core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
         let ports: Vec<u32> = self.core.ports.keys().copied().collect();
-        self.core.datapath.remove_stale_link_pins(&ports)?;
+        self.core.datapath.remove_stale_attachments(&ports)?;
 
         let (snapshots, snapshot_queue) = mpsc::channel::<SnapshotRequest>(64);
         if let Some(addr) = self.core.config.metrics {
@@ -231,9 +231,9 @@ impl Controller {
                     guard.clear_ready();
                 }
                 _ = tokio::time::sleep_until(deadline) => {}
-                Some(()) = next_change(&mut inputs.link_changes) => self.sync_ports().await?,
+                Some(()) = next_change(&mut inputs.link_changes) => self.rescan().await?,
                 _ = inputs.port_scan.tick() => {
-                    self.sync_ports().await?;
+                    self.rescan().await?;
                     self.refresh_local_groups();
                     self.core.datapath.heartbeat()?;
                 }
@@ -353,11 +353,27 @@ impl Controller {
         }
     }
 
-    /// Attaches to ports that joined the bridge and lets go of ports that left.
-    async fn sync_ports(&mut self) -> Result<()> {
+    /// Rescans the bridge's ports. Containers come and go all the time: a
+    /// failure here is logged and retried at the next scan; only the bridge's
+    /// deletion ends snoop.
+    async fn rescan(&mut self) -> Result<()> {
+        match self.sync_ports().await {
+            Err(error @ bridge::Error::BridgeGone(_)) => Err(error.into()),
+            Err(error) => {
+                warn!("rescanning ports: {:#}; retrying", anyhow::Error::from(error));
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Attaches to ports that joined the bridge and lets go of ports that
+    /// left. A port that vanishes meanwhile is skipped; one that cannot be
+    /// attached is counted and tried again at the next scan.
+    async fn sync_ports(&mut self) -> Result<(), bridge::Error> {
         let core = &mut self.core;
         if !core.netlink.bridge_exists(&core.bridge).await? {
-            return Err(bridge::Error::BridgeGone(core.bridge.name.clone()).into());
+            return Err(bridge::Error::BridgeGone(core.bridge.name.clone()));
         }
         let ports = core.netlink.ports(&core.bridge).await?;
         let mut ports_changed = false;
@@ -365,7 +381,18 @@ impl Controller {
             if core.ports.contains_key(ifindex) {
                 continue;
             }
-            core.datapath.attach_port(*ifindex, name, 0)?;
+            match core.datapath.attach_port(*ifindex, 0) {
+                Ok(()) => {}
+                Err(datapath::Error::PortGone { .. }) => {
+                    debug!("port {name} went away before it was attached");
+                    continue;
+                }
+                Err(error) => {
+                    warn!("{:#}; trying again at the next scan", anyhow::Error::from(error));
+                    core.stats.bump(ControllerCounter::AttachFailures);
+                    continue;
+                }
+            }
             core.ports.insert(*ifindex, PortInfo { name: name.clone(), malformed: 0 });
             let actions = self.igmp.snooper.add_port(*ifindex, core.port_options(name));
             core.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
@@ -376,7 +403,9 @@ impl Controller {
         for ifindex in gone {
             let actions = self.igmp.snooper.remove_port(ifindex);
             core.apply(&self.igmp, actions);
-            core.datapath.detach_port(ifindex)?;
+            if let Err(error) = core.datapath.detach_port(ifindex) {
+                warn!("letting go of port {}: {:#}", core.port_name(ifindex), anyhow::Error::from(error));
+            }
             info!("port {} left the bridge", core.port_name(ifindex));
             core.ports.remove(&ifindex);
             ports_changed = true;

@@ -15,6 +15,8 @@ pub enum ControllerCounter {
     /// Map writes that failed; the state machine stays authoritative and the
     /// write is retried.
     DatapathWriteErrors,
+    /// Ports the programs could not be attached to (tried again at the next scan).
+    AttachFailures,
     /// Captured frames dropped as malformed, by reason.
     Dropped(ParseError),
 }
@@ -23,7 +25,7 @@ impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [Events, EventsShort, GeneralQueriesSent, GroupQueriesSent, DatapathWriteErrors]
+        [Events, EventsShort, GeneralQueriesSent, GroupQueriesSent, DatapathWriteErrors, AttachFailures]
             .into_iter()
             .chain(ParseError::ALL.into_iter().map(Dropped))
     }
@@ -36,6 +38,7 @@ impl ControllerCounter {
             ControllerCounter::GeneralQueriesSent => "general_queries_sent".into(),
             ControllerCounter::GroupQueriesSent => "group_queries_sent".into(),
             ControllerCounter::DatapathWriteErrors => "datapath_write_errors".into(),
+            ControllerCounter::AttachFailures => "attach_failures".into(),
             ControllerCounter::Dropped(reason) => format!("dropped_{}", reason.name()),
         }
     }

@@ -29,6 +29,13 @@ pub fn snoop_bin() -> PathBuf {
     path
 }
 
+/// How much slower than this machine the tests run: $SNOOP_TIME_SCALE (the
+/// VM runner sets it: an emulated guest is several times slower), else 1.
+/// Only deadlines that measure responsiveness scale; the protocol's timers do not.
+pub fn time_scale() -> u32 {
+    std::env::var("SNOOP_TIME_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1).max(1)
+}
+
 /// Polls `condition` every 50 ms until it holds or `timeout` passes.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -127,4 +134,28 @@ pub fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32, max_
         bail!("BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// BPF programs attached to a port of the lab's bridge, however attached:
+/// TCX links (where the kernel has them) and TC filters.
+pub fn attached_programs(lab: &Lab, port: &str) -> Result<usize> {
+    let owned_port = port.to_owned();
+    let tcx = lab::in_netns(&lab.bridge_netns, move || -> usize {
+        use aya::programs::{SchedClassifier, TcAttachType};
+        [TcAttachType::Ingress, TcAttachType::Egress]
+            .into_iter()
+            // A kernel without TCX (before 6.6) has none to list.
+            .filter_map(|direction| SchedClassifier::query_tcx(&owned_port, direction).ok())
+            .map(|(_, programs)| programs.len())
+            .sum()
+    })?;
+    let mut filters = 0;
+    for hook in ["ingress", "egress"] {
+        let out = lab::run("tc", &["-n", &lab.bridge_netns, "-j", "filter", "show", "dev", port, hook])?;
+        let json: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
+        // tc lists a filter's chain head too: count the entries with options.
+        filters +=
+            json.as_array().map_or(0, |f| f.iter().filter(|f| f["kind"] == "bpf" && f["options"].is_object()).count());
+    }
+    Ok(tcx + filters)
 }

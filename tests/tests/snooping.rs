@@ -231,14 +231,7 @@ fn clean_exit_leaves_nothing_behind() -> Result<()> {
     assert!(status.success(), "snoop exited with {status}");
     assert!(!lab.pin_dir().exists(), "pins left in {}", lab.pin_dir().display());
     for port in ["p0", "p1", "p2"] {
-        let owned_port = port.to_owned();
-        let programs = lab::in_netns(&lab.bridge_netns, move || -> Result<usize> {
-            use aya::programs::{SchedClassifier, TcAttachType};
-            let ingress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Ingress)?.1.len();
-            let egress = SchedClassifier::query_tcx(&owned_port, TcAttachType::Egress)?.1.len();
-            Ok(ingress + egress)
-        })??;
-        assert_eq!(programs, 0, "programs still attached to {port}");
+        assert_eq!(snoop_tests::attached_programs(&lab, port)?, 0, "programs still attached to {port}");
         let qdiscs = lab::run("tc", &["-n", &lab.bridge_netns, "qdisc", "show", "dev", port])?;
         assert!(!qdiscs.contains("clsact"), "a qdisc was left on {port}");
     }

@@ -44,7 +44,7 @@ fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<
     };
     let pin_dir = lab.pin_dir();
     in_netns(&lab.bridge_netns, move || -> Result<()> {
-        let (mut datapath, _) = Datapath::load(&pin_dir)?;
+        let (mut datapath, _) = Datapath::load(&pin_dir, 0)?;
         datapath.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
         for port in [ports.p0, ports.p1, ports.p2] {
             datapath.set_port_flags(port, 0)?;

@@ -3,6 +3,7 @@
 //! `demo` and `test` run `setup` first, so on a fresh Debian 12 machine they
 //! are the only two commands a newcomer needs.
 mod bpf_toolchain;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -36,11 +37,34 @@ enum Task {
         /// Only these figures, e.g. `1,2` (default: all).
         #[arg(long)]
         only: Option<String>,
+        /// Run it in a QEMU guest booting this kernel (as for `test
+        /// --kernel`): a functional check only, emulated timing means nothing.
+        #[arg(long, value_name = "VERSION|PATH")]
+        kernel: Option<String>,
     },
     /// cargo fmt --check and clippy with warnings denied (the workspace [lints]).
     Lint,
+    /// Run a shell command in a QEMU guest booting another kernel, with this
+    /// machine's root (read-only) as its root: for looking into a kernel.
+    Vm {
+        /// As for `test --kernel`.
+        #[arg(long, value_name = "VERSION|PATH")]
+        kernel: String,
+        /// The command, e.g. `ip -d link show`.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run the unit and integration tests (needs root: the tests build netns labs).
     Test {
+        /// Run the integration tests in a QEMU guest booting this kernel
+        /// instead: a Debian series (6.1: Debian 12's own; 6.12) installed
+        /// from the package registry when missing, or the path of a vmlinuz.
+        #[arg(long, value_name = "VERSION|PATH")]
+        kernel: Option<String>,
+        /// Only the smoke set: core pruning, leave, querier, restart, clean
+        /// exit, kernel settings and the eBPF verdicts (what CI runs in the VM).
+        #[arg(long)]
+        smoke: bool,
         /// Passed to the test binaries, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -82,39 +106,129 @@ fn main() -> Result<()> {
             let target = workspace().join("target/release");
             run(Command::new(target.join("snoop-lab")).arg("demo").env("SNOOP_BIN", target.join("snoop")))
         }
-        Task::Bench { quick, only } => {
+        Task::Bench { quick, only, kernel } => {
             setup()?;
             require_root("the benchmarks build network namespaces, bridges and BPF programs")?;
             cargo(&["build", "--release", "--package", "snoop-user", "--bin", "snoop"])?;
             cargo(&["build", "--release", "--package", "snoop-tests", "--bin", "snoop-bench"])?;
             let target = workspace().join("target/release");
-            let mut bench = Command::new(target.join("snoop-bench"));
-            bench.env("SNOOP_BIN", target.join("snoop"));
+            let mut args: Vec<String> = Vec::new();
             if quick {
-                bench.arg("--quick");
+                args.push("--quick".into());
             }
             if let Some(only) = only {
-                bench.args(["--only", &only]);
+                args.extend(["--only".into(), only]);
             }
-            run(&mut bench)
+            if let Some(spec) = kernel {
+                let kernel = vm_kernel(&spec)?;
+                println!("bench: in an emulated guest: a functional check of the benchmark; its figures mean nothing");
+                let command = format!(
+                    "SNOOP_BIN={} {} {}",
+                    target.join("snoop").display(),
+                    target.join("snoop-bench").display(),
+                    args.join(" ")
+                );
+                let code = vm::run_command(&kernel, &workspace(), &command)?;
+                if code != 0 {
+                    bail!("the benchmark failed in the guest ({code})");
+                }
+                return Ok(());
+            }
+            run(Command::new(target.join("snoop-bench")).args(&args).env("SNOOP_BIN", target.join("snoop")))
         }
-        Task::Test { args } => {
+        Task::Vm { kernel, command } => {
+            setup()?;
+            require_root("booting a guest with this machine's root")?;
+            let kernel = vm_kernel(&kernel)?;
+            let code = vm::run_command(&kernel, &workspace(), &command.join(" "))?;
+            if code != 0 {
+                bail!("the command exited with {code} in the guest");
+            }
+            Ok(())
+        }
+        Task::Test { kernel, smoke, mut args } => {
             setup()?;
             require_root("the integration tests build network namespaces, bridges and BPF programs")?;
             cargo(&["build", "--package", "snoop-user", "--bin", "snoop"])?;
             cargo(&["build", "--package", "snoop-tests", "--bin", "snoop-lab"])?;
             let snoop = workspace().join("target/debug/snoop");
             run(Command::new(workspace().join("target/debug/snoop-lab")).arg("cleanup"))?;
-            // One test at a time: the labs' timers are short, and two cores are
-            // not enough to run several labs side by side without jitter.
-            let mut test = Command::new(cargo_bin());
-            test.current_dir(workspace())
-                .args(["test", "--workspace", "--exclude", "snoop-ebpf", "--", "--test-threads", "1"])
-                .args(&args)
-                .env("SNOOP_BIN", &snoop);
-            run_tests(&mut test)
+            if smoke {
+                args.extend(SMOKE_TESTS.iter().map(|t| t.to_string()));
+            }
+            let mut totals = TestTotals::default();
+            let result = match kernel {
+                Some(spec) => test_in_vm(&spec, &snoop, &args, &mut totals),
+                None => {
+                    // One test at a time: the labs' timers are short, and two cores are
+                    // not enough to run several labs side by side without jitter.
+                    let mut test = Command::new(cargo_bin());
+                    test.current_dir(workspace())
+                        .args(["test", "--workspace", "--exclude", "snoop-ebpf", "--", "--test-threads", "1"])
+                        .args(&args)
+                        .env("SNOOP_BIN", &snoop);
+                    run_tests(&mut test, &mut totals)
+                }
+            };
+            println!("tests: {} passed, {} failed", totals.passed, totals.failed);
+            result
         }
     }
+}
+
+/// The tests CI also runs in a VM on Debian 12's kernel (name filters).
+const SMOKE_TESTS: &[&str] = &[
+    "only_members_receive_the_group",
+    "v3_to_include_empty_stops_traffic_within_last_member_time",
+    "snoops_queries_keep_members_alive_without_a_router",
+    "controller_restart_keeps_members_receiving",
+    "clean_exit_leaves_nothing_behind",
+    "kernel_snooping_is_off_while_snoop_runs_and_restored_as_it_was",
+    // Every eBPF verdict test (the programs as this kernel's verifier and
+    // helpers treat them).
+    "egress_",
+    "ingress_",
+    "control_frames_over_a_ports_rate",
+];
+
+/// The kernel for `spec`, with what booting it in QEMU needs installed.
+fn vm_kernel(spec: &str) -> Result<vm::Kernel> {
+    let mut apt = Apt::default();
+    for (program, package) in [
+        ("qemu-system-x86_64", "qemu-system-x86"),
+        ("busybox", "busybox-static"),
+        ("cpio", "cpio"),
+        ("modprobe", "kmod"),
+    ] {
+        if bpf_toolchain::which(program).is_none() {
+            apt.install(&[package])?;
+        }
+    }
+    vm::resolve(spec, &mut apt)
+}
+
+/// Builds the integration test binaries and runs them in a guest booting `spec`.
+fn test_in_vm(spec: &str, snoop: &Path, args: &[String], totals: &mut TestTotals) -> Result<()> {
+    let kernel = vm_kernel(spec)?;
+    let out = Command::new(cargo_bin())
+        .current_dir(workspace())
+        .args(["test", "--no-run", "--package", "snoop-tests", "--tests", "--message-format=json"])
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the integration tests failed");
+    }
+    // Integration test binaries: compiler artifacts of kind "test" with an executable.
+    let binaries: Vec<PathBuf> = String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["kind"][0] == "test")
+        .filter_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .collect();
+    if binaries.is_empty() {
+        bail!("no integration test binaries were built");
+    }
+    vm::run_tests(&kernel, &workspace(), snoop, &binaries, args, totals)
 }
 
 /// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2,
@@ -208,28 +322,38 @@ fn cargo(args: &[&str]) -> Result<()> {
     run(Command::new(cargo_bin()).current_dir(workspace()).args(args))
 }
 
-/// Runs cargo test, passing its output through, and closes with one line
-/// totalling every test binary's result (cargo prints one per binary).
-fn run_tests(cmd: &mut Command) -> Result<()> {
-    use std::io::{BufRead as _, BufReader};
-    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(result) = line.strip_prefix("test result: ") {
-            for part in result.split([';', '.']) {
-                let mut words = part.split_whitespace();
-                match (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
-                    (Some(n), Some("passed")) => passed += n,
-                    (Some(n), Some("failed")) => failed += n,
-                    _ => {}
-                }
+/// Passed and failed tests over every test binary (cargo prints one result line each).
+#[derive(Default)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+}
+
+impl TestTotals {
+    /// Counts a libtest "test result: ..." line; other lines are ignored.
+    fn add_line(&mut self, line: &str) {
+        let Some(result) = line.strip_prefix("test result: ") else { return };
+        for part in result.split([';', '.']) {
+            let mut words = part.split_whitespace();
+            match (words.next().and_then(|n| n.parse::<u64>().ok()), words.next()) {
+                (Some(n), Some("passed")) => self.passed += n,
+                (Some(n), Some("failed")) => self.failed += n,
+                _ => {}
             }
         }
     }
+}
+
+/// Runs cargo test, passing its output through and counting the results.
+fn run_tests(cmd: &mut Command, totals: &mut TestTotals) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn().with_context(|| format!("running {cmd:?}"))?;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        totals.add_line(&line);
+    }
     let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("tests failed ({status})");
     }

@@ -25,6 +25,20 @@ pub enum Error {
     Load { pin_dir: PathBuf, source: Box<aya::EbpfError> },
     #[error("{what} {program}")]
     Program { what: &'static str, program: &'static str, source: ProgramError },
+    /// The kernel refused a program: its verifier's last lines, not a page of them.
+    #[error(
+        "this kernel's verifier refused {program} ({error}); its last words: {last_lines} (the whole log: \
+         RUST_LOG=debug)"
+    )]
+    Verifier { program: &'static str, error: io::Error, last_lines: String },
+    /// This kernel cannot run snoop, or a probe of it failed.
+    #[error("{0}")]
+    Kernel(String),
+    /// The port vanished (or was renamed) while snoop attached to it.
+    #[error("interface {ifindex} is gone")]
+    PortGone { ifindex: u32 },
+    #[error("attaching a TC filter to interface {ifindex}")]
+    Filter { ifindex: u32, source: io::Error },
     #[error("{0} is missing from the eBPF object, or of another kind")]
     Object(&'static str),
     /// No room for one more entry (the kernel said E2BIG or ENOMEM).

@@ -7,26 +7,26 @@
 //! - [`slots`]: traffic counter slots;
 //! - [`Error`]: what callers decide on.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeSet, HashMap as StdHashMap},
     fs,
     path::{Path, PathBuf},
 };
 
+mod attach;
 mod error;
 mod pins;
 mod slots;
+mod tc;
 
+use attach::Attachments;
+pub use attach::{AttachMode, MIN_KERNEL};
 pub use error::{Error, Result};
 pub use pins::{default_pin_dir, pinned_restore_flags, remove_pin_dir};
 use slots::TrafficSlots;
 
 use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{
-        links::{FdLink, PinnedLink},
-        tc::SchedClassifierLink,
-        SchedClassifier, TcAttachType,
-    },
+    programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use snoop_common::{
@@ -38,13 +38,6 @@ use snoop_common::{
 
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snoop.bpf.o"));
-
-/// One direction of one port: the pinned TCX link keeps the program attached
-/// even while no snoop process runs.
-struct PortLinks {
-    ingress: PinnedLink,
-    egress: PinnedLink,
-}
 
 /// One place redirect mode copies a frame to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +85,7 @@ pub struct Datapath {
     port_slots: StdHashMap<u32, u32>,
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     events: Option<RingBuf<MapData>>,
-    links: BTreeMap<u32, PortLinks>,
+    attachments: Attachments,
     /// Ports whose copies can go straight to their veth peer (see GroupPorts::last_to_peer).
     peer_ports: BTreeSet<u32>,
     /// Last config written; heartbeats rewrite it with a new time.
@@ -101,13 +94,17 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the programs, adopting the maps pinned in `pin_dir` if a previous
-    /// snoop left them there. `resumed` tells which happened.
-    pub fn load(pin_dir: &Path) -> Result<(Self, bool)> {
+    /// Loads the programs for the bridge `bridge_ifindex`, adopting the maps
+    /// pinned in `pin_dir` if a previous snoop left them there. `resumed`
+    /// tells which happened.
+    pub fn load(pin_dir: &Path, bridge_ifindex: u32) -> Result<(Self, bool)> {
+        let (mode, why) = AttachMode::for_this_kernel()?;
+        log::info!("{why}");
         pins::ensure_bpffs()?;
         pins::drop_pins_of_another_layout(pin_dir)?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
-        let loaded = Self::load_pinned(pin_dir, resumed);
+        let attachments = Attachments::new(mode, pin_dir.to_owned(), bridge_ifindex)?;
+        let loaded = Self::load_pinned(pin_dir, resumed, attachments);
         if loaded.is_err() && !resumed {
             // Maps this failed attempt pinned must not look like state to resume.
             let _ = remove_pin_dir(pin_dir);
@@ -115,7 +112,7 @@ impl Datapath {
         Ok((loaded?, resumed))
     }
 
-    fn load_pinned(pin_dir: &Path, resumed: bool) -> Result<Self> {
+    fn load_pinned(pin_dir: &Path, resumed: bool, attachments: Attachments) -> Result<Self> {
         let links = pin_dir.join("links");
         fs::create_dir_all(&links).map_err(|source| Error::Pins { what: "creating", path: links, source })?;
         let mut ebpf = EbpfLoader::new()
@@ -123,11 +120,7 @@ impl Datapath {
             .load(EBPF_OBJECT)
             .map_err(|source| Error::Load { pin_dir: pin_dir.to_owned(), source: Box::new(source) })?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
-            program(&mut ebpf, name)?.load().map_err(|source| Error::Program {
-                what: "verifying",
-                program: name,
-                source,
-            })?;
+            program(&mut ebpf, name)?.load().map_err(|source| verifier_error(name, source))?;
         }
         let datapath = Self {
             members: take_map(&mut ebpf, MAP_MEMBERS)?,
@@ -154,7 +147,7 @@ impl Datapath {
             events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_owned(),
-            links: BTreeMap::new(),
+            attachments,
             peer_ports: BTreeSet::new(),
             config_value: DatapathConfig::default(),
             control_rate_limit: 0,
@@ -241,58 +234,25 @@ impl Datapath {
         self.write_config()
     }
 
-    /// Attaches both programs to a port. A link pinned by a previous snoop is
-    /// updated in place (atomically: no frame sees no program).
-    pub fn attach_port(&mut self, ifindex: u32, name: &str, flags: u32) -> Result<()> {
-        self.set_port_flags(ifindex, flags)?;
-        if self.links.contains_key(&ifindex) {
-            return Ok(());
+    /// Attaches both programs to a port (adopting what a previous snoop left
+    /// there, atomically) and writes its port map entry. [`Error::PortGone`]
+    /// when the port vanished meanwhile.
+    pub fn attach_port(&mut self, ifindex: u32, flags: u32) -> Result<()> {
+        if !self.attachments.contains(ifindex) {
+            let (ingress, egress) = programs(&mut self.ebpf)?;
+            self.attachments.attach(ingress, egress, ifindex)?;
         }
-        let ingress = self.attach_one(ifindex, name, PROG_INGRESS, TcAttachType::Ingress)?;
-        let egress = self.attach_one(ifindex, name, PROG_EGRESS, TcAttachType::Egress)?;
-        self.links.insert(ifindex, PortLinks { ingress, egress });
-        Ok(())
+        self.set_port_flags(ifindex, flags)
     }
 
-    fn attach_one(
-        &mut self,
-        ifindex: u32,
-        name: &str,
-        prog: &'static str,
-        direction: TcAttachType,
-    ) -> Result<PinnedLink> {
-        let pin = self.link_pin(ifindex, direction);
-        let program = program(&mut self.ebpf, prog)?;
-        let attach = |source| Error::Attach { port: name.to_owned(), source };
-        let link =
-            |what, source: Box<dyn std::error::Error + Send + Sync>| Error::Link { what, path: pin.clone(), source };
-        match PinnedLink::from_pin(&pin) {
-            Ok(old) => {
-                let old =
-                    SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| link("not a TCX link:", e.into()))?;
-                let id = program.attach_to_link(old).map_err(attach)?;
-                // The pin already names this link; keep a handle to it.
-                drop(program.take_link(id).map_err(attach)?);
-                PinnedLink::from_pin(&pin).map_err(|e| link("reopening", e.into()))
-            }
-            Err(_) => {
-                let id = program.attach(name, direction).map_err(attach)?;
-                let fd_link: FdLink = program.take_link(id).map_err(attach)?.try_into().map_err(
-                    |e: aya::programs::links::LinkError| link("not a TCX link (snoop needs Linux 6.6):", e.into()),
-                )?;
-                fd_link.pin(&pin).map_err(|e| link("pinning", e.into()))
-            }
-        }
+    /// How the programs are attached on this kernel.
+    pub fn attach_mode(&self) -> AttachMode {
+        self.attachments.mode()
     }
 
     /// Detaches from a port and forgets it in the port map.
     pub fn detach_port(&mut self, ifindex: u32) -> Result<()> {
-        if let Some(links) = self.links.remove(&ifindex) {
-            for link in [links.ingress, links.egress] {
-                // Closing the last reference to an unpinned link detaches it.
-                let _ = link.unpin();
-            }
-        }
+        self.attachments.detach(ifindex);
         remove_if_present(MAP_PORTS, self.ports.remove(&ifindex))?;
         remove_if_present(MAP_PORT_COUNTERS, self.port_counters.remove(&ifindex))?;
         if let Some(slot) = self.port_slots.remove(&ifindex) {
@@ -301,20 +261,10 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes link pins of ports that are not on the bridge any more.
-    pub fn remove_stale_link_pins(&self, current: &[u32]) -> Result<()> {
-        let dir = self.pin_dir.join("links");
-        let entries =
-            fs::read_dir(&dir).map_err(|source| Error::Pins { what: "reading", path: dir.clone(), source })?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let ifindex = name.to_string_lossy().split('-').next().and_then(|i| i.parse::<u32>().ok());
-            if ifindex.is_none_or(|i| !current.contains(&i)) {
-                let path = entry.path();
-                fs::remove_file(&path).map_err(|source| Error::Pins { what: "removing", path, source })?;
-            }
-        }
-        Ok(())
+    /// Removes what a previous snoop attached to interfaces that are not
+    /// ports any more.
+    pub fn remove_stale_attachments(&mut self, current: &[u32]) -> Result<()> {
+        self.attachments.remove_stale(current)
     }
 
     /// Ifindexes that have an entry in the port map (from this or a previous run).
@@ -448,7 +398,7 @@ impl Datapath {
             count: ordered.len() as u32,
             ingress_mask: 0,
             traffic_slot,
-            bridge_ports: self.links.len() as u32,
+            bridge_ports: self.attachments.len() as u32,
             last_to_peer: u32::from(peer.is_some()),
             last_member_slot,
             last_port_slot,
@@ -538,20 +488,12 @@ impl Datapath {
     /// Stops snooping. With `keep_state` the programs stay attached and the
     /// maps pinned, so forwarding continues until a new snoop adopts them.
     /// Without it every link, pin and the directory are removed.
-    pub fn shutdown(mut self, keep_state: bool) -> Result<()> {
+    pub fn shutdown(self, keep_state: bool) -> Result<()> {
+        self.attachments.release(keep_state);
         if keep_state {
             return Ok(()); // dropping the handles leaves the pins in place
         }
-        for (_, links) in std::mem::take(&mut self.links) {
-            let _ = links.ingress.unpin();
-            let _ = links.egress.unpin();
-        }
         remove_pin_dir(&self.pin_dir)
-    }
-
-    fn link_pin(&self, ifindex: u32, direction: TcAttachType) -> PathBuf {
-        let suffix = if direction == TcAttachType::Ingress { "ingress" } else { "egress" };
-        self.pin_dir.join("links").join(format!("{ifindex}-{suffix}"))
     }
 }
 
@@ -565,6 +507,39 @@ pub fn monotonic_now_ns() -> u64 {
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(Error::Object(name))
+}
+
+/// Both programs at once.
+fn programs(ebpf: &mut Ebpf) -> Result<(&mut SchedClassifier, &mut SchedClassifier)> {
+    let (mut ingress, mut egress) = (None, None);
+    for (name, program) in ebpf.programs_mut() {
+        match name {
+            PROG_INGRESS => ingress = program.try_into().ok(),
+            PROG_EGRESS => egress = program.try_into().ok(),
+            _ => {}
+        }
+    }
+    Ok((ingress.ok_or(Error::Object(PROG_INGRESS))?, egress.ok_or(Error::Object(PROG_EGRESS))?))
+}
+
+/// A load failure; a verifier's refusal in a few lines (the log is at debug level).
+fn verifier_error(program: &'static str, source: aya::programs::ProgramError) -> Error {
+    match source {
+        aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            log::debug!("{program}: verifier log:\n{log}");
+            // The complaint comes before the verifier's closing statistics.
+            let statistics = ["verification time", "stack depth", "processed "];
+            let lines: Vec<&str> = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !statistics.iter().any(|s| l.starts_with(s)))
+                .collect();
+            let last_lines = lines[lines.len().saturating_sub(3)..].join(" / ");
+            Error::Verifier { program, error: io_error, last_lines }
+        }
+        source => Error::Program { what: "loading", program, source },
+    }
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T>
