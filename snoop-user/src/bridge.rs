@@ -227,17 +227,21 @@ fn link_kind(link: &LinkMessage) -> Option<&InfoKind> {
 
 /// Groups the bridge device itself has joined (its own host's sockets), from
 /// /proc/net/igmp of the current network namespace.
-pub fn local_groups(bridge: &str) -> Vec<Ipv4Addr> {
-    std::fs::read_to_string("/proc/self/net/igmp").map(|text| parse_proc_igmp(&text, bridge)).unwrap_or_default()
+pub fn local_groups(bridge_ifindex: u32) -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/proc/self/net/igmp")
+        .map(|text| parse_proc_igmp(&text, bridge_ifindex))
+        .unwrap_or_default()
 }
 
-fn parse_proc_igmp(text: &str, device: &str) -> Vec<Ipv4Addr> {
+/// Device lines are "IDX\tNAME: COUNT QUERIER", the name padded to 10
+/// characters, so a longer name runs into its colon: they are matched by
+/// their index, not their name.
+fn parse_proc_igmp(text: &str, ifindex: u32) -> Vec<Ipv4Addr> {
     let mut groups = Vec::new();
     let mut in_device = false;
     for line in text.lines().skip(1) {
         if !line.starts_with('\t') {
-            // "2\tbr0       :     1      V3"
-            in_device = line.split_whitespace().nth(1) == Some(device);
+            in_device = line.split('\t').next().and_then(|idx| idx.trim().parse::<u32>().ok()) == Some(ifindex);
         } else if in_device {
             // "\t\t\t\t010000E0     1 0:00000000\t\t0": the group, little-endian hex.
             if let Some(hex) = line.split_whitespace().next() {
@@ -261,8 +265,14 @@ mod tests {
                     \t\t\t\t010000E0     1 0:00000000\t\t0\n\
                     4\tbr0       :     2      V3\n\
                     \t\t\t\t010101EF     1 0:00000000\t\t0\n\
-                    \t\t\t\t010000E0     1 0:00000000\t\t0\n";
-        assert_eq!(parse_proc_igmp(text, "br0"), [Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(224, 0, 0, 1)]);
-        assert!(parse_proc_igmp(text, "p1").is_empty());
+                    \t\t\t\t010000E0     1 0:00000000\t\t0\n\
+                    7\tdocker_gwbridge:     2      V3\n\
+                    \t\t\t\t020202EF     1 0:00000000\t\t0\n\
+                    12\tbr-3f2a1b4c5d6e:     1      V3\n\
+                    \t\t\t\t030303EF     1 0:00000000\t\t0\n";
+        assert_eq!(parse_proc_igmp(text, 4), [Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(224, 0, 0, 1)]);
+        assert_eq!(parse_proc_igmp(text, 7), [Ipv4Addr::new(239, 2, 2, 2)]);
+        assert_eq!(parse_proc_igmp(text, 12), [Ipv4Addr::new(239, 3, 3, 3)]);
+        assert!(parse_proc_igmp(text, 5).is_empty());
     }
 }

@@ -457,7 +457,7 @@ impl Controller {
             return;
         }
         let now: BTreeSet<Ipv4Addr> =
-            local_groups(&self.core.bridge.name).into_iter().filter(|g| g.is_snoopable()).collect();
+            local_groups(self.core.bridge.ifindex).into_iter().filter(|g| g.is_snoopable()).collect();
         if now != self.igmp.local_groups {
             let changed = now.symmetric_difference(&self.igmp.local_groups).map(|g| Group::untagged(*g)).collect();
             self.igmp.local_groups = now;

@@ -30,7 +30,7 @@ use snoop::{frame_sender::FrameSender, proto::internet_checksum};
 pub const DATA_PORT: u16 = 5001;
 /// nftables table of a host's data counter (and sink).
 const SINK_TABLE: &str = "snoop_lab_count";
-/// Bridge name inside the bridge namespace.
+/// Bridge name inside the bridge namespace, unless [`LabOptions::bridge`] names another.
 pub const BRIDGE: &str = "br0";
 /// Namespace prefix of every lab, so leftovers of a killed run are found.
 pub const NS_PREFIX: &str = "snooplab";
@@ -50,11 +50,15 @@ pub struct LabOptions {
     pub igmp_version: Option<u8>,
     /// The kernel bridge's own snooping (for comparisons).
     pub kernel_snooping: bool,
+    /// The bridge's name; default [`BRIDGE`].
+    pub bridge: Option<String>,
 }
 
 pub struct Lab {
     pub id: String,
     pub bridge_netns: String,
+    /// The bridge's name in its namespace.
+    pub bridge: String,
     pub hosts: Vec<Host>,
     children: Vec<Child>,
 }
@@ -64,13 +68,19 @@ impl Lab {
     pub fn new(tag: &str, host_count: usize, options: &LabOptions) -> Result<Self> {
         let id = format!("{NS_PREFIX}-{tag}-{}", std::process::id());
         let bridge_netns = format!("{id}-br");
-        let mut lab =
-            Lab { id: id.clone(), bridge_netns: bridge_netns.clone(), hosts: Vec::new(), children: Vec::new() };
+        let bridge = options.bridge.clone().unwrap_or_else(|| BRIDGE.to_owned());
+        let mut lab = Lab {
+            id: id.clone(),
+            bridge_netns: bridge_netns.clone(),
+            bridge: bridge.clone(),
+            hosts: Vec::new(),
+            children: Vec::new(),
+        };
         // From here on Drop cleans up whatever was made.
         run("ip", &["netns", "add", &bridge_netns])?;
         let snooping = if options.kernel_snooping { "1" } else { "0" };
-        lab.ip_br(&["link", "add", BRIDGE, "type", "bridge", "mcast_snooping", snooping])?;
-        lab.ip_br(&["link", "set", BRIDGE, "up"])?;
+        lab.ip_br(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", snooping])?;
+        lab.ip_br(&["link", "set", &bridge, "up"])?;
         lab.ip_br(&["link", "set", "lo", "up"])?;
         quiet_ipv6(&bridge_netns)?;
         for i in 0..host_count {
@@ -92,7 +102,8 @@ impl Lab {
         self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone() });
         quiet_ipv6(&netns)?;
         self.ip_br(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
-        self.ip_br(&["link", "set", &port, "master", BRIDGE, "up"])?;
+        let bridge = self.bridge.clone();
+        self.ip_br(&["link", "set", &port, "master", &bridge, "up"])?;
         run("ip", &["-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
         run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
@@ -130,7 +141,7 @@ impl Lab {
     /// Starts `snoop run` on the lab's bridge; extra `args` are passed through.
     pub fn start_snoop(&mut self, snoop: &Path, args: &[&str]) -> Result<()> {
         let mut cmd = Command::new(snoop);
-        cmd.args(["--netns", &self.bridge_netns, "run", "--bridge", BRIDGE]).args(args);
+        cmd.args(["--netns", &self.bridge_netns, "run", "--bridge", &self.bridge]).args(args);
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         if std::env::var_os("SNOOP_LAB_VERBOSE").is_none() {
             // Appended, so a restarted snoop's log follows the first one's.
@@ -191,7 +202,7 @@ impl Lab {
     /// `snoop show VIEW --json` against the lab's controller.
     pub fn snoop_show(&self, snoop: &Path, view: &str) -> Result<serde_json::Value> {
         let out = Command::new(snoop)
-            .args(["--netns", &self.bridge_netns, "show", view, "--bridge", BRIDGE, "--json"])
+            .args(["--netns", &self.bridge_netns, "show", view, "--bridge", &self.bridge, "--json"])
             .output()?;
         if !out.status.success() {
             bail!("snoop show {view}: {}", String::from_utf8_lossy(&out.stderr).trim());
@@ -210,7 +221,7 @@ impl Lab {
 
     /// The pin directory a snoop on this lab's bridge uses.
     pub fn pin_dir(&self) -> PathBuf {
-        snoop::datapath::default_pin_dir(&self.bridge_netns, BRIDGE)
+        snoop::datapath::default_pin_dir(&self.bridge_netns, &self.bridge)
     }
 
     /// A socket on `host` joined to `group`; dropping it leaves the group.
@@ -227,7 +238,30 @@ impl Lab {
     /// Starts counting the group traffic that reaches `host`'s interface,
     /// joined or not (a packet socket sees what the wire delivered).
     pub fn sniff(&self, host: &str) -> Result<Sniffer> {
-        Sniffer::start(&self.host(host).netns)
+        Sniffer::start(&self.host(host).netns, "eth0")
+    }
+
+    /// Starts counting the group traffic the bridge device itself receives
+    /// (what reaches the bridge host's own sockets).
+    pub fn sniff_bridge(&self) -> Result<Sniffer> {
+        Sniffer::start(&self.bridge_netns, &self.bridge)
+    }
+
+    /// Gives the bridge device an address, so its host can join groups.
+    pub fn set_bridge_address(&self, addr: Ipv4Addr) -> Result<()> {
+        let bridge = self.bridge.clone();
+        self.ip_br(&["addr", "add", &format!("{addr}/24"), "dev", &bridge]).map(drop)
+    }
+
+    /// A socket of the bridge host joined to `group` on the bridge device
+    /// (which needs an address: [`Lab::set_bridge_address`]).
+    pub fn join_on_bridge(&self, group: Ipv4Addr, addr: Ipv4Addr) -> Result<Membership> {
+        let socket = in_netns(&self.bridge_netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.join_multicast_v4(&group, &addr)?;
+            Ok(socket)
+        })??;
+        Ok(Membership { _socket: socket })
     }
 
     /// Sends `count` UDP packets to `group` from `host`, `interval` apart.
@@ -508,12 +542,13 @@ pub struct Sniffer {
     thread: Option<thread::JoinHandle<()>>,
 }
 
-/// A packet socket seeing every frame in and out of a host's eth0; reads
+/// A packet socket seeing every frame in and out of an interface; reads
 /// time out after `timeout` so a reader can check for a stop request.
-pub fn capture_socket(netns: &str, timeout: Duration) -> Result<OwnedFd> {
-    let fd = in_netns(netns, || -> Result<OwnedFd> {
+pub fn capture_socket(netns: &str, interface: &str, timeout: Duration) -> Result<OwnedFd> {
+    let interface = interface.to_owned();
+    let fd = in_netns(netns, move || -> Result<OwnedFd> {
         let fd = packet_socket((libc::ETH_P_ALL as u16).to_be())?;
-        bind_packet_socket(&fd, if_index("eth0")?)?;
+        bind_packet_socket(&fd, if_index(&interface)?)?;
         Ok(fd)
     })??;
     let timeout = libc::timeval { tv_sec: 0, tv_usec: timeout.as_micros().min(999_999) as libc::suseconds_t };
@@ -534,8 +569,8 @@ pub fn capture_socket(netns: &str, timeout: Duration) -> Result<OwnedFd> {
 }
 
 impl Sniffer {
-    fn start(netns: &str) -> Result<Self> {
-        let fd = capture_socket(netns, Duration::from_millis(50))?;
+    fn start(netns: &str, interface: &str) -> Result<Self> {
+        let fd = capture_socket(netns, interface, Duration::from_millis(50))?;
         let counts = Arc::new(Mutex::new(SniffCounts::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {

@@ -386,3 +386,25 @@ fn the_controller_runs_at_its_nice_value() -> Result<()> {
     assert_eq!(nice_of(&lab)?, 0, "--nice 0 leaves the priority alone");
     Ok(())
 }
+
+#[test]
+fn the_bridge_hosts_own_members_get_the_group_whatever_the_bridges_name() -> Result<()> {
+    // Docker-style names are 10 or more characters long, where /proc/net/igmp
+    // glues the name to its colon.
+    for bridge in ["br0", "br-3f2a1b4c5d6e", "docker_gwbridge"] {
+        let options = LabOptions { bridge: Some(bridge.into()), ..Default::default() };
+        let mut lab = lab("localmember", 3, options)?;
+        let own = Ipv4Addr::new(10, 99, 0, 1);
+        lab.set_bridge_address(own)?;
+        lab.start_snoop(&snoop_bin(), FAST)?;
+        let _m1 = lab.join("h1", G)?;
+        let _local = lab.join_on_bridge(G, own)?;
+        wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+        // The bridge's own groups are read every port scan (1 s).
+        thread::sleep(Duration::from_millis(1500));
+        let bridge_host = lab.sniff_bridge()?;
+        assert_eq!(blast(&lab, &["h1", "h2"], &[G], 100)?, [[100], [0]], "{bridge}");
+        assert_eq!(bridge_host.count(G), 100, "the bridge host's own member of {G} on {bridge}");
+    }
+    Ok(())
+}

@@ -425,7 +425,7 @@ enum Seen {
 
 impl Probe {
     fn open(lab: &Lab, host: &str) -> Result<Self> {
-        Ok(Self { fd: lab::capture_socket(&lab.host(host).netns, Duration::from_millis(20))? })
+        Ok(Self { fd: lab::capture_socket(&lab.host(host).netns, "eth0", Duration::from_millis(20))? })
     }
 
     fn next(&self) -> Option<(Instant, Seen)> {
