@@ -1,7 +1,14 @@
 //! The control protocol between `snoop run` and its clients (`snoop show`,
 //! `snoop watch`, the metrics endpoint): an abstract unix socket per bridge
 //! and network namespace (nothing to clean up in the file system), one
-//! request line, and one JSON document back, or JSON lines for `watch`.
+//! request line, and one JSON document back, or JSON lines for `watch`, or
+//! `{"error": "..."}` for a client that is refused.
+//!
+//! Anyone in the network namespace can connect to an abstract socket, so the
+//! controller checks the peer's credentials: root, or a member of the
+//! `--control-group`, may read. (Requests that change state, when there are
+//! any, are root's only.) Requests are one short line, clients are few at a
+//! time, and requests arriving together share one snapshot.
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::{linux::net::SocketAddrExt as _, unix::net::UnixStream},
@@ -50,6 +57,16 @@ impl Request {
 /// Longest request line the controller reads.
 pub const MAX_REQUEST_BYTES: u64 = 64;
 
+/// Most clients served at once; more are told the controller is busy.
+pub const MAX_CLIENTS: usize = 128;
+
+/// Who may use the control socket besides root.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// Members of this group (primary or supplementary) may read.
+    pub group: Option<u32>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("snoop is not running on bridge {0} in this network namespace (start it with `snoop run --bridge {0}`)")]
@@ -62,6 +79,8 @@ pub enum Error {
     BadAnswer(#[source] serde_json::Error),
     #[error("snoop on {0} stopped")]
     Stopped(String),
+    #[error("the snoop controller refused: {0}")]
+    Refused(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -100,7 +119,19 @@ pub fn fetch(bridge: &str, request: Request) -> Result<Snapshot> {
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_error("setting a timeout"))?;
     let mut body = Vec::new();
     stream.read_to_end(&mut body).map_err(io_error("reading from the snoop controller"))?;
+    if let Some(refusal) = refusal(&body) {
+        return Err(refusal);
+    }
     serde_json::from_slice(&body).map_err(Error::BadAnswer)
+}
+
+/// The controller's `{"error": "..."}` answer, if that is what `body` is.
+fn refusal(body: &[u8]) -> Option<Error> {
+    #[derive(serde::Deserialize)]
+    struct Refusal {
+        error: String,
+    }
+    serde_json::from_slice::<Refusal>(body).ok().map(|r| Error::Refused(r.error))
 }
 
 /// Membership events from the controller on `bridge`, as they happen; ends
@@ -110,6 +141,9 @@ pub fn watch(bridge: &str) -> Result<impl Iterator<Item = Result<(String, Event)
     let lines = BufReader::new(connect(&bridge, Request::Watch)?).lines();
     let events = lines.map(|line| {
         let line = line.map_err(io_error("reading events"))?;
+        if let Some(refusal) = refusal(line.as_bytes()) {
+            return Err(refusal);
+        }
         let event = serde_json::from_str(&line).map_err(Error::BadAnswer)?;
         Ok((line, event))
     });
@@ -147,22 +181,77 @@ pub(crate) async fn ask(snapshots: &Snapshots, counters_only: bool) -> Option<Ar
     answer.await.ok()
 }
 
+/// What serving a client needs.
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub snapshots: Snapshots,
+    pub events: broadcast::Sender<Event>,
+    pub access: Access,
+    pub slots: Arc<tokio::sync::Semaphore>,
+}
+
 /// Serves one client on its own task, so a slow one never stalls snooping.
-pub(crate) async fn serve(stream: tokio::net::UnixStream, snapshots: Snapshots, events: broadcast::Sender<Event>) {
+pub(crate) async fn serve(stream: tokio::net::UnixStream, server: Server) {
+    let admission = admitted(&stream, server.access);
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
-    let _ = tokio::time::timeout(Duration::from_secs(2), reader.read_line(&mut line)).await;
+    // Read before answering, refusals too: closing with a request unread
+    // would reset the connection and lose the answer. A refused peer gets
+    // only a moment, so a crowd of them ties nothing up.
+    let patience = if admission.is_ok() { Duration::from_secs(2) } else { Duration::from_millis(100) };
+    let _ = tokio::time::timeout(patience, reader.read_line(&mut line)).await;
+    if let Err(why) = admission {
+        return refuse(&mut write, &why).await;
+    }
+    let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
+        return refuse(&mut write, "busy: too many clients at once").await;
+    };
     match Request::parse(&line) {
-        Some(Request::Watch) => stream_events(&mut write, events.subscribe()).await,
+        Some(Request::Watch) => stream_events(&mut write, server.events.subscribe()).await,
         Some(request) => {
-            if let Some(snapshot) = ask(&snapshots, request == Request::Counters).await {
+            if let Some(snapshot) = ask(&server.snapshots, request == Request::Counters).await {
                 let body = serde_json::to_vec(&*snapshot).expect("snapshots serialize");
                 let _ = tokio::time::timeout(Duration::from_secs(30), write.write_all(&body)).await;
             }
         }
         None => {} // not a request: hang up
     }
+}
+
+/// Root, or a member of the control group, may read.
+fn admitted(stream: &tokio::net::UnixStream, access: Access) -> Result<(), String> {
+    let peer = stream.peer_cred().map_err(|e| format!("no peer credentials: {e}"))?;
+    if peer.uid() == 0 {
+        return Ok(());
+    }
+    let member = access.group.is_some_and(|group| {
+        peer.gid() == group || peer.pid().is_some_and(|pid| supplementary_groups(pid).contains(&group))
+    });
+    if member {
+        return Ok(());
+    }
+    Err(format!(
+        "uid {} may not read this snoop's state: root may, and members of the group `snoop run --control-group` names",
+        peer.uid()
+    ))
+}
+
+/// A process's supplementary groups, from /proc.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let groups = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
+            Some(groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        })
+        .unwrap_or_default()
+}
+
+async fn refuse(write: &mut tokio::net::unix::OwnedWriteHalf, why: &str) {
+    let mut body = serde_json::to_vec(&serde_json::json!({ "error": why })).expect("serializes");
+    body.push(b'\n');
+    let _ = tokio::time::timeout(Duration::from_secs(1), write.write_all(&body)).await;
 }
 
 async fn stream_events(write: &mut tokio::net::unix::OwnedWriteHalf, mut events: broadcast::Receiver<Event>) {

@@ -65,6 +65,8 @@ pub struct RunConfig {
     pub port_scan_interval: Duration,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Members of this group may read the state over the control socket (root always may).
+    pub control_group: Option<u32>,
 }
 
 /// How group traffic reaches member ports.
@@ -220,6 +222,12 @@ impl Controller {
             info!("serving Prometheus metrics on http://{addr}/metrics");
             tokio::spawn(metrics::serve(metrics_listener, snapshots.clone()));
         }
+        let server = control::Server {
+            snapshots,
+            events: self.core.events.clone(),
+            access: control::Access { group: self.core.config.control_group },
+            slots: Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS)),
+        };
         let mut inputs = self.inputs(listener, snapshot_queue)?;
         self.log_start(resumed);
         loop {
@@ -237,14 +245,15 @@ impl Controller {
                     self.refresh_local_groups();
                     self.core.datapath.heartbeat()?;
                 }
-                accepted = inputs.listener.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        tokio::spawn(control::serve(stream, snapshots.clone(), self.core.events.clone()));
+                accepted = inputs.listener.accept() => match accepted {
+                    Ok((stream, _)) => drop(tokio::spawn(control::serve(stream, server.clone()))),
+                    Err(error) => {
+                        // Out of file descriptors, say: do not spin on it.
+                        debug!("accepting a control client: {error}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
                     }
-                }
-                Some(request) = inputs.snapshot_queue.recv() => {
-                    let _ = request.reply.send(Arc::new(self.snapshot(request.counters_only)));
-                }
+                },
+                Some(request) = inputs.snapshot_queue.recv() => self.answer(request, &mut inputs.snapshot_queue),
                 _ = inputs.sigint.recv() => break,
                 _ = inputs.sigterm.recv() => break,
             }
@@ -462,6 +471,21 @@ impl Controller {
             let changed = now.symmetric_difference(&self.igmp.local_groups).map(|g| Group::untagged(*g)).collect();
             self.igmp.local_groups = now;
             self.core.refresh_fanout(&self.igmp, changed, false);
+        }
+    }
+
+    /// Answers a snapshot request, and every one queued behind it with the
+    /// same snapshot: a crowd of clients costs one snapshot, not one each.
+    fn answer(&self, first: SnapshotRequest, queue: &mut mpsc::Receiver<SnapshotRequest>) {
+        let mut requests = vec![first];
+        while let Ok(request) = queue.try_recv() {
+            requests.push(request);
+        }
+        // A full snapshot answers a counters request too.
+        let counters_only = requests.iter().all(|r| r.counters_only);
+        let snapshot = Arc::new(self.snapshot(counters_only));
+        for request in requests {
+            let _ = request.reply.send(snapshot.clone());
         }
     }
 

@@ -140,6 +140,10 @@ struct RunArgs {
     /// continues and the next `snoop run` resumes without a gap.
     #[arg(long)]
     keep_state: bool,
+    /// Members of this group (a name or a gid) may use `snoop show` and
+    /// `snoop watch`; root always may, nobody else.
+    #[arg(long, value_name = "GROUP")]
+    control_group: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
@@ -254,8 +258,24 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         keep_state: args.keep_state,
         port_scan_interval: args.port_scan_interval,
         metrics: args.metrics,
+        control_group: args.control_group.as_deref().map(group_id).transpose()?,
         forwarding: args.forwarding,
     })
+}
+
+/// A group's gid, from its name or number.
+fn group_id(group: &str) -> Result<u32> {
+    if let Ok(gid) = group.parse() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)?;
+    // SAFETY: getgrnam with a valid C string; the result is read at once.
+    let entry = unsafe { libc::getgrnam(name.as_ptr()) };
+    if entry.is_null() {
+        bail!("--control-group: no group named {group}");
+    }
+    // SAFETY: a non-null result of getgrnam.
+    Ok(unsafe { (*entry).gr_gid })
 }
 
 fn set_nice(nice: i32) {

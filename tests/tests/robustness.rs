@@ -357,3 +357,97 @@ fn a_port_that_left_while_snoop_was_down_is_let_go_at_the_next_start() -> Result
     assert!(lab.stop_snoop(false)?.success());
     Ok(())
 }
+
+/// `snoop show querier` in the lab's bridge namespace as `uid`/`gid` with
+/// supplementary `groups`: its exit status and stderr.
+fn show_as(lab: &Lab, uid: u32, gid: u32, groups: &str) -> Result<(bool, String)> {
+    let snoop = snoop_bin();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.bridge_netns, "setpriv"])
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg(if groups.is_empty() { "--clear-groups".to_owned() } else { format!("--groups={groups}") })
+        .arg(&snoop)
+        .args(["show", "querier", "--bridge", "br0", "--json"])
+        .output()?;
+    Ok((out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned()))
+}
+
+#[test]
+fn the_control_socket_answers_root_and_the_control_group_only() -> Result<()> {
+    const NOBODY: u32 = 65534;
+    let adm = 4; // Debian's adm group
+    let mut lab = Lab::new("ctlcreds", 2, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--control-group", "adm"]].concat())?;
+    assert_eq!(lab.snoop_show(&snoop_bin(), "querier")?["role"], "self", "root is served");
+    let (served, stderr) = show_as(&lab, NOBODY, NOBODY, "")?;
+    assert!(!served, "an unprivileged client was served");
+    assert!(stderr.contains("refused") && stderr.contains("--control-group"), "stderr: {stderr}");
+    let (served, stderr) = show_as(&lab, NOBODY, NOBODY, &adm.to_string())?;
+    assert!(served, "a member of the control group was refused: {stderr}");
+    let (served, _) = show_as(&lab, NOBODY, adm, "")?;
+    assert!(served, "a client whose primary group is the control group was refused");
+    lab.stop_snoop(false)?;
+
+    // Without --control-group only root is served.
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let (served, _) = show_as(&lab, NOBODY, adm, &adm.to_string())?;
+    assert!(!served);
+    // An unknown group is a clear error at start.
+    let out = std::process::Command::new(snoop_bin())
+        .args(["--netns", &lab.bridge_netns, "run", "--bridge", "br0", "--control-group", "no-such-group"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no-such-group"), "stderr: {stderr}");
+    Ok(())
+}
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+}
+
+#[test]
+fn clients_streaming_garbage_or_hogging_connections_cost_the_controller_nothing() -> Result<()> {
+    use std::{io::Write as _, os::linux::net::SocketAddrExt as _};
+    let mut lab = Lab::new("ctlabuse", 3, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let pid = lab.snoop_pid().expect("running");
+    let before = rss_kb(pid)?;
+
+    let abuse = lab::in_netns(&lab.bridge_netns, || -> Result<(usize, usize)> {
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"snoop/br0")?;
+        // 300 clients each streaming 1 MiB of request without a newline.
+        let garbage = vec![b'x'; 64 * 1024];
+        let mut cut_off = 0;
+        for _ in 0..300 {
+            let mut stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+            stream.set_write_timeout(Some(Duration::from_secs(3)))?;
+            if (0..16).any(|_| stream.write_all(&garbage).is_err()) {
+                cut_off += 1;
+            }
+        }
+        // And 200 that connect and say nothing, held open.
+        let idle: Vec<_> =
+            (0..200).map(|_| std::os::unix::net::UnixStream::connect_addr(&addr)).collect::<Result<_, _>>()?;
+        thread::sleep(Duration::from_millis(500));
+        Ok((cut_off, idle.len()))
+    })??;
+    println!("garbage clients cut off: {} of 300; idle clients: {}", abuse.0, abuse.1);
+    assert_eq!(abuse.0, 300, "the controller read a request of megabytes");
+    // Idle clients time out: snoop answers again within the request timeout.
+    wait_until("snoop show answering", Duration::from_secs(5) * time_scale(), || {
+        Ok(lab.snoop_show(&snoop_bin(), "querier").is_ok())
+    })?;
+    let after = rss_kb(pid)?;
+    println!("controller RSS: {before} kB before, {after} kB after");
+    assert!(after < before + 4 * 1024, "RSS grew from {before} kB to {after} kB");
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0], "snooping went on");
+    Ok(())
+}
