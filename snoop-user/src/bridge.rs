@@ -70,10 +70,13 @@ impl Netlink {
     }
 
     /// A stream that yields whenever a link of the current network namespace
-    /// is added, removed or changes (state, master, qdisc...): ports are
-    /// rescanned at once instead of at the next periodic scan.
+    /// is added, removed or changes (state, master, qdisc...), or an address
+    /// does: ports and the bridge are rescanned at once instead of at the
+    /// next periodic scan.
     pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
-        let (connection, _, messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])
+        // Addresses too: the querier speaks from the bridge's.
+        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr];
+        let (connection, _, messages) = rtnetlink::new_multicast_connection(&groups)
             .map_err(|source| Error::Io { what: "subscribing to rtnetlink link events", source })?;
         tokio::spawn(connection);
         Ok(futures::StreamExt::map(messages, |_| ()))
@@ -85,15 +88,20 @@ impl Netlink {
         if !is_bridge(&link) {
             return Err(Error::NotABridge(name.to_owned()));
         }
-        let mac = link
-            .attributes
-            .iter()
-            .find_map(|a| match a {
-                LinkAttribute::Address(bytes) if bytes.len() == 6 => bytes.as_slice().try_into().ok(),
-                _ => None,
-            })
-            .unwrap_or([0; 6]);
-        Ok(Bridge { name: name.to_owned(), ifindex: link.header.index, mac })
+        Ok(Bridge { name: name.to_owned(), ifindex: link.header.index, mac: link_mac(&link) })
+    }
+
+    /// The bridge's MAC now; [`Error::BridgeGone`] if it was deleted.
+    pub async fn bridge_mac(&self, bridge: &Bridge) -> Result<[u8; 6]> {
+        let mut links = self.handle.link().get().match_index(bridge.ifindex).execute();
+        match links.try_next().await {
+            Ok(Some(link)) if is_bridge(&link) => Ok(link_mac(&link)),
+            Ok(_) => Err(Error::BridgeGone(bridge.name.clone())),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+                Err(Error::BridgeGone(bridge.name.clone()))
+            }
+            Err(e) => Err(netlink_error("asking rtnetlink for the bridge")(e)),
+        }
     }
 
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
@@ -209,6 +217,16 @@ impl Netlink {
         }
         Ok(None)
     }
+}
+
+fn link_mac(link: &LinkMessage) -> [u8; 6] {
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(bytes) if bytes.len() == 6 => bytes.as_slice().try_into().ok(),
+            _ => None,
+        })
+        .unwrap_or([0; 6])
 }
 
 fn is_bridge(link: &LinkMessage) -> bool {

@@ -206,6 +206,7 @@ impl Controller {
 
     async fn serve(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
         self.configure().await?;
+        self.refresh_bridge().await?;
         self.sync_ports().await?;
         if resumed {
             self.resume_memberships();
@@ -366,7 +367,11 @@ impl Controller {
     /// failure here is logged and retried at the next scan; only the bridge's
     /// deletion ends snoop.
     async fn rescan(&mut self) -> Result<()> {
-        match self.sync_ports().await {
+        let result = match self.refresh_bridge().await {
+            Ok(()) => self.sync_ports().await,
+            Err(error) => Err(error),
+        };
+        match result {
             Err(error @ bridge::Error::BridgeGone(_)) => Err(error.into()),
             Err(error) => {
                 warn!("rescanning ports: {:#}; retrying", anyhow::Error::from(error));
@@ -376,14 +381,32 @@ impl Controller {
         }
     }
 
+    /// Queries speak from the bridge's MAC and (without --query-source) its
+    /// IPv4 address: both follow the bridge when it changes.
+    async fn refresh_bridge(&mut self) -> Result<(), bridge::Error> {
+        let core = &mut self.core;
+        let mac = core.netlink.bridge_mac(&core.bridge).await?;
+        if mac != core.bridge.mac {
+            info!("{} has a new MAC; queries are sent from it", core.bridge.name);
+            core.bridge.mac = mac;
+        }
+        if core.config.query_source.is_none() {
+            let own = core.netlink.bridge_ipv4(&core.bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED);
+            if own != self.igmp.snooper.querier().own_address {
+                info!("{} was readdressed: queries are sent from {own}", core.bridge.name);
+                let actions = self.igmp.snooper.set_own_address(own, core.now());
+                core.apply(&self.igmp, actions);
+            }
+        }
+        Ok(())
+    }
+
     /// Attaches to ports that joined the bridge and lets go of ports that
-    /// left. A port that vanishes meanwhile is skipped; one that cannot be
+    /// left (after [`Controller::refresh_bridge`], which finds a deleted
+    /// bridge). A port that vanishes meanwhile is skipped; one that cannot be
     /// attached is counted and tried again at the next scan.
     async fn sync_ports(&mut self) -> Result<(), bridge::Error> {
         let core = &mut self.core;
-        if !core.netlink.bridge_exists(&core.bridge).await? {
-            return Err(bridge::Error::BridgeGone(core.bridge.name.clone()));
-        }
         let ports = core.netlink.ports(&core.bridge).await?;
         let mut ports_changed = false;
         for Port { ifindex, name, .. } in &ports {

@@ -293,6 +293,21 @@ impl<A: Family> Snooper<A> {
         actions
     }
 
+    /// Our query source changed (the bridge was readdressed). The election
+    /// is held again against the querier elected now: a lower address than
+    /// its takes over at once.
+    pub fn set_own_address(&mut self, own: A, now: Duration) -> Vec<Action<A>> {
+        let mut actions = Vec::new();
+        self.querier.own_address = own;
+        let other = self.querier.other.map(|(addr, _)| addr);
+        if self.querier.enabled && other.is_some_and(|other| !own.is_unspecified() && own < other) {
+            self.querier.other = None;
+            self.querier.next_general_query = Some(now);
+            actions.push(Action::QuerierChanged { other_querier: None });
+        }
+        actions
+    }
+
     /// Re-adopts a membership found in the pinned map after a restart. It gets a
     /// full membership interval: hosts re-report to our startup queries well before.
     pub fn restore_member(&mut self, group: Group<A>, port: u32, version: u8, now: Duration) {
@@ -863,6 +878,26 @@ mod tests {
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }));
         assert!(actions.contains(&Action::SendQuery { vlan: 0, group: None }));
         assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: false }));
+    }
+
+    #[test]
+    fn a_readdressed_querier_holds_the_election_again() {
+        let mut s = snooper(true); // own 10.0.0.1
+        s.poll(secs(0));
+        // We win against 10.0.0.5, become 10.0.0.9 and keep querying until
+        // someone lower is heard.
+        assert!(s.set_own_address(Ipv4Addr::new(10, 0, 0, 9), secs(1)).is_empty());
+        assert!(s.querier().is_querier());
+        s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 5), Ipv4Addr::UNSPECIFIED), secs(2));
+        assert!(!s.querier().is_querier());
+        // Readdressed below the elected querier: we take over at once.
+        let actions = s.set_own_address(Ipv4Addr::new(10, 0, 0, 2), secs(3));
+        assert_eq!(actions, [Action::QuerierChanged { other_querier: None }]);
+        assert_eq!(s.poll(secs(3)), [Action::SendQuery { vlan: 0, group: None }]);
+        // Without an address we never win.
+        s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::UNSPECIFIED), secs(4));
+        assert!(s.set_own_address(Ipv4Addr::UNSPECIFIED, secs(5)).is_empty());
+        assert!(!s.querier().is_querier());
     }
 
     #[test]

@@ -531,6 +531,8 @@ pub struct Membership {
 struct SniffCounts {
     data: HashMap<Ipv4Addr, u64>,
     queries: HashMap<Ipv4Addr, u64>,
+    /// IGMP queries by source MAC.
+    query_macs: HashMap<[u8; 6], u64>,
     /// Reports and leaves (of other hosts: a host's own are outgoing).
     reports: u64,
 }
@@ -594,6 +596,11 @@ impl Sniffer {
     pub fn queries_from(&self, source: Ipv4Addr) -> u64 {
         self.counts.lock().expect("sniffer lock").queries.get(&source).copied().unwrap_or(0)
     }
+
+    /// IGMP queries from the MAC `mac` received so far.
+    pub fn queries_from_mac(&self, mac: [u8; 6]) -> u64 {
+        self.counts.lock().expect("sniffer lock").query_macs.get(&mac).copied().unwrap_or(0)
+    }
 }
 
 impl Drop for Sniffer {
@@ -641,7 +648,11 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
             (17, Some(udp)) if u16::from_be_bytes([udp[2], udp[3]]) == DATA_PORT => {
                 *counts.data.entry(dst).or_default() += 1
             }
-            (2, Some(igmp)) if igmp[0] == 0x11 => *counts.queries.entry(src).or_default() += 1,
+            (2, Some(igmp)) if igmp[0] == 0x11 => {
+                *counts.queries.entry(src).or_default() += 1;
+                let mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
+                *counts.query_macs.entry(mac).or_default() += 1;
+            }
             (2, Some(igmp)) if matches!(igmp[0], 0x12 | 0x16 | 0x17 | 0x22) => counts.reports += 1,
             _ => {}
         }

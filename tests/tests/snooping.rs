@@ -408,3 +408,32 @@ fn the_bridge_hosts_own_members_get_the_group_whatever_the_bridges_name() -> Res
     }
     Ok(())
 }
+
+#[test]
+fn queries_follow_the_bridges_address_and_mac() -> Result<()> {
+    let mut lab = lab("querysource", 3, LabOptions::default())?;
+    let (first, second) = (Ipv4Addr::new(10, 99, 0, 1), Ipv4Addr::new(10, 99, 0, 2));
+    lab.set_bridge_address(first)?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let sniffer = lab.sniff("h1")?;
+    wait_until("queries from the bridge's address", JOIN_TIMEOUT, || Ok(sniffer.queries_from(first) >= 1))?;
+
+    // Readdressed, and a new MAC: the next queries carry both.
+    let mac = [0x02, 0x00, 0x5e, 0x10, 0x20, 0x30];
+    lab.ip_br(&["addr", "flush", "dev", "br0"])?;
+    lab.ip_br(&["addr", "add", &format!("{second}/24"), "dev", "br0"])?;
+    lab.ip_br(&["link", "set", "br0", "address", "02:00:5e:10:20:30"])?;
+    // Query interval 2 s: two queries' time at most.
+    wait_until("queries from the new address and MAC", Duration::from_secs(5), || {
+        Ok(sniffer.queries_from(second) >= 1 && sniffer.queries_from_mac(mac) >= 1)
+    })?;
+    assert_eq!(lab.snoop_show(&snoop_bin(), "querier")?["own_address"], second.to_string());
+    // Without an address the querier speaks from 0.0.0.0, as many switches do.
+    lab.ip_br(&["addr", "flush", "dev", "br0"])?;
+    wait_until(
+        "queries from 0.0.0.0",
+        Duration::from_secs(5),
+        || Ok(sniffer.queries_from(Ipv4Addr::UNSPECIFIED) >= 1),
+    )?;
+    Ok(())
+}
