@@ -100,6 +100,9 @@ pub struct PortValue {
 
 /// A multicast router is behind the port: it gets all group traffic and all reports.
 pub const PORT_ROUTER: u32 = 1;
+/// The port gets all group traffic (but not reports): some of its
+/// memberships did not fit a full map, and pruning it would blackhole them.
+pub const PORT_UNPRUNED: u32 = 2;
 
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
@@ -221,6 +224,33 @@ const fn spec(name: &'static str, kind: MapKind, key_size: usize, value_size: us
 }
 
 use core::mem::size_of;
+
+/// Sizes of the maps that grow with the network, as the controller loads
+/// them: the object's are the defaults ([`MAX_MEMBERSHIPS`], [`MAX_GROUPS`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub memberships: u32,
+    /// Groups: the group map and the redirect copy lists.
+    pub groups: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self { memberships: MAX_MEMBERSHIPS, groups: MAX_GROUPS }
+    }
+}
+
+impl MapSizes {
+    /// `spec` with the entries these sizes give it.
+    pub const fn apply(&self, spec: MapSpec) -> MapSpec {
+        let max_entries = match spec.name.as_bytes() {
+            b"SNOOP_MEMBERS" => self.memberships,
+            b"SNOOP_GROUPS" | b"SNOOP_GROUP_PORTS" => self.groups,
+            _ => spec.max_entries,
+        };
+        MapSpec { max_entries, ..spec }
+    }
+}
 
 /// Every map of the data path. snoop-ebpf declares its statics from the same
 /// types and sizes; a test checks the built object against this table.

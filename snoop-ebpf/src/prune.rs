@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use snoop_common::{
     wire::{is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, IPPROTO_IGMP},
-    Counter, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER, VLAN_NONE,
+    Counter, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER, PORT_UNPRUNED, VLAN_NONE,
 };
 
 use crate::{
@@ -46,7 +46,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
         // Not a port snoop manages (yet): leave the bridge's decision alone.
         return TC_ACT_OK;
     };
-    if port.flags & PORT_ROUTER != 0 {
+    if port.flags & (PORT_ROUTER | PORT_UNPRUNED) != 0 {
         count(Counter::DataForwarded);
         count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, true);
         return TC_ACT_OK;

@@ -17,7 +17,8 @@ use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{
-    CapturedFrame, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER, RESTORE_KERNEL_SNOOPING,
+    CapturedFrame, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_UNPRUNED,
+    RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -67,6 +68,7 @@ pub struct RunConfig {
     pub metrics: Option<std::net::SocketAddr>,
     /// Members of this group may read the state over the control socket (root always may).
     pub control_group: Option<u32>,
+    pub map_sizes: snoop_common::MapSizes,
 }
 
 /// How group traffic reaches member ports.
@@ -127,6 +129,21 @@ struct Core {
     events: broadcast::Sender<Event>,
     /// Redirect mode is in effect.
     redirect: bool,
+    /// Writes a full map refused, retried at every port scan.
+    unwritten: Unwritten,
+}
+
+/// What the data path could not hold: memberships and group registrations.
+#[derive(Default)]
+struct Unwritten {
+    members: BTreeSet<PortGroupKey>,
+    groups: BTreeSet<GroupKey>,
+}
+
+impl Unwritten {
+    fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.groups.is_empty()
+    }
 }
 
 /// One address family's state machine, and the groups the bridge's own host
@@ -163,7 +180,7 @@ impl Controller {
         };
         let kernel_snooping_on = netlink.kernel_snooping(&bridge).await?;
 
-        let (mut datapath, resumed) = Datapath::load(&config.pin_dir, bridge.ifindex)?;
+        let (mut datapath, resumed) = Datapath::load(&config.pin_dir, bridge.ifindex, config.map_sizes)?;
         if kernel_snooping_on {
             info!("turning off {}'s own multicast snooping while snoop runs", bridge.name);
             let turned_off = match datapath.add_restore_flags(RESTORE_KERNEL_SNOOPING) {
@@ -187,6 +204,7 @@ impl Controller {
             stats: Stats::default(),
             events: broadcast::channel(4096).0,
             redirect: false,
+            unwritten: Unwritten::default(),
         };
         Ok((Self { core, igmp: FamilyState { snooper, local_groups: BTreeSet::new() } }, listener, resumed))
     }
@@ -243,6 +261,7 @@ impl Controller {
                 Some(()) = next_change(&mut inputs.link_changes) => self.rescan().await?,
                 _ = inputs.port_scan.tick() => {
                     self.rescan().await?;
+                    self.core.retry_unwritten(&self.igmp);
                     self.refresh_local_groups();
                     self.core.datapath.heartbeat()?;
                 }
@@ -425,7 +444,7 @@ impl Controller {
                     continue;
                 }
             }
-            core.ports.insert(*ifindex, PortInfo { name: name.clone(), malformed: 0 });
+            core.ports.insert(*ifindex, PortInfo { name: name.clone(), ..PortInfo::default() });
             let actions = self.igmp.snooper.add_port(*ifindex, core.port_options(name));
             core.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
             core.apply(&self.igmp, actions);
@@ -567,6 +586,102 @@ impl Core {
                 self.stats.bump(ControllerCounter::DatapathWriteErrors);
             }
         }
+        self.refresh_unpruned(family);
+    }
+
+    /// Writes a membership; one a full map cannot hold is remembered (its
+    /// port gets every group meanwhile) and retried.
+    fn write_member(&mut self, member: PortGroupKey, version: u8, expires: Duration) -> Result<()> {
+        match self.datapath.set_member(member, version, self.monotonic_ns(expires)) {
+            Err(datapath::Error::MapFull { map }) => {
+                self.map_full(map);
+                self.unwritten.members.insert(member);
+                Ok(())
+            }
+            result => {
+                self.unwritten.members.remove(&member);
+                Ok(result?)
+            }
+        }
+    }
+
+    /// Registers a group; one a full map cannot hold is remembered (its
+    /// member ports get every group meanwhile) and retried.
+    fn write_group(&mut self, group: GroupKey) -> Result<()> {
+        match self.datapath.register_group(group) {
+            Err(datapath::Error::MapFull { map }) => {
+                self.map_full(map);
+                self.unwritten.groups.insert(group);
+                Ok(())
+            }
+            result => {
+                self.unwritten.groups.remove(&group);
+                Ok(result?)
+            }
+        }
+    }
+
+    fn map_full(&mut self, map: &str) {
+        if self.unwritten.is_empty() {
+            warn!(
+                "{map} is full: ports whose memberships do not fit get every group until they do \
+                 (raise --max-memberships / --max-groups)"
+            );
+        }
+        self.stats.bump(ControllerCounter::MapFull);
+    }
+
+    /// Retries the writes a full map refused (at every port scan).
+    fn retry_unwritten<A: Family>(&mut self, family: &FamilyState<A>) {
+        if self.unwritten.is_empty() {
+            return;
+        }
+        for member in std::mem::take(&mut self.unwritten.members) {
+            let current = Group::<A>::from_key(&member.group)
+                .and_then(|group| family.snooper.groups().get(&group)?.get(&member.ifindex).cloned());
+            if let Some(current) = current {
+                if let Err(error) = self.write_member(member, current.version, current.expires) {
+                    warn!("retrying a membership: {error:#}");
+                }
+            }
+        }
+        for group in std::mem::take(&mut self.unwritten.groups) {
+            if Group::<A>::from_key(&group).is_some_and(|g| family.snooper.groups().contains_key(&g)) {
+                if let Err(error) = self.write_group(group) {
+                    warn!("retrying a group: {error:#}");
+                }
+            }
+        }
+        self.refresh_unpruned(family);
+    }
+
+    /// Ports with a membership the maps could not hold get every group
+    /// (PORT_UNPRUNED), and lose that as soon as everything fits.
+    fn refresh_unpruned<A: Family>(&mut self, family: &FamilyState<A>) {
+        let mut unpruned: BTreeSet<u32> = self.unwritten.members.iter().map(|m| m.ifindex).collect();
+        for group in self.unwritten.groups.iter().filter_map(Group::<A>::from_key) {
+            unpruned.extend(family.snooper.groups().get(&group).into_iter().flat_map(|members| members.keys()));
+        }
+        let changed: Vec<(u32, u32)> = self
+            .ports
+            .iter_mut()
+            .filter(|(ifindex, info)| info.unpruned != unpruned.contains(ifindex))
+            .map(|(ifindex, info)| {
+                info.unpruned = !info.unpruned;
+                (*ifindex, info.flags())
+            })
+            .collect();
+        for (ifindex, flags) in changed {
+            let name = self.port_name(ifindex);
+            if flags & PORT_UNPRUNED != 0 {
+                warn!("port {name} gets every group: some of its memberships do not fit the maps");
+            } else {
+                info!("port {name}: every membership fits the maps again; pruning it as usual");
+            }
+            if let Err(error) = self.datapath.set_port_flags(ifindex, flags) {
+                warn!("port {name}: {:#}", anyhow::Error::from(error));
+            }
+        }
     }
 
     fn apply_one<A: Family>(&mut self, family: &FamilyState<A>, action: &Action<A>) -> Result<()> {
@@ -574,10 +689,10 @@ impl Core {
             Action::AddMember { group, port, version, expires } => {
                 let detail = format!("{}v{version}", A::PROTOCOL);
                 self.publish(EventKind::Join, Some(group.addr.ip()), Some(port), detail);
-                self.datapath.set_member(member_key(group, port), version, self.monotonic_ns(expires))?;
+                self.write_member(member_key(group, port), version, expires)?;
             }
             Action::RefreshMember { group, port, version, expires } => {
-                self.datapath.set_member(member_key(group, port), version, self.monotonic_ns(expires))?;
+                self.write_member(member_key(group, port), version, expires)?;
             }
             Action::RemoveMember { group, port, reason } => {
                 let kind = match reason {
@@ -586,15 +701,23 @@ impl Core {
                     RemoveReason::PortRemoved => EventKind::PortRemoved,
                 };
                 self.publish(kind, Some(group.addr.ip()), Some(port), String::new());
+                self.unwritten.members.remove(&member_key(group, port));
                 self.datapath.remove_member(member_key(group, port))?;
             }
-            Action::RegisterGroup { group } => self.datapath.register_group(group.key())?,
-            Action::UnregisterGroup { group } => self.datapath.unregister_group(group.key())?,
+            Action::RegisterGroup { group } => self.write_group(group.key())?,
+            Action::UnregisterGroup { group } => {
+                self.unwritten.groups.remove(&group.key());
+                self.datapath.unregister_group(group.key())?;
+            }
             Action::SendQuery { vlan: _, group } => self.send_query(family, group)?,
             Action::SetRouterPort { port, is_router } => {
                 let kind = if is_router { EventKind::RouterPortLearned } else { EventKind::RouterPortExpired };
                 self.publish(kind, None, Some(port), String::new());
-                self.datapath.set_port_flags(port, if is_router { PORT_ROUTER } else { 0 })?;
+                if let Some(info) = self.ports.get_mut(&port) {
+                    info.router = is_router;
+                    let flags = info.flags();
+                    self.datapath.set_port_flags(port, flags)?;
+                }
             }
             Action::QuerierChanged { other_querier: Some(addr) } => {
                 self.publish(EventKind::QuerierOther, None, None, addr.to_string())
@@ -660,9 +783,19 @@ impl Core {
                     targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
                 }
             }
-            if let Err(error) = self.datapath.set_group_ports(group.key(), &targets) {
-                warn!("redirect targets of {group}: {:#}", anyhow::Error::from(error));
-                self.stats.bump(ControllerCounter::DatapathWriteErrors);
+            match self.datapath.set_group_ports(group.key(), &targets) {
+                Ok(()) => {}
+                // No room for the list: the group takes the bridge path, where
+                // the egress programs (and PORT_UNPRUNED) deliver it. A stale
+                // list must not stay behind to miss a new member.
+                Err(datapath::Error::MapFull { map }) => {
+                    self.map_full(map);
+                    let _ = self.datapath.set_group_ports(group.key(), &[]);
+                }
+                Err(error) => {
+                    warn!("redirect targets of {group}: {:#}", anyhow::Error::from(error));
+                    self.stats.bump(ControllerCounter::DatapathWriteErrors);
+                }
             }
         }
     }

@@ -140,6 +140,16 @@ struct RunArgs {
     /// continues and the next `snoop run` resumes without a gap.
     #[arg(long)]
     keep_state: bool,
+    /// Entries of the membership map: (group, port) pairs the data path can
+    /// hold. A membership that does not fit is still delivered (its port gets
+    /// every group until it fits) and counted.
+    #[arg(long, default_value_t = snoop_common::MAX_MEMBERSHIPS,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_memberships: u32,
+    /// Entries of the group map and of the redirect copy lists.
+    #[arg(long, default_value_t = snoop_common::MAX_GROUPS,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    max_groups: u32,
     /// Members of this group (a name or a gid) may use `snoop show` and
     /// `snoop watch`; root always may, nobody else.
     #[arg(long, value_name = "GROUP")]
@@ -259,6 +269,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         port_scan_interval: args.port_scan_interval,
         metrics: args.metrics,
         control_group: args.control_group.as_deref().map(group_id).transpose()?,
+        map_sizes: snoop_common::MapSizes { memberships: args.max_memberships, groups: args.max_groups },
         forwarding: args.forwarding,
     })
 }

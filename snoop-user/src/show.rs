@@ -149,6 +149,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     "FORWARDED",
                     "PRUNED",
                     "RATE",
+                    "NOTE",
                 ]
                 .map(String::from)
                 .to_vec(),
@@ -175,6 +176,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     human(p.forwarded_packets as f64),
                     human(p.pruned_packets as f64),
                     rate(p.forwarded_packets, before, elapsed),
+                    if p.unpruned { "maps full: gets every group".into() } else { String::new() },
                 ]);
             }
         }

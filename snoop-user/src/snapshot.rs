@@ -72,6 +72,10 @@ pub struct PortView {
     pub forwarded_bytes: u64,
     pub pruned_packets: u64,
     pub pruned_bytes: u64,
+    /// Some of the port's memberships did not fit a full map: it gets every
+    /// group until they do (see `--max-memberships`).
+    #[serde(default)]
+    pub unpruned: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -189,6 +193,24 @@ pub struct PortInfo {
     pub name: String,
     /// Control frames from this port the controller dropped as malformed.
     pub malformed: u64,
+    /// A router port (learned or static): the data path's PORT_ROUTER.
+    pub router: bool,
+    /// Gets every group until its memberships fit the maps: PORT_UNPRUNED.
+    pub unpruned: bool,
+}
+
+impl PortInfo {
+    /// The port's `PORT_*` flags in the data path.
+    pub fn flags(&self) -> u32 {
+        let mut flags = 0;
+        if self.router {
+            flags |= snoop_common::PORT_ROUTER;
+        }
+        if self.unpruned {
+            flags |= snoop_common::PORT_UNPRUNED;
+        }
+        flags
+    }
 }
 
 /// What a snapshot is collected from.
@@ -306,6 +328,7 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                 forwarded_bytes: member_bytes + as_router.forwarded_bytes,
                 pruned_packets: as_router.pruned_packets,
                 pruned_bytes: as_router.pruned_bytes,
+                unpruned: sources.ports.get(ifindex).is_some_and(|p| p.unpruned),
             }
         })
         .collect()

@@ -17,6 +17,9 @@ pub enum ControllerCounter {
     DatapathWriteErrors,
     /// Ports the programs could not be attached to (tried again at the next scan).
     AttachFailures,
+    /// Memberships, groups or copy lists a full map could not hold (their
+    /// ports get every group meanwhile; the writes are retried).
+    MapFull,
     /// Captured frames dropped as malformed, by reason.
     Dropped(ParseError),
 }
@@ -25,7 +28,7 @@ impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [Events, EventsShort, GeneralQueriesSent, GroupQueriesSent, DatapathWriteErrors, AttachFailures]
+        [Events, EventsShort, GeneralQueriesSent, GroupQueriesSent, DatapathWriteErrors, AttachFailures, MapFull]
             .into_iter()
             .chain(ParseError::ALL.into_iter().map(Dropped))
     }
@@ -39,6 +42,7 @@ impl ControllerCounter {
             ControllerCounter::GroupQueriesSent => "group_queries_sent".into(),
             ControllerCounter::DatapathWriteErrors => "datapath_write_errors".into(),
             ControllerCounter::AttachFailures => "attach_failures".into(),
+            ControllerCounter::MapFull => "map_full".into(),
             ControllerCounter::Dropped(reason) => format!("dropped_{}", reason.name()),
         }
     }

@@ -451,3 +451,52 @@ fn clients_streaming_garbage_or_hogging_connections_cost_the_controller_nothing(
     assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0], "snooping went on");
     Ok(())
 }
+
+#[test]
+fn a_full_membership_map_never_blackholes_a_member() -> Result<()> {
+    let mut lab = Lab::new("mapfull", 7, &LabOptions::default())?;
+    // Bridge forwarding: the egress programs decide from the membership map.
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--forwarding", "bridge", "--max-memberships", "3"]].concat())?;
+    let members: Vec<_> = ["h1", "h2", "h3", "h4", "h5"].iter().map(|h| lab.join(h, G)).collect::<Result<_>>()?;
+    wait_until("five members known", JOIN_TIMEOUT, || Ok(shown_members(&lab, G)?.len() == 5))?;
+    assert_eq!(map_members(&lab)?.len(), 3, "the map holds three");
+    let receivers = ["h1", "h2", "h3", "h4", "h5", "h6"];
+    assert_eq!(received(&lab, &receivers, 50)?, [50, 50, 50, 50, 50, 0], "every member gets the group");
+    assert!(stat(&lab, "controller", "map_full")? >= 2);
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let unpruned: Vec<&str> =
+        ports.as_array().unwrap().iter().filter(|p| p["unpruned"] == true).filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(unpruned.len(), 2, "the two ports whose memberships did not fit are shown: {unpruned:?}");
+
+    // Two members leave: the writes are retried and fit; pruning is exact again.
+    drop(members);
+    let _m4 = lab.join("h4", G)?;
+    let _m5 = lab.join("h5", G)?;
+    wait_for_members(&lab, G, &["p4", "p5"], Duration::from_secs(8))?;
+    wait_until("no port left unpruned", Duration::from_secs(3), || {
+        let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+        Ok(ports.as_array().unwrap().iter().all(|p| p["unpruned"] == false))
+    })?;
+    assert_eq!(received(&lab, &receivers, 50)?, [0, 0, 0, 50, 50, 0]);
+    Ok(())
+}
+
+#[test]
+fn a_full_group_map_never_blackholes_a_group() -> Result<()> {
+    const G2: Ipv4Addr = Ipv4Addr::new(239, 2, 2, 2);
+    let mut lab = Lab::new("groupsfull", 4, &LabOptions::default())?;
+    // Groups nobody registered go to router ports only: an unregistered group is dropped.
+    let args = ["--max-groups", "1", "--unregistered", "routers"];
+    lab.start_snoop(&snoop_bin(), &[FAST, &args[..]].concat())?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let _m2 = lab.join("h2", G2)?;
+    wait_until("h2's membership known", JOIN_TIMEOUT, || Ok(shown_members(&lab, G2)?.len() == 1))?;
+    let sniffers = ["h1", "h2", "h3"].map(|h| lab.sniff(h).unwrap());
+    lab.send("h0", G2, 50, Duration::from_micros(200))?;
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(sniffers[1].count(G2), 50, "the member of a group that did not fit got nothing");
+    assert_eq!(sniffers[2].count(G2), 0);
+    assert!(stat(&lab, "controller", "map_full")? >= 1);
+    Ok(())
+}

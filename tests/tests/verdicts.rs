@@ -12,7 +12,7 @@ use snoop::{
 };
 use snoop_common::{
     Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER,
-    PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
@@ -44,7 +44,7 @@ fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<
     };
     let pin_dir = lab.pin_dir();
     in_netns(&lab.bridge_netns, move || -> Result<()> {
-        let (mut datapath, _) = Datapath::load(&pin_dir, 0)?;
+        let (mut datapath, _) = Datapath::load(&pin_dir, 0, Default::default())?;
         datapath.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
         for port in [ports.p0, ports.p1, ports.p2] {
             datapath.set_port_flags(port, 0)?;
@@ -158,6 +158,13 @@ fn egress_prunes_group_data_to_ports_without_members() -> Result<()> {
             case(dp, name, PROG_EGRESS, p.p1, &fragment, TC_ACT_OK, &[(DataForwarded, 1)])?;
             case(dp, name, PROG_EGRESS, p.p2, &fragment, TC_ACT_SHOT, &[(DataPruned, 1)])?;
         }
+
+        // A port whose memberships did not fit the maps gets every group, but no reports.
+        dp.set_port_flags(p.p2, PORT_UNPRUNED)?;
+        case(dp, "unpruned port", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        let report = igmp(0x16, JOINED, JOINED);
+        case(dp, "report to an unpruned port", PROG_EGRESS, p.p2, &report, TC_ACT_SHOT, &[(ReportsSuppressed, 1)])?;
+        dp.set_port_flags(p.p2, 0)?;
 
         // Groups nobody joined, router ports only.
         dp.configure(0, None, Duration::from_secs(3), 0)?;

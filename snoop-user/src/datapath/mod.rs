@@ -30,7 +30,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use snoop_common::{
-    DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
+    DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
     TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
     MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
     MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS,
@@ -97,14 +97,14 @@ impl Datapath {
     /// Loads the programs for the bridge `bridge_ifindex`, adopting the maps
     /// pinned in `pin_dir` if a previous snoop left them there. `resumed`
     /// tells which happened.
-    pub fn load(pin_dir: &Path, bridge_ifindex: u32) -> Result<(Self, bool)> {
+    pub fn load(pin_dir: &Path, bridge_ifindex: u32, sizes: MapSizes) -> Result<(Self, bool)> {
         let (mode, why) = AttachMode::for_this_kernel()?;
         log::info!("{why}");
         pins::ensure_bpffs()?;
-        pins::drop_pins_of_another_layout(pin_dir)?;
+        pins::drop_pins_of_another_layout(pin_dir, sizes)?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
         let attachments = Attachments::new(mode, pin_dir.to_owned(), bridge_ifindex)?;
-        let loaded = Self::load_pinned(pin_dir, resumed, attachments);
+        let loaded = Self::load_pinned(pin_dir, resumed, attachments, sizes);
         if loaded.is_err() && !resumed {
             // Maps this failed attempt pinned must not look like state to resume.
             let _ = remove_pin_dir(pin_dir);
@@ -112,11 +112,14 @@ impl Datapath {
         Ok((loaded?, resumed))
     }
 
-    fn load_pinned(pin_dir: &Path, resumed: bool, attachments: Attachments) -> Result<Self> {
+    fn load_pinned(pin_dir: &Path, resumed: bool, attachments: Attachments, sizes: MapSizes) -> Result<Self> {
         let links = pin_dir.join("links");
         fs::create_dir_all(&links).map_err(|source| Error::Pins { what: "creating", path: links, source })?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(MAP_MEMBERS, sizes.memberships)
+            .map_max_entries(MAP_GROUPS, sizes.groups)
+            .map_max_entries(MAP_GROUP_PORTS, sizes.groups)
             .load(EBPF_OBJECT)
             .map_err(|source| Error::Load { pin_dir: pin_dir.to_owned(), source: Box::new(source) })?;
         for name in [PROG_INGRESS, PROG_EGRESS] {

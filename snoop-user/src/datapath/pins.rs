@@ -6,7 +6,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData, MapInfo};
-use snoop_common::{DatapathConfig, MAPS, MAP_CONFIG, MAP_GROUPS, MAP_MEMBERS};
+use snoop_common::{DatapathConfig, MapSizes, MAPS, MAP_CONFIG, MAP_GROUPS, MAP_MEMBERS};
 
 use super::{Error, Result};
 
@@ -47,13 +47,13 @@ pub fn pinned_restore_flags(pin_dir: &Path) -> Result<u32> {
     Ok(config.get(&0, 0).map_or(0, |c| c.restore))
 }
 
-/// Pinned maps left by a snoop with another map layout would be adopted as
+/// Pinned maps left by a snoop with another map layout (or sizes) would be adopted as
 /// they are and fail verification. The memberships are the state a restart
 /// keeps: those are never dropped silently, that is a clear error. Every
 /// other map is rewritten by the controller at start (or holds counters), so
 /// it is unpinned and made anew; the old programs keep theirs until replaced.
-pub(super) fn drop_pins_of_another_layout(pin_dir: &Path) -> Result<()> {
-    for spec in MAPS {
+pub(super) fn drop_pins_of_another_layout(pin_dir: &Path, sizes: MapSizes) -> Result<()> {
+    for spec in MAPS.map(|spec| sizes.apply(spec)) {
         let path = pin_dir.join(spec.name);
         if !path.exists() {
             continue;

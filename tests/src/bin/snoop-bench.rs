@@ -308,7 +308,7 @@ fn program_cost(settings: &Settings) -> Result<()> {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(controller, libc::SIGSTOP) };
     let results = in_netns(&lab.bridge_netns, move || -> Result<Vec<(String, u32, i32)>> {
-        let (mut datapath, _) = Datapath::load(&pin_dir, 0)?;
+        let (mut datapath, _) = Datapath::load(&pin_dir, 0, Default::default())?;
         cases
             .into_iter()
             .map(|(name, prog, frame, ifindex, repeat)| {
