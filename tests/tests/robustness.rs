@@ -3,6 +3,7 @@
 //! legitimate hosts must survive all of them.
 use std::{
     net::Ipv4Addr,
+    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -498,5 +499,87 @@ fn a_full_group_map_never_blackholes_a_group() -> Result<()> {
     assert_eq!(sniffers[1].count(G2), 50, "the member of a group that did not fit got nothing");
     assert_eq!(sniffers[2].count(G2), 0);
     assert!(stat(&lab, "controller", "map_full")? >= 1);
+    Ok(())
+}
+
+#[test]
+fn ports_churning_while_joins_flow_never_end_snoop_or_cost_a_member_a_packet() -> Result<()> {
+    let churn_secs: u64 = std::env::var("SNOOP_CHURN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(8);
+    let mut lab = Lab::new("churn", 3, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--port-scan-interval", "100ms"]].concat())?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+
+    // Ports appear, are renamed and vanish, in batches, as containers do.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (netns, stop) = (lab.bridge_netns.clone(), stop.clone());
+        thread::spawn(move || -> Result<u64> {
+            let batch = std::env::temp_dir().join(format!("{netns}.batch"));
+            let mut rounds = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut commands = String::new();
+                for i in 0..20 {
+                    commands.push_str(&format!(
+                        "link add c{i} type veth peer name d{i}\nlink set c{i} master br0\nlink set c{i} up\n"
+                    ));
+                }
+                for i in 0..20 {
+                    if i % 2 == 0 {
+                        commands.push_str(&format!("link set c{i} down\nlink set c{i} name r{i}\nlink del r{i}\n"));
+                    } else {
+                        commands.push_str(&format!("link del c{i}\n"));
+                    }
+                }
+                std::fs::write(&batch, commands)?;
+                // -force: go on past an error (a name not yet free, say).
+                let _ = lab::run("ip", &["-n", &netns, "-force", "-batch", &batch.display().to_string()]);
+                rounds += 1;
+            }
+            let _ = std::fs::remove_file(&batch);
+            Ok(rounds)
+        })
+    };
+    // Joins keep flowing on another port meanwhile.
+    let joiner = {
+        let stop = stop.clone();
+        let lab_h2 = lab.host("h2").clone();
+        thread::spawn(move || -> Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                let (netns, ip) = (lab_h2.netns.clone(), lab_h2.ip);
+                let socket = lab::in_netns(&netns, move || -> Result<std::net::UdpSocket> {
+                    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                    socket.join_multicast_v4(&Ipv4Addr::new(239, 9, 0, 1), &ip)?;
+                    Ok(socket)
+                })??;
+                thread::sleep(Duration::from_millis(300));
+                drop(socket);
+            }
+            Ok(())
+        })
+    };
+    let h1 = lab.sniff("h1")?;
+    let sender = lab.sender("h0")?;
+    let mut sent = 0;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(churn_secs) {
+        sender.send(G, 100, Duration::from_millis(1))?;
+        sent += 100;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = churn.join().expect("churn thread")?;
+    joiner.join().expect("joiner thread")?;
+    thread::sleep(Duration::from_millis(300));
+    println!("{rounds} rounds of 20 ports added, renamed and deleted; {sent} packets sent");
+    assert!(lab.snoop_pid().is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists()), "snoop ended");
+    assert!(lab.snoop_show(&snoop_bin(), "querier").is_ok(), "snoop stopped answering");
+    assert_eq!(h1.count(G), sent, "the member lost packets while ports churned");
+    assert!(map_members(&lab)?.contains(&(G, "p1".into())));
+    // Every port that is left has its programs, and only the lab's ports are left.
+    for port in ["p0", "p1", "p2"] {
+        assert_eq!(attached_programs(&lab, port)?, 2, "{port}");
+    }
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    assert_eq!(ports.as_array().map(Vec::len), Some(3), "ports snoop still lists: {ports}");
     Ok(())
 }
