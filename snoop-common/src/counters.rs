@@ -37,10 +37,13 @@ pub enum Counter {
     /// Redirect mode: copies made to bridge ports (copies to the bridge
     /// device itself are not counted).
     RedirectCopies,
+    /// Redirect mode: frames left to the bridge because of their ingress
+    /// port's policy (isolated, locked, not forwarding).
+    SourcePortBridgePath,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = Counter::RedirectCopies as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SourcePortBridgePath as u32 + 1;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -61,6 +64,7 @@ impl Counter {
         Counter::FailsafeFlooded,
         Counter::Redirected,
         Counter::RedirectCopies,
+        Counter::SourcePortBridgePath,
     ];
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -82,6 +86,7 @@ impl Counter {
             Counter::FailsafeFlooded => "failsafe_flooded",
             Counter::Redirected => "redirected",
             Counter::RedirectCopies => "redirect_copies",
+            Counter::SourcePortBridgePath => "source_port_bridge_path",
         }
     }
 }

@@ -103,6 +103,10 @@ pub const PORT_ROUTER: u32 = 1;
 /// The port gets all group traffic (but not reports): some of its
 /// memberships did not fit a full map, and pruning it would blackhole them.
 pub const PORT_UNPRUNED: u32 = 2;
+/// Frames entering through the port take the bridge path, never a redirect:
+/// the bridge checks something a copy made here would skip (the port is
+/// isolated, locked, or not forwarding).
+pub const PORT_BRIDGE_PATH: u32 = 4;
 
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
@@ -130,6 +134,33 @@ pub const CONFIG_FLOOD_UNREGISTERED: u32 = 1;
 /// Redirect mode: registered group traffic is copied straight from the
 /// ingress port to the ports in [`MAP_GROUP_PORTS`], bypassing the bridge.
 pub const CONFIG_REDIRECT: u32 = 2;
+/// Some port has [`PORT_BRIDGE_PATH`]: redirect looks the ingress port up
+/// (without it, the fast path spends no lookup on it).
+pub const CONFIG_CHECK_SOURCE_PORT: u32 = 4;
+
+/// Slots of [`MAP_SENDERS`].
+pub const SENDER_SLOTS: u32 = 256;
+
+/// Value of the per-CPU array [`MAP_SENDERS`]: a host whose frames the fast
+/// path consumed, so the bridge never saw them and never learned its MAC.
+/// The controller teaches the bridge from these. Slot = hash of the MAC.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SenderSlot {
+    pub mac: [u8; 6],
+    pub _pad: u16,
+    /// The port its frames entered through.
+    pub ifindex: u32,
+    pub _pad2: u32,
+    /// CLOCK_MONOTONIC_COARSE ns when last recorded (at most once a second per sender).
+    pub seen_ns: u64,
+}
+
+/// The slot of a sender's MAC: its last two bytes, which vary most.
+#[inline(always)]
+pub const fn sender_slot(mac: &[u8; 6]) -> u32 {
+    ((mac[4] as u32) << 8 | mac[5] as u32) % SENDER_SLOTS
+}
 
 /// The bridge's own multicast snooping was on before snoop turned it off.
 pub const RESTORE_KERNEL_SNOOPING: u32 = 1;
@@ -182,6 +213,7 @@ pub const MAP_PORT_TRAFFIC: &str = "SNOOP_PORT_TRAFFIC";
 pub const MAP_PORT_COUNTERS: &str = "SNOOP_PORT_COUNTERS";
 pub const MAP_GROUP_PORTS: &str = "SNOOP_GROUP_PORTS";
 pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
+pub const MAP_SENDERS: &str = "SNOOP_SENDERS";
 
 /// Program names (the eBPF function names).
 pub const PROG_INGRESS: &str = "snoop_ingress";
@@ -254,7 +286,7 @@ impl MapSizes {
 
 /// Every map of the data path. snoop-ebpf declares its statics from the same
 /// types and sizes; a test checks the built object against this table.
-pub const MAPS: [MapSpec; 11] = [
+pub const MAPS: [MapSpec; 12] = [
     spec(MAP_MEMBERS, MapKind::Hash, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
     spec(MAP_GROUPS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
     spec(MAP_PORTS, MapKind::Hash, 4, size_of::<PortValue>(), MAX_PORTS),
@@ -266,6 +298,7 @@ pub const MAPS: [MapSpec; 11] = [
     spec(MAP_GROUP_PORTS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupPorts>(), MAX_GROUPS),
     spec(MAP_PORT_COUNTERS, MapKind::PerCpuHash, 4, size_of::<PortCounters>(), MAX_PORTS),
     spec(MAP_EVENTS, MapKind::RingBuf, 0, 0, EVENT_RING_BYTES),
+    spec(MAP_SENDERS, MapKind::PerCpuArray, 4, size_of::<SenderSlot>(), SENDER_SLOTS),
 ];
 
 #[cfg(feature = "user")]
@@ -285,6 +318,8 @@ mod pod {
     unsafe impl aya::Pod for DatapathConfig {}
     // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for GroupPorts {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for SenderSlot {}
 }
 
 // Layout checks: a change here changes the pinned maps' format.
@@ -292,3 +327,4 @@ const _: () = assert!(core::mem::size_of::<GroupKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
 const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
 const _: () = assert!(core::mem::size_of::<GroupPorts>() == 32 + 4 * MAX_FANOUT);
+const _: () = assert!(core::mem::size_of::<SenderSlot>() == 24);

@@ -16,10 +16,13 @@ pub fn controller_gone(config: &DatapathConfig, heartbeat_age: u64) -> bool {
 
 #[inline(always)]
 pub fn heartbeat_age_ns(config: &DatapathConfig) -> u64 {
-    // The coarse clock (CLOCK_MONOTONIC_COARSE) is a memory read, not a clock
-    // source read, and this runs for every redirected packet; a tick of lag
-    // is nothing next to a failsafe time of seconds.
+    coarse_now_ns().saturating_sub(config.heartbeat_ns)
+}
+
+/// CLOCK_MONOTONIC_COARSE: a memory read, not a clock source read (this runs
+/// for every redirected packet); a tick of lag is nothing next to seconds.
+#[inline(always)]
+pub fn coarse_now_ns() -> u64 {
     // SAFETY: plain helper call.
-    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() };
-    now.saturating_sub(config.heartbeat_ns)
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }

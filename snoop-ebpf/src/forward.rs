@@ -6,14 +6,54 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use snoop_common::{Counter, GroupKey, GroupPorts, CONFIG_REDIRECT, MAX_FANOUT, REPORT_TARGETS, VLAN_NONE};
+use snoop_common::{
+    sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, MAX_FANOUT,
+    PORT_BRIDGE_PATH, REPORT_TARGETS, VLAN_NONE,
+};
 
 use crate::{
-    config::{config, controller_gone, heartbeat_age_ns},
+    config::{coarse_now_ns, config, controller_gone},
     counters::{count, count_n, count_traffic},
-    maps::{SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORT_TRAFFIC},
+    maps::{
+        SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC, SNOOP_SENDERS,
+    },
     packet::ifindex,
 };
+
+/// Whether redirect may take frames entering through `ingress`: the bridge
+/// checks isolated, locked and non-forwarding ports itself, so their frames
+/// take its path. The lookup is skipped while no port needs it.
+#[inline(always)]
+fn source_port_allowed(config: &DatapathConfig, ingress: u32) -> bool {
+    if config.flags & CONFIG_CHECK_SOURCE_PORT == 0 {
+        return true;
+    }
+    // SAFETY: plain map lookup; the value is only read.
+    let bridge_path = unsafe { SNOOP_PORTS.get(ingress) }.is_some_and(|port| port.flags & PORT_BRIDGE_PATH != 0);
+    if bridge_path {
+        count(Counter::SourcePortBridgePath);
+    }
+    !bridge_path
+}
+
+/// Records the frame's sender for the controller, which teaches the bridge
+/// its MAC: the bridge learns from frames it sees, and a redirected frame it
+/// never sees. Written at most once a second per sender (a read otherwise).
+#[inline(always)]
+fn record_sender(ctx: &TcContext, ingress: u32, now: u64) {
+    let Ok(mac) = ctx.load::<[u8; 6]>(6) else { return };
+    let Some(slot) = SNOOP_SENDERS.get_ptr_mut(sender_slot(&mac)) else { return };
+    // SAFETY: a per-CPU value: no concurrent writer on this CPU.
+    unsafe {
+        if (*slot).mac != mac || (*slot).ifindex != ingress || now.wrapping_sub((*slot).seen_ns) > NS_PER_SEC {
+            (*slot).mac = mac;
+            (*slot).ifindex = ingress;
+            (*slot).seen_ns = now;
+        }
+    }
+}
+
+const NS_PER_SEC: u64 = 1_000_000_000;
 
 const BPF_F_INGRESS: u64 = 1;
 
@@ -29,7 +69,8 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     if config.flags & CONFIG_REDIRECT == 0 {
         return TC_ACT_OK;
     }
-    let heartbeat_age = heartbeat_age_ns(config);
+    let now = coarse_now_ns();
+    let heartbeat_age = now.saturating_sub(config.heartbeat_ns);
     if controller_gone(config, heartbeat_age) {
         return TC_ACT_OK;
     }
@@ -38,6 +79,9 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
         return TC_ACT_OK;
     };
     let ingress = ifindex(ctx);
+    if !source_port_allowed(config, ingress) {
+        return TC_ACT_OK;
+    }
     let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
     // Hand-overs need a live controller (it alone sees a port go down), and
     // the sender's own port never gets its packet back: else every copy is a clone.
@@ -50,6 +94,7 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
         // is the only port): the bridge path delivers it, correctly if slower.
         return TC_ACT_OK;
     }
+    record_sender(ctx, ingress, now);
     let bytes = u64::from(ctx.len());
     if last_to_peer {
         // No egress program sees this copy: count it here.
@@ -81,14 +126,20 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
 #[inline(always)]
 pub fn redirect_reports(ctx: &TcContext) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
-    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(config, heartbeat_age_ns(config)) {
+    let now = coarse_now_ns();
+    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(config, now.saturating_sub(config.heartbeat_ns)) {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
     let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(REPORT_TARGETS) }) else {
         return TC_ACT_OK;
     };
-    let copies = copy_to(ctx, targets, ifindex(ctx), targets.count);
+    let ingress = ifindex(ctx);
+    if !source_port_allowed(config, ingress) {
+        return TC_ACT_OK;
+    }
+    record_sender(ctx, ingress, now);
+    let copies = copy_to(ctx, targets, ingress, targets.count);
     count_n(Counter::RedirectCopies, u64::from(copies));
     TC_ACT_SHOT
 }

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use snoop_common::{
-    DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
+    DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue, SenderSlot,
     TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS,
+    SENDER_SLOTS,
 };
 
 // All pinned: a restarted controller (and the programs it replaces) keep
@@ -35,3 +36,5 @@ pub static SNOOP_PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap
 // Reports that arrive while the controller restarts wait here.
 #[map]
 pub static SNOOP_EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
+#[map]
+pub static SNOOP_SENDERS: PerCpuArray<SenderSlot> = PerCpuArray::pinned(SENDER_SLOTS, 0);

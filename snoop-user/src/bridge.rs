@@ -6,7 +6,11 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{BridgeStpState, InfoBridge, InfoData, InfoKind, LinkAttribute, LinkInfo, LinkMessage, State},
+        link::{
+            BridgeMulticastRouterType, BridgePortState, BridgeStpState, InfoBridge, InfoBridgePort, InfoData, InfoKind,
+            InfoPortData, LinkAttribute, LinkInfo, LinkMessage, State,
+        },
+        neighbour::{NeighbourFlags, NeighbourState},
     },
     Handle, LinkBridge, LinkMessageBuilder, MulticastGroup,
 };
@@ -35,11 +39,83 @@ fn netlink_error(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Er
     move |source| Error::Netlink { what, source }
 }
 
+/// What the bridge decides for a port, which redirect forwarding (copying
+/// past the bridge) must decide the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortPolicy {
+    /// Its STP/MRP state (or one set by hand) is forwarding.
+    pub forwarding: bool,
+    /// Isolated ports never forward to each other.
+    pub isolated: bool,
+    /// 802.1X: the bridge drops frames from MACs it has not authorised.
+    pub locked: bool,
+    /// The bridge learns MACs from frames entering here.
+    pub learning: bool,
+    /// The bridge's own per-port snooping settings, which snoop honours:
+    /// `mcast_router 2` (always a router port) and `fastleave on`.
+    pub static_router: bool,
+    pub fast_leave: bool,
+}
+
+impl Default for PortPolicy {
+    fn default() -> Self {
+        Self {
+            forwarding: true,
+            isolated: false,
+            locked: false,
+            learning: true,
+            static_router: false,
+            fast_leave: false,
+        }
+    }
+}
+
+impl PortPolicy {
+    /// Why frames entering here must take the bridge path, if they must.
+    pub fn bridge_path(&self) -> Option<&'static str> {
+        if !self.forwarding {
+            Some("not forwarding (STP, MRP or set by hand)")
+        } else if self.locked {
+            Some("locked (802.1X)")
+        } else if self.isolated {
+            Some("isolated")
+        } else {
+            None
+        }
+    }
+
+    fn from_link(link: &LinkMessage) -> Self {
+        let mut policy = Self::default();
+        let options = link.attributes.iter().filter_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => Some(infos),
+            _ => None,
+        });
+        for option in options.flatten().flat_map(|info| match info {
+            LinkInfo::PortData(InfoPortData::BridgePort(options)) => options.as_slice(),
+            _ => &[],
+        }) {
+            match option {
+                InfoBridgePort::State(state) => policy.forwarding = *state == BridgePortState::Forwarding,
+                InfoBridgePort::Isolated(on) => policy.isolated = *on,
+                InfoBridgePort::Locked(on) => policy.locked = *on,
+                InfoBridgePort::Learning(on) => policy.learning = *on,
+                InfoBridgePort::FastLeave(on) => policy.fast_leave = *on,
+                InfoBridgePort::MulticastRouter(kind) => {
+                    policy.static_router = *kind == BridgeMulticastRouterType::Permanent
+                }
+                _ => {}
+            }
+        }
+        policy
+    }
+}
+
 /// A bridge port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Port {
     pub ifindex: u32,
     pub name: String,
+    pub policy: PortPolicy,
     /// An operationally up veth whose peer is in another network namespace
     /// and which has no qdisc: redirect mode may hand packets straight to the
     /// peer's ingress. (The kernel's bpf_redirect_peer needs the other
@@ -146,7 +222,7 @@ impl Netlink {
                 && link.attributes.iter().any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)))
                 && link.attributes.iter().any(|a| matches!(a, LinkAttribute::Qdisc(q) if q == "noqueue"))
                 && link.attributes.contains(&LinkAttribute::OperState(State::Up));
-            ports.push(Port { ifindex: link.header.index, name, peer_redirect });
+            ports.push(Port { ifindex: link.header.index, name, policy: PortPolicy::from_link(&link), peer_redirect });
         }
         ports.sort();
         Ok(ports)
@@ -171,8 +247,10 @@ impl Netlink {
         Ok(options.contains(&InfoBridge::MulticastSnooping(true)))
     }
 
-    /// Why redirect mode cannot be used on this bridge, if it cannot: copies
-    /// made outside the bridge would ignore STP port states and VLAN filtering.
+    /// Why redirect forwarding cannot be used on this bridge now, if it
+    /// cannot: a copy made outside the bridge would skip its STP port
+    /// states, its VLAN filtering, or filtering rules hooked into bridged
+    /// traffic (checked live: any of them can be switched on at any time).
     pub async fn redirect_obstacle(&self, bridge: &Bridge) -> Result<Option<&'static str>> {
         for option in self.bridge_options(bridge).await? {
             match option {
@@ -181,7 +259,22 @@ impl Netlink {
                 _ => {}
             }
         }
-        Ok(None)
+        Ok(crate::filtering::bridged_traffic_filtered())
+    }
+
+    /// Teaches the bridge that `mac` is behind `port`, as if it had seen a
+    /// frame from it there (NTF_USE: the bridge's own learning, ageing
+    /// included).
+    pub async fn learn(&self, port: u32, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add_bridge(port, &mac)
+            .state(NeighbourState::Reachable)
+            .flags(NeighbourFlags::Use | NeighbourFlags::Controller)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink_error("teaching the bridge a MAC"))
     }
 
     /// Turns the kernel bridge's own snooping on or off: two snoopers on one

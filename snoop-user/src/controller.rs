@@ -5,7 +5,7 @@
 //! the ports, the counters); [`FamilyState`] is one family's state machine.
 //! The state machine decides; [`Core::apply`] carries its [`Action`]s out.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     sync::Arc,
@@ -17,8 +17,8 @@ use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{
-    CapturedFrame, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_UNPRUNED,
-    RESTORE_KERNEL_SNOOPING,
+    CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT,
+    PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -29,7 +29,7 @@ use tokio::{
 };
 
 use crate::{
-    bridge::{self, local_groups, Bridge, Netlink, Port},
+    bridge::{self, local_groups, Bridge, Netlink, Port, PortPolicy},
     control::{self, SnapshotRequest},
     datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
@@ -131,6 +131,10 @@ struct Core {
     redirect: bool,
     /// Writes a full map refused, retried at every port scan.
     unwritten: Unwritten,
+    /// Why group traffic takes the bridge path rather than redirect, if it does.
+    bridge_path_why: Option<&'static str>,
+    /// MACs taught to the bridge lately, and on which port.
+    taught: HashMap<[u8; 6], (u32, Instant)>,
 }
 
 /// What the data path could not hold: memberships and group registrations.
@@ -205,6 +209,8 @@ impl Controller {
             events: broadcast::channel(4096).0,
             redirect: false,
             unwritten: Unwritten::default(),
+            bridge_path_why: None,
+            taught: HashMap::new(),
         };
         Ok((Self { core, igmp: FamilyState { snooper, local_groups: BTreeSet::new() } }, listener, resumed))
     }
@@ -262,6 +268,9 @@ impl Controller {
                 _ = inputs.port_scan.tick() => {
                     self.rescan().await?;
                     self.core.retry_unwritten(&self.igmp);
+                    if self.core.redirect {
+                        self.core.teach_senders().await;
+                    }
                     self.refresh_local_groups();
                     self.core.datapath.heartbeat()?;
                 }
@@ -283,24 +292,46 @@ impl Controller {
         Ok(())
     }
 
-    /// Writes the data path's policy; chooses redirect mode if the bridge allows it.
+    /// Chooses the forwarding (redirect where the bridge allows it) and
+    /// writes the data path's policy.
     async fn configure(&mut self) -> Result<()> {
-        let core = &mut self.core;
-        if core.config.forwarding == Forwarding::Redirect {
-            match core.netlink.redirect_obstacle(&core.bridge).await? {
-                Some(why) => {
-                    warn!("{why} on {}: forwarding through the bridge instead of redirecting", core.bridge.name)
-                }
-                None => core.redirect = true,
+        if self.core.config.forwarding == Forwarding::Bridge {
+            self.core.bridge_path_why = Some("--forwarding bridge");
+        } else {
+            self.core.bridge_path_why = self.core.netlink.redirect_obstacle(&self.core.bridge).await?;
+            if let Some(why) = self.core.bridge_path_why {
+                warn!("{why} on {}: forwarding through the bridge instead of redirecting", self.core.bridge.name);
             }
         }
-        let mut flags = if core.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
-        if core.redirect {
-            flags |= CONFIG_REDIRECT;
+        self.core.redirect = self.core.bridge_path_why.is_none();
+        Ok(self.core.write_config()?)
+    }
+
+    /// Redirect forwarding must skip nothing the bridge checks: STP, VLAN
+    /// filtering or filtering rules switched on since are seen here, live.
+    async fn check_redirect(&mut self) -> Result<(), bridge::Error> {
+        if self.core.config.forwarding == Forwarding::Bridge {
+            return Ok(());
         }
-        // Heartbeats come with every port scan; three missed ones end hand-overs.
-        let handover = (core.config.port_scan_interval * 3).max(Duration::from_secs(1));
-        core.datapath.configure(flags, core.config.failsafe_after, handover, core.config.control_rate_limit)?;
+        let why = self.core.netlink.redirect_obstacle(&self.core.bridge).await?;
+        if why == self.core.bridge_path_why {
+            return Ok(());
+        }
+        match why {
+            Some(why) => warn!("{why} on {}: forwarding through the bridge from now on", self.core.bridge.name),
+            None => info!("redirect forwarding on {} again", self.core.bridge.name),
+        }
+        self.core.bridge_path_why = why;
+        self.core.redirect = why.is_none();
+        if let Err(error) = self.core.write_config() {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
+        if self.core.redirect {
+            // Copy lists were left alone meanwhile: write them all anew.
+            self.igmp.local_groups.clear();
+            self.refresh_local_groups();
+            self.core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
+        }
         Ok(())
     }
 
@@ -387,7 +418,10 @@ impl Controller {
     /// deletion ends snoop.
     async fn rescan(&mut self) -> Result<()> {
         let result = match self.refresh_bridge().await {
-            Ok(()) => self.sync_ports().await,
+            Ok(()) => match self.sync_ports().await {
+                Ok(()) => self.check_redirect().await,
+                Err(error) => Err(error),
+            },
             Err(error) => Err(error),
         };
         match result {
@@ -428,11 +462,24 @@ impl Controller {
         let core = &mut self.core;
         let ports = core.netlink.ports(&core.bridge).await?;
         let mut ports_changed = false;
-        for Port { ifindex, name, .. } in &ports {
-            if core.ports.contains_key(ifindex) {
+        for Port { ifindex, name, policy, .. } in &ports {
+            if let Some(info) = core.ports.get_mut(ifindex) {
+                if info.policy != *policy {
+                    info.policy = *policy;
+                    let (flags, note) = (info.flags(), info.note(core.redirect));
+                    info!("port {name}: {}", if note.is_empty() { "forwarding as usual".into() } else { note });
+                    if let Err(error) = core.datapath.set_port_flags(*ifindex, flags) {
+                        warn!("port {name}: {:#}", anyhow::Error::from(error));
+                    }
+                    let options = core.port_options(name, policy);
+                    let actions = self.igmp.snooper.set_port_options(*ifindex, options, core.now());
+                    core.apply(&self.igmp, actions);
+                    ports_changed = true;
+                }
                 continue;
             }
-            match core.datapath.attach_port(*ifindex, 0) {
+            let info = PortInfo { name: name.clone(), policy: *policy, ..PortInfo::default() };
+            match core.datapath.attach_port(*ifindex, info.flags()) {
                 Ok(()) => {}
                 Err(datapath::Error::PortGone { .. }) => {
                     debug!("port {name} went away before it was attached");
@@ -444,8 +491,11 @@ impl Controller {
                     continue;
                 }
             }
-            core.ports.insert(*ifindex, PortInfo { name: name.clone(), ..PortInfo::default() });
-            let actions = self.igmp.snooper.add_port(*ifindex, core.port_options(name));
+            if let Some(why) = policy.bridge_path() {
+                info!("port {name}: {why}: frames entering it take the bridge path");
+            }
+            core.ports.insert(*ifindex, info);
+            let actions = self.igmp.snooper.add_port(*ifindex, core.port_options(name, policy));
             core.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
             core.apply(&self.igmp, actions);
             ports_changed = true;
@@ -466,8 +516,12 @@ impl Controller {
             ports_changed = true;
         }
         if ports_changed {
-            // The port count is in every group's redirect entry.
+            // The port count is in every group's redirect entry; port
+            // policies decide who may be a copy's target.
             core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
+            if let Err(error) = core.write_config() {
+                warn!("{:#}", anyhow::Error::from(error));
+            }
         }
         Ok(())
     }
@@ -539,6 +593,10 @@ impl Controller {
             datapath: &self.core.datapath,
             ports: &self.core.ports,
             stats: &self.core.stats,
+            forwarding: snapshot::ForwardingView {
+                mode: if self.core.redirect { "redirect" } else { "bridge" }.into(),
+                why: self.core.bridge_path_why.map(str::to_owned),
+            },
         };
         snapshot::collect(&sources, counters_only)
     }
@@ -587,6 +645,42 @@ impl Core {
             }
         }
         self.refresh_unpruned(family);
+    }
+
+    /// Writes the data path's policy: flags from the configuration, redirect
+    /// (or not), and whether some port's frames must take the bridge path.
+    fn write_config(&mut self) -> Result<(), datapath::Error> {
+        let mut flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
+        if self.redirect {
+            flags |= CONFIG_REDIRECT;
+        }
+        if self.ports.values().any(|p| p.policy.bridge_path().is_some()) {
+            flags |= CONFIG_CHECK_SOURCE_PORT;
+        }
+        // Heartbeats come with every port scan; three missed ones end hand-overs.
+        let handover = (self.config.port_scan_interval * 3).max(Duration::from_secs(1));
+        self.datapath.configure(flags, self.config.failsafe_after, handover, self.config.control_rate_limit)
+    }
+
+    /// Teaches the bridge the MACs of hosts whose frames the fast path
+    /// consumed (so it never learned them itself): without it, unicast to a
+    /// host that only sends multicast floods to every port. At most every 10
+    /// s per host and port, well inside the bridge's ageing time.
+    async fn teach_senders(&mut self) {
+        let since = monotonic_now_ns().saturating_sub(2 * self.config.port_scan_interval.as_nanos() as u64);
+        let now = Instant::now();
+        self.taught.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(10));
+        for (mac, port) in self.datapath.recent_senders(since) {
+            let Some(info) = self.ports.get(&port) else { continue };
+            // The bridge learns nothing on such ports; neither may snoop teach it.
+            if !info.policy.learning || info.policy.locked || self.taught.get(&mac).is_some_and(|(p, _)| *p == port) {
+                continue;
+            }
+            match self.netlink.learn(port, mac).await {
+                Ok(()) => drop(self.taught.insert(mac, (port, now))),
+                Err(error) => debug!("{:#}", anyhow::Error::from(error)),
+            }
+        }
     }
 
     /// Writes a membership; one a full map cannot hold is remembered (its
@@ -762,8 +856,17 @@ impl Core {
             groups.extend(self.datapath.redirected_groups().iter().filter_map(Group::from_key));
         }
         let now = self.now();
-        let routers: Vec<u32> =
-            family.snooper.ports().iter().filter(|(_, p)| p.is_router(now)).map(|(ifindex, _)| *ifindex).collect();
+        // A port the bridge would not forward to gets no copy either.
+        let forwarding_ports: BTreeSet<u32> =
+            self.ports.iter().filter(|(_, p)| p.policy.forwarding).map(|(ifindex, _)| *ifindex).collect();
+        let forwarding = |port: &u32| forwarding_ports.contains(port);
+        let routers: Vec<u32> = family
+            .snooper
+            .ports()
+            .iter()
+            .filter(|(ifindex, p)| p.is_router(now) && forwarding(ifindex))
+            .map(|(ifindex, _)| *ifindex)
+            .collect();
         if all {
             // Reports and leaves: to router ports, and up to the bridge
             // device (a multicast routing daemon on it needs them).
@@ -777,7 +880,7 @@ impl Core {
         for group in groups {
             let mut targets: Vec<CopyTarget> = Vec::new();
             if let Some(members) = family.snooper.groups().get(&group) {
-                targets.extend(members.keys().map(|port| CopyTarget::Member(*port)));
+                targets.extend(members.keys().filter(|p| forwarding(p)).map(|port| CopyTarget::Member(*port)));
                 targets.extend(routers.iter().filter(|r| !members.contains_key(r)).map(|r| CopyTarget::Router(*r)));
                 if family.local_groups.contains(&group.addr) {
                     targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
@@ -818,11 +921,13 @@ impl Core {
         monotonic_now_ns().saturating_add(remaining.as_nanos() as u64)
     }
 
-    fn port_options(&self, name: &str) -> PortOptions {
+    /// A port's options: snoop's own (`--router-port`, ...) and the bridge's
+    /// per-port snooping settings (`mcast_router 2`, `fastleave on`).
+    fn port_options(&self, name: &str, policy: &PortPolicy) -> PortOptions {
         let listed = |list: &[String]| list.iter().any(|p| p == name || p == "all");
-        let static_router = self.config.static_router_ports.iter().any(|p| p == name);
+        let static_router = self.config.static_router_ports.iter().any(|p| p == name) || policy.static_router;
         PortOptions {
-            fast_leave: listed(&self.config.fast_leave_ports),
+            fast_leave: listed(&self.config.fast_leave_ports) || policy.fast_leave,
             static_router,
             // A port declared a router port is trusted to speak as one.
             trusted: static_router || listed(&self.config.trusted_ports),

@@ -7,7 +7,8 @@
 //! - [`datapath`]: loading and driving the eBPF programs and their pinned
 //!   maps (the layout is snoop-common's);
 //! - [`controller`]: `snoop run`, carrying the state machine's decisions
-//!   into the data path; [`bridge`]: what it reads of the bridge (rtnetlink);
+//!   into the data path; [`bridge`]: what it reads of the bridge (rtnetlink),
+//!   [`filtering`]: whether the kernel filters bridged traffic;
 //! - [`control`]: the protocol `snoop show`/`watch` and the metrics speak to
 //!   it; [`snapshot`]: the state it answers with; [`stats`]: its counters;
 //! - [`show`], [`metrics`]: the views.
@@ -15,6 +16,7 @@ pub mod bridge;
 pub mod control;
 pub mod controller;
 pub mod datapath;
+pub mod filtering;
 pub mod frame_sender;
 pub mod membership;
 pub mod metrics;

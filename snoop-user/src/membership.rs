@@ -282,6 +282,19 @@ impl<A: Family> Snooper<A> {
         }
     }
 
+    /// New options for a port (the bridge's own settings for it changed).
+    pub fn set_port_options(&mut self, port: u32, options: PortOptions, now: Duration) -> Vec<Action<A>> {
+        let Some(state) = self.ports.get_mut(&port) else { return Vec::new() };
+        let was_router = state.is_router(now);
+        state.options = options;
+        let is_router = state.is_router(now);
+        if was_router == is_router {
+            Vec::new()
+        } else {
+            vec![Action::SetRouterPort { port, is_router }]
+        }
+    }
+
     /// Forgets a port that left the bridge, with all of its memberships.
     pub fn remove_port(&mut self, port: u32) -> Vec<Action<A>> {
         let mut actions = Vec::new();

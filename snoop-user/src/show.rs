@@ -13,13 +13,15 @@ pub enum View {
     Groups,
     Ports,
     Querier,
+    /// How group traffic is forwarded now (redirect or the bridge path) and why.
+    Forwarding,
     Stats,
 }
 
 /// What `view` needs: the querier and stats views skip groups and traffic.
 fn fetch_for(bridge: &str, view: View) -> Result<Snapshot> {
     let request = match view {
-        View::Querier | View::Stats => Request::Counters,
+        View::Querier | View::Forwarding | View::Stats => Request::Counters,
         View::Groups | View::Ports => Request::Snapshot,
     };
     Ok(control::fetch(bridge, request)?)
@@ -67,6 +69,7 @@ fn view_name(view: View) -> &'static str {
         View::Groups => "groups",
         View::Ports => "ports",
         View::Querier => "querier",
+        View::Forwarding => "forwarding",
         View::Stats => "stats",
     }
 }
@@ -77,6 +80,7 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
             View::Groups => serde_json::to_string_pretty(&snapshot.groups)?,
             View::Ports => serde_json::to_string_pretty(&snapshot.ports)?,
             View::Querier => serde_json::to_string_pretty(&snapshot.querier)?,
+            View::Forwarding => serde_json::to_string_pretty(&snapshot.forwarding)?,
             View::Stats => serde_json::to_string_pretty(&serde_json::json!({
                 "datapath": snapshot.datapath,
                 "controller": snapshot.controller,
@@ -176,7 +180,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     human(p.forwarded_packets as f64),
                     human(p.pruned_packets as f64),
                     rate(p.forwarded_packets, before, elapsed),
-                    if p.unpruned { "maps full: gets every group".into() } else { String::new() },
+                    p.note.clone(),
                 ]);
             }
         }
@@ -192,6 +196,13 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             }
             if let Some(left) = q.other_querier_expires_in_secs {
                 rows.push(vec!["other querier expires in".into(), format!("{left:.1}s")]);
+            }
+        }
+        View::Forwarding => {
+            rows.push(vec!["bridge".into(), s.bridge.clone()]);
+            rows.push(vec!["forwarding".into(), s.forwarding.mode.clone()]);
+            if let Some(why) = &s.forwarding.why {
+                rows.push(vec!["why".into(), why.clone()]);
             }
         }
         View::Stats => {

@@ -23,6 +23,8 @@ pub struct Snapshot {
     pub bridge: String,
     pub uptime_secs: f64,
     pub querier: QuerierView,
+    #[serde(default)]
+    pub forwarding: ForwardingView,
     pub ports: Vec<PortView>,
     pub groups: Vec<GroupView>,
     /// Data path counters by name (summed over CPUs).
@@ -76,6 +78,18 @@ pub struct PortView {
     /// group until they do (see `--max-memberships`).
     #[serde(default)]
     pub unpruned: bool,
+    /// Why the port is treated specially (isolated, not forwarding, maps full), if it is.
+    #[serde(default)]
+    pub note: String,
+}
+
+/// How group traffic is forwarded now, and why not redirected if it is not.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ForwardingView {
+    /// "redirect" (copied from the sender's port) or "bridge" (the bridge
+    /// floods, each port's egress prunes).
+    pub mode: String,
+    pub why: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -197,6 +211,8 @@ pub struct PortInfo {
     pub router: bool,
     /// Gets every group until its memberships fit the maps: PORT_UNPRUNED.
     pub unpruned: bool,
+    /// What the bridge decides for the port (redirect decides the same).
+    pub policy: crate::bridge::PortPolicy,
 }
 
 impl PortInfo {
@@ -209,7 +225,22 @@ impl PortInfo {
         if self.unpruned {
             flags |= snoop_common::PORT_UNPRUNED;
         }
+        if self.policy.bridge_path().is_some() {
+            flags |= snoop_common::PORT_BRIDGE_PATH;
+        }
         flags
+    }
+
+    /// What `show ports` notes about the port.
+    pub fn note(&self, redirect: bool) -> String {
+        let mut notes = Vec::new();
+        if let Some(why) = self.policy.bridge_path() {
+            notes.push(if redirect { format!("{why}: bridge path") } else { why.to_owned() });
+        }
+        if self.unpruned {
+            notes.push("maps full: gets every group".to_owned());
+        }
+        notes.join("; ")
     }
 }
 
@@ -221,6 +252,7 @@ pub struct Sources<'a> {
     pub datapath: &'a Datapath,
     pub ports: &'a BTreeMap<u32, PortInfo>,
     pub stats: &'a Stats,
+    pub forwarding: ForwardingView,
 }
 
 impl Sources<'_> {
@@ -242,6 +274,7 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
         bridge: sources.bridge.to_owned(),
         uptime_secs: sources.uptime.as_secs_f64(),
         querier: querier_view(sources, sources.igmp),
+        forwarding: sources.forwarding.clone(),
         ports: port_views(sources, &traffic),
         groups,
         datapath: Counter::ALL.iter().zip(sources.datapath.counters()).map(|(c, v)| (c.name().to_owned(), v)).collect(),
@@ -329,6 +362,11 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                 pruned_packets: as_router.pruned_packets,
                 pruned_bytes: as_router.pruned_bytes,
                 unpruned: sources.ports.get(ifindex).is_some_and(|p| p.unpruned),
+                note: sources
+                    .ports
+                    .get(ifindex)
+                    .map(|p| p.note(sources.forwarding.mode == "redirect"))
+                    .unwrap_or_default(),
             }
         })
         .collect()

@@ -31,9 +31,9 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
-    TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
-    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAX_FANOUT,
-    MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS,
+    SenderSlot, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
+    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS,
+    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS, SENDER_SLOTS,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -84,6 +84,7 @@ pub struct Datapath {
     group_slots: StdHashMap<GroupKey, u32>,
     port_slots: StdHashMap<u32, u32>,
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
+    senders: PerCpuArray<MapData, SenderSlot>,
     events: Option<RingBuf<MapData>>,
     attachments: Attachments,
     /// Ports whose copies can go straight to their veth peer (see GroupPorts::last_to_peer).
@@ -147,6 +148,7 @@ impl Datapath {
             group_slots: StdHashMap::new(),
             port_slots: StdHashMap::new(),
             port_counters: take_map(&mut ebpf, MAP_PORT_COUNTERS)?,
+            senders: take_map(&mut ebpf, MAP_SENDERS)?,
             events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -471,6 +473,21 @@ impl Datapath {
     /// Traffic a port was sent as a router port, and spared.
     pub fn port_traffic(&self, ifindex: u32) -> TrafficCounters {
         self.port_slots.get(&ifindex).map(|slot| self.port_traffic.read(*slot)).unwrap_or_default()
+    }
+
+    /// Senders whose frames the fast path consumed since `since_ns`
+    /// (CLOCK_MONOTONIC): their MAC and the port they sent from.
+    pub fn recent_senders(&self, since_ns: u64) -> Vec<([u8; 6], u32)> {
+        let mut senders = Vec::new();
+        for slot in 0..SENDER_SLOTS {
+            let Ok(per_cpu) = self.senders.get(&slot, 0) else { continue };
+            for sender in per_cpu.iter().filter(|s| s.ifindex != 0 && s.seen_ns >= since_ns) {
+                if !senders.contains(&(sender.mac, sender.ifindex)) {
+                    senders.push((sender.mac, sender.ifindex));
+                }
+            }
+        }
+        senders
     }
 
     /// Control traffic per port, summed over CPUs.

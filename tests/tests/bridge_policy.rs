@@ -1,0 +1,185 @@
+//! Redirect forwarding copies group traffic past the bridge: it must still do
+//! only what the bridge would. Each test sets one of the bridge's own
+//! policies and checks what every receiver got, in the default (redirect)
+//! forwarding.
+use std::{net::Ipv4Addr, thread, time::Duration};
+
+use anyhow::{Context as _, Result};
+use snoop::frame_sender::FrameSender;
+use snoop_tests::{
+    lab::{self, Lab},
+    snoop_bin, stat, wait_for_members, wait_until, LabOptions,
+};
+
+const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+const FAST: &[&str] = &[
+    "--query-interval",
+    "2s",
+    "--query-response-interval",
+    "1s",
+    "--last-member-query-interval",
+    "200ms",
+    "--port-scan-interval",
+    "200ms",
+];
+const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Sends `n` packets of G from `sender` and returns what each receiver got.
+fn deliver(lab: &Lab, sender: &str, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    lab.send(sender, G, n, Duration::from_micros(200))?;
+    thread::sleep(Duration::from_millis(300));
+    Ok(sniffers.iter().map(|s| s.count(G)).collect())
+}
+
+fn bridge_link(lab: &Lab, args: &[&str]) -> Result<()> {
+    lab::run("bridge", &[&["-n", lab.bridge_netns.as_str(), "link", "set", "dev"][..], args].concat()).map(drop)
+}
+
+/// How snoop says it forwards now: "redirect" or "bridge", and why.
+fn forwarding(lab: &Lab) -> Result<(String, String)> {
+    let querier = lab.snoop_show(&snoop_bin(), "forwarding")?;
+    Ok((
+        querier["mode"].as_str().unwrap_or_default().to_owned(),
+        querier["why"].as_str().unwrap_or_default().to_owned(),
+    ))
+}
+
+#[test]
+fn copies_never_go_from_one_isolated_port_to_another() -> Result<()> {
+    let mut lab = Lab::new("isolated", 4, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _members = [lab.join("h2", G)?, lab.join("h3", G)?];
+    wait_for_members(&lab, G, &["p2", "p3"], JOIN_TIMEOUT)?;
+    bridge_link(&lab, &["p0", "isolated", "on"])?;
+    bridge_link(&lab, &["p2", "isolated", "on"])?;
+    thread::sleep(Duration::from_millis(500)); // a rescan
+                                               // h0 (isolated) reaches h3 but never h2 (isolated too), as the bridge decides.
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2", "h3"], 50)?, [0, 0, 50]);
+    // A member on an isolated port still gets the group from anyone else.
+    assert_eq!(deliver(&lab, "h1", &["h2", "h3"], 50)?, [50, 50]);
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let p0 = ports.as_array().unwrap().iter().find(|p| p["name"] == "p0").unwrap().clone();
+    assert!(p0["note"].as_str().unwrap_or_default().contains("isolated"), "show ports says why: {p0}");
+    Ok(())
+}
+
+#[test]
+fn a_port_that_is_not_forwarding_gets_nothing_and_sends_nothing() -> Result<()> {
+    let mut lab = Lab::new("portstate", 4, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _members = [lab.join("h1", G)?, lab.join("h2", G)?];
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [50, 50]);
+    // Disabled by hand (STP, MRP or a management agent do the like; without
+    // STP the bridge itself puts a port set to blocking back to forwarding):
+    // the bridge neither delivers to it nor forwards what enters it.
+    bridge_link(&lab, &["p2", "state", "0"])?;
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [50, 0]);
+    assert_eq!(deliver(&lab, "h2", &["h1", "h3"], 50)?, [0, 0]);
+    bridge_link(&lab, &["p2", "state", "3"])?;
+    wait_until("p2 forwarding again", Duration::from_secs(3), || Ok(deliver(&lab, "h0", &["h2"], 10)? == [10]))?;
+    Ok(())
+}
+
+#[test]
+fn bridge_family_filtering_is_honoured_live() -> Result<()> {
+    let mut lab = Lab::new("nftbridge", 3, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(forwarding(&lab)?.0, "redirect");
+    let nft =
+        |args: &[&str]| lab::run("ip", &[&["netns", "exec", lab.bridge_netns.as_str(), "nft"][..], args].concat());
+    nft(&["add", "table", "bridge", "snooptest"])?;
+    nft(&["add", "chain", "bridge", "snooptest", "passing", "{ type filter hook forward priority 0; }"])?;
+    nft(&["add", "rule", "bridge", "snooptest", "passing", "ip", "daddr", "239.1.1.1", "drop"])?;
+    wait_until("forwarding through the bridge", Duration::from_secs(3), || Ok(forwarding(&lab)?.0 == "bridge"))?;
+    assert!(forwarding(&lab)?.1.contains("nftables"), "says why: {:?}", forwarding(&lab)?);
+    // The bridge's rule drops the group: nobody gets it, as without snoop.
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [0, 0]);
+    nft(&["delete", "table", "bridge", "snooptest"])?;
+    wait_until("redirecting again", Duration::from_secs(3), || Ok(forwarding(&lab)?.0 == "redirect"))?;
+    let redirected = stat(&lab, "datapath", "redirected")?;
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [50, 0]);
+    assert_eq!(stat(&lab, "datapath", "redirected")? - redirected, 50);
+    Ok(())
+}
+
+#[test]
+fn stp_switched_on_while_running_ends_redirect_and_off_resumes_it() -> Result<()> {
+    let mut lab = Lab::new("stplive", 3, &LabOptions::default())?;
+    lab.ip_br(&["link", "set", "br0", "type", "bridge", "forward_delay", "200"])?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(forwarding(&lab)?.0, "redirect");
+    lab.ip_br(&["link", "set", "br0", "type", "bridge", "stp_state", "1"])?;
+    wait_until("forwarding through the bridge", Duration::from_secs(3), || Ok(forwarding(&lab)?.0 == "bridge"))?;
+    assert!(forwarding(&lab)?.1.contains("STP"));
+    // Ports listen and learn for 2 x 2 s, then forward.
+    wait_until(
+        "ports forwarding under STP",
+        Duration::from_secs(10),
+        || Ok(deliver(&lab, "h0", &["h1"], 10)? == [10]),
+    )?;
+    let redirected = stat(&lab, "datapath", "redirected")?;
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [50, 0]);
+    assert_eq!(stat(&lab, "datapath", "redirected")?, redirected, "a copy skipped STP");
+    lab.ip_br(&["link", "set", "br0", "type", "bridge", "stp_state", "0"])?;
+    wait_until("redirecting again", Duration::from_secs(3), || Ok(forwarding(&lab)?.0 == "redirect"))?;
+    Ok(())
+}
+
+/// The MAC of `host`'s interface.
+fn host_mac(lab: &Lab, host: &str) -> Result<[u8; 6]> {
+    let out = lab::run("ip", &["-n", &lab.host(host).netns, "-j", "link", "show", "eth0"])?;
+    let json: serde_json::Value = serde_json::from_str(&out)?;
+    let text = json[0]["address"].as_str().context("no address")?;
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
+}
+
+#[test]
+fn the_bridge_learns_senders_whose_frames_the_fast_path_consumes() -> Result<()> {
+    let mut lab = Lab::new("learning", 4, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    // h0 only ever sends group traffic, which the fast path consumes.
+    let before = stat(&lab, "datapath", "redirected")?;
+    lab.send("h0", G, 20, Duration::from_millis(10))?;
+    assert!(stat(&lab, "datapath", "redirected")? >= before + 20, "the fast path carried h0's traffic");
+    thread::sleep(Duration::from_millis(500)); // a port scan
+
+    // h2 answers h0 with unicast: a bridge that knows h0's MAC sends it to p0
+    // only; one that does not floods it to every port.
+    let (h0_mac, h2_mac) = (host_mac(&lab, "h0")?, host_mac(&lab, "h2")?);
+    let mut frame = h0_mac.to_vec();
+    frame.extend_from_slice(&h2_mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&lab::udp_packet(lab.host("h2").ip, lab.host("h0").ip, 32));
+    let sniffers = ["h0", "h1", "h3"].map(|h| lab.sniff(h).unwrap());
+    let netns = lab.host("h2").netns.clone();
+    lab::in_netns(&netns, move || -> Result<()> {
+        let sender = FrameSender::open(nix_index("eth0")?)?;
+        for _ in 0..10 {
+            sender.send(&frame)?;
+        }
+        Ok(())
+    })??;
+    thread::sleep(Duration::from_millis(300));
+    let h0 = lab.host("h0").ip;
+    let got = sniffers.map(|s| s.count(h0));
+    assert_eq!(got, [10, 0, 0], "unicast to a multicast-only sender was flooded (h0, h1, h3 got {got:?})");
+    Ok(())
+}
+
+fn nix_index(name: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(name)?;
+    // SAFETY: a valid C string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    anyhow::ensure!(index != 0, "no interface {name:?}");
+    Ok(index)
+}
