@@ -41,7 +41,12 @@ fn source_port_allowed(config: &DatapathConfig, ingress: u32) -> bool {
 /// never sees. Written at most once a second per sender (a read otherwise).
 #[inline(always)]
 fn record_sender(ctx: &TcContext, ingress: u32, now: u64) {
-    let Ok(mac) = ctx.load::<[u8; 6]>(6) else { return };
+    let data = ctx.data();
+    if data + 12 > ctx.data_end() {
+        return;
+    }
+    // SAFETY: bounds checked above (direct packet access, no helper call).
+    let mac = unsafe { *((data + 6) as *const [u8; 6]) };
     let Some(slot) = SNOOP_SENDERS.get_ptr_mut(sender_slot(&mac)) else { return };
     // SAFETY: a per-CPU value: no concurrent writer on this CPU.
     unsafe {
