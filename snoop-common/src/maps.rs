@@ -62,10 +62,16 @@ pub struct MemberValue {
     pub expires_ns: u64,
     /// Lowest IGMP version heard from this port for this group (1, 2 or 3).
     pub version: u8,
-    pub _pad: [u8; 3],
+    /// `MEMBER_*` flags.
+    pub flags: u8,
+    pub _pad: [u8; 2],
     /// Index into [`MAP_MEMBER_TRAFFIC`], or [`NO_SLOT`].
     pub traffic_slot: u32,
 }
+
+/// A leave was heard and the last-member round is running: a restarted
+/// controller gives the membership only what is left of that round.
+pub const MEMBER_LEAVING: u8 = 1;
 
 /// No traffic counter slot: the slots ran out, the traffic is not counted.
 pub const NO_SLOT: u32 = u32::MAX;

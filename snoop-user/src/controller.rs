@@ -18,7 +18,7 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{
     CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT,
-    PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
+    MEMBER_LEAVING, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -534,7 +534,8 @@ impl Controller {
         for (PortGroupKey { group, ifindex }, value) in core.datapath.memberships() {
             match Group::<Ipv4Addr>::from_key(&group) {
                 Some(group) if core.ports.contains_key(&ifindex) => {
-                    self.igmp.snooper.restore_member(group, ifindex, value.version, now);
+                    let leaving = value.flags & MEMBER_LEAVING != 0;
+                    self.igmp.snooper.restore_member(group, ifindex, value.version, leaving, now);
                     restored += 1;
                 }
                 _ => {
@@ -685,8 +686,8 @@ impl Core {
 
     /// Writes a membership; one a full map cannot hold is remembered (its
     /// port gets every group meanwhile) and retried.
-    fn write_member(&mut self, member: PortGroupKey, version: u8, expires: Duration) -> Result<()> {
-        match self.datapath.set_member(member, version, self.monotonic_ns(expires)) {
+    fn write_member(&mut self, member: PortGroupKey, version: u8, expires: Duration, leaving: bool) -> Result<()> {
+        match self.datapath.set_member(member, version, self.monotonic_ns(expires), leaving) {
             Err(datapath::Error::MapFull { map }) => {
                 self.map_full(map);
                 self.unwritten.members.insert(member);
@@ -734,7 +735,7 @@ impl Core {
             let current = Group::<A>::from_key(&member.group)
                 .and_then(|group| family.snooper.groups().get(&group)?.get(&member.ifindex).cloned());
             if let Some(current) = current {
-                if let Err(error) = self.write_member(member, current.version, current.expires) {
+                if let Err(error) = self.write_member(member, current.version, current.expires, current.leaving) {
                     warn!("retrying a membership: {error:#}");
                 }
             }
@@ -783,10 +784,10 @@ impl Core {
             Action::AddMember { group, port, version, expires } => {
                 let detail = format!("{}v{version}", A::PROTOCOL);
                 self.publish(EventKind::Join, Some(group.addr.ip()), Some(port), detail);
-                self.write_member(member_key(group, port), version, expires)?;
+                self.write_member(member_key(group, port), version, expires, false)?;
             }
-            Action::RefreshMember { group, port, version, expires } => {
-                self.write_member(member_key(group, port), version, expires)?;
+            Action::RefreshMember { group, port, version, expires, leaving } => {
+                self.write_member(member_key(group, port), version, expires, leaving)?;
             }
             Action::RemoveMember { group, port, reason } => {
                 let kind = match reason {

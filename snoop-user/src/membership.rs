@@ -136,9 +136,10 @@ impl IgnoredCounts {
 pub enum Action<A> {
     /// Forward `group` to `port` from now on (first member on the port).
     AddMember { group: Group<A>, port: u32, version: u8, expires: Duration },
-    /// The membership was refreshed: record the new expiry (and version) in the
-    /// pinned map. Emitted at most about once per query interval per membership.
-    RefreshMember { group: Group<A>, port: u32, version: u8, expires: Duration },
+    /// The membership was refreshed, or a leave shortened it: record the new
+    /// expiry, version and leaving state in the pinned map (a restart resumes
+    /// from them). A refresh is emitted at most about once per query interval.
+    RefreshMember { group: Group<A>, port: u32, version: u8, expires: Duration, leaving: bool },
     /// Stop forwarding `group` to `port`.
     RemoveMember { group: Group<A>, port: u32, reason: RemoveReason },
     /// `group` now has members somewhere (the data path prunes it).
@@ -322,9 +323,19 @@ impl<A: Family> Snooper<A> {
     }
 
     /// Re-adopts a membership found in the pinned map after a restart. It gets a
-    /// full membership interval: hosts re-report to our startup queries well before.
-    pub fn restore_member(&mut self, group: Group<A>, port: u32, version: u8, now: Duration) {
-        let expires = now + self.timers.group_membership_interval;
+    /// full membership interval (hosts re-report to our startup queries well
+    /// before), unless a leave was being confirmed: then only the last-member
+    /// query time, with group-specific queries if we are the querier.
+    pub fn restore_member(&mut self, group: Group<A>, port: u32, version: u8, leaving: bool, now: Duration) {
+        let expires = if leaving {
+            if self.querier.enabled && !self.pending_group_queries.contains_key(&group) {
+                let pending = PendingGroupQuery { remaining: self.timers.last_member_query_count, next_at: now };
+                self.pending_group_queries.insert(group, pending);
+            }
+            now + self.timers.last_member_query_time()
+        } else {
+            now + self.timers.group_membership_interval
+        };
         self.expiries.insert((expires, group, port));
         if let Some(state) = self.ports.get_mut(&port) {
             state.groups += 1;
@@ -336,7 +347,7 @@ impl<A: Family> Snooper<A> {
                 version,
                 last_reporter: A::UNSPECIFIED,
                 no_leave_host_until: None,
-                leaving: false,
+                leaving,
                 persisted_expires: Duration::ZERO,
             },
         );
@@ -423,7 +434,7 @@ impl<A: Family> Snooper<A> {
                 self.expiries.insert((expires, group, port));
                 member.expires = expires;
                 member.last_reporter = reporter;
-                member.leaving = false;
+                let was_leaving = std::mem::replace(&mut member.leaving, false);
                 if no_leave_host_until.is_some() {
                     member.no_leave_host_until = no_leave_host_until;
                 }
@@ -432,9 +443,10 @@ impl<A: Family> Snooper<A> {
                 if version_changed {
                     member.version = version;
                 }
-                if version_changed || expires >= member.persisted_expires + refresh_slack {
+                if version_changed || was_leaving || expires >= member.persisted_expires + refresh_slack {
                     member.persisted_expires = expires;
-                    actions.push(Action::RefreshMember { group, port, version: member.version, expires });
+                    let version = member.version;
+                    actions.push(Action::RefreshMember { group, port, version, expires, leaving: false });
                 }
             }
             None => {
@@ -492,6 +504,9 @@ impl<A: Family> Snooper<A> {
         self.expiries.remove(&(member.expires, group, port));
         self.expiries.insert((shortened, group, port));
         member.expires = shortened;
+        member.persisted_expires = shortened;
+        let version = member.version;
+        actions.push(Action::RefreshMember { group, port, version, expires: shortened, leaving: true });
         if self.querier.is_querier() {
             actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr) });
             let remaining = self.timers.last_member_query_count.saturating_sub(1);
@@ -785,7 +800,7 @@ mod tests {
         assert!(s.handle(1, 0, &v2_report(G1), secs(60)).is_empty());
         assert_eq!(
             s.handle(1, 0, &v2_report(G1), secs(125)),
-            [Action::RefreshMember { group: g(G1), port: 1, version: 2, expires: secs(385) }]
+            [Action::RefreshMember { group: g(G1), port: 1, version: 2, expires: secs(385), leaving: false }]
         );
         // The refresh still moved the timer.
         assert!(s.poll(secs(384)).is_empty());
@@ -798,7 +813,14 @@ mod tests {
         s.handle(1, 0, &v2_report(G1), secs(1));
         s.handle(2, 0, &v2_report(G1), secs(1));
         let actions = s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(10));
-        assert_eq!(actions, [Action::SendQuery { vlan: 0, group: Some(G1) }]);
+        // The shortened membership is recorded (a restart resumes from it).
+        assert_eq!(
+            actions,
+            [
+                Action::RefreshMember { group: g(G1), port: 1, version: 2, expires: secs(12), leaving: true },
+                Action::SendQuery { vlan: 0, group: Some(G1) }
+            ]
+        );
         assert_eq!(s.poll(secs(11)), [Action::SendQuery { vlan: 0, group: Some(G1) }]);
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
         assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }]);
@@ -840,7 +862,8 @@ mod tests {
         s.handle(3, 0, &record(RecordType::AllowNewSources, G2, 1), secs(0));
         assert_eq!(members(&s, G1), [3]);
         assert_eq!(members(&s, G2), [3]);
-        assert!(s.handle(3, 0, &record(RecordType::BlockOldSources, G1, 1), secs(1)).is_empty());
+        let actions = s.handle(3, 0, &record(RecordType::BlockOldSources, G1, 1), secs(1));
+        assert!(!actions.iter().any(|a| matches!(a, Action::RemoveMember { .. })), "fast-left on a block: {actions:?}");
         assert_eq!(members(&s, G1), [3]);
         s.poll(secs(3));
         assert!(members(&s, G1).is_empty(), "block confirmed by silence");
@@ -972,9 +995,23 @@ mod tests {
     }
 
     #[test]
+    fn a_restored_member_that_was_leaving_gets_only_the_last_member_round() {
+        let mut s = snooper(true);
+        s.restore_member(g(G1), 1, 3, true, secs(100));
+        s.restore_member(g(G2), 2, 3, false, secs(100));
+        // Queried for at once, and gone after 2 x 1 s unless a host answers.
+        let actions = s.poll(secs(100));
+        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1) }), "{actions:?}");
+        assert!(s.groups()[&g(G1)][&1].leaving);
+        let actions = s.poll(secs(102));
+        assert!(actions.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }));
+        assert_eq!(members(&s, G2), [2], "the other keeps its full interval");
+    }
+
+    #[test]
     fn restored_members_get_a_full_interval() {
         let mut s = snooper(false);
-        s.restore_member(g(G1), 2, 3, secs(100));
+        s.restore_member(g(G1), 2, 3, false, secs(100));
         assert_eq!(members(&s, G1), [2]);
         assert!(s.poll(secs(359)).is_empty());
         assert_eq!(s.poll(secs(360)).len(), 2);

@@ -116,6 +116,18 @@ impl Lab {
         Ok(())
     }
 
+    /// Removes host `name` and its port (its namespace goes, and the veth with it).
+    pub fn remove_host(&mut self, name: &str) -> Result<()> {
+        let index = self.hosts.iter().position(|h| h.name == name).with_context(|| format!("no host {name}"))?;
+        let host = self.hosts.remove(index);
+        run("ip", &["netns", "del", &host.netns]).map(drop)
+    }
+
+    /// Forces `host`'s IGMP version (1, 2 or 3).
+    pub fn set_igmp_version(&self, host: &str, version: u8) -> Result<()> {
+        write_sysctl(&self.host(host).netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())
+    }
+
     /// Brings a host's interface up or down (a cable plugged or pulled).
     pub fn set_host_link(&self, host: &str, up: bool) -> Result<()> {
         run("ip", &["-n", &self.host(host).netns, "link", "set", "eth0", if up { "up" } else { "down" }]).map(drop)
@@ -506,6 +518,12 @@ impl GroupSender {
             }
         }
         Ok(sent)
+    }
+
+    /// Sends one packet to `group`'s data port carrying `payload`.
+    pub fn send_payload(&self, group: Ipv4Addr, payload: &[u8]) -> Result<()> {
+        self.socket.send_to(payload, SocketAddrV4::new(group, DATA_PORT))?;
+        Ok(())
     }
 
     pub fn send(&self, group: Ipv4Addr, count: u64, interval: Duration) -> Result<()> {

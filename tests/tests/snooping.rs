@@ -437,3 +437,36 @@ fn queries_follow_the_bridges_address_and_mac() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn a_leave_under_way_at_a_restart_is_finished_not_forgotten() -> Result<()> {
+    let mut lab = lab("leaverestart", 3, LabOptions::default())?;
+    // A long membership interval (21 s) and a last-member round of 2 x 500 ms:
+    // a leave forgotten at the restart would keep h1 fed for 21 s.
+    let args = [
+        "--query-interval",
+        "10s",
+        "--query-response-interval",
+        "1s",
+        "--last-member-query-interval",
+        "500ms",
+        "--keep-state",
+    ];
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    drop(m1);
+    wait_until("p1 leaving", Duration::from_secs(2), || {
+        let groups = lab.snoop_show(&snoop_bin(), "groups")?;
+        Ok(groups[0]["members"].as_array().is_some_and(|m| m.iter().any(|m| m["port"] == "p1" && m["leaving"] == true)))
+    })?;
+    // The host repeats its leave twice, 200 ms apart: once those are over the
+    // new controller hears no more of it, and must remember it was under way.
+    thread::sleep(Duration::from_millis(500));
+    lab.stop_snoop(false)?;
+    lab.start_snoop(&snoop_bin(), &args)?;
+    wait_for_members(&lab, G, &["p2"], Duration::from_secs(3))?;
+    assert_eq!(blast(&lab, &["h1", "h2"], &[G], 50)?, [[0], [50]]);
+    Ok(())
+}

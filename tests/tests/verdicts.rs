@@ -51,7 +51,7 @@ fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<
         }
         datapath.set_port_flags(ports.p3, PORT_ROUTER)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
-        datapath.set_member(PortGroupKey { group: joined, ifindex: ports.p1 }, 3, u64::MAX)?;
+        datapath.set_member(PortGroupKey { group: joined, ifindex: ports.p1 }, 3, u64::MAX, false)?;
         datapath.register_group(joined)?;
         let result = check(&mut datapath, &ports);
         datapath.shutdown(false)?;

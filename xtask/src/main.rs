@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | lint | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | lint | test | bench | soak | vm`.
 //!
 //! `demo` and `test` run `setup` first, so on a fresh Debian 12 machine they
 //! are the only two commands a newcomer needs.
@@ -44,6 +44,16 @@ enum Task {
     },
     /// cargo fmt --check and clippy with warnings denied (the workspace [lints]).
     Lint,
+    /// snoop under churn for a while, with a checker of every delivered packet
+    /// (joins, leaves, ports added and removed, restarts, report storms).
+    Soak {
+        /// How long (CI runs a short one).
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Repeats a run's sequence of events.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Run a shell command in a QEMU guest booting another kernel, with this
     /// machine's root (read-only) as its root: for looking into a kernel.
     Vm {
@@ -135,6 +145,19 @@ fn main() -> Result<()> {
                 return Ok(());
             }
             run(Command::new(target.join("snoop-bench")).args(&args).env("SNOOP_BIN", target.join("snoop")))
+        }
+        Task::Soak { minutes, seed } => {
+            setup()?;
+            require_root("the soak builds network namespaces, bridges and BPF programs")?;
+            cargo(&["build", "--release", "--package", "snoop-user", "--bin", "snoop"])?;
+            cargo(&["build", "--release", "--package", "snoop-tests", "--bin", "snoop-soak"])?;
+            let target = workspace().join("target/release");
+            let mut soak = Command::new(target.join("snoop-soak"));
+            soak.args(["--minutes", &minutes.to_string()]).env("SNOOP_BIN", target.join("snoop"));
+            if let Some(seed) = seed {
+                soak.args(["--seed", &seed.to_string()]);
+            }
+            run(&mut soak)
         }
         Task::Vm { kernel, command } => {
             setup()?;

@@ -33,7 +33,8 @@ use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
     SenderSlot, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
     MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS,
-    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS, SENDER_SLOTS,
+    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS,
+    SENDER_SLOTS,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -297,9 +298,10 @@ impl Datapath {
         self.ports.insert(ifindex, value, 0).map_err(|e| Error::map("writing", MAP_PORTS, e))
     }
 
-    pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64) -> Result<()> {
+    pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, leaving: bool) -> Result<()> {
         let traffic_slot = self.member_slot(member)?;
-        let value = MemberValue { expires_ns, version, _pad: [0; 3], traffic_slot };
+        let flags = if leaving { MEMBER_LEAVING } else { 0 };
+        let value = MemberValue { expires_ns, version, flags, _pad: [0; 2], traffic_slot };
         self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))
     }
 
