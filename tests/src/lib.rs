@@ -159,3 +159,13 @@ pub fn attached_programs(lab: &Lab, port: &str) -> Result<usize> {
     }
     Ok(tcx + filters)
 }
+
+/// A process's resident memory (VmRSS), in kB.
+pub fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
+}

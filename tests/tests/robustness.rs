@@ -15,11 +15,11 @@ use std::{
 use anyhow::Result;
 use snoop::proto::{igmp, internet_checksum};
 use snoop_common::{MAP_GROUP_PORTS, MAP_MEMBERS};
-use snoop_tests::lab::v3_report_packet;
 use snoop_tests::{
     attached_programs,
-    lab::{self, Lab},
-    map_members, pin_hash_map, shown_members, snoop_bin, stat, time_scale, wait_for_members, wait_until, LabOptions,
+    lab::{self, v3_report_packet, Lab},
+    map_members, pin_hash_map, rss_kb, shown_members, snoop_bin, stat, time_scale, wait_for_members, wait_until,
+    LabOptions,
 };
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
@@ -227,15 +227,9 @@ fn report_storm_keeps_members_and_the_controller_responsive() -> Result<()> {
     for port in ports.as_array().unwrap() {
         assert!(port["groups"].as_u64().unwrap() <= 256, "{} exceeds the group limit", port["name"]);
     }
-    let pid = lab.snoop_pid().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    println!("controller RSS after the storm: {rss_kb} kB");
-    assert!(rss_kb < 64 * 1024, "controller RSS {rss_kb} kB");
+    let rss = rss_kb(lab.snoop_pid().expect("running"))?;
+    println!("controller RSS after the storm: {rss} kB");
+    assert!(rss < 64 * 1024, "controller RSS {rss} kB");
     assert!(map_members(&lab)?.contains(&(G, "p1".into())));
     Ok(())
 }
@@ -401,15 +395,6 @@ fn the_control_socket_answers_root_and_the_control_group_only() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("no-such-group"), "stderr: {stderr}");
     Ok(())
-}
-
-fn rss_kb(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
 }
 
 #[test]

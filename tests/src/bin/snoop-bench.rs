@@ -15,7 +15,10 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use snoop::datapath::Datapath;
 use snoop_common::{PROG_EGRESS, PROG_INGRESS};
-use snoop_tests::lab::{self, in_netns, v3_report_packet, Lab, LabOptions};
+use snoop_tests::{
+    lab::{self, in_netns, v3_report_packet, Lab, LabOptions},
+    rss_kb,
+};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const G2: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 2);
@@ -626,15 +629,6 @@ fn process_cpu_seconds(pid: u32) -> Result<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
     Ok(ticks / 100.0)
-}
-
-fn rss_kb(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("VmRSS")
 }
 
 /// Sum of `memlock` over the BPF maps snoop holds open.

@@ -17,7 +17,6 @@
 //! The `snoop` under test is $SNOOP_BIN; `--seed N` repeats a run.
 use std::{
     collections::HashMap,
-    fs,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
     path::PathBuf,
@@ -30,7 +29,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use snoop_tests::lab::{self, v3_report_packet, Lab, LabOptions, Membership, DATA_PORT};
+use snoop_tests::{
+    lab::{self, v3_report_packet, Lab, LabOptions, Membership, DATA_PORT},
+    rss_kb,
+};
 
 const GROUPS: usize = 8;
 const RATE_PER_GROUP: u64 = 50;
@@ -408,13 +410,4 @@ fn judge(
         }
     }
     totals
-}
-
-fn rss_kb(pid: u32) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
 }
