@@ -133,7 +133,11 @@ mkdir -p /host
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144 hostroot /host; then
     echo "snoop-vm: cannot mount the host root"; echo o > /proc/sysrq-trigger; sleep 10
 fi
-for dir in tmp run; do mount -t tmpfs tmpfs /host/$dir; done
+# The host's /tmp stays reachable under the guest's own (a workspace may be there).
+mount -t tmpfs tmpfs /host/run
+mkdir -p /host/run/host-tmp
+mount --bind /host/tmp /host/run/host-tmp
+mount -t tmpfs tmpfs /host/tmp
 mount --move /proc /host/proc
 mount --move /sys /host/sys
 mount --move /dev /host/dev
@@ -257,9 +261,16 @@ fn run(kernel: &Kernel, workspace: &Path, commands: &str, on_line: &mut dyn FnMu
 
 /// What the guest runs once it is on the host root.
 fn guest_script(workspace: &Path, commands: &str) -> String {
-    let mut script = format!(
-        "#!/bin/sh\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp\n\
-         cd {}\necho \"snoop-vm: running on Linux $(uname -r)\"\n\
+    let mut script =
+        "#!/bin/sh\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp\n".to_owned();
+    // The guest's /tmp is its own: a workspace under the host's is bound back.
+    if let Ok(rest) = workspace.strip_prefix("/tmp") {
+        let (inside, host) =
+            (quote(&workspace.display().to_string()), quote(&format!("/run/host-tmp/{}", rest.display())));
+        script.push_str(&format!("mkdir -p {inside} && mount --bind {host} {inside}\n"));
+    }
+    script += &format!(
+        "cd {}\necho \"snoop-vm: running on Linux $(uname -r)\"\n\
          modprobe -a bridge veth 8021q 2>/dev/null\n\
          export SNOOP_TIME_SCALE=5\n\
          exit_with() {{ echo \"snoop-vm: exit $1\"; echo o > /proc/sysrq-trigger; while :; do :; done; }}\n",
