@@ -1,16 +1,20 @@
 //! The record in which the data path hands a control frame to the controller.
-/// Most bytes of a control frame's IP packet handed to userspace: a full
-/// 1500-byte MTU, so every IGMPv3 record of a legal report arrives.
+/// The record for packets up to a 1500-byte MTU's, most reports to a query.
 pub const CAPTURE_LEN: usize = 2048;
+
+/// Longer packets (reports on jumbo-frame or 64K-MTU links, one per query
+/// with hundreds of records) take a record this large: any IP packet fits,
+/// so no membership is lost to a report's size.
+pub const LARGE_CAPTURE_LEN: usize = 65536;
 
 /// Packets up to this long go into small ring records (most reports), so a
 /// burst of reports fills the ring ten times slower than full-size records.
 pub const SMALL_CAPTURE_LEN: usize = 128;
 
 /// A control frame (IGMP or PIM) captured on a port's ingress, from its IP
-/// header on. Ring records come in two sizes, `N` = [`SMALL_CAPTURE_LEN`] or
-/// [`CAPTURE_LEN`]; the header is the same, and `captured_len` says how much
-/// of `data` is valid.
+/// header on. Ring records come in three sizes, `N` = [`SMALL_CAPTURE_LEN`],
+/// [`CAPTURE_LEN`] or [`LARGE_CAPTURE_LEN`]; the header is the same, and
+/// `captured_len` says how much of `data` is valid.
 #[repr(C)]
 pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
     /// Port the frame entered the bridge through.
@@ -26,6 +30,10 @@ pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
 
 // Powers of two: the data path bounds a copy's length with a mask, which
 // every verifier tracks (see snoop-ebpf's capture).
-const _: () = assert!(CAPTURE_LEN.is_power_of_two() && SMALL_CAPTURE_LEN.is_power_of_two());
+const _: () = assert!(
+    CAPTURE_LEN.is_power_of_two() && SMALL_CAPTURE_LEN.is_power_of_two() && LARGE_CAPTURE_LEN.is_power_of_two()
+);
+// Any IPv4 packet (total length is 16 bits) fits the large record.
+const _: () = assert!(LARGE_CAPTURE_LEN > u16::MAX as usize);
 const _: () = assert!(size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
 const _: () = assert!(size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);

@@ -40,10 +40,13 @@ pub enum Counter {
     /// Redirect mode: frames left to the bridge because of their ingress
     /// port's policy (isolated, locked, not forwarding).
     SourcePortBridgePath,
+    /// Data and reports flooded because no querier is present (see
+    /// [`crate::CONFIG_NO_QUERIER`]).
+    NoQuerierFlooded,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = Counter::SourcePortBridgePath as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::NoQuerierFlooded as u32 + 1;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -65,6 +68,7 @@ impl Counter {
         Counter::Redirected,
         Counter::RedirectCopies,
         Counter::SourcePortBridgePath,
+        Counter::NoQuerierFlooded,
     ];
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -87,6 +91,7 @@ impl Counter {
             Counter::Redirected => "redirected",
             Counter::RedirectCopies => "redirect_copies",
             Counter::SourcePortBridgePath => "source_port_bridge_path",
+            Counter::NoQuerierFlooded => "no_querier_flooded",
         }
     }
 }

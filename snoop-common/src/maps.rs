@@ -113,6 +113,10 @@ pub const PORT_UNPRUNED: u32 = 2;
 /// the bridge checks something a copy made here would skip (the port is
 /// isolated, locked, or not forwarding).
 pub const PORT_BRIDGE_PATH: u32 = 4;
+/// Reports and leaves go to the port though it is no router port: it is
+/// trusted and no router port is known yet, so an upstream router or proxy
+/// hears joins at once instead of at its next query.
+pub const PORT_GETS_REPORTS: u32 = 8;
 
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
@@ -143,6 +147,10 @@ pub const CONFIG_REDIRECT: u32 = 2;
 /// Some port has [`PORT_BRIDGE_PATH`]: redirect looks the ingress port up
 /// (without it, the fast path spends no lookup on it).
 pub const CONFIG_CHECK_SOURCE_PORT: u32 = 4;
+/// No querier is present (none heard, snoop's own disabled, or its first
+/// query not yet answered): hosts report only when queried, so membership is
+/// unknown and nothing is pruned or redirected, as the Linux bridge does.
+pub const CONFIG_NO_QUERIER: u32 = 8;
 
 /// Slots of [`MAP_SENDERS`].
 pub const SENDER_SLOTS: u32 = 256;

@@ -12,11 +12,17 @@ pub const IGMP_V1_REPORT: u8 = 0x12;
 pub const IGMP_V2_REPORT: u8 = 0x16;
 pub const IGMP_V2_LEAVE: u8 = 0x17;
 pub const IGMP_V3_REPORT: u8 = 0x22;
+/// Multicast router discovery (RFC 4286 3): IGMP types on IPv4.
+pub const IGMP_MRD_ADVERTISEMENT: u8 = 0x30;
+pub const IGMP_MRD_SOLICITATION: u8 = 0x31;
+pub const IGMP_MRD_TERMINATION: u8 = 0x32;
 /// PIMv2 hello: version 2, type 0 (RFC 7761 4.9).
 pub const PIM_HELLO: u8 = 0x20;
 
 /// 224.0.0.1, the destination of general queries.
 pub const IPV4_ALL_SYSTEMS: [u8; 4] = [224, 0, 0, 1];
+/// 224.0.0.2, the destination of router discovery solicitations.
+pub const IPV4_ALL_ROUTERS: [u8; 4] = [224, 0, 0, 2];
 /// 224.0.0.13, the destination of PIM hellos.
 pub const IPV4_ALL_PIM_ROUTERS: [u8; 4] = [224, 0, 0, 13];
 /// 224.0.0.22, the destination of IGMPv3 reports.

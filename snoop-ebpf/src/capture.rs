@@ -1,7 +1,9 @@
 //! Handing control frames (IGMP, PIM hellos) to the controller through the
 //! event ring, within each port's rate limit.
 use aya_ebpf::programs::TcContext;
-use snoop_common::{wire::ETH_HLEN, CapturedFrame, Counter, CAPTURE_LEN, SMALL_CAPTURE_LEN, VLAN_NONE};
+use snoop_common::{
+    wire::ETH_HLEN, CapturedFrame, Counter, CAPTURE_LEN, LARGE_CAPTURE_LEN, SMALL_CAPTURE_LEN, VLAN_NONE,
+};
 
 use crate::{
     counters::count,
@@ -38,15 +40,17 @@ pub fn capture_within_rate(ctx: &TcContext) {
     capture(ctx);
 }
 
-/// Hands the frame's IP packet to the controller, in a small record when it
-/// fits one.
+/// Hands the frame's IP packet to the controller, in the smallest record it
+/// fits.
 #[inline(always)]
 fn capture(ctx: &TcContext) {
     let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     if wire_len <= SMALL_CAPTURE_LEN {
         capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len);
-    } else {
+    } else if wire_len <= CAPTURE_LEN {
         capture_into::<CAPTURE_LEN>(ctx, wire_len);
+    } else {
+        capture_into::<LARGE_CAPTURE_LEN>(ctx, wire_len);
     }
 }
 
@@ -65,14 +69,15 @@ fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
         return;
     }
     let mut len = wire_len;
-    if len > N {
+    if len > N || len > u16::MAX as usize {
+        // Longer than any IP packet: only a malformed frame gets here.
         count(Counter::CaptureTruncated);
-        len = N;
+        len = if N > u16::MAX as usize { u16::MAX as usize } else { N };
     }
     // SAFETY: `frame` points at a reserved, writable CapturedFrame<N>.
     unsafe {
         (*frame).ifindex = ifindex(ctx);
-        (*frame).wire_len = wire_len as u16;
+        (*frame).wire_len = wire_len.min(u16::MAX as usize) as u16;
         (*frame).vlan = VLAN_NONE;
         (*frame)._pad = [0; 6];
         (*frame).captured_len = len as u16;

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use snoop_common::{
-    sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, MAX_FANOUT,
-    PORT_BRIDGE_PATH, REPORT_TARGETS, VLAN_NONE,
+    sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, CONFIG_CHECK_SOURCE_PORT, CONFIG_NO_QUERIER,
+    CONFIG_REDIRECT, MAX_FANOUT, PORT_BRIDGE_PATH, REPORT_TARGETS, VLAN_NONE,
 };
 
 use crate::{
@@ -71,7 +71,8 @@ const BPF_F_INGRESS: u64 = 1;
 #[inline(always)]
 pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
-    if config.flags & CONFIG_REDIRECT == 0 {
+    // One test for both: no redirect mode, or nothing may be pruned now.
+    if config.flags & (CONFIG_REDIRECT | CONFIG_NO_QUERIER) != CONFIG_REDIRECT {
         return TC_ACT_OK;
     }
     let now = coarse_now_ns();
@@ -132,7 +133,9 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
 pub fn redirect_reports(ctx: &TcContext) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
     let now = coarse_now_ns();
-    if config.flags & CONFIG_REDIRECT == 0 || controller_gone(config, now.saturating_sub(config.heartbeat_ns)) {
+    if config.flags & (CONFIG_REDIRECT | CONFIG_NO_QUERIER) != CONFIG_REDIRECT
+        || controller_gone(config, now.saturating_sub(config.heartbeat_ns))
+    {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.

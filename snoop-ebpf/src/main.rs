@@ -41,14 +41,14 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
         let igmp_type = packet::igmp_type(&ctx, &ip).unwrap_or(0xff);
         count_port_control(&ctx, Some(igmp_type));
         capture::capture_within_rate(&ctx);
-        if is_igmp_report(igmp_type) {
+        if is_igmp_report(igmp_type) && ip.to_group_mac {
             return forward::redirect_reports(&ctx);
         }
     } else if ip.protocol == IPPROTO_PIM && ip.dst == IPV4_ALL_PIM_ROUTERS {
         count(Counter::PimSeen);
         count_port_control(&ctx, None);
         capture::capture_within_rate(&ctx);
-    } else if is_ipv4_multicast(ip.dst) && !is_ipv4_link_local_group(ip.dst) {
+    } else if ip.to_group_mac && is_ipv4_multicast(ip.dst) && !is_ipv4_link_local_group(ip.dst) {
         return forward::redirect_group(&ctx, ip.dst);
     }
     TC_ACT_OK

@@ -21,6 +21,10 @@ pub struct Ipv4Head {
     pub dst: [u8; 4],
     pub protocol: u8,
     pub header_len: usize,
+    /// The destination MAC is a multicast one (not broadcast): only such
+    /// frames are group traffic to the bridge. A multicast IP to a unicast
+    /// or broadcast MAC is forwarded (or flooded) by its MAC, as the bridge does.
+    pub to_group_mac: bool,
 }
 
 /// `None` for anything but an IPv4 frame with a readable header.
@@ -48,7 +52,12 @@ pub fn ipv4_head(ctx: &TcContext) -> Option<Ipv4Head> {
     // SAFETY: as above.
     let protocol = unsafe { *((ip + 9) as *const u8) };
     let dst = unsafe { *((ip + 16) as *const [u8; 4]) };
-    Some(Ipv4Head { dst, protocol, header_len })
+    // SAFETY: as above (the MAC is the frame's first 6 bytes).
+    let (first, mac_head, mac_tail) =
+        unsafe { (*(data as *const u8), *(data as *const u32), *((data + 4) as *const u16)) };
+    let broadcast = mac_head == u32::MAX && mac_tail == u16::MAX;
+    let to_group_mac = first & 1 != 0 && !broadcast;
+    Some(Ipv4Head { dst, protocol, header_len, to_group_mac })
 }
 
 /// The IGMP message type, if the frame is long enough to hold one.

@@ -1,12 +1,14 @@
 //! The egress decision, for frames the bridge sends out of a port: group
 //! traffic only to member and router ports, reports only to router ports.
+//! Nothing is pruned while no querier is present or the controller is gone.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use snoop_common::{
     wire::{is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, IPPROTO_IGMP},
-    Counter, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, PORT_ROUTER, PORT_UNPRUNED, VLAN_NONE,
+    Counter, DatapathConfig, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER, PORT_GETS_REPORTS,
+    PORT_ROUTER, PORT_UNPRUNED, VLAN_NONE,
 };
 
 use crate::{
@@ -21,7 +23,9 @@ pub fn egress(ctx: &TcContext) -> i32 {
     let Some(ip) = ipv4_head(ctx) else {
         return TC_ACT_OK;
     };
-    if !is_ipv4_multicast(ip.dst) {
+    // Group traffic is what goes to a multicast MAC (the bridge forwards
+    // the rest by its MAC, or floods broadcast).
+    if !is_ipv4_multicast(ip.dst) || !ip.to_group_mac {
         return TC_ACT_OK;
     }
     let ifindex = ifindex(ctx);
@@ -54,12 +58,12 @@ pub fn egress(ctx: &TcContext) -> i32 {
     let config = config();
     let group = SNOOP_GROUPS.get_ptr(&key.group);
     let flood_unregistered = config.is_none_or(|c| c.flags & CONFIG_FLOOD_UNREGISTERED != 0);
-    let forward = if group.is_none() && flood_unregistered {
-        count(Counter::UnregisteredFlooded);
+    // Only checked on the prune path: forwarding costs nothing extra.
+    let forward = if let Some(reason) = config.and_then(unpruned_reason) {
+        count(reason);
         true
-    } else if config.is_some_and(|c| controller_gone(c, heartbeat_age_ns(c))) {
-        // Only checked on the prune path: forwarding costs nothing extra.
-        count(Counter::FailsafeFlooded);
+    } else if group.is_none() && flood_unregistered {
+        count(Counter::UnregisteredFlooded);
         true
     } else if group.is_some() {
         count(Counter::DataPruned);
@@ -82,19 +86,37 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Reports and leaves go to router ports only; queries and unknown IGMP types
-/// are flooded (RFC 4541 2.1.1 (1) and (3)).
+/// Why nothing may be pruned now, if so: no querier is present, or the
+/// controller is gone (failsafe).
+#[inline(always)]
+fn unpruned_reason(config: &DatapathConfig) -> Option<Counter> {
+    if config.flags & CONFIG_NO_QUERIER != 0 {
+        Some(Counter::NoQuerierFlooded)
+    } else if controller_gone(config, heartbeat_age_ns(config)) {
+        Some(Counter::FailsafeFlooded)
+    } else {
+        None
+    }
+}
+
+/// Reports and leaves go to router ports only (and to trusted ports while
+/// no router port is known); queries and unknown IGMP types are flooded
+/// (RFC 4541 2.1.1 (1) and (3)). With nothing pruned, reports flood too.
 #[inline(always)]
 fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
     // SAFETY: plain map lookup.
-    let is_router_port = match unsafe { SNOOP_PORTS.get(ifindex) } {
-        Some(port) => port.flags & PORT_ROUTER != 0,
+    let gets_reports = match unsafe { SNOOP_PORTS.get(ifindex) } {
+        Some(port) => port.flags & (PORT_ROUTER | PORT_GETS_REPORTS) != 0,
         None => return TC_ACT_OK, // not managed
     };
     let Some(igmp_type) = igmp_type(ctx, ip) else {
         return TC_ACT_OK; // too short to be a report: flood like unknown IGMP
     };
-    if is_igmp_report(igmp_type) && !is_router_port {
+    if is_igmp_report(igmp_type) && !gets_reports {
+        if let Some(reason) = config().and_then(unpruned_reason) {
+            count(reason);
+            return TC_ACT_OK;
+        }
         count(Counter::ReportsSuppressed);
         return TC_ACT_SHOT;
     }

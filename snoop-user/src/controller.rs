@@ -17,8 +17,8 @@ use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{
-    CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT,
-    MEMBER_LEAVING, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
+    CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
+    CONFIG_REDIRECT, MEMBER_LEAVING, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub bridge: String,
     pub timers: Timers,
     pub querier: bool,
+    /// The version of snoop's queries (an older querier heard lowers it).
+    pub query_version: u8,
     /// Source of our queries; default: the bridge's IPv4 address, else 0.0.0.0.
     pub query_source: Option<Ipv4Addr>,
     pub static_router_ports: Vec<String>,
@@ -135,6 +137,8 @@ struct Core {
     bridge_path_why: Option<&'static str>,
     /// MACs taught to the bridge lately, and on which port.
     taught: HashMap<[u8; 6], (u32, Instant)>,
+    /// A querier is present (else nothing is pruned: CONFIG_NO_QUERIER).
+    querier_present: bool,
 }
 
 /// What the data path could not hold: memberships and group registrations.
@@ -196,7 +200,8 @@ impl Controller {
                 return Err(error);
             }
         }
-        let snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
+        let mut snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
+        snooper.set_query_version(config.query_version);
         let core = Core {
             config,
             bridge,
@@ -211,6 +216,8 @@ impl Controller {
             unwritten: Unwritten::default(),
             bridge_path_why: None,
             taught: HashMap::new(),
+            // Resumed memberships are known: never a flood at a restart.
+            querier_present: resumed,
         };
         Ok((Self { core, igmp: FamilyState { snooper, local_groups: BTreeSet::new() } }, listener, resumed))
     }
@@ -231,10 +238,14 @@ impl Controller {
     async fn serve(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
         self.configure().await?;
         self.refresh_bridge().await?;
+        // Read before attaching rewrites the port entries.
+        let router_ports = if resumed { self.core.datapath.router_port_entries() } else { Vec::new() };
         self.sync_ports().await?;
         if resumed {
-            self.resume_memberships();
+            self.resume_memberships(&router_ports);
         }
+        // Routers that speak RFC 4286 answer at once, before any query.
+        self.core.solicit_routers(&self.igmp);
         self.refresh_local_groups();
         self.core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
         let ports: Vec<u32> = self.core.ports.keys().copied().collect();
@@ -516,6 +527,7 @@ impl Controller {
             ports_changed = true;
         }
         if ports_changed {
+            core.refresh_report_ports(&self.igmp);
             // The port count is in every group's redirect entry; port
             // policies decide who may be a copy's target.
             core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
@@ -526,10 +538,16 @@ impl Controller {
         Ok(())
     }
 
-    /// Adopts the memberships a previous snoop left in the pinned maps.
-    fn resume_memberships(&mut self) {
+    /// Adopts the memberships and learned router ports a previous snoop left
+    /// in the pinned maps.
+    fn resume_memberships(&mut self, router_ports: &[u32]) {
         let core = &mut self.core;
         let now = core.now();
+        self.igmp.snooper.resume_querier_presence(now);
+        for port in router_ports {
+            let actions = self.igmp.snooper.restore_router_port(*port, now);
+            core.apply(&self.igmp, actions);
+        }
         let mut restored = 0;
         for (PortGroupKey { group, ifindex }, value) in core.datapath.memberships() {
             match Group::<Ipv4Addr>::from_key(&group) {
@@ -635,6 +653,9 @@ impl Core {
                 _ => {}
             }
         }
+        if routers_changed {
+            self.refresh_report_ports(family);
+        }
         // Redirect targets first: a port that lost its membership must stop
         // getting copies before its member entry goes (without it, an
         // unregistered group's copy would be let through as flooding).
@@ -652,6 +673,9 @@ impl Core {
     /// (or not), and whether some port's frames must take the bridge path.
     fn write_config(&mut self) -> Result<(), datapath::Error> {
         let mut flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
+        if !self.querier_present {
+            flags |= CONFIG_NO_QUERIER;
+        }
         if self.redirect {
             flags |= CONFIG_REDIRECT;
         }
@@ -750,6 +774,31 @@ impl Core {
         self.refresh_unpruned(family);
     }
 
+    /// Until a router port is known, reports go to the trusted ports too: an
+    /// upstream router or IGMP proxy there hears a join at once, not at its
+    /// next query (which may be minutes away).
+    fn refresh_report_ports<A: Family>(&mut self, family: &FamilyState<A>) {
+        let now = self.now();
+        let states = family.snooper.ports();
+        let router_known = states.values().any(|p| p.is_router(now));
+        let changed: Vec<(u32, u32)> = self
+            .ports
+            .iter_mut()
+            .filter_map(|(ifindex, info)| {
+                let wanted = !router_known && states.get(ifindex).is_some_and(|p| p.options.trusted);
+                (info.gets_reports != wanted).then(|| {
+                    info.gets_reports = wanted;
+                    (*ifindex, info.flags())
+                })
+            })
+            .collect();
+        for (ifindex, flags) in changed {
+            if let Err(error) = self.datapath.set_port_flags(ifindex, flags) {
+                warn!("port {}: {:#}", self.port_name(ifindex), anyhow::Error::from(error));
+            }
+        }
+    }
+
     /// Ports with a membership the maps could not hold get every group
     /// (PORT_UNPRUNED), and lose that as soon as everything fits.
     fn refresh_unpruned<A: Family>(&mut self, family: &FamilyState<A>) {
@@ -821,8 +870,47 @@ impl Core {
                 let own = family.snooper.querier().own_address;
                 self.publish(EventKind::QuerierSelf, None, None, own.to_string())
             }
+            Action::QuerierPresence { present } => {
+                self.querier_present = present;
+                if present {
+                    info!("a querier is present: pruning");
+                } else {
+                    warn!(
+                        "no querier is present: flooding every group, as a plain bridge, until one is heard \
+                         (hosts report only when queried)"
+                    );
+                }
+                self.write_config()?;
+            }
+            Action::QueryVersionChanged { version } => warn!(
+                "an {protocol}v{version} querier was heard: snoop's queries are {protocol}v{version} from now on, \
+                 so its routers can read the reports (--query-version {version} says so from the start)",
+                protocol = A::PROTOCOL
+            ),
+            Action::UntrustedRouterHeard { port, source, sign } => {
+                let name = self.port_name(port);
+                warn!(
+                    "port {name}: {} ({source}) was heard and ignored, as the port is not trusted: \
+                     reports do not reach it. If a router is behind {name}, run snoop with \
+                     --trusted-port {name} (or --router-port {name})",
+                    sign.describe()
+                );
+            }
         }
         Ok(())
+    }
+
+    /// Sends a router discovery solicitation (RFC 4286), unless snoop has no
+    /// address to send it from.
+    fn solicit_routers<A: Family>(&mut self, family: &FamilyState<A>) {
+        let own = family.snooper.querier().own_address;
+        if own.is_unspecified() {
+            return;
+        }
+        let frame = A::mrd_solicitation_frame(self.bridge.mac, own);
+        if let Err(error) = self.query_socket.send(&frame) {
+            debug!("sending a router solicitation: {error:#}");
+        }
     }
 
     fn send_query<A: Family>(&mut self, family: &FamilyState<A>, group: Option<A>) -> Result<()> {
@@ -836,7 +924,8 @@ impl Core {
             robustness: u8::try_from(timers.robustness).unwrap_or(7),
             query_interval: timers.query_interval,
         };
-        let frame = A::query_frame(self.bridge.mac, family.snooper.querier().own_address, group, &query);
+        let querier = family.snooper.querier();
+        let frame = A::query_frame(self.bridge.mac, querier.own_address, group, querier.version, &query);
         debug!("sending {} query", group.map_or("general".into(), |g| format!("{g} group-specific")));
         self.stats.bump(if group.is_some() {
             ControllerCounter::GroupQueriesSent
@@ -869,9 +958,16 @@ impl Core {
             .map(|(ifindex, _)| *ifindex)
             .collect();
         if all {
-            // Reports and leaves: to router ports, and up to the bridge
-            // device (a multicast routing daemon on it needs them).
-            let mut targets: Vec<CopyTarget> = routers.iter().map(|r| CopyTarget::Router(*r)).collect();
+            // Reports and leaves: to router ports (trusted ones while none
+            // is known), and up to the bridge device (a multicast routing
+            // daemon on it needs them).
+            let report_ports: Vec<u32> = if routers.is_empty() {
+                let gets_reports = self.ports.iter().filter(|(i, p)| p.gets_reports && forwarding(i));
+                gets_reports.map(|(ifindex, _)| *ifindex).collect()
+            } else {
+                routers.clone()
+            };
+            let mut targets: Vec<CopyTarget> = report_ports.iter().map(|r| CopyTarget::Router(*r)).collect();
             targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
             if let Err(error) = self.datapath.set_report_targets(&targets) {
                 warn!("report targets: {:#}", anyhow::Error::from(error));

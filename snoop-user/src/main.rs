@@ -91,6 +91,10 @@ struct RunArgs {
     /// Default: robustness.
     #[arg(long)]
     last_member_query_count: Option<u32>,
+    /// Version of snoop's queries: 3, or 2 where IGMPv2 routers are
+    /// (RFC 3376 7.3.1). An older querier heard lowers it automatically.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
+    query_version: u8,
     /// Never send queries (a router or another switch is the querier).
     #[arg(long)]
     no_querier: bool,
@@ -131,7 +135,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = Forwarding::Redirect)]
     forwarding: Forwarding,
     /// What to do with groups nobody joined.
-    #[arg(long, value_enum, default_value_t = Unregistered::Flood)]
+    #[arg(long, value_enum, default_value_t = Unregistered::Routers)]
     unregistered: Unregistered,
     /// Where the maps and links are pinned. Default: /sys/fs/bpf/snoop/NETNS/BRIDGE.
     #[arg(long)]
@@ -171,9 +175,11 @@ struct RunArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Unregistered {
-    /// Flood to every port (like the Linux bridge and most switches).
+    /// Flood to every port.
     Flood,
-    /// Send only to router ports.
+    /// Send only to router ports, as the Linux bridge does once a querier is
+    /// present (RFC 4541 2.1.2 allows both). While no querier is, every
+    /// group floods whatever this says.
     Routers,
 }
 
@@ -256,6 +262,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         bridge: args.bridge,
         timers,
         querier: !args.no_querier,
+        query_version: args.query_version,
         query_source: args.query_source,
         static_router_ports: args.router_port,
         fast_leave_ports: args.fast_leave,

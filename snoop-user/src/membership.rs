@@ -15,7 +15,7 @@ use std::{
 
 use snoop_common::{GroupKey, VLAN_NONE};
 
-use crate::proto::{Family, GroupRecord, Message, Packet, RecordType};
+use crate::proto::{Announced, Family, GroupRecord, Message, Packet, RecordType};
 
 /// A group as snooping tracks it: its address in one VLAN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,6 +152,42 @@ pub enum Action<A> {
     SetRouterPort { port: u32, is_router: bool },
     /// Who the querier is changed; `None` when snoop itself queries.
     QuerierChanged { other_querier: Option<A> },
+    /// Whether a querier is present changed: while none is, hosts report
+    /// only on their own joins, so nothing may be pruned (the data path
+    /// floods, as the Linux bridge does).
+    QuerierPresence { present: bool },
+    /// Our queries are of this version from now on: an older querier was
+    /// heard (RFC 3376 7.3.1).
+    QueryVersionChanged { version: u8 },
+    /// A router spoke on a port that is not trusted and was ignored: its
+    /// hosts' reports will not reach it. Emitted when first heard.
+    UntrustedRouterHeard { port: u32, source: A, sign: RouterSign },
+}
+
+/// How a router made itself known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum RouterSign {
+    Query,
+    PimHello,
+    MrdAdvertisement,
+}
+
+impl RouterSign {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Query => "a querier",
+            Self::PimHello => "a PIM router",
+            Self::MrdAdvertisement => "a multicast router (MRD)",
+        }
+    }
+}
+
+/// A router heard and ignored on an untrusted port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UntrustedRouter<A> {
+    pub source: A,
+    pub sign: RouterSign,
+    pub last_heard: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -196,6 +232,14 @@ impl PortState {
     }
 }
 
+/// What a heard query says beyond its group.
+#[derive(Clone, Copy, Debug)]
+struct HeardQuery {
+    version: u8,
+    max_response: Duration,
+    announced: Option<Announced>,
+}
+
 /// Group-specific queries still to send for a leave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PendingGroupQuery {
@@ -214,6 +258,28 @@ pub struct QuerierState<A> {
     /// When our next general query is due (only while we are the querier).
     pub next_general_query: Option<Duration>,
     startup_queries_left: u32,
+    /// The version of our queries: the configured one, or the lowest an
+    /// older querier was heard speaking. It stays lowered: that querier falls
+    /// silent once we win the election, not because it is gone.
+    pub version: u8,
+    /// When the elected querier's last general query was heard, to learn its
+    /// interval when its queries do not announce one (IGMPv2).
+    last_general_query: Option<Duration>,
+    /// A querier counts as present from this time: its first query's max
+    /// response time after it was sent, when hosts have answered it.
+    present_from: Option<Duration>,
+    /// After a restart with memberships resumed and no querier of our own:
+    /// present until then, unless another querier is heard.
+    resumed_until: Option<Duration>,
+    /// The presence last emitted as [`Action::QuerierPresence`].
+    present_announced: bool,
+}
+
+impl<A> QuerierState<A> {
+    fn is_present(&self, now: Duration) -> bool {
+        self.present_from.is_some_and(|from| from <= now)
+            && (self.enabled || self.other.is_some() || self.resumed_until.is_some_and(|until| until > now))
+    }
 }
 
 impl<A> QuerierState<A> {
@@ -225,7 +291,10 @@ impl<A> QuerierState<A> {
 /// The whole membership state of one bridge for one address family.
 #[derive(Clone, Debug)]
 pub struct Snooper<A> {
+    /// The timers in force: `configured`, or those the elected querier
+    /// announces or shows by its queries (RFC 3376 4.1.6, 4.1.7).
     timers: Timers,
+    configured: Timers,
     ports: BTreeMap<u32, PortState>,
     /// Hashed: a report's lookups are O(1) with 100k groups (display sorts).
     groups: HashMap<Group<A>, BTreeMap<u32, Member<A>>>,
@@ -234,6 +303,7 @@ pub struct Snooper<A> {
     /// Every member's expiry, ordered, so timers cost O(log n) with 100k members.
     expiries: BTreeSet<(Duration, Group<A>, u32)>,
     ignored: IgnoredCounts,
+    untrusted_routers: BTreeMap<u32, UntrustedRouter<A>>,
 }
 
 impl<A: Family> Snooper<A> {
@@ -244,8 +314,14 @@ impl<A: Family> Snooper<A> {
             other: None,
             next_general_query: querier_enabled.then_some(now),
             startup_queries_left: if querier_enabled { timers.startup_query_count } else { 0 },
+            version: A::RECORD_VERSION,
+            last_general_query: None,
+            present_from: None,
+            resumed_until: None,
+            present_announced: false,
         };
         Self {
+            configured: timers.clone(),
             timers,
             ports: BTreeMap::new(),
             groups: HashMap::new(),
@@ -253,7 +329,32 @@ impl<A: Family> Snooper<A> {
             pending_group_queries: BTreeMap::new(),
             expiries: BTreeSet::new(),
             ignored: IgnoredCounts::default(),
+            untrusted_routers: BTreeMap::new(),
         }
+    }
+
+    /// The version of the queries we send (`--query-version`); an older
+    /// querier heard lowers it further.
+    pub fn set_query_version(&mut self, version: u8) {
+        self.querier.version = version;
+    }
+
+    /// Whether a querier is present, so that pruning is safe.
+    pub fn querier_present(&self, now: Duration) -> bool {
+        self.querier.is_present(now)
+    }
+
+    /// Memberships were resumed from a previous run: they are known, so a
+    /// querier counts as present at once (and, with no querier of our own,
+    /// for one other-querier-present interval unless another is heard).
+    pub fn resume_querier_presence(&mut self, now: Duration) {
+        self.querier.present_from = Some(now);
+        self.querier.resumed_until = Some(now + self.timers.other_querier_present_interval);
+    }
+
+    /// Routers heard and ignored on untrusted ports, by port.
+    pub fn untrusted_routers(&self) -> &BTreeMap<u32, UntrustedRouter<A>> {
+        &self.untrusted_routers
     }
 
     pub fn ignored(&self) -> &IgnoredCounts {
@@ -346,11 +447,20 @@ impl<A: Family> Snooper<A> {
                 expires,
                 version,
                 last_reporter: A::UNSPECIFIED,
-                no_leave_host_until: None,
+                // A host of a version without leaves was there: it still is.
+                no_leave_host_until: A::sends_no_leaves(version).then_some(expires),
                 leaving,
                 persisted_expires: Duration::ZERO,
             },
         );
+    }
+
+    /// Re-adopts a router port a previous snoop had learned: it stays one for
+    /// the other-querier-present interval unless its router speaks again.
+    pub fn restore_router_port(&mut self, port: u32, now: Duration) -> Vec<Action<A>> {
+        let mut actions = Vec::new();
+        self.learn_router_port(port, now + self.timers.other_querier_present_interval, now, &mut actions);
+        actions
     }
 
     /// Handles one validated control packet that entered through `port` in `vlan`.
@@ -360,9 +470,21 @@ impl<A: Family> Snooper<A> {
             self.ignored.unknown_port_messages += 1;
             return actions;
         };
-        let from_router = matches!(packet.message, Message::Query { .. } | Message::PimHello);
-        if from_router && !state.options.trusted {
+        let sign = match packet.message {
+            Message::Query { .. } => Some(RouterSign::Query),
+            Message::PimHello => Some(RouterSign::PimHello),
+            Message::MrdAdvertisement { .. } | Message::MrdTermination => Some(RouterSign::MrdAdvertisement),
+            _ => None,
+        };
+        if let Some(sign) = sign.filter(|_| !state.options.trusted) {
             self.ignored.untrusted_router_messages += 1;
+            // Another snooping switch's queries (no source) are no router.
+            if !packet.source.is_unspecified() {
+                let heard = UntrustedRouter { source: packet.source, sign, last_heard: now };
+                if self.untrusted_routers.insert(port, heard).is_none() {
+                    actions.push(Action::UntrustedRouterHeard { port, source: packet.source, sign });
+                }
+            }
             return actions;
         }
         let group = |addr| Group { vlan, addr };
@@ -370,17 +492,31 @@ impl<A: Family> Snooper<A> {
             Message::Report { version, group: addr } => {
                 self.report(group(*addr), port, *version, packet.source, now, &mut actions)
             }
+            // An IGMPv1 querier ignores leaves (RFC 3376 7.3.1): hosts keep
+            // the group until the membership interval ends.
+            Message::Leave { .. } if A::sends_no_leaves(self.querier.version) => {}
             Message::Leave { group: addr } => self.leave(group(*addr), port, true, now, &mut actions),
             Message::RecordReport { records } => {
                 for record in records {
                     self.record(vlan, record, port, packet.source, now, &mut actions);
                 }
             }
-            Message::Query { group: addr, max_response, .. } => {
+            Message::Query { version, group: addr, max_response, announced } => {
                 let specific = (!addr.is_unspecified()).then(|| group(*addr));
-                self.query_heard(port, packet.source, specific, *max_response, now, &mut actions)
+                let heard = HeardQuery { version: *version, max_response: *max_response, announced: *announced };
+                self.query_heard(port, packet.source, specific, heard, now, &mut actions)
             }
-            Message::PimHello => self.learn_router_port(port, now, &mut actions),
+            Message::PimHello => {
+                let until = now + self.timers.other_querier_present_interval;
+                self.learn_router_port(port, until, now, &mut actions)
+            }
+            // Advertised again within the interval; three missed ones end it.
+            Message::MrdAdvertisement { interval } => {
+                let until = now + (*interval * 3).max(Duration::from_secs(1));
+                self.learn_router_port(port, until, now, &mut actions)
+            }
+            Message::MrdTermination => self.forget_router_port(port, now, &mut actions),
+            Message::MrdSolicitation => {}
         }
         actions
     }
@@ -524,7 +660,7 @@ impl<A: Family> Snooper<A> {
         port: u32,
         source: A,
         group: Option<Group<A>>,
-        max_response: Duration,
+        heard: HeardQuery,
         now: Duration,
         actions: &mut Vec<Action<A>>,
     ) {
@@ -533,28 +669,50 @@ impl<A: Family> Snooper<A> {
         if source.is_unspecified() {
             return;
         }
-        self.learn_router_port(port, now, actions);
+        // Older routers are there: the querier must speak their version
+        // (RFC 3376 7.3.1), whoever wins the election.
+        if heard.version < self.querier.version {
+            self.querier.version = heard.version;
+            actions.push(Action::QueryVersionChanged { version: heard.version });
+        }
 
+        // The lowest address heard wins: lower than ours and than the one
+        // elected now (RFC 3376 6.6.2). Only the elected querier's queries
+        // keep it present and set the timers.
+        let elected = self.querier.other.map(|(addr, _)| addr);
         let own = self.querier.own_address;
-        let wins = own.is_unspecified() || source < own;
-        if self.querier.enabled && wins {
-            let until = now + self.timers.other_querier_present_interval;
-            let changed = self.querier.other.map(|(addr, _)| addr) != Some(source);
-            self.querier.other = Some((source, until));
-            self.querier.next_general_query = None;
-            self.querier.startup_queries_left = 0;
-            self.pending_group_queries.clear();
-            if changed {
-                actions.push(Action::QuerierChanged { other_querier: Some(source) });
+        let beats_own = !self.querier.enabled || own.is_unspecified() || source < own;
+        let beats_elected = elected.is_none_or(|elected| source <= elected);
+        let mut querier_changed = false;
+        if beats_own && beats_elected {
+            if elected != Some(source) {
+                self.querier.last_general_query = None;
             }
-        } else if !self.querier.enabled {
-            self.querier.other = Some((source, now + self.timers.other_querier_present_interval));
+            if group.is_none() {
+                self.adopt_querier_timers(&heard, now);
+            }
+            let until = now + self.timers.other_querier_present_interval;
+            self.querier.other = Some((source, until));
+            self.querier.present_from.get_or_insert(now + heard.max_response);
+            self.querier.resumed_until = None;
+            if self.querier.enabled {
+                self.querier.next_general_query = None;
+                self.querier.startup_queries_left = 0;
+                self.pending_group_queries.clear();
+                querier_changed = elected != Some(source);
+            }
+        }
+        // With the timers it announced: the port outlives its interval.
+        let until = now + self.timers.other_querier_present_interval;
+        self.learn_router_port(port, until, now, actions);
+        if querier_changed {
+            actions.push(Action::QuerierChanged { other_querier: Some(source) });
         }
 
         // Another querier's group-specific query: its last-member round is on,
         // so shorten this group's memberships like the querier does (RFC 3376 6.6.1).
         if let Some(group) = group {
-            let limit = now + max_response * self.timers.last_member_query_count;
+            let limit = now + heard.max_response * self.timers.last_member_query_count;
             if let Some(ports) = self.groups.get_mut(&group) {
                 for (port, member) in ports.iter_mut() {
                     if member.expires > limit {
@@ -567,13 +725,44 @@ impl<A: Family> Snooper<A> {
         }
     }
 
-    fn learn_router_port(&mut self, port: u32, now: Duration, actions: &mut Vec<Action<A>>) {
-        let until = now + self.timers.other_querier_present_interval;
+    /// The elected querier's general query sets the timers: its announced
+    /// robustness and interval (IGMPv3), else the interval seen between its
+    /// queries when longer than ours (IGMPv2 announces none), and its max
+    /// response time. Memberships and router ports then outlive its interval.
+    fn adopt_querier_timers(&mut self, heard: &HeardQuery, now: Duration) {
+        let configured = &self.configured;
+        let announced = heard.announced.unwrap_or(Announced { robustness: 0, query_interval: Duration::ZERO });
+        let robustness = if announced.robustness == 0 { configured.robustness } else { announced.robustness.into() };
+        let seen = self.querier.last_general_query.map(|last| now.saturating_sub(last));
+        self.querier.last_general_query = Some(now);
+        let query_interval = if !announced.query_interval.is_zero() {
+            announced.query_interval
+        } else {
+            // Startup queries come faster: only a longer interval counts.
+            seen.map_or(self.timers.query_interval, |seen| seen.max(configured.query_interval))
+        };
+        let mut adopted =
+            Timers::derived(robustness, query_interval, heard.max_response.max(Duration::from_millis(100)));
+        adopted.last_member_query_interval = configured.last_member_query_interval;
+        self.timers = adopted;
+    }
+
+    fn learn_router_port(&mut self, port: u32, until: Duration, now: Duration, actions: &mut Vec<Action<A>>) {
         if let Some(state) = self.ports.get_mut(&port) {
             let was_router = state.is_router(now);
-            state.router_until = Some(until);
+            state.router_until = Some(until.max(state.router_until.unwrap_or_default()));
             if !was_router {
                 actions.push(Action::SetRouterPort { port, is_router: true });
+            }
+        }
+    }
+
+    fn forget_router_port(&mut self, port: u32, now: Duration, actions: &mut Vec<Action<A>>) {
+        if let Some(state) = self.ports.get_mut(&port) {
+            let was_router = state.is_router(now);
+            state.router_until = None;
+            if was_router && !state.is_router(now) {
+                actions.push(Action::SetRouterPort { port, is_router: false });
             }
         }
     }
@@ -617,9 +806,17 @@ impl<A: Family> Snooper<A> {
             }
         }
 
+        let forget_after = self.timers.other_querier_present_interval;
+        self.untrusted_routers.retain(|_, heard| heard.last_heard + forget_after > now);
+
         if let Some((_, until)) = self.querier.other {
             if until <= now {
                 self.querier.other = None;
+                self.querier.last_general_query = None;
+                self.timers = self.configured.clone();
+                if !self.querier.enabled {
+                    self.querier.present_from = None;
+                }
                 if self.querier.enabled {
                     // Take over at once (RFC 3376 6.6.2 via 7.6).
                     self.querier.next_general_query = Some(now);
@@ -630,6 +827,7 @@ impl<A: Family> Snooper<A> {
 
         if self.querier.is_querier() && self.querier.next_general_query.is_some_and(|at| at <= now) {
             actions.push(Action::SendQuery { vlan: VLAN_NONE, group: None });
+            self.querier.present_from.get_or_insert(now + self.timers.query_response_interval);
             let interval = if self.querier.startup_queries_left > 1 {
                 self.querier.startup_queries_left -= 1;
                 self.timers.startup_query_interval
@@ -650,6 +848,19 @@ impl<A: Family> Snooper<A> {
             pending.next_at = now + interval;
             pending.remaining > 0
         });
+
+        let querier = &mut self.querier;
+        if querier.resumed_until.is_some_and(|until| until <= now) {
+            querier.resumed_until = None;
+            if !querier.enabled && querier.other.is_none() {
+                querier.present_from = None;
+            }
+        }
+        let present = self.querier.is_present(now);
+        if present != self.querier.present_announced {
+            self.querier.present_announced = present;
+            actions.push(Action::QuerierPresence { present });
+        }
         actions
     }
 
@@ -664,7 +875,9 @@ impl<A: Family> Snooper<A> {
             .into_iter()
             .chain(self.querier.next_general_query.filter(|_| self.querier.is_querier()));
         let group_queries = self.pending_group_queries.values().map(|p| p.next_at);
-        members.chain(routers).chain(querier).chain(group_queries).min()
+        let presence =
+            if self.querier.present_announced { self.querier.resumed_until } else { self.querier.present_from };
+        members.chain(routers).chain(querier).chain(group_queries).chain(presence).min()
     }
 
     /// Groups the port is a member of.
@@ -714,7 +927,12 @@ mod tests {
     }
 
     fn query(source: Ipv4Addr, group: Ipv4Addr) -> Packet {
-        pkt(source, Message::Query { version: 3, group, max_response: secs(10) })
+        pkt(source, Message::Query { version: 3, group, max_response: secs(10), announced: None })
+    }
+
+    /// The actions but the querier's presence (tests of other things).
+    fn but_presence(actions: Vec<Action<Ipv4Addr>>) -> Vec<Action<Ipv4Addr>> {
+        actions.into_iter().filter(|a| !matches!(a, Action::QuerierPresence { .. })).collect()
     }
 
     const TRUSTED: PortOptions = PortOptions { fast_leave: false, static_router: false, trusted: true, max_groups: 0 };
@@ -731,7 +949,11 @@ mod tests {
     fn untrusted_port_cannot_pose_as_router_or_querier() {
         let mut s = snooper(true);
         s.add_port(3, PortOptions::default());
-        assert!(s.handle(3, 0, &query(Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::UNSPECIFIED), secs(0)).is_empty());
+        let router = Ipv4Addr::new(1, 1, 1, 1);
+        assert_eq!(
+            s.handle(3, 0, &query(router, Ipv4Addr::UNSPECIFIED), secs(0)),
+            [Action::UntrustedRouterHeard { port: 3, source: router, sign: RouterSign::Query }]
+        );
         assert!(s.handle(3, 0, &pkt(H1, Message::PimHello), secs(0)).is_empty());
         assert!(s.querier().is_querier());
         assert!(!s.ports()[&3].is_router(secs(0)));
@@ -821,7 +1043,7 @@ mod tests {
                 Action::SendQuery { vlan: 0, group: Some(G1) }
             ]
         );
-        assert_eq!(s.poll(secs(11)), [Action::SendQuery { vlan: 0, group: Some(G1) }]);
+        assert_eq!(but_presence(s.poll(secs(11))), [Action::SendQuery { vlan: 0, group: Some(G1) }]);
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
         assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }]);
         assert_eq!(members(&s, G1), [2]);
@@ -892,6 +1114,7 @@ mod tests {
         let mut s = snooper(true);
         let t = Timers::default();
         assert_eq!(s.poll(secs(0)), [Action::SendQuery { vlan: 0, group: None }]);
+        assert_eq!(s.poll(t.query_response_interval), [Action::QuerierPresence { present: true }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval));
         assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { vlan: 0, group: None }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval + t.query_interval));
@@ -957,10 +1180,13 @@ mod tests {
         s.handle(
             2,
             0,
-            &pkt(Ipv4Addr::new(10, 0, 0, 1), Message::Query { version: 2, group: G1, max_response: secs(1) }),
+            &pkt(
+                Ipv4Addr::new(10, 0, 0, 1),
+                Message::Query { version: 2, group: G1, max_response: secs(1), announced: None },
+            ),
             secs(10),
         );
-        assert!(s.poll(secs(11)).is_empty());
+        assert!(but_presence(s.poll(secs(11))).is_empty());
         assert_eq!(s.poll(secs(12)).len(), 2);
     }
 
@@ -1008,6 +1234,186 @@ mod tests {
         assert_eq!(members(&s, G2), [2], "the other keeps its full interval");
     }
 
+    fn v2_query(source: Ipv4Addr) -> Packet {
+        pkt(
+            source,
+            Message::Query { version: 2, group: Ipv4Addr::UNSPECIFIED, max_response: secs(10), announced: None },
+        )
+    }
+
+    fn v3_query_announcing(source: Ipv4Addr, robustness: u8, interval: u64) -> Packet {
+        let announced = Some(Announced { robustness, query_interval: secs(interval) });
+        pkt(source, Message::Query { version: 3, group: Ipv4Addr::UNSPECIFIED, max_response: secs(10), announced })
+    }
+
+    #[test]
+    fn an_older_querier_makes_our_queries_its_version_and_it_stays_so() {
+        let mut s = snooper(true); // own 10.0.0.1
+        s.poll(secs(0));
+        assert_eq!(s.querier().version, 3);
+        // A v2 router with a higher address: it loses, and falls silent
+        // because of our queries, but its hosts must keep reporting in v2.
+        let actions = s.handle(2, 0, &v2_query(Ipv4Addr::new(10, 0, 0, 9)), secs(1));
+        assert!(actions.contains(&Action::QueryVersionChanged { version: 2 }), "{actions:?}");
+        assert_eq!(s.querier().version, 2);
+        assert!(s.querier().is_querier());
+        s.poll(secs(1000));
+        assert_eq!(s.querier().version, 2, "still v2 long after the router went silent");
+        // Configured for v2 from the start: nothing to change.
+        let mut s = snooper(true);
+        s.set_query_version(2);
+        assert!(!s
+            .handle(2, 0, &v2_query(Ipv4Addr::new(10, 0, 0, 9)), secs(1))
+            .iter()
+            .any(|a| matches!(a, Action::QueryVersionChanged { .. })));
+        // In v1 mode leaves mean nothing (RFC 3376 7.3.1).
+        let mut s = snooper(true);
+        let v1 = pkt(
+            Ipv4Addr::new(10, 0, 0, 9),
+            Message::Query { version: 1, group: Ipv4Addr::UNSPECIFIED, max_response: secs(10), announced: None },
+        );
+        s.handle(2, 0, &v1, secs(0));
+        assert_eq!(s.querier().version, 1);
+        s.handle(1, 0, &v2_report(G1), secs(1));
+        assert!(s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(2)).is_empty());
+    }
+
+    #[test]
+    fn the_elected_queriers_robustness_and_interval_are_adopted() {
+        let mut s = snooper(true);
+        let router = Ipv4Addr::new(10, 0, 0, 0);
+        // A router querying every 300 s with robustness 3.
+        s.handle(2, 0, &v3_query_announcing(router, 3, 300), secs(0));
+        assert_eq!(s.timers().query_interval, secs(300));
+        assert_eq!(s.timers().robustness, 3);
+        s.handle(1, 0, &v2_report(G1), secs(5));
+        // Our own 125 s timers would expire the member at 265 s, the router
+        // port and the other querier at 255 s: all must last past 300 s.
+        let actions = but_presence(s.poll(secs(299)));
+        assert!(actions.is_empty(), "{actions:?}");
+        assert!(!s.querier().is_querier());
+        assert!(s.ports()[&2].is_router(secs(299)));
+        s.handle(2, 0, &v3_query_announcing(router, 3, 300), secs(300));
+        s.handle(1, 0, &v2_report(G1), secs(301));
+        assert_eq!(members(&s, G1), [1]);
+        // It goes silent: after its own other-querier-present interval
+        // (3 x 300 + 5 = 905 s) we take over with our own timers again.
+        assert!(s.poll(secs(1204)).iter().all(|a| !matches!(a, Action::QuerierChanged { .. })));
+        let actions = s.poll(secs(1205));
+        assert!(actions.contains(&Action::QuerierChanged { other_querier: None }), "{actions:?}");
+        assert_eq!(s.timers().query_interval, secs(125));
+        assert_eq!(s.timers().robustness, 2);
+    }
+
+    #[test]
+    fn a_v2_queriers_long_interval_is_learned_from_its_queries() {
+        let mut s = snooper(false);
+        let router = Ipv4Addr::new(10, 0, 0, 0);
+        s.handle(2, 0, &v2_query(router), secs(0));
+        s.handle(2, 0, &v2_query(router), secs(300));
+        assert_eq!(s.timers().query_interval, secs(300));
+        s.handle(1, 0, &v2_report(G1), secs(301));
+        assert!(but_presence(s.poll(secs(600))).is_empty(), "the member outlives the next query");
+        assert!(s.ports()[&2].is_router(secs(600)));
+    }
+
+    #[test]
+    fn the_election_is_against_the_querier_elected_now() {
+        let mut s = snooper(true); // own 10.0.0.9 below
+        s.set_own_address(Ipv4Addr::new(10, 0, 0, 9), secs(0));
+        let low = Ipv4Addr::new(10, 0, 0, 2);
+        let mid = Ipv4Addr::new(10, 0, 0, 5);
+        s.handle(1, 0, &query(low, Ipv4Addr::UNSPECIFIED), secs(1));
+        let actions = s.handle(2, 0, &query(mid, Ipv4Addr::UNSPECIFIED), secs(2));
+        assert!(!actions.iter().any(|a| matches!(a, Action::QuerierChanged { .. })), "{actions:?}");
+        assert_eq!(s.querier().other.map(|(a, _)| a), Some(low));
+        // Only the elected querier's queries keep it present.
+        s.handle(2, 0, &query(mid, Ipv4Addr::UNSPECIFIED), secs(200));
+        assert!(s.poll(secs(256)).contains(&Action::QuerierChanged { other_querier: None }));
+        // Without our own querier, the same election.
+        let mut s = snooper(false);
+        s.handle(1, 0, &query(low, Ipv4Addr::UNSPECIFIED), secs(1));
+        s.handle(2, 0, &query(mid, Ipv4Addr::UNSPECIFIED), secs(2));
+        assert_eq!(s.querier().other.map(|(a, _)| a), Some(low));
+    }
+
+    #[test]
+    fn router_discovery_advertisements_learn_and_terminations_end_router_ports() {
+        let mut s = snooper(false);
+        let router = Ipv4Addr::new(10, 0, 0, 7);
+        let advertisement = pkt(router, Message::MrdAdvertisement { interval: secs(20) });
+        assert_eq!(s.handle(1, 0, &advertisement, secs(0)), [Action::SetRouterPort { port: 1, is_router: true }]);
+        assert!(s.ports()[&1].is_router(secs(59)), "three intervals");
+        assert_eq!(s.poll(secs(60)), [Action::SetRouterPort { port: 1, is_router: false }]);
+        s.handle(1, 0, &advertisement, secs(100));
+        assert_eq!(
+            s.handle(1, 0, &pkt(router, Message::MrdTermination), secs(101)),
+            [Action::SetRouterPort { port: 1, is_router: false }]
+        );
+        // Untrusted: ignored like queries.
+        s.add_port(3, PortOptions::default());
+        let actions = s.handle(3, 0, &advertisement, secs(102));
+        assert_eq!(
+            actions,
+            [Action::UntrustedRouterHeard { port: 3, source: router, sign: RouterSign::MrdAdvertisement }]
+        );
+        assert!(!s.ports()[&3].is_router(secs(102)));
+    }
+
+    #[test]
+    fn a_router_heard_on_an_untrusted_port_is_reported_once_and_remembered() {
+        let mut s = snooper(true);
+        s.add_port(3, PortOptions::default());
+        let router = Ipv4Addr::new(10, 0, 0, 0);
+        let actions = s.handle(3, 0, &query(router, Ipv4Addr::UNSPECIFIED), secs(0));
+        assert_eq!(actions, [Action::UntrustedRouterHeard { port: 3, source: router, sign: RouterSign::Query }]);
+        assert!(s.handle(3, 0, &query(router, Ipv4Addr::UNSPECIFIED), secs(10)).is_empty(), "once");
+        assert!(s.handle(3, 0, &pkt(router, Message::PimHello), secs(11)).is_empty());
+        let heard = &s.untrusted_routers()[&3];
+        assert_eq!((heard.source, heard.last_heard), (router, secs(11)));
+        assert!(s.querier().is_querier(), "still ignored");
+        // Forgotten once silent for the other-querier-present interval.
+        s.poll(secs(11 + 255));
+        assert!(s.untrusted_routers().is_empty());
+    }
+
+    #[test]
+    fn a_restart_keeps_learned_router_ports_and_v1_hosts() {
+        let mut s = snooper(false);
+        assert_eq!(s.restore_router_port(2, secs(100)), [Action::SetRouterPort { port: 2, is_router: true }]);
+        assert!(s.ports()[&2].is_router(secs(354)));
+        s.restore_member(g(G1), 1, 1, false, secs(100));
+        assert!(s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(101)).is_empty(), "a v1 host is there");
+        assert_eq!(members(&s, G1), [1]);
+    }
+
+    #[test]
+    fn nothing_is_pruned_until_a_querier_is_present() {
+        // Our own querier: present once its first query had its response time.
+        let mut s = snooper(true);
+        assert!(!s.querier_present(secs(0)));
+        let actions = s.poll(secs(0));
+        assert!(!actions.iter().any(|a| matches!(a, Action::QuerierPresence { .. })));
+        assert_eq!(s.next_deadline(), Some(secs(10)));
+        assert_eq!(s.poll(secs(10)), [Action::QuerierPresence { present: true }]);
+        // No querier of ours: present once another is heard and answered,
+        // absent again when it goes silent.
+        let mut s = snooper(false);
+        assert!(s.poll(secs(100)).is_empty());
+        assert!(!s.querier_present(secs(100)));
+        s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::UNSPECIFIED), secs(100));
+        assert!(!s.querier_present(secs(109)));
+        assert_eq!(s.poll(secs(110)), [Action::QuerierPresence { present: true }]);
+        let actions = s.poll(secs(355));
+        assert!(actions.contains(&Action::QuerierPresence { present: false }), "{actions:?}");
+        // Resumed memberships are known: present at once, and with no querier
+        // of ours, for one other-querier-present interval unless one is heard.
+        let mut s = snooper(false);
+        s.resume_querier_presence(secs(5));
+        assert_eq!(s.poll(secs(5)), [Action::QuerierPresence { present: true }]);
+        assert_eq!(s.poll(secs(260)), [Action::QuerierPresence { present: false }]);
+    }
+
     #[test]
     fn restored_members_get_a_full_interval() {
         let mut s = snooper(false);
@@ -1053,8 +1459,11 @@ mod fuzz {
                 version: 3,
                 group,
                 max_response: Duration::from_secs(s),
+                announced: None,
             }),
             Just(Message::PimHello),
+            (0u64..30).prop_map(|s| Message::MrdAdvertisement { interval: Duration::from_secs(s) }),
+            Just(Message::MrdTermination),
         ]
     }
 

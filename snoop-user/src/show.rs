@@ -197,6 +197,20 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             if let Some(left) = q.other_querier_expires_in_secs {
                 rows.push(vec!["other querier expires in".into(), format!("{left:.1}s")]);
             }
+            let present = if q.present { "yes" } else { "no: flooding every group until one is" };
+            rows.push(vec!["querier present".into(), present.into()]);
+            rows.push(vec!["query version".into(), format!("v{}", q.query_version)]);
+            rows.push(vec!["query interval".into(), format!("{}s", q.query_interval_secs)]);
+            rows.push(vec!["robustness".into(), q.robustness.to_string()]);
+            for ignored in &q.ignored_routers {
+                rows.push(vec![
+                    "ignored (untrusted port)".into(),
+                    format!(
+                        "{} {} on {}, {:.0}s ago: use --trusted-port {} if it is a router",
+                        ignored.heard_as, ignored.address, ignored.port, ignored.heard_secs_ago, ignored.port
+                    ),
+                ]);
+            }
         }
         View::Forwarding => {
             rows.push(vec!["bridge".into(), s.bridge.clone()]);

@@ -48,6 +48,24 @@ pub struct QuerierView {
     pub other_querier_expires_in_secs: Option<f64>,
     /// Seconds until snoop's next general query.
     pub next_query_in_secs: Option<f64>,
+    /// A querier is present; while none is, nothing is pruned.
+    pub present: bool,
+    /// The version of snoop's queries (lowered while older queriers are about).
+    pub query_version: u8,
+    /// The timers in force: snoop's own, or those the elected querier announces.
+    pub query_interval_secs: f64,
+    pub robustness: u32,
+    /// Routers heard on untrusted ports and ignored: reports do not reach them.
+    pub ignored_routers: Vec<IgnoredRouterView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IgnoredRouterView {
+    pub port: String,
+    pub address: IpAddr,
+    /// "a querier", "a PIM router", "a multicast router (MRD)".
+    pub heard_as: String,
+    pub heard_secs_ago: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -211,6 +229,8 @@ pub struct PortInfo {
     pub router: bool,
     /// Gets every group until its memberships fit the maps: PORT_UNPRUNED.
     pub unpruned: bool,
+    /// Trusted, and no router port is known yet: gets reports (PORT_GETS_REPORTS).
+    pub gets_reports: bool,
     /// What the bridge decides for the port (redirect decides the same).
     pub policy: crate::bridge::PortPolicy,
 }
@@ -224,6 +244,9 @@ impl PortInfo {
         }
         if self.unpruned {
             flags |= snoop_common::PORT_UNPRUNED;
+        }
+        if self.gets_reports {
+            flags |= snoop_common::PORT_GETS_REPORTS;
         }
         if self.policy.bridge_path().is_some() {
             flags |= snoop_common::PORT_BRIDGE_PATH;
@@ -239,6 +262,9 @@ impl PortInfo {
         }
         if self.unpruned {
             notes.push("maps full: gets every group".to_owned());
+        }
+        if self.gets_reports {
+            notes.push("trusted: gets reports until a router port is known".to_owned());
         }
         notes.join("; ")
     }
@@ -323,6 +349,20 @@ fn querier_view<A: Family>(sources: &Sources, snooper: &Snooper<A>) -> QuerierVi
             .next_general_query
             .filter(|_| querier.is_querier())
             .map(|at| sources.secs_until(at)),
+        present: snooper.querier_present(sources.uptime),
+        query_version: querier.version,
+        query_interval_secs: snooper.timers().query_interval.as_secs_f64(),
+        robustness: snooper.timers().robustness,
+        ignored_routers: snooper
+            .untrusted_routers()
+            .iter()
+            .map(|(port, heard)| IgnoredRouterView {
+                port: sources.port_name(*port),
+                address: heard.source.ip(),
+                heard_as: heard.sign.describe().into(),
+                heard_secs_ago: sources.uptime.saturating_sub(heard.last_heard).as_secs_f64(),
+            })
+            .collect(),
     }
 }
 
@@ -362,11 +402,18 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                 pruned_packets: as_router.pruned_packets,
                 pruned_bytes: as_router.pruned_bytes,
                 unpruned: sources.ports.get(ifindex).is_some_and(|p| p.unpruned),
-                note: sources
-                    .ports
-                    .get(ifindex)
-                    .map(|p| p.note(sources.forwarding.mode == "redirect"))
-                    .unwrap_or_default(),
+                note: {
+                    let mut note = sources
+                        .ports
+                        .get(ifindex)
+                        .map(|p| p.note(sources.forwarding.mode == "redirect"))
+                        .unwrap_or_default();
+                    if let Some(heard) = sources.igmp.untrusted_routers().get(ifindex) {
+                        let sep = if note.is_empty() { "" } else { "; " };
+                        note = format!("{note}{sep}{} ({}) ignored: untrusted", heard.sign.describe(), heard.source);
+                    }
+                    note
+                },
             }
         })
         .collect()

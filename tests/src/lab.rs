@@ -61,6 +61,10 @@ pub struct Lab {
     pub bridge: String,
     pub hosts: Vec<Host>,
     children: Vec<Child>,
+    /// Namespaces beyond the hosts' (behind a router host, say).
+    extra_netns: Vec<String>,
+    /// Programs other than snoop running in the lab (router daemons).
+    daemons: Vec<Child>,
 }
 
 impl Lab {
@@ -75,6 +79,8 @@ impl Lab {
             bridge: bridge.clone(),
             hosts: Vec::new(),
             children: Vec::new(),
+            extra_netns: Vec::new(),
+            daemons: Vec::new(),
         };
         // From here on Drop cleans up whatever was made.
         run("ip", &["netns", "add", &bridge_netns])?;
@@ -126,6 +132,80 @@ impl Lab {
     /// Forces `host`'s IGMP version (1, 2 or 3).
     pub fn set_igmp_version(&self, host: &str, version: u8) -> Result<()> {
         write_sysctl(&self.host(host).netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())
+    }
+
+    /// Puts a network behind `host`: a new namespace `name` linked to it by a
+    /// veth, `host_ip` on the host's end (`behind`), `ip` on the far end
+    /// (`eth0`), routed through the host. Returns the namespace.
+    pub fn add_network_behind(&mut self, host: &str, name: &str, host_ip: &str, ip: &str) -> Result<String> {
+        let host_netns = self.host(host).netns.clone();
+        let netns = format!("{}-{name}", self.id);
+        run("ip", &["netns", "add", &netns])?;
+        self.extra_netns.push(netns.clone());
+        quiet_ipv6(&netns)?;
+        run(
+            "ip",
+            &["-n", &host_netns, "link", "add", "behind", "type", "veth", "peer", "name", "eth0", "netns", &netns],
+        )?;
+        run("ip", &["-n", &host_netns, "addr", "add", host_ip, "dev", "behind"])?;
+        run("ip", &["-n", &host_netns, "link", "set", "behind", "up"])?;
+        run("ip", &["-n", &netns, "addr", "add", ip, "dev", "eth0"])?;
+        run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
+        run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
+        let gateway = host_ip.split('/').next().unwrap_or(host_ip);
+        run("ip", &["-n", &netns, "route", "add", "default", "via", gateway])?;
+        write_sysctl(&host_netns, "ipv4/ip_forward", "1")?;
+        Ok(netns)
+    }
+
+    /// Runs a program (a router daemon) in `netns` for the lab's lifetime;
+    /// its output goes to the lab's log.
+    pub fn spawn_in(&mut self, netns: &str, program: &str, args: &[&str]) -> Result<()> {
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.snoop_log())?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", netns, program])
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {program}"))?;
+        self.daemons.push(child);
+        Ok(())
+    }
+
+    /// Makes `host` a multicast router as the Linux bridge is one: its eth0
+    /// goes into a bridge of its own that queries (IGMP `version`, every
+    /// `interval`, answers within 1 s) from the host's address, as a router
+    /// port sees it. Its snooping learns the joins that reach it (`router_groups`).
+    pub fn make_querier(&self, host: &str, version: u8, interval: Duration) -> Result<()> {
+        let Host { netns, ip, .. } = self.host(host).clone();
+        let centis = (interval.as_millis() / 10).to_string();
+        let version = version.to_string();
+        let ns = |args: &[&str]| run("ip", &[&["-n", netns.as_str()][..], args].concat());
+        ns(&["addr", "flush", "dev", "eth0"])?;
+        #[rustfmt::skip]
+        ns(&["link", "add", "qbr", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1",
+            "mcast_query_use_ifaddr", "1", "mcast_igmp_version", &version,
+            "mcast_query_interval", &centis, "mcast_query_response_interval", "100",
+            "mcast_startup_query_interval", &centis])?;
+        ns(&["link", "set", "eth0", "master", "qbr"])?;
+        ns(&["addr", "add", &format!("{ip}/24"), "dev", "qbr"])?;
+        ns(&["link", "set", "qbr", "up"])?;
+        Ok(())
+    }
+
+    /// The groups the router made by [`Lab::make_querier`] on `host` has heard joins for.
+    pub fn router_groups(&self, host: &str) -> Result<Vec<Ipv4Addr>> {
+        let out = run("bridge", &["-n", &self.host(host).netns, "-j", "mdb", "show"])?;
+        let parsed: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        let groups = parsed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|bridge| bridge["mdb"].as_array().cloned().unwrap_or_default())
+            .filter_map(|entry| entry["grp"].as_str()?.parse().ok())
+            .collect();
+        Ok(groups)
     }
 
     /// Brings a host's interface up or down (a cable plugged or pulled).
@@ -191,12 +271,17 @@ impl Lab {
         }
     }
 
-    /// Waits until `snoop show` answers.
+    /// Waits until `snoop show` answers and, when snoop is the querier, until
+    /// its first query has been answered (it prunes nothing before: hosts
+    /// report only when queried).
     pub fn wait_for_snoop(&mut self, snoop: &Path, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if self.snoop_show(snoop, "querier").is_ok() {
-                return Ok(());
+            if let Ok(querier) = self.snoop_show(snoop, "querier") {
+                let present = querier.get("present").is_none_or(|p| p == true); // none: an older snoop
+                if querier["role"] != "self" || present {
+                    return Ok(());
+                }
             }
             if let Some(child) = self.children.last_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -242,6 +327,21 @@ impl Lab {
         let socket = in_netns(&host.netns, move || -> Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
             socket.join_multicast_v4(&group, &host.ip)?;
+            Ok(socket)
+        })??;
+        Ok(Membership { _socket: socket })
+    }
+
+    /// Joins every one of `groups` on `host`, in one socket (mind the host's
+    /// net.ipv4.igmp_max_memberships).
+    pub fn join_many(&self, host: &str, groups: &[Ipv4Addr]) -> Result<Membership> {
+        let host = self.host(host).clone();
+        let groups = groups.to_vec();
+        let socket = in_netns(&host.netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+            for group in &groups {
+                socket.join_multicast_v4(group, &host.ip).with_context(|| format!("joining {group}"))?;
+            }
             Ok(socket)
         })??;
         Ok(Membership { _socket: socket })
@@ -353,6 +453,11 @@ impl RawSender {
         Ok(self.0.send(&multicast_frame(ip_packet)?)?)
     }
 
+    /// Sends a whole Ethernet frame as it is.
+    pub fn send_frame(&self, frame: &[u8]) -> Result<()> {
+        Ok(self.0.send(frame)?)
+    }
+
     /// Sends `ip_packet` as fast as one thread can (sendmmsg of 64 frames,
     /// the qdisc bypassed) until `duration` has passed; returns the frames
     /// sent. A traffic generator far cheaper per packet than a UDP socket, so
@@ -409,7 +514,7 @@ pub fn igmp_query_packet(source: Ipv4Addr, group: Option<Ipv4Addr>) -> Vec<u8> {
         robustness: 2,
         query_interval: Duration::from_secs(2),
     };
-    snoop::proto::igmp::build_query_frame([2, 0, 0, 0, 0, 0x51], source, group, &timers)[14..].to_vec()
+    snoop::proto::igmp::build_query_frame([2, 0, 0, 0, 0, 0x51], source, group, 3, &timers)[14..].to_vec()
 }
 
 /// An IPv4 packet (TTL 1, Router Alert) holding an IGMPv3 report with one
@@ -421,22 +526,36 @@ pub fn v3_report_packet(source: Ipv4Addr, groups: &[Ipv4Addr]) -> Vec<u8> {
         igmp.extend_from_slice(&[2, 0, 0, 0]);
         igmp.extend_from_slice(&group.octets());
     }
-    let sum = internet_checksum(&igmp);
-    igmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let total = (24 + igmp.len()) as u16;
-    let mut ip = vec![0x46, 0xc0, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0];
+    control_packet(2, source, Ipv4Addr::new(224, 0, 0, 22), igmp)
+}
+
+/// An IPv4 packet (TTL 1, Router Alert) of `protocol` (IGMP, PIM) holding
+/// `message`, whose checksum (bytes 2-3) is filled in.
+pub fn control_packet(protocol: u8, source: Ipv4Addr, destination: Ipv4Addr, mut message: Vec<u8>) -> Vec<u8> {
+    message[2..4].fill(0);
+    let sum = internet_checksum(&message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    let total = (24 + message.len()) as u16;
+    let mut ip = vec![0x46, 0xc0, 0, 0, 0, 0, 0, 0, 1, protocol, 0, 0];
     ip[2..4].copy_from_slice(&total.to_be_bytes());
     ip.extend_from_slice(&source.octets());
-    ip.extend_from_slice(&[224, 0, 0, 22]);
+    ip.extend_from_slice(&destination.octets());
     ip.extend_from_slice(&[0x94, 0x04, 0, 0]);
     let sum = internet_checksum(&ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
-    ip.extend_from_slice(&igmp);
+    ip.extend_from_slice(&message);
     ip
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for mut daemon in self.daemons.drain(..) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        for netns in &self.extra_netns {
+            let _ = run("ip", &["netns", "del", netns]);
+        }
         for mut child in self.children.drain(..) {
             // SAFETY: signalling our own child; SIGTERM lets snoop detach cleanly.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -553,6 +672,10 @@ struct SniffCounts {
     query_macs: HashMap<[u8; 6], u64>,
     /// Reports and leaves (of other hosts: a host's own are outgoing).
     reports: u64,
+    /// Queries by source and version (by length, RFC 3376 7.1).
+    query_versions: HashMap<(Ipv4Addr, u8), u64>,
+    /// Reports and leaves the host sent, by IGMP type.
+    sent_reports: HashMap<u8, u64>,
 }
 
 /// Counts the group traffic and IGMP queries arriving at a host's eth0.
@@ -615,6 +738,16 @@ impl Sniffer {
         self.counts.lock().expect("sniffer lock").queries.get(&source).copied().unwrap_or(0)
     }
 
+    /// IGMP queries of `version` from `source` received so far.
+    pub fn queries_of_version(&self, source: Ipv4Addr, version: u8) -> u64 {
+        self.counts.lock().expect("sniffer lock").query_versions.get(&(source, version)).copied().unwrap_or(0)
+    }
+
+    /// Reports (or leaves) of IGMP type `igmp_type` the host sent so far.
+    pub fn sent_reports(&self, igmp_type: u8) -> u64 {
+        self.counts.lock().expect("sniffer lock").sent_reports.get(&igmp_type).copied().unwrap_or(0)
+    }
+
     /// IGMP queries from the MAC `mac` received so far.
     pub fn queries_from_mac(&self, mac: [u8; 6]) -> u64 {
         self.counts.lock().expect("sniffer lock").query_macs.get(&mac).copied().unwrap_or(0)
@@ -651,14 +784,17 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
             continue; // timeout: check the stop flag
         }
         let frame = &buf[..n as usize];
-        if addr.sll_pkttype == libc::PACKET_OUTGOING || frame.len() < 14 + 28 {
-            continue;
-        }
-        if frame[12..14] != [0x08, 0x00] {
+        if frame.len() < 14 + 28 || frame[12..14] != [0x08, 0x00] {
             continue;
         }
         let header_len = usize::from(frame[14] & 0x0f) * 4;
         let (protocol, l4) = (frame[14 + 9], 14 + header_len);
+        if addr.sll_pkttype == libc::PACKET_OUTGOING {
+            if let (2, Some(&igmp_type)) = (protocol, frame.get(l4)) {
+                *counts.lock().expect("sniffer lock").sent_reports.entry(igmp_type).or_default() += 1;
+            }
+            continue;
+        }
         let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
         let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
         let mut counts = counts.lock().expect("sniffer lock");
@@ -668,6 +804,15 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
             }
             (2, Some(igmp)) if igmp[0] == 0x11 => {
                 *counts.queries.entry(src).or_default() += 1;
+                let igmp_len = usize::from(u16::from_be_bytes([frame[16], frame[17]])).saturating_sub(header_len);
+                let version = if igmp_len >= 12 {
+                    3
+                } else if igmp[1] == 0 {
+                    1
+                } else {
+                    2
+                };
+                *counts.query_versions.entry((src, version)).or_default() += 1;
                 let mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
                 *counts.query_macs.entry(mac).or_default() += 1;
             }
@@ -697,7 +842,8 @@ pub fn in_netns<T: Send + 'static>(netns: &str, f: impl FnOnce() -> T + Send + '
     })?
 }
 
-fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
+/// Writes /proc/sys/net/`key` in `netns`.
+pub fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
     let path = format!("/proc/sys/net/{key}");
     let value = value.to_owned();
     in_netns(netns, move || fs::write(&path, value).with_context(|| format!("writing {path}")))?
@@ -709,7 +855,7 @@ fn quiet_ipv6(netns: &str) -> Result<()> {
     write_sysctl(netns, "ipv6/conf/default/disable_ipv6", "1")
 }
 
-fn if_index(name: &str) -> Result<u32> {
+pub fn if_index(name: &str) -> Result<u32> {
     let cname = CString::new(name)?;
     // SAFETY: valid C string.
     let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };

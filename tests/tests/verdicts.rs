@@ -11,8 +11,8 @@ use snoop::{
     proto::internet_checksum,
 };
 use snoop_common::{
-    Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, PORT_ROUTER,
-    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER, CONFIG_REDIRECT,
+    PORT_GETS_REPORTS, PORT_ROUTER, PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
@@ -123,6 +123,15 @@ fn igmp(igmp_type: u8, group: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     frame(&ipv4(2, dst.octets(), &[0x94, 4, 0, 0], 0, &msg))
 }
 
+/// `frame` with another destination MAC.
+fn to_mac(mut frame: Vec<u8>, mac: [u8; 6]) -> Vec<u8> {
+    frame[..6].copy_from_slice(&mac);
+    frame
+}
+
+const UNICAST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0x11];
+const BROADCAST_MAC: [u8; 6] = [0xff; 6];
+
 fn arp() -> Vec<u8> {
     let mut frame = vec![0xff; 6];
     frame.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x06]);
@@ -171,6 +180,19 @@ fn egress_prunes_group_data_to_ports_without_members() -> Result<()> {
         case(dp, "unregistered, dropped", PROG_EGRESS, p.p2, &unregistered, TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
         case(dp, "unregistered, router", PROG_EGRESS, p.p3, &unregistered, TC_ACT_OK, &[(DataForwarded, 1)])?;
 
+        // A multicast IP to a unicast or broadcast MAC is not group traffic
+        // to the bridge: it goes where the MAC says, unpruned.
+        for (name, mac) in [("unicast MAC", UNICAST_MAC), ("broadcast MAC", BROADCAST_MAC)] {
+            case(dp, name, PROG_EGRESS, p.p2, &to_mac(data(JOINED), mac), TC_ACT_OK, &[])?;
+            case(dp, name, PROG_EGRESS, p.p2, &to_mac(unregistered.clone(), mac), TC_ACT_OK, &[])?;
+        }
+
+        // No querier present: nothing pruned, whatever the unregistered policy.
+        dp.configure(CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
+        case(dp, "no querier, joined", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "no querier, unregistered", PROG_EGRESS, p.p2, &unregistered, TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "no querier, member", PROG_EGRESS, p.p1, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+
         // A controller gone past the failsafe time: flooding, not pruning.
         dp.configure(CONFIG_FLOOD_UNREGISTERED, Some(Duration::from_nanos(1)), Duration::from_secs(3), 0)?;
         std::thread::sleep(Duration::from_millis(20));
@@ -196,6 +218,17 @@ fn egress_sends_reports_to_router_ports_only_and_floods_queries() -> Result<()> 
         }
         case(dp, "query", PROG_EGRESS, p.p2, &igmp(0x11, Ipv4Addr::UNSPECIFIED, general), TC_ACT_OK, &[])?;
         case(dp, "unknown IGMP type", PROG_EGRESS, p.p2, &igmp(0x99, JOINED, JOINED), TC_ACT_OK, &[])?;
+        let report = igmp(0x16, JOINED, JOINED);
+        // A trusted port while no router port is known gets reports.
+        dp.set_port_flags(p.p2, PORT_GETS_REPORTS)?;
+        case(dp, "report to a trusted port, no router known", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[])?;
+        dp.set_port_flags(p.p2, 0)?;
+        // With nothing pruned, reports flood too: no querier, or no controller.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
+        case(dp, "report, no querier", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        dp.configure(CONFIG_FLOOD_UNREGISTERED, Some(Duration::from_nanos(1)), Duration::from_secs(3), 0)?;
+        std::thread::sleep(Duration::from_millis(20));
+        case(dp, "report, failsafe", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[(FailsafeFlooded, 1)])?;
         Ok(())
     })
 }
@@ -272,6 +305,10 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
         case(dp, "unregistered", PROG_INGRESS, p.p0, &data(UNJOINED), TC_ACT_OK, &[])?;
         let link_local = data(Ipv4Addr::new(224, 0, 0, 251));
         case(dp, "224.0.0.251", PROG_INGRESS, p.p0, &link_local, TC_ACT_OK, &[])?;
+        // To a unicast or broadcast MAC: the bridge forwards it by its MAC.
+        for (name, mac) in [("unicast MAC", UNICAST_MAC), ("broadcast MAC", BROADCAST_MAC)] {
+            case(dp, name, PROG_INGRESS, p.p0, &to_mac(data(JOINED), mac), TC_ACT_OK, &[])?;
+        }
         let report = igmp(0x16, JOINED, JOINED);
         let moved = [(IgmpSeen, 1), (Captured, 1), (RedirectCopies, 1)];
         case(dp, "report, to router ports", PROG_INGRESS, p.p1, &report, TC_ACT_SHOT, &moved)?;
@@ -285,6 +322,12 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
             TC_ACT_OK,
             &[(IgmpSeen, 1), (Captured, 1)],
         )?;
+
+        // No querier present: the bridge floods everything, reports too.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT | CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
+        case(dp, "joined group, no querier", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_OK, &[])?;
+        let seen = [(IgmpSeen, 1), (Captured, 1)];
+        case(dp, "report, no querier", PROG_INGRESS, p.p1, &report, TC_ACT_OK, &seen)?;
 
         // With the controller gone, the bridge path takes over.
         dp.configure(

@@ -255,7 +255,8 @@ fn test_in_vm(spec: &str, snoop: &Path, args: &[String], totals: &mut TestTotals
 }
 
 /// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2,
-/// nftables (the labs count and sink group traffic at hosts with it).
+/// nftables (the labs count and sink group traffic at hosts with it) and
+/// igmpproxy (a multicast router the tests put behind a port).
 fn setup() -> Result<()> {
     let mut apt = Apt::default();
     if bpf_toolchain::find().is_none() {
@@ -288,6 +289,10 @@ fn setup() -> Result<()> {
     }
     if bpf_toolchain::which("nft").is_none() {
         apt.install(&["nftables"])?;
+    }
+    if bpf_toolchain::which("igmpproxy").is_none() {
+        // A real multicast router on the other side of snoop, in the tests.
+        apt.install(&["igmpproxy"])?;
     }
     Ok(())
 }

@@ -33,8 +33,8 @@ use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
     SenderSlot, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
     MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS,
-    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, NO_SLOT, PROG_EGRESS, PROG_INGRESS, REPORT_TARGETS,
-    SENDER_SLOTS,
+    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, NO_SLOT, PORT_ROUTER, PROG_EGRESS, PROG_INGRESS,
+    REPORT_TARGETS, SENDER_SLOTS,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -276,6 +276,12 @@ impl Datapath {
     /// Ifindexes that have an entry in the port map (from this or a previous run).
     pub fn port_entries(&self) -> Vec<u32> {
         self.ports.keys().filter_map(|k| k.ok()).collect()
+    }
+
+    /// Ports whose entry says PORT_ROUTER (read before they are rewritten,
+    /// to resume learned router ports).
+    pub fn router_port_entries(&self) -> Vec<u32> {
+        self.ports.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.flags & PORT_ROUTER != 0).map(|(k, _)| k).collect()
     }
 
     pub fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {

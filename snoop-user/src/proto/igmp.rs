@@ -7,11 +7,13 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use etherparse::Ipv4HeaderSlice;
 
-use super::{decode_v3_code, encode_v3_code, internet_checksum, ParseError, QueryTimers, RecordType};
+use super::{decode_v3_code, encode_v3_code, internet_checksum, Announced, ParseError, QueryTimers, RecordType};
 
 use snoop_common::wire::{
-    IGMP_QUERY as TYPE_QUERY, IGMP_V1_REPORT as TYPE_V1_REPORT, IGMP_V2_LEAVE as TYPE_V2_LEAVE,
-    IGMP_V2_REPORT as TYPE_V2_REPORT, IGMP_V3_REPORT as TYPE_V3_REPORT, IPV4_ALL_SYSTEMS, PIM_HELLO,
+    IGMP_MRD_ADVERTISEMENT as TYPE_MRD_ADVERTISEMENT, IGMP_MRD_SOLICITATION as TYPE_MRD_SOLICITATION,
+    IGMP_MRD_TERMINATION as TYPE_MRD_TERMINATION, IGMP_QUERY as TYPE_QUERY, IGMP_V1_REPORT as TYPE_V1_REPORT,
+    IGMP_V2_LEAVE as TYPE_V2_LEAVE, IGMP_V2_REPORT as TYPE_V2_REPORT, IGMP_V3_REPORT as TYPE_V3_REPORT,
+    IPV4_ALL_ROUTERS, IPV4_ALL_SYSTEMS, PIM_HELLO,
 };
 pub use snoop_common::wire::{IPPROTO_IGMP, IPPROTO_PIM};
 
@@ -56,15 +58,25 @@ pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
 }
 
 fn parse_igmp(msg: &[u8]) -> Result<Message, ParseError> {
-    if msg.len() < 8 {
+    // Router discovery solicitations and terminations are 4 bytes, the rest 8 or more.
+    let min_len = if matches!(msg.first(), Some(&(TYPE_MRD_SOLICITATION | TYPE_MRD_TERMINATION))) { 4 } else { 8 };
+    if msg.len() < min_len {
         return Err(ParseError::ShortMessage);
     }
     if internet_checksum(msg) != 0 {
         return Err(ParseError::BadChecksum);
     }
+    match msg[0] {
+        TYPE_MRD_ADVERTISEMENT => {
+            return Ok(Message::MrdAdvertisement { interval: Duration::from_secs(msg[1].into()) })
+        }
+        TYPE_MRD_SOLICITATION => return Ok(Message::MrdSolicitation),
+        TYPE_MRD_TERMINATION => return Ok(Message::MrdTermination),
+        _ => {}
+    }
     let group = ipv4_at(msg, 4);
     match msg[0] {
-        TYPE_QUERY => Ok(parse_query(msg, group)),
+        TYPE_QUERY => parse_query(msg, group),
         TYPE_V1_REPORT => Ok(Message::Report { version: 1, group }),
         TYPE_V2_REPORT => Ok(Message::Report { version: 2, group }),
         TYPE_V2_LEAVE => Ok(Message::Leave { group }),
@@ -73,17 +85,23 @@ fn parse_igmp(msg: &[u8]) -> Result<Message, ParseError> {
     }
 }
 
-/// Query version per RFC 3376 7.1: by length, then by max response code.
-fn parse_query(msg: &[u8], group: Ipv4Addr) -> Message {
+/// Query version per RFC 3376 7.1: by length, then by max response code;
+/// 9 to 11 bytes is no version's query and is ignored.
+fn parse_query(msg: &[u8], group: Ipv4Addr) -> Result<Message, ParseError> {
     let code = msg[1];
-    let (version, max_response) = if msg.len() >= 12 {
-        (3, Duration::from_millis(100 * u64::from(decode_v3_code(code))))
-    } else if code == 0 {
-        (1, Duration::from_secs(10))
-    } else {
-        (2, Duration::from_millis(100 * u64::from(code)))
+    let (version, max_response, announced) = match msg.len() {
+        8 if code == 0 => (1, Duration::from_secs(10), None),
+        8 => (2, Duration::from_millis(100 * u64::from(code)), None),
+        9..=11 => return Err(ParseError::BadQueryLength),
+        _ => {
+            let announced = Announced {
+                robustness: msg[8] & 0x07,
+                query_interval: Duration::from_secs(decode_v3_code(msg[9]).into()),
+            };
+            (3, Duration::from_millis(100 * u64::from(decode_v3_code(code))), Some(announced))
+        }
     };
-    Message::Query { version, group, max_response }
+    Ok(Message::Query { version, group, max_response, announced })
 }
 
 fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
@@ -124,8 +142,9 @@ fn ipv4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3])
 }
 
-/// Builds a complete Ethernet frame holding an IGMPv3 query (which v2 and v1
-/// hosts also answer, RFC 3376 7.2.1).
+/// Builds a complete Ethernet frame holding a query of `version`: IGMPv3
+/// (which v2 and v1 hosts also answer, RFC 3376 7.2.1), or the 8-byte v2 or
+/// v1 query for networks with older routers (RFC 3376 7.3.1).
 ///
 /// A general query goes to 224.0.0.1; a group-specific one to the group, with
 /// the S flag clear so hosts answer it.
@@ -133,23 +152,43 @@ pub fn build_query_frame(
     source_mac: [u8; 6],
     source: Ipv4Addr,
     group: Option<Ipv4Addr>,
+    version: u8,
     timers: &QueryTimers,
 ) -> Vec<u8> {
     let QueryTimers { max_response, robustness, query_interval } = *timers;
     let group_addr = group.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let destination = group.unwrap_or(ALL_SYSTEMS);
     let tenths = u32::try_from(max_response.as_millis() / 100).unwrap_or(u32::MAX).max(1);
-    let qqic = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
 
-    let mut igmp = [0u8; 12];
+    let mut igmp = vec![0u8; if version >= 3 { 12 } else { 8 }];
     igmp[0] = TYPE_QUERY;
-    igmp[1] = encode_v3_code(tenths);
+    igmp[1] = match version {
+        1 => 0,
+        2 => u8::try_from(tenths).unwrap_or(u8::MAX),
+        _ => encode_v3_code(tenths),
+    };
     igmp[4..8].copy_from_slice(&group_addr.octets());
-    igmp[8] = robustness.min(7);
-    igmp[9] = qqic;
+    if version >= 3 {
+        igmp[8] = robustness.min(7);
+        igmp[9] = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
+    }
     let checksum = internet_checksum(&igmp);
     igmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    ipv4_frame(source_mac, source, destination, &igmp)
+}
 
+/// A multicast router discovery solicitation (RFC 4286 4): routers that
+/// speak MRD answer with an advertisement at once.
+pub fn build_mrd_solicitation_frame(source_mac: [u8; 6], source: Ipv4Addr) -> Vec<u8> {
+    let mut igmp = [TYPE_MRD_SOLICITATION, 0, 0, 0];
+    let checksum = internet_checksum(&igmp);
+    igmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    ipv4_frame(source_mac, source, Ipv4Addr::from(IPV4_ALL_ROUTERS), &igmp)
+}
+
+/// An Ethernet frame around an IGMP message: TTL 1, Router Alert, the
+/// group's multicast MAC.
+fn ipv4_frame(source_mac: [u8; 6], source: Ipv4Addr, destination: Ipv4Addr, igmp: &[u8]) -> Vec<u8> {
     let mut ip = etherparse::Ipv4Header::new(
         igmp.len() as u16,
         1,
@@ -157,9 +196,9 @@ pub fn build_query_frame(
         source.octets(),
         destination.octets(),
     )
-    .expect("an IGMP query fits an IPv4 packet");
+    .expect("an IGMP message fits an IPv4 packet");
     ip.options = ROUTER_ALERT[..].try_into().expect("4-byte option");
-    ip.set_payload_len(igmp.len()).expect("a 12-byte payload");
+    ip.set_payload_len(igmp.len()).expect("a short payload");
     ip.header_checksum = ip.calc_header_checksum();
 
     let d = destination.octets();
@@ -169,7 +208,7 @@ pub fn build_query_frame(
     frame.extend_from_slice(&source_mac);
     frame.extend_from_slice(&0x0800u16.to_be_bytes());
     ip.write(&mut frame).expect("writing to a Vec");
-    frame.extend_from_slice(&igmp);
+    frame.extend_from_slice(igmp);
     frame
 }
 
@@ -252,38 +291,76 @@ pub(crate) mod tests {
         let v2 = parse(&igmp(vec![0x11, 100, 0, 0, 0, 0, 0, 0])).unwrap();
         assert_eq!(
             v2.message,
-            Message::Query { version: 2, group: Ipv4Addr::UNSPECIFIED, max_response: Duration::from_secs(10) }
+            Message::Query {
+                version: 2,
+                group: Ipv4Addr::UNSPECIFIED,
+                max_response: Duration::from_secs(10),
+                announced: None
+            }
         );
         let v1 = parse(&igmp(vec![0x11, 0, 0, 0, 0, 0, 0, 0])).unwrap();
         assert!(matches!(v1.message, Message::Query { version: 1, .. }));
-        let v3 = parse(&igmp(vec![0x11, 10, 0, 0, 239, 1, 1, 1, 2, 125, 0, 0])).unwrap();
+        // QRV 2, QQIC 0x8c = (0xc | 0x10) << 3 = 224 s.
+        let v3 = parse(&igmp(vec![0x11, 10, 0, 0, 239, 1, 1, 1, 2, 0x8c, 0, 0])).unwrap();
         assert_eq!(
             v3.message,
-            Message::Query { version: 3, group: Ipv4Addr::new(239, 1, 1, 1), max_response: Duration::from_secs(1) }
+            Message::Query {
+                version: 3,
+                group: Ipv4Addr::new(239, 1, 1, 1),
+                max_response: Duration::from_secs(1),
+                announced: Some(Announced { robustness: 2, query_interval: Duration::from_secs(224) })
+            }
         );
+        // 9 to 11 bytes: no version's query (RFC 3376 7.1).
+        for len in 9..12 {
+            let mut msg = vec![0x11, 100, 0, 0, 0, 0, 0, 0];
+            msg.resize(len, 0);
+            assert_eq!(parse(&igmp(msg)), Err(ParseError::BadQueryLength), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn router_discovery_messages() {
+        // Advertisement: interval 20 s, query interval 125, robustness 2.
+        let ad = parse(&igmp(vec![0x30, 20, 0, 0, 0, 125, 0, 2])).unwrap();
+        assert_eq!(ad.message, Message::MrdAdvertisement { interval: Duration::from_secs(20) });
+        assert_eq!(parse(&igmp(vec![0x31, 0, 0, 0])).unwrap().message, Message::MrdSolicitation);
+        assert_eq!(parse(&igmp(vec![0x32, 0, 0, 0])).unwrap().message, Message::MrdTermination);
+        assert_eq!(parse(&igmp(vec![0x30, 20, 0, 0])), Err(ParseError::ShortMessage));
+        assert_eq!(parse(&igmp(vec![0x16, 0, 0, 0])), Err(ParseError::ShortMessage));
     }
 
     #[test]
     fn built_query_parses_back() {
-        for group in [None, Some(Ipv4Addr::new(239, 9, 9, 9))] {
-            let timers = QueryTimers {
-                max_response: Duration::from_secs(10),
-                robustness: 2,
-                query_interval: Duration::from_secs(125),
-            };
-            let frame = build_query_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::UNSPECIFIED, group, &timers);
-            let parsed = parse(&frame[14..]).unwrap();
-            assert_eq!(
-                parsed.message,
-                Message::Query {
-                    version: 3,
-                    group: group.unwrap_or(Ipv4Addr::UNSPECIFIED),
-                    max_response: Duration::from_secs(10)
-                }
-            );
-            assert_eq!(parsed.destination, group.unwrap_or(ALL_SYSTEMS));
-            assert_eq!(&frame[..3], &[0x01, 0x00, 0x5e]);
+        let timers = QueryTimers {
+            max_response: Duration::from_secs(10),
+            robustness: 2,
+            query_interval: Duration::from_secs(125),
+        };
+        for version in [1, 2, 3] {
+            // v1 has no group-specific queries (a v1 querier ignores leaves).
+            let groups = if version == 1 { vec![None] } else { vec![None, Some(Ipv4Addr::new(239, 9, 9, 9))] };
+            for group in groups {
+                let frame = build_query_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::UNSPECIFIED, group, version, &timers);
+                let parsed = parse(&frame[14..]).unwrap();
+                let max_response = if version == 1 { Duration::from_secs(10) } else { timers.max_response };
+                let announced =
+                    (version == 3).then_some(Announced { robustness: 2, query_interval: Duration::from_secs(125) });
+                assert_eq!(
+                    parsed.message,
+                    Message::Query { version, group: group.unwrap_or(Ipv4Addr::UNSPECIFIED), max_response, announced },
+                    "v{version} {group:?}"
+                );
+                assert_eq!(parsed.destination, group.unwrap_or(ALL_SYSTEMS));
+                assert_eq!(&frame[..3], &[0x01, 0x00, 0x5e]);
+            }
         }
+        // A v2 max response time is one byte of tenths: 25.5 s at most.
+        let long = QueryTimers { max_response: Duration::from_secs(60), ..timers };
+        let frame = build_query_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::UNSPECIFIED, None, 2, &long);
+        assert!(
+            matches!(parse(&frame[14..]).unwrap().message, Message::Query { version: 2, max_response, .. } if max_response == Duration::from_millis(25_500))
+        );
     }
 
     #[test]

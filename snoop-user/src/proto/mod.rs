@@ -41,9 +41,17 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     fn ip(self) -> IpAddr;
     /// Parses a captured IP packet of this family.
     fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError>;
-    /// A complete Ethernet frame holding a query from `source`: general
-    /// when `group` is `None`.
-    fn query_frame(source_mac: [u8; 6], source: Self, group: Option<Self>, timers: &QueryTimers) -> Vec<u8>;
+    /// A complete Ethernet frame holding a query of `version` from `source`:
+    /// general when `group` is `None`.
+    fn query_frame(
+        source_mac: [u8; 6],
+        source: Self,
+        group: Option<Self>,
+        version: u8,
+        timers: &QueryTimers,
+    ) -> Vec<u8>;
+    /// A router discovery solicitation from `source` (RFC 4286).
+    fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8>;
 }
 
 /// What a query announces: its max response time, and the querier's
@@ -90,8 +98,18 @@ impl Family for Ipv4Addr {
         igmp::parse(ip_packet)
     }
 
-    fn query_frame(source_mac: [u8; 6], source: Self, group: Option<Self>, timers: &QueryTimers) -> Vec<u8> {
-        igmp::build_query_frame(source_mac, source, group, timers)
+    fn query_frame(
+        source_mac: [u8; 6],
+        source: Self,
+        group: Option<Self>,
+        version: u8,
+        timers: &QueryTimers,
+    ) -> Vec<u8> {
+        igmp::build_query_frame(source_mac, source, group, version, timers)
+    }
+
+    fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8> {
+        igmp::build_mrd_solicitation_frame(source_mac, source)
     }
 }
 
@@ -136,7 +154,8 @@ pub struct GroupRecord<A> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<A> {
     /// A membership query; `group` is unspecified for a general query.
-    Query { version: u8, group: A, max_response: Duration },
+    /// `announced`: the querier's own timers, in IGMPv3 and MLDv2 queries.
+    Query { version: u8, group: A, max_response: Duration, announced: Option<Announced> },
     /// A report without records (IGMPv1/v2, MLDv1).
     Report { version: u8, group: A },
     /// A leave (IGMPv2) or done (MLDv1).
@@ -145,6 +164,21 @@ pub enum Message<A> {
     RecordReport { records: Vec<GroupRecord<A>> },
     /// A PIM hello: a multicast router is behind the port.
     PimHello,
+    /// Multicast router discovery (RFC 4286): a router is behind the port
+    /// and advertises again within `interval`.
+    MrdAdvertisement { interval: Duration },
+    /// A router asks for advertisements (snoop has none to give).
+    MrdSolicitation,
+    /// The router that advertised is going away.
+    MrdTermination,
+}
+
+/// What an IGMPv3 or MLDv2 querier announces of its own timers (QRV, QQIC);
+/// zero means it said nothing (RFC 3376 4.1.6, 4.1.7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Announced {
+    pub robustness: u8,
+    pub query_interval: Duration,
 }
 
 /// A validated control packet.
@@ -181,10 +215,13 @@ pub enum ParseError {
     UnknownType,
     #[error("neither a membership message nor a PIM hello")]
     NotControl,
+    /// Neither a v1/v2 (8 bytes) nor a v3 (12 or more) query: ignored (RFC 3376 7.1).
+    #[error("a query of no version's length")]
+    BadQueryLength,
 }
 
 impl ParseError {
-    pub const ALL: [ParseError; 10] = [
+    pub const ALL: [ParseError; 11] = [
         Self::BadIpHeader,
         Self::Truncated,
         Self::Fragment,
@@ -195,6 +232,7 @@ impl ParseError {
         Self::UnknownRecordType,
         Self::UnknownType,
         Self::NotControl,
+        Self::BadQueryLength,
     ];
 
     /// A stable short name, for counters.
@@ -210,6 +248,7 @@ impl ParseError {
             Self::UnknownRecordType => "unknown_record_type",
             Self::UnknownType => "unknown_type",
             Self::NotControl => "not_control",
+            Self::BadQueryLength => "bad_query_length",
         }
     }
 }

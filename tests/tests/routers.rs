@@ -1,0 +1,352 @@
+//! snoop beside real multicast routers and queriers: igmpproxy behind a port,
+//! Linux bridges querying in IGMPv2 or with long intervals, routers on
+//! untrusted ports, no querier at all, router discovery, keep-state restarts,
+//! and frames that are not what their IP address says. Each test checks what
+//! the receivers got and what the router on the other side heard.
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use snoop_tests::{
+    lab::{self, in_netns, Lab, DATA_PORT},
+    map_members, snoop_bin, wait_for_members, wait_until, LabOptions,
+};
+
+const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
+const UNJOINED: Ipv4Addr = Ipv4Addr::new(239, 9, 9, 9);
+const SETTLE: Duration = Duration::from_millis(300);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
+/// snoop's own address in these labs: above every host's (10.99.0.1x).
+const SNOOP_ADDRESS: &str = "10.99.0.200";
+
+/// Fast timers: query every 2 s, answers within 1 s, last-member round 0.4 s.
+const FAST: &[&str] =
+    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+
+fn args(extra: &[&'static str]) -> Vec<&'static str> {
+    [FAST, extra].concat()
+}
+
+/// Sends `n` packets of `group` from h0 and returns what each receiver got.
+fn deliver(lab: &Lab, group: Ipv4Addr, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    lab.send("h0", group, n, Duration::from_micros(200))?;
+    thread::sleep(SETTLE);
+    Ok(sniffers.iter().map(|s| s.count(group)).collect())
+}
+
+fn querier(lab: &Lab) -> Result<serde_json::Value> {
+    lab.snoop_show(&snoop_bin(), "querier")
+}
+
+fn port_view(lab: &Lab, name: &str) -> Result<serde_json::Value> {
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    ports.as_array().into_iter().flatten().find(|p| p["name"] == name).cloned().context("no such port")
+}
+
+fn wait_present(lab: &Lab, timeout: Duration) -> Result<()> {
+    // (No such field: a snoop from before it was shown, for comparisons.)
+    wait_until("a querier present", timeout, || Ok(querier(lab)?.get("present").is_none_or(|p| p == true)))
+}
+
+/// A source of `group` traffic in `netns` that routers forward (TTL 16),
+/// sending every 5 ms until dropped.
+struct RoutedSource {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl RoutedSource {
+    fn start(netns: &str, source: Ipv4Addr, group: Ipv4Addr) -> Result<Self> {
+        let socket = in_netns(netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV4::new(source, 0))?;
+            socket.set_multicast_ttl_v4(16)?;
+            Ok(socket)
+        })??;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.send_to(b"routed", SocketAddrV4::new(group, DATA_PORT));
+                    thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Ok(Self { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for RoutedSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_only() -> Result<()> {
+    // h3 is a router: igmpproxy (Debian's) with its upstream towards a source
+    // network and its downstream into the bridge, already running when snoop
+    // starts. Until snoop hears it query (igmpproxy's next query is 31 s or
+    // more away), only the trust of p3 can bring it the joins.
+    let mut lab = Lab::new("igmpproxy", 4, &LabOptions::default())?;
+    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
+    let config = std::env::temp_dir().join(format!("{}-igmpproxy.conf", lab.id));
+    fs::write(
+        &config,
+        "quickleave\n\
+         phyint behind upstream ratelimit 0 threshold 1\n    altnet 10.98.0.0/24\n\
+         phyint eth0 downstream ratelimit 0 threshold 1\n",
+    )?;
+    let h3 = lab.host("h3").netns.clone();
+    lab.spawn_in(&h3, "igmpproxy", &["-d", &config.display().to_string()])?;
+    let _source = RoutedSource::start(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
+    thread::sleep(Duration::from_secs(1)); // igmpproxy's startup query goes by
+    lab.start_snoop(&snoop_bin(), &args(&["--trusted-port", "p3"]))?;
+
+    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[0].count(G), 0, "the router forwards nothing before a join");
+
+    let joined_at = Instant::now();
+    let membership = lab.join("h1", G)?;
+    wait_until("the routed stream at h1", Duration::from_secs(3), || Ok(sniffers[0].count(G) > 0))?;
+    eprintln!("join to first routed packet: {:?}", joined_at.elapsed());
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
+
+    drop(membership);
+    wait_for_members(&lab, G, &[], JOIN_TIMEOUT)?;
+    thread::sleep(SETTLE);
+    let after_leave = sniffers[0].count(G);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    assert_eq!(sniffers[1].count(G), 0);
+    let _ = fs::remove_file(config);
+    Ok(())
+}
+
+#[test]
+fn an_igmpv2_querier_is_elected_spoken_to_in_v2_and_hears_every_join() -> Result<()> {
+    // h3 is a Linux bridge querying in IGMPv2 from 10.99.0.13, below snoop's address.
+    let mut lab = Lab::new("v2querier", 4, &LabOptions::default())?;
+    lab.make_querier("h3", 2, Duration::from_secs(2))?;
+    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", "p3"]))?;
+    wait_until("the v2 querier elected", Duration::from_secs(6), || {
+        let q = querier(&lab)?;
+        Ok(q["role"] == "other" && q["querier_address"] == "10.99.0.13")
+    })?;
+    wait_present(&lab, Duration::from_secs(3))?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    wait_until("the router heard h1's join", Duration::from_secs(4), || Ok(lab.router_groups("h3")?.contains(&G)))?;
+    assert_eq!(deliver(&lab, G, &["h1", "h2", "h3"], 50)?, [50, 0, 50], "member and router port only");
+
+    // The router stops querying (it lost an election elsewhere, say): snoop
+    // takes over, in v2, which its hosts keep answering in.
+    let sniffer = lab.sniff("h1")?;
+    lab::run("ip", &["-n", &lab.host("h3").netns, "link", "set", "qbr", "type", "bridge", "mcast_querier", "0"])?;
+    let own: Ipv4Addr = SNOOP_ADDRESS.parse()?;
+    wait_until("snoop querying", Duration::from_secs(8), || Ok(sniffer.queries_from(own) >= 2))?;
+    assert_eq!(sniffer.queries_of_version(own, 3), 0, "snoop queried in v3 with a v2 router about");
+    assert!(sniffer.queries_of_version(own, 2) >= 2);
+    Ok(())
+}
+
+#[test]
+fn query_version_2_has_hosts_report_in_v2() -> Result<()> {
+    // Where a v2-only router lost the election to snoop it stays silent, so
+    // only the option can keep the hosts in v2 (RFC 3376 7.3.1).
+    let mut lab = Lab::new("queryv2", 3, &LabOptions::default())?;
+    let sniffer = lab.sniff("h1")?;
+    let own: Ipv4Addr = SNOOP_ADDRESS.parse()?;
+    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--query-version", "2"]))?;
+    let _m1 = lab.join("h1", G)?;
+    wait_until("two v2 queries", Duration::from_secs(6), || Ok(sniffer.queries_of_version(own, 2) >= 2))?;
+    assert_eq!(sniffer.queries_of_version(own, 3), 0, "a v3 query went out");
+    wait_until("h1 answering in v2", Duration::from_secs(4), || Ok(sniffer.sent_reports(0x16) >= 1))?;
+    assert_eq!(querier(&lab)?["query_version"], 2);
+    Ok(())
+}
+
+#[test]
+fn a_querier_with_a_long_interval_keeps_members_and_snoop_quiet() -> Result<()> {
+    // h3 queries (IGMPv3, announcing its 8 s interval) below snoop's
+    // address. snoop's own timers (2 s interval: members last 5 s, the other
+    // querier 4.5 s) would expire both between its queries.
+    let mut lab = Lab::new("longquery", 4, &LabOptions::default())?;
+    lab.make_querier("h3", 3, Duration::from_secs(8))?;
+    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", "p3"]))?;
+    wait_until("h3 elected", Duration::from_secs(10), || Ok(querier(&lab)?["role"] == "other"))?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let own: Ipv4Addr = SNOOP_ADDRESS.parse()?;
+    let sniffer = lab.sniff("h2")?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(18) {
+        assert_eq!(querier(&lab)?["role"], "other", "snoop took over between the querier's queries");
+        assert!(map_members(&lab)?.contains(&(G, "p1".into())), "h1's membership expired");
+        thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(sniffer.queries_from(own), 0, "snoop queried while the other querier was present");
+    assert_eq!(deliver(&lab, G, &["h1", "h2"], 50)?, [50, 0]);
+    assert_eq!(querier(&lab)?["query_interval_secs"], 8.0, "the interval in force is the querier's");
+    Ok(())
+}
+
+#[test]
+fn a_router_on_an_untrusted_port_is_named_in_the_log_and_in_show() -> Result<()> {
+    let mut lab = Lab::new("untrusted", 4, &LabOptions::default())?;
+    lab.make_querier("h3", 2, Duration::from_secs(2))?;
+    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS]))?;
+    wait_until("the router shown as ignored", Duration::from_secs(6), || {
+        Ok(port_view(&lab, "p3")?["note"].as_str().unwrap_or_default().contains("ignored: untrusted"))
+    })?;
+    let q = querier(&lab)?;
+    assert_eq!(q["role"], "self", "an untrusted querier won");
+    let ignored = q["ignored_routers"].as_array().context("ignored_routers")?;
+    assert!(ignored.iter().any(|r| r["port"] == "p3" && r["address"] == "10.99.0.13"), "{q}");
+    let log = fs::read_to_string(lab.snoop_log())?;
+    assert!(log.contains("--trusted-port p3"), "the log does not say what to do:\n{log}");
+    assert_eq!(log.matches("was heard and ignored").count(), 1, "warned more than once:\n{log}");
+    Ok(())
+}
+
+#[test]
+fn without_a_querier_everything_floods_until_one_is_heard() -> Result<()> {
+    let mut lab = Lab::new("noquerier", 4, &LabOptions::default())?;
+    // (Groups nobody joined go to router ports only, as by default.)
+    let no_querier = args(&["--no-querier", "--trusted-port", "p3", "--unregistered", "routers"]);
+    lab.start_snoop(&snoop_bin(), &no_querier)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    // Nobody queries, so h1's membership lapses (5 s): it must still get the group.
+    wait_for_members(&lab, G, &[], Duration::from_secs(8))?;
+    assert_eq!(deliver(&lab, G, &["h1", "h2"], 50)?, [50, 50], "no querier: a plain bridge");
+    assert_eq!(querier(&lab)?["present"], false);
+    // A querier appears: once its first query is answered, snoop prunes.
+    lab.make_querier("h3", 3, Duration::from_secs(2))?;
+    wait_present(&lab, Duration::from_secs(6))?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(deliver(&lab, G, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
+
+#[test]
+fn unregistered_groups_go_to_router_ports_only_once_a_querier_is_present() -> Result<()> {
+    // The Linux bridge's default: flooded while no querier is present, then
+    // to router ports only. p3 is a static router port.
+    let mut lab = Lab::new("unregistered", 4, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), &args(&["--router-port", "p3"]))?;
+    assert_eq!(deliver(&lab, UNJOINED, &["h1", "h2", "h3"], 50)?, [0, 0, 50]);
+    // And back to flooding with the option.
+    lab.stop_snoop(false)?;
+    lab.start_snoop(&snoop_bin(), &args(&["--router-port", "p3", "--unregistered", "flood"]))?;
+    assert_eq!(deliver(&lab, UNJOINED, &["h1", "h2", "h3"], 50)?, [50, 50, 50]);
+    Ok(())
+}
+
+/// An IGMP message (RFC 4286 router discovery) from `source` to 224.0.0.106.
+fn mrd_packet(source: Ipv4Addr, message: &[u8]) -> Vec<u8> {
+    lab::control_packet(2, source, Ipv4Addr::new(224, 0, 0, 106), message.to_vec())
+}
+
+#[test]
+fn router_discovery_advertisements_make_router_ports_and_terminations_end_them() -> Result<()> {
+    let mut lab = Lab::new("mrd", 4, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), &args(&["--trusted-port", "p3"]))?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let router = lab.host("h3").ip;
+    // Advertisement: interval 20 s, query interval 125 s, robustness 2.
+    lab.send_raw_ip("h3", &mrd_packet(router, &[0x30, 20, 0, 0, 0, 125, 0, 2]))?;
+    wait_until("p3 a router port", Duration::from_secs(2), || Ok(port_view(&lab, "p3")?["router"] == true))?;
+    assert_eq!(deliver(&lab, G, &["h1", "h2", "h3"], 50)?, [50, 0, 50]);
+    lab.send_raw_ip("h3", &mrd_packet(router, &[0x32, 0, 0, 0]))?;
+    wait_until("p3 no longer a router port", Duration::from_secs(2), || Ok(port_view(&lab, "p3")?["router"] == false))?;
+    assert_eq!(deliver(&lab, G, &["h1", "h2", "h3"], 50)?, [50, 0, 0]);
+    Ok(())
+}
+
+#[test]
+fn a_keep_state_restart_keeps_learned_router_ports() -> Result<()> {
+    let mut lab = Lab::new("restartrouter", 4, &LabOptions::default())?;
+    let keep = args(&["--trusted-port", "p3", "--keep-state"]);
+    lab.start_snoop(&snoop_bin(), &keep)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    // One PIM hello: p3 is a router port for the other-querier-present interval.
+    let hello = vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105];
+    let packet = lab::control_packet(103, lab.host("h3").ip, Ipv4Addr::new(224, 0, 0, 13), hello);
+    lab.send_raw_ip("h3", &packet)?;
+    wait_until("p3 a router port", Duration::from_secs(2), || Ok(port_view(&lab, "p3")?["router"] == true))?;
+    lab.stop_snoop(false)?;
+    lab.start_snoop(&snoop_bin(), &keep)?;
+    assert_eq!(port_view(&lab, "p3")?["router"], true, "the restart forgot the router port");
+    assert_eq!(deliver(&lab, G, &["h1", "h2", "h3"], 50)?, [50, 0, 50]);
+    Ok(())
+}
+
+#[test]
+fn a_multicast_ip_to_a_unicast_mac_goes_where_the_mac_says() -> Result<()> {
+    let mut lab = Lab::new("unicastmac", 3, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let h2_mac = mac_of(&lab, "h2")?;
+    let h0_mac = mac_of(&lab, "h0")?;
+    // h2 speaks once so the bridge knows where its MAC is.
+    lab.send("h2", UNJOINED, 1, Duration::ZERO)?;
+    let mut frame = h2_mac.to_vec();
+    frame.extend_from_slice(&h0_mac);
+    frame.extend_from_slice(&[0x08, 0x00]);
+    frame.extend_from_slice(&lab::udp_packet(lab.host("h0").ip, G, 64));
+    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
+    let sender = lab.raw_sender("h0")?;
+    for _ in 0..50 {
+        sender.send_frame(&frame)?;
+    }
+    thread::sleep(SETTLE);
+    assert_eq!([sniffers[0].count(G), sniffers[1].count(G)], [0, 50], "forwarded as its MAC says");
+    Ok(())
+}
+
+fn mac_of(lab: &Lab, host: &str) -> Result<[u8; 6]> {
+    let out = lab::run("ip", &["-n", &lab.host(host).netns, "-j", "link", "show", "eth0"])?;
+    let parsed: serde_json::Value = serde_json::from_str(&out)?;
+    let text = parsed[0]["address"].as_str().context("no address")?;
+    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+    bytes.try_into().map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
+}
+
+#[test]
+fn a_jumbo_report_loses_no_membership() -> Result<()> {
+    // h1 sits on a 9000-byte MTU link and joins 1000 groups: its answer to
+    // a general query is one report of about 8 KB, larger than a 1500-byte
+    // capture. Every group must outlive the membership interval.
+    let mut lab = Lab::new("jumbo", 2, &LabOptions::default())?;
+    lab.ip_br(&["link", "set", "p1", "mtu", "9000"])?;
+    lab::run("ip", &["-n", &lab.host("h1").netns, "link", "set", "eth0", "mtu", "9000"])?;
+    lab::write_sysctl(&lab.host("h1").netns, "ipv4/igmp_max_memberships", "2000")?;
+    lab.start_snoop(&snoop_bin(), &args(&["--max-groups-per-port", "2000"]))?;
+    let groups: Vec<Ipv4Addr> = (0..1000u16).map(|i| Ipv4Addr::new(239, 2, (i >> 8) as u8, i as u8)).collect();
+    let _memberships = lab.join_many("h1", &groups)?;
+    wait_until("1000 memberships", JOIN_TIMEOUT, || Ok(map_members(&lab)?.len() == 1000))?;
+    // Three membership intervals (5 s) of queries answered by jumbo reports.
+    thread::sleep(Duration::from_secs(15));
+    assert_eq!(map_members(&lab)?.len(), 1000, "memberships lost to a report's size");
+    let stats = lab.snoop_show(&snoop_bin(), "stats")?;
+    assert_eq!(stats["datapath"]["control_frames_truncated"], 0);
+    Ok(())
+}
