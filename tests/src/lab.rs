@@ -329,22 +329,27 @@ impl Lab {
             socket.join_multicast_v4(&group, &host.ip)?;
             Ok(socket)
         })??;
-        Ok(Membership { _socket: socket })
+        Ok(Membership { _sockets: vec![socket] })
     }
 
-    /// Joins every one of `groups` on `host`, in one socket (mind the host's
-    /// net.ipv4.igmp_max_memberships).
+    /// Joins every one of `groups` on `host` (mind the host's
+    /// net.ipv4.igmp_max_memberships), 100 per socket: a socket's
+    /// memberships count against net.core.optmem_max (20 KiB on Linux 6.1).
     pub fn join_many(&self, host: &str, groups: &[Ipv4Addr]) -> Result<Membership> {
         let host = self.host(host).clone();
         let groups = groups.to_vec();
-        let socket = in_netns(&host.netns, move || -> Result<UdpSocket> {
-            let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
-            for group in &groups {
-                socket.join_multicast_v4(group, &host.ip).with_context(|| format!("joining {group}"))?;
+        let sockets = in_netns(&host.netns, move || -> Result<Vec<UdpSocket>> {
+            let mut sockets = Vec::new();
+            for chunk in groups.chunks(100) {
+                let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+                for group in chunk {
+                    socket.join_multicast_v4(group, &host.ip).with_context(|| format!("joining {group}"))?;
+                }
+                sockets.push(socket);
             }
-            Ok(socket)
+            Ok(sockets)
         })??;
-        Ok(Membership { _socket: socket })
+        Ok(Membership { _sockets: sockets })
     }
 
     /// Starts counting the group traffic that reaches `host`'s interface,
@@ -373,7 +378,7 @@ impl Lab {
             socket.join_multicast_v4(&group, &addr)?;
             Ok(socket)
         })??;
-        Ok(Membership { _socket: socket })
+        Ok(Membership { _sockets: vec![socket] })
     }
 
     /// Sends `count` UDP packets to `group` from `host`, `interval` apart.
@@ -659,7 +664,7 @@ impl GroupSender {
 
 /// Keeps a group joined while alive.
 pub struct Membership {
-    _socket: UdpSocket,
+    _sockets: Vec<UdpSocket>,
 }
 
 /// What a sniffer counted: UDP packets to the data port by group, and IGMP

@@ -207,6 +207,9 @@ const SMOKE_TESTS: &[&str] = &[
     "controller_restart_keeps_members_receiving",
     "clean_exit_leaves_nothing_behind",
     "kernel_snooping_is_off_while_snoop_runs_and_restored_as_it_was",
+    // A real router on the other side; reports in the largest ring records.
+    "igmpproxy_behind_a_trusted_port",
+    "a_jumbo_report_loses_no_membership",
     // Every eBPF verdict test (the programs as this kernel's verifier and
     // helpers treat them).
     "egress_",
