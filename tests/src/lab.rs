@@ -65,6 +65,8 @@ pub struct Lab {
     extra_netns: Vec<String>,
     /// Programs other than snoop running in the lab (router daemons).
     daemons: Vec<Child>,
+    /// Files written for the lab (daemon configurations).
+    files: Vec<PathBuf>,
 }
 
 impl Lab {
@@ -81,6 +83,7 @@ impl Lab {
             children: Vec::new(),
             extra_netns: Vec::new(),
             daemons: Vec::new(),
+            files: Vec::new(),
         };
         // From here on Drop cleans up whatever was made.
         run("ip", &["netns", "add", &bridge_netns])?;
@@ -156,6 +159,23 @@ impl Lab {
         run("ip", &["-n", &netns, "route", "add", "default", "via", gateway])?;
         write_sysctl(&host_netns, "ipv4/ip_forward", "1")?;
         Ok(netns)
+    }
+
+    /// Writes a file for the lab's lifetime (a daemon's configuration).
+    pub fn write_file(&mut self, name: &str, contents: &str) -> Result<PathBuf> {
+        let path = std::env::temp_dir().join(format!("{}-{name}", self.id));
+        fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        self.files.push(path.clone());
+        Ok(path)
+    }
+
+    /// The MAC of `host`'s interface.
+    pub fn host_mac(&self, host: &str) -> Result<[u8; 6]> {
+        let out = run("ip", &["-n", &self.host(host).netns, "-j", "link", "show", "eth0"])?;
+        let json: serde_json::Value = serde_json::from_str(&out)?;
+        let text = json[0]["address"].as_str().context("no address")?;
+        let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
+        bytes.try_into().map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
     }
 
     /// Runs a program (a router daemon) in `netns` for the lab's lifetime;
@@ -560,6 +580,9 @@ impl Drop for Lab {
         }
         for netns in &self.extra_netns {
             let _ = run("ip", &["netns", "del", netns]);
+        }
+        for file in &self.files {
+            let _ = fs::remove_file(file);
         }
         for mut child in self.children.drain(..) {
             // SAFETY: signalling our own child; SIGTERM lets snoop detach cleanly.

@@ -4,7 +4,7 @@
 //! forwarding.
 use std::{net::Ipv4Addr, thread, time::Duration};
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use snoop::frame_sender::FrameSender;
 use snoop_tests::{
     lab::{self, Lab},
@@ -132,15 +132,6 @@ fn stp_switched_on_while_running_ends_redirect_and_off_resumes_it() -> Result<()
     Ok(())
 }
 
-/// The MAC of `host`'s interface.
-fn host_mac(lab: &Lab, host: &str) -> Result<[u8; 6]> {
-    let out = lab::run("ip", &["-n", &lab.host(host).netns, "-j", "link", "show", "eth0"])?;
-    let json: serde_json::Value = serde_json::from_str(&out)?;
-    let text = json[0]["address"].as_str().context("no address")?;
-    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
-}
-
 #[test]
 fn the_bridge_learns_senders_whose_frames_the_fast_path_consumes() -> Result<()> {
     let mut lab = Lab::new("learning", 4, &LabOptions::default())?;
@@ -155,7 +146,7 @@ fn the_bridge_learns_senders_whose_frames_the_fast_path_consumes() -> Result<()>
 
     // h2 answers h0 with unicast: a bridge that knows h0's MAC sends it to p0
     // only; one that does not floods it to every port.
-    let (h0_mac, h2_mac) = (host_mac(&lab, "h0")?, host_mac(&lab, "h2")?);
+    let (h0_mac, h2_mac) = (lab.host_mac("h0")?, lab.host_mac("h2")?);
     let mut frame = h0_mac.to_vec();
     frame.extend_from_slice(&h2_mac);
     frame.extend_from_slice(&[0x08, 0x00]);

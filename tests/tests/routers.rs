@@ -102,9 +102,8 @@ fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_o
     // more away), only the trust of p3 can bring it the joins.
     let mut lab = Lab::new("igmpproxy", 4, &LabOptions::default())?;
     let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
-    let config = std::env::temp_dir().join(format!("{}-igmpproxy.conf", lab.id));
-    fs::write(
-        &config,
+    let config = lab.write_file(
+        "igmpproxy.conf",
         "quickleave\n\
          phyint behind upstream ratelimit 0 threshold 1\n    altnet 10.98.0.0/24\n\
          phyint eth0 downstream ratelimit 0 threshold 1\n",
@@ -133,7 +132,6 @@ fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_o
     thread::sleep(Duration::from_millis(500));
     assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
     assert_eq!(sniffers[1].count(G), 0);
-    let _ = fs::remove_file(config);
     Ok(())
 }
 
@@ -304,8 +302,8 @@ fn a_multicast_ip_to_a_unicast_mac_goes_where_the_mac_says() -> Result<()> {
     lab.start_snoop(&snoop_bin(), FAST)?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
-    let h2_mac = mac_of(&lab, "h2")?;
-    let h0_mac = mac_of(&lab, "h0")?;
+    let h2_mac = lab.host_mac("h2")?;
+    let h0_mac = lab.host_mac("h0")?;
     // h2 speaks once so the bridge knows where its MAC is.
     lab.send("h2", UNJOINED, 1, Duration::ZERO)?;
     let mut frame = h2_mac.to_vec();
@@ -320,14 +318,6 @@ fn a_multicast_ip_to_a_unicast_mac_goes_where_the_mac_says() -> Result<()> {
     thread::sleep(SETTLE);
     assert_eq!([sniffers[0].count(G), sniffers[1].count(G)], [0, 50], "forwarded as its MAC says");
     Ok(())
-}
-
-fn mac_of(lab: &Lab, host: &str) -> Result<[u8; 6]> {
-    let out = lab::run("ip", &["-n", &lab.host(host).netns, "-j", "link", "show", "eth0"])?;
-    let parsed: serde_json::Value = serde_json::from_str(&out)?;
-    let text = parsed[0]["address"].as_str().context("no address")?;
-    let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>()?;
-    bytes.try_into().map_err(|_| anyhow::anyhow!("not a MAC: {text}"))
 }
 
 #[test]
