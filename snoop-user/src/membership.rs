@@ -401,6 +401,7 @@ impl<A: Family> Snooper<A> {
     pub fn remove_port(&mut self, port: u32) -> Vec<Action<A>> {
         let mut actions = Vec::new();
         self.ports.remove(&port);
+        self.untrusted_routers.remove(&port);
         let groups: Vec<Group<A>> = self.groups.keys().copied().collect();
         for group in groups {
             self.remove_member(group, port, RemoveReason::PortRemoved, &mut actions);
@@ -1372,9 +1373,13 @@ mod tests {
         let heard = &s.untrusted_routers()[&3];
         assert_eq!((heard.source, heard.last_heard), (router, secs(11)));
         assert!(s.querier().is_querier(), "still ignored");
-        // Forgotten once silent for the other-querier-present interval.
+        // Forgotten once silent for the other-querier-present interval, or
+        // with its port.
         s.poll(secs(11 + 255));
         assert!(s.untrusted_routers().is_empty());
+        s.handle(3, 0, &query(router, Ipv4Addr::UNSPECIFIED), secs(300));
+        s.remove_port(3);
+        assert!(s.untrusted_routers().is_empty(), "a port gone from the bridge is still listed");
     }
 
     #[test]

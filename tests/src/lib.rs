@@ -29,6 +29,20 @@ pub fn snoop_bin() -> PathBuf {
     path
 }
 
+/// Fast protocol timers for lab runs: a query every 2 s answered within 1 s
+/// (memberships last 5 s), last-member queries 200 ms apart.
+pub const FAST_TIMERS: &[&str] =
+    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+
+/// Sends `n` packets of `group` from `sender` and returns what each of
+/// `receivers` got at its interface.
+pub fn deliver(lab: &Lab, sender: &str, group: Ipv4Addr, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    lab.send(sender, group, n, Duration::from_micros(200))?;
+    thread::sleep(Duration::from_millis(300));
+    Ok(sniffers.iter().map(|s| s.count(group)).collect())
+}
+
 /// How much slower than this machine the tests run: $SNOOP_TIME_SCALE (the
 /// VM runner sets it: an emulated guest is several times slower), else 1.
 /// Only deadlines that measure responsiveness scale; the protocol's timers do not.

@@ -12,24 +12,15 @@ use snoop_tests::{
 };
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
-const FAST: &[&str] = &[
-    "--query-interval",
-    "2s",
-    "--query-response-interval",
-    "1s",
-    "--last-member-query-interval",
-    "200ms",
-    "--port-scan-interval",
-    "200ms",
-];
+/// The fast timers, and port scans every 200 ms (policies are rescanned).
+fn fast() -> Vec<&'static str> {
+    [snoop_tests::FAST_TIMERS, &["--port-scan-interval", "200ms"]].concat()
+}
 const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Sends `n` packets of G from `sender` and returns what each receiver got.
 fn deliver(lab: &Lab, sender: &str, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
-    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
-    lab.send(sender, G, n, Duration::from_micros(200))?;
-    thread::sleep(Duration::from_millis(300));
-    Ok(sniffers.iter().map(|s| s.count(G)).collect())
+    snoop_tests::deliver(lab, sender, G, receivers, n)
 }
 
 fn bridge_link(lab: &Lab, args: &[&str]) -> Result<()> {
@@ -48,7 +39,7 @@ fn forwarding(lab: &Lab) -> Result<(String, String)> {
 #[test]
 fn copies_never_go_from_one_isolated_port_to_another() -> Result<()> {
     let mut lab = Lab::new("isolated", 4, &LabOptions::default())?;
-    lab.start_snoop(&snoop_bin(), FAST)?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
     let _members = [lab.join("h2", G)?, lab.join("h3", G)?];
     wait_for_members(&lab, G, &["p2", "p3"], JOIN_TIMEOUT)?;
     bridge_link(&lab, &["p0", "isolated", "on"])?;
@@ -67,7 +58,7 @@ fn copies_never_go_from_one_isolated_port_to_another() -> Result<()> {
 #[test]
 fn a_port_that_is_not_forwarding_gets_nothing_and_sends_nothing() -> Result<()> {
     let mut lab = Lab::new("portstate", 4, &LabOptions::default())?;
-    lab.start_snoop(&snoop_bin(), FAST)?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
     let _members = [lab.join("h1", G)?, lab.join("h2", G)?];
     wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
     assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [50, 50]);
@@ -86,7 +77,7 @@ fn a_port_that_is_not_forwarding_gets_nothing_and_sends_nothing() -> Result<()> 
 #[test]
 fn bridge_family_filtering_is_honoured_live() -> Result<()> {
     let mut lab = Lab::new("nftbridge", 3, &LabOptions::default())?;
-    lab.start_snoop(&snoop_bin(), FAST)?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
     assert_eq!(forwarding(&lab)?.0, "redirect");
@@ -111,7 +102,7 @@ fn bridge_family_filtering_is_honoured_live() -> Result<()> {
 fn stp_switched_on_while_running_ends_redirect_and_off_resumes_it() -> Result<()> {
     let mut lab = Lab::new("stplive", 3, &LabOptions::default())?;
     lab.ip_br(&["link", "set", "br0", "type", "bridge", "forward_delay", "200"])?;
-    lab.start_snoop(&snoop_bin(), FAST)?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
     assert_eq!(forwarding(&lab)?.0, "redirect");
@@ -135,7 +126,7 @@ fn stp_switched_on_while_running_ends_redirect_and_off_resumes_it() -> Result<()
 #[test]
 fn the_bridge_learns_senders_whose_frames_the_fast_path_consumes() -> Result<()> {
     let mut lab = Lab::new("learning", 4, &LabOptions::default())?;
-    lab.start_snoop(&snoop_bin(), FAST)?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
     // h0 only ever sends group traffic, which the fast path consumes.

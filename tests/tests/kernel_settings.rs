@@ -6,8 +6,7 @@ use anyhow::{Context as _, Result};
 use snoop_tests::{lab::Lab, snoop_bin, wait_for_members, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
-const FAST: &[&str] =
-    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+use snoop_tests::FAST_TIMERS as FAST;
 
 /// The bridge's `mcast_snooping` as `ip -d link show` reports it.
 fn kernel_snooping(lab: &Lab) -> Result<bool> {

@@ -15,8 +15,7 @@ use serde_json::Value;
 use snoop_tests::{lab::Lab, snoop_bin, wait_for_members, wait_until, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
-const FAST: &[&str] =
-    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+use snoop_tests::FAST_TIMERS as FAST;
 const METRICS: &str = "127.0.0.1:9464";
 
 fn find<'a>(items: &'a Value, key: &str, value: &str) -> &'a Value {

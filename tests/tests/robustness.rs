@@ -23,15 +23,11 @@ use snoop_tests::{
 };
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
-const FAST: &[&str] =
-    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+use snoop_tests::FAST_TIMERS as FAST;
 const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 fn received(lab: &Lab, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
-    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
-    lab.send("h0", G, n, Duration::from_micros(200))?;
-    thread::sleep(Duration::from_millis(300));
-    Ok(sniffers.iter().map(|s| s.count(G)).collect())
+    snoop_tests::deliver(lab, "h0", G, receivers, n)
 }
 
 /// An IPv4 packet from `src` with a correct header checksum; `total_len`

@@ -28,8 +28,7 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 const SNOOP_ADDRESS: &str = "10.99.0.200";
 
 /// Fast timers: query every 2 s, answers within 1 s, last-member round 0.4 s.
-const FAST: &[&str] =
-    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+use snoop_tests::FAST_TIMERS as FAST;
 
 fn args(extra: &[&'static str]) -> Vec<&'static str> {
     [FAST, extra].concat()
@@ -37,10 +36,7 @@ fn args(extra: &[&'static str]) -> Vec<&'static str> {
 
 /// Sends `n` packets of `group` from h0 and returns what each receiver got.
 fn deliver(lab: &Lab, group: Ipv4Addr, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
-    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
-    lab.send("h0", group, n, Duration::from_micros(200))?;
-    thread::sleep(SETTLE);
-    Ok(sniffers.iter().map(|s| s.count(group)).collect())
+    snoop_tests::deliver(lab, "h0", group, receivers, n)
 }
 
 fn querier(lab: &Lab) -> Result<serde_json::Value> {

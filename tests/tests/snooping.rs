@@ -19,9 +19,7 @@ const MDNS: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 251);
 const SETTLE: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// Fast timers: query every 2 s, answers within 1 s, last-member round 0.4 s.
-const FAST: &[&str] =
-    &["--query-interval", "2s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+use snoop_tests::FAST_TIMERS as FAST;
 
 fn lab(tag: &str, hosts: usize, options: LabOptions) -> Result<Lab> {
     Lab::new(tag, hosts, &options)

@@ -40,18 +40,11 @@ const JOIN_GRACE: Duration = Duration::from_millis(1000);
 const LEAVE_GRACE: Duration = Duration::from_millis(1500);
 /// Packets are judged this long after they were sent (they have arrived).
 const JUDGE_LAG: Duration = Duration::from_secs(2);
-const SNOOP_ARGS: &[&str] = &[
-    "--query-interval",
-    "2s",
-    "--query-response-interval",
-    "1s",
-    "--last-member-query-interval",
-    "200ms",
-    "--keep-state",
-    // Groups nobody joined reach nobody: any packet a non-member gets is a leak.
-    "--unregistered",
-    "routers",
-];
+/// The fast timers, keep-state restarts, and groups nobody joined reaching
+/// nobody: any packet a non-member gets is a leak.
+fn snoop_args() -> Vec<&'static str> {
+    [snoop_tests::FAST_TIMERS, &["--keep-state", "--unregistered", "routers"]].concat()
+}
 
 fn group(index: usize) -> Ipv4Addr {
     Ipv4Addr::new(239, 10, 0, index as u8 + 1)
@@ -181,7 +174,7 @@ fn main() -> Result<()> {
         }
         receivers.insert(host.clone(), Receiver::start(&lab, &host)?);
     }
-    lab.start_snoop(&snoop, SNOOP_ARGS)?;
+    lab.start_snoop(&snoop, &snoop_args())?;
 
     let sent: Arc<Mutex<Vec<Vec<Instant>>>> = Arc::new(Mutex::new(vec![Vec::new(); GROUPS]));
     let stop = Arc::new(AtomicBool::new(false));
@@ -247,7 +240,7 @@ fn main() -> Result<()> {
             let kill = restarts % 2 == 1;
             let down = Instant::now();
             lab.stop_snoop(kill)?;
-            lab.start_snoop(&snoop, SNOOP_ARGS)?;
+            lab.start_snoop(&snoop, &snoop_args())?;
             downtimes.push((down, Instant::now()));
             restarts += 1;
             kills += u32::from(kill);
