@@ -5,7 +5,7 @@
 pub enum Counter {
     /// IGMP frames seen entering a port.
     IgmpSeen = 0,
-    /// PIM hellos seen entering a port (router port learning).
+    /// PIM hellos (IPv4 and IPv6) seen entering a port (router port learning).
     PimSeen,
     /// Control frames handed to the controller.
     Captured,
@@ -13,7 +13,7 @@ pub enum Counter {
     CaptureRingFull,
     /// Control frames longer than [`CAPTURE_LEN`]; only the head was handed over.
     CaptureTruncated,
-    /// IPv4 frames whose header the data path could not read (counted, passed).
+    /// IP frames whose header the data path could not read (counted, passed).
     MalformedIp,
     /// IGMP reports/leaves not sent to a host (non-router) port.
     ReportsSuppressed,
@@ -21,7 +21,7 @@ pub enum Counter {
     DataForwarded,
     /// Group data not sent to a port without members.
     DataPruned,
-    /// 224.0.0.0/24 traffic, always flooded.
+    /// 224.0.0.0/24 and link-scope IPv6 traffic, flooded.
     LinkLocalFlooded,
     /// Data for a group nobody joined, flooded.
     UnregisteredFlooded,
@@ -43,10 +43,12 @@ pub enum Counter {
     /// Data and reports flooded because no querier is present (see
     /// [`crate::CONFIG_NO_QUERIER`]).
     NoQuerierFlooded,
+    /// MLD and IPv6 router discovery frames seen entering a port.
+    MldSeen,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = Counter::NoQuerierFlooded as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::MldSeen as u32 + 1;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -69,6 +71,7 @@ impl Counter {
         Counter::RedirectCopies,
         Counter::SourcePortBridgePath,
         Counter::NoQuerierFlooded,
+        Counter::MldSeen,
     ];
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -92,6 +95,7 @@ impl Counter {
             Counter::RedirectCopies => "redirect_copies",
             Counter::SourcePortBridgePath => "source_port_bridge_path",
             Counter::NoQuerierFlooded => "no_querier_flooded",
+            Counter::MldSeen => "mld_seen",
         }
     }
 }
@@ -124,11 +128,11 @@ pub struct TrafficCounters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PortCounters {
     pub queries: u64,
-    /// v1, v2 and v3 membership reports.
+    /// Membership reports: IGMPv1-v3, MLDv1-v2.
     pub reports: u64,
-    /// v2 leaves (v3 leaves are records inside reports).
+    /// IGMPv2 leaves and MLDv1 dones (v3/v2 leaves are records inside reports).
     pub leaves: u64,
-    /// IGMP of other types (flooded, not interpreted).
+    /// IGMP and MLD-family ICMPv6 of other types (router discovery, unknown).
     pub other_igmp: u64,
     pub pim_hellos: u64,
 }

@@ -3,7 +3,6 @@
 use crate::{PortCounters, TrafficCounters};
 /// Address family tags stored in [`GroupKey::family`].
 pub const FAMILY_IPV4: u8 = 4;
-/// Reserved for MLD snooping.
 pub const FAMILY_IPV6: u8 = 6;
 
 /// VLAN id used while snooping is not VLAN-aware.
@@ -34,6 +33,20 @@ impl GroupKey {
         }
     }
 
+    #[inline(always)]
+    pub const fn ipv6(addr: [u8; 16], vlan: u16) -> Self {
+        Self { addr, vlan, family: FAMILY_IPV6, _pad: 0 }
+    }
+
+    /// The IPv6 group, if this key holds one.
+    pub const fn ipv6_octets(&self) -> Option<[u8; 16]> {
+        if self.family == FAMILY_IPV6 {
+            Some(self.addr)
+        } else {
+            None
+        }
+    }
+
     /// The IPv4 group, if this key holds one.
     pub const fn ipv4_octets(&self) -> Option<[u8; 4]> {
         if self.family == FAMILY_IPV4 {
@@ -60,7 +73,7 @@ pub struct MemberValue {
     /// CLOCK_MONOTONIC time (ns, as `bpf_ktime_get_ns`) at which the membership
     /// expires if not refreshed. A restarted controller resumes its timers from it.
     pub expires_ns: u64,
-    /// Lowest IGMP version heard from this port for this group (1, 2 or 3).
+    /// Lowest version heard from this port for this group (IGMP 1-3, MLD 1-2).
     pub version: u8,
     /// `MEMBER_*` flags.
     pub flags: u8,
@@ -104,7 +117,9 @@ pub struct PortValue {
     pub _pad: u32,
 }
 
-/// A multicast router is behind the port: it gets all group traffic and all reports.
+/// A multicast router is behind the port: it gets all group traffic and all
+/// reports. Router ports are learned per family (IGMP queries make an IPv4
+/// router port, MLD queries an IPv6 one): [`PORT_ROUTER_IPV6`].
 pub const PORT_ROUTER: u32 = 1;
 /// The port gets all group traffic (but not reports): some of its
 /// memberships did not fit a full map, and pruning it would blackhole them.
@@ -117,6 +132,10 @@ pub const PORT_BRIDGE_PATH: u32 = 4;
 /// trusted and no router port is known yet, so an upstream router or proxy
 /// hears joins at once instead of at its next query.
 pub const PORT_GETS_REPORTS: u32 = 8;
+/// [`PORT_ROUTER`] for IPv6 group traffic and MLD reports.
+pub const PORT_ROUTER_IPV6: u32 = 16;
+/// [`PORT_GETS_REPORTS`] for MLD reports.
+pub const PORT_GETS_REPORTS_IPV6: u32 = 32;
 
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
@@ -151,6 +170,81 @@ pub const CONFIG_CHECK_SOURCE_PORT: u32 = 4;
 /// query not yet answered): hosts report only when queried, so membership is
 /// unknown and nothing is pruned or redirected, as the Linux bridge does.
 pub const CONFIG_NO_QUERIER: u32 = 8;
+/// [`CONFIG_NO_QUERIER`] for MLD: IPv6 groups are not pruned.
+pub const CONFIG_NO_QUERIER_IPV6: u32 = 16;
+/// Link-scope IPv6 groups but ff02::1 are snooped like any other (off:
+/// flooded, so neighbour discovery never depends on snooping).
+pub const CONFIG_SNOOP_IPV6_LINK_SCOPE: u32 = 32;
+
+/// The flags and keys that differ between the address families, so one
+/// data path serves both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FamilyFlags {
+    /// The port flag of a router port of this family.
+    pub router: u32,
+    /// The port flag of a port that gets this family's reports.
+    pub gets_reports: u32,
+    /// The config flag: no querier of this family is present.
+    pub no_querier: u32,
+    /// The [`MAP_GROUP_PORTS`] entry listing where this family's reports go.
+    pub report_targets: GroupKey,
+}
+
+// The data path passes the one-byte family around and asks these for its
+// flags: a struct passed to a function the compiler does not inline would
+// become read-only data, a map the object must not have.
+
+/// The port flag of a router port of `family`.
+#[inline(always)]
+pub const fn router_flag(family: u8) -> u32 {
+    if family == FAMILY_IPV6 {
+        PORT_ROUTER_IPV6
+    } else {
+        PORT_ROUTER
+    }
+}
+
+/// The port flag of a port that gets `family`'s reports.
+#[inline(always)]
+pub const fn gets_reports_flag(family: u8) -> u32 {
+    if family == FAMILY_IPV6 {
+        PORT_GETS_REPORTS_IPV6
+    } else {
+        PORT_GETS_REPORTS
+    }
+}
+
+/// The config flag: no querier of `family` is present.
+#[inline(always)]
+pub const fn no_querier_flag(family: u8) -> u32 {
+    if family == FAMILY_IPV6 {
+        CONFIG_NO_QUERIER_IPV6
+    } else {
+        CONFIG_NO_QUERIER
+    }
+}
+
+/// The [`MAP_GROUP_PORTS`] key listing where `family`'s reports go.
+#[inline(always)]
+pub const fn report_targets(family: u8) -> GroupKey {
+    let mut key = REPORT_TARGETS;
+    if family == FAMILY_IPV6 {
+        key.addr[0] = FAMILY_IPV6;
+    }
+    key
+}
+
+const fn family_flags(family: u8) -> FamilyFlags {
+    FamilyFlags {
+        router: router_flag(family),
+        gets_reports: gets_reports_flag(family),
+        no_querier: no_querier_flag(family),
+        report_targets: report_targets(family),
+    }
+}
+
+pub const IPV4_FLAGS: FamilyFlags = family_flags(FAMILY_IPV4);
+pub const IPV6_FLAGS: FamilyFlags = family_flags(FAMILY_IPV6);
 
 /// Slots of [`MAP_SENDERS`].
 pub const SENDER_SLOTS: u32 = 256;
@@ -188,7 +282,6 @@ pub const MAX_FANOUT: usize = 32;
 /// IGMP reports and leaves: router ports and the bridge device (family 0 is
 /// no address family, so no group collides with it).
 pub const REPORT_TARGETS: GroupKey = GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 };
-
 /// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,10 +1,7 @@
 //! Counting, in per-CPU maps the controller sums: the data path's counters by
 //! reason, traffic per membership / group / port, control frames per port.
 use aya_ebpf::{maps::PerCpuArray, programs::TcContext};
-use snoop_common::{
-    wire::{IGMP_QUERY, IGMP_V1_REPORT, IGMP_V2_LEAVE, IGMP_V2_REPORT, IGMP_V3_REPORT},
-    Counter, PortCounters, TrafficCounters,
-};
+use snoop_common::{wire::ControlKind, Counter, PortCounters, TrafficCounters};
 
 use crate::{
     maps::{SNOOP_COUNTERS, SNOOP_PORT_COUNTERS},
@@ -42,27 +39,27 @@ pub fn count_traffic(counters: &PerCpuArray<TrafficCounters>, slot: u32, packets
     }
 }
 
-/// Per-port control-traffic counters, by IGMP type (`None`: a PIM hello).
+/// Per-port control-traffic counters, by kind.
 #[inline(always)]
-pub fn count_port_control(ctx: &TcContext, igmp_type: Option<u8>) {
+pub fn count_port_control(ctx: &TcContext, kind: ControlKind) {
     let ifindex = ifindex(ctx);
     let Some(counters) = SNOOP_PORT_COUNTERS.get_ptr_mut(ifindex) else {
         let mut fresh = PortCounters::default();
-        bump(&mut fresh, igmp_type);
+        bump(&mut fresh, kind);
         let _ = SNOOP_PORT_COUNTERS.insert(ifindex, &fresh, 0);
         return;
     };
     // SAFETY: per-CPU value, no concurrent writer on this CPU.
-    bump(unsafe { &mut *counters }, igmp_type);
+    bump(unsafe { &mut *counters }, kind);
 }
 
 #[inline(always)]
-fn bump(counters: &mut PortCounters, igmp_type: Option<u8>) {
-    match igmp_type {
-        None => counters.pim_hellos += 1,
-        Some(IGMP_QUERY) => counters.queries += 1,
-        Some(IGMP_V1_REPORT | IGMP_V2_REPORT | IGMP_V3_REPORT) => counters.reports += 1,
-        Some(IGMP_V2_LEAVE) => counters.leaves += 1,
-        Some(_) => counters.other_igmp += 1,
+fn bump(counters: &mut PortCounters, kind: ControlKind) {
+    match kind {
+        ControlKind::PimHello => counters.pim_hellos += 1,
+        ControlKind::Query => counters.queries += 1,
+        ControlKind::Report => counters.reports += 1,
+        ControlKind::Leave => counters.leaves += 1,
+        ControlKind::Other => counters.other_igmp += 1,
     }
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use snoop_common::{
-    sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, CONFIG_CHECK_SOURCE_PORT, CONFIG_NO_QUERIER,
-    CONFIG_REDIRECT, MAX_FANOUT, PORT_BRIDGE_PATH, REPORT_TARGETS, VLAN_NONE,
+    no_querier_flag, report_targets, sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts,
+    CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, MAX_FANOUT, PORT_BRIDGE_PATH,
 };
 
 use crate::{
@@ -69,10 +69,10 @@ const BPF_F_INGRESS: u64 = 1;
 /// transmit and one backlog pass fewer. Anything else (unregistered groups,
 /// more ports than MAX_FANOUT, no controller) takes the bridge path.
 #[inline(always)]
-pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
+pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
     // One test for both: no redirect mode, or nothing may be pruned now.
-    if config.flags & (CONFIG_REDIRECT | CONFIG_NO_QUERIER) != CONFIG_REDIRECT {
+    if config.flags & (CONFIG_REDIRECT | no_querier_flag(family)) != CONFIG_REDIRECT {
         return TC_ACT_OK;
     }
     let now = coarse_now_ns();
@@ -81,7 +81,7 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
-    let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(GroupKey::ipv4(dst, VLAN_NONE)) }) else {
+    let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(group) }) else {
         return TC_ACT_OK;
     };
     let ingress = ifindex(ctx);
@@ -126,20 +126,20 @@ pub fn redirect_group(ctx: &TcContext, dst: [u8; 4]) -> i32 {
     TC_ACT_SHOT
 }
 
-/// Reports and leaves go to router ports and the bridge device only (RFC
+/// Reports and leaves (MLD: dones) go to router ports and the bridge device only (RFC
 /// 4541 2.1.1), copied here instead of flooded by the bridge and dropped
 /// again at every host port.
 #[inline(always)]
-pub fn redirect_reports(ctx: &TcContext) -> i32 {
+pub fn redirect_reports(ctx: &TcContext, family: u8) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
     let now = coarse_now_ns();
-    if config.flags & (CONFIG_REDIRECT | CONFIG_NO_QUERIER) != CONFIG_REDIRECT
+    if config.flags & (CONFIG_REDIRECT | no_querier_flag(family)) != CONFIG_REDIRECT
         || controller_gone(config, now.saturating_sub(config.heartbeat_ns))
     {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
-    let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(REPORT_TARGETS) }) else {
+    let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(report_targets(family)) }) else {
         return TC_ACT_OK;
     };
     let ingress = ifindex(ctx);

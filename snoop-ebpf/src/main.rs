@@ -1,7 +1,7 @@
 //! snoop data path: two TC programs on every port of a bridge.
 //!
 //! - `snoop_ingress` sees frames entering the bridge from a port. It hands
-//!   IGMP and PIM hellos to the controller ([`capture`]), and in redirect mode
+//!   IGMP, MLD and PIM hellos to the controller ([`capture`]), and in redirect mode
 //!   copies joined groups' traffic straight to their member and router ports
 //!   ([`forward`]).
 //! - `snoop_egress` sees frames the bridge sends out of a port. It drops
@@ -9,8 +9,8 @@
 //!   to host ports (so every host keeps reporting, RFC 4541 2.1.1) ([`prune`]).
 //!
 //! Membership lives in maps the controller writes ([`maps`]); nothing here
-//! parses IGMP beyond the message type ([`packet`]), so there is exactly one
-//! IGMP parser (userspace). Every decision is counted ([`counters`]).
+//! parses IGMP or MLD beyond the message type ([`packet`]), so there is exactly
+//! one parser of each (userspace). Every decision is counted ([`counters`]).
 #![no_std]
 #![no_main]
 
@@ -25,33 +25,77 @@ mod prune;
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
 use snoop_common::{
     wire::{
-        is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, IPPROTO_IGMP, IPPROTO_PIM, IPV4_ALL_PIM_ROUTERS,
+        is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, is_mld_control, is_mld_report, ControlKind,
+        IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_PIM, IPV4_ALL_PIM_ROUTERS, IPV6_ALL_PIM_ROUTERS,
     },
-    Counter,
+    Counter, GroupKey, FAMILY_IPV4, FAMILY_IPV6, VLAN_NONE,
 };
 
-use crate::counters::{count, count_port_control};
+use crate::{
+    counters::{count, count_port_control},
+    packet::{IpHead, Ipv4Head, Ipv6Head},
+};
 
 #[classifier]
 pub fn snoop_ingress(ctx: TcContext) -> i32 {
-    let Some(ip) = packet::ipv4_head(&ctx) else { return TC_ACT_OK };
+    match packet::ip_head(&ctx) {
+        Some(IpHead::V4(ip)) => ipv4_ingress(&ctx, &ip),
+        Some(IpHead::V6(ip)) => ipv6_ingress(&ctx, &ip),
+        None => TC_ACT_OK,
+    }
+}
+
+#[inline(always)]
+fn ipv4_ingress(ctx: &TcContext, ip: &Ipv4Head) -> i32 {
     if ip.protocol == IPPROTO_IGMP {
         count(Counter::IgmpSeen);
         // Too short to hold a type: counted as other IGMP.
-        let igmp_type = packet::igmp_type(&ctx, &ip).unwrap_or(0xff);
-        count_port_control(&ctx, Some(igmp_type));
-        capture::capture_within_rate(&ctx);
+        let igmp_type = packet::igmp_type(ctx, ip).unwrap_or(0xff);
+        count_port_control(ctx, ControlKind::of_igmp(igmp_type));
+        capture::capture_within_rate(ctx);
         if is_igmp_report(igmp_type) && ip.to_group_mac {
-            return forward::redirect_reports(&ctx);
+            return forward::redirect_reports(ctx, FAMILY_IPV4);
         }
     } else if ip.protocol == IPPROTO_PIM && ip.dst == IPV4_ALL_PIM_ROUTERS {
         count(Counter::PimSeen);
-        count_port_control(&ctx, None);
-        capture::capture_within_rate(&ctx);
+        count_port_control(ctx, ControlKind::PimHello);
+        capture::capture_within_rate(ctx);
     } else if ip.to_group_mac && is_ipv4_multicast(ip.dst) && !is_ipv4_link_local_group(ip.dst) {
-        return forward::redirect_group(&ctx, ip.dst);
+        return forward::redirect_group(ctx, GroupKey::ipv4(ip.dst, VLAN_NONE), FAMILY_IPV4);
     }
     TC_ACT_OK
+}
+
+/// MLD is found behind the extension headers (Router Alert rides in a
+/// hop-by-hop header); anything else to a group is group traffic.
+#[inline(always)]
+fn ipv6_ingress(ctx: &TcContext, ip: &Ipv6Head) -> i32 {
+    if !ip.to_group_mac || ip.dst[0] != 0xff {
+        return TC_ACT_OK;
+    }
+    let Some((protocol, offset)) = packet::ipv6_upper_layer(ctx, ip) else {
+        return TC_ACT_OK;
+    };
+    if protocol == IPPROTO_ICMPV6 {
+        if let Some(icmp_type) = packet::icmpv6_type(ctx, offset).filter(|t| is_mld_control(*t)) {
+            count(Counter::MldSeen);
+            count_port_control(ctx, ControlKind::of_mld(icmp_type));
+            capture::capture_within_rate(ctx);
+            if is_mld_report(icmp_type) {
+                return forward::redirect_reports(ctx, FAMILY_IPV6);
+            }
+            return TC_ACT_OK;
+        }
+    } else if protocol == IPPROTO_PIM && ip.dst == IPV6_ALL_PIM_ROUTERS {
+        count(Counter::PimSeen);
+        count_port_control(ctx, ControlKind::PimHello);
+        capture::capture_within_rate(ctx);
+        return TC_ACT_OK;
+    }
+    if prune::ipv6_flooded(&ip.dst) {
+        return TC_ACT_OK;
+    }
+    forward::redirect_group(ctx, GroupKey::ipv6(ip.dst, VLAN_NONE), FAMILY_IPV6)
 }
 
 #[classifier]

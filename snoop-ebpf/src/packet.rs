@@ -2,7 +2,10 @@
 //! access.
 use aya_ebpf::programs::TcContext;
 use snoop_common::{
-    wire::{ETH_HLEN, ETH_P_IP},
+    wire::{
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_DESTINATION_OPTIONS, IPV6_HLEN, IPV6_HOP_BY_HOP,
+        IPV6_ROUTING, MAX_IPV6_EXTENSION_HEADERS,
+    },
     Counter,
 };
 
@@ -27,9 +30,24 @@ pub struct Ipv4Head {
     pub to_group_mac: bool,
 }
 
-/// `None` for anything but an IPv4 frame with a readable header.
+/// The IPv6 header fields both programs need.
+pub struct Ipv6Head {
+    pub dst: [u8; 16],
+    /// The fixed header's next header (the first extension header, or UDP).
+    pub next_header: u8,
+    /// As [`Ipv4Head::to_group_mac`]; 33:33:xx:xx:xx:xx for IPv6 groups.
+    pub to_group_mac: bool,
+}
+
+/// An IP frame's head, by family.
+pub enum IpHead {
+    V4(Ipv4Head),
+    V6(Ipv6Head),
+}
+
+/// `None` for anything but an IP frame with a readable header.
 #[inline(always)]
-pub fn ipv4_head(ctx: &TcContext) -> Option<Ipv4Head> {
+pub fn ip_head(ctx: &TcContext) -> Option<IpHead> {
     let data = ctx.data();
     let data_end = ctx.data_end();
     if data + ETH_HLEN + 20 > data_end {
@@ -38,6 +56,9 @@ pub fn ipv4_head(ctx: &TcContext) -> Option<Ipv4Head> {
     }
     // SAFETY: bounds checked above.
     let ethertype = u16::from_be(unsafe { *((data + 12) as *const u16) });
+    if ethertype == ETH_P_IPV6 {
+        return ipv6_head(ctx).map(IpHead::V6);
+    }
     if ethertype != ETH_P_IP {
         return None;
     }
@@ -52,12 +73,76 @@ pub fn ipv4_head(ctx: &TcContext) -> Option<Ipv4Head> {
     // SAFETY: as above.
     let protocol = unsafe { *((ip + 9) as *const u8) };
     let dst = unsafe { *((ip + 16) as *const [u8; 4]) };
-    // SAFETY: as above (the MAC is the frame's first 6 bytes).
+    let to_group_mac = to_group_mac(data);
+    Some(IpHead::V4(Ipv4Head { dst, protocol, header_len, to_group_mac }))
+}
+
+/// The destination MAC is a multicast one, not broadcast.
+#[inline(always)]
+fn to_group_mac(data: usize) -> bool {
+    // SAFETY: callers checked the frame holds an Ethernet header.
     let (first, mac_head, mac_tail) =
         unsafe { (*(data as *const u8), *(data as *const u32), *((data + 4) as *const u16)) };
     let broadcast = mac_head == u32::MAX && mac_tail == u16::MAX;
-    let to_group_mac = first & 1 != 0 && !broadcast;
-    Some(Ipv4Head { dst, protocol, header_len, to_group_mac })
+    first & 1 != 0 && !broadcast
+}
+
+#[inline(always)]
+fn ipv6_head(ctx: &TcContext) -> Option<Ipv6Head> {
+    let data = ctx.data();
+    if data + ETH_HLEN + IPV6_HLEN > ctx.data_end() {
+        // An IPv6 frame without a whole header in the linear area: the
+        // stack pulls headers only when it needs them.
+        let head: [u8; IPV6_HLEN] = ctx.load(ETH_HLEN).ok()?;
+        return ipv6_fields(&head, to_group_mac(data));
+    }
+    let ip = data + ETH_HLEN;
+    // SAFETY: bounds checked above.
+    let head = unsafe { &*(ip as *const [u8; IPV6_HLEN]) };
+    ipv6_fields(head, to_group_mac(data))
+}
+
+#[inline(always)]
+fn ipv6_fields(head: &[u8; IPV6_HLEN], to_group_mac: bool) -> Option<Ipv6Head> {
+    if head[0] >> 4 != 6 {
+        count(Counter::MalformedIp);
+        return None;
+    }
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&head[24..40]);
+    Some(Ipv6Head { dst, next_header: head[6], to_group_mac })
+}
+
+/// The upper-layer protocol of an IPv6 packet and its offset from the frame
+/// start, past hop-by-hop, routing and destination options headers (at most
+/// [`MAX_IPV6_EXTENSION_HEADERS`]). `None` when the chain is longer or runs
+/// past the frame. UDP (group traffic) costs no walk.
+#[inline(always)]
+pub fn ipv6_upper_layer(ctx: &TcContext, ip: &Ipv6Head) -> Option<(u8, usize)> {
+    let mut next = ip.next_header;
+    let mut offset = ETH_HLEN + IPV6_HLEN;
+    if next == IPPROTO_UDP {
+        return Some((next, offset));
+    }
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
+        if !matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS) {
+            return Some((next, offset));
+        }
+        // Next header, then the header's length in 8-byte units beyond the first 8.
+        let [following, length]: [u8; 2] = ctx.load(offset).ok()?;
+        next = following;
+        offset += (usize::from(length) + 1) * 8;
+    }
+    if matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS) {
+        return None;
+    }
+    Some((next, offset))
+}
+
+/// The ICMPv6 type at `offset`, if the frame is long enough to hold one.
+#[inline(always)]
+pub fn icmpv6_type(ctx: &TcContext, offset: usize) -> Option<u8> {
+    ctx.load::<u8>(offset).ok()
 }
 
 /// The IGMP message type, if the frame is long enough to hold one.

@@ -6,38 +6,80 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use snoop_common::{
-    wire::{is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, IPPROTO_IGMP},
-    Counter, DatapathConfig, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER, PORT_GETS_REPORTS,
-    PORT_ROUTER, PORT_UNPRUNED, VLAN_NONE,
+    gets_reports_flag, no_querier_flag, router_flag,
+    wire::{
+        is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, is_ipv6_all_nodes, is_ipv6_link_scope_group,
+        is_mld_report, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
+    },
+    Counter, DatapathConfig, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_SNOOP_IPV6_LINK_SCOPE,
+    FAMILY_IPV4, FAMILY_IPV6, PORT_UNPRUNED, VLAN_NONE,
 };
 
 use crate::{
     config::{config, controller_gone, heartbeat_age_ns},
     counters::{count, count_traffic},
     maps::{SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC},
-    packet::{ifindex, igmp_type, ipv4_head, Ipv4Head},
+    packet::{icmpv6_type, ifindex, igmp_type, ip_head, ipv6_upper_layer, IpHead},
 };
 
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    let Some(ip) = ipv4_head(ctx) else {
-        return TC_ACT_OK;
-    };
-    // Group traffic is what goes to a multicast MAC (the bridge forwards
-    // the rest by its MAC, or floods broadcast).
-    if !is_ipv4_multicast(ip.dst) || !ip.to_group_mac {
-        return TC_ACT_OK;
+    match ip_head(ctx) {
+        Some(IpHead::V4(ip)) => {
+            // Group traffic is what goes to a multicast MAC (the bridge forwards
+            // the rest by its MAC, or floods broadcast).
+            if !is_ipv4_multicast(ip.dst) || !ip.to_group_mac {
+                return TC_ACT_OK;
+            }
+            let ifindex = ifindex(ctx);
+            if ip.protocol == IPPROTO_IGMP {
+                let is_report = igmp_type(ctx, &ip).is_some_and(is_igmp_report);
+                return report_egress(is_report, ifindex, FAMILY_IPV4);
+            }
+            if is_ipv4_link_local_group(ip.dst) {
+                count(Counter::LinkLocalFlooded);
+                return TC_ACT_OK;
+            }
+            data_egress(ctx, GroupKey::ipv4(ip.dst, VLAN_NONE), ifindex, FAMILY_IPV4)
+        }
+        Some(IpHead::V6(ip)) => {
+            if ip.dst[0] != 0xff || !ip.to_group_mac {
+                return TC_ACT_OK;
+            }
+            let ifindex = ifindex(ctx);
+            if ip.next_header != IPPROTO_UDP {
+                if let Some((IPPROTO_ICMPV6, offset)) = ipv6_upper_layer(ctx, &ip) {
+                    if let Some(icmp_type) = icmpv6_type(ctx, offset) {
+                        if is_mld_report(icmp_type) {
+                            return report_egress(true, ifindex, FAMILY_IPV6);
+                        }
+                    }
+                }
+            }
+            if ipv6_flooded(&ip.dst) {
+                count(Counter::LinkLocalFlooded);
+                return TC_ACT_OK;
+            }
+            data_egress(ctx, GroupKey::ipv6(ip.dst, VLAN_NONE), ifindex, FAMILY_IPV6)
+        }
+        None => TC_ACT_OK,
     }
-    let ifindex = ifindex(ctx);
-    if ip.protocol == IPPROTO_IGMP {
-        return igmp_egress(ctx, &ip, ifindex);
-    }
-    if is_ipv4_link_local_group(ip.dst) {
-        count(Counter::LinkLocalFlooded);
-        return TC_ACT_OK;
-    }
+}
+
+/// IPv6 groups never pruned: ff02::1 (RFC 4541 3), and the other link-scope
+/// groups unless snooping them was asked for (neighbour discovery, DHCPv6
+/// and mDNS must not depend on snooping getting every host's reports).
+#[inline(always)]
+pub fn ipv6_flooded(dst: &[u8; 16]) -> bool {
+    is_ipv6_link_scope_group(dst)
+        && (is_ipv6_all_nodes(dst) || config().is_none_or(|c| c.flags & CONFIG_SNOOP_IPV6_LINK_SCOPE == 0))
+}
+
+/// Group traffic: to member and router ports only.
+#[inline(always)]
+fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i32 {
     let bytes = u64::from(ctx.len());
-    let key = PortGroupKey { group: GroupKey::ipv4(ip.dst, VLAN_NONE), ifindex };
+    let key = PortGroupKey { group, ifindex };
     // The common case first: a member port, one hash lookup.
     if let Some(member) = SNOOP_MEMBERS.get_ptr(&key) {
         count(Counter::DataForwarded);
@@ -50,7 +92,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
         // Not a port snoop manages (yet): leave the bridge's decision alone.
         return TC_ACT_OK;
     };
-    if port.flags & (PORT_ROUTER | PORT_UNPRUNED) != 0 {
+    if port.flags & (router_flag(family) | PORT_UNPRUNED) != 0 {
         count(Counter::DataForwarded);
         count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, true);
         return TC_ACT_OK;
@@ -59,7 +101,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
     let group = SNOOP_GROUPS.get_ptr(&key.group);
     let flood_unregistered = config.is_none_or(|c| c.flags & CONFIG_FLOOD_UNREGISTERED != 0);
     // Only checked on the prune path: forwarding costs nothing extra.
-    let forward = if let Some(reason) = config.and_then(unpruned_reason) {
+    let forward = if let Some(reason) = config.and_then(|c| unpruned_reason(c, family)) {
         count(reason);
         true
     } else if group.is_none() && flood_unregistered {
@@ -86,11 +128,11 @@ pub fn egress(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Why nothing may be pruned now, if so: no querier is present, or the
-/// controller is gone (failsafe).
+/// Why nothing of `family` may be pruned now, if so: no querier is present,
+/// or the controller is gone (failsafe).
 #[inline(always)]
-fn unpruned_reason(config: &DatapathConfig) -> Option<Counter> {
-    if config.flags & CONFIG_NO_QUERIER != 0 {
+fn unpruned_reason(config: &DatapathConfig, family: u8) -> Option<Counter> {
+    if config.flags & no_querier_flag(family) != 0 {
         Some(Counter::NoQuerierFlooded)
     } else if controller_gone(config, heartbeat_age_ns(config)) {
         Some(Counter::FailsafeFlooded)
@@ -100,20 +142,17 @@ fn unpruned_reason(config: &DatapathConfig) -> Option<Counter> {
 }
 
 /// Reports and leaves go to router ports only (and to trusted ports while
-/// no router port is known); queries and unknown IGMP types are flooded
-/// (RFC 4541 2.1.1 (1) and (3)). With nothing pruned, reports flood too.
+/// no router port is known); queries and unknown types are flooded (RFC
+/// 4541 2.1.1 (1) and (3)). With nothing pruned, reports flood too.
 #[inline(always)]
-fn igmp_egress(ctx: &TcContext, ip: &Ipv4Head, ifindex: u32) -> i32 {
+fn report_egress(is_report: bool, ifindex: u32, family: u8) -> i32 {
     // SAFETY: plain map lookup.
     let gets_reports = match unsafe { SNOOP_PORTS.get(ifindex) } {
-        Some(port) => port.flags & (PORT_ROUTER | PORT_GETS_REPORTS) != 0,
+        Some(port) => port.flags & (router_flag(family) | gets_reports_flag(family)) != 0,
         None => return TC_ACT_OK, // not managed
     };
-    let Some(igmp_type) = igmp_type(ctx, ip) else {
-        return TC_ACT_OK; // too short to be a report: flood like unknown IGMP
-    };
-    if is_igmp_report(igmp_type) && !gets_reports {
-        if let Some(reason) = config().and_then(unpruned_reason) {
+    if is_report && !gets_reports {
+        if let Some(reason) = config().and_then(|c| unpruned_reason(c, family)) {
             count(reason);
             return TC_ACT_OK;
         }

@@ -1,6 +1,6 @@
 //! What snoop needs to know about a bridge, read over rtnetlink so it works in
 //! whatever network namespace snoop runs in (sysfs shows the mounter's).
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
@@ -151,7 +151,7 @@ impl Netlink {
     /// next periodic scan.
     pub fn link_changes() -> Result<impl futures::Stream<Item = ()> + Unpin> {
         // Addresses too: the querier speaks from the bridge's.
-        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr];
+        let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
         let (connection, _, messages) = rtnetlink::new_multicast_connection(&groups)
             .map_err(|source| Error::Io { what: "subscribing to rtnetlink link events", source })?;
         tokio::spawn(connection);
@@ -312,6 +312,51 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// The bridge's link-local IPv6 address (not one still in duplicate
+    /// address detection, nor one that failed it): MLD queries come from it.
+    pub async fn bridge_ipv6_link_local(&self, bridge: &Bridge) -> Result<Option<Ipv6Addr>> {
+        use rtnetlink::packet_route::address::AddressFlags;
+        let mut addresses = self.handle.address().get().set_link_index_filter(bridge.ifindex).execute();
+        while let Some(message) = addresses.try_next().await.map_err(netlink_error("listing addresses"))? {
+            let unusable = message.attributes.iter().any(|a| match a {
+                AddressAttribute::Flags(flags) => {
+                    flags.contains(AddressFlags::Tentative) || flags.contains(AddressFlags::Dadfailed)
+                }
+                _ => false,
+            });
+            for attribute in &message.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(addr)) = attribute {
+                    if crate::proto::mld::is_link_local(*addr) && !unusable {
+                        return Ok(Some(*addr));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// IPv6 groups the bridge device itself has joined, from /proc/net/igmp6:
+/// "IDX NAME GROUP-HEX USERS FLAGS TIMER" per line.
+pub fn local_groups_v6(bridge_ifindex: u32) -> Vec<Ipv6Addr> {
+    std::fs::read_to_string("/proc/self/net/igmp6")
+        .map(|text| parse_proc_igmp6(&text, bridge_ifindex))
+        .unwrap_or_default()
+}
+
+fn parse_proc_igmp6(text: &str, ifindex: u32) -> Vec<Ipv6Addr> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let index: u32 = fields.next()?.parse().ok()?;
+            let _name = fields.next()?;
+            let group = u128::from_str_radix(fields.next()?, 16).ok()?;
+            (index == ifindex).then(|| Ipv6Addr::from(group))
+        })
+        .collect()
+}
+
 fn link_mac(link: &LinkMessage) -> [u8; 6] {
     link.attributes
         .iter()
@@ -385,5 +430,17 @@ mod tests {
         assert_eq!(parse_proc_igmp(text, 7), [Ipv4Addr::new(239, 2, 2, 2)]);
         assert_eq!(parse_proc_igmp(text, 12), [Ipv4Addr::new(239, 3, 3, 3)]);
         assert!(parse_proc_igmp(text, 5).is_empty());
+    }
+
+    #[test]
+    fn proc_net_igmp6() {
+        let text = "1    lo              ff020000000000000000000000000001     1 0000000C 0\n\
+                    4    br0             ff0e0000000000000000000000001234     1 00000004 0\n\
+                    4    br0             ff020000000000000000000000000001     1 0000000C 0\n\
+                    12   br-3f2a1b4c5d6e ff050000000000000000000000000002     1 00000004 0\n";
+        let ff0e: Ipv6Addr = "ff0e::1234".parse().unwrap();
+        assert_eq!(parse_proc_igmp6(text, 4), [ff0e, "ff02::1".parse().unwrap()]);
+        assert_eq!(parse_proc_igmp6(text, 12), ["ff05::2".parse::<Ipv6Addr>().unwrap()]);
+        assert!(parse_proc_igmp6(text, 5).is_empty());
     }
 }

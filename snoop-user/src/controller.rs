@@ -6,7 +6,7 @@
 //! The state machine decides; [`Core::apply`] carries its [`Action`]s out.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::Arc,
     time::Duration,
@@ -17,8 +17,9 @@ use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{
-    CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
-    CONFIG_REDIRECT, MEMBER_LEAVING, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
+    CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT,
+    CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING, PORT_UNPRUNED,
+    RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -29,7 +30,7 @@ use tokio::{
 };
 
 use crate::{
-    bridge::{self, local_groups, Bridge, Netlink, Port, PortPolicy},
+    bridge::{self, local_groups, local_groups_v6, Bridge, Netlink, Port, PortPolicy},
     control::{self, SnapshotRequest},
     datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
@@ -37,8 +38,26 @@ use crate::{
     metrics,
     proto::{Family, QueryTimers},
     snapshot::{self, Event, EventKind, PortInfo, Snapshot},
-    stats::{ControllerCounter, Stats},
+    stats::{ControllerCounter, Protocol, Stats},
 };
+
+/// Runs `$body` once for each address family's state (`$family`), with the
+/// shared state as `$core`: the families' types differ, so the body is
+/// written once and compiled twice.
+macro_rules! each_family {
+    ($self:ident, |$core:ident, $family:ident| $body:expr) => {{
+        {
+            let $core = &mut $self.core;
+            let $family = &mut $self.igmp;
+            $body;
+        }
+        {
+            let $core = &mut $self.core;
+            let $family = &mut $self.mld;
+            $body;
+        }
+    }};
+}
 
 /// Everything `snoop run` is told.
 #[derive(Clone, Debug)]
@@ -50,6 +69,15 @@ pub struct RunConfig {
     pub query_version: u8,
     /// Source of our queries; default: the bridge's IPv4 address, else 0.0.0.0.
     pub query_source: Option<Ipv4Addr>,
+    /// MLD snooping; off, IPv6 group traffic floods as on a plain bridge.
+    pub mld: bool,
+    /// The version of snoop's MLD queries (an MLDv1 querier heard lowers it).
+    pub mld_query_version: u8,
+    /// Source of our MLD queries; default: the bridge's link-local address
+    /// (without one, snoop sends no MLD queries).
+    pub mld_query_source: Option<Ipv6Addr>,
+    /// Snoop link-scope IPv6 groups (ff02::/16 but ff02::1) like any other.
+    pub snoop_ipv6_link_scope: bool,
     pub static_router_ports: Vec<String>,
     /// Port names with fast leave, or "all".
     pub fast_leave_ports: Vec<String>,
@@ -114,6 +142,7 @@ async fn restore_bridge_settings(netlink: &Netlink, bridge: &Bridge, restore: u3
 struct Controller {
     core: Core,
     igmp: FamilyState<Ipv4Addr>,
+    mld: FamilyState<Ipv6Addr>,
 }
 
 /// What every address family shares.
@@ -137,8 +166,12 @@ struct Core {
     bridge_path_why: Option<&'static str>,
     /// MACs taught to the bridge lately, and on which port.
     taught: HashMap<[u8; 6], (u32, Instant)>,
-    /// A querier is present (else nothing is pruned: CONFIG_NO_QUERIER).
-    querier_present: bool,
+    /// The `no_querier` config flags of the families with no querier
+    /// present (nothing of theirs is pruned).
+    absent_queriers: u32,
+    /// Ports that get every group of a family because some of that
+    /// family's memberships do not fit the maps.
+    unpruned: BTreeMap<u8, BTreeSet<u32>>,
 }
 
 /// What the data path could not hold: memberships and group registrations.
@@ -159,6 +192,8 @@ impl Unwritten {
 struct FamilyState<A> {
     snooper: Snooper<A>,
     local_groups: BTreeSet<A>,
+    /// Snooping of this family is on (MLD can be turned off).
+    enabled: bool,
 }
 
 /// What the controller loop waits on.
@@ -186,6 +221,10 @@ impl Controller {
             Some(addr) => addr,
             None => netlink.bridge_ipv4(&bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED),
         };
+        let own_ipv6 = match config.mld_query_source {
+            Some(addr) => addr,
+            None => netlink.bridge_ipv6_link_local(&bridge).await?.unwrap_or(Ipv6Addr::UNSPECIFIED),
+        };
         let kernel_snooping_on = netlink.kernel_snooping(&bridge).await?;
 
         let (mut datapath, resumed) = Datapath::load(&config.pin_dir, bridge.ifindex, config.map_sizes)?;
@@ -202,6 +241,14 @@ impl Controller {
         }
         let mut snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
         snooper.set_query_version(config.query_version);
+        let mut mld = Snooper::new(config.timers.clone(), config.querier && config.mld, own_ipv6, Duration::ZERO);
+        mld.set_query_version(config.mld_query_version);
+        mld.set_link_scope_snooped(config.snoop_ipv6_link_scope);
+        // Resumed memberships are known: never a flood at a restart.
+        let mut absent_queriers = if resumed { 0 } else { IPV4_FLAGS.no_querier | IPV6_FLAGS.no_querier };
+        if !config.mld {
+            absent_queriers |= IPV6_FLAGS.no_querier;
+        }
         let core = Core {
             config,
             bridge,
@@ -216,10 +263,13 @@ impl Controller {
             unwritten: Unwritten::default(),
             bridge_path_why: None,
             taught: HashMap::new(),
-            // Resumed memberships are known: never a flood at a restart.
-            querier_present: resumed,
+            absent_queriers,
+            unpruned: BTreeMap::new(),
         };
-        Ok((Self { core, igmp: FamilyState { snooper, local_groups: BTreeSet::new() } }, listener, resumed))
+        let igmp = FamilyState { snooper, local_groups: BTreeSet::new(), enabled: true };
+        let mld_enabled = core.config.mld;
+        let mld = FamilyState { snooper: mld, local_groups: BTreeSet::new(), enabled: mld_enabled };
+        Ok((Self { core, igmp, mld }, listener, resumed))
     }
 
     /// Detaches (or, with keep-state, leaves everything pinned) and puts the
@@ -239,15 +289,16 @@ impl Controller {
         self.configure().await?;
         self.refresh_bridge().await?;
         // Read before attaching rewrites the port entries.
-        let router_ports = if resumed { self.core.datapath.router_port_entries() } else { Vec::new() };
+        let router_entries = |router| if resumed { self.core.datapath.router_port_entries(router) } else { Vec::new() };
+        let router_ports = (router_entries(IPV4_FLAGS.router), router_entries(IPV6_FLAGS.router));
         self.sync_ports().await?;
         if resumed {
-            self.resume_memberships(&router_ports);
+            self.resume_memberships(&router_ports.0, &router_ports.1);
         }
         // Routers that speak RFC 4286 answer at once, before any query.
-        self.core.solicit_routers(&self.igmp);
+        each_family!(self, |core, family| core.solicit_routers(family));
         self.refresh_local_groups();
-        self.core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
+        each_family!(self, |core, family| core.refresh_fanout(family, BTreeSet::new(), true));
         let ports: Vec<u32> = self.core.ports.keys().copied().collect();
         self.core.datapath.remove_stale_attachments(&ports)?;
 
@@ -278,7 +329,7 @@ impl Controller {
                 Some(()) = next_change(&mut inputs.link_changes) => self.rescan().await?,
                 _ = inputs.port_scan.tick() => {
                     self.rescan().await?;
-                    self.core.retry_unwritten(&self.igmp);
+                    each_family!(self, |core, family| core.retry_unwritten(family));
                     if self.core.redirect {
                         self.core.teach_senders().await;
                     }
@@ -340,8 +391,9 @@ impl Controller {
         if self.core.redirect {
             // Copy lists were left alone meanwhile: write them all anew.
             self.igmp.local_groups.clear();
+            self.mld.local_groups.clear();
             self.refresh_local_groups();
-            self.core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
+            each_family!(self, |core, family| core.refresh_fanout(family, BTreeSet::new(), true));
         }
         Ok(())
     }
@@ -374,8 +426,19 @@ impl Controller {
         } else {
             "off".into()
         };
+        let mld = if !self.mld.enabled {
+            "off (IPv6 groups flood)".to_owned()
+        } else if !self.core.config.querier {
+            "on".to_owned()
+        } else if self.mld.snooper.querier().is_querier() {
+            format!("on, querier source {}", self.mld.snooper.querier().own_address)
+        } else {
+            "on, no MLD queries: the bridge has no link-local IPv6 address (IPv6 groups flood until \
+             another querier is heard)"
+                .to_owned()
+        };
         info!(
-            "snooping on {} ({} ports){}; querier {querier}",
+            "snooping on {} ({} ports){}; querier {querier}; MLD {mld}",
             self.core.bridge.name,
             self.core.ports.len(),
             if resumed { ", resumed from pinned state" } else { "" },
@@ -385,9 +448,11 @@ impl Controller {
     /// Fires due timers; returns when the next one is due.
     fn run_timers(&mut self) -> Instant {
         let now = self.core.now();
-        let actions = self.igmp.snooper.poll(now);
-        self.core.apply(&self.igmp, actions);
-        let next = self.igmp.snooper.next_deadline();
+        each_family!(self, |core, family| {
+            let actions = family.snooper.poll(now);
+            core.apply(family, actions)
+        });
+        let next = [self.igmp.snooper.next_deadline(), self.mld.snooper.next_deadline()].into_iter().flatten().min();
         next.map(|at| self.core.start + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
@@ -404,23 +469,16 @@ impl Controller {
             let ifindex = u32::from_ne_bytes(bytes[0..4].try_into().expect("4 bytes"));
             let captured = usize::from(u16::from_ne_bytes(bytes[4..6].try_into().expect("2 bytes")));
             let vlan = u16::from_ne_bytes(bytes[8..10].try_into().expect("2 bytes"));
-            let parsed = Ipv4Addr::parse(&bytes[header_len..(header_len + captured).min(bytes.len())]);
-            drop(item);
+            let packet = &bytes[header_len..(header_len + captured).min(bytes.len())];
             self.core.stats.bump(ControllerCounter::Events);
-            match parsed {
-                Ok(packet) => {
-                    debug!("port {ifindex}: {packet:?}");
-                    let actions = self.igmp.snooper.handle(ifindex, vlan, &packet, self.core.now());
-                    self.core.apply(&self.igmp, actions);
+            if packet.first().is_some_and(|b| b >> 4 == 6) {
+                if self.mld.enabled {
+                    self.core.handle(&mut self.mld, ifindex, vlan, packet);
                 }
-                Err(error) => {
-                    debug!("port {ifindex}: dropped control frame: {error}");
-                    self.core.stats.bump(ControllerCounter::Dropped(error));
-                    if let Some(port) = self.core.ports.get_mut(&ifindex) {
-                        port.malformed += 1;
-                    }
-                }
+            } else {
+                self.core.handle(&mut self.igmp, ifindex, vlan, packet);
             }
+            drop(item);
         }
     }
 
@@ -462,6 +520,18 @@ impl Controller {
                 core.apply(&self.igmp, actions);
             }
         }
+        if core.config.mld_query_source.is_none() && self.mld.enabled {
+            let own = core.netlink.bridge_ipv6_link_local(&core.bridge).await?.unwrap_or(Ipv6Addr::UNSPECIFIED);
+            if own != self.mld.snooper.querier().own_address {
+                if own.is_unspecified() {
+                    warn!("{} has no link-local IPv6 address: snoop sends no MLD queries", core.bridge.name);
+                } else {
+                    info!("{}'s link-local address is {own}: MLD queries are sent from it", core.bridge.name);
+                }
+                let actions = self.mld.snooper.set_own_address(own, core.now());
+                core.apply(&self.mld, actions);
+            }
+        }
         Ok(())
     }
 
@@ -485,6 +555,8 @@ impl Controller {
                     let options = core.port_options(name, policy);
                     let actions = self.igmp.snooper.set_port_options(*ifindex, options, core.now());
                     core.apply(&self.igmp, actions);
+                    let actions = self.mld.snooper.set_port_options(*ifindex, options, core.now());
+                    core.apply(&self.mld, actions);
                     ports_changed = true;
                 }
                 continue;
@@ -506,15 +578,20 @@ impl Controller {
                 info!("port {name}: {why}: frames entering it take the bridge path");
             }
             core.ports.insert(*ifindex, info);
-            let actions = self.igmp.snooper.add_port(*ifindex, core.port_options(name, policy));
+            let options = core.port_options(name, policy);
             core.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
+            let actions = self.igmp.snooper.add_port(*ifindex, options);
             core.apply(&self.igmp, actions);
+            let actions = self.mld.snooper.add_port(*ifindex, options);
+            core.apply(&self.mld, actions);
             ports_changed = true;
         }
         let gone: Vec<u32> = core.ports.keys().copied().filter(|i| !ports.iter().any(|p| p.ifindex == *i)).collect();
         for ifindex in gone {
             let actions = self.igmp.snooper.remove_port(ifindex);
             core.apply(&self.igmp, actions);
+            let actions = self.mld.snooper.remove_port(ifindex);
+            core.apply(&self.mld, actions);
             if let Err(error) = core.datapath.detach_port(ifindex) {
                 warn!("letting go of port {}: {:#}", core.port_name(ifindex), anyhow::Error::from(error));
             }
@@ -527,11 +604,13 @@ impl Controller {
             ports_changed = true;
         }
         if ports_changed {
-            core.refresh_report_ports(&self.igmp);
             // The port count is in every group's redirect entry; port
             // policies decide who may be a copy's target.
-            core.refresh_fanout(&self.igmp, BTreeSet::new(), true);
-            if let Err(error) = core.write_config() {
+            each_family!(self, |core, family| {
+                core.refresh_report_ports(family);
+                core.refresh_fanout(family, BTreeSet::new(), true)
+            });
+            if let Err(error) = self.core.write_config() {
                 warn!("{:#}", anyhow::Error::from(error));
             }
         }
@@ -540,29 +619,48 @@ impl Controller {
 
     /// Adopts the memberships and learned router ports a previous snoop left
     /// in the pinned maps.
-    fn resume_memberships(&mut self, router_ports: &[u32]) {
+    fn resume_memberships(&mut self, ipv4_routers: &[u32], ipv6_routers: &[u32]) {
         let core = &mut self.core;
         let now = core.now();
         self.igmp.snooper.resume_querier_presence(now);
-        for port in router_ports {
+        self.mld.snooper.resume_querier_presence(now);
+        for port in ipv4_routers {
             let actions = self.igmp.snooper.restore_router_port(*port, now);
             core.apply(&self.igmp, actions);
         }
+        for port in ipv6_routers {
+            let actions = self.mld.snooper.restore_router_port(*port, now);
+            core.apply(&self.mld, actions);
+        }
         let mut restored = 0;
-        for (PortGroupKey { group, ifindex }, value) in core.datapath.memberships() {
-            match Group::<Ipv4Addr>::from_key(&group) {
-                Some(group) if core.ports.contains_key(&ifindex) => {
-                    let leaving = value.flags & MEMBER_LEAVING != 0;
-                    self.igmp.snooper.restore_member(group, ifindex, value.version, leaving, now);
-                    restored += 1;
-                }
-                _ => {
-                    let _ = core.datapath.remove_member(PortGroupKey { group, ifindex });
-                }
+        for (key @ PortGroupKey { group, ifindex }, value) in core.datapath.memberships() {
+            let leaving = value.flags & MEMBER_LEAVING != 0;
+            let known_port = core.ports.contains_key(&ifindex);
+            let adopted = match group.family {
+                FAMILY_IPV4 => Group::<Ipv4Addr>::from_key(&group)
+                    .filter(|_| known_port)
+                    .map(|group| self.igmp.snooper.restore_member(group, ifindex, value.version, leaving, now)),
+                FAMILY_IPV6 => Group::<Ipv6Addr>::from_key(&group)
+                    .filter(|_| known_port && self.mld.enabled)
+                    .map(|group| self.mld.snooper.restore_member(group, ifindex, value.version, leaving, now)),
+                _ => None,
+            };
+            match adopted {
+                Some(()) => restored += 1,
+                None => drop(core.datapath.remove_member(key)),
             }
         }
         for key in core.datapath.registered_groups() {
-            if Group::<Ipv4Addr>::from_key(&key).is_none_or(|g| !self.igmp.snooper.groups().contains_key(&g)) {
+            let known = match key.family {
+                FAMILY_IPV4 => {
+                    Group::<Ipv4Addr>::from_key(&key).is_some_and(|g| self.igmp.snooper.groups().contains_key(&g))
+                }
+                FAMILY_IPV6 => {
+                    Group::<Ipv6Addr>::from_key(&key).is_some_and(|g| self.mld.snooper.groups().contains_key(&g))
+                }
+                _ => false,
+            };
+            if !known {
                 let _ = core.datapath.unregister_group(key);
             }
         }
@@ -580,13 +678,13 @@ impl Controller {
         if !self.core.redirect {
             return;
         }
-        let now: BTreeSet<Ipv4Addr> =
-            local_groups(self.core.bridge.ifindex).into_iter().filter(|g| g.is_snoopable()).collect();
-        if now != self.igmp.local_groups {
-            let changed = now.symmetric_difference(&self.igmp.local_groups).map(|g| Group::untagged(*g)).collect();
-            self.igmp.local_groups = now;
-            self.core.refresh_fanout(&self.igmp, changed, false);
-        }
+        let ifindex = self.core.bridge.ifindex;
+        let v4: BTreeSet<Ipv4Addr> = local_groups(ifindex).into_iter().filter(|g| g.is_snoopable(false)).collect();
+        let link_scope = self.mld.snooper.link_scope_snooped();
+        let v6: BTreeSet<Ipv6Addr> =
+            local_groups_v6(ifindex).into_iter().filter(|g| g.is_snoopable(link_scope)).collect();
+        self.core.update_local_groups(&mut self.igmp, v4);
+        self.core.update_local_groups(&mut self.mld, v6);
     }
 
     /// Answers a snapshot request, and every one queued behind it with the
@@ -609,6 +707,7 @@ impl Controller {
             bridge: &self.core.bridge.name,
             uptime: self.core.now(),
             igmp: &self.igmp.snooper,
+            mld: self.mld.enabled.then_some(&self.mld.snooper),
             datapath: &self.core.datapath,
             ports: &self.core.ports,
             stats: &self.core.stats,
@@ -632,6 +731,32 @@ async fn next_change(changes: &mut Option<Box<dyn Stream<Item = ()> + Unpin>>) -
 impl Core {
     fn now(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// Hands one captured packet of family `A` to its state machine.
+    fn handle<A: Family>(&mut self, family: &mut FamilyState<A>, ifindex: u32, vlan: u16, packet: &[u8]) {
+        match A::parse(packet) {
+            Ok(packet) => {
+                debug!("port {ifindex}: {packet:?}");
+                let actions = family.snooper.handle(ifindex, vlan, &packet, self.now());
+                self.apply(family, actions);
+            }
+            Err(error) => {
+                debug!("port {ifindex}: dropped {} frame: {error}", A::PROTOCOL);
+                self.stats.bump(ControllerCounter::Dropped(Protocol::of::<A>(), error));
+                if let Some(port) = self.ports.get_mut(&ifindex) {
+                    port.malformed += 1;
+                }
+            }
+        }
+    }
+
+    fn update_local_groups<A: Family>(&mut self, family: &mut FamilyState<A>, now: BTreeSet<A>) {
+        if now != family.local_groups {
+            let changed = now.symmetric_difference(&family.local_groups).map(|g| Group::untagged(*g)).collect();
+            family.local_groups = now;
+            self.refresh_fanout(family, changed, false);
+        }
     }
 
     /// Carries the state machine's decisions out. A failed map write is logged
@@ -673,8 +798,9 @@ impl Core {
     /// (or not), and whether some port's frames must take the bridge path.
     fn write_config(&mut self) -> Result<(), datapath::Error> {
         let mut flags = if self.config.flood_unregistered { CONFIG_FLOOD_UNREGISTERED } else { 0 };
-        if !self.querier_present {
-            flags |= CONFIG_NO_QUERIER;
+        flags |= self.absent_queriers;
+        if self.config.snoop_ipv6_link_scope {
+            flags |= CONFIG_SNOOP_IPV6_LINK_SCOPE;
         }
         if self.redirect {
             flags |= CONFIG_REDIRECT;
@@ -781,13 +907,14 @@ impl Core {
         let now = self.now();
         let states = family.snooper.ports();
         let router_known = states.values().any(|p| p.is_router(now));
+        let flag = A::FLAGS.gets_reports;
         let changed: Vec<(u32, u32)> = self
             .ports
             .iter_mut()
             .filter_map(|(ifindex, info)| {
                 let wanted = !router_known && states.get(ifindex).is_some_and(|p| p.options.trusted);
-                (info.gets_reports != wanted).then(|| {
-                    info.gets_reports = wanted;
+                (info.gets_reports & flag != 0 && !wanted || info.gets_reports & flag == 0 && wanted).then(|| {
+                    info.gets_reports ^= flag;
                     (*ifindex, info.flags())
                 })
             })
@@ -802,10 +929,13 @@ impl Core {
     /// Ports with a membership the maps could not hold get every group
     /// (PORT_UNPRUNED), and lose that as soon as everything fits.
     fn refresh_unpruned<A: Family>(&mut self, family: &FamilyState<A>) {
-        let mut unpruned: BTreeSet<u32> = self.unwritten.members.iter().map(|m| m.ifindex).collect();
+        let of_family = self.unwritten.members.iter().filter(|m| m.group.family == A::FAMILY);
+        let mut unpruned: BTreeSet<u32> = of_family.map(|m| m.ifindex).collect();
         for group in self.unwritten.groups.iter().filter_map(Group::<A>::from_key) {
             unpruned.extend(family.snooper.groups().get(&group).into_iter().flat_map(|members| members.keys()));
         }
+        self.unpruned.insert(A::FAMILY, unpruned);
+        let unpruned: BTreeSet<u32> = self.unpruned.values().flatten().copied().collect();
         let changed: Vec<(u32, u32)> = self
             .ports
             .iter_mut()
@@ -858,7 +988,11 @@ impl Core {
                 let kind = if is_router { EventKind::RouterPortLearned } else { EventKind::RouterPortExpired };
                 self.publish(kind, None, Some(port), String::new());
                 if let Some(info) = self.ports.get_mut(&port) {
-                    info.router = is_router;
+                    if is_router {
+                        info.routers |= A::FLAGS.router;
+                    } else {
+                        info.routers &= !A::FLAGS.router;
+                    }
                     let flags = info.flags();
                     self.datapath.set_port_flags(port, flags)?;
                 }
@@ -871,13 +1005,18 @@ impl Core {
                 self.publish(EventKind::QuerierSelf, None, None, own.to_string())
             }
             Action::QuerierPresence { present } => {
-                self.querier_present = present;
+                if !family.enabled {
+                    return Ok(());
+                }
+                let protocol = A::PROTOCOL;
                 if present {
-                    info!("a querier is present: pruning");
+                    self.absent_queriers &= !A::FLAGS.no_querier;
+                    info!("an {protocol} querier is present: pruning");
                 } else {
+                    self.absent_queriers |= A::FLAGS.no_querier;
                     warn!(
-                        "no querier is present: flooding every group, as a plain bridge, until one is heard \
-                         (hosts report only when queried)"
+                        "no {protocol} querier is present: flooding every {protocol} group, as a plain bridge, \
+                         until one is heard (hosts report only when queried)"
                     );
                 }
                 self.write_config()?;
@@ -904,7 +1043,7 @@ impl Core {
     /// address to send it from.
     fn solicit_routers<A: Family>(&mut self, family: &FamilyState<A>) {
         let own = family.snooper.querier().own_address;
-        if own.is_unspecified() {
+        if !family.enabled || own.is_unspecified() || !A::can_query_from(own) {
             return;
         }
         let frame = A::mrd_solicitation_frame(self.bridge.mac, own);
@@ -925,12 +1064,17 @@ impl Core {
             query_interval: timers.query_interval,
         };
         let querier = family.snooper.querier();
+        if !A::can_query_from(querier.own_address) {
+            return Ok(());
+        }
         let frame = A::query_frame(self.bridge.mac, querier.own_address, group, querier.version, &query);
-        debug!("sending {} query", group.map_or("general".into(), |g| format!("{g} group-specific")));
+        let kind = group.map_or("general".into(), |g| format!("{g} group-specific"));
+        debug!("sending {} {kind} query", A::PROTOCOL);
+        let protocol = Protocol::of::<A>();
         self.stats.bump(if group.is_some() {
-            ControllerCounter::GroupQueriesSent
+            ControllerCounter::GroupQueriesSent(protocol)
         } else {
-            ControllerCounter::GeneralQueriesSent
+            ControllerCounter::GeneralQueriesSent(protocol)
         });
         self.query_socket.send(&frame).context("sending a query")
     }
@@ -962,14 +1106,15 @@ impl Core {
             // is known), and up to the bridge device (a multicast routing
             // daemon on it needs them).
             let report_ports: Vec<u32> = if routers.is_empty() {
-                let gets_reports = self.ports.iter().filter(|(i, p)| p.gets_reports && forwarding(i));
+                let gets_reports =
+                    self.ports.iter().filter(|(i, p)| p.gets_reports & A::FLAGS.gets_reports != 0 && forwarding(i));
                 gets_reports.map(|(ifindex, _)| *ifindex).collect()
             } else {
                 routers.clone()
             };
             let mut targets: Vec<CopyTarget> = report_ports.iter().map(|r| CopyTarget::Router(*r)).collect();
             targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
-            if let Err(error) = self.datapath.set_report_targets(&targets) {
+            if let Err(error) = self.datapath.set_report_targets(A::FLAGS.report_targets, &targets) {
                 warn!("report targets: {:#}", anyhow::Error::from(error));
                 self.stats.bump(ControllerCounter::DatapathWriteErrors);
             }

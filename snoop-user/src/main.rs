@@ -1,4 +1,8 @@
-use std::{net::Ipv4Addr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -102,6 +106,24 @@ struct RunArgs {
     /// else 0.0.0.0 (which loses every querier election).
     #[arg(long)]
     query_source: Option<Ipv4Addr>,
+    /// Leave IPv6 alone: no MLD snooping, IPv6 group traffic floods as on a
+    /// plain bridge.
+    #[arg(long)]
+    no_mld: bool,
+    /// The MLD version of snoop's queries: 2 (MLDv2, default), or 1 where
+    /// routers speak MLDv1 only. An MLDv1 querier heard lowers it automatically.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    mld_query_version: u8,
+    /// Source address of snoop's MLD queries: a link-local address. Default:
+    /// the bridge's own; with none, snoop sends no MLD queries (hosts ignore
+    /// queries from other addresses).
+    #[arg(long, value_parser = parse_link_local)]
+    mld_query_source: Option<Ipv6Addr>,
+    /// Snoop link-scope IPv6 groups (ff02::/16, but ff02::1) like any other,
+    /// as RFC 4541 allows. Off by default: neighbour discovery, DHCPv6 and
+    /// mDNS then never depend on snooping having heard every host's reports.
+    #[arg(long)]
+    snoop_ipv6_link_scope: bool,
     /// A port that always gets all group traffic and reports (repeatable).
     #[arg(long, value_name = "PORT")]
     router_port: Vec<String>,
@@ -264,6 +286,10 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         querier: !args.no_querier,
         query_version: args.query_version,
         query_source: args.query_source,
+        mld: !args.no_mld,
+        mld_query_version: args.mld_query_version,
+        mld_query_source: args.mld_query_source,
+        snoop_ipv6_link_scope: args.snoop_ipv6_link_scope,
         static_router_ports: args.router_port,
         fast_leave_ports: args.fast_leave,
         trusted_ports: args.trusted_port,
@@ -312,4 +338,13 @@ fn require_root() -> Result<()> {
         bail!("snoop needs root (CAP_BPF, CAP_NET_ADMIN and CAP_NET_RAW); run it with sudo");
     }
     Ok(())
+}
+
+/// `--mld-query-source`: hosts accept MLD queries from link-local addresses only.
+fn parse_link_local(text: &str) -> Result<Ipv6Addr, String> {
+    let addr: Ipv6Addr = text.parse().map_err(|e| format!("{e}"))?;
+    if !snoop::proto::mld::is_link_local(addr) {
+        return Err(format!("{addr} is not a link-local address (fe80::/10): hosts ignore MLD queries from it"));
+    }
+    Ok(addr)
 }

@@ -282,9 +282,11 @@ impl<A> QuerierState<A> {
     }
 }
 
-impl<A> QuerierState<A> {
+impl<A: Family> QuerierState<A> {
+    /// Snoop queries: enabled, no other querier elected, and an address
+    /// hosts accept queries from (MLD: link-local, none until the bridge has one).
     pub fn is_querier(&self) -> bool {
-        self.enabled && self.other.is_none()
+        self.enabled && self.other.is_none() && A::can_query_from(self.own_address)
     }
 }
 
@@ -304,6 +306,8 @@ pub struct Snooper<A> {
     expiries: BTreeSet<(Duration, Group<A>, u32)>,
     ignored: IgnoredCounts,
     untrusted_routers: BTreeMap<u32, UntrustedRouter<A>>,
+    /// Link-scope groups are snooped too (IPv6, `--snoop-ipv6-link-scope`).
+    link_scope: bool,
 }
 
 impl<A: Family> Snooper<A> {
@@ -330,7 +334,17 @@ impl<A: Family> Snooper<A> {
             expiries: BTreeSet::new(),
             ignored: IgnoredCounts::default(),
             untrusted_routers: BTreeMap::new(),
+            link_scope: false,
         }
+    }
+
+    /// Snoop link-scope groups too (see [`Family::is_snoopable`]).
+    pub fn set_link_scope_snooped(&mut self, on: bool) {
+        self.link_scope = on;
+    }
+
+    pub fn link_scope_snooped(&self) -> bool {
+        self.link_scope
     }
 
     /// The version of the queries we send (`--query-version`); an older
@@ -416,7 +430,9 @@ impl<A: Family> Snooper<A> {
         let mut actions = Vec::new();
         self.querier.own_address = own;
         let other = self.querier.other.map(|(addr, _)| addr);
-        if self.querier.enabled && other.is_some_and(|other| !own.is_unspecified() && own < other) {
+        if self.querier.enabled
+            && other.is_some_and(|other| !own.is_unspecified() && A::can_query_from(own) && own < other)
+        {
             self.querier.other = None;
             self.querier.next_general_query = Some(now);
             actions.push(Action::QuerierChanged { other_querier: None });
@@ -555,7 +571,7 @@ impl<A: Family> Snooper<A> {
         now: Duration,
         actions: &mut Vec<Action<A>>,
     ) {
-        if !group.addr.is_snoopable() {
+        if !group.addr.is_snoopable(self.link_scope) {
             self.ignored.not_snoopable_groups += 1;
             return;
         }
@@ -682,7 +698,7 @@ impl<A: Family> Snooper<A> {
         // keep it present and set the timers.
         let elected = self.querier.other.map(|(addr, _)| addr);
         let own = self.querier.own_address;
-        let beats_own = !self.querier.enabled || own.is_unspecified() || source < own;
+        let beats_own = !self.querier.enabled || own.is_unspecified() || !A::can_query_from(own) || source < own;
         let beats_elected = elected.is_none_or(|elected| source <= elected);
         let mut querier_changed = false;
         if beats_own && beats_elected {
@@ -976,6 +992,99 @@ mod tests {
         assert_eq!(s.poll(secs(260)).len(), 2, "the unrefreshed group expires");
         s.handle(1, 0, &v2_report(Ipv4Addr::new(239, 0, 0, 4)), secs(0));
         assert_eq!(s.port_group_count(1), 1, "other ports are not limited");
+    }
+
+    /// The same machine over IPv6: MLD's differences from IGMP.
+    mod mld {
+        use std::net::Ipv6Addr;
+
+        use super::*;
+
+        type Packet = crate::proto::Packet<Ipv6Addr>;
+        type Message = crate::proto::Message<Ipv6Addr>;
+
+        const OWN: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10);
+        const HOST: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x20);
+        const GROUP: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x1234);
+
+        fn mld_snooper(own: Ipv6Addr) -> Snooper<Ipv6Addr> {
+            let mut s = Snooper::new(Timers::default(), true, own, secs(0));
+            s.add_port(1, TRUSTED);
+            s.add_port(2, TRUSTED);
+            s
+        }
+
+        fn from(source: Ipv6Addr, message: Message) -> Packet {
+            Packet { source, destination: Ipv6Addr::UNSPECIFIED, message }
+        }
+
+        #[test]
+        fn v1_report_joins_and_done_runs_the_last_listener_queries() {
+            let mut s = mld_snooper(OWN);
+            s.poll(secs(0));
+            let actions = s.handle(1, 0, &from(HOST, Message::Report { version: 1, group: GROUP }), secs(1));
+            assert!(actions.iter().any(|a| matches!(a, Action::AddMember { port: 1, version: 1, .. })));
+            let actions = s.handle(1, 0, &from(HOST, Message::Leave { group: GROUP }), secs(2));
+            assert!(actions.iter().any(|a| matches!(a, Action::RefreshMember { leaving: true, .. })));
+            assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(GROUP) }), "{actions:?}");
+            let removed = s.poll(secs(4));
+            assert!(removed.iter().any(|a| matches!(a, Action::RemoveMember { reason: RemoveReason::Left, .. })));
+        }
+
+        #[test]
+        fn a_report_sent_during_dad_from_the_unspecified_address_joins() {
+            let mut s = mld_snooper(OWN);
+            let report = from(Ipv6Addr::UNSPECIFIED, Message::Report { version: 1, group: GROUP });
+            assert!(!s.handle(1, 0, &report, secs(0)).is_empty());
+            assert_eq!(s.groups().len(), 1);
+        }
+
+        #[test]
+        fn all_nodes_and_link_scope_groups_are_flooded_unless_asked_for() {
+            let mut s = mld_snooper(OWN);
+            let solicited: Ipv6Addr = "ff02::1:ff00:20".parse().unwrap();
+            for group in [solicited, "ff02::1".parse().unwrap(), "ff02::fb".parse().unwrap()] {
+                assert!(s.handle(1, 0, &from(HOST, Message::Report { version: 1, group }), secs(0)).is_empty());
+            }
+            s.set_link_scope_snooped(true);
+            assert!(!s.handle(1, 0, &from(HOST, Message::Report { version: 1, group: solicited }), secs(0)).is_empty());
+            let all_nodes = Message::Report { version: 1, group: "ff02::1".parse().unwrap() };
+            assert!(s.handle(1, 0, &from(HOST, all_nodes), secs(0)).is_empty(), "ff02::1 always floods");
+        }
+
+        #[test]
+        fn the_lowest_address_wins_the_election() {
+            let mut s = mld_snooper(OWN);
+            s.poll(secs(0));
+            let query = |source| {
+                from(
+                    source,
+                    Message::Query {
+                        version: 2,
+                        group: Ipv6Addr::UNSPECIFIED,
+                        max_response: secs(10),
+                        announced: None,
+                    },
+                )
+            };
+            let higher = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x11);
+            s.handle(2, 0, &query(higher), secs(1));
+            assert!(s.querier().is_querier());
+            let lower = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x01);
+            let actions = s.handle(2, 0, &query(lower), secs(2));
+            assert!(actions.contains(&Action::QuerierChanged { other_querier: Some(lower) }));
+            assert!(!s.querier().is_querier());
+        }
+
+        #[test]
+        fn without_a_link_local_address_snoop_sends_no_queries_until_it_has_one() {
+            let mut s = mld_snooper(Ipv6Addr::UNSPECIFIED);
+            assert!(!s.querier().is_querier());
+            assert!(s.poll(secs(0)).is_empty());
+            assert!(s.poll(secs(30)).is_empty(), "no query and no presence: nothing of IPv6 is pruned");
+            s.set_own_address(OWN, secs(31));
+            assert!(s.poll(secs(31)).contains(&Action::SendQuery { vlan: 0, group: None }));
+        }
     }
 
     fn members(s: &Snooper<Ipv4Addr>, group: Ipv4Addr) -> Vec<u32> {

@@ -33,6 +33,7 @@ pub fn render(s: &Snapshot) -> String {
             let l = labels(&[
                 ("group", group.group.to_string()),
                 ("port", m.port.clone()),
+                ("protocol", m.protocol.clone()),
                 ("version", m.version.to_string()),
             ]);
             membership.get_or_create(&l).set(1);
@@ -75,6 +76,7 @@ pub fn render(s: &Snapshot) -> String {
 
     let control = Family::<Labels, Counter>::default();
     let router = Family::<Labels, Gauge>::default();
+    let mld_router = Family::<Labels, Gauge>::default();
     for p in &s.ports {
         for (kind, value) in [
             ("query", p.queries_received),
@@ -87,13 +89,20 @@ pub fn render(s: &Snapshot) -> String {
             control.get_or_create(&labels(&[("port", p.name.clone()), ("type", kind.into())])).inc_by(value);
         }
         router.get_or_create(&labels(&[("port", p.name.clone())])).set(i64::from(p.router));
+        mld_router.get_or_create(&labels(&[("port", p.name.clone())])).set(i64::from(p.mld_router));
     }
     registry.register("port_control_frames", "Control frames received on a port, by type", control);
-    registry.register("port_is_router", "1 if the port is a router port", router);
+    registry.register("port_is_router", "1 if the port is an IPv4 (IGMP) router port", router);
+    registry.register("port_is_mld_router", "1 if the port is an IPv6 (MLD) router port", mld_router);
 
     let is_querier = Gauge::<i64>::default();
     is_querier.set(i64::from(s.querier.role == "self"));
-    registry.register("querier_is_self", "1 while snoop is the querier", is_querier);
+    registry.register("querier_is_self", "1 while snoop is the IGMP querier", is_querier);
+    if let Some(mld) = &s.mld_querier {
+        let is_querier = Gauge::<i64>::default();
+        is_querier.set(i64::from(mld.role == "self"));
+        registry.register("mld_querier_is_self", "1 while snoop is the MLD querier", is_querier);
+    }
 
     let datapath = Family::<Labels, Counter>::default();
     for (name, value) in &s.datapath {

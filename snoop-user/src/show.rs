@@ -79,7 +79,14 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
         let value = match view {
             View::Groups => serde_json::to_string_pretty(&snapshot.groups)?,
             View::Ports => serde_json::to_string_pretty(&snapshot.ports)?,
-            View::Querier => serde_json::to_string_pretty(&snapshot.querier)?,
+            // The IGMP querier's fields, as ever, and the MLD querier's under "mld".
+            View::Querier => {
+                let mut querier = serde_json::to_value(&snapshot.querier)?;
+                if let (Some(mld), Some(object)) = (&snapshot.mld_querier, querier.as_object_mut()) {
+                    object.insert("mld".into(), serde_json::to_value(mld)?);
+                }
+                serde_json::to_string_pretty(&querier)?
+            }
             View::Forwarding => serde_json::to_string_pretty(&snapshot.forwarding)?,
             View::Stats => serde_json::to_string_pretty(&serde_json::json!({
                 "datapath": snapshot.datapath,
@@ -96,6 +103,34 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
 /// The human-readable table for one view.
 pub fn render(s: &Snapshot, view: View) -> String {
     render_with_rates(s, view, None)
+}
+
+/// One protocol's querier, its rows prefixed by the protocol.
+fn querier_rows(rows: &mut Vec<Vec<String>>, protocol: &str, q: &crate::snapshot::QuerierView) {
+    let mut row = |name: &str, value: String| rows.push(vec![format!("{protocol} {name}"), value]);
+    row("role", q.role.clone());
+    row("querier", q.querier_address.map_or("-".to_string(), |a| a.to_string()));
+    row("own address", q.own_address.to_string());
+    if let Some(next) = q.next_query_in_secs {
+        row("next query in", format!("{next:.1}s"));
+    }
+    if let Some(left) = q.other_querier_expires_in_secs {
+        row("other querier expires in", format!("{left:.1}s"));
+    }
+    let present = if q.present { "yes" } else { "no: flooding every group until one is" };
+    row("querier present", present.into());
+    row("query version", format!("v{}", q.query_version));
+    row("query interval", format!("{}s", q.query_interval_secs));
+    row("robustness", q.robustness.to_string());
+    for ignored in &q.ignored_routers {
+        row(
+            "ignored (untrusted port)",
+            format!(
+                "{} {} on {}, {:.0}s ago: use --trusted-port {} if it is a router",
+                ignored.heard_as, ignored.address, ignored.port, ignored.heard_secs_ago, ignored.port
+            ),
+        );
+    }
 }
 
 /// Packets per second between two counter readings.
@@ -127,7 +162,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     rows.push(vec![
                         group.group.to_string(),
                         m.port.clone(),
-                        format!("v{}", m.version),
+                        format!("{}v{}", m.protocol, m.version),
                         format!("{:.1}s", m.expires_in_secs),
                         m.last_reporter.to_string(),
                         if m.leaving { "leaving".into() } else { "member".into() },
@@ -159,10 +194,25 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                 .to_vec(),
             );
             for p in &s.ports {
-                let router = match (p.static_router, p.router, p.router_expires_in_secs) {
-                    (true, _, _) => "static".to_string(),
-                    (false, true, Some(left)) => format!("learned ({left:.0}s)"),
-                    _ => "-".to_string(),
+                let learned = |protocol: &str, router: bool, left: Option<f64>| match (router, left) {
+                    (true, Some(left)) => Some(format!("{protocol} ({left:.0}s)")),
+                    _ => None,
+                };
+                let router = if p.static_router {
+                    "static".to_string()
+                } else {
+                    let learned: Vec<String> = [
+                        learned("IGMP", p.router, p.router_expires_in_secs),
+                        learned("MLD", p.mld_router, p.mld_router_expires_in_secs),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                    if learned.is_empty() {
+                        "-".to_string()
+                    } else {
+                        learned.join(" ")
+                    }
                 };
                 let before = previous
                     .and_then(|prev| prev.ports.iter().find(|q| q.ifindex == p.ifindex))
@@ -185,31 +235,10 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             }
         }
         View::Querier => {
-            let q = &s.querier;
-            let querier = q.querier_address.map_or("-".to_string(), |a| a.to_string());
             rows.push(vec!["bridge".into(), s.bridge.clone()]);
-            rows.push(vec!["role".into(), q.role.clone()]);
-            rows.push(vec!["querier".into(), querier]);
-            rows.push(vec!["own address".into(), q.own_address.to_string()]);
-            if let Some(next) = q.next_query_in_secs {
-                rows.push(vec!["next query in".into(), format!("{next:.1}s")]);
-            }
-            if let Some(left) = q.other_querier_expires_in_secs {
-                rows.push(vec!["other querier expires in".into(), format!("{left:.1}s")]);
-            }
-            let present = if q.present { "yes" } else { "no: flooding every group until one is" };
-            rows.push(vec!["querier present".into(), present.into()]);
-            rows.push(vec!["query version".into(), format!("v{}", q.query_version)]);
-            rows.push(vec!["query interval".into(), format!("{}s", q.query_interval_secs)]);
-            rows.push(vec!["robustness".into(), q.robustness.to_string()]);
-            for ignored in &q.ignored_routers {
-                rows.push(vec![
-                    "ignored (untrusted port)".into(),
-                    format!(
-                        "{} {} on {}, {:.0}s ago: use --trusted-port {} if it is a router",
-                        ignored.heard_as, ignored.address, ignored.port, ignored.heard_secs_ago, ignored.port
-                    ),
-                ]);
+            querier_rows(&mut rows, "IGMP", &s.querier);
+            if let Some(mld) = &s.mld_querier {
+                querier_rows(&mut rows, "MLD", mld);
             }
         }
         View::Forwarding => {

@@ -22,7 +22,11 @@ use crate::{
 pub struct Snapshot {
     pub bridge: String,
     pub uptime_secs: f64,
+    /// The IGMP querier.
     pub querier: QuerierView,
+    /// The MLD querier; absent when MLD snooping is off.
+    #[serde(default)]
+    pub mld_querier: Option<QuerierView>,
     #[serde(default)]
     pub forwarding: ForwardingView,
     pub ports: Vec<PortView>,
@@ -72,11 +76,17 @@ pub struct IgnoredRouterView {
 pub struct PortView {
     pub ifindex: u32,
     pub name: String,
+    /// An IPv4 (IGMP) router port.
     pub router: bool,
     pub static_router: bool,
     pub fast_leave: bool,
-    /// Seconds until a learned router port expires.
+    /// Seconds until a learned IPv4 router port expires.
     pub router_expires_in_secs: Option<f64>,
+    /// An IPv6 (MLD) router port.
+    #[serde(default)]
+    pub mld_router: bool,
+    #[serde(default)]
+    pub mld_router_expires_in_secs: Option<f64>,
     pub groups: usize,
     /// Control frames that entered through the port, counted by the data path.
     pub queries_received: u64,
@@ -126,7 +136,10 @@ pub struct GroupView {
 pub struct MemberView {
     pub ifindex: u32,
     pub port: String,
-    /// Lowest IGMP version heard on the port for this group.
+    /// "IGMP" or "MLD".
+    #[serde(default)]
+    pub protocol: String,
+    /// Lowest version of the protocol heard on the port for this group.
     pub version: u8,
     pub expires_in_secs: f64,
     pub last_reporter: IpAddr,
@@ -225,12 +238,14 @@ pub struct PortInfo {
     pub name: String,
     /// Control frames from this port the controller dropped as malformed.
     pub malformed: u64,
-    /// A router port (learned or static): the data path's PORT_ROUTER.
-    pub router: bool,
+    /// The families it is a router port of (learned or static): their
+    /// [`snoop_common::FamilyFlags::router`] flags.
+    pub routers: u32,
     /// Gets every group until its memberships fit the maps: PORT_UNPRUNED.
     pub unpruned: bool,
-    /// Trusted, and no router port is known yet: gets reports (PORT_GETS_REPORTS).
-    pub gets_reports: bool,
+    /// Trusted, and no router port of a family is known yet: gets that
+    /// family's reports (its [`snoop_common::FamilyFlags::gets_reports`] flag).
+    pub gets_reports: u32,
     /// What the bridge decides for the port (redirect decides the same).
     pub policy: crate::bridge::PortPolicy,
 }
@@ -238,15 +253,9 @@ pub struct PortInfo {
 impl PortInfo {
     /// The port's `PORT_*` flags in the data path.
     pub fn flags(&self) -> u32 {
-        let mut flags = 0;
-        if self.router {
-            flags |= snoop_common::PORT_ROUTER;
-        }
+        let mut flags = self.routers | self.gets_reports;
         if self.unpruned {
             flags |= snoop_common::PORT_UNPRUNED;
-        }
-        if self.gets_reports {
-            flags |= snoop_common::PORT_GETS_REPORTS;
         }
         if self.policy.bridge_path().is_some() {
             flags |= snoop_common::PORT_BRIDGE_PATH;
@@ -263,7 +272,7 @@ impl PortInfo {
         if self.unpruned {
             notes.push("maps full: gets every group".to_owned());
         }
-        if self.gets_reports {
+        if self.gets_reports != 0 {
             notes.push("trusted: gets reports until a router port is known".to_owned());
         }
         notes.join("; ")
@@ -275,6 +284,8 @@ pub struct Sources<'a> {
     pub bridge: &'a str,
     pub uptime: Duration,
     pub igmp: &'a Snooper<std::net::Ipv4Addr>,
+    /// None while MLD snooping is off.
+    pub mld: Option<&'a Snooper<std::net::Ipv6Addr>>,
     pub datapath: &'a Datapath,
     pub ports: &'a BTreeMap<u32, PortInfo>,
     pub stats: &'a Stats,
@@ -295,11 +306,19 @@ impl Sources<'_> {
 /// (cheap however many groups there are).
 pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     let traffic = if counters_only { Vec::new() } else { traffic(sources) };
-    let groups = if counters_only { Vec::new() } else { group_views(sources, sources.igmp, &traffic) };
+    let mut groups = Vec::new();
+    if !counters_only {
+        groups = group_views(sources, sources.igmp, &traffic);
+        if let Some(mld) = sources.mld {
+            groups.extend(group_views(sources, mld, &traffic));
+        }
+    }
+    let mld_ignored = sources.mld.map(|mld| mld.ignored().named()).into_iter().flatten();
     Snapshot {
         bridge: sources.bridge.to_owned(),
         uptime_secs: sources.uptime.as_secs_f64(),
         querier: querier_view(sources, sources.igmp),
+        mld_querier: sources.mld.map(|mld| querier_view(sources, mld)),
         forwarding: sources.forwarding.clone(),
         ports: port_views(sources, &traffic),
         groups,
@@ -308,6 +327,7 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
             .stats
             .named()
             .chain(sources.igmp.ignored().named().into_iter().map(|(name, v)| (name.to_owned(), v)))
+            .chain(mld_ignored.map(|(name, v)| (format!("mld_{name}"), v)))
             .collect(),
         traffic,
     }
@@ -337,7 +357,7 @@ fn querier_view<A: Family>(sources: &Sources, snooper: &Snooper<A>) -> QuerierVi
     let querier = snooper.querier();
     let (role, querier_address) = match querier.other {
         Some((addr, _)) => ("other", Some(addr.ip())),
-        None if querier.enabled => ("self", Some(querier.own_address.ip())),
+        None if querier.is_querier() => ("self", Some(querier.own_address.ip())),
         None => ("none", None),
     };
     QuerierView {
@@ -380,6 +400,7 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
         .ports()
         .iter()
         .map(|(ifindex, state)| {
+            let mld_state = sources.mld.and_then(|mld| mld.ports().get(ifindex));
             let control = sources.datapath.port_counters(*ifindex);
             let as_router = sources.datapath.port_traffic(*ifindex);
             let (member_packets, member_bytes) = to_members.get(ifindex).copied().unwrap_or_default();
@@ -390,7 +411,9 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                 static_router: state.options.static_router,
                 fast_leave: state.options.fast_leave,
                 router_expires_in_secs: state.router_until.map(|at| sources.secs_until(at)),
-                groups: state.groups,
+                mld_router: mld_state.is_some_and(|s| s.is_router(now)),
+                mld_router_expires_in_secs: mld_state.and_then(|s| s.router_until).map(|at| sources.secs_until(at)),
+                groups: state.groups + mld_state.map_or(0, |s| s.groups),
                 queries_received: control.queries,
                 reports_received: control.reports,
                 leaves_received: control.leaves,
@@ -408,9 +431,11 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                         .get(ifindex)
                         .map(|p| p.note(sources.forwarding.mode == "redirect"))
                         .unwrap_or_default();
-                    if let Some(heard) = sources.igmp.untrusted_routers().get(ifindex) {
+                    let heard_v4 = sources.igmp.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip()));
+                    let heard_v6 = sources.mld.and_then(|mld| mld.untrusted_routers().get(ifindex));
+                    for (sign, source) in heard_v4.into_iter().chain(heard_v6.map(|h| (h.sign, h.source.ip()))) {
                         let sep = if note.is_empty() { "" } else { "; " };
-                        note = format!("{note}{sep}{} ({}) ignored: untrusted", heard.sign.describe(), heard.source);
+                        note = format!("{note}{sep}{} ({source}) ignored: untrusted", sign.describe());
                     }
                     note
                 },
@@ -456,6 +481,7 @@ fn member_view<A: Family>(
     MemberView {
         ifindex,
         port: sources.port_name(ifindex),
+        protocol: A::PROTOCOL.to_owned(),
         version: member.version,
         expires_in_secs: sources.secs_until(member.expires),
         last_reporter: member.last_reporter.ip(),

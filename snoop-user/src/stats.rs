@@ -2,7 +2,32 @@
 //! ignored-message counts are its own, in `membership::IgnoredCounts`).
 use std::collections::BTreeMap;
 
-use crate::proto::ParseError;
+use crate::proto::{Family, ParseError};
+
+/// The protocol a counter counts for: IGMP's keep their first names, MLD's
+/// are prefixed `mld_`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    Igmp,
+    Mld,
+}
+
+impl Protocol {
+    pub fn of<A: Family>() -> Self {
+        if A::FAMILY == snoop_common::FAMILY_IPV6 {
+            Self::Mld
+        } else {
+            Self::Igmp
+        }
+    }
+
+    const fn prefix(self) -> &'static str {
+        match self {
+            Self::Igmp => "",
+            Self::Mld => "mld_",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ControllerCounter {
@@ -10,8 +35,8 @@ pub enum ControllerCounter {
     Events,
     /// Ring records too short to hold a frame header.
     EventsShort,
-    GeneralQueriesSent,
-    GroupQueriesSent,
+    GeneralQueriesSent(Protocol),
+    GroupQueriesSent(Protocol),
     /// Map writes that failed; the state machine stays authoritative and the
     /// write is retried.
     DatapathWriteErrors,
@@ -20,17 +45,21 @@ pub enum ControllerCounter {
     /// Memberships, groups or copy lists a full map could not hold (their
     /// ports get every group meanwhile; the writes are retried).
     MapFull,
-    /// Captured frames dropped as malformed, by reason.
-    Dropped(ParseError),
+    /// Captured frames dropped as malformed, by protocol and reason.
+    Dropped(Protocol, ParseError),
 }
 
 impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [Events, EventsShort, GeneralQueriesSent, GroupQueriesSent, DatapathWriteErrors, AttachFailures, MapFull]
-            .into_iter()
-            .chain(ParseError::ALL.into_iter().map(Dropped))
+        [Events, EventsShort, DatapathWriteErrors, AttachFailures, MapFull].into_iter().chain(
+            [Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
+                [GeneralQueriesSent(p), GroupQueriesSent(p)]
+                    .into_iter()
+                    .chain(ParseError::ALL.into_iter().map(move |e| Dropped(p, e)))
+            }),
+        )
     }
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -38,12 +67,12 @@ impl ControllerCounter {
         match self {
             ControllerCounter::Events => "events".into(),
             ControllerCounter::EventsShort => "events_short".into(),
-            ControllerCounter::GeneralQueriesSent => "general_queries_sent".into(),
-            ControllerCounter::GroupQueriesSent => "group_queries_sent".into(),
+            ControllerCounter::GeneralQueriesSent(p) => format!("{}general_queries_sent", p.prefix()),
+            ControllerCounter::GroupQueriesSent(p) => format!("{}group_queries_sent", p.prefix()),
             ControllerCounter::DatapathWriteErrors => "datapath_write_errors".into(),
             ControllerCounter::AttachFailures => "attach_failures".into(),
             ControllerCounter::MapFull => "map_full".into(),
-            ControllerCounter::Dropped(reason) => format!("dropped_{}", reason.name()),
+            ControllerCounter::Dropped(p, reason) => format!("{}dropped_{}", p.prefix(), reason.name()),
         }
     }
 }

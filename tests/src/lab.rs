@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     ffi::CString,
     fs, io,
-    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -52,6 +52,12 @@ pub struct LabOptions {
     pub kernel_snooping: bool,
     /// The bridge's name; default [`BRIDGE`].
     pub bridge: Option<String>,
+    /// IPv6 on: hosts get link-local addresses and fd99::<10+i>/64, and
+    /// their kernels speak MLD; the bridge gets a link-local address. Off,
+    /// IPv6 is disabled everywhere (no neighbour discovery noise).
+    pub ipv6: bool,
+    /// Force the hosts' MLD version (1 or 2).
+    pub mld_version: Option<u8>,
 }
 
 pub struct Lab {
@@ -91,7 +97,9 @@ impl Lab {
         lab.ip_br(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", snooping])?;
         lab.ip_br(&["link", "set", &bridge, "up"])?;
         lab.ip_br(&["link", "set", "lo", "up"])?;
-        quiet_ipv6(&bridge_netns)?;
+        if !options.ipv6 {
+            quiet_ipv6(&bridge_netns)?;
+        }
         for i in 0..host_count {
             lab.add_host(i, options)?;
         }
@@ -109,7 +117,9 @@ impl Lab {
         let ip = Ipv4Addr::new(10, 99, 0, last_octet);
         run("ip", &["netns", "add", &netns])?;
         self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone() });
-        quiet_ipv6(&netns)?;
+        if !options.ipv6 {
+            quiet_ipv6(&netns)?;
+        }
         self.ip_br(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
         let bridge = self.bridge.clone();
         self.ip_br(&["link", "set", &port, "master", &bridge, "up"])?;
@@ -122,6 +132,15 @@ impl Lab {
         // Hosts repeat unsolicited reports quickly so joins settle fast in tests.
         write_sysctl(&netns, "ipv4/conf/eth0/igmpv2_unsolicited_report_interval", "200")?;
         write_sysctl(&netns, "ipv4/conf/eth0/igmpv3_unsolicited_report_interval", "200")?;
+        if options.ipv6 {
+            let ip6 = format!("fd99::{}/64", index + 10);
+            run("ip", &["-n", &netns, "-6", "addr", "add", &ip6, "dev", "eth0", "nodad"])?;
+            if let Some(version) = options.mld_version {
+                write_sysctl(&netns, "ipv6/conf/eth0/force_mld_version", &version.to_string())?;
+            }
+            write_sysctl(&netns, "ipv6/conf/eth0/mldv1_unsolicited_report_interval", "200")?;
+            write_sysctl(&netns, "ipv6/conf/eth0/mldv2_unsolicited_report_interval", "200")?;
+        }
         Ok(())
     }
 
@@ -298,8 +317,9 @@ impl Lab {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(querier) = self.snoop_show(snoop, "querier") {
-                let present = querier.get("present").is_none_or(|p| p == true); // none: an older snoop
-                if querier["role"] != "self" || present {
+                // No "present": an older snoop. No "mld": MLD snooping is off.
+                let ready = |q: &serde_json::Value| q["role"] != "self" || q.get("present").is_none_or(|p| p == true);
+                if ready(&querier) && querier.get("mld").is_none_or(ready) {
                     return Ok(());
                 }
             }
@@ -370,6 +390,101 @@ impl Lab {
             Ok(sockets)
         })??;
         Ok(Membership { _sockets: sockets })
+    }
+
+    /// `host`'s IPv6 address in an IPv6 lab: fd99::<10+index> (written in decimal).
+    pub fn host_ipv6(&self, host: &str) -> Ipv6Addr {
+        let index: usize = host.trim_start_matches('h').parse().expect("hosts are h<index>");
+        format!("fd99::{}", index + 10).parse().expect("an IPv6 address")
+    }
+
+    /// A socket on `host` joined to the IPv6 `group` on eth0 (its kernel
+    /// sends the MLD); dropping it leaves the group.
+    pub fn join_v6(&self, host: &str, group: Ipv6Addr) -> Result<Membership> {
+        let netns = self.host(host).netns.clone();
+        let socket = in_netns(&netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))?;
+            socket.join_multicast_v6(&group, if_index("eth0")?)?;
+            Ok(socket)
+        })??;
+        Ok(Membership { _sockets: vec![socket] })
+    }
+
+    /// Sends `count` UDP packets to the IPv6 `group` from `host`, `interval` apart.
+    pub fn send_v6(&self, host: &str, group: Ipv6Addr, count: u64, interval: Duration) -> Result<()> {
+        self.sender_v6(host)?.send(group, count, interval)
+    }
+
+    /// An IPv6 UDP sender on `host`, out of its eth0.
+    pub fn sender_v6(&self, host: &str) -> Result<GroupSender6> {
+        let netns = self.host(host).netns.clone();
+        let socket = in_netns(&netns, move || -> Result<UdpSocket> {
+            let socket = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))?;
+            socket.set_multicast_loop_v6(false)?;
+            let ifindex = if_index("eth0")? as libc::c_int;
+            // SAFETY: valid socket option pointer and length.
+            let rc = unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::IPPROTO_IPV6,
+                    libc::IPV6_MULTICAST_IF,
+                    (&ifindex as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as u32,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error()).context("IPV6_MULTICAST_IF");
+            }
+            Ok(socket)
+        })??;
+        Ok(GroupSender6 { socket })
+    }
+
+    /// Waits until `host`'s IPv6 addresses have passed duplicate address
+    /// detection (its link-local one takes a second or two).
+    pub fn wait_ipv6_ready(&self, host: &str, timeout: Duration) -> Result<()> {
+        let netns = self.host(host).netns.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = run("ip", &["-n", &netns, "-6", "addr", "show", "dev", "eth0", "tentative"])?;
+            if out.trim().is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{host}'s IPv6 addresses still tentative after {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The bridge's link-local IPv6 address, once it has passed DAD.
+    pub fn bridge_link_local(&self, timeout: Duration) -> Result<Ipv6Addr> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = run(
+                "ip",
+                &[
+                    "-n",
+                    &self.bridge_netns,
+                    "-6",
+                    "-o",
+                    "addr",
+                    "show",
+                    "dev",
+                    &self.bridge,
+                    "scope",
+                    "link",
+                    "-tentative",
+                ],
+            )?;
+            if let Some(addr) = out.split_whitespace().skip_while(|w| *w != "inet6").nth(1) {
+                return Ok(addr.split('/').next().unwrap_or_default().parse()?);
+            }
+            if Instant::now() > deadline {
+                bail!("the bridge has no usable link-local address after {timeout:?}");
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts counting the group traffic that reaches `host`'s interface,
@@ -502,6 +617,17 @@ impl RawSender {
 
 /// `ip_packet` in an Ethernet frame to the multicast MAC of its destination.
 pub fn multicast_frame(ip_packet: &[u8]) -> Result<Vec<u8>> {
+    if ip_packet.first().is_some_and(|b| b >> 4 == 6) {
+        if ip_packet.len() < 40 {
+            bail!("an IPv6 packet needs at least 40 bytes");
+        }
+        let d = &ip_packet[36..40];
+        let mut frame = vec![0x33, 0x33, d[0], d[1], d[2], d[3]];
+        frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+        frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+        frame.extend_from_slice(ip_packet);
+        return Ok(frame);
+    }
     if ip_packet.len() < 20 {
         bail!("an IPv4 packet needs at least 20 bytes");
     }
@@ -644,27 +770,7 @@ impl GroupSender {
     /// until `duration` has passed; returns the packets sent.
     pub fn blast(&self, group: Ipv4Addr, duration: Duration) -> Result<u64> {
         self.socket.connect(SocketAddrV4::new(group, DATA_PORT))?;
-        let payload = [0x5au8; 64];
-        let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
-        let mut messages: Vec<libc::mmsghdr> = (0..64)
-            .map(|_| {
-                // SAFETY: an all-zero mmsghdr is valid; the iovec outlives the calls.
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = &mut iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
-        let deadline = Instant::now() + duration;
-        let mut sent = 0u64;
-        while Instant::now() < deadline {
-            // SAFETY: `messages` holds 64 initialised headers.
-            let n = unsafe { libc::sendmmsg(self.socket.as_raw_fd(), messages.as_mut_ptr(), 64, 0) };
-            if n > 0 {
-                sent += n as u64;
-            }
-        }
-        Ok(sent)
+        blast_connected(&self.socket, duration)
     }
 
     /// Sends one packet to `group`'s data port carrying `payload`.
@@ -685,6 +791,101 @@ impl GroupSender {
     }
 }
 
+/// Sends 64-byte packets on a connected socket as fast as one thread can
+/// (sendmmsg, 64 per call) until `duration` has passed; returns the packets sent.
+fn blast_connected(socket: &UdpSocket, duration: Duration) -> Result<u64> {
+    let payload = [0x5au8; 64];
+    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+    let mut messages: Vec<libc::mmsghdr> = (0..64)
+        .map(|_| {
+            // SAFETY: an all-zero mmsghdr is valid; the iovec outlives the calls.
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = &mut iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect();
+    let deadline = Instant::now() + duration;
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        // SAFETY: `messages` holds 64 initialised headers.
+        let n = unsafe { libc::sendmmsg(socket.as_raw_fd(), messages.as_mut_ptr(), 64, 0) };
+        if n > 0 {
+            sent += n as u64;
+        }
+    }
+    Ok(sent)
+}
+
+/// Sends IPv6 group traffic to the lab's data port from one host.
+pub struct GroupSender6 {
+    socket: UdpSocket,
+}
+
+impl GroupSender6 {
+    pub fn send(&self, group: Ipv6Addr, count: u64, interval: Duration) -> Result<()> {
+        let payload = [0x5au8; 64];
+        for _ in 0..count {
+            self.socket.send_to(&payload, SocketAddrV6::new(group, DATA_PORT, 0, 0))?;
+            if !interval.is_zero() {
+                thread::sleep(interval);
+            }
+        }
+        Ok(())
+    }
+
+    /// As [`GroupSender::blast`], to an IPv6 group.
+    pub fn blast(&self, group: Ipv6Addr, duration: Duration) -> Result<u64> {
+        self.socket.connect(SocketAddrV6::new(group, DATA_PORT, 0, 0))?;
+        blast_connected(&self.socket, duration)
+    }
+}
+
+/// An IPv6 packet around an MLD-family ICMPv6 `message` (whose checksum
+/// this fills in): hop limit 1, Router Alert in a hop-by-hop header, as a
+/// host's kernel sends it.
+pub fn mld_packet(source: Ipv6Addr, destination: Ipv6Addr, mut message: Vec<u8>) -> Vec<u8> {
+    message[2] = 0;
+    message[3] = 0;
+    let sum = snoop::proto::mld::upper_layer_checksum(source, destination, 58, &message);
+    message[2..4].copy_from_slice(&sum.to_be_bytes());
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&((8 + message.len()) as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 1]);
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&destination.octets());
+    packet.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
+    packet.extend_from_slice(&message);
+    packet
+}
+
+/// An IPv6 UDP packet (hop limit 1) from `source` to `group`'s data port
+/// with `payload` bytes: IPv6 group traffic, for raw senders.
+pub fn udp6_packet(source: Ipv6Addr, group: Ipv6Addr, payload: usize) -> Vec<u8> {
+    let udp_len = (8 + payload) as u16;
+    let mut udp = vec![0x13, 0x89];
+    udp.extend_from_slice(&DATA_PORT.to_be_bytes());
+    udp.extend_from_slice(&udp_len.to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend(std::iter::repeat_n(0x5a, payload));
+    let sum = snoop::proto::mld::upper_layer_checksum(source, group, 17, &udp);
+    udp[6..8].copy_from_slice(&sum.to_be_bytes());
+    let mut packet = vec![0x60, 0, 0, 0];
+    packet.extend_from_slice(&udp_len.to_be_bytes());
+    packet.extend_from_slice(&[17, 1]);
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&group.octets());
+    packet.extend_from_slice(&udp);
+    packet
+}
+
+/// An MLDv1 report for `group` from `source`.
+pub fn mld_v1_report_packet(source: Ipv6Addr, group: Ipv6Addr) -> Vec<u8> {
+    let mut message = vec![131, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&group.octets());
+    mld_packet(source, group, message)
+}
+
 /// Keeps a group joined while alive.
 pub struct Membership {
     _sockets: Vec<UdpSocket>,
@@ -694,14 +895,17 @@ pub struct Membership {
 /// queries by source address.
 #[derive(Default)]
 struct SniffCounts {
-    data: HashMap<Ipv4Addr, u64>,
-    queries: HashMap<Ipv4Addr, u64>,
+    data: HashMap<IpAddr, u64>,
+    /// IGMP and MLD queries by source.
+    queries: HashMap<IpAddr, u64>,
     /// IGMP queries by source MAC.
     query_macs: HashMap<[u8; 6], u64>,
     /// Reports and leaves (of other hosts: a host's own are outgoing).
     reports: u64,
-    /// Queries by source and version (by length, RFC 3376 7.1).
-    query_versions: HashMap<(Ipv4Addr, u8), u64>,
+    /// Queries by source and version (by length, RFC 3376 7.1, RFC 3810 8.1).
+    query_versions: HashMap<(IpAddr, u8), u64>,
+    /// MLD reports and dones (of other hosts).
+    mld_reports: u64,
     /// Reports and leaves the host sent, by IGMP type.
     sent_reports: HashMap<u8, u64>,
 }
@@ -752,8 +956,13 @@ impl Sniffer {
     }
 
     /// Packets to `group` received so far.
-    pub fn count(&self, group: Ipv4Addr) -> u64 {
-        self.counts.lock().expect("sniffer lock").data.get(&group).copied().unwrap_or(0)
+    pub fn count(&self, group: impl Into<IpAddr>) -> u64 {
+        self.counts.lock().expect("sniffer lock").data.get(&group.into()).copied().unwrap_or(0)
+    }
+
+    /// MLD reports and dones received so far.
+    pub fn mld_reports(&self) -> u64 {
+        self.counts.lock().expect("sniffer lock").mld_reports
     }
 
     /// IGMP reports and leaves received so far.
@@ -762,13 +971,14 @@ impl Sniffer {
     }
 
     /// IGMP queries from `source` received so far.
-    pub fn queries_from(&self, source: Ipv4Addr) -> u64 {
-        self.counts.lock().expect("sniffer lock").queries.get(&source).copied().unwrap_or(0)
+    pub fn queries_from(&self, source: impl Into<IpAddr>) -> u64 {
+        self.counts.lock().expect("sniffer lock").queries.get(&source.into()).copied().unwrap_or(0)
     }
 
     /// IGMP queries of `version` from `source` received so far.
-    pub fn queries_of_version(&self, source: Ipv4Addr, version: u8) -> u64 {
-        self.counts.lock().expect("sniffer lock").query_versions.get(&(source, version)).copied().unwrap_or(0)
+    pub fn queries_of_version(&self, source: impl Into<IpAddr>, version: u8) -> u64 {
+        let key = (source.into(), version);
+        self.counts.lock().expect("sniffer lock").query_versions.get(&key).copied().unwrap_or(0)
     }
 
     /// Reports (or leaves) of IGMP type `igmp_type` the host sent so far.
@@ -812,6 +1022,12 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
             continue; // timeout: check the stop flag
         }
         let frame = &buf[..n as usize];
+        if frame.len() >= 14 + 48 && frame[12..14] == [0x86, 0xdd] {
+            if addr.sll_pkttype != libc::PACKET_OUTGOING {
+                count_ipv6(frame, &mut counts.lock().expect("sniffer lock"));
+            }
+            continue;
+        }
         if frame.len() < 14 + 28 || frame[12..14] != [0x08, 0x00] {
             continue;
         }
@@ -828,10 +1044,10 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
         let mut counts = counts.lock().expect("sniffer lock");
         match (protocol, frame.get(l4..l4 + 4)) {
             (17, Some(udp)) if u16::from_be_bytes([udp[2], udp[3]]) == DATA_PORT => {
-                *counts.data.entry(dst).or_default() += 1
+                *counts.data.entry(dst.into()).or_default() += 1
             }
             (2, Some(igmp)) if igmp[0] == 0x11 => {
-                *counts.queries.entry(src).or_default() += 1;
+                *counts.queries.entry(src.into()).or_default() += 1;
                 let igmp_len = usize::from(u16::from_be_bytes([frame[16], frame[17]])).saturating_sub(header_len);
                 let version = if igmp_len >= 12 {
                     3
@@ -840,13 +1056,42 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
                 } else {
                     2
                 };
-                *counts.query_versions.entry((src, version)).or_default() += 1;
+                *counts.query_versions.entry((src.into(), version)).or_default() += 1;
                 let mac: [u8; 6] = frame[6..12].try_into().expect("6 bytes");
                 *counts.query_macs.entry(mac).or_default() += 1;
             }
             (2, Some(igmp)) if matches!(igmp[0], 0x12 | 0x16 | 0x17 | 0x22) => counts.reports += 1,
             _ => {}
         }
+    }
+}
+
+/// Counts an incoming IPv6 frame: UDP to the data port by group, MLD
+/// queries by source and version, MLD reports.
+fn count_ipv6(frame: &[u8], counts: &mut SniffCounts) {
+    let ip = &frame[14..];
+    let src = IpAddr::from(<[u8; 16]>::try_from(&ip[8..24]).expect("16 bytes"));
+    let dst = IpAddr::from(<[u8; 16]>::try_from(&ip[24..40]).expect("16 bytes"));
+    let payload_len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let (mut next, mut at) = (ip[6], 40);
+    // Past a hop-by-hop header (MLD's Router Alert).
+    if next == 0 {
+        let Some(head) = ip.get(at..at + 2) else { return };
+        next = head[0];
+        at += (usize::from(head[1]) + 1) * 8;
+    }
+    let Some(l4) = ip.get(at..) else { return };
+    match (next, l4) {
+        (17, [_, _, port_high, port_low, ..]) if u16::from_be_bytes([*port_high, *port_low]) == DATA_PORT => {
+            *counts.data.entry(dst).or_default() += 1
+        }
+        (58, [130, ..]) => {
+            *counts.queries.entry(src).or_default() += 1;
+            let version = if payload_len + 40 - at >= 28 { 2 } else { 1 };
+            *counts.query_versions.entry((src, version)).or_default() += 1;
+        }
+        (58, [131 | 132 | 143, ..]) => counts.mld_reports += 1,
+        _ => {}
     }
 }
 

@@ -75,8 +75,27 @@ pub fn map_members(lab: &Lab) -> Result<BTreeSet<(Ipv4Addr, String)>> {
     let mut out = BTreeSet::new();
     for entry in map.iter() {
         let (key, _) = entry?;
-        let group = Ipv4Addr::from(key.group.ipv4_octets().expect("IPv4 key"));
-        out.insert((group, port_name(lab, key.ifindex)?));
+        if let Some(octets) = key.group.ipv4_octets() {
+            out.insert((Ipv4Addr::from(octets), port_name(lab, key.ifindex)?));
+        }
+    }
+    Ok(out)
+}
+
+/// (IPv6 group, port name) pairs in the pinned membership map.
+pub fn map_members_v6(lab: &Lab) -> Result<BTreeSet<(std::net::Ipv6Addr, String)>> {
+    let path = lab.pin_dir().join(MAP_MEMBERS);
+    if !path.exists() {
+        return Ok(BTreeSet::new());
+    }
+    let map: HashMap<MapData, PortGroupKey, MemberValue> =
+        HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&path)?))?;
+    let mut out = BTreeSet::new();
+    for entry in map.iter() {
+        let (key, _) = entry?;
+        if let Some(octets) = key.group.ipv6_octets() {
+            out.insert((std::net::Ipv6Addr::from(octets), port_name(lab, key.ifindex)?));
+        }
     }
     Ok(out)
 }
@@ -91,7 +110,8 @@ fn port_name(lab: &Lab, ifindex: u32) -> Result<String> {
 }
 
 /// Member port names of `group` as `snoop show groups --json` reports them.
-pub fn shown_members(lab: &Lab, group: Ipv4Addr) -> Result<BTreeSet<String>> {
+pub fn shown_members(lab: &Lab, group: impl Into<std::net::IpAddr>) -> Result<BTreeSet<String>> {
+    let group = group.into();
     let groups = lab.snoop_show(&snoop_bin(), "groups")?;
     let mut out = BTreeSet::new();
     for g in groups.as_array().into_iter().flatten() {
@@ -111,6 +131,24 @@ pub fn wait_for_members(lab: &Lab, group: Ipv4Addr, ports: &[&str], timeout: Dur
         let have: BTreeSet<_> = map_members(lab)?.into_iter().filter(|(g, _)| *g == group).collect();
         Ok(have == want)
     })
+}
+
+/// Waits until exactly `ports` are members of the IPv6 `group` in the map.
+pub fn wait_for_members_v6(lab: &Lab, group: std::net::Ipv6Addr, ports: &[&str], timeout: Duration) -> Result<()> {
+    let want: BTreeSet<(std::net::Ipv6Addr, String)> = ports.iter().map(|p| (group, p.to_string())).collect();
+    wait_until(&format!("{group} members {ports:?}"), timeout, || {
+        let have: BTreeSet<_> = map_members_v6(lab)?.into_iter().filter(|(g, _)| *g == group).collect();
+        Ok(have == want)
+    })
+}
+
+/// Sends `n` packets of the IPv6 `group` from `sender` and returns what each
+/// of `receivers` got at its interface.
+pub fn deliver_v6(lab: &Lab, sender: &str, group: std::net::Ipv6Addr, receivers: &[&str], n: u64) -> Result<Vec<u64>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    lab.send_v6(sender, group, n, Duration::from_micros(200))?;
+    thread::sleep(Duration::from_millis(300));
+    Ok(sniffers.iter().map(|s| s.count(group)).collect())
 }
 
 /// A controller counter from `snoop show stats --json`.

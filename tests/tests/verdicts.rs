@@ -3,7 +3,11 @@
 //! the controller's datapath module writes them) and a bridge whose ports give
 //! the test skbs a device. Each case asserts the verdict and that exactly the
 //! expected data path counters moved, and no other.
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::Duration,
+};
 
 use anyhow::Result;
 use snoop::{
@@ -11,8 +15,9 @@ use snoop::{
     proto::internet_checksum,
 };
 use snoop_common::{
-    Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER, CONFIG_REDIRECT,
-    PORT_GETS_REPORTS, PORT_ROUTER, PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
+    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6, PORT_UNPRUNED,
+    PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
@@ -289,7 +294,7 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
         dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)])?;
-        dp.set_report_targets(&[CopyTarget::Router(p.p3)])?;
+        dp.set_report_targets(snoop_common::REPORT_TARGETS, &[CopyTarget::Router(p.p3)])?;
         let copied = [(Redirected, 1), (RedirectCopies, 2)];
         case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_SHOT, &copied)?;
         // The sender's own port never gets its packet back.
@@ -366,4 +371,95 @@ fn difference(after: PortCounters, before: PortCounters) -> PortCounters {
         other_igmp: after.other_igmp - before.other_igmp,
         pim_hellos: after.pim_hellos - before.pim_hellos,
     }
+}
+
+const JOINED6: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x1234);
+const UNJOINED6: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x9999);
+const HOST6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10);
+
+/// A UDP packet to an IPv6 group, optionally behind `extension_headers`
+/// empty destination-options headers.
+fn data6(group: Ipv6Addr, extension_headers: usize) -> Vec<u8> {
+    let mut ip = vec![0x60, 0, 0, 0, 0, 0, if extension_headers > 0 { 60 } else { 17 }, 1];
+    ip.extend_from_slice(&HOST6.octets());
+    ip.extend_from_slice(&group.octets());
+    for i in 0..extension_headers {
+        let next = if i + 1 == extension_headers { 17 } else { 60 };
+        ip.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
+    }
+    ip.extend_from_slice(&[0x13, 0x89, 0x13, 0x89, 0, 72, 0, 0]);
+    ip.extend_from_slice(&[0x5a; 64]);
+    let payload = (ip.len() - 40) as u16;
+    ip[4..6].copy_from_slice(&payload.to_be_bytes());
+    frame(&ip)
+}
+
+/// An MLD message of `icmp_type` about `group`, as hosts send it.
+fn mld(icmp_type: u8, group: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+    let mut message = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&group.octets());
+    frame(&lab::mld_packet(HOST6, dst, message))
+}
+
+#[test]
+fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-ipv6", |dp, p| {
+        let joined = GroupKey::ipv6(JOINED6.octets(), VLAN_NONE);
+        dp.set_member(PortGroupKey { group: joined, ifindex: p.p1 }, 2, u64::MAX, false)?;
+        dp.register_group(joined)?;
+        dp.set_port_flags(p.p3, PORT_ROUTER | PORT_ROUTER_IPV6)?;
+        let all_nodes: Ipv6Addr = "ff02::1".parse()?;
+        let mdns: Ipv6Addr = "ff02::fb".parse()?;
+        let cases = [
+            ("member port", p.p1, data6(JOINED6, 0), TC_ACT_OK, vec![(DataForwarded, 1)]),
+            ("port without members", p.p2, data6(JOINED6, 0), TC_ACT_SHOT, vec![(DataPruned, 1)]),
+            ("router port", p.p3, data6(JOINED6, 0), TC_ACT_OK, vec![(DataForwarded, 1)]),
+            ("behind extension headers", p.p2, data6(JOINED6, 2), TC_ACT_SHOT, vec![(DataPruned, 1)]),
+            ("unregistered", p.p2, data6(UNJOINED6, 0), TC_ACT_OK, vec![(UnregisteredFlooded, 1)]),
+            ("link scope (mDNS)", p.p2, data6(mdns, 0), TC_ACT_OK, vec![(LinkLocalFlooded, 1)]),
+            ("all nodes", p.p2, data6(all_nodes, 0), TC_ACT_OK, vec![(LinkLocalFlooded, 1)]),
+            ("report to a host port", p.p2, mld(131, JOINED6, JOINED6), TC_ACT_SHOT, vec![(ReportsSuppressed, 1)]),
+            (
+                "done to a host port",
+                p.p2,
+                mld(132, JOINED6, "ff02::2".parse()?),
+                TC_ACT_SHOT,
+                vec![(ReportsSuppressed, 1)],
+            ),
+            ("report to a router port", p.p3, mld(131, JOINED6, JOINED6), TC_ACT_OK, vec![]),
+            ("query", p.p2, mld(130, Ipv6Addr::UNSPECIFIED, all_nodes), TC_ACT_OK, vec![(LinkLocalFlooded, 1)]),
+        ];
+        for (name, port, frame, verdict, moved) in cases {
+            case(dp, name, PROG_EGRESS, port, &frame, verdict, &moved)?;
+        }
+        // Router ports are per family: an IPv4 router port gets no IPv6 group.
+        dp.set_port_flags(p.p3, PORT_ROUTER)?;
+        case(dp, "IPv4-only router port", PROG_EGRESS, p.p3, &data6(JOINED6, 0), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        // So is the querier: no MLD querier floods IPv6 groups, IPv4 ones are still pruned.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_NO_QUERIER_IPV6, None, Duration::from_secs(3), 0)?;
+        case(dp, "no MLD querier", PROG_EGRESS, p.p2, &data6(JOINED6, 0), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "IPv4 meanwhile", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+
+        // Ingress: MLD is handed to the controller whole, with the port it came in on.
+        let mut ring = dp.take_events().expect("the event ring");
+        for (name, message, per_port) in [
+            ("MLDv1 report", mld(131, JOINED6, JOINED6), PortCounters { reports: 1, ..Default::default() }),
+            ("MLDv1 done", mld(132, JOINED6, "ff02::2".parse()?), PortCounters { leaves: 1, ..Default::default() }),
+            ("MLD query", mld(130, JOINED6, JOINED6), PortCounters { queries: 1, ..Default::default() }),
+        ] {
+            let before = dp.port_counters(p.p2);
+            case(dp, name, PROG_INGRESS, p.p2, &message, TC_ACT_OK, &[(MldSeen, 1), (Captured, 1)])?;
+            assert_eq!(difference(dp.port_counters(p.p2), before), per_port, "{name}: per-port counters");
+            let item = ring.next().expect("a captured frame");
+            let captured = usize::from(u16::from_ne_bytes(item[4..6].try_into()?));
+            assert_eq!(&item[16..16 + captured], &message[14..], "{name}: captured frame");
+        }
+        // Other ICMPv6 (neighbour discovery) and UDP are not control frames.
+        case(dp, "group data in", PROG_INGRESS, p.p2, &data6(UNJOINED6, 0), TC_ACT_OK, &[])?;
+        let mut echo = mld(128, JOINED6, JOINED6);
+        echo[14 + 6] = 58; // no hop-by-hop header: straight to ICMPv6 (an echo request)
+        case(dp, "ICMPv6 echo", PROG_INGRESS, p.p2, &echo, TC_ACT_OK, &[])?;
+        Ok(())
+    })
 }

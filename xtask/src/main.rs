@@ -215,6 +215,9 @@ const SMOKE_TESTS: &[&str] = &[
     "egress_",
     "ingress_",
     "control_frames_over_a_ports_rate",
+    "ipv6_group_traffic_and_mld",
+    // MLD end to end: the IPv6 header walk as this kernel's verifier sees it.
+    "only_mldv2_members_get_an_ipv6_group",
 ];
 
 /// The kernel for `spec`, with what booting it in QEMU needs installed.
@@ -258,8 +261,9 @@ fn test_in_vm(spec: &str, snoop: &Path, args: &[String], totals: &mut TestTotals
 }
 
 /// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2,
-/// nftables (the labs count and sink group traffic at hosts with it) and
-/// igmpproxy (a multicast router the tests put behind a port).
+/// nftables (the labs count and sink group traffic at hosts with it),
+/// igmpproxy (a multicast router the tests put behind a port) and ping (IPv6
+/// neighbour discovery through snoop, in the tests).
 fn setup() -> Result<()> {
     let mut apt = Apt::default();
     if bpf_toolchain::find().is_none() {
@@ -296,6 +300,9 @@ fn setup() -> Result<()> {
     if bpf_toolchain::which("igmpproxy").is_none() {
         // A real multicast router on the other side of snoop, in the tests.
         apt.install(&["igmpproxy"])?;
+    }
+    if bpf_toolchain::which("ping").is_none() {
+        apt.install(&["iputils-ping"])?;
     }
     Ok(())
 }

@@ -33,8 +33,7 @@ use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
     SenderSlot, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
     MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS,
-    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, NO_SLOT, PORT_ROUTER, PROG_EGRESS, PROG_INGRESS,
-    REPORT_TARGETS, SENDER_SLOTS,
+    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, NO_SLOT, PROG_EGRESS, PROG_INGRESS, SENDER_SLOTS,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -278,10 +277,10 @@ impl Datapath {
         self.ports.keys().filter_map(|k| k.ok()).collect()
     }
 
-    /// Ports whose entry says PORT_ROUTER (read before they are rewritten,
-    /// to resume learned router ports).
-    pub fn router_port_entries(&self) -> Vec<u32> {
-        self.ports.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.flags & PORT_ROUTER != 0).map(|(k, _)| k).collect()
+    /// Ports whose entry has the `router` flag of a family (read before they
+    /// are rewritten, to resume learned router ports).
+    pub fn router_port_entries(&self, router: u32) -> Vec<u32> {
+        self.ports.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.flags & router != 0).map(|(k, _)| k).collect()
     }
 
     pub fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
@@ -364,12 +363,13 @@ impl Datapath {
         self.write_targets(group, true, targets, slot)
     }
 
-    /// Where redirect mode copies reports and leaves.
-    pub fn set_report_targets(&mut self, targets: &[CopyTarget]) -> Result<()> {
+    /// Where redirect mode copies one family's reports and leaves (`key`:
+    /// its [`snoop_common::FamilyFlags::report_targets`]).
+    pub fn set_report_targets(&mut self, key: GroupKey, targets: &[CopyTarget]) -> Result<()> {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
-            return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&REPORT_TARGETS));
+            return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&key));
         }
-        self.write_targets(REPORT_TARGETS, false, targets, NO_SLOT)
+        self.write_targets(key, false, targets, NO_SLOT)
     }
 
     /// Sets the ports whose copies may go straight to their veth peer;
@@ -429,7 +429,7 @@ impl Datapath {
 
     /// Groups with redirect targets (from this or a previous run).
     pub fn redirected_groups(&self) -> Vec<GroupKey> {
-        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| *k != REPORT_TARGETS).collect()
+        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| k.family != 0).collect()
     }
 
     /// Takes over the slots recorded in maps a previous snoop pinned.
@@ -580,6 +580,8 @@ where
 fn remove_if_present(map: &'static str, result: Result<(), aya::maps::MapError>) -> Result<()> {
     match result {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        // What a delete of an absent key returns.
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         Err(e) => Err(Error::map("removing from", map, e)),
     }
 }

@@ -7,7 +7,9 @@ use std::{net::Ipv4Addr, time::Duration};
 
 use etherparse::Ipv4HeaderSlice;
 
-use super::{decode_v3_code, encode_v3_code, internet_checksum, Announced, ParseError, QueryTimers, RecordType};
+use super::{
+    decode_v3_code, encode_v3_code, internet_checksum, parse_group_records, Announced, ParseError, QueryTimers,
+};
 
 use snoop_common::wire::{
     IGMP_MRD_ADVERTISEMENT as TYPE_MRD_ADVERTISEMENT, IGMP_MRD_SOLICITATION as TYPE_MRD_SOLICITATION,
@@ -106,23 +108,7 @@ fn parse_query(msg: &[u8], group: Ipv4Addr) -> Result<Message, ParseError> {
 
 fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
     let record_count = u16::from_be_bytes([msg[6], msg[7]]);
-    let mut records = Vec::with_capacity(usize::from(record_count).min(msg.len() / 8));
-    let mut at = 8;
-    for _ in 0..record_count {
-        let head = msg.get(at..at + 8).ok_or(ParseError::RecordOverrun)?;
-        let record_type = RecordType::from_wire(head[0]).ok_or(ParseError::UnknownRecordType)?;
-        let aux_len = usize::from(head[1]) * 4;
-        let source_count = usize::from(u16::from_be_bytes([head[2], head[3]]));
-        let group = ipv4_at(head, 4);
-        let sources_at = at + 8;
-        at = sources_at + source_count * 4 + aux_len;
-        if at > msg.len() {
-            return Err(ParseError::RecordOverrun);
-        }
-        let sources = (0..source_count).map(|i| ipv4_at(msg, sources_at + 4 * i)).collect();
-        records.push(GroupRecord { record_type, group, sources });
-    }
-    Ok(Message::RecordReport { records })
+    Ok(Message::RecordReport { records: parse_group_records(msg, 8, record_count)? })
 }
 
 fn parse_pim(msg: &[u8]) -> Result<Message, ParseError> {
@@ -215,6 +201,7 @@ fn ipv4_frame(source_mac: [u8; 6], source: Ipv4Addr, destination: Ipv4Addr, igmp
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::proto::RecordType;
 
     /// An IPv4 packet around `payload`, as a host's kernel would send it.
     pub fn ip_packet(protocol: u8, ttl: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {

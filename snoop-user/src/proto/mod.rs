@@ -5,18 +5,22 @@
 //! address family ([`Family`]).
 //!
 //! - [`igmp`]: IGMPv1/v2/v3 and PIM hellos over IPv4, and the query builder.
+//! - [`mld`]: MLDv1/v2 and PIM hellos over IPv6, and the query builder.
+//!
+//! Both read group records with the one [`parse_group_records`].
 pub mod igmp;
+pub mod mld;
 
 use std::{
     fmt::{Debug, Display},
     hash::Hash,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
 use snoop_common::{
-    wire::{is_ipv4_link_local_group, is_ipv4_multicast},
-    GroupKey, FAMILY_IPV4,
+    wire::{is_ipv4_link_local_group, is_ipv4_multicast, is_ipv6_all_nodes, is_ipv6_link_scope_group},
+    FamilyFlags, GroupKey, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS,
 };
 
 /// An address family snoop snoops: what the state machine and the data path
@@ -29,10 +33,21 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     /// The version whose reports carry group records (IGMPv3, MLDv2).
     const RECORD_VERSION: u8;
     const UNSPECIFIED: Self;
+    /// Bytes of an address on the wire.
+    const ADDR_LEN: usize;
+    /// The data path's port and config flags of this family.
+    const FLAGS: FamilyFlags;
 
     fn is_unspecified(&self) -> bool;
-    /// Groups snoop tracks per port; other multicast groups are always flooded.
-    fn is_snoopable(self) -> bool;
+    /// The address in the first [`Family::ADDR_LEN`] bytes of `bytes`.
+    fn from_wire(bytes: &[u8]) -> Self;
+    /// Groups snoop tracks per port; other multicast groups are always
+    /// flooded. `link_scope` (IPv6 only): snoop link-scope groups too.
+    fn is_snoopable(self, link_scope: bool) -> bool;
+    /// Whether queries can be sent from `source`: hosts ignore MLD queries
+    /// not from a link-local address (RFC 3810 5.1.14); IGMP allows 0.0.0.0
+    /// (RFC 4541 2.1.1).
+    fn can_query_from(source: Self) -> bool;
     /// Hosts of this version send no leaves (IGMPv1): while one is present on
     /// a port, a leave there cannot mean the group is unwanted (RFC 2236 4).
     fn sends_no_leaves(version: u8) -> bool;
@@ -68,14 +83,24 @@ impl Family for Ipv4Addr {
     const PROTOCOL: &'static str = "IGMP";
     const RECORD_VERSION: u8 = 3;
     const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+    const ADDR_LEN: usize = 4;
+    const FLAGS: FamilyFlags = IPV4_FLAGS;
 
     fn is_unspecified(&self) -> bool {
         Ipv4Addr::is_unspecified(self)
     }
 
+    fn from_wire(bytes: &[u8]) -> Self {
+        Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])
+    }
+
     /// IPv4 multicast outside 224.0.0.0/24, which is always flooded (RFC 4541 2.1.2).
-    fn is_snoopable(self) -> bool {
+    fn is_snoopable(self, _link_scope: bool) -> bool {
         is_ipv4_multicast(self.octets()) && !is_ipv4_link_local_group(self.octets())
+    }
+
+    fn can_query_from(_source: Self) -> bool {
+        true
     }
 
     fn sends_no_leaves(version: u8) -> bool {
@@ -113,9 +138,104 @@ impl Family for Ipv4Addr {
     }
 }
 
+impl Family for Ipv6Addr {
+    const FAMILY: u8 = FAMILY_IPV6;
+    const PROTOCOL: &'static str = "MLD";
+    const RECORD_VERSION: u8 = 2;
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    const ADDR_LEN: usize = 16;
+    const FLAGS: FamilyFlags = IPV6_FLAGS;
+
+    fn is_unspecified(&self) -> bool {
+        Ipv6Addr::is_unspecified(self)
+    }
+
+    fn from_wire(bytes: &[u8]) -> Self {
+        mld::ipv6_at(bytes, 0)
+    }
+
+    /// IPv6 multicast but ff02::1 (RFC 4541 3), and outside link scope
+    /// unless `link_scope`: neighbour discovery must not depend on snooping
+    /// by default (see the data path's `ipv6_flooded`).
+    fn is_snoopable(self, link_scope: bool) -> bool {
+        let octets = self.octets();
+        self.is_multicast()
+            && !is_ipv6_all_nodes(&octets)
+            && (link_scope || !is_ipv6_link_scope_group(&octets))
+            // Interface-local (ff01::/16) never leaves a host.
+            && octets[1] & 0x0f != 1
+    }
+
+    fn can_query_from(source: Self) -> bool {
+        mld::is_link_local(source)
+    }
+
+    /// MLDv1 hosts send dones: none is ever ignored.
+    fn sends_no_leaves(_version: u8) -> bool {
+        false
+    }
+
+    fn key(self, vlan: u16) -> GroupKey {
+        GroupKey::ipv6(self.octets(), vlan)
+    }
+
+    fn from_key(key: &GroupKey) -> Option<Self> {
+        key.ipv6_octets().map(Ipv6Addr::from)
+    }
+
+    fn ip(self) -> IpAddr {
+        IpAddr::V6(self)
+    }
+
+    fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError> {
+        mld::parse(ip_packet)
+    }
+
+    fn query_frame(
+        source_mac: [u8; 6],
+        source: Self,
+        group: Option<Self>,
+        version: u8,
+        timers: &QueryTimers,
+    ) -> Vec<u8> {
+        mld::build_query_frame(source_mac, source, group, version, timers)
+    }
+
+    fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8> {
+        mld::build_mrd_solicitation_frame(source_mac, source)
+    }
+}
+
 /// The group address in a data path key, whatever its family.
 pub fn key_ip(key: &GroupKey) -> Option<IpAddr> {
-    Ipv4Addr::from_key(key).map(Family::ip)
+    Ipv4Addr::from_key(key).map(Family::ip).or_else(|| Ipv6Addr::from_key(key).map(Family::ip))
+}
+
+/// The group records of an IGMPv3 or MLDv2 report (the same layout but for
+/// the address length): `count` records from byte `at` of `msg`. Every
+/// record is checked to lie inside the message before any is returned.
+pub fn parse_group_records<A: Family>(
+    msg: &[u8],
+    mut at: usize,
+    count: u16,
+) -> Result<Vec<GroupRecord<A>>, ParseError> {
+    let head_len = 4 + A::ADDR_LEN;
+    let mut records = Vec::with_capacity(usize::from(count).min(msg.len() / head_len));
+    for _ in 0..count {
+        let head = msg.get(at..at + head_len).ok_or(ParseError::RecordOverrun)?;
+        let record_type = RecordType::from_wire(head[0]).ok_or(ParseError::UnknownRecordType)?;
+        let aux_len = usize::from(head[1]) * 4;
+        let source_count = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let group = A::from_wire(&head[4..]);
+        let sources_at = at + head_len;
+        at = sources_at + source_count * A::ADDR_LEN + aux_len;
+        if at > msg.len() {
+            return Err(ParseError::RecordOverrun);
+        }
+        let sources = (0..source_count).map(|i| A::from_wire(&msg[sources_at + A::ADDR_LEN * i..])).collect();
+        records.push(GroupRecord { record_type, group, sources });
+    }
+    Ok(records)
 }
 
 /// Group record types (RFC 3376 4.2.12, RFC 3810 5.2.12: the same six).
@@ -203,8 +323,8 @@ pub enum ParseError {
     ShortMessage,
     #[error("bad checksum")]
     BadChecksum,
-    /// IGMP must be sent with TTL 1 (RFC 3376 4, RFC 2236 2).
-    #[error("TTL is not 1")]
+    /// IGMP and MLD must be sent with TTL (hop limit) 1 (RFC 3376 4, RFC 3810 5).
+    #[error("TTL (hop limit) is not 1")]
     BadTtl,
     #[error("a group record (its sources or aux data) runs past the message")]
     RecordOverrun,
@@ -218,10 +338,16 @@ pub enum ParseError {
     /// Neither a v1/v2 (8 bytes) nor a v3 (12 or more) query: ignored (RFC 3376 7.1).
     #[error("a query of no version's length")]
     BadQueryLength,
+    /// MLD must carry a hop-by-hop Router Alert (RFC 3810 5).
+    #[error("no Router Alert option")]
+    NoRouterAlert,
+    /// MLD queries come from link-local addresses, reports also from :: (RFC 3810 5.1.14, RFC 3590).
+    #[error("a source address the protocol does not allow")]
+    BadSource,
 }
 
 impl ParseError {
-    pub const ALL: [ParseError; 11] = [
+    pub const ALL: [ParseError; 13] = [
         Self::BadIpHeader,
         Self::Truncated,
         Self::Fragment,
@@ -233,6 +359,8 @@ impl ParseError {
         Self::UnknownType,
         Self::NotControl,
         Self::BadQueryLength,
+        Self::NoRouterAlert,
+        Self::BadSource,
     ];
 
     /// A stable short name, for counters.
@@ -249,6 +377,8 @@ impl ParseError {
             Self::UnknownType => "unknown_type",
             Self::NotControl => "not_control",
             Self::BadQueryLength => "bad_query_length",
+            Self::NoRouterAlert => "no_router_alert",
+            Self::BadSource => "bad_source",
         }
     }
 }

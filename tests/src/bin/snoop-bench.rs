@@ -5,7 +5,7 @@
 use std::{
     collections::HashMap,
     fs,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
     thread,
@@ -22,6 +22,16 @@ use snoop_tests::{
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const G2: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 2);
+/// The IPv6 group of the IPv6 figures (global scope: snooped by both systems).
+const G6: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x1234);
+const G6_2: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x1235);
+
+/// The address family a figure's group traffic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ip {
+    V4,
+    V6,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
@@ -87,9 +97,17 @@ fn main() -> Result<()> {
 
 // ---------------------------------------------------------------- 1. throughput
 
-/// A lab of 8 ports in `mode`, with `members` of h1..h7 joined to G.
-fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&str]) -> Result<Lab> {
-    let mut lab = Lab::new(tag, hosts, &LabOptions { kernel_snooping: mode == Mode::Kernel, ..Default::default() })?;
+/// A lab of `hosts` ports in `mode` (IPv6 on for [`Ip::V6`]).
+fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&str], ip: Ip) -> Result<Lab> {
+    let options = LabOptions { kernel_snooping: mode == Mode::Kernel, ipv6: ip == Ip::V6, ..Default::default() };
+    let mut lab = Lab::new(tag, hosts, &options)?;
+    if ip == Ip::V6 {
+        for i in 0..hosts {
+            lab.wait_ipv6_ready(&format!("h{i}"), Duration::from_secs(10))?;
+        }
+        // Both queriers speak from the bridge's link-local address.
+        lab.bridge_link_local(Duration::from_secs(10))?;
+    }
     match mode {
         Mode::Snoop => lab.start_snoop(&settings.snoop, extra)?,
         Mode::SnoopBridge => {
@@ -110,6 +128,8 @@ fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&
                 "bridge",
                 "mcast_igmp_version",
                 "3",
+                "mcast_mld_version",
+                "2",
                 "mcast_query_response_interval",
                 "100",
             ])?;
@@ -137,10 +157,17 @@ fn throughput(settings: &Settings) -> Result<()> {
     println!("1. Data path throughput: 8-port bridge, h0 blasts one group (64-byte UDP payload) for {seconds} s.");
     println!("   Delivered = group packets counted arriving at each host's interface (nftables ingress hook);");
     println!("   CPU = busy time of all CPUs / packets delivered.");
-    let loads: &[Load] = if settings.quick { &[Load::Switch] } else { &[Load::Switch, Load::EndToEnd] };
-    for &load in loads {
-        match load {
-            Load::Switch => {
+    let loads: &[(Load, Ip)] = if settings.quick {
+        &[(Load::Switch, Ip::V4)]
+    } else {
+        &[(Load::Switch, Ip::V4), (Load::EndToEnd, Ip::V4), (Load::Switch, Ip::V6)]
+    };
+    for &(load, ip) in loads {
+        match (load, ip) {
+            (Load::Switch, Ip::V6) => println!(
+                "   1c. IPv6 switch load: as 1a, to {G6} (MLDv2 hosts; the kernel's MLD snooping, mcast_mld_version 2)."
+            ),
+            (Load::Switch, Ip::V4) => {
                 println!(
                     "   1a. Switch load: AF_PACKET sender (sendmmsg, qdisc bypassed); hosts drop the data on arrival."
                 );
@@ -150,7 +177,7 @@ fn throughput(settings: &Settings) -> Result<()> {
                      (no switch can deliver more here)"
                 );
             }
-            Load::EndToEnd => {
+            (Load::EndToEnd, _) => {
                 println!("   1b. End to end: UDP socket sender (sendmmsg); hosts' IP stacks receive the data.")
             }
         }
@@ -159,7 +186,7 @@ fn throughput(settings: &Settings) -> Result<()> {
             "members", "mode", "sent pps", "per member", "to non-members", "CPU ns/pkt", "vs kernel"
         );
         for members in [1usize, 2, 7] {
-            throughput_row_set(settings, load, members, seconds)?;
+            throughput_row_set(settings, load, ip, members, seconds)?;
         }
     }
     println!();
@@ -167,20 +194,30 @@ fn throughput(settings: &Settings) -> Result<()> {
 }
 
 /// One member count in every mode, with the summary line.
-fn throughput_row_set(settings: &Settings, load: Load, members: usize, seconds: f64) -> Result<()> {
+fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, seconds: f64) -> Result<()> {
     let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
     for mode in [Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood] {
-        let mut lab = mode_lab(settings, "tput", 8, mode, &[])?;
-        let joined: Vec<_> = (1..=members).map(|i| lab.join(&format!("h{i}"), G)).collect::<Result<_>>()?;
-        wait_joined(&mut lab, mode, members)?;
+        let mut lab = mode_lab(settings, "tput", 8, mode, &[], ip)?;
+        let join = |i: usize| match ip {
+            Ip::V4 => lab.join(&format!("h{i}"), G),
+            Ip::V6 => lab.join_v6(&format!("h{i}"), G6),
+        };
+        let joined: Vec<_> = (1..=members).map(join).collect::<Result<_>>()?;
+        wait_joined(&mut lab, mode, members, ip)?;
         for i in 1..8 {
             lab.count_udp(&format!("h{i}"), load == Load::Switch)?;
         }
         let cpu_before = cpu_busy_seconds()?;
         let duration = Duration::from_secs_f64(seconds);
-        let sent = match load {
-            Load::Switch => lab.raw_sender("h0")?.blast(&lab::udp_packet(lab.host("h0").ip, G, 64), duration)?,
-            Load::EndToEnd => lab.sender("h0")?.blast(G, duration)?,
+        let sent = match (load, ip) {
+            (Load::Switch, Ip::V4) => {
+                lab.raw_sender("h0")?.blast(&lab::udp_packet(lab.host("h0").ip, G, 64), duration)?
+            }
+            (Load::Switch, Ip::V6) => {
+                lab.raw_sender("h0")?.blast(&lab::udp6_packet(lab.host_ipv6("h0"), G6, 64), duration)?
+            }
+            (Load::EndToEnd, Ip::V4) => lab.sender("h0")?.blast(G, duration)?,
+            (Load::EndToEnd, Ip::V6) => lab.sender_v6("h0")?.blast(G6, duration)?,
         };
         thread::sleep(Duration::from_millis(200));
         let cpu = cpu_busy_seconds()? - cpu_before;
@@ -226,16 +263,20 @@ fn sender_ceiling(seconds: f64) -> Result<f64> {
 }
 
 /// Waits until the group is snooped in `mode` (kernel: mdb entries).
-fn wait_joined(lab: &mut Lab, mode: Mode, members: usize) -> Result<()> {
+fn wait_joined(lab: &mut Lab, mode: Mode, members: usize, ip: Ip) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let ready = match mode {
-            Mode::Snoop | Mode::SnoopBridge => snoop_tests::map_members(lab)?.len() == members,
-            Mode::Kernel => {
-                let mdb = lab::run("bridge", &["-n", &lab.bridge_netns, "-j", "mdb", "show", "dev", "br0"])?;
-                mdb.matches("239.1.1.1").count() >= members
+        let ready = match (mode, ip) {
+            (Mode::Snoop | Mode::SnoopBridge, Ip::V4) => snoop_tests::map_members(lab)?.len() == members,
+            (Mode::Snoop | Mode::SnoopBridge, Ip::V6) => {
+                snoop_tests::map_members_v6(lab)?.iter().filter(|(g, _)| *g == G6).count() == members
             }
-            Mode::Flood => true,
+            (Mode::Kernel, _) => {
+                let mdb = lab::run("bridge", &["-n", &lab.bridge_netns, "-j", "mdb", "show", "dev", "br0"])?;
+                let group = if ip == Ip::V4 { G.to_string() } else { G6.to_string() };
+                mdb.matches(&format!("\"{group}\"")).count() >= members
+            }
+            (Mode::Flood, _) => true,
         };
         if ready {
             if mode == Mode::Kernel {
@@ -265,12 +306,13 @@ fn cpu_busy_seconds() -> Result<f64> {
 fn program_cost(settings: &Settings) -> Result<()> {
     let repeat: u32 = if settings.quick { 100_000 } else { 1_000_000 };
     println!("2. Per-packet program cost, BPF_PROG_TEST_RUN (the kernel's average over the repeats).");
-    let mut lab = Lab::new("progcost", 3, &LabOptions::default())?;
-    lab.start_snoop(&settings.snoop, &["--control-rate-limit", "0"])?;
-    let _m1 = lab.join("h1", G)?;
-    let _m2 = [lab.join("h1", G2)?, lab.join("h2", G2)?];
+    let lab = mode_lab(settings, "progcost", 3, Mode::Snoop, &["--control-rate-limit", "0"], Ip::V6)?;
+    let _m1 = [lab.join("h1", G)?, lab.join_v6("h1", G6)?];
+    let _m2 = [lab.join("h1", G2)?, lab.join("h2", G2)?, lab.join_v6("h1", G6_2)?, lab.join_v6("h2", G6_2)?];
     snoop_tests::wait_for_members(&lab, G, &["p1"], Duration::from_secs(8))?;
     snoop_tests::wait_for_members(&lab, G2, &["p1", "p2"], Duration::from_secs(8))?;
+    snoop_tests::wait_for_members_v6(&lab, G6, &["p1"], Duration::from_secs(8))?;
+    snoop_tests::wait_for_members_v6(&lab, G6_2, &["p1", "p2"], Duration::from_secs(8))?;
     let p1 = lab.port_ifindex("p1")?;
     let p0 = lab.port_ifindex("p0")?;
     let pin_dir = lab.pin_dir();
@@ -280,6 +322,13 @@ fn program_cost(settings: &Settings) -> Result<()> {
         let mut frame = vec![0x01, 0x00, 0x5e, 0, 0, 0x16, 2, 0, 0, 0, 0, 0x11, 0x08, 0x00];
         frame.extend_from_slice(&ip);
         frame
+    };
+    let h0 = lab.host_ipv6("h0");
+    let data6 = |group: Ipv6Addr| lab::multicast_frame(&lab::udp6_packet(h0, group, 64));
+    let mld_report = {
+        let mut message = vec![143, 0, 0, 0, 0, 0, 0, 1, 2, 0, 0, 0];
+        message.extend_from_slice(&G6.octets());
+        lab::multicast_frame(&lab::mld_packet("fe80::11".parse()?, "ff02::16".parse()?, message))?
     };
     let mut arp = vec![0xff; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 0x10, 0x08, 0x06]);
@@ -301,6 +350,11 @@ fn program_cost(settings: &Settings) -> Result<()> {
         ("data, joined group, 2 member ports (ingress, 1 clone)", PROG_INGRESS, data(G2)?, p0, repeat / 10),
         // Each run hands a frame to the controller's ring; keep the run short enough not to fill it.
         ("IGMPv3 report (ingress, captured, copied to the bridge device)", PROG_INGRESS, report, p1, 2_000),
+        ("IPv6 data, group in the map (egress, member port)", PROG_EGRESS, data6(G6)?, p1, repeat),
+        ("IPv6 data, group not in the map (egress)", PROG_EGRESS, data6("ff0e::9999".parse()?)?, p1, repeat),
+        ("IPv6 data, joined group, 1 member port (ingress, handed to its peer)", PROG_INGRESS, data6(G6)?, p0, repeat),
+        ("IPv6 data, joined group, 2 member ports (ingress, 1 clone)", PROG_INGRESS, data6(G6_2)?, p0, repeat / 10),
+        ("MLDv2 report (ingress, captured, copied to the bridge device)", PROG_INGRESS, mld_report, p1, 2_000),
         ("non-IP frame (egress)", PROG_EGRESS, arp, p1, repeat),
     ];
     // The controller is paused while the programs run: a ring record wakes a
@@ -344,7 +398,7 @@ fn program_cost(settings: &Settings) -> Result<()> {
 fn join_leave_latency(settings: &Settings) -> Result<()> {
     let joins = if settings.quick { 30 } else { 200 };
     let leaves = if settings.quick { 5 } else { 20 };
-    println!("3./4. Join and leave latency. h0 sends G every 20 us; h2 stays joined (G is registered).");
+    println!("3./4. Join and leave latency. h0 sends G (IPv6: {G6}) every 20 us; h2 stays joined (G is registered).");
     println!("   Join: h1's report on the wire -> first G packet at h1. Leave: h1's leave on the wire -> last G packet at h1.");
     println!("   Timed by one packet socket on h1's interface (both events on the same clock).");
     println!("   {:<17}{:<26}{:>6}{:>10}{:>10}{:>10}", "mode", "measure", "n", "p50", "p99", "max");
@@ -356,7 +410,7 @@ fn join_leave_latency(settings: &Settings) -> Result<()> {
             } else {
                 vec!["--last-member-query-interval", "100ms"]
             };
-            let mut lab = mode_lab(settings, "latency", 3, mode, &snoop_args)?;
+            let mut lab = mode_lab(settings, "latency", 3, mode, &snoop_args, Ip::V4)?;
             if mode == Mode::Kernel {
                 lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_last_member_interval", "10"])?;
                 if fast_leave {
@@ -364,7 +418,7 @@ fn join_leave_latency(settings: &Settings) -> Result<()> {
                 }
             }
             let _m2 = lab.join("h2", G)?;
-            wait_joined(&mut lab, mode, 1)?;
+            wait_joined(&mut lab, mode, 1, Ip::V4)?;
             let sender = lab.sender("h0")?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let sending = {
@@ -395,8 +449,47 @@ fn join_leave_latency(settings: &Settings) -> Result<()> {
             print_percentiles(mode.name(), leave_name, &mut leave_us);
         }
     }
+    mld_join_leave_latency(settings, joins)?;
     println!("   goal: join <= 1 ms p99");
     println!();
+    Ok(())
+}
+
+/// Figure 3/4 for MLD: join and fast leave, h1's MLDv2 report or leave
+/// record on the wire to its first / last packet of G6.
+fn mld_join_leave_latency(settings: &Settings, joins: usize) -> Result<()> {
+    for mode in [Mode::Kernel, Mode::Snoop] {
+        let mut lab = mode_lab(settings, "latency6", 3, mode, &["--fast-leave", "p1"], Ip::V6)?;
+        if mode == Mode::Kernel {
+            lab.ip_br(&["link", "set", "p1", "type", "bridge_slave", "fastleave", "on"])?;
+        }
+        let _m2 = lab.join_v6("h2", G6)?;
+        wait_joined(&mut lab, mode, 1, Ip::V6)?;
+        let sender = lab.sender_v6("h0")?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sending = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = sender.send(G6, 1, Duration::ZERO);
+                    let until = Instant::now() + Duration::from_micros(20);
+                    while Instant::now() < until {}
+                }
+            })
+        };
+        let probe = Probe::open(&lab, "h1")?;
+        let (mut join_us, mut leave_us) = (Vec::new(), Vec::new());
+        for _ in 0..joins {
+            let membership = lab.join_v6("h1", G6)?;
+            join_us.push(probe.report_to_first_data()?);
+            drop(membership);
+            leave_us.push(probe.leave_to_last_data(100)?);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sending.join().expect("sender");
+        print_percentiles(mode.name(), "MLD join", &mut join_us);
+        print_percentiles(mode.name(), "MLD leave (fast leave)", &mut leave_us);
+    }
     Ok(())
 }
 
@@ -452,6 +545,22 @@ impl Probe {
         }
         let at = Instant::now();
         let outgoing = addr.sll_pkttype == libc::PACKET_OUTGOING;
+        if buf[12..14] == [0x86, 0xdd] {
+            let n = n as usize;
+            // MLD behind its hop-by-hop header, counted as the IGMP message
+            // of the same meaning: report (v2 0x16, v3 0x22) or leave (0x17).
+            let seen = match (outgoing, buf[14 + 6]) {
+                (true, 0) if n > 62 && buf[14 + 40] == 58 => match buf[14 + 48] {
+                    131 => Seen::OutgoingIgmp(0x16),
+                    132 => Seen::OutgoingIgmp(0x17),
+                    143 => Seen::OutgoingIgmp(0x22),
+                    _ => Seen::Other,
+                },
+                (false, 17) if n >= 54 && buf[38..54] == G6.octets() => Seen::Data,
+                _ => Seen::Other,
+            };
+            return Some((at, seen));
+        }
         let ihl = usize::from(buf[14] & 0x0f) * 4;
         let seen = match (outgoing, buf[12..14] == [8, 0], buf[23]) {
             (true, true, 2) => Seen::OutgoingIgmp(buf[14 + ihl]),
