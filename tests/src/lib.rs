@@ -66,36 +66,25 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
 
 /// (group, port name) pairs in the pinned membership map, the data path's truth.
 pub fn map_members(lab: &Lab) -> Result<BTreeSet<(Ipv4Addr, String)>> {
-    let path = lab.pin_dir().join(MAP_MEMBERS);
-    if !path.exists() {
-        return Ok(BTreeSet::new());
-    }
-    let map: HashMap<MapData, PortGroupKey, MemberValue> =
-        HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&path)?))?;
-    let mut out = BTreeSet::new();
-    for entry in map.iter() {
-        let (key, _) = entry?;
-        if let Some(octets) = key.group.ipv4_octets() {
-            out.insert((Ipv4Addr::from(octets), port_name(lab, key.ifindex)?));
-        }
-    }
-    Ok(out)
+    Ok(pinned_members(lab)?.into_iter().filter_map(|(key, port)| Some((key.ipv4_octets()?.into(), port))).collect())
 }
 
 /// (IPv6 group, port name) pairs in the pinned membership map.
 pub fn map_members_v6(lab: &Lab) -> Result<BTreeSet<(std::net::Ipv6Addr, String)>> {
+    Ok(pinned_members(lab)?.into_iter().filter_map(|(key, port)| Some((key.ipv6_octets()?.into(), port))).collect())
+}
+
+fn pinned_members(lab: &Lab) -> Result<Vec<(snoop_common::GroupKey, String)>> {
     let path = lab.pin_dir().join(MAP_MEMBERS);
     if !path.exists() {
-        return Ok(BTreeSet::new());
+        return Ok(Vec::new());
     }
     let map: HashMap<MapData, PortGroupKey, MemberValue> =
         HashMap::try_from(aya::maps::Map::HashMap(MapData::from_pin(&path)?))?;
-    let mut out = BTreeSet::new();
+    let mut out = Vec::new();
     for entry in map.iter() {
         let (key, _) = entry?;
-        if let Some(octets) = key.group.ipv6_octets() {
-            out.insert((std::net::Ipv6Addr::from(octets), port_name(lab, key.ifindex)?));
-        }
+        out.push((key.group, port_name(lab, key.ifindex)?));
     }
     Ok(out)
 }

@@ -13,7 +13,10 @@ use snoop_common::wire::{
     MLD_MRD_TERMINATION, MLD_QUERY, MLD_V1_DONE, MLD_V1_REPORT, MLD_V2_REPORT, PIM_HELLO,
 };
 
-use super::{decode_v3_code, encode_v3_code, parse_group_records, Announced, ParseError, QueryTimers};
+use super::{
+    decode_max_response_code, decode_v3_code, encode_max_response_code, encode_v3_code, parse_group_records, Announced,
+    ParseError, QueryTimers,
+};
 
 pub type Packet = super::Packet<Ipv6Addr>;
 pub type Message = super::Message<Ipv6Addr>;
@@ -192,32 +195,6 @@ fn parse_query(msg: &[u8]) -> Result<Message, ParseError> {
             })
         }
     }
-}
-
-/// RFC 3810 5.1.3: below 32768 the value itself (ms), above a 12-bit
-/// mantissa and 3-bit exponent.
-pub fn decode_max_response_code(code: u16) -> u32 {
-    if code < 0x8000 {
-        u32::from(code)
-    } else {
-        let mant = u32::from(code & 0x0fff);
-        let exp = u32::from((code >> 12) & 0x07);
-        (mant | 0x1000) << (exp + 3)
-    }
-}
-
-/// Inverse of [`decode_max_response_code`], rounding down.
-pub fn encode_max_response_code(ms: u32) -> u16 {
-    if ms < 0x8000 {
-        return ms as u16;
-    }
-    for exp in 0..8u32 {
-        let mant = (ms >> (exp + 3)).saturating_sub(0x1000);
-        if mant < 0x1000 {
-            return 0x8000 | ((exp as u16) << 12) | mant as u16;
-        }
-    }
-    0xffff
 }
 
 /// The ICMPv6/PIM checksum over the IPv6 pseudo-header and `payload` (RFC

@@ -399,29 +399,50 @@ pub fn internet_checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// RFC 3376 4.1.1 / RFC 3810 5.1.3 style codes: below `1 << (mant_bits +
-/// exp_bits)` the value itself, above a floating-point mantissa/exponent.
-/// IGMPv3 codes are 8 bits (4 mantissa, 3 exponent).
-pub fn decode_v3_code(code: u8) -> u32 {
-    if code < 128 {
-        u32::from(code)
+/// RFC 3376 4.1.1 / RFC 3810 5.1.3 codes: below `1 << (mant_bits + 3)` the
+/// value itself, above a floating-point number: a set top bit, 3 exponent
+/// bits and `mant_bits` of mantissa. IGMPv3's codes and both protocols' QQIC
+/// have 4 mantissa bits (8-bit codes), MLDv2's max response code 12 (16-bit).
+fn decode_float_code(code: u32, mant_bits: u32) -> u32 {
+    if code < 1 << (mant_bits + 3) {
+        code
     } else {
-        let mant = u32::from(code & 0x0f);
-        let exp = u32::from((code >> 4) & 0x07);
-        (mant | 0x10) << (exp + 3)
+        let mant = code & ((1 << mant_bits) - 1);
+        let exp = (code >> mant_bits) & 0x07;
+        (mant | 1 << mant_bits) << (exp + 3)
     }
+}
+
+/// Inverse of [`decode_float_code`], rounding down.
+fn encode_float_code(value: u32, mant_bits: u32) -> u32 {
+    if value < 1 << (mant_bits + 3) {
+        return value;
+    }
+    for exp in 0..8u32 {
+        let mant = (value >> (exp + 3)).saturating_sub(1 << mant_bits);
+        if mant < 1 << mant_bits {
+            return 1 << (mant_bits + 3) | exp << mant_bits | mant;
+        }
+    }
+    (1 << (mant_bits + 4)) - 1
+}
+
+/// An 8-bit code: IGMPv3 max response code, IGMPv3 and MLDv2 QQIC.
+pub fn decode_v3_code(code: u8) -> u32 {
+    decode_float_code(code.into(), 4)
 }
 
 /// Inverse of [`decode_v3_code`], rounding down.
 pub fn encode_v3_code(value: u32) -> u8 {
-    if value < 128 {
-        return value as u8;
-    }
-    for exp in 0..8u32 {
-        let mant = (value >> (exp + 3)).saturating_sub(0x10);
-        if mant < 0x10 {
-            return 0x80 | ((exp as u8) << 4) | mant as u8;
-        }
-    }
-    0xff
+    encode_float_code(value, 4) as u8
+}
+
+/// MLDv2's 16-bit max response code (milliseconds).
+pub fn decode_max_response_code(code: u16) -> u32 {
+    decode_float_code(code.into(), 12)
+}
+
+/// Inverse of [`decode_max_response_code`], rounding down.
+pub fn encode_max_response_code(ms: u32) -> u16 {
+    encode_float_code(ms, 12) as u16
 }

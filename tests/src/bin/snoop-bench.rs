@@ -420,17 +420,7 @@ fn join_leave_latency(settings: &Settings) -> Result<()> {
             let _m2 = lab.join("h2", G)?;
             wait_joined(&mut lab, mode, 1, Ip::V4)?;
             let sender = lab.sender("h0")?;
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let sending = {
-                let stop = stop.clone();
-                thread::spawn(move || {
-                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        let _ = sender.send(G, 1, Duration::ZERO);
-                        let until = Instant::now() + Duration::from_micros(20);
-                        while Instant::now() < until {}
-                    }
-                })
-            };
+            let sending = SteadySender::start(move || drop(sender.send(G, 1, Duration::ZERO)));
             let probe = Probe::open(&lab, "h1")?;
             let rounds = if fast_leave { joins } else { leaves };
             let (mut join_us, mut leave_us) = (Vec::new(), Vec::new());
@@ -440,8 +430,7 @@ fn join_leave_latency(settings: &Settings) -> Result<()> {
                 drop(membership);
                 leave_us.push(probe.leave_to_last_data(if fast_leave { 100 } else { 500 })?);
             }
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            sending.join().expect("sender");
+            drop(sending);
             let leave_name = if fast_leave { "leave (fast leave)" } else { "leave (last-member q.)" };
             if fast_leave {
                 print_percentiles(mode.name(), "join", &mut join_us);
@@ -466,17 +455,7 @@ fn mld_join_leave_latency(settings: &Settings, joins: usize) -> Result<()> {
         let _m2 = lab.join_v6("h2", G6)?;
         wait_joined(&mut lab, mode, 1, Ip::V6)?;
         let sender = lab.sender_v6("h0")?;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let sending = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _ = sender.send(G6, 1, Duration::ZERO);
-                    let until = Instant::now() + Duration::from_micros(20);
-                    while Instant::now() < until {}
-                }
-            })
-        };
+        let sending = SteadySender::start(move || drop(sender.send(G6, 1, Duration::ZERO)));
         let probe = Probe::open(&lab, "h1")?;
         let (mut join_us, mut leave_us) = (Vec::new(), Vec::new());
         for _ in 0..joins {
@@ -485,12 +464,43 @@ fn mld_join_leave_latency(settings: &Settings, joins: usize) -> Result<()> {
             drop(membership);
             leave_us.push(probe.leave_to_last_data(100)?);
         }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        sending.join().expect("sender");
+        drop(sending);
         print_percentiles(mode.name(), "MLD join", &mut join_us);
         print_percentiles(mode.name(), "MLD leave (fast leave)", &mut leave_us);
     }
     Ok(())
+}
+
+/// A thread sending one group packet every 20 us until dropped.
+struct SteadySender {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl SteadySender {
+    fn start(send: impl Fn() + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    send();
+                    let until = Instant::now() + Duration::from_micros(20);
+                    while Instant::now() < until {}
+                }
+            })
+        };
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for SteadySender {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("sender");
+        }
+    }
 }
 
 fn print_percentiles(mode: &str, what: &str, samples_us: &mut [f64]) {
