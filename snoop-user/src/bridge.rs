@@ -310,9 +310,7 @@ impl Netlink {
         }
         Ok(None)
     }
-}
 
-impl Netlink {
     /// The bridge's link-local IPv6 address (not one still in duplicate
     /// address detection, nor one that failed it): MLD queries come from it.
     pub async fn bridge_ipv6_link_local(&self, bridge: &Bridge) -> Result<Option<Ipv6Addr>> {

@@ -844,19 +844,8 @@ impl GroupSender6 {
 /// An IPv6 packet around an MLD-family ICMPv6 `message` (whose checksum
 /// this fills in): hop limit 1, Router Alert in a hop-by-hop header, as a
 /// host's kernel sends it.
-pub fn mld_packet(source: Ipv6Addr, destination: Ipv6Addr, mut message: Vec<u8>) -> Vec<u8> {
-    message[2] = 0;
-    message[3] = 0;
-    let sum = snoop::proto::mld::upper_layer_checksum(source, destination, 58, &message);
-    message[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut packet = vec![0x60, 0, 0, 0];
-    packet.extend_from_slice(&((8 + message.len()) as u16).to_be_bytes());
-    packet.extend_from_slice(&[0, 1]);
-    packet.extend_from_slice(&source.octets());
-    packet.extend_from_slice(&destination.octets());
-    packet.extend_from_slice(&[58, 0, 5, 2, 0, 0, 1, 0]);
-    packet.extend_from_slice(&message);
-    packet
+pub fn mld_packet(source: Ipv6Addr, destination: Ipv6Addr, message: Vec<u8>) -> Vec<u8> {
+    snoop::proto::mld::ip_packet(source, destination, message)
 }
 
 /// An IPv6 UDP packet (hop limit 1) from `source` to `group`'s data port
@@ -1087,7 +1076,7 @@ fn count_ipv6(frame: &[u8], counts: &mut SniffCounts) {
         }
         (58, [130, ..]) => {
             *counts.queries.entry(src).or_default() += 1;
-            let version = if payload_len + 40 - at >= 28 { 2 } else { 1 };
+            let version = if (payload_len + 40).saturating_sub(at) >= 28 { 2 } else { 1 };
             *counts.query_versions.entry((src, version)).or_default() += 1;
         }
         (58, [131 | 132 | 143, ..]) => counts.mld_reports += 1,

@@ -155,13 +155,12 @@ fn snooping_link_scope_groups_keeps_neighbour_discovery_and_dad_working() -> Res
     wait_until("h2's solicited-node group", JOIN_TIMEOUT, || {
         Ok(map_members_v6(&lab)?.contains(&(solicited, "p2".to_owned())))
     })?;
-    // Neighbour solicitations reach the owner only: h3 never hears h0 ask for h2.
-    let h3 = lab.sniff("h3")?;
+    // Neighbour solicitations reach the owner only: the one h0 sends for h2
+    // is held back from the other ports, and h2 still answers it.
     let before = stat(&lab, "datapath", "data_pruned")?;
     flush_neighbours(&lab, "h0")?;
     ping6(&lab, "h0", h2)?;
     ensure!(stat(&lab, "datapath", "data_pruned")? > before, "the solicitation was not pruned anywhere");
-    drop(h3);
     // DAD: the tentative address's solicitation (from ::) reaches its owner.
     duplicate_is_detected(&lab, "h1", h2)?;
     // ff02::1 still reaches everyone.

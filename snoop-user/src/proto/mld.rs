@@ -8,9 +8,9 @@
 use std::{net::Ipv6Addr, time::Duration};
 
 use snoop_common::wire::{
-    IPPROTO_ICMPV6, IPPROTO_PIM, IPV6_ALL_NODES, IPV6_ALL_ROUTERS, IPV6_DESTINATION_OPTIONS, IPV6_FRAGMENT, IPV6_HLEN,
-    IPV6_HOP_BY_HOP, IPV6_OPTION_ROUTER_ALERT, IPV6_ROUTING, MLD_MRD_ADVERTISEMENT, MLD_MRD_SOLICITATION,
-    MLD_MRD_TERMINATION, MLD_QUERY, MLD_V1_DONE, MLD_V1_REPORT, MLD_V2_REPORT, PIM_HELLO,
+    is_mld_control, IPPROTO_ICMPV6, IPPROTO_PIM, IPV6_ALL_NODES, IPV6_ALL_ROUTERS, IPV6_DESTINATION_OPTIONS,
+    IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOP_BY_HOP, IPV6_OPTION_ROUTER_ALERT, IPV6_ROUTING, MLD_MRD_ADVERTISEMENT,
+    MLD_MRD_SOLICITATION, MLD_MRD_TERMINATION, MLD_QUERY, MLD_V1_DONE, MLD_V1_REPORT, MLD_V2_REPORT, PIM_HELLO,
 };
 
 use super::{
@@ -74,7 +74,7 @@ pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
             if payload.len() < 4 {
                 return Err(ParseError::ShortMessage);
             }
-            if !is_mld_type(payload[0]) {
+            if !is_mld_control(payload[0]) {
                 return Err(ParseError::NotControl);
             }
             if hop_limit != 1 {
@@ -113,10 +113,6 @@ pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
         _ => return Err(ParseError::NotControl),
     };
     Ok(Packet { source, destination, message })
-}
-
-fn is_mld_type(icmp_type: u8) -> bool {
-    snoop_common::wire::is_mld_control(icmp_type)
 }
 
 /// Whether a hop-by-hop header's options hold Router Alert with value 0
@@ -250,25 +246,35 @@ pub fn build_mrd_solicitation_frame(source_mac: [u8; 6], source: Ipv6Addr) -> Ve
     ipv6_frame(source_mac, source, Ipv6Addr::from(IPV6_ALL_ROUTERS), vec![MLD_MRD_SOLICITATION, 0, 0, 0])
 }
 
-/// An Ethernet frame around an MLD-family ICMPv6 message: hop limit 1, a
-/// hop-by-hop header with Router Alert, the group's 33:33 MAC.
-fn ipv6_frame(source_mac: [u8; 6], source: Ipv6Addr, destination: Ipv6Addr, mut icmp: Vec<u8>) -> Vec<u8> {
-    let checksum = upper_layer_checksum(source, destination, IPPROTO_ICMPV6, &icmp);
-    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+/// An Ethernet frame around an MLD-family ICMPv6 message: [`ip_packet`]
+/// to the group's 33:33 MAC.
+fn ipv6_frame(source_mac: [u8; 6], source: Ipv6Addr, destination: Ipv6Addr, icmp: Vec<u8>) -> Vec<u8> {
     let d = destination.octets();
     let mut frame = Vec::with_capacity(14 + IPV6_HLEN + 8 + icmp.len());
     frame.extend_from_slice(&[0x33, 0x33, d[12], d[13], d[14], d[15]]);
     frame.extend_from_slice(&source_mac);
     frame.extend_from_slice(&snoop_common::wire::ETH_P_IPV6.to_be_bytes());
-    frame.extend_from_slice(&[0x60, 0, 0, 0]);
-    frame.extend_from_slice(&((8 + icmp.len()) as u16).to_be_bytes());
-    frame.extend_from_slice(&[IPV6_HOP_BY_HOP, 1]);
-    frame.extend_from_slice(&source.octets());
-    frame.extend_from_slice(&d);
-    frame.extend_from_slice(&[IPPROTO_ICMPV6, 0]);
-    frame.extend_from_slice(&HOP_BY_HOP_ROUTER_ALERT);
-    frame.extend_from_slice(&icmp);
+    frame.extend(ip_packet(source, destination, icmp));
     frame
+}
+
+/// An IPv6 packet around an MLD-family ICMPv6 message, whose checksum it
+/// fills in: hop limit 1 and a hop-by-hop header with Router Alert, as
+/// hosts and routers send MLD.
+pub fn ip_packet(source: Ipv6Addr, destination: Ipv6Addr, mut icmp: Vec<u8>) -> Vec<u8> {
+    icmp[2..4].fill(0);
+    let checksum = upper_layer_checksum(source, destination, IPPROTO_ICMPV6, &icmp);
+    icmp[2..4].copy_from_slice(&checksum.to_be_bytes());
+    let mut packet = Vec::with_capacity(IPV6_HLEN + 8 + icmp.len());
+    packet.extend_from_slice(&[0x60, 0, 0, 0]);
+    packet.extend_from_slice(&((8 + icmp.len()) as u16).to_be_bytes());
+    packet.extend_from_slice(&[IPV6_HOP_BY_HOP, 1]);
+    packet.extend_from_slice(&source.octets());
+    packet.extend_from_slice(&destination.octets());
+    packet.extend_from_slice(&[IPPROTO_ICMPV6, 0]);
+    packet.extend_from_slice(&HOP_BY_HOP_ROUTER_ALERT);
+    packet.extend_from_slice(&icmp);
+    packet
 }
 
 #[cfg(test)]
@@ -282,8 +288,7 @@ pub(crate) mod tests {
     /// An IPv6 packet around an ICMPv6 message, as a host's kernel sends MLD:
     /// hop limit 1, Router Alert in a hop-by-hop header, a valid checksum.
     pub fn mld_packet(source: Ipv6Addr, destination: Ipv6Addr, message: Vec<u8>) -> Vec<u8> {
-        let frame = ipv6_frame([2, 0, 0, 0, 0, 1], source, destination, message);
-        frame[14..].to_vec()
+        ip_packet(source, destination, message)
     }
 
     fn v2_report(records: &[(u8, Ipv6Addr, u16)]) -> Vec<u8> {
