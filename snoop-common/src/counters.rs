@@ -45,10 +45,16 @@ pub enum Counter {
     NoQuerierFlooded,
     /// MLD and IPv6 router discovery frames seen entering a port.
     MldSeen,
+    /// Group data not sent to a member port that does not want its source
+    /// (source-specific membership).
+    SourcePruned,
+    /// Data for a source-specific multicast group (232/8, ff3x::/32) nobody
+    /// asked for: never flooded, only source-specific joins forward it.
+    SsmUnrequestedDropped,
 }
 
 /// Number of [`Counter`] slots.
-pub const COUNTER_COUNT: u32 = Counter::MldSeen as u32 + 1;
+pub const COUNTER_COUNT: u32 = Counter::SsmUnrequestedDropped as u32 + 1;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -72,6 +78,8 @@ impl Counter {
         Counter::SourcePortBridgePath,
         Counter::NoQuerierFlooded,
         Counter::MldSeen,
+        Counter::SourcePruned,
+        Counter::SsmUnrequestedDropped,
     ];
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -96,6 +104,8 @@ impl Counter {
             Counter::SourcePortBridgePath => "source_port_bridge_path",
             Counter::NoQuerierFlooded => "no_querier_flooded",
             Counter::MldSeen => "mld_seen",
+            Counter::SourcePruned => "source_pruned",
+            Counter::SsmUnrequestedDropped => "ssm_unrequested_dropped",
         }
     }
 }

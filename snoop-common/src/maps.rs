@@ -47,6 +47,16 @@ impl GroupKey {
         }
     }
 
+    /// A source-specific multicast group (232.0.0.0/8, ff3x::/32).
+    #[inline(always)]
+    pub const fn is_ssm(&self) -> bool {
+        match self.family {
+            FAMILY_IPV4 => crate::wire::is_ipv4_ssm_group([self.addr[0], self.addr[1], self.addr[2], self.addr[3]]),
+            FAMILY_IPV6 => crate::wire::is_ipv6_ssm_group(&self.addr),
+            _ => false,
+        }
+    }
+
     /// The IPv4 group, if this key holds one.
     pub const fn ipv4_octets(&self) -> Option<[u8; 4]> {
         if self.family == FAMILY_IPV4 {
@@ -85,6 +95,35 @@ pub struct MemberValue {
 /// A leave was heard and the last-member round is running: a restarted
 /// controller gives the membership only what is left of that round.
 pub const MEMBER_LEAVING: u8 = 1;
+/// The port gets only the sources [`MAP_SOURCES`] lists for it (INCLUDE mode).
+pub const MEMBER_SOURCES_INCLUDE: u8 = 2;
+/// The port gets every source but those [`MAP_SOURCES`] lists for it
+/// (EXCLUDE mode with blocked sources). Neither flag: any source, the one
+/// lookup of any-source multicast.
+pub const MEMBER_SOURCES_EXCLUDE: u8 = 4;
+
+/// A source address as keys hold it: IPv4 in the first four bytes (network
+/// order), as in [`GroupKey::addr`].
+pub type SourceAddr = [u8; 16];
+
+/// Key of [`MAP_SOURCES`]: one source a source-specific membership names.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceKey {
+    pub member: PortGroupKey,
+    pub source: SourceAddr,
+}
+
+/// Value of [`MAP_SOURCES`]: the entry's presence is the fact.
+pub const SOURCE_LISTED: u32 = 1;
+
+/// Key of [`MAP_SOURCE_GROUP_PORTS`]: a group's traffic from one source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceGroupKey {
+    pub group: GroupKey,
+    pub source: SourceAddr,
+}
 
 /// No traffic counter slot: the slots ran out, the traffic is not counted.
 pub const NO_SLOT: u32 = u32::MAX;
@@ -304,7 +343,9 @@ pub struct GroupPorts {
     /// port's slot in [`MAP_PORT_TRAFFIC`] (a router port); the other is [`NO_SLOT`].
     pub last_member_slot: u32,
     pub last_port_slot: u32,
-    pub _pad: u32,
+    /// 1: some sources of the group have their own list in
+    /// [`MAP_SOURCE_GROUP_PORTS`]; this one is for every other source.
+    pub by_source: u32,
     pub ifindexes: [u32; MAX_FANOUT],
 }
 
@@ -321,6 +362,8 @@ pub const MAP_PORT_COUNTERS: &str = "SNOOP_PORT_COUNTERS";
 pub const MAP_GROUP_PORTS: &str = "SNOOP_GROUP_PORTS";
 pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
 pub const MAP_SENDERS: &str = "SNOOP_SENDERS";
+pub const MAP_SOURCES: &str = "SNOOP_SOURCES";
+pub const MAP_SOURCE_GROUP_PORTS: &str = "SNOOP_SOURCE_GROUP_PORTS";
 
 /// Program names (the eBPF function names).
 pub const PROG_INGRESS: &str = "snoop_ingress";
@@ -333,6 +376,10 @@ pub const MAX_MEMBERSHIPS: u32 = 262_144;
 /// Traffic slots for memberships and for groups (each array holds this many
 /// counters per CPU); memberships beyond it forward normally, uncounted.
 pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
+/// Sources named by source-specific memberships, all ports and groups.
+pub const MAX_SOURCES: u32 = 65_536;
+/// Redirect copy lists of single sources of source-specific groups.
+pub const MAX_SOURCE_GROUPS: u32 = 16_384;
 /// Bytes of the control-frame ring: about 55,000 small records (4,000 full-size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
@@ -393,7 +440,7 @@ impl MapSizes {
 
 /// Every map of the data path. snoop-ebpf declares its statics from the same
 /// types and sizes; a test checks the built object against this table.
-pub const MAPS: [MapSpec; 12] = [
+pub const MAPS: [MapSpec; 14] = [
     spec(MAP_MEMBERS, MapKind::Hash, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
     spec(MAP_GROUPS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
     spec(MAP_PORTS, MapKind::Hash, 4, size_of::<PortValue>(), MAX_PORTS),
@@ -406,6 +453,14 @@ pub const MAPS: [MapSpec; 12] = [
     spec(MAP_PORT_COUNTERS, MapKind::PerCpuHash, 4, size_of::<PortCounters>(), MAX_PORTS),
     spec(MAP_EVENTS, MapKind::RingBuf, 0, 0, EVENT_RING_BYTES),
     spec(MAP_SENDERS, MapKind::PerCpuArray, 4, size_of::<SenderSlot>(), SENDER_SLOTS),
+    spec(MAP_SOURCES, MapKind::Hash, size_of::<SourceKey>(), 4, MAX_SOURCES),
+    spec(
+        MAP_SOURCE_GROUP_PORTS,
+        MapKind::Hash,
+        size_of::<SourceGroupKey>(),
+        size_of::<GroupPorts>(),
+        MAX_SOURCE_GROUPS,
+    ),
 ];
 
 #[cfg(feature = "user")]
@@ -427,6 +482,10 @@ mod pod {
     unsafe impl aya::Pod for GroupPorts {}
     // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for SenderSlot {}
+    // SAFETY: repr(C) plain data, no padding; every bit pattern is valid.
+    unsafe impl aya::Pod for SourceKey {}
+    // SAFETY: repr(C) plain data, no padding; every bit pattern is valid.
+    unsafe impl aya::Pod for SourceGroupKey {}
 }
 
 // Layout checks: a change here changes the pinned maps' format.
@@ -435,3 +494,5 @@ const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
 const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
 const _: () = assert!(core::mem::size_of::<GroupPorts>() == 32 + 4 * MAX_FANOUT);
 const _: () = assert!(core::mem::size_of::<SenderSlot>() == 24);
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 40);
+const _: () = assert!(core::mem::size_of::<SourceGroupKey>() == 36);

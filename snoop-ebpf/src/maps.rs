@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue, SenderSlot,
-    TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_TRAFFIC_SLOTS,
-    SENDER_SLOTS,
+    SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS,
+    MAX_PORTS, MAX_SOURCES, MAX_SOURCE_GROUPS, MAX_TRAFFIC_SLOTS, SENDER_SLOTS,
 };
 
 // All pinned: a restarted controller (and the programs it replaces) keep
@@ -38,3 +38,9 @@ pub static SNOOP_PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap
 pub static SNOOP_EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
 #[map]
 pub static SNOOP_SENDERS: PerCpuArray<SenderSlot> = PerCpuArray::pinned(SENDER_SLOTS, 0);
+// Source-specific forwarding: consulted only for groups whose entries say so.
+#[map]
+pub static SNOOP_SOURCES: HashMap<SourceKey, u32> = HashMap::pinned(MAX_SOURCES, BPF_F_NO_PREALLOC);
+#[map]
+pub static SNOOP_SOURCE_GROUP_PORTS: HashMap<SourceGroupKey, GroupPorts> =
+    HashMap::pinned(MAX_SOURCE_GROUPS, BPF_F_NO_PREALLOC);

@@ -6,7 +6,7 @@ use snoop_common::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_DESTINATION_OPTIONS, IPV6_HLEN, IPV6_HOP_BY_HOP,
         IPV6_ROUTING, MAX_IPV6_EXTENSION_HEADERS,
     },
-    Counter,
+    Counter, SourceAddr, FAMILY_IPV6,
 };
 
 use crate::counters::count;
@@ -149,4 +149,15 @@ pub fn icmpv6_type(ctx: &TcContext, offset: usize) -> Option<u8> {
 #[inline(always)]
 pub fn igmp_type(ctx: &TcContext, ip: &Ipv4Head) -> Option<u8> {
     ctx.load::<u8>(ETH_HLEN + ip.header_len).ok()
+}
+
+/// The packet's source address as keys hold it. Read only when a decision
+/// needs it (a source-specific group), so any-source traffic pays nothing.
+#[inline(always)]
+pub fn ip_source(ctx: &TcContext, family: u8) -> Option<SourceAddr> {
+    if family == FAMILY_IPV6 {
+        return ctx.load::<SourceAddr>(ETH_HLEN + 8).ok();
+    }
+    let [a, b, c, d]: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
+    Some([a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 }

@@ -11,15 +11,19 @@ use snoop_common::{
         is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, is_ipv6_all_nodes, is_ipv6_link_scope_group,
         is_mld_report, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
     },
-    Counter, DatapathConfig, GroupKey, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_SNOOP_IPV6_LINK_SCOPE,
-    FAMILY_IPV4, FAMILY_IPV6, PORT_UNPRUNED, VLAN_NONE,
+    Counter, DatapathConfig, GroupKey, PortGroupKey, SourceKey, CONFIG_FLOOD_UNREGISTERED,
+    CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE,
+    PORT_UNPRUNED, VLAN_NONE,
 };
 
 use crate::{
     config::{config, controller_gone, heartbeat_age_ns},
     counters::{count, count_traffic},
-    maps::{SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC},
-    packet::{icmpv6_type, ifindex, igmp_type, ip_head, ipv6_upper_layer, IpHead},
+    maps::{
+        SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC,
+        SNOOP_SOURCES,
+    },
+    packet::{icmpv6_type, ifindex, igmp_type, ip_head, ip_source, ipv6_upper_layer, IpHead},
 };
 
 #[inline(always)]
@@ -75,17 +79,23 @@ pub fn ipv6_flooded(dst: &[u8; 16]) -> bool {
         && (is_ipv6_all_nodes(dst) || config().is_none_or(|c| c.flags & CONFIG_SNOOP_IPV6_LINK_SCOPE == 0))
 }
 
-/// Group traffic: to member and router ports only.
+/// Group traffic: to member ports that want its source, and router ports.
 #[inline(always)]
 fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i32 {
     let bytes = u64::from(ctx.len());
     let key = PortGroupKey { group, ifindex };
-    // The common case first: a member port, one hash lookup.
+    // The common case first: a member port, one hash lookup (and a second
+    // only when the membership names sources).
+    let mut source_filtered = false;
     if let Some(member) = SNOOP_MEMBERS.get_ptr(&key) {
-        count(Counter::DataForwarded);
         // SAFETY: a map value pointer from a successful lookup.
-        count_traffic(&SNOOP_MEMBER_TRAFFIC, unsafe { (*member).traffic_slot }, 1, bytes, true);
-        return TC_ACT_OK;
+        let (flags, slot) = unsafe { ((*member).flags, (*member).traffic_slot) };
+        if flags & (MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE) == 0 || source_wanted(ctx, &key, flags, family) {
+            count(Counter::DataForwarded);
+            count_traffic(&SNOOP_MEMBER_TRAFFIC, slot, 1, bytes, true);
+            return TC_ACT_OK;
+        }
+        source_filtered = true;
     }
     // SAFETY: as above.
     let Some(port) = (unsafe { SNOOP_PORTS.get(ifindex) }) else {
@@ -104,6 +114,12 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i3
     let forward = if let Some(reason) = config.and_then(|c| unpruned_reason(c, family)) {
         count(reason);
         true
+    } else if source_filtered {
+        count(Counter::SourcePruned);
+        false
+    } else if group.is_none() && key.group.is_ssm() {
+        count(Counter::SsmUnrequestedDropped);
+        false
     } else if group.is_none() && flood_unregistered {
         count(Counter::UnregisteredFlooded);
         true
@@ -126,6 +142,17 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i3
     } else {
         TC_ACT_SHOT
     }
+}
+
+/// Whether a source-specific membership wants the packet's source: listed
+/// in INCLUDE mode, not listed in EXCLUDE mode. A packet whose source cannot
+/// be read is forwarded.
+#[inline(always)]
+fn source_wanted(ctx: &TcContext, member: &PortGroupKey, flags: u8, family: u8) -> bool {
+    let Some(source) = ip_source(ctx, family) else { return true };
+    // SAFETY: plain map lookup; the value is not read.
+    let listed = unsafe { SNOOP_SOURCES.get(&SourceKey { member: *member, source }) }.is_some();
+    listed == (flags & MEMBER_SOURCES_INCLUDE != 0)
 }
 
 /// Why nothing of `family` may be pruned now, if so: no querier is present,

@@ -17,9 +17,9 @@ use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use snoop_common::{
-    CapturedFrame, GroupKey, PortGroupKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT,
-    CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING, PORT_UNPRUNED,
-    RESTORE_KERNEL_SNOOPING,
+    CapturedFrame, GroupKey, PortGroupKey, SourceAddr, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED,
+    CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING,
+    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -34,9 +34,9 @@ use crate::{
     control::{self, SnapshotRequest},
     datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
-    membership::{Action, Group, PortOptions, RemoveReason, Snooper, Timers},
+    membership::{Action, FilterMode, Group, Member, PortOptions, RemoveReason, Snooper, SourceFilter, Timers},
     metrics,
-    proto::{Family, QueryTimers},
+    proto::{Family, QuerySource, QueryTimers},
     snapshot::{self, Event, EventKind, PortInfo, Snapshot},
     stats::{ControllerCounter, Protocol, Stats},
 };
@@ -85,6 +85,8 @@ pub struct RunConfig {
     pub trusted_ports: Vec<String>,
     /// Most groups one port may join (0: no limit).
     pub max_groups_per_port: usize,
+    /// Most sources one port keeps per group (0: no limit).
+    pub max_sources_per_group: usize,
     /// Control frames per second per port handed to the controller (0: no limit).
     pub control_rate_limit: u32,
     /// Flood instead of pruning when the controller is gone this long.
@@ -241,8 +243,10 @@ impl Controller {
         }
         let mut snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
         snooper.set_query_version(config.query_version);
+        snooper.set_max_sources(config.max_sources_per_group);
         let mut mld = Snooper::new(config.timers.clone(), config.querier && config.mld, own_ipv6, Duration::ZERO);
         mld.set_query_version(config.mld_query_version);
+        mld.set_max_sources(config.max_sources_per_group);
         mld.set_link_scope_snooped(config.snoop_ipv6_link_scope);
         // Resumed memberships are known: never a flood at a restart.
         let mut absent_queriers = if resumed { 0 } else { IPV4_FLAGS.no_querier | IPV6_FLAGS.no_querier };
@@ -636,13 +640,18 @@ impl Controller {
         for (key @ PortGroupKey { group, ifindex }, value) in core.datapath.memberships() {
             let leaving = value.flags & MEMBER_LEAVING != 0;
             let known_port = core.ports.contains_key(&ifindex);
+            let sources = core.datapath.member_sources(&key);
             let adopted = match group.family {
-                FAMILY_IPV4 => Group::<Ipv4Addr>::from_key(&group)
-                    .filter(|_| known_port)
-                    .map(|group| self.igmp.snooper.restore_member(group, ifindex, value.version, leaving, now)),
-                FAMILY_IPV6 => Group::<Ipv6Addr>::from_key(&group)
-                    .filter(|_| known_port && self.mld.enabled)
-                    .map(|group| self.mld.snooper.restore_member(group, ifindex, value.version, leaving, now)),
+                FAMILY_IPV4 => Group::<Ipv4Addr>::from_key(&group).filter(|_| known_port).map(|group| {
+                    let filter = pinned_filter(sources);
+                    self.igmp.snooper.restore_member(group, ifindex, value.version, leaving, filter, now)
+                }),
+                FAMILY_IPV6 => {
+                    Group::<Ipv6Addr>::from_key(&group).filter(|_| known_port && self.mld.enabled).map(|group| {
+                        let filter = pinned_filter(sources);
+                        self.mld.snooper.restore_member(group, ifindex, value.version, leaving, filter, now)
+                    })
+                }
                 _ => None,
             };
             match adopted {
@@ -770,6 +779,7 @@ impl Core {
         for action in &actions {
             match *action {
                 Action::AddMember { group, .. }
+                | Action::SetSources { group, .. }
                 | Action::RemoveMember { group, .. }
                 | Action::UnregisterGroup { group } => {
                     changed_groups.insert(group);
@@ -968,6 +978,22 @@ impl Core {
             Action::RefreshMember { group, port, version, expires, leaving } => {
                 self.write_member(member_key(group, port), version, expires, leaving)?;
             }
+            Action::SetSources { group, port, ref filter } => {
+                self.publish(EventKind::Sources, Some(group.addr.ip()), Some(port), filter.to_string());
+                let include = matches!(filter, SourceFilter::Include(_));
+                let listed = filter.listed().iter().map(|source| source.source_key()).collect();
+                if let Err(error) = self.datapath.set_member_sources(member_key(group, port), include, listed) {
+                    if let datapath::Error::MapFull { map } = error {
+                        self.map_full(map);
+                        warn!(
+                            "{group} on port {}: its sources do not fit {map}: it gets every source",
+                            self.port_name(port)
+                        );
+                    } else {
+                        return Err(error.into());
+                    }
+                }
+            }
             Action::RemoveMember { group, port, reason } => {
                 let kind = match reason {
                     RemoveReason::Expired => EventKind::Expire,
@@ -983,7 +1009,7 @@ impl Core {
                 self.unwritten.groups.remove(&group.key());
                 self.datapath.unregister_group(group.key())?;
             }
-            Action::SendQuery { vlan: _, group } => self.send_query(family, group)?,
+            Action::SendQuery { vlan: _, group, ref sources } => self.send_query(family, group, sources)?,
             Action::SetRouterPort { port, is_router } => {
                 let kind = if is_router { EventKind::RouterPortLearned } else { EventKind::RouterPortExpired };
                 self.publish(kind, None, Some(port), String::new());
@@ -1052,7 +1078,7 @@ impl Core {
         }
     }
 
-    fn send_query<A: Family>(&mut self, family: &FamilyState<A>, group: Option<A>) -> Result<()> {
+    fn send_query<A: Family>(&mut self, family: &FamilyState<A>, group: Option<A>, sources: &[A]) -> Result<()> {
         let timers = family.snooper.timers();
         let query = QueryTimers {
             max_response: if group.is_some() {
@@ -1067,8 +1093,13 @@ impl Core {
         if !A::can_query_from(querier.own_address) {
             return Ok(());
         }
-        let frame = A::query_frame(self.bridge.mac, querier.own_address, group, querier.version, &query);
-        let kind = group.map_or("general".into(), |g| format!("{g} group-specific"));
+        let source = QuerySource { mac: self.bridge.mac, address: querier.own_address };
+        let frame = A::query_frame(source, group, sources, querier.version, &query);
+        let kind = match group {
+            None => "general".into(),
+            Some(group) if sources.is_empty() => format!("{group} group-specific"),
+            Some(group) => format!("{group} group-and-source-specific ({} sources)", sources.len()),
+        };
         debug!("sending {} {kind} query", A::PROTOCOL);
         let protocol = Protocol::of::<A>();
         self.stats.bump(if group.is_some() {
@@ -1121,21 +1152,39 @@ impl Core {
         }
         for group in groups {
             let mut targets: Vec<CopyTarget> = Vec::new();
+            let mut by_source = Vec::new();
             if let Some(members) = family.snooper.groups().get(&group) {
-                targets.extend(members.keys().filter(|p| forwarding(p)).map(|port| CopyTarget::Member(*port)));
-                targets.extend(routers.iter().filter(|r| !members.contains_key(r)).map(|r| CopyTarget::Router(*r)));
-                if family.local_groups.contains(&group.addr) {
-                    targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
+                // Who gets `source` (None: a source no member names).
+                let copies_of = |source: Option<&A>| {
+                    let wants =
+                        |m: &Member<A>| source.map_or(m.mode == FilterMode::Exclude, |s| m.filter(now).wants(s));
+                    let wanting: BTreeSet<u32> =
+                        members.iter().filter(|(p, m)| forwarding(p) && wants(m)).map(|(p, _)| *p).collect();
+                    let mut targets: Vec<CopyTarget> = wanting.iter().map(|port| CopyTarget::Member(*port)).collect();
+                    // A router port gets every source, member or not.
+                    targets.extend(routers.iter().filter(|r| !wanting.contains(r)).map(|r| CopyTarget::Router(*r)));
+                    if family.local_groups.contains(&group.addr) {
+                        targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
+                    }
+                    targets
+                };
+                targets = copies_of(None);
+                let named: BTreeSet<A> = members.values().flat_map(|m| m.sources.keys().copied()).collect();
+                for source in &named {
+                    let copies = copies_of(Some(source));
+                    if copies != targets {
+                        by_source.push((source.source_key(), copies));
+                    }
                 }
             }
-            match self.datapath.set_group_ports(group.key(), &targets) {
+            match self.datapath.set_group_ports(group.key(), &targets, &by_source) {
                 Ok(()) => {}
                 // No room for the list: the group takes the bridge path, where
                 // the egress programs (and PORT_UNPRUNED) deliver it. A stale
                 // list must not stay behind to miss a new member.
                 Err(datapath::Error::MapFull { map }) => {
                     self.map_full(map);
-                    let _ = self.datapath.set_group_ports(group.key(), &[]);
+                    let _ = self.datapath.set_group_ports(group.key(), &[], &[]);
                 }
                 Err(error) => {
                     warn!("redirect targets of {group}: {:#}", anyhow::Error::from(error));
@@ -1180,4 +1229,19 @@ impl Core {
 
 fn member_key<A: Family>(group: Group<A>, port: u32) -> PortGroupKey {
     PortGroupKey { group: group.key(), ifindex: port }
+}
+
+/// The source filter a restarted snoop finds in the maps for a membership.
+fn pinned_filter<A: Family>(sources: Option<&(u8, BTreeSet<SourceAddr>)>) -> SourceFilter<A> {
+    match sources {
+        Some((flags, listed)) => {
+            let listed = listed.iter().map(A::from_source_key).collect();
+            if *flags == MEMBER_SOURCES_INCLUDE {
+                SourceFilter::Include(listed)
+            } else {
+                SourceFilter::Exclude(listed)
+            }
+        }
+        None => SourceFilter::any(),
+    }
 }

@@ -140,6 +140,10 @@ struct RunArgs {
     /// Most groups one port may join; further joins are refused and counted (0: no limit).
     #[arg(long, default_value_t = 1024)]
     max_groups_per_port: usize,
+    /// Most sources one port keeps per group (IGMPv3/MLDv2 source lists);
+    /// further sources are refused and counted (0: no limit).
+    #[arg(long, default_value_t = snoop::membership::DEFAULT_MAX_SOURCES)]
+    max_sources_per_group: usize,
     /// IGMP/PIM frames per second per port handed to the controller; the
     /// excess is counted and still forwarded (0: no limit).
     #[arg(long, default_value_t = 1000)]
@@ -294,6 +298,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         fast_leave_ports: args.fast_leave,
         trusted_ports: args.trusted_port,
         max_groups_per_port: args.max_groups_per_port,
+        max_sources_per_group: args.max_sources_per_group,
         control_rate_limit: args.control_rate_limit,
         failsafe_after,
         flood_unregistered: args.unregistered == Unregistered::Flood,

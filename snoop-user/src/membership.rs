@@ -4,9 +4,11 @@
 //!
 //! One machine serves every address family ([`Family`]: IGMP for IPv4, MLD
 //! for IPv6) and keys groups by VLAN ([`Group`]). Behaviour follows RFC 4541
-//! (snooping), RFC 2236 (IGMPv2) and RFC 3376 (IGMPv3) at group granularity:
-//! source lists decide only whether a port still wants a group, not which
-//! sources it gets.
+//! (snooping), RFC 2236 (IGMPv2), RFC 3376 (IGMPv3), RFC 2710 and RFC 3810
+//! (MLDv1/v2): each port keeps, per group, the router-side filter mode and
+//! source timers of RFC 3376 6.2-6.5 (RFC 3810 7.2-7.5), so the data path
+//! forwards each source only to the ports that want it. Hosts of the older
+//! versions are EXCLUDE {}: any source.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
@@ -15,7 +17,7 @@ use std::{
 
 use snoop_common::{GroupKey, VLAN_NONE};
 
-use crate::proto::{Announced, Family, GroupRecord, Message, Packet, RecordType};
+use crate::proto::{Announced, Family, Message, Packet, RecordType};
 
 /// A group as snooping tracks it: its address in one VLAN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,6 +51,10 @@ impl<A: fmt::Display> fmt::Display for Group<A> {
         }
     }
 }
+
+/// Sources a port keeps per group unless configured: twice the Linux
+/// bridge's fixed 32, and enough for any SSM receiver seen in practice.
+pub const DEFAULT_MAX_SOURCES: usize = 64;
 
 /// The RFC 3376 section 8 timers. Defaults are the RFC's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,16 +123,23 @@ pub struct IgnoredCounts {
     pub group_limit_refusals: u64,
     /// Messages from ports snoop does not manage.
     pub unknown_port_messages: u64,
+    /// Sources over the per-port, per-group limit.
+    pub source_limit_refusals: u64,
+    /// Any-source joins (IGMPv1/v2, MLDv1, EXCLUDE records) of
+    /// source-specific multicast groups, which only take source lists (RFC 4604 2.2.1).
+    pub ssm_any_source_joins: u64,
 }
 
 impl IgnoredCounts {
     /// The counts by their names in `snoop show stats` (a stable interface).
-    pub fn named(&self) -> [(&'static str, u64); 4] {
+    pub fn named(&self) -> [(&'static str, u64); 6] {
         [
             ("ignored_not_snoopable_groups", self.not_snoopable_groups),
             ("ignored_untrusted_router_messages", self.untrusted_router_messages),
             ("ignored_group_limit", self.group_limit_refusals),
             ("ignored_unknown_port", self.unknown_port_messages),
+            ("ignored_source_limit", self.source_limit_refusals),
+            ("ignored_ssm_any_source_joins", self.ssm_any_source_joins),
         ]
     }
 }
@@ -140,14 +153,18 @@ pub enum Action<A> {
     /// expiry, version and leaving state in the pinned map (a restart resumes
     /// from them). A refresh is emitted at most about once per query interval.
     RefreshMember { group: Group<A>, port: u32, version: u8, expires: Duration, leaving: bool },
+    /// `port` gets these of `group`'s sources from now on. Comes before
+    /// the [`Action::AddMember`] of a new member that is not any-source.
+    SetSources { group: Group<A>, port: u32, filter: SourceFilter<A> },
     /// Stop forwarding `group` to `port`.
     RemoveMember { group: Group<A>, port: u32, reason: RemoveReason },
     /// `group` now has members somewhere (the data path prunes it).
     RegisterGroup { group: Group<A> },
     /// `group` has no members left (the data path treats it as unregistered).
     UnregisterGroup { group: Group<A> },
-    /// Send a query in `vlan`: general when `group` is `None`.
-    SendQuery { vlan: u16, group: Option<A> },
+    /// Send a query in `vlan`: general when `group` is `None`, group-and-source
+    /// specific when `sources` is not empty.
+    SendQuery { vlan: u16, group: Option<A>, sources: Vec<A> },
     /// A port became, or stopped being, a router port.
     SetRouterPort { port: u32, is_router: bool },
     /// Who the querier is changed; `None` when snoop itself queries.
@@ -200,10 +217,83 @@ pub enum RemoveReason {
     PortRemoved,
 }
 
+/// A port's filter mode for a group (RFC 3376 6.2.1, RFC 3810 7.2.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    Include,
+    Exclude,
+}
+
+impl FilterMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Include => "include",
+            Self::Exclude => "exclude",
+        }
+    }
+}
+
+/// Which of a group's sources a port gets: what the data path enforces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceFilter<A> {
+    /// Only these sources.
+    Include(BTreeSet<A>),
+    /// Every source but these; `Exclude({})` is any source.
+    Exclude(BTreeSet<A>),
+}
+
+impl<A: Ord> SourceFilter<A> {
+    /// Any source: an older host's join, or EXCLUDE {}.
+    pub const fn any() -> Self {
+        Self::Exclude(BTreeSet::new())
+    }
+
+    pub fn is_any(&self) -> bool {
+        matches!(self, Self::Exclude(blocked) if blocked.is_empty())
+    }
+
+    pub fn wants(&self, source: &A) -> bool {
+        match self {
+            Self::Include(listed) => listed.contains(source),
+            Self::Exclude(listed) => !listed.contains(source),
+        }
+    }
+
+    /// The sources named: those forwarded (INCLUDE) or blocked (EXCLUDE).
+    pub fn listed(&self) -> &BTreeSet<A> {
+        match self {
+            Self::Include(listed) | Self::Exclude(listed) => listed,
+        }
+    }
+}
+
+impl<A: fmt::Display> fmt::Display for SourceFilter<A> {
+    /// "any source", "include S1,S2", "exclude S3".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (mode, listed) = match self {
+            Self::Exclude(listed) if listed.is_empty() => return write!(f, "any source"),
+            Self::Include(listed) => ("include", listed),
+            Self::Exclude(listed) => ("exclude", listed),
+        };
+        write!(f, "{mode} ")?;
+        for (i, source) in listed.iter().enumerate() {
+            write!(f, "{}{source}", if i == 0 { "" } else { "," })?;
+        }
+        Ok(())
+    }
+}
+
 /// One port's membership of one group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member<A> {
+    /// When the membership ends unless refreshed: the group timer in
+    /// EXCLUDE mode, the last source timer in INCLUDE mode.
     pub expires: Duration,
+    pub mode: FilterMode,
+    /// Source timers. INCLUDE: the sources wanted. EXCLUDE: sources asked
+    /// for (timer running) and blocked ones (timer passed: not forwarded).
+    pub sources: BTreeMap<A, Duration>,
     /// Lowest version heard, so an older host's presence is visible.
     pub version: u8,
     pub last_reporter: A,
@@ -211,10 +301,61 @@ pub struct Member<A> {
     /// that sends none are present (RFC 2236 4, IGMPv1), so a leave cannot
     /// mean they are gone.
     pub no_leave_host_until: Option<Duration>,
+    /// While set and in the future a host of a version without source lists
+    /// (IGMPv1/v2, MLDv1) is present: BLOCK records are ignored and TO_EX
+    /// lists emptied, so the port keeps every source (RFC 3376 7.3.2, RFC 3810 8.3.2).
+    pub older_host_until: Option<Duration>,
     /// A leave was heard and the last-member queries are running.
     pub leaving: bool,
-    /// Expiry last written to the pinned map.
-    persisted_expires: Duration,
+    /// The group timer (EXCLUDE mode).
+    group_timer: Duration,
+    /// The member's next timer event: its key in [`Snooper`]'s expiry index.
+    next_event: Duration,
+    /// The filter last handed to the data path.
+    filter: SourceFilter<A>,
+    /// What the pinned map last got (a restart resumes from it).
+    persisted: Persisted,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Persisted {
+    expires: Duration,
+    version: u8,
+    leaving: bool,
+}
+
+impl<A: Family> Member<A> {
+    fn new(version: u8, reporter: A, now: Duration) -> Self {
+        Self {
+            expires: now,
+            mode: FilterMode::Include,
+            sources: BTreeMap::new(),
+            version,
+            last_reporter: reporter,
+            no_leave_host_until: None,
+            older_host_until: None,
+            leaving: false,
+            group_timer: now,
+            next_event: now,
+            filter: SourceFilter::any(),
+            persisted: Persisted::default(),
+        }
+    }
+
+    /// The sources the port gets now.
+    pub fn filter(&self, now: Duration) -> SourceFilter<A> {
+        match self.mode {
+            FilterMode::Include => SourceFilter::Include(self.sources.keys().copied().collect()),
+            FilterMode::Exclude => {
+                SourceFilter::Exclude(self.sources.iter().filter(|(_, t)| **t <= now).map(|(s, _)| *s).collect())
+            }
+        }
+    }
+
+    /// Sources asked for: timer running.
+    fn requested(&self, now: Duration) -> BTreeSet<A> {
+        self.sources.iter().filter(|(_, t)| **t > now).map(|(s, _)| *s).collect()
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -234,16 +375,32 @@ impl PortState {
 
 /// What a heard query says beyond its group.
 #[derive(Clone, Copy, Debug)]
-struct HeardQuery {
+struct HeardQuery<'a, A> {
     version: u8,
     max_response: Duration,
     announced: Option<Announced>,
+    /// Group-and-source-specific: these sources only.
+    sources: &'a [A],
+    /// Routers suppress their timer updates (RFC 3376 4.1.5).
+    suppress: bool,
 }
 
-/// Group-specific queries still to send for a leave.
+/// A group record as the state machine reads it: IGMPv1/v2 and MLDv1
+/// messages come as the records they stand for (RFC 3376 7.3.2).
+#[derive(Clone, Copy, Debug)]
+struct HeardRecord<'a, A> {
+    kind: RecordType,
+    sources: &'a [A],
+    version: u8,
+    reporter: A,
+}
+
+/// Group-specific and group-and-source-specific queries still to send
+/// (RFC 3376 6.6.3): how many more of each.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct PendingGroupQuery {
-    remaining: u32,
+struct PendingQueries<A> {
+    group: u32,
+    sources: BTreeMap<A, u32>,
     next_at: Duration,
 }
 
@@ -301,9 +458,12 @@ pub struct Snooper<A> {
     /// Hashed: a report's lookups are O(1) with 100k groups (display sorts).
     groups: HashMap<Group<A>, BTreeMap<u32, Member<A>>>,
     querier: QuerierState<A>,
-    pending_group_queries: BTreeMap<Group<A>, PendingGroupQuery>,
-    /// Every member's expiry, ordered, so timers cost O(log n) with 100k members.
+    pending_queries: BTreeMap<Group<A>, PendingQueries<A>>,
+    /// Every member's next timer event, ordered, so timers cost O(log n)
+    /// with 100k members.
     expiries: BTreeSet<(Duration, Group<A>, u32)>,
+    /// Most sources a port keeps per group; more are refused. 0: no limit.
+    max_sources: usize,
     ignored: IgnoredCounts,
     untrusted_routers: BTreeMap<u32, UntrustedRouter<A>>,
     /// Link-scope groups are snooped too (IPv6, `--snoop-ipv6-link-scope`).
@@ -330,12 +490,18 @@ impl<A: Family> Snooper<A> {
             ports: BTreeMap::new(),
             groups: HashMap::new(),
             querier,
-            pending_group_queries: BTreeMap::new(),
+            pending_queries: BTreeMap::new(),
             expiries: BTreeSet::new(),
+            max_sources: DEFAULT_MAX_SOURCES,
             ignored: IgnoredCounts::default(),
             untrusted_routers: BTreeMap::new(),
             link_scope: false,
         }
+    }
+
+    /// Most sources a port keeps per group (0: no limit).
+    pub fn set_max_sources(&mut self, max: usize) {
+        self.max_sources = max;
     }
 
     /// Snoop link-scope groups too (see [`Family::is_snoopable`]).
@@ -440,36 +606,55 @@ impl<A: Family> Snooper<A> {
         actions
     }
 
-    /// Re-adopts a membership found in the pinned map after a restart. It gets a
-    /// full membership interval (hosts re-report to our startup queries well
-    /// before), unless a leave was being confirmed: then only the last-member
-    /// query time, with group-specific queries if we are the querier.
-    pub fn restore_member(&mut self, group: Group<A>, port: u32, version: u8, leaving: bool, now: Duration) {
+    /// Re-adopts a membership found in the pinned map after a restart, with
+    /// the source filter the data path holds. It gets a full membership
+    /// interval (hosts re-report to our startup queries well before), unless
+    /// a leave was being confirmed: then only the last-member query time,
+    /// with group-specific queries if we are the querier.
+    pub fn restore_member(
+        &mut self,
+        group: Group<A>,
+        port: u32,
+        version: u8,
+        leaving: bool,
+        filter: SourceFilter<A>,
+        now: Duration,
+    ) {
         let expires = if leaving {
-            if self.querier.enabled && !self.pending_group_queries.contains_key(&group) {
-                let pending = PendingGroupQuery { remaining: self.timers.last_member_query_count, next_at: now };
-                self.pending_group_queries.insert(group, pending);
+            if self.querier.enabled {
+                let count = self.timers.last_member_query_count;
+                self.pending_queries.entry(group).or_insert(PendingQueries {
+                    group: count,
+                    sources: BTreeMap::new(),
+                    next_at: now,
+                });
             }
             now + self.timers.last_member_query_time()
         } else {
             now + self.timers.group_membership_interval
         };
-        self.expiries.insert((expires, group, port));
         if let Some(state) = self.ports.get_mut(&port) {
             state.groups += 1;
         }
-        self.groups.entry(group).or_default().insert(
-            port,
-            Member {
-                expires,
-                version,
-                last_reporter: A::UNSPECIFIED,
-                // A host of a version without leaves was there: it still is.
-                no_leave_host_until: A::sends_no_leaves(version).then_some(expires),
-                leaving,
-                persisted_expires: Duration::ZERO,
-            },
-        );
+        let mut member = Member::new(version, A::UNSPECIFIED, now);
+        match &filter {
+            SourceFilter::Include(sources) => member.sources = sources.iter().map(|s| (*s, expires)).collect(),
+            SourceFilter::Exclude(blocked) => {
+                member.mode = FilterMode::Exclude;
+                member.group_timer = expires;
+                member.sources = blocked.iter().map(|s| (*s, Duration::ZERO)).collect();
+            }
+        }
+        member.expires = expires;
+        member.next_event = expires;
+        member.leaving = leaving;
+        member.filter = filter;
+        member.persisted = Persisted { expires, version, leaving };
+        // A host of a version without leaves or sources was there: it still is.
+        member.no_leave_host_until = A::sends_no_leaves(version).then_some(expires);
+        member.older_host_until = (version < A::RECORD_VERSION).then_some(expires);
+        self.expiries.insert((expires, group, port));
+        self.groups.entry(group).or_default().insert(port, member);
     }
 
     /// Re-adopts a router port a previous snoop had learned: it stays one for
@@ -505,22 +690,42 @@ impl<A: Family> Snooper<A> {
             return actions;
         }
         let group = |addr| Group { vlan, addr };
+        let reporter = packet.source;
         match &packet.message {
+            // An older host's join: any source (RFC 3376 7.3.2).
             Message::Report { version, group: addr } => {
-                self.report(group(*addr), port, *version, packet.source, now, &mut actions)
+                let heard = HeardRecord { kind: RecordType::ModeIsExclude, sources: &[], version: *version, reporter };
+                self.record(group(*addr), port, heard, now, &mut actions)
             }
             // An IGMPv1 querier ignores leaves (RFC 3376 7.3.1): hosts keep
             // the group until the membership interval ends.
             Message::Leave { .. } if A::sends_no_leaves(self.querier.version) => {}
-            Message::Leave { group: addr } => self.leave(group(*addr), port, true, now, &mut actions),
+            // TO_IN {} (RFC 3376 7.3.2).
+            Message::Leave { group: addr } => {
+                let version = A::RECORD_VERSION - 1;
+                let heard = HeardRecord { kind: RecordType::ChangeToInclude, sources: &[], version, reporter };
+                self.record(group(*addr), port, heard, now, &mut actions)
+            }
             Message::RecordReport { records } => {
                 for record in records {
-                    self.record(vlan, record, port, packet.source, now, &mut actions);
+                    let heard = HeardRecord {
+                        kind: record.record_type,
+                        sources: &record.sources,
+                        version: A::RECORD_VERSION,
+                        reporter,
+                    };
+                    self.record(group(record.group), port, heard, now, &mut actions);
                 }
             }
-            Message::Query { version, group: addr, max_response, announced } => {
+            Message::Query { version, group: addr, sources, suppress, max_response, announced } => {
                 let specific = (!addr.is_unspecified()).then(|| group(*addr));
-                let heard = HeardQuery { version: *version, max_response: *max_response, announced: *announced };
+                let heard = HeardQuery {
+                    version: *version,
+                    max_response: *max_response,
+                    announced: *announced,
+                    sources,
+                    suppress: *suppress,
+                };
                 self.query_heard(port, packet.source, specific, heard, now, &mut actions)
             }
             Message::PimHello => {
@@ -538,137 +743,274 @@ impl<A: Family> Snooper<A> {
         actions
     }
 
+    /// One group record (or an older host's report or leave, as the record
+    /// it stands for) from `port`: the router-side rules of RFC 3376 6.4
+    /// (RFC 3810 7.4), per port. Queries sent for it lower the queried
+    /// timers to the last-member query time (RFC 3376 6.6.1).
     fn record(
-        &mut self,
-        vlan: u16,
-        record: &GroupRecord<A>,
-        port: u32,
-        reporter: A,
-        now: Duration,
-        actions: &mut Vec<Action<A>>,
-    ) {
-        let group = Group { vlan, addr: record.group };
-        let no_sources = record.sources.is_empty();
-        match record.record_type {
-            // INCLUDE {} means "no interest": a leave (RFC 3376 6.4).
-            RecordType::ChangeToInclude | RecordType::ModeIsInclude if no_sources => {
-                self.leave(group, port, true, now, actions)
-            }
-            // Blocking sources may drop the last one; confirm with a query, but
-            // never fast-leave on it since other sources may still be wanted.
-            RecordType::BlockOldSources => self.leave(group, port, false, now, actions),
-            RecordType::AllowNewSources if no_sources => {}
-            _ => self.report(group, port, A::RECORD_VERSION, reporter, now, actions),
-        }
-    }
-
-    fn report(
         &mut self,
         group: Group<A>,
         port: u32,
-        version: u8,
-        reporter: A,
+        heard: HeardRecord<'_, A>,
         now: Duration,
         actions: &mut Vec<Action<A>>,
     ) {
+        use RecordType::*;
         if !group.addr.is_snoopable(self.link_scope) {
             self.ignored.not_snoopable_groups += 1;
             return;
         }
-        let expires = now + self.timers.group_membership_interval;
-        let refresh_slack = self.timers.query_interval;
-        let no_leave_host_until = A::sends_no_leaves(version).then_some(expires);
-        let port_state = self.ports.get_mut(&port);
-        let ports = self.groups.entry(group).or_default();
-        let registers = ports.is_empty();
-        match ports.get_mut(&port) {
-            Some(member) => {
-                self.expiries.remove(&(member.expires, group, port));
-                self.expiries.insert((expires, group, port));
-                member.expires = expires;
-                member.last_reporter = reporter;
-                let was_leaving = std::mem::replace(&mut member.leaving, false);
-                if no_leave_host_until.is_some() {
-                    member.no_leave_host_until = no_leave_host_until;
-                }
-                // Version only goes down while older hosts are present.
-                let version_changed = version < member.version;
-                if version_changed {
-                    member.version = version;
-                }
-                if version_changed || was_leaving || expires >= member.persisted_expires + refresh_slack {
-                    member.persisted_expires = expires;
-                    let version = member.version;
-                    actions.push(Action::RefreshMember { group, port, version, expires, leaving: false });
-                }
+        let HeardRecord { kind, sources, version, reporter } = heard;
+        let excludes = matches!(kind, ModeIsExclude | ChangeToExclude);
+        if excludes && group.addr.is_ssm() {
+            self.ignored.ssm_any_source_joins += 1;
+            return;
+        }
+        let gmi = now + self.timers.group_membership_interval;
+        let lmqt = now + self.timers.last_member_query_time();
+        let fast_leave = self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
+        let is_member = self.groups.get(&group).is_some_and(|ports| ports.contains_key(&port));
+        if !is_member {
+            // No state is INCLUDE {}: only records that want something add it.
+            let wants = excludes || (!sources.is_empty() && kind != BlockOldSources);
+            if !wants || !self.admit(port) {
+                return;
             }
-            None => {
-                if let Some(state) = port_state {
-                    if state.options.max_groups > 0 && state.groups >= state.options.max_groups {
-                        self.ignored.group_limit_refusals += 1;
-                        if registers {
-                            self.groups.remove(&group); // created empty just above
-                        }
-                        return;
-                    }
-                    state.groups += 1;
-                }
-                self.expiries.insert((expires, group, port));
-                ports.insert(
-                    port,
-                    Member {
-                        expires,
-                        version,
-                        last_reporter: reporter,
-                        no_leave_host_until,
-                        leaving: false,
-                        persisted_expires: expires,
-                    },
-                );
-                actions.push(Action::AddMember { group, port, version, expires });
-                // After the member: the group must not be pruned for its first
-                // member before that member's entry exists.
-                if registers {
-                    actions.push(Action::RegisterGroup { group });
-                }
+            self.groups.entry(group).or_default().insert(port, Member::new(version, reporter, now));
+        }
+        let max_sources = self.max_sources;
+        let member = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)).expect("admitted above");
+        let older_host = member.older_host_until.is_some_and(|until| until > now);
+        if version < A::RECORD_VERSION {
+            member.older_host_until = Some(gmi);
+            if A::sends_no_leaves(version) {
+                member.no_leave_host_until = Some(gmi);
             }
         }
-        // Nobody on this group is leaving any more: stop its last-member queries.
-        if !self.pending_group_queries.is_empty() && self.groups[&group].values().all(|m| !m.leaving) {
-            self.pending_group_queries.remove(&group);
+        member.version = member.version.min(version);
+        member.last_reporter = reporter;
+        // An older host is present: it wants every source (RFC 3376 7.3.2).
+        let sources: BTreeSet<A> = match kind {
+            BlockOldSources if older_host => return self.settle(group, port, !is_member, now, actions),
+            ChangeToExclude if older_host => BTreeSet::new(),
+            _ => sources.iter().copied().collect(),
+        };
+        let mut refused = 0;
+        let mut set = |member: &mut Member<A>, source: A, timer: Duration| {
+            if member.sources.len() >= max_sources && max_sources > 0 && !member.sources.contains_key(&source) {
+                refused += 1;
+            } else {
+                member.sources.insert(source, timer);
+            }
+        };
+        let mut query_sources = BTreeSet::new();
+        let mut query_group = false;
+        match (member.mode, kind) {
+            (FilterMode::Include, ModeIsInclude | AllowNewSources | ChangeToInclude) => {
+                if kind == ChangeToInclude {
+                    query_sources = member.sources.keys().filter(|s| !sources.contains(s)).copied().collect();
+                }
+                sources.iter().for_each(|source| set(member, *source, gmi));
+            }
+            (FilterMode::Include, ModeIsExclude | ChangeToExclude) => {
+                // EXCLUDE(A*B, B-A): requested ones keep their timers, new ones are blocked.
+                let old = std::mem::take(&mut member.sources);
+                for source in &sources {
+                    set(member, *source, old.get(source).copied().unwrap_or(Duration::ZERO));
+                }
+                if kind == ChangeToExclude {
+                    query_sources = old.keys().filter(|s| sources.contains(s)).copied().collect();
+                }
+                member.mode = FilterMode::Exclude;
+                member.group_timer = gmi;
+            }
+            (FilterMode::Include, BlockOldSources) => {
+                query_sources = sources.iter().filter(|s| member.sources.contains_key(s)).copied().collect();
+            }
+            (FilterMode::Exclude, ModeIsInclude | AllowNewSources | ChangeToInclude) => {
+                if kind == ChangeToInclude {
+                    query_sources = member.requested(now).into_iter().filter(|s| !sources.contains(s)).collect();
+                    query_group = true;
+                }
+                sources.iter().for_each(|source| set(member, *source, gmi));
+            }
+            (FilterMode::Exclude, ModeIsExclude | ChangeToExclude) => {
+                // EXCLUDE(A-Y, Y*A): new sources get the membership interval
+                // (IS_EX) or the group timer (TO_EX); unnamed ones go.
+                let fresh = if kind == ModeIsExclude { gmi } else { member.group_timer };
+                let old = std::mem::take(&mut member.sources);
+                for source in &sources {
+                    set(member, *source, old.get(source).copied().unwrap_or(fresh));
+                }
+                if kind == ChangeToExclude {
+                    query_sources = member.requested(now);
+                }
+                member.group_timer = gmi;
+            }
+            (FilterMode::Exclude, BlockOldSources) => {
+                // EXCLUDE(X+(A-Y), Y): new sources get the group timer; ask about A-Y.
+                let group_timer = member.group_timer;
+                for source in &sources {
+                    if !member.sources.contains_key(source) {
+                        set(member, *source, group_timer);
+                    }
+                }
+                let requested = member.requested(now);
+                query_sources = sources.iter().filter(|s| requested.contains(s)).copied().collect();
+            }
+        }
+        self.ignored.source_limit_refusals += refused;
+        let member = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)).expect("admitted above");
+        // A record that raises timers ends a last-member round; one that asks, starts one.
+        if kind != BlockOldSources && !sources.is_empty() || excludes {
+            member.leaving = false;
+        }
+        if query_group && member.no_leave_host_until.is_some_and(|until| until > now) {
+            query_group = false;
+        }
+        if query_group {
+            member.group_timer = if fast_leave { now } else { member.group_timer.min(lmqt) };
+            member.leaving = true;
+        }
+        for source in &query_sources {
+            if let Some(timer) = member.sources.get_mut(source) {
+                // Fast leave: the one host behind the port said so; no need to ask.
+                *timer = if fast_leave { Duration::ZERO } else { (*timer).min(lmqt) };
+            }
+        }
+        // A round runs, or fast leave ended the membership: either way it left.
+        let emptied = member.mode == FilterMode::Include && member.sources.values().all(|t| *t <= now);
+        if !query_sources.is_empty() && (!fast_leave || emptied) {
+            member.leaving = true;
+        }
+        let answered: Vec<A> =
+            if matches!(kind, BlockOldSources) { Vec::new() } else { sources.iter().copied().collect() };
+        if let Some(pending) = self.pending_queries.get_mut(&group) {
+            for source in &answered {
+                pending.sources.remove(source);
+            }
+            if !query_group && excludes {
+                pending.group = 0;
+            }
+        }
+        self.settle(group, port, !is_member, now, actions);
+        if !fast_leave && self.querier.is_querier() && (query_group || !query_sources.is_empty()) {
+            self.query_now(group, query_group, query_sources, now, actions);
         }
     }
 
-    fn leave(&mut self, group: Group<A>, port: u32, may_fast_leave: bool, now: Duration, actions: &mut Vec<Action<A>>) {
-        let fast_leave = may_fast_leave && self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
-        let last_member_time = self.timers.last_member_query_time();
-        let Some(member) = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)) else {
-            return;
-        };
-        if member.no_leave_host_until.is_some_and(|until| until > now) {
-            return;
-        }
-        if fast_leave {
-            self.remove_member(group, port, RemoveReason::Left, actions);
-            return;
-        }
-        member.leaving = true;
-        let shortened = member.expires.min(now + last_member_time);
-        self.expiries.remove(&(member.expires, group, port));
-        self.expiries.insert((shortened, group, port));
-        member.expires = shortened;
-        member.persisted_expires = shortened;
-        let version = member.version;
-        actions.push(Action::RefreshMember { group, port, version, expires: shortened, leaving: true });
-        if self.querier.is_querier() {
-            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr) });
-            let remaining = self.timers.last_member_query_count.saturating_sub(1);
-            if remaining > 0 {
-                self.pending_group_queries.insert(
-                    group,
-                    PendingGroupQuery { remaining, next_at: now + self.timers.last_member_query_interval },
-                );
+    /// Starts a port's membership of a new group unless the port's group
+    /// limit is reached (counted).
+    fn admit(&mut self, port: u32) -> bool {
+        if let Some(state) = self.ports.get_mut(&port) {
+            if state.options.max_groups > 0 && state.groups >= state.options.max_groups {
+                self.ignored.group_limit_refusals += 1;
+                return false;
             }
+            state.groups += 1;
+        }
+        true
+    }
+
+    /// Sends the first of the last-member queries for `group` (and the
+    /// sources in `sources`) now; the rest follow from [`Snooper::poll`].
+    fn query_now(
+        &mut self,
+        group: Group<A>,
+        whole_group: bool,
+        sources: BTreeSet<A>,
+        now: Duration,
+        actions: &mut Vec<Action<A>>,
+    ) {
+        if whole_group {
+            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources: Vec::new() });
+        }
+        if !sources.is_empty() {
+            let listed = sources.iter().copied().collect();
+            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources: listed });
+        }
+        let remaining = self.timers.last_member_query_count.saturating_sub(1);
+        if remaining == 0 {
+            return;
+        }
+        let next_at = now + self.timers.last_member_query_interval;
+        let pending =
+            self.pending_queries.entry(group).or_insert(PendingQueries { group: 0, sources: BTreeMap::new(), next_at });
+        if whole_group {
+            pending.group = remaining;
+        }
+        pending.sources.extend(sources.into_iter().map(|source| (source, remaining)));
+    }
+
+    /// After a change to `port`'s membership of `group`: a group timer run
+    /// out turns EXCLUDE into INCLUDE (RFC 3376 6.5), sources past their
+    /// timers go, a membership left with nothing is removed; the expiry index
+    /// is brought up to date and the data path told what changed.
+    fn settle(&mut self, group: Group<A>, port: u32, new: bool, now: Duration, actions: &mut Vec<Action<A>>) {
+        let Some(member) = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)) else { return };
+        if member.mode == FilterMode::Exclude && member.group_timer <= now {
+            member.mode = FilterMode::Include;
+            member.sources.retain(|_, timer| *timer > now);
+        }
+        if member.mode == FilterMode::Include {
+            member.sources.retain(|_, timer| *timer > now);
+            if member.sources.is_empty() {
+                if new {
+                    // Refused before it began (all its sources over the limit).
+                    self.forget_member(group, port);
+                } else {
+                    let reason = if member.leaving { RemoveReason::Left } else { RemoveReason::Expired };
+                    self.remove_member(group, port, reason, actions);
+                }
+                return;
+            }
+        }
+        member.expires = match member.mode {
+            FilterMode::Exclude => member.group_timer,
+            FilterMode::Include => member.sources.values().copied().max().unwrap_or(now),
+        };
+        let running = member.sources.values().copied().filter(|timer| *timer > now).min();
+        let next_event = match member.mode {
+            FilterMode::Exclude => running.map_or(member.group_timer, |t| t.min(member.group_timer)),
+            FilterMode::Include => running.unwrap_or(member.expires),
+        };
+        self.expiries.remove(&(member.next_event, group, port));
+        self.expiries.insert((next_event, group, port));
+        member.next_event = next_event;
+        let filter = member.filter(now);
+        let (version, expires, leaving) = (member.version, member.expires, member.leaving);
+        if new {
+            member.persisted = Persisted { expires, version, leaving };
+            if !filter.is_any() {
+                member.filter = filter.clone();
+                actions.push(Action::SetSources { group, port, filter });
+            }
+            actions.push(Action::AddMember { group, port, version, expires });
+            // After the member: the group must not be pruned for its first
+            // member before that member's entry exists.
+            if self.groups[&group].len() == 1 {
+                actions.push(Action::RegisterGroup { group });
+            }
+            return;
+        }
+        if filter != member.filter {
+            member.filter = filter.clone();
+            actions.push(Action::SetSources { group, port, filter });
+        }
+        let persisted = member.persisted;
+        // Refreshes reach the pinned map about once a query interval.
+        let refresh_slack = self.timers.query_interval;
+        if version != persisted.version
+            || leaving != persisted.leaving
+            || expires < persisted.expires
+            || expires >= persisted.expires + refresh_slack
+        {
+            member.persisted = Persisted { expires, version, leaving };
+            actions.push(Action::RefreshMember { group, port, version, expires, leaving });
+        }
+        // Nobody on this group is leaving any more: stop its last-member queries.
+        if !self.pending_queries.is_empty() && self.groups[&group].values().all(|m| !m.leaving) {
+            self.pending_queries.remove(&group);
         }
     }
 
@@ -677,7 +1019,7 @@ impl<A: Family> Snooper<A> {
         port: u32,
         source: A,
         group: Option<Group<A>>,
-        heard: HeardQuery,
+        heard: HeardQuery<'_, A>,
         now: Duration,
         actions: &mut Vec<Action<A>>,
     ) {
@@ -715,7 +1057,7 @@ impl<A: Family> Snooper<A> {
             if self.querier.enabled {
                 self.querier.next_general_query = None;
                 self.querier.startup_queries_left = 0;
-                self.pending_group_queries.clear();
+                self.pending_queries.clear();
                 querier_changed = elected != Some(source);
             }
         }
@@ -726,18 +1068,29 @@ impl<A: Family> Snooper<A> {
             actions.push(Action::QuerierChanged { other_querier: Some(source) });
         }
 
-        // Another querier's group-specific query: its last-member round is on,
-        // so shorten this group's memberships like the querier does (RFC 3376 6.6.1).
-        if let Some(group) = group {
+        // Another querier's group(-and-source)-specific query: its last-member
+        // round is on, so lower the timers it asks about as the querier does
+        // (RFC 3376 6.6.1): the group timer for Q(G), only the sources' for
+        // Q(G,S); nothing when it says routers suppress their updates.
+        if let Some(group) = group.filter(|_| !heard.suppress) {
             let limit = now + heard.max_response * self.timers.last_member_query_count;
-            if let Some(ports) = self.groups.get_mut(&group) {
-                for (port, member) in ports.iter_mut() {
-                    if member.expires > limit {
-                        self.expiries.remove(&(member.expires, group, *port));
-                        self.expiries.insert((limit, group, *port));
-                        member.expires = limit;
+            let Some(ports) = self.groups.get_mut(&group) else { return };
+            for member in ports.values_mut() {
+                if heard.sources.is_empty() {
+                    if member.mode == FilterMode::Exclude && member.group_timer > limit {
+                        member.group_timer = limit;
+                    }
+                } else {
+                    for source in heard.sources {
+                        if let Some(timer) = member.sources.get_mut(source).filter(|t| **t > limit) {
+                            *timer = limit;
+                        }
                     }
                 }
+            }
+            let ports: Vec<u32> = ports.keys().copied().collect();
+            for port in ports {
+                self.settle(group, port, false, now, actions);
             }
         }
     }
@@ -746,7 +1099,7 @@ impl<A: Family> Snooper<A> {
     /// robustness and interval (IGMPv3), else the interval seen between its
     /// queries when longer than ours (IGMPv2 announces none), and its max
     /// response time. Memberships and router ports then outlive its interval.
-    fn adopt_querier_timers(&mut self, heard: &HeardQuery, now: Duration) {
+    fn adopt_querier_timers(&mut self, heard: &HeardQuery<'_, A>, now: Duration) {
         let configured = &self.configured;
         let announced = heard.announced.unwrap_or(Announced { robustness: 0, query_interval: Duration::ZERO });
         let robustness = if announced.robustness == 0 { configured.robustness } else { announced.robustness.into() };
@@ -785,33 +1138,44 @@ impl<A: Family> Snooper<A> {
     }
 
     fn remove_member(&mut self, group: Group<A>, port: u32, reason: RemoveReason, actions: &mut Vec<Action<A>>) {
-        let Some(ports) = self.groups.get_mut(&group) else { return };
-        let Some(member) = ports.remove(&port) else { return };
-        self.expiries.remove(&(member.expires, group, port));
+        if self.forget_member(group, port) {
+            actions.push(Action::RemoveMember { group, port, reason });
+            if !self.groups.contains_key(&group) {
+                actions.push(Action::UnregisterGroup { group });
+            }
+        }
+    }
+
+    /// Drops a membership from the state; whether there was one.
+    fn forget_member(&mut self, group: Group<A>, port: u32) -> bool {
+        let Some(ports) = self.groups.get_mut(&group) else { return false };
+        let Some(member) = ports.remove(&port) else { return false };
+        self.expiries.remove(&(member.next_event, group, port));
         if let Some(state) = self.ports.get_mut(&port) {
             state.groups -= 1;
         }
-        actions.push(Action::RemoveMember { group, port, reason });
         if ports.is_empty() {
             self.groups.remove(&group);
-            self.pending_group_queries.remove(&group);
-            actions.push(Action::UnregisterGroup { group });
+            self.pending_queries.remove(&group);
         }
+        true
     }
 
     /// Fires every timer due at `now`.
     pub fn poll(&mut self, now: Duration) -> Vec<Action<A>> {
         let mut actions = Vec::new();
 
-        while let Some(&(expires, group, port)) = self.expiries.first() {
-            if expires > now {
+        while let Some(&(at, group, port)) = self.expiries.first() {
+            if at > now {
                 break;
             }
-            let leaving = self.groups.get(&group).and_then(|ports| ports.get(&port)).is_some_and(|m| m.leaving);
-            let reason = if leaving { RemoveReason::Left } else { RemoveReason::Expired };
-            self.remove_member(group, port, reason, &mut actions);
-            // Never loop on an index entry without a member behind it.
-            self.expiries.remove(&(expires, group, port));
+            // Never loop on an index entry: settling re-files the member.
+            self.expiries.remove(&(at, group, port));
+            let current =
+                self.groups.get(&group).and_then(|ports| ports.get(&port)).is_some_and(|m| m.next_event == at);
+            if current {
+                self.settle(group, port, false, now, &mut actions);
+            }
         }
 
         for (port, state) in &mut self.ports {
@@ -843,7 +1207,7 @@ impl<A: Family> Snooper<A> {
         }
 
         if self.querier.is_querier() && self.querier.next_general_query.is_some_and(|at| at <= now) {
-            actions.push(Action::SendQuery { vlan: VLAN_NONE, group: None });
+            actions.push(Action::SendQuery { vlan: VLAN_NONE, group: None, sources: Vec::new() });
             self.querier.present_from.get_or_insert(now + self.timers.query_response_interval);
             let interval = if self.querier.startup_queries_left > 1 {
                 self.querier.startup_queries_left -= 1;
@@ -856,14 +1220,24 @@ impl<A: Family> Snooper<A> {
         }
 
         let interval = self.timers.last_member_query_interval;
-        self.pending_group_queries.retain(|group, pending| {
+        self.pending_queries.retain(|group, pending| {
             if pending.next_at > now {
                 return true;
             }
-            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr) });
-            pending.remaining -= 1;
+            if pending.group > 0 {
+                pending.group -= 1;
+                actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources: Vec::new() });
+            }
+            if !pending.sources.is_empty() {
+                let sources = pending.sources.keys().copied().collect();
+                actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources });
+                pending.sources.retain(|_, remaining| {
+                    *remaining -= 1;
+                    *remaining > 0
+                });
+            }
             pending.next_at = now + interval;
-            pending.remaining > 0
+            pending.group > 0 || !pending.sources.is_empty()
         });
 
         let querier = &mut self.querier;
@@ -891,7 +1265,7 @@ impl<A: Family> Snooper<A> {
             .map(|(_, until)| until)
             .into_iter()
             .chain(self.querier.next_general_query.filter(|_| self.querier.is_querier()));
-        let group_queries = self.pending_group_queries.values().map(|p| p.next_at);
+        let group_queries = self.pending_queries.values().map(|p| p.next_at);
         let presence =
             if self.querier.present_announced { self.querier.resumed_until } else { self.querier.present_from };
         members.chain(routers).chain(querier).chain(group_queries).chain(presence).min()
@@ -940,11 +1314,21 @@ mod tests {
 
     fn record(record_type: RecordType, group: Ipv4Addr, source_count: u8) -> Packet {
         let sources = (0..source_count).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect();
-        pkt(H1, Message::RecordReport { records: vec![GroupRecord { record_type, group, sources }] })
+        pkt(H1, Message::RecordReport { records: vec![crate::proto::GroupRecord { record_type, group, sources }] })
     }
 
     fn query(source: Ipv4Addr, group: Ipv4Addr) -> Packet {
-        pkt(source, Message::Query { version: 3, group, max_response: secs(10), announced: None })
+        pkt(
+            source,
+            Message::Query {
+                version: 3,
+                group,
+                sources: vec![],
+                suppress: false,
+                max_response: secs(10),
+                announced: None,
+            },
+        )
     }
 
     /// The actions but the querier's presence (tests of other things).
@@ -1026,7 +1410,10 @@ mod tests {
             assert!(actions.iter().any(|a| matches!(a, Action::AddMember { port: 1, version: 1, .. })));
             let actions = s.handle(1, 0, &from(HOST, Message::Leave { group: GROUP }), secs(2));
             assert!(actions.iter().any(|a| matches!(a, Action::RefreshMember { leaving: true, .. })));
-            assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(GROUP) }), "{actions:?}");
+            assert!(
+                actions.contains(&Action::SendQuery { vlan: 0, group: Some(GROUP), sources: vec![] }),
+                "{actions:?}"
+            );
             let removed = s.poll(secs(4));
             assert!(removed.iter().any(|a| matches!(a, Action::RemoveMember { reason: RemoveReason::Left, .. })));
         }
@@ -1062,6 +1449,8 @@ mod tests {
                     Message::Query {
                         version: 2,
                         group: Ipv6Addr::UNSPECIFIED,
+                        sources: vec![],
+                        suppress: false,
                         max_response: secs(10),
                         announced: None,
                     },
@@ -1083,8 +1472,129 @@ mod tests {
             assert!(s.poll(secs(0)).is_empty());
             assert!(s.poll(secs(30)).is_empty(), "no query and no presence: nothing of IPv6 is pruned");
             s.set_own_address(OWN, secs(31));
-            assert!(s.poll(secs(31)).contains(&Action::SendQuery { vlan: 0, group: None }));
+            assert!(s.poll(secs(31)).contains(&Action::SendQuery { vlan: 0, group: None, sources: vec![] }));
         }
+    }
+
+    const S1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 0);
+    const S2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+    const S3: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+
+    fn records(record_type: RecordType, group: Ipv4Addr, sources: &[Ipv4Addr]) -> Packet {
+        let record = crate::proto::GroupRecord { record_type, group, sources: sources.to_vec() };
+        pkt(H1, Message::RecordReport { records: vec![record] })
+    }
+
+    fn source_query(source: Ipv4Addr, group: Ipv4Addr, sources: &[Ipv4Addr], suppress: bool) -> Packet {
+        let sources = sources.to_vec();
+        pkt(source, Message::Query { version: 3, group, sources, suppress, max_response: secs(1), announced: None })
+    }
+
+    fn filter_of(s: &Snooper<Ipv4Addr>, group: Ipv4Addr, port: u32, now: Duration) -> Option<SourceFilter<Ipv4Addr>> {
+        Some(s.groups().get(&g(group))?.get(&port)?.filter(now))
+    }
+
+    fn include(sources: &[Ipv4Addr]) -> Option<SourceFilter<Ipv4Addr>> {
+        Some(SourceFilter::Include(sources.iter().copied().collect()))
+    }
+
+    #[test]
+    fn a_block_and_another_queriers_source_query_keep_the_sources_still_wanted() {
+        // The scenario: an external querier in charge; port 1 wants
+        // S1 and S2, blocks S1, and the router asks Q(G,{S1}).
+        let mut s = snooper(false);
+        let router = Ipv4Addr::new(10, 0, 0, 2);
+        s.handle(2, 0, &query(router, Ipv4Addr::UNSPECIFIED), secs(0));
+        s.handle(1, 0, &records(RecordType::AllowNewSources, G1, &[S1, S2]), secs(1));
+        s.handle(1, 0, &records(RecordType::BlockOldSources, G1, &[S1]), secs(2));
+        s.handle(2, 0, &source_query(router, G1, &[S1], false), secs(2));
+        assert_eq!(filter_of(&s, G1, 1, secs(2)), include(&[S1, S2]), "S1 is asked about, not gone yet");
+        s.poll(secs(30));
+        assert_eq!(members(&s, G1), [1], "port 1 still wants S2 and was pruned");
+        assert_eq!(filter_of(&s, G1, 1, secs(30)), include(&[S2]));
+    }
+
+    #[test]
+    fn a_source_query_lowers_only_its_sources_and_not_with_the_s_flag() {
+        let mut s = snooper(false);
+        let router = Ipv4Addr::new(10, 0, 0, 2);
+        s.handle(1, 0, &records(RecordType::ModeIsInclude, G1, &[S1, S2]), secs(0));
+        s.handle(2, 0, &source_query(router, G1, &[S1], true), secs(1));
+        s.poll(secs(10));
+        assert_eq!(filter_of(&s, G1, 1, secs(10)), include(&[S1, S2]), "the S flag lowered a timer");
+        s.handle(2, 0, &source_query(router, G1, &[S1], false), secs(10));
+        s.poll(secs(13));
+        assert_eq!(filter_of(&s, G1, 1, secs(13)), include(&[S2]));
+        // Q(G) lowers the group timer, which INCLUDE mode has not.
+        s.handle(2, 0, &source_query(router, G1, &[], false), secs(14));
+        s.poll(secs(20));
+        assert_eq!(filter_of(&s, G1, 1, secs(20)), include(&[S2]));
+    }
+
+    #[test]
+    fn exclude_mode_forwards_all_but_the_blocked_sources_and_falls_back_to_include() {
+        let mut s = snooper(false);
+        let actions = s.handle(1, 0, &records(RecordType::ChangeToExclude, G1, &[S3]), secs(0));
+        let blocked = SourceFilter::Exclude([S3].into());
+        assert_eq!(actions[0], Action::SetSources { group: g(G1), port: 1, filter: blocked.clone() }, "{actions:?}");
+        assert!(matches!(actions[1], Action::AddMember { .. }), "the filter goes first: {actions:?}");
+        assert!(blocked.wants(&S1) && !blocked.wants(&S3));
+        // ALLOW(S1) keeps S1 asked for past the group timer: EXCLUDE ends in INCLUDE {S1}.
+        s.handle(1, 0, &records(RecordType::AllowNewSources, G1, &[S1]), secs(100));
+        s.poll(secs(261));
+        assert_eq!(filter_of(&s, G1, 1, secs(261)), include(&[S1]));
+        s.poll(secs(400));
+        assert!(members(&s, G1).is_empty());
+    }
+
+    #[test]
+    fn as_querier_a_block_sends_group_and_source_queries_and_a_to_in_both() {
+        let mut s = snooper(true);
+        s.poll(secs(0));
+        s.handle(1, 0, &records(RecordType::ModeIsInclude, G1, &[S1, S2]), secs(1));
+        let actions = s.handle(1, 0, &records(RecordType::BlockOldSources, G1, &[S1, S3]), secs(2));
+        let q_s1 = Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![S1] };
+        assert!(actions.contains(&q_s1), "{actions:?}");
+        assert_eq!(but_presence(s.poll(secs(3))), [q_s1], "retransmitted once (robustness 2)");
+        s.poll(secs(4));
+        assert_eq!(filter_of(&s, G1, 1, secs(4)), include(&[S2]));
+        // EXCLUDE {} then TO_IN {S2}: Q(G) and Q(G, X - {S2}).
+        s.handle(2, 0, &records(RecordType::ModeIsExclude, G1, &[]), secs(5));
+        s.handle(2, 0, &records(RecordType::AllowNewSources, G1, &[S1]), secs(5));
+        let actions = s.handle(2, 0, &records(RecordType::ChangeToInclude, G1, &[S2]), secs(6));
+        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }), "{actions:?}");
+        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![S1] }), "{actions:?}");
+        s.poll(secs(7));
+        s.poll(secs(8));
+        assert_eq!(filter_of(&s, G1, 2, secs(8)), include(&[S2]));
+    }
+
+    #[test]
+    fn an_older_host_keeps_every_source_and_ssm_takes_only_source_lists() {
+        let mut s = snooper(false);
+        s.handle(1, 0, &v2_report(G1), secs(0));
+        s.handle(1, 0, &records(RecordType::ChangeToExclude, G1, &[S3]), secs(1));
+        s.handle(1, 0, &records(RecordType::BlockOldSources, G1, &[S1]), secs(1));
+        assert!(filter_of(&s, G1, 1, secs(1)).unwrap().is_any(), "a v2 host is there: any source");
+
+        let ssm = Ipv4Addr::new(232, 1, 1, 1);
+        assert!(s.handle(2, 0, &v2_report(ssm), secs(0)).is_empty());
+        assert!(s.handle(2, 0, &records(RecordType::ModeIsExclude, ssm, &[]), secs(0)).is_empty());
+        assert_eq!(s.ignored().ssm_any_source_joins, 2);
+        s.handle(2, 0, &records(RecordType::ModeIsInclude, ssm, &[S1]), secs(0));
+        assert_eq!(filter_of(&s, ssm, 2, secs(0)), include(&[S1]));
+    }
+
+    #[test]
+    fn sources_over_the_limit_are_refused_and_counted() {
+        let mut s = snooper(false);
+        s.set_max_sources(4);
+        let many: Vec<Ipv4Addr> = (0..10).map(|i| Ipv4Addr::new(10, 2, 0, i)).collect();
+        s.handle(1, 0, &records(RecordType::ModeIsInclude, G1, &many), secs(0));
+        assert_eq!(s.groups()[&g(G1)][&1].sources.len(), 4);
+        assert_eq!(s.ignored().source_limit_refusals, 6);
+        s.handle(1, 0, &records(RecordType::ModeIsInclude, G1, &many[..2]), secs(1));
+        assert_eq!(s.ignored().source_limit_refusals, 6, "refreshing a kept source is no refusal");
     }
 
     fn members(s: &Snooper<Ipv4Addr>, group: Ipv4Addr) -> Vec<u32> {
@@ -1150,10 +1660,10 @@ mod tests {
             actions,
             [
                 Action::RefreshMember { group: g(G1), port: 1, version: 2, expires: secs(12), leaving: true },
-                Action::SendQuery { vlan: 0, group: Some(G1) }
+                Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }
             ]
         );
-        assert_eq!(but_presence(s.poll(secs(11))), [Action::SendQuery { vlan: 0, group: Some(G1) }]);
+        assert_eq!(but_presence(s.poll(secs(11))), [Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }]);
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
         assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }]);
         assert_eq!(members(&s, G1), [2]);
@@ -1187,7 +1697,7 @@ mod tests {
     }
 
     #[test]
-    fn v3_include_with_sources_joins_and_block_is_never_fast_left() {
+    fn a_block_removes_only_the_blocked_sources_at_once_with_fast_leave() {
         let mut s = snooper(false);
         s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
         s.handle(3, 0, &record(RecordType::ModeIsInclude, G1, 2), secs(0));
@@ -1195,10 +1705,12 @@ mod tests {
         assert_eq!(members(&s, G1), [3]);
         assert_eq!(members(&s, G2), [3]);
         let actions = s.handle(3, 0, &record(RecordType::BlockOldSources, G1, 1), secs(1));
-        assert!(!actions.iter().any(|a| matches!(a, Action::RemoveMember { .. })), "fast-left on a block: {actions:?}");
-        assert_eq!(members(&s, G1), [3]);
+        let kept = SourceFilter::Include([Ipv4Addr::new(10, 1, 0, 1)].into());
+        assert_eq!(actions, [Action::SetSources { group: g(G1), port: 3, filter: kept }]);
         s.poll(secs(3));
-        assert!(members(&s, G1).is_empty(), "block confirmed by silence");
+        assert_eq!(members(&s, G1), [3], "the other source is still wanted");
+        let actions = s.handle(3, 0, &record(RecordType::BlockOldSources, G1, 2), secs(4));
+        assert!(actions.contains(&Action::RemoveMember { group: g(G1), port: 3, reason: RemoveReason::Left }));
     }
 
     #[test]
@@ -1223,10 +1735,10 @@ mod tests {
     fn querier_startup_then_regular_interval() {
         let mut s = snooper(true);
         let t = Timers::default();
-        assert_eq!(s.poll(secs(0)), [Action::SendQuery { vlan: 0, group: None }]);
+        assert_eq!(s.poll(secs(0)), [Action::SendQuery { vlan: 0, group: None, sources: vec![] }]);
         assert_eq!(s.poll(t.query_response_interval), [Action::QuerierPresence { present: true }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval));
-        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { vlan: 0, group: None }]);
+        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { vlan: 0, group: None, sources: vec![] }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval + t.query_interval));
     }
 
@@ -1245,7 +1757,7 @@ mod tests {
         assert!(s.poll(secs(259)).iter().all(|a| !matches!(a, Action::SendQuery { .. })));
         let actions = s.poll(secs(260));
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }));
-        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: None }));
+        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: None, sources: vec![] }));
         assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: false }));
     }
 
@@ -1262,7 +1774,7 @@ mod tests {
         // Readdressed below the elected querier: we take over at once.
         let actions = s.set_own_address(Ipv4Addr::new(10, 0, 0, 2), secs(3));
         assert_eq!(actions, [Action::QuerierChanged { other_querier: None }]);
-        assert_eq!(s.poll(secs(3)), [Action::SendQuery { vlan: 0, group: None }]);
+        assert_eq!(s.poll(secs(3)), [Action::SendQuery { vlan: 0, group: None, sources: vec![] }]);
         // Without an address we never win.
         s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::UNSPECIFIED), secs(4));
         assert!(s.set_own_address(Ipv4Addr::UNSPECIFIED, secs(5)).is_empty());
@@ -1292,7 +1804,14 @@ mod tests {
             0,
             &pkt(
                 Ipv4Addr::new(10, 0, 0, 1),
-                Message::Query { version: 2, group: G1, max_response: secs(1), announced: None },
+                Message::Query {
+                    version: 2,
+                    group: G1,
+                    sources: vec![],
+                    suppress: false,
+                    max_response: secs(1),
+                    announced: None,
+                },
             ),
             secs(10),
         );
@@ -1333,11 +1852,11 @@ mod tests {
     #[test]
     fn a_restored_member_that_was_leaving_gets_only_the_last_member_round() {
         let mut s = snooper(true);
-        s.restore_member(g(G1), 1, 3, true, secs(100));
-        s.restore_member(g(G2), 2, 3, false, secs(100));
+        s.restore_member(g(G1), 1, 3, true, SourceFilter::any(), secs(100));
+        s.restore_member(g(G2), 2, 3, false, SourceFilter::any(), secs(100));
         // Queried for at once, and gone after 2 x 1 s unless a host answers.
         let actions = s.poll(secs(100));
-        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1) }), "{actions:?}");
+        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }), "{actions:?}");
         assert!(s.groups()[&g(G1)][&1].leaving);
         let actions = s.poll(secs(102));
         assert!(actions.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }));
@@ -1347,13 +1866,30 @@ mod tests {
     fn v2_query(source: Ipv4Addr) -> Packet {
         pkt(
             source,
-            Message::Query { version: 2, group: Ipv4Addr::UNSPECIFIED, max_response: secs(10), announced: None },
+            Message::Query {
+                sources: vec![],
+                suppress: false,
+                version: 2,
+                group: Ipv4Addr::UNSPECIFIED,
+                max_response: secs(10),
+                announced: None,
+            },
         )
     }
 
     fn v3_query_announcing(source: Ipv4Addr, robustness: u8, interval: u64) -> Packet {
         let announced = Some(Announced { robustness, query_interval: secs(interval) });
-        pkt(source, Message::Query { version: 3, group: Ipv4Addr::UNSPECIFIED, max_response: secs(10), announced })
+        pkt(
+            source,
+            Message::Query {
+                sources: vec![],
+                suppress: false,
+                version: 3,
+                group: Ipv4Addr::UNSPECIFIED,
+                max_response: secs(10),
+                announced,
+            },
+        )
     }
 
     #[test]
@@ -1380,7 +1916,14 @@ mod tests {
         let mut s = snooper(true);
         let v1 = pkt(
             Ipv4Addr::new(10, 0, 0, 9),
-            Message::Query { version: 1, group: Ipv4Addr::UNSPECIFIED, max_response: secs(10), announced: None },
+            Message::Query {
+                sources: vec![],
+                suppress: false,
+                version: 1,
+                group: Ipv4Addr::UNSPECIFIED,
+                max_response: secs(10),
+                announced: None,
+            },
         );
         s.handle(2, 0, &v1, secs(0));
         assert_eq!(s.querier().version, 1);
@@ -1496,7 +2039,7 @@ mod tests {
         let mut s = snooper(false);
         assert_eq!(s.restore_router_port(2, secs(100)), [Action::SetRouterPort { port: 2, is_router: true }]);
         assert!(s.ports()[&2].is_router(secs(354)));
-        s.restore_member(g(G1), 1, 1, false, secs(100));
+        s.restore_member(g(G1), 1, 1, false, SourceFilter::any(), secs(100));
         assert!(s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(101)).is_empty(), "a v1 host is there");
         assert_eq!(members(&s, G1), [1]);
     }
@@ -1531,7 +2074,7 @@ mod tests {
     #[test]
     fn restored_members_get_a_full_interval() {
         let mut s = snooper(false);
-        s.restore_member(g(G1), 2, 3, false, secs(100));
+        s.restore_member(g(G1), 2, 3, false, SourceFilter::any(), secs(100));
         assert_eq!(members(&s, G1), [2]);
         assert!(s.poll(secs(359)).is_empty());
         assert_eq!(s.poll(secs(360)).len(), 2);
@@ -1553,23 +2096,26 @@ mod fuzz {
 
     fn message() -> impl Strategy<Value = Message> {
         let group = (0u8..4).prop_map(|i| Ipv4Addr::new(239, 0, 0, i));
-        let record = (0usize..6, group.clone(), 0u8..3).prop_map(|(t, group, source_count)| GroupRecord {
-            record_type: [
-                RecordType::ModeIsInclude,
-                RecordType::ModeIsExclude,
-                RecordType::ChangeToInclude,
-                RecordType::ChangeToExclude,
-                RecordType::AllowNewSources,
-                RecordType::BlockOldSources,
-            ][t],
-            group,
-            sources: (0..source_count).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect(),
-        });
+        let record =
+            (0usize..6, group.clone(), 0u8..3).prop_map(|(t, group, source_count)| crate::proto::GroupRecord {
+                record_type: [
+                    RecordType::ModeIsInclude,
+                    RecordType::ModeIsExclude,
+                    RecordType::ChangeToInclude,
+                    RecordType::ChangeToExclude,
+                    RecordType::AllowNewSources,
+                    RecordType::BlockOldSources,
+                ][t],
+                group,
+                sources: (0..source_count).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect(),
+            });
         prop_oneof![
             (1u8..=2, group.clone()).prop_map(|(version, group)| Message::Report { version, group }),
             group.clone().prop_map(|group| Message::Leave { group }),
             proptest::collection::vec(record, 0..4).prop_map(|records| Message::RecordReport { records }),
             (prop_oneof![Just(Ipv4Addr::UNSPECIFIED), group], 0u64..3).prop_map(|(group, s)| Message::Query {
+                sources: vec![],
+                suppress: false,
                 version: 3,
                 group,
                 max_response: Duration::from_secs(s),

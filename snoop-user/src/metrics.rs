@@ -27,6 +27,7 @@ pub fn render(s: &Snapshot) -> String {
 
     let member_ports = Family::<Labels, Gauge>::default();
     let membership = Family::<Labels, Gauge>::default();
+    let membership_sources = Family::<Labels, Gauge>::default();
     for group in &s.groups {
         member_ports.get_or_create(&labels(&[("group", group.group.to_string())])).set(group.members.len() as i64);
         for m in &group.members {
@@ -37,10 +38,24 @@ pub fn render(s: &Snapshot) -> String {
                 ("version", m.version.to_string()),
             ]);
             membership.get_or_create(&l).set(1);
+            for source in &m.sources {
+                let l = labels(&[
+                    ("group", group.group.to_string()),
+                    ("port", m.port.clone()),
+                    ("source", source.address.to_string()),
+                    ("mode", m.filter_mode.as_str().to_owned()),
+                ]);
+                membership_sources.get_or_create(&l).set(i64::from(source.forwarded));
+            }
         }
     }
     registry.register("group_member_ports", "Ports with members of the group", member_ports);
     registry.register("membership", "1 for each (group, port) with a member", membership);
+    registry.register(
+        "membership_source",
+        "Each source a (group, port) membership names: 1 forwarded, 0 blocked (mode: its filter mode)",
+        membership_sources,
+    );
 
     let forwarded_packets = Family::<Labels, Counter>::default();
     let forwarded_bytes = Family::<Labels, Counter>::default();

@@ -5,7 +5,8 @@ use anyhow::Result;
 
 use crate::{
     control::{self, Request},
-    snapshot::Snapshot,
+    membership::FilterMode,
+    snapshot::{MemberView, Snapshot},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,6 +134,19 @@ fn querier_rows(rows: &mut Vec<Vec<String>>, protocol: &str, q: &crate::snapshot
     }
 }
 
+/// A membership's sources: "any", "include S1,S2" (the sources it gets),
+/// "exclude S3" (the ones it does not).
+fn sources_column(m: &MemberView) -> String {
+    let listed = |forwarded: bool| -> Vec<String> {
+        m.sources.iter().filter(|s| s.forwarded == forwarded).map(|s| s.address.to_string()).collect()
+    };
+    match m.filter_mode {
+        FilterMode::Include => format!("include {}", listed(true).join(",")),
+        FilterMode::Exclude if listed(false).is_empty() => "any".into(),
+        FilterMode::Exclude => format!("exclude {}", listed(false).join(",")),
+    }
+}
+
 /// Packets per second between two counter readings.
 fn rate(now: u64, before: Option<u64>, seconds: f64) -> String {
     match before {
@@ -148,7 +162,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
     match view {
         View::Groups => {
             rows.push(
-                ["GROUP", "PORT", "VERSION", "EXPIRES", "REPORTER", "STATE", "FORWARDED", "BYTES", "RATE"]
+                ["GROUP", "PORT", "VERSION", "SOURCES", "EXPIRES", "REPORTER", "STATE", "FORWARDED", "BYTES", "RATE"]
                     .map(String::from)
                     .to_vec(),
             );
@@ -163,6 +177,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                         group.group.to_string(),
                         m.port.clone(),
                         format!("{}v{}", m.protocol, m.version),
+                        sources_column(m),
                         format!("{:.1}s", m.expires_in_secs),
                         m.last_reporter.to_string(),
                         if m.leaving { "leaving".into() } else { "member".into() },

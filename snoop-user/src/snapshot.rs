@@ -13,7 +13,7 @@ use snoop_common::{Counter, PortGroupKey};
 
 use crate::{
     datapath::Datapath,
-    membership::{Member, Snooper},
+    membership::{FilterMode, Member, Snooper},
     proto::{key_ip, Family},
     stats::Stats,
 };
@@ -145,9 +145,29 @@ pub struct MemberView {
     pub last_reporter: IpAddr,
     /// A leave was heard; the membership ends unless a host answers the last-member queries.
     pub leaving: bool,
+    /// "include" (only `sources` marked forwarded) or "exclude" (all but the blocked ones).
+    #[serde(default = "exclude")]
+    pub filter_mode: FilterMode,
+    /// The sources the port named, with their timers.
+    #[serde(default)]
+    pub sources: Vec<SourceView>,
     /// Group traffic sent to this port.
     pub forwarded_packets: u64,
     pub forwarded_bytes: u64,
+}
+
+fn exclude() -> FilterMode {
+    FilterMode::Exclude
+}
+
+/// One source a membership names.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SourceView {
+    pub address: IpAddr,
+    /// Sent to the port: requested (INCLUDE, or EXCLUDE with its timer
+    /// running), not blocked.
+    pub forwarded: bool,
+    pub expires_in_secs: f64,
 }
 
 /// Traffic sent to one member port for one group.
@@ -181,6 +201,8 @@ pub enum EventKind {
     Leave,
     /// A port's membership timed out: no report within the membership interval.
     Expire,
+    /// The sources a port gets of a group changed (detail: its filter).
+    Sources,
     /// A port's memberships ended because the port left the bridge.
     PortRemoved,
     PortAttached,
@@ -200,6 +222,7 @@ impl EventKind {
             Self::Join => "join",
             Self::Leave => "leave",
             Self::Expire => "expire",
+            Self::Sources => "sources",
             Self::PortRemoved => "port-removed",
             Self::PortAttached => "port-attached",
             Self::RouterPortLearned => "router-port-learned",
@@ -486,6 +509,16 @@ fn member_view<A: Family>(
         expires_in_secs: sources.secs_until(member.expires),
         last_reporter: member.last_reporter.ip(),
         leaving: member.leaving,
+        filter_mode: member.mode,
+        sources: member
+            .sources
+            .iter()
+            .map(|(source, timer)| SourceView {
+                address: source.ip(),
+                forwarded: *timer > sources.uptime,
+                expires_in_secs: sources.secs_until(*timer),
+            })
+            .collect(),
         forwarded_packets,
         forwarded_bytes,
     }

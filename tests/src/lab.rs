@@ -392,6 +392,58 @@ impl Lab {
         Ok(Membership { _sockets: sockets })
     }
 
+    /// A socket on `host` joined to `group` from `source` only (INCLUDE
+    /// {source}, an SSM join: MCAST_JOIN_SOURCE_GROUP), or from every
+    /// source but it (EXCLUDE {source}: MCAST_JOIN_GROUP, MCAST_BLOCK_SOURCE).
+    /// IPv4 or IPv6, on eth0; the host's kernel sends the IGMPv3/MLDv2
+    /// records. Dropping it leaves.
+    pub fn join_source(&self, host: &str, group: IpAddr, source: IpAddr, filter: SourceJoin) -> Result<Membership> {
+        let netns = self.host(host).netns.clone();
+        let socket = in_netns(&netns, move || -> Result<UdpSocket> {
+            let (socket, level) = match group {
+                IpAddr::V4(_) => (UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?, libc::IPPROTO_IP),
+                IpAddr::V6(_) => {
+                    (UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))?, libc::IPPROTO_IPV6)
+                }
+            };
+            let request = GroupSourceRequest {
+                interface: if_index("eth0")?,
+                group: sockaddr_storage(group),
+                source: sockaddr_storage(source),
+            };
+            let set = |option: libc::c_int, len: usize| {
+                // SAFETY: `request` starts with a group_req and is a whole group_source_req.
+                let rc = unsafe {
+                    libc::setsockopt(
+                        socket.as_raw_fd(),
+                        level,
+                        option,
+                        (&request as *const GroupSourceRequest).cast(),
+                        len as u32,
+                    )
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            };
+            match filter {
+                SourceJoin::Include => set(MCAST_JOIN_SOURCE_GROUP, size_of::<GroupSourceRequest>())
+                    .with_context(|| format!("joining ({source}, {group})"))?,
+                SourceJoin::Exclude => {
+                    // group_req: the interface and group, padded as in group_source_req.
+                    let group_req_len = size_of::<GroupSourceRequest>() - size_of::<libc::sockaddr_storage>();
+                    set(MCAST_JOIN_GROUP, group_req_len).with_context(|| format!("joining {group}"))?;
+                    set(MCAST_BLOCK_SOURCE, size_of::<GroupSourceRequest>())
+                        .with_context(|| format!("blocking {source} of {group}"))?;
+                }
+            }
+            Ok(socket)
+        })??;
+        Ok(Membership { _sockets: vec![socket] })
+    }
+
     /// `host`'s IPv6 address in an IPv6 lab: fd99::<10+index> (written in decimal).
     pub fn host_ipv6(&self, host: &str) -> Ipv6Addr {
         let index: usize = host.trim_start_matches('h').parse().expect("hosts are h<index>");
@@ -665,7 +717,14 @@ pub fn igmp_query_packet(source: Ipv4Addr, group: Option<Ipv4Addr>) -> Vec<u8> {
         robustness: 2,
         query_interval: Duration::from_secs(2),
     };
-    snoop::proto::igmp::build_query_frame([2, 0, 0, 0, 0, 0x51], source, group, 3, &timers)[14..].to_vec()
+    snoop::proto::igmp::build_query_frame(
+        snoop::proto::QuerySource { mac: [2, 0, 0, 0, 0, 0x51], address: source },
+        group,
+        &[],
+        3,
+        &timers,
+    )[14..]
+        .to_vec()
 }
 
 /// An IPv4 packet (TTL 1, Router Alert) holding an IGMPv3 report with one
@@ -875,6 +934,48 @@ pub fn mld_v1_report_packet(source: Ipv6Addr, group: Ipv6Addr) -> Vec<u8> {
     mld_packet(source, group, message)
 }
 
+/// How [`Lab::join_source`] names its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceJoin {
+    /// Only this source.
+    Include,
+    /// Every source but this one.
+    Exclude,
+}
+
+// linux/in.h: protocol-independent multicast source filter options (RFC 3678).
+const MCAST_JOIN_GROUP: libc::c_int = 42;
+const MCAST_BLOCK_SOURCE: libc::c_int = 43;
+const MCAST_JOIN_SOURCE_GROUP: libc::c_int = 46;
+
+/// struct group_source_req (linux/in.h): the sockaddrs are 8-aligned.
+#[repr(C)]
+struct GroupSourceRequest {
+    interface: u32,
+    group: libc::sockaddr_storage,
+    source: libc::sockaddr_storage,
+}
+
+fn sockaddr_storage(addr: IpAddr) -> libc::sockaddr_storage {
+    // SAFETY: an all-zero sockaddr_storage is valid; the writes below stay inside it.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        IpAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for sockaddr_in.
+            let sin = unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_addr.s6_addr = v6.octets();
+        }
+    }
+    storage
+}
+
 /// Keeps a group joined while alive.
 pub struct Membership {
     _sockets: Vec<UdpSocket>,
@@ -885,6 +986,8 @@ pub struct Membership {
 #[derive(Default)]
 struct SniffCounts {
     data: HashMap<IpAddr, u64>,
+    /// Data by (source, group).
+    data_from: HashMap<(IpAddr, IpAddr), u64>,
     /// IGMP and MLD queries by source.
     queries: HashMap<IpAddr, u64>,
     /// IGMP queries by source MAC.
@@ -947,6 +1050,12 @@ impl Sniffer {
     /// Packets to `group` received so far.
     pub fn count(&self, group: impl Into<IpAddr>) -> u64 {
         self.counts.lock().expect("sniffer lock").data.get(&group.into()).copied().unwrap_or(0)
+    }
+
+    /// Packets to `group` from `source` received so far.
+    pub fn count_from(&self, source: impl Into<IpAddr>, group: impl Into<IpAddr>) -> u64 {
+        let counts = self.counts.lock().expect("sniffer lock");
+        counts.data_from.get(&(source.into(), group.into())).copied().unwrap_or(0)
     }
 
     /// MLD reports and dones received so far.
@@ -1033,7 +1142,8 @@ fn sniff_loop(fd: OwnedFd, counts: Arc<Mutex<SniffCounts>>, stop: Arc<AtomicBool
         let mut counts = counts.lock().expect("sniffer lock");
         match (protocol, frame.get(l4..l4 + 4)) {
             (17, Some(udp)) if u16::from_be_bytes([udp[2], udp[3]]) == DATA_PORT => {
-                *counts.data.entry(dst.into()).or_default() += 1
+                *counts.data.entry(dst.into()).or_default() += 1;
+                *counts.data_from.entry((src.into(), dst.into())).or_default() += 1;
             }
             (2, Some(igmp)) if igmp[0] == 0x11 => {
                 *counts.queries.entry(src.into()).or_default() += 1;
@@ -1072,7 +1182,8 @@ fn count_ipv6(frame: &[u8], counts: &mut SniffCounts) {
     let Some(l4) = ip.get(at..) else { return };
     match (next, l4) {
         (17, [_, _, port_high, port_low, ..]) if u16::from_be_bytes([*port_high, *port_low]) == DATA_PORT => {
-            *counts.data.entry(dst).or_default() += 1
+            *counts.data.entry(dst).or_default() += 1;
+            *counts.data_from.entry((src, dst)).or_default() += 1;
         }
         (58, [130, ..]) => {
             *counts.queries.entry(src).or_default() += 1;

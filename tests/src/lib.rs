@@ -5,7 +5,7 @@ pub mod lab;
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     path::PathBuf,
     thread,
     time::{Duration, Instant},
@@ -41,6 +41,27 @@ pub fn deliver(lab: &Lab, sender: &str, group: Ipv4Addr, receivers: &[&str], n: 
     lab.send(sender, group, n, Duration::from_micros(200))?;
     thread::sleep(Duration::from_millis(300));
     Ok(sniffers.iter().map(|s| s.count(group)).collect())
+}
+
+/// Sends `n` packets to `group` (IPv4 or IPv6) from each of `senders`
+/// and returns what each of `receivers` got from each sender, in order.
+pub fn deliver_from(lab: &Lab, senders: &[&str], group: IpAddr, receivers: &[&str], n: u64) -> Result<Vec<Vec<u64>>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    let mut sources = Vec::new();
+    for sender in senders {
+        match group {
+            IpAddr::V4(group) => {
+                lab.send(sender, group, n, Duration::from_micros(200))?;
+                sources.push(IpAddr::V4(lab.host(sender).ip));
+            }
+            IpAddr::V6(group) => {
+                lab.send_v6(sender, group, n, Duration::from_micros(200))?;
+                sources.push(IpAddr::V6(lab.host_ipv6(sender)));
+            }
+        }
+    }
+    thread::sleep(Duration::from_millis(300));
+    Ok(sniffers.iter().map(|s| sources.iter().map(|source| s.count_from(*source, group)).collect()).collect())
 }
 
 /// How much slower than this machine the tests run: $SNOOP_TIME_SCALE (the
@@ -99,7 +120,7 @@ fn port_name(lab: &Lab, ifindex: u32) -> Result<String> {
 }
 
 /// Member port names of `group` as `snoop show groups --json` reports them.
-pub fn shown_members(lab: &Lab, group: impl Into<std::net::IpAddr>) -> Result<BTreeSet<String>> {
+pub fn shown_members(lab: &Lab, group: impl Into<IpAddr>) -> Result<BTreeSet<String>> {
     let group = group.into();
     let groups = lab.snoop_show(&snoop_bin(), "groups")?;
     let mut out = BTreeSet::new();

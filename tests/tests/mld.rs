@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{ensure, Result};
-use snoop::proto::{mld, QueryTimers};
+use snoop::proto::{mld, QuerySource, QueryTimers};
 use snoop_tests::{
     deliver_v6,
     lab::{self, Lab},
@@ -190,7 +190,13 @@ fn the_mld_querier_speaks_from_the_bridges_link_local_address_and_yields_to_a_lo
     // A router with a lower address on the trusted port wins the election.
     let router = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
     assert!(router < own);
-    let frame = mld::build_query_frame(lab.host_mac("h1")?, router, None, 2, &query_timers());
+    let frame = mld::build_query_frame(
+        QuerySource { mac: lab.host_mac("h1")?, address: router },
+        None,
+        &[],
+        2,
+        &query_timers(),
+    );
     let sender = lab.raw_sender("h1")?;
     let stop = Instant::now() + Duration::from_secs(6);
     let querying = thread::spawn(move || -> Result<()> {
@@ -236,7 +242,13 @@ fn malformed_mld_is_dropped_whole_and_counted() -> Result<()> {
     let mut lying = vec![143, 0, 0, 0, 0, 0, 0, 2, 2, 0, 0, 0];
     lying.extend_from_slice(&G.octets());
     let lying = lab::mld_packet(source, "ff02::16".parse()?, lying);
-    let mut global_query = mld::build_query_frame([2, 0, 0, 0, 0, 0x99], "fd99::99".parse()?, None, 2, &query_timers());
+    let mut global_query = mld::build_query_frame(
+        QuerySource { mac: [2, 0, 0, 0, 0, 0x99], address: "fd99::99".parse()? },
+        None,
+        &[],
+        2,
+        &query_timers(),
+    );
     let global_query = global_query.split_off(14);
     let sender = lab.raw_sender("h1")?;
     for packet in [&bad_checksum, &hop_limit, &no_router_alert, &truncated, &lying, &global_query] {

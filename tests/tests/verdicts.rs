@@ -293,7 +293,7 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
     with_datapath("verdict-redirect", |dp, p| {
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
-        dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)])?;
+        dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)], &[])?;
         dp.set_report_targets(snoop_common::REPORT_TARGETS, &[CopyTarget::Router(p.p3)])?;
         let copied = [(Redirected, 1), (RedirectCopies, 2)];
         case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_SHOT, &copied)?;
@@ -460,6 +460,63 @@ fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
         let mut echo = mld(128, JOINED6, JOINED6);
         echo[14 + 6] = 58; // no hop-by-hop header: straight to ICMPv6 (an echo request)
         case(dp, "ICMPv6 echo", PROG_INGRESS, p.p2, &echo, TC_ACT_OK, &[])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn source_specific_members_get_only_the_sources_they_want() -> Result<()> {
+    use Counter::*;
+    with_datapath("verdict-sources", |dp, p| {
+        let (s1, s2, s3) = (Ipv4Addr::new(10, 1, 0, 1), Ipv4Addr::new(10, 1, 0, 2), Ipv4Addr::new(10, 1, 0, 3));
+        let from = |source: Ipv4Addr, group: Ipv4Addr| frame(&lab::udp_packet(source, group, 64));
+        let key = |source: Ipv4Addr| GroupKey::ipv4(source.octets(), VLAN_NONE).addr;
+        let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
+        // p1: INCLUDE {S1}; p2: EXCLUDE {S3}; p3: a router port.
+        let on = |ifindex| PortGroupKey { group: joined, ifindex };
+        dp.set_member_sources(on(p.p1), true, [key(s1)].into())?;
+        dp.set_member_sources(on(p.p2), false, [key(s3)].into())?;
+        dp.set_member(on(p.p2), 3, u64::MAX, false)?;
+        for (name, port, source, verdict, counter) in [
+            ("include, its source", p.p1, s1, TC_ACT_OK, DataForwarded),
+            ("include, another source", p.p1, s2, TC_ACT_SHOT, SourcePruned),
+            ("exclude, another source", p.p2, s1, TC_ACT_OK, DataForwarded),
+            ("exclude, its blocked source", p.p2, s3, TC_ACT_SHOT, SourcePruned),
+            ("router port, any source", p.p3, s3, TC_ACT_OK, DataForwarded),
+        ] {
+            case(dp, name, PROG_EGRESS, port, &from(source, JOINED), verdict, &[(counter, 1)])?;
+        }
+        // Back to any source: one lookup, every source.
+        dp.set_member_sources(on(p.p1), false, Default::default())?;
+        case(dp, "any source again", PROG_EGRESS, p.p1, &from(s2, JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+
+        // Redirect: S1 has its own copy list; other sources take the group's.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
+        let by_source = [(key(s1), vec![CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)])];
+        dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &by_source)?;
+        let two = [(Redirected, 1), (RedirectCopies, 2)];
+        case(dp, "redirect, a listed source", PROG_INGRESS, p.p0, &from(s1, JOINED), TC_ACT_SHOT, &two)?;
+        let one = [(Redirected, 1), (RedirectCopies, 1)];
+        case(dp, "redirect, another source", PROG_INGRESS, p.p0, &from(s2, JOINED), TC_ACT_SHOT, &one)?;
+        dp.set_group_ports(joined, &[], &[])?;
+        dp.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
+
+        // SSM: nobody asked, so it is never flooded, whatever the policy.
+        let ssm = Ipv4Addr::new(232, 1, 1, 1);
+        case(dp, "SSM, unrequested", PROG_EGRESS, p.p2, &from(s1, ssm), TC_ACT_SHOT, &[(SsmUnrequestedDropped, 1)])?;
+        case(dp, "SSM, router port", PROG_EGRESS, p.p3, &from(s1, ssm), TC_ACT_OK, &[(DataForwarded, 1)])?;
+
+        // IPv6: the source read from the IPv6 header.
+        let joined6 = GroupKey::ipv6(JOINED6.octets(), VLAN_NONE);
+        let member6 = PortGroupKey { group: joined6, ifindex: p.p1 };
+        let other6: Ipv6Addr = "fd99::99".parse()?;
+        dp.set_member_sources(member6, true, [HOST6.octets()].into())?;
+        dp.set_member(member6, 2, u64::MAX, false)?;
+        dp.register_group(joined6)?;
+        case(dp, "IPv6 include, its source", PROG_EGRESS, p.p1, &data6(JOINED6, 0), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        let mut from_other = data6(JOINED6, 0);
+        from_other[22..38].copy_from_slice(&other6.octets());
+        case(dp, "IPv6 include, another", PROG_EGRESS, p.p1, &from_other, TC_ACT_SHOT, &[(SourcePruned, 1)])?;
         Ok(())
     })
 }

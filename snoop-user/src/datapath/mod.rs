@@ -31,9 +31,11 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
-    SenderSlot, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS,
-    MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS,
-    MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, NO_SLOT, PROG_EGRESS, PROG_INGRESS, SENDER_SLOTS,
+    SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS,
+    MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS,
+    MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAX_FANOUT, MAX_PORTS,
+    MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT, PROG_EGRESS,
+    PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -73,6 +75,8 @@ pub struct Datapath {
     members: HashMap<MapData, PortGroupKey, MemberValue>,
     groups: HashMap<MapData, GroupKey, GroupValue>,
     group_ports: HashMap<MapData, GroupKey, GroupPorts>,
+    sources: HashMap<MapData, SourceKey, u32>,
+    source_group_ports: HashMap<MapData, SourceGroupKey, GroupPorts>,
     ports: HashMap<MapData, u32, PortValue>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -83,6 +87,11 @@ pub struct Datapath {
     member_slots: StdHashMap<PortGroupKey, u32>,
     group_slots: StdHashMap<GroupKey, u32>,
     port_slots: StdHashMap<u32, u32>,
+    /// Source filters written: each source-specific membership's
+    /// `MEMBER_SOURCES_*` flag and listed sources.
+    member_sources: StdHashMap<PortGroupKey, (u8, BTreeSet<SourceAddr>)>,
+    /// Sources with their own copy list, by group.
+    source_lists: StdHashMap<GroupKey, BTreeSet<SourceAddr>>,
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     senders: PerCpuArray<MapData, SenderSlot>,
     events: Option<RingBuf<MapData>>,
@@ -130,6 +139,8 @@ impl Datapath {
             members: take_map(&mut ebpf, MAP_MEMBERS)?,
             groups: take_map(&mut ebpf, MAP_GROUPS)?,
             group_ports: take_map(&mut ebpf, MAP_GROUP_PORTS)?,
+            sources: take_map(&mut ebpf, MAP_SOURCES)?,
+            source_group_ports: take_map(&mut ebpf, MAP_SOURCE_GROUP_PORTS)?,
             ports: take_map(&mut ebpf, MAP_PORTS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
@@ -147,6 +158,8 @@ impl Datapath {
             member_slots: StdHashMap::new(),
             group_slots: StdHashMap::new(),
             port_slots: StdHashMap::new(),
+            member_sources: StdHashMap::new(),
+            source_lists: StdHashMap::new(),
             port_counters: take_map(&mut ebpf, MAP_PORT_COUNTERS)?,
             senders: take_map(&mut ebpf, MAP_SENDERS)?,
             events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
@@ -303,9 +316,11 @@ impl Datapath {
         self.ports.insert(ifindex, value, 0).map_err(|e| Error::map("writing", MAP_PORTS, e))
     }
 
+    /// Writes a membership, with the source filter [`Datapath::set_member_sources`] gave it.
     pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, leaving: bool) -> Result<()> {
         let traffic_slot = self.member_slot(member)?;
-        let flags = if leaving { MEMBER_LEAVING } else { 0 };
+        let source_flags = self.member_sources.get(&member).map_or(0, |(flags, _)| *flags);
+        let flags = if leaving { MEMBER_LEAVING } else { 0 } | source_flags;
         let value = MemberValue { expires_ns, version, flags, _pad: [0; 2], traffic_slot };
         self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))
     }
@@ -314,7 +329,61 @@ impl Datapath {
         if let Some(slot) = self.member_slots.remove(&member) {
             self.member_traffic.give_back(slot);
         }
-        remove_if_present(MAP_MEMBERS, self.members.remove(&member))
+        let removed = remove_if_present(MAP_MEMBERS, self.members.remove(&member));
+        if let Some((_, listed)) = self.member_sources.remove(&member) {
+            for source in listed {
+                let _ = self.sources.remove(&SourceKey { member, source });
+            }
+        }
+        removed
+    }
+
+    /// Which sources a membership gets: only `listed` (`include`), or all
+    /// but `listed`; not `include` with nothing listed is any source. The
+    /// membership entry itself (if written yet) is updated in place; a new
+    /// one gets the filter from [`Datapath::set_member`]. Sources a full map
+    /// cannot hold leave the membership with any source: over-forwarding,
+    /// never a blackhole.
+    pub fn set_member_sources(
+        &mut self,
+        member: PortGroupKey,
+        include: bool,
+        listed: BTreeSet<SourceAddr>,
+    ) -> Result<()> {
+        let flags = match (include, listed.is_empty()) {
+            (true, _) => MEMBER_SOURCES_INCLUDE,
+            (false, true) => 0,
+            (false, false) => MEMBER_SOURCES_EXCLUDE,
+        };
+        let old = self.member_sources.remove(&member).unwrap_or_default();
+        // New entries first, then the flag, then stale entries: each step
+        // errs towards forwarding.
+        let mut written = Ok(());
+        for source in listed.difference(&old.1) {
+            written = self.sources.insert(SourceKey { member, source: *source }, SOURCE_LISTED, 0);
+            if written.is_err() {
+                break;
+            }
+        }
+        let keep = if written.is_ok() { listed.clone() } else { BTreeSet::new() };
+        let flags = if written.is_ok() { flags } else { 0 };
+        if let Ok(mut value) = self.members.get(&member, 0) {
+            value.flags = value.flags & MEMBER_LEAVING | flags;
+            self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))?;
+        }
+        for source in old.1.union(&listed).filter(|s| !keep.contains(*s)) {
+            let _ = self.sources.remove(&SourceKey { member, source: *source });
+        }
+        if flags != 0 {
+            self.member_sources.insert(member, (flags, keep));
+        }
+        written.map_err(|e| Error::map("writing", MAP_SOURCES, e))
+    }
+
+    /// A membership's source filter as the maps hold it (after a restart):
+    /// its `MEMBER_SOURCES_*` flag and listed sources.
+    pub fn member_sources(&self, member: &PortGroupKey) -> Option<&(u8, BTreeSet<SourceAddr>)> {
+        self.member_sources.get(member)
     }
 
     /// The membership's traffic slot, taken on first use (by whichever of its
@@ -352,15 +421,52 @@ impl Datapath {
         remove_if_present(MAP_GROUPS, self.groups.remove(&group))
     }
 
-    /// Where redirect mode copies `group`. No targets, or more than
-    /// MAX_FANOUT, leave the group to the bridge path.
-    pub fn set_group_ports(&mut self, group: GroupKey, targets: &[CopyTarget]) -> Result<()> {
-        if targets.is_empty() || targets.len() > MAX_FANOUT {
-            return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&group));
+    /// Where redirect mode copies `group`: `targets`, but for the sources
+    /// in `by_source`, which have lists of their own. No targets at all, or
+    /// a list longer than MAX_FANOUT, leave the group to the bridge path.
+    pub fn set_group_ports(
+        &mut self,
+        group: GroupKey,
+        targets: &[CopyTarget],
+        by_source: &[(SourceAddr, Vec<CopyTarget>)],
+    ) -> Result<()> {
+        let too_long = targets.len() > MAX_FANOUT || by_source.iter().any(|(_, t)| t.len() > MAX_FANOUT);
+        let listed: BTreeSet<SourceAddr> =
+            if too_long { BTreeSet::new() } else { by_source.iter().map(|(source, _)| *source).collect() };
+        let result = if too_long || targets.is_empty() && listed.is_empty() {
+            remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&group))
+        } else {
+            // Written before the group's registration: the slot may be new.
+            let slot = self.group_slot(group)?;
+            let mut written = Ok(());
+            for (source, targets) in by_source {
+                let value = self.targets_value(group, true, targets, slot)?;
+                written = self.source_group_ports.insert(SourceGroupKey { group, source: *source }, value, 0);
+                if written.is_err() {
+                    break;
+                }
+            }
+            match written {
+                Ok(()) => {
+                    let mut value = self.targets_value(group, true, targets, slot)?;
+                    value.by_source = u32::from(!listed.is_empty());
+                    self.group_ports.insert(group, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
+                }
+                // A source's list does not fit: the whole group takes the bridge path.
+                Err(e) => {
+                    let _ = self.group_ports.remove(&group);
+                    Err(Error::map("writing", MAP_SOURCE_GROUP_PORTS, e))
+                }
+            }
+        };
+        let stale = self.source_lists.remove(&group).unwrap_or_default();
+        for source in stale.difference(&listed) {
+            let _ = self.source_group_ports.remove(&SourceGroupKey { group, source: *source });
         }
-        // Written before the group's registration: the slot may be new.
-        let slot = self.group_slot(group)?;
-        self.write_targets(group, true, targets, slot)
+        if !listed.is_empty() {
+            self.source_lists.insert(group, listed);
+        }
+        result
     }
 
     /// Where redirect mode copies one family's reports and leaves (`key`:
@@ -369,7 +475,8 @@ impl Datapath {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
             return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&key));
         }
-        self.write_targets(key, false, targets, NO_SLOT)
+        let value = self.targets_value(key, false, targets, NO_SLOT)?;
+        self.group_ports.insert(key, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
     }
 
     /// Sets the ports whose copies may go straight to their veth peer;
@@ -380,16 +487,16 @@ impl Datapath {
         changed
     }
 
-    /// Writes one copy list; `targets` holds 1..=MAX_FANOUT entries. For a
+    /// One copy list; `targets` holds at most MAX_FANOUT entries. For a
     /// group, a port reachable through its veth peer goes last, so the data
     /// path can hand it the packet itself instead of one more clone.
-    fn write_targets(
+    fn targets_value(
         &mut self,
         key: GroupKey,
         is_group: bool,
         targets: &[CopyTarget],
         traffic_slot: u32,
-    ) -> Result<()> {
+    ) -> Result<GroupPorts> {
         let mut ordered = targets.to_vec();
         // Group traffic only: reports keep going through every port's transmit path.
         let peer = is_group
@@ -415,7 +522,7 @@ impl Datapath {
             last_to_peer: u32::from(peer.is_some()),
             last_member_slot,
             last_port_slot,
-            _pad: 0,
+            by_source: 0,
             ifindexes: [0; MAX_FANOUT],
         };
         for (i, target) in ordered.iter().enumerate() {
@@ -424,7 +531,7 @@ impl Datapath {
                 value.ingress_mask |= 1 << i;
             }
         }
-        self.group_ports.insert(key, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
+        Ok(value)
     }
 
     /// Groups with redirect targets (from this or a previous run).
@@ -444,6 +551,26 @@ impl Datapath {
             if value.traffic_slot != NO_SLOT && self.group_traffic.claim(value.traffic_slot) {
                 self.group_slots.insert(key, value.traffic_slot);
             }
+        }
+        let flags: StdHashMap<PortGroupKey, u8> = self
+            .memberships()
+            .into_iter()
+            .map(|(member, value)| (member, value.flags & (MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE)))
+            .collect();
+        for key in self.sources.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+            match flags.get(&key.member).filter(|f| **f != 0) {
+                Some(flags) => {
+                    let entry = self.member_sources.entry(key.member).or_insert((*flags, BTreeSet::new()));
+                    entry.1.insert(key.source);
+                }
+                None => drop(self.sources.remove(&key)),
+            }
+        }
+        for (member, flags) in flags.into_iter().filter(|(_, f)| *f == MEMBER_SOURCES_INCLUDE) {
+            self.member_sources.entry(member).or_insert((flags, BTreeSet::new()));
+        }
+        for key in self.source_group_ports.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
+            self.source_lists.entry(key.group).or_default().insert(key.source);
         }
         let ports: Vec<(u32, PortValue)> = self.ports.iter().filter_map(|e| e.ok()).collect();
         for (ifindex, value) in ports {

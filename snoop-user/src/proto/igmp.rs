@@ -8,7 +8,8 @@ use std::{net::Ipv4Addr, time::Duration};
 use etherparse::Ipv4HeaderSlice;
 
 use super::{
-    decode_v3_code, encode_v3_code, internet_checksum, parse_group_records, Announced, ParseError, QueryTimers,
+    decode_v3_code, encode_v3_code, internet_checksum, parse_group_records, Announced, ParseError, QuerySource,
+    QueryTimers, S_FLAG,
 };
 
 use snoop_common::wire::{
@@ -22,6 +23,9 @@ pub use snoop_common::wire::{IPPROTO_IGMP, IPPROTO_PIM};
 /// 224.0.0.1, the destination of general queries.
 pub const ALL_SYSTEMS: Ipv4Addr =
     Ipv4Addr::new(IPV4_ALL_SYSTEMS[0], IPV4_ALL_SYSTEMS[1], IPV4_ALL_SYSTEMS[2], IPV4_ALL_SYSTEMS[3]);
+/// Sources of one query in a 1500-byte frame: 1500 - IP header with
+/// Router Alert (24) - query header (12), over 4.
+const MAX_QUERY_SOURCES: usize = 366;
 /// IPv4 Router Alert option (RFC 2113), carried by queries snoop sends.
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
 
@@ -103,7 +107,14 @@ fn parse_query(msg: &[u8], group: Ipv4Addr) -> Result<Message, ParseError> {
             (3, Duration::from_millis(100 * u64::from(decode_v3_code(code))), Some(announced))
         }
     };
-    Ok(Message::Query { version, group, max_response, announced })
+    let (sources, suppress) = if version == 3 {
+        let count = usize::from(u16::from_be_bytes([msg[10], msg[11]]));
+        let listed = msg.get(12..12 + 4 * count).ok_or(ParseError::RecordOverrun)?;
+        (listed.chunks_exact(4).map(|s| ipv4_at(s, 0)).collect(), msg[8] & S_FLAG != 0)
+    } else {
+        (Vec::new(), false)
+    };
+    Ok(Message::Query { version, group, sources, suppress, max_response, announced })
 }
 
 fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
@@ -133,11 +144,13 @@ fn ipv4_at(bytes: &[u8], at: usize) -> Ipv4Addr {
 /// v1 query for networks with older routers (RFC 3376 7.3.1).
 ///
 /// A general query goes to 224.0.0.1; a group-specific one to the group, with
-/// the S flag clear so hosts answer it.
+/// the S flag clear so routers lower their timers as we do. `sources` make
+/// it group-and-source-specific (IGMPv3 only: older queries cannot say so
+/// and ask for the whole group).
 pub fn build_query_frame(
-    source_mac: [u8; 6],
-    source: Ipv4Addr,
+    source: QuerySource<Ipv4Addr>,
     group: Option<Ipv4Addr>,
+    sources: &[Ipv4Addr],
     version: u8,
     timers: &QueryTimers,
 ) -> Vec<u8> {
@@ -145,8 +158,10 @@ pub fn build_query_frame(
     let group_addr = group.unwrap_or(Ipv4Addr::UNSPECIFIED);
     let destination = group.unwrap_or(ALL_SYSTEMS);
     let tenths = u32::try_from(max_response.as_millis() / 100).unwrap_or(u32::MAX).max(1);
+    // A frame holds at most this many (RFC 3376 4.1.8: the rest in another query).
+    let sources = if version >= 3 && group.is_some() { &sources[..sources.len().min(MAX_QUERY_SOURCES)] } else { &[] };
 
-    let mut igmp = vec![0u8; if version >= 3 { 12 } else { 8 }];
+    let mut igmp = vec![0u8; if version >= 3 { 12 + 4 * sources.len() } else { 8 }];
     igmp[0] = TYPE_QUERY;
     igmp[1] = match version {
         1 => 0,
@@ -157,10 +172,14 @@ pub fn build_query_frame(
     if version >= 3 {
         igmp[8] = robustness.min(7);
         igmp[9] = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
+        igmp[10..12].copy_from_slice(&(sources.len() as u16).to_be_bytes());
+        for (i, source) in sources.iter().enumerate() {
+            igmp[12 + 4 * i..16 + 4 * i].copy_from_slice(&source.octets());
+        }
     }
     let checksum = internet_checksum(&igmp);
     igmp[2..4].copy_from_slice(&checksum.to_be_bytes());
-    ipv4_frame(source_mac, source, destination, &igmp)
+    ipv4_frame(source.mac, source.address, destination, &igmp)
 }
 
 /// A multicast router discovery solicitation (RFC 4286 4): routers that
@@ -279,6 +298,8 @@ pub(crate) mod tests {
         assert_eq!(
             v2.message,
             Message::Query {
+                sources: vec![],
+                suppress: false,
                 version: 2,
                 group: Ipv4Addr::UNSPECIFIED,
                 max_response: Duration::from_secs(10),
@@ -292,6 +313,8 @@ pub(crate) mod tests {
         assert_eq!(
             v3.message,
             Message::Query {
+                sources: vec![],
+                suppress: false,
                 version: 3,
                 group: Ipv4Addr::new(239, 1, 1, 1),
                 max_response: Duration::from_secs(1),
@@ -328,14 +351,27 @@ pub(crate) mod tests {
             // v1 has no group-specific queries (a v1 querier ignores leaves).
             let groups = if version == 1 { vec![None] } else { vec![None, Some(Ipv4Addr::new(239, 9, 9, 9))] };
             for group in groups {
-                let frame = build_query_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::UNSPECIFIED, group, version, &timers);
+                let frame = build_query_frame(
+                    QuerySource { mac: [2, 0, 0, 0, 0, 1], address: Ipv4Addr::UNSPECIFIED },
+                    group,
+                    &[],
+                    version,
+                    &timers,
+                );
                 let parsed = parse(&frame[14..]).unwrap();
                 let max_response = if version == 1 { Duration::from_secs(10) } else { timers.max_response };
                 let announced =
                     (version == 3).then_some(Announced { robustness: 2, query_interval: Duration::from_secs(125) });
                 assert_eq!(
                     parsed.message,
-                    Message::Query { version, group: group.unwrap_or(Ipv4Addr::UNSPECIFIED), max_response, announced },
+                    Message::Query {
+                        sources: vec![],
+                        suppress: false,
+                        version,
+                        group: group.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                        max_response,
+                        announced
+                    },
                     "v{version} {group:?}"
                 );
                 assert_eq!(parsed.destination, group.unwrap_or(ALL_SYSTEMS));
@@ -344,7 +380,13 @@ pub(crate) mod tests {
         }
         // A v2 max response time is one byte of tenths: 25.5 s at most.
         let long = QueryTimers { max_response: Duration::from_secs(60), ..timers };
-        let frame = build_query_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::UNSPECIFIED, None, 2, &long);
+        let frame = build_query_frame(
+            QuerySource { mac: [2, 0, 0, 0, 0, 1], address: Ipv4Addr::UNSPECIFIED },
+            None,
+            &[],
+            2,
+            &long,
+        );
         assert!(
             matches!(parse(&frame[14..]).unwrap().message, Message::Query { version: 2, max_response, .. } if max_response == Duration::from_millis(25_500))
         );

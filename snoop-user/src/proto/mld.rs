@@ -15,7 +15,7 @@ use snoop_common::wire::{
 
 use super::{
     decode_max_response_code, decode_v3_code, encode_max_response_code, encode_v3_code, parse_group_records, Announced,
-    ParseError, QueryTimers,
+    ParseError, QuerySource, QueryTimers, S_FLAG,
 };
 
 pub type Packet = super::Packet<Ipv6Addr>;
@@ -23,6 +23,9 @@ pub type Message = super::Message<Ipv6Addr>;
 
 /// Extension headers a control packet may carry before its message.
 const MAX_EXTENSION_HEADERS: usize = 8;
+/// Sources of one query in a 1500-byte frame: 1500 - IPv6 header (40) -
+/// hop-by-hop (8) - query header (28), over 16.
+const MAX_QUERY_SOURCES: usize = 89;
 /// The hop-by-hop header of snoop's queries: Router Alert (MLD) and a PadN.
 const HOP_BY_HOP_ROUTER_ALERT: [u8; 6] = [IPV6_OPTION_ROUTER_ALERT, 2, 0, 0, 1, 0];
 
@@ -170,15 +173,18 @@ fn parse_query(msg: &[u8]) -> Result<Message, ParseError> {
     let code = u16::from_be_bytes([msg[4], msg[5]]);
     let group = ipv6_at(msg, 8);
     match msg.len() {
-        24 => {
-            Ok(Message::Query { version: 1, group, max_response: Duration::from_millis(code.into()), announced: None })
-        }
+        24 => Ok(Message::Query {
+            version: 1,
+            group,
+            sources: Vec::new(),
+            suppress: false,
+            max_response: Duration::from_millis(code.into()),
+            announced: None,
+        }),
         25..=27 => Err(ParseError::BadQueryLength),
         _ => {
-            let sources = usize::from(u16::from_be_bytes([msg[26], msg[27]]));
-            if 28 + 16 * sources > msg.len() {
-                return Err(ParseError::RecordOverrun);
-            }
+            let count = usize::from(u16::from_be_bytes([msg[26], msg[27]]));
+            let listed = msg.get(28..28 + 16 * count).ok_or(ParseError::RecordOverrun)?;
             let announced = Announced {
                 robustness: msg[24] & 0x07,
                 query_interval: Duration::from_secs(decode_v3_code(msg[25]).into()),
@@ -186,6 +192,8 @@ fn parse_query(msg: &[u8]) -> Result<Message, ParseError> {
             Ok(Message::Query {
                 version: 2,
                 group,
+                sources: listed.chunks_exact(16).map(|s| ipv6_at(s, 0)).collect(),
+                suppress: msg[24] & S_FLAG != 0,
                 max_response: Duration::from_millis(decode_max_response_code(code).into()),
                 announced: Some(announced),
             })
@@ -218,18 +226,20 @@ pub fn is_link_local(addr: Ipv6Addr) -> bool {
 /// Builds a complete Ethernet frame holding an MLD query of `version`: MLDv2
 /// (which v1 hosts also answer, RFC 3810 8.2.1), or the 24-byte v1 query for
 /// networks with MLDv1 routers. A general query goes to ff02::1, a
-/// multicast-address-specific one to the group.
+/// multicast-address-specific one to the group; `sources` make it
+/// multicast-address-and-source-specific (MLDv2 only).
 pub fn build_query_frame(
-    source_mac: [u8; 6],
-    source: Ipv6Addr,
+    source: QuerySource<Ipv6Addr>,
     group: Option<Ipv6Addr>,
+    sources: &[Ipv6Addr],
     version: u8,
     timers: &QueryTimers,
 ) -> Vec<u8> {
     let QueryTimers { max_response, robustness, query_interval } = *timers;
     let destination = group.unwrap_or(Ipv6Addr::from(IPV6_ALL_NODES));
     let ms = u32::try_from(max_response.as_millis()).unwrap_or(u32::MAX).max(1);
-    let mut mld = vec![0u8; if version >= 2 { 28 } else { 24 }];
+    let sources = if version >= 2 && group.is_some() { &sources[..sources.len().min(MAX_QUERY_SOURCES)] } else { &[] };
+    let mut mld = vec![0u8; if version >= 2 { 28 + 16 * sources.len() } else { 24 }];
     mld[0] = MLD_QUERY;
     let code = if version >= 2 { encode_max_response_code(ms) } else { u16::try_from(ms).unwrap_or(u16::MAX) };
     mld[4..6].copy_from_slice(&code.to_be_bytes());
@@ -237,8 +247,12 @@ pub fn build_query_frame(
     if version >= 2 {
         mld[24] = robustness.min(7);
         mld[25] = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
+        mld[26..28].copy_from_slice(&(sources.len() as u16).to_be_bytes());
+        for (i, source) in sources.iter().enumerate() {
+            mld[28 + 16 * i..44 + 16 * i].copy_from_slice(&source.octets());
+        }
     }
-    ipv6_frame(source_mac, source, destination, mld)
+    ipv6_frame(source.mac, source.address, destination, mld)
 }
 
 /// A multicast router discovery solicitation (RFC 4286 4) to ff02::2.
@@ -333,9 +347,16 @@ pub(crate) mod tests {
         let mut msg = vec![MLD_V1_REPORT, 0, 0, 0, 0, 0, 0, 0];
         msg.extend_from_slice(&GROUP.octets());
         assert!(parse(&mld_packet(Ipv6Addr::UNSPECIFIED, GROUP, msg)).is_ok());
-        let query = build_query_frame([2; 6], Ipv6Addr::UNSPECIFIED, None, 2, &timers());
+        let query =
+            build_query_frame(QuerySource { mac: [2; 6], address: Ipv6Addr::UNSPECIFIED }, None, &[], 2, &timers());
         assert_eq!(parse(&query[14..]), Err(ParseError::BadSource));
-        let global = build_query_frame([2; 6], "2001:db8::1".parse().unwrap(), None, 2, &timers());
+        let global = build_query_frame(
+            QuerySource { mac: [2; 6], address: "2001:db8::1".parse().unwrap() },
+            None,
+            &[],
+            2,
+            &timers(),
+        );
         assert_eq!(parse(&global[14..]), Err(ParseError::BadSource));
     }
 
@@ -346,10 +367,10 @@ pub(crate) mod tests {
     #[test]
     fn built_queries_parse_back() {
         for (version, group) in [(2, None), (2, Some(GROUP)), (1, None), (1, Some(GROUP))] {
-            let frame = build_query_frame([2; 6], HOST, group, version, &timers());
+            let frame = build_query_frame(QuerySource { mac: [2; 6], address: HOST }, group, &[], version, &timers());
             assert_eq!(&frame[..2], &[0x33, 0x33]);
             let packet = parse(&frame[14..]).unwrap();
-            let Message::Query { version: v, group: g, max_response, announced } = packet.message else {
+            let Message::Query { version: v, group: g, max_response, announced, .. } = packet.message else {
                 panic!("not a query")
             };
             assert_eq!(

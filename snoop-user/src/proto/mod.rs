@@ -19,8 +19,11 @@ use std::{
 };
 
 use snoop_common::{
-    wire::{is_ipv4_link_local_group, is_ipv4_multicast, is_ipv6_all_nodes, is_ipv6_link_scope_group},
-    FamilyFlags, GroupKey, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS,
+    wire::{
+        is_ipv4_link_local_group, is_ipv4_multicast, is_ipv4_ssm_group, is_ipv6_all_nodes, is_ipv6_link_scope_group,
+        is_ipv6_ssm_group,
+    },
+    FamilyFlags, GroupKey, SourceAddr, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS,
 };
 
 /// An address family snoop snoops: what the state machine and the data path
@@ -44,6 +47,9 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     /// Groups snoop tracks per port; other multicast groups are always
     /// flooded. `link_scope` (IPv6 only): snoop link-scope groups too.
     fn is_snoopable(self, link_scope: bool) -> bool;
+    /// A source-specific multicast group (232.0.0.0/8, ff3x::/32, RFC
+    /// 4607): only joins naming sources count.
+    fn is_ssm(self) -> bool;
     /// Whether queries can be sent from `source`: hosts ignore MLD queries
     /// not from a link-local address (RFC 3810 5.1.14); IGMP allows 0.0.0.0
     /// (RFC 4541 2.1.1).
@@ -53,20 +59,33 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     fn sends_no_leaves(version: u8) -> bool;
     fn key(self, vlan: u16) -> GroupKey;
     fn from_key(key: &GroupKey) -> Option<Self>;
+    /// The address as the data path's source keys hold it.
+    fn source_key(self) -> SourceAddr;
+    fn from_source_key(source: &SourceAddr) -> Self;
     fn ip(self) -> IpAddr;
     /// Parses a captured IP packet of this family.
     fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError>;
     /// A complete Ethernet frame holding a query of `version` from `source`:
-    /// general when `group` is `None`.
+    /// general when `group` is `None`, group-and-source-specific with `sources`.
     fn query_frame(
-        source_mac: [u8; 6],
-        source: Self,
+        source: QuerySource<Self>,
         group: Option<Self>,
+        sources: &[Self],
         version: u8,
         timers: &QueryTimers,
     ) -> Vec<u8>;
     /// A router discovery solicitation from `source` (RFC 4286).
     fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8>;
+}
+
+/// The S flag of IGMPv3 and MLDv2 queries: "Suppress Router-Side Processing".
+pub const S_FLAG: u8 = 0x08;
+
+/// Who sends a query: the bridge's MAC and the query source address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuerySource<A> {
+    pub mac: [u8; 6],
+    pub address: A,
 }
 
 /// What a query announces: its max response time, and the querier's
@@ -99,6 +118,10 @@ impl Family for Ipv4Addr {
         is_ipv4_multicast(self.octets()) && !is_ipv4_link_local_group(self.octets())
     }
 
+    fn is_ssm(self) -> bool {
+        is_ipv4_ssm_group(self.octets())
+    }
+
     fn can_query_from(_source: Self) -> bool {
         true
     }
@@ -115,6 +138,14 @@ impl Family for Ipv4Addr {
         key.ipv4_octets().map(Ipv4Addr::from)
     }
 
+    fn source_key(self) -> SourceAddr {
+        GroupKey::ipv4(self.octets(), 0).addr
+    }
+
+    fn from_source_key(source: &SourceAddr) -> Self {
+        Self::from_wire(source)
+    }
+
     fn ip(self) -> IpAddr {
         IpAddr::V4(self)
     }
@@ -124,13 +155,13 @@ impl Family for Ipv4Addr {
     }
 
     fn query_frame(
-        source_mac: [u8; 6],
-        source: Self,
+        source: QuerySource<Self>,
         group: Option<Self>,
+        sources: &[Self],
         version: u8,
         timers: &QueryTimers,
     ) -> Vec<u8> {
-        igmp::build_query_frame(source_mac, source, group, version, timers)
+        igmp::build_query_frame(source, group, sources, version, timers)
     }
 
     fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8> {
@@ -166,6 +197,10 @@ impl Family for Ipv6Addr {
             && octets[1] & 0x0f != 1
     }
 
+    fn is_ssm(self) -> bool {
+        is_ipv6_ssm_group(&self.octets())
+    }
+
     fn can_query_from(source: Self) -> bool {
         mld::is_link_local(source)
     }
@@ -183,6 +218,14 @@ impl Family for Ipv6Addr {
         key.ipv6_octets().map(Ipv6Addr::from)
     }
 
+    fn source_key(self) -> SourceAddr {
+        self.octets()
+    }
+
+    fn from_source_key(source: &SourceAddr) -> Self {
+        Ipv6Addr::from(*source)
+    }
+
     fn ip(self) -> IpAddr {
         IpAddr::V6(self)
     }
@@ -192,13 +235,13 @@ impl Family for Ipv6Addr {
     }
 
     fn query_frame(
-        source_mac: [u8; 6],
-        source: Self,
+        source: QuerySource<Self>,
         group: Option<Self>,
+        sources: &[Self],
         version: u8,
         timers: &QueryTimers,
     ) -> Vec<u8> {
-        mld::build_query_frame(source_mac, source, group, version, timers)
+        mld::build_query_frame(source, group, sources, version, timers)
     }
 
     fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8> {
@@ -273,9 +316,18 @@ pub struct GroupRecord<A> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message<A> {
-    /// A membership query; `group` is unspecified for a general query.
+    /// A membership query; `group` is unspecified for a general query,
+    /// `sources` name the sources of a group-and-source-specific one.
+    /// `suppress`: the S flag, routers keep their timers (RFC 3376 4.1.5).
     /// `announced`: the querier's own timers, in IGMPv3 and MLDv2 queries.
-    Query { version: u8, group: A, max_response: Duration, announced: Option<Announced> },
+    Query {
+        version: u8,
+        group: A,
+        sources: Vec<A>,
+        suppress: bool,
+        max_response: Duration,
+        announced: Option<Announced>,
+    },
     /// A report without records (IGMPv1/v2, MLDv1).
     Report { version: u8, group: A },
     /// A leave (IGMPv2) or done (MLDv1).

@@ -16,7 +16,7 @@ use anyhow::{bail, Context as _, Result};
 use snoop::datapath::Datapath;
 use snoop_common::{PROG_EGRESS, PROG_INGRESS};
 use snoop_tests::{
-    lab::{self, in_netns, v3_report_packet, Lab, LabOptions},
+    lab::{self, in_netns, v3_report_packet, Lab, LabOptions, SourceJoin},
     rss_kb,
 };
 
@@ -25,6 +25,8 @@ const G2: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 2);
 /// The IPv6 group of the IPv6 figures (global scope: snooped by both systems).
 const G6: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x1234);
 const G6_2: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x1235);
+/// The source-specific group of the SSM figures, sent by h0.
+const SSM: Ipv4Addr = Ipv4Addr::new(232, 1, 1, 1);
 
 /// The address family a figure's group traffic is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,6 +152,10 @@ enum Load {
     /// A UDP socket sender and hosts whose IP stacks receive the data: end to
     /// end, with every host's work on the same two CPUs.
     EndToEnd,
+    /// As [`Load::Switch`], an SSM stream: (h0, 232.1.1.1), which members
+    /// join source-specifically (the kernel bridge in its IGMPv3 mode
+    /// forwards (S,G) too).
+    SwitchSsm,
 }
 
 fn throughput(settings: &Settings) -> Result<()> {
@@ -160,7 +166,7 @@ fn throughput(settings: &Settings) -> Result<()> {
     let loads: &[(Load, Ip)] = if settings.quick {
         &[(Load::Switch, Ip::V4)]
     } else {
-        &[(Load::Switch, Ip::V4), (Load::EndToEnd, Ip::V4), (Load::Switch, Ip::V6)]
+        &[(Load::Switch, Ip::V4), (Load::EndToEnd, Ip::V4), (Load::Switch, Ip::V6), (Load::SwitchSsm, Ip::V4)]
     };
     for &(load, ip) in loads {
         match (load, ip) {
@@ -180,6 +186,10 @@ fn throughput(settings: &Settings) -> Result<()> {
             (Load::EndToEnd, _) => {
                 println!("   1b. End to end: UDP socket sender (sendmmsg); hosts' IP stacks receive the data.")
             }
+            (Load::SwitchSsm, _) => println!(
+                "   1d. SSM switch load: as 1a, to (h0, {SSM}); members join it source-specifically \
+                 (MCAST_JOIN_SOURCE_GROUP, IGMPv3 INCLUDE records)."
+            ),
         }
         println!(
             "   {:<8}{:<17}{:>14}{:>12}{:>16}{:>14}{:>14}",
@@ -198,9 +208,11 @@ fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, s
     let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
     for mode in [Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood] {
         let mut lab = mode_lab(settings, "tput", 8, mode, &[], ip)?;
-        let join = |i: usize| match ip {
-            Ip::V4 => lab.join(&format!("h{i}"), G),
-            Ip::V6 => lab.join_v6(&format!("h{i}"), G6),
+        let h0 = lab.host("h0").ip;
+        let join = |i: usize| match (load, ip) {
+            (Load::SwitchSsm, _) => lab.join_source(&format!("h{i}"), SSM.into(), h0.into(), SourceJoin::Include),
+            (_, Ip::V4) => lab.join(&format!("h{i}"), G),
+            (_, Ip::V6) => lab.join_v6(&format!("h{i}"), G6),
         };
         let joined: Vec<_> = (1..=members).map(join).collect::<Result<_>>()?;
         wait_joined(&mut lab, mode, members, ip)?;
@@ -218,6 +230,7 @@ fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, s
             }
             (Load::EndToEnd, Ip::V4) => lab.sender("h0")?.blast(G, duration)?,
             (Load::EndToEnd, Ip::V6) => lab.sender_v6("h0")?.blast(G6, duration)?,
+            (Load::SwitchSsm, _) => lab.raw_sender("h0")?.blast(&lab::udp_packet(h0, SSM, 64), duration)?,
         };
         thread::sleep(Duration::from_millis(200));
         let cpu = cpu_busy_seconds()? - cpu_before;
@@ -267,6 +280,7 @@ fn wait_joined(lab: &mut Lab, mode: Mode, members: usize, ip: Ip) -> Result<()> 
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let ready = match (mode, ip) {
+            // (Of the one group joined: G, or SSM in figure 1d.)
             (Mode::Snoop | Mode::SnoopBridge, Ip::V4) => snoop_tests::map_members(lab)?.len() == members,
             (Mode::Snoop | Mode::SnoopBridge, Ip::V6) => {
                 snoop_tests::map_members_v6(lab)?.iter().filter(|(g, _)| *g == G6).count() == members
@@ -274,7 +288,8 @@ fn wait_joined(lab: &mut Lab, mode: Mode, members: usize, ip: Ip) -> Result<()> 
             (Mode::Kernel, _) => {
                 let mdb = lab::run("bridge", &["-n", &lab.bridge_netns, "-j", "mdb", "show", "dev", "br0"])?;
                 let group = if ip == Ip::V4 { G.to_string() } else { G6.to_string() };
-                mdb.matches(&format!("\"{group}\"")).count() >= members
+                let joined = |group: String| mdb.matches(&format!("\"{group}\"")).count() >= members;
+                joined(group) || joined(SSM.to_string())
             }
             (Mode::Flood, _) => true,
         };
@@ -313,6 +328,11 @@ fn program_cost(settings: &Settings) -> Result<()> {
     snoop_tests::wait_for_members(&lab, G2, &["p1", "p2"], Duration::from_secs(8))?;
     snoop_tests::wait_for_members_v6(&lab, G6, &["p1"], Duration::from_secs(8))?;
     snoop_tests::wait_for_members_v6(&lab, G6_2, &["p1", "p2"], Duration::from_secs(8))?;
+    let h0_ip = lab.host("h0").ip;
+    let _m3 = lab.join_source("h1", SSM.into(), h0_ip.into(), SourceJoin::Include)?;
+    snoop_tests::wait_for_members(&lab, SSM, &["p1"], Duration::from_secs(8))?;
+    let from = |source: Ipv4Addr, group: Ipv4Addr| lab::multicast_frame(&lab::udp_packet(source, group, 64));
+    let other_source = Ipv4Addr::new(10, 99, 0, 99);
     let p1 = lab.port_ifindex("p1")?;
     let p0 = lab.port_ifindex("p0")?;
     let pin_dir = lab.pin_dir();
@@ -355,6 +375,15 @@ fn program_cost(settings: &Settings) -> Result<()> {
         ("IPv6 data, joined group, 1 member port (ingress, handed to its peer)", PROG_INGRESS, data6(G6)?, p0, repeat),
         ("IPv6 data, joined group, 2 member ports (ingress, 1 clone)", PROG_INGRESS, data6(G6_2)?, p0, repeat / 10),
         ("MLDv2 report (ingress, captured, copied to the bridge device)", PROG_INGRESS, mld_report, p1, 2_000),
+        ("SSM data, its source (egress, INCLUDE member port)", PROG_EGRESS, from(h0_ip, SSM)?, p1, repeat),
+        ("SSM data, another source (egress, INCLUDE member port)", PROG_EGRESS, from(other_source, SSM)?, p1, repeat),
+        (
+            "SSM data, 1 member port (ingress, by source, handed to its peer)",
+            PROG_INGRESS,
+            from(h0_ip, SSM)?,
+            p0,
+            repeat,
+        ),
         ("non-IP frame (egress)", PROG_EGRESS, arp, p1, repeat),
     ];
     // The controller is paused while the programs run: a ring record wakes a
