@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use snoop_common::{
-    no_querier_flag, report_targets, sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, SourceGroupKey,
+    no_querier_flag, report_targets, sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts,
     CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, MAX_FANOUT, PORT_BRIDGE_PATH,
 };
 
@@ -16,9 +16,8 @@ use crate::{
     counters::{count, count_n, count_traffic},
     maps::{
         SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC, SNOOP_SENDERS,
-        SNOOP_SOURCE_GROUP_PORTS,
     },
-    packet::{ifindex, ip_source},
+    packet::ifindex,
 };
 
 /// Whether redirect may take frames entering through `ingress`: the bridge
@@ -82,17 +81,15 @@ pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
-    let Some(mut ports) = (unsafe { SNOOP_GROUP_PORTS.get(group) }) else {
+    let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(group) }) else {
         return TC_ACT_OK;
     };
-    // A source-specific group: the packet's source may have its own list.
+    // A source-specific group takes the bridge path, where each port's egress
+    // program checks the source. (Following its per-source list here reaches
+    // the copy loop with pointers into two maps, which Linux 6.1's verifier
+    // explores twice, past its 1M-instruction limit.)
     if ports.by_source != 0 {
-        if let Some(source) = ip_source(ctx, family) {
-            // SAFETY: as above.
-            if let Some(listed) = unsafe { SNOOP_SOURCE_GROUP_PORTS.get(SourceGroupKey { group, source }) } {
-                ports = listed;
-            }
-        }
+        return TC_ACT_OK;
     }
     let ingress = ifindex(ctx);
     if !source_port_allowed(config, ingress) {

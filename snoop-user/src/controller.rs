@@ -34,7 +34,7 @@ use crate::{
     control::{self, SnapshotRequest},
     datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
-    membership::{Action, FilterMode, Group, Member, PortOptions, RemoveReason, Snooper, SourceFilter, Timers},
+    membership::{Action, Group, PortOptions, RemoveReason, Snooper, SourceFilter, Timers},
     metrics,
     proto::{Family, QuerySource, QueryTimers},
     snapshot::{self, Event, EventKind, PortInfo, Snapshot},
@@ -1154,12 +1154,13 @@ impl Core {
             let mut targets: Vec<CopyTarget> = Vec::new();
             let mut by_source = Vec::new();
             if let Some(members) = family.snooper.groups().get(&group) {
+                // Each member's filter once: every named source asks them all.
+                let filters: Vec<(u32, SourceFilter<A>)> =
+                    members.iter().filter(|(p, _)| forwarding(p)).map(|(p, m)| (*p, m.filter(now))).collect();
                 // Who gets `source` (None: a source no member names).
                 let copies_of = |source: Option<&A>| {
-                    let wants =
-                        |m: &Member<A>| source.map_or(m.mode == FilterMode::Exclude, |s| m.filter(now).wants(s));
-                    let wanting: BTreeSet<u32> =
-                        members.iter().filter(|(p, m)| forwarding(p) && wants(m)).map(|(p, _)| *p).collect();
+                    let wants = |f: &SourceFilter<A>| source.map_or(!matches!(f, SourceFilter::Include(_)), |s| f.wants(s));
+                    let wanting: BTreeSet<u32> = filters.iter().filter(|(_, f)| wants(f)).map(|(p, _)| *p).collect();
                     let mut targets: Vec<CopyTarget> = wanting.iter().map(|port| CopyTarget::Member(*port)).collect();
                     // A router port gets every source, member or not.
                     targets.extend(routers.iter().filter(|r| !wanting.contains(r)).map(|r| CopyTarget::Router(*r)));
@@ -1169,7 +1170,7 @@ impl Core {
                     targets
                 };
                 targets = copies_of(None);
-                let named: BTreeSet<A> = members.values().flat_map(|m| m.sources.keys().copied()).collect();
+                let named: BTreeSet<A> = filters.iter().flat_map(|(_, f)| f.listed().iter().copied()).collect();
                 for source in &named {
                     let copies = copies_of(Some(source));
                     if copies != targets {

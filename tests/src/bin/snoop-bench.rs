@@ -378,7 +378,7 @@ fn program_cost(settings: &Settings) -> Result<()> {
         ("SSM data, its source (egress, INCLUDE member port)", PROG_EGRESS, from(h0_ip, SSM)?, p1, repeat),
         ("SSM data, another source (egress, INCLUDE member port)", PROG_EGRESS, from(other_source, SSM)?, p1, repeat),
         (
-            "SSM data, 1 member port (ingress, by source, handed to its peer)",
+            "SSM data, 1 member port (ingress, left to the bridge path)",
             PROG_INGRESS,
             from(h0_ip, SSM)?,
             p0,
