@@ -1159,7 +1159,8 @@ impl Core {
                     members.iter().filter(|(p, _)| forwarding(p)).map(|(p, m)| (*p, m.filter(now))).collect();
                 // Who gets `source` (None: a source no member names).
                 let copies_of = |source: Option<&A>| {
-                    let wants = |f: &SourceFilter<A>| source.map_or(!matches!(f, SourceFilter::Include(_)), |s| f.wants(s));
+                    let wants =
+                        |f: &SourceFilter<A>| source.map_or(!matches!(f, SourceFilter::Include(_)), |s| f.wants(s));
                     let wanting: BTreeSet<u32> = filters.iter().filter(|(_, f)| wants(f)).map(|(p, _)| *p).collect();
                     let mut targets: Vec<CopyTarget> = wanting.iter().map(|port| CopyTarget::Member(*port)).collect();
                     // A router port gets every source, member or not.
