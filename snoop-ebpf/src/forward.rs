@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use snoop_common::{
-    no_querier_flag, report_targets, sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts,
+    no_querier_flag, report_targets, sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, SourceGroupKey,
     CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, MAX_FANOUT, PORT_BRIDGE_PATH,
 };
 
@@ -17,7 +17,7 @@ use crate::{
     maps::{
         SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC, SNOOP_SENDERS,
     },
-    packet::ifindex,
+    packet::{ifindex, ip_source},
 };
 
 /// Whether redirect may take frames entering through `ingress`: the bridge
@@ -81,15 +81,16 @@ pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
         return TC_ACT_OK;
     }
     // SAFETY: plain map lookup; the value is only read.
-    let Some(ports) = (unsafe { SNOOP_GROUP_PORTS.get(group) }) else {
+    let Some(mut ports) = (unsafe { SNOOP_GROUP_PORTS.get(SourceGroupKey::any_source(group)) }) else {
         return TC_ACT_OK;
     };
-    // A source-specific group takes the bridge path, where each port's egress
-    // program checks the source. (Following its per-source list here reaches
-    // the copy loop with pointers into two maps, which Linux 6.1's verifier
-    // explores twice, past its 1M-instruction limit.)
+    // A source-specific group: the packet's source may have its own list.
     if ports.by_source != 0 {
-        return TC_ACT_OK;
+        let Some(source) = ip_source(ctx, family) else { return TC_ACT_OK };
+        // SAFETY: as above.
+        if let Some(listed) = unsafe { SNOOP_GROUP_PORTS.get(SourceGroupKey { group, source }) } {
+            ports = listed;
+        }
     }
     let ingress = ifindex(ctx);
     if !source_port_allowed(config, ingress) {
@@ -169,11 +170,13 @@ fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32) -> u32
             break;
         }
         let Some(&target) = ports.ifindexes.get(i) else { break };
-        if target == ingress {
-            continue;
-        }
-        // Kept branch-free: each branch here multiplies the verifier's work
+        // The sender's own port gets no copy: ifindex 0 names no device, so
+        // the helper fails and copies nothing. (A `continue` here let the
+        // compiler split the index in two, and the verifier then kept a state
+        // per split: 6.1's went past its 1M-instruction limit.) Kept
+        // branch-free otherwise: each branch multiplies the verifier's work
         // by the 32 iterations.
+        let target = if target == ingress { 0 } else { target };
         let to_ingress = u64::from((ports.ingress_mask >> i) & 1);
         let made = ctx.clone_redirect(target, to_ingress * BPF_F_INGRESS).is_ok();
         copies += u32::from(made) * (1 - to_ingress as u32);

@@ -377,7 +377,15 @@ fn program_cost(settings: &Settings) -> Result<()> {
         ("MLDv2 report (ingress, captured, copied to the bridge device)", PROG_INGRESS, mld_report, p1, 2_000),
         ("SSM data, its source (egress, INCLUDE member port)", PROG_EGRESS, from(h0_ip, SSM)?, p1, repeat),
         ("SSM data, another source (egress, INCLUDE member port)", PROG_EGRESS, from(other_source, SSM)?, p1, repeat),
-        ("SSM data, 1 member port (ingress, left to the bridge path)", PROG_INGRESS, from(h0_ip, SSM)?, p0, repeat),
+        (
+            "SSM data, its source (ingress, its own list, handed to its peer)",
+            PROG_INGRESS,
+            from(h0_ip, SSM)?,
+            p0,
+            repeat,
+        ),
+        // No member asked for it: the group's list for other sources is empty, the bridge path prunes it.
+        ("SSM data, another source (ingress, to the bridge)", PROG_INGRESS, from(other_source, SSM)?, p0, repeat),
         ("non-IP frame (egress)", PROG_EGRESS, arp, p1, repeat),
     ];
     // The controller is paused while the programs run: a ring record wakes a
