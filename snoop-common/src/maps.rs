@@ -117,26 +117,12 @@ pub struct SourceKey {
 /// Value of [`MAP_SOURCES`]: the entry's presence is the fact.
 pub const SOURCE_LISTED: u32 = 1;
 
-/// Key of [`MAP_GROUP_PORTS`]: a group's traffic from one source, or with
-/// [`ANY_SOURCE`], from every source without a list of its own. (One map for
-/// both, so the fast path's two lookups give pointers into the same map:
-/// Linux 6.1's verifier explores the copy loop once per map it may read.)
+/// Key of [`MAP_SOURCE_GROUP_PORTS`]: a group's traffic from one source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceGroupKey {
     pub group: GroupKey,
     pub source: SourceAddr,
-}
-
-/// The source of a group's own copy list (no host sends from 0.0.0.0 or ::).
-pub const ANY_SOURCE: SourceAddr = [0; 16];
-
-impl SourceGroupKey {
-    /// The copy list of `group` for every source without one of its own.
-    #[inline(always)]
-    pub const fn any_source(group: GroupKey) -> Self {
-        Self { group, source: ANY_SOURCE }
-    }
 }
 
 /// No traffic counter slot: the slots ran out, the traffic is not counted.
@@ -240,7 +226,7 @@ pub struct FamilyFlags {
     /// The config flag: no querier of this family is present.
     pub no_querier: u32,
     /// The [`MAP_GROUP_PORTS`] entry listing where this family's reports go.
-    pub report_targets: SourceGroupKey,
+    pub report_targets: GroupKey,
 }
 
 // The data path passes the one-byte family around and asks these for its
@@ -279,10 +265,10 @@ pub const fn no_querier_flag(family: u8) -> u32 {
 
 /// The [`MAP_GROUP_PORTS`] key listing where `family`'s reports go.
 #[inline(always)]
-pub const fn report_targets(family: u8) -> SourceGroupKey {
+pub const fn report_targets(family: u8) -> GroupKey {
     let mut key = REPORT_TARGETS;
     if family == FAMILY_IPV6 {
-        key.group.addr[0] = FAMILY_IPV6;
+        key.addr[0] = FAMILY_IPV6;
     }
     key
 }
@@ -334,8 +320,7 @@ pub const MAX_FANOUT: usize = 32;
 /// Key of the [`MAP_GROUP_PORTS`] entry listing where redirect mode copies
 /// IGMP reports and leaves: router ports and the bridge device (family 0 is
 /// no address family, so no group collides with it).
-pub const REPORT_TARGETS: SourceGroupKey =
-    SourceGroupKey::any_source(GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 });
+pub const REPORT_TARGETS: GroupKey = GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 };
 /// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,8 +343,8 @@ pub struct GroupPorts {
     /// port's slot in [`MAP_PORT_TRAFFIC`] (a router port); the other is [`NO_SLOT`].
     pub last_member_slot: u32,
     pub last_port_slot: u32,
-    /// 1 (on a group's [`ANY_SOURCE`] list): some sources of the group have
-    /// lists of their own, under their own keys; this one is for every other source.
+    /// 1: some sources of the group have their own list in
+    /// [`MAP_SOURCE_GROUP_PORTS`]; this one is for every other source.
     pub by_source: u32,
     pub ifindexes: [u32; MAX_FANOUT],
 }
@@ -378,6 +363,7 @@ pub const MAP_GROUP_PORTS: &str = "SNOOP_GROUP_PORTS";
 pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
 pub const MAP_SENDERS: &str = "SNOOP_SENDERS";
 pub const MAP_SOURCES: &str = "SNOOP_SOURCES";
+pub const MAP_SOURCE_GROUP_PORTS: &str = "SNOOP_SOURCE_GROUP_PORTS";
 
 /// Program names (the eBPF function names).
 pub const PROG_INGRESS: &str = "snoop_ingress";
@@ -394,9 +380,6 @@ pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
 pub const MAX_SOURCES: u32 = 65_536;
 /// Redirect copy lists of single sources of source-specific groups.
 pub const MAX_SOURCE_GROUPS: u32 = 16_384;
-/// Entries of [`MAP_GROUP_PORTS`]: each group's list, the per-source ones
-/// and the two families' report targets.
-pub const MAX_COPY_LISTS: u32 = MAX_GROUPS + MAX_SOURCE_GROUPS + 2;
 /// Bytes of the control-frame ring: about 55,000 small records (4,000 full-size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
@@ -433,8 +416,7 @@ use core::mem::size_of;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub memberships: u32,
-    /// Groups: the group map and the groups' redirect copy lists (the
-    /// per-source lists come on top, [`MAX_SOURCE_GROUPS`] of them).
+    /// Groups: the group map and the redirect copy lists.
     pub groups: u32,
 }
 
@@ -445,17 +427,11 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
-    /// Entries of [`MAP_GROUP_PORTS`] for `groups` groups.
-    pub const fn copy_lists(&self) -> u32 {
-        self.groups.saturating_add(MAX_COPY_LISTS - MAX_GROUPS)
-    }
-
     /// `spec` with the entries these sizes give it.
     pub const fn apply(&self, spec: MapSpec) -> MapSpec {
         let max_entries = match spec.name.as_bytes() {
             b"SNOOP_MEMBERS" => self.memberships,
-            b"SNOOP_GROUPS" => self.groups,
-            b"SNOOP_GROUP_PORTS" => self.copy_lists(),
+            b"SNOOP_GROUPS" | b"SNOOP_GROUP_PORTS" => self.groups,
             _ => spec.max_entries,
         };
         MapSpec { max_entries, ..spec }
@@ -464,7 +440,7 @@ impl MapSizes {
 
 /// Every map of the data path. snoop-ebpf declares its statics from the same
 /// types and sizes; a test checks the built object against this table.
-pub const MAPS: [MapSpec; 13] = [
+pub const MAPS: [MapSpec; 14] = [
     spec(MAP_MEMBERS, MapKind::Hash, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
     spec(MAP_GROUPS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
     spec(MAP_PORTS, MapKind::Hash, 4, size_of::<PortValue>(), MAX_PORTS),
@@ -473,11 +449,18 @@ pub const MAPS: [MapSpec; 13] = [
     spec(MAP_MEMBER_TRAFFIC, MapKind::PerCpuArray, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
     spec(MAP_GROUP_TRAFFIC, MapKind::PerCpuArray, 4, size_of::<TrafficCounters>(), MAX_TRAFFIC_SLOTS),
     spec(MAP_PORT_TRAFFIC, MapKind::PerCpuArray, 4, size_of::<TrafficCounters>(), MAX_PORTS),
-    spec(MAP_GROUP_PORTS, MapKind::Hash, size_of::<SourceGroupKey>(), size_of::<GroupPorts>(), MAX_COPY_LISTS),
+    spec(MAP_GROUP_PORTS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupPorts>(), MAX_GROUPS),
     spec(MAP_PORT_COUNTERS, MapKind::PerCpuHash, 4, size_of::<PortCounters>(), MAX_PORTS),
     spec(MAP_EVENTS, MapKind::RingBuf, 0, 0, EVENT_RING_BYTES),
     spec(MAP_SENDERS, MapKind::PerCpuArray, 4, size_of::<SenderSlot>(), SENDER_SLOTS),
     spec(MAP_SOURCES, MapKind::Hash, size_of::<SourceKey>(), 4, MAX_SOURCES),
+    spec(
+        MAP_SOURCE_GROUP_PORTS,
+        MapKind::Hash,
+        size_of::<SourceGroupKey>(),
+        size_of::<GroupPorts>(),
+        MAX_SOURCE_GROUPS,
+    ),
 ];
 
 #[cfg(feature = "user")]

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue, SenderSlot,
-    SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAX_COPY_LISTS, MAX_GROUPS,
-    MAX_MEMBERSHIPS, MAX_PORTS, MAX_SOURCES, MAX_TRAFFIC_SLOTS, SENDER_SLOTS,
+    SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS,
+    MAX_PORTS, MAX_SOURCES, MAX_SOURCE_GROUPS, MAX_TRAFFIC_SLOTS, SENDER_SLOTS,
 };
 
 // All pinned: a restarted controller (and the programs it replaces) keep
@@ -30,7 +30,7 @@ pub static SNOOP_GROUP_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinn
 #[map]
 pub static SNOOP_PORT_TRAFFIC: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_PORTS, 0);
 #[map]
-pub static SNOOP_GROUP_PORTS: HashMap<SourceGroupKey, GroupPorts> = HashMap::pinned(MAX_COPY_LISTS, BPF_F_NO_PREALLOC);
+pub static SNOOP_GROUP_PORTS: HashMap<GroupKey, GroupPorts> = HashMap::pinned(MAX_GROUPS, BPF_F_NO_PREALLOC);
 #[map]
 pub static SNOOP_PORT_COUNTERS: PerCpuHashMap<u32, PortCounters> = PerCpuHashMap::pinned(MAX_PORTS, 0);
 // Reports that arrive while the controller restarts wait here.
@@ -41,3 +41,6 @@ pub static SNOOP_SENDERS: PerCpuArray<SenderSlot> = PerCpuArray::pinned(SENDER_S
 // Source-specific forwarding: consulted only for groups whose entries say so.
 #[map]
 pub static SNOOP_SOURCES: HashMap<SourceKey, u32> = HashMap::pinned(MAX_SOURCES, BPF_F_NO_PREALLOC);
+#[map]
+pub static SNOOP_SOURCE_GROUP_PORTS: HashMap<SourceGroupKey, GroupPorts> =
+    HashMap::pinned(MAX_SOURCE_GROUPS, BPF_F_NO_PREALLOC);

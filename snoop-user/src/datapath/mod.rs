@@ -31,11 +31,11 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
-    SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, ANY_SOURCE, COUNTER_COUNT, MAP_CONFIG,
-    MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC,
-    MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS,
-    MEMBER_LEAVING, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT, PROG_EGRESS, PROG_INGRESS, SENDER_SLOTS,
-    SOURCE_LISTED,
+    SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS,
+    MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS,
+    MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAX_FANOUT, MAX_PORTS,
+    MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT, PROG_EGRESS,
+    PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -74,8 +74,9 @@ pub struct Datapath {
     pin_dir: PathBuf,
     members: HashMap<MapData, PortGroupKey, MemberValue>,
     groups: HashMap<MapData, GroupKey, GroupValue>,
-    group_ports: HashMap<MapData, SourceGroupKey, GroupPorts>,
+    group_ports: HashMap<MapData, GroupKey, GroupPorts>,
     sources: HashMap<MapData, SourceKey, u32>,
+    source_group_ports: HashMap<MapData, SourceGroupKey, GroupPorts>,
     ports: HashMap<MapData, u32, PortValue>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
@@ -128,12 +129,11 @@ impl Datapath {
             .default_map_pin_directory(pin_dir)
             .map_max_entries(MAP_MEMBERS, sizes.memberships)
             .map_max_entries(MAP_GROUPS, sizes.groups)
-            .map_max_entries(MAP_GROUP_PORTS, sizes.copy_lists())
+            .map_max_entries(MAP_GROUP_PORTS, sizes.groups)
             .load(EBPF_OBJECT)
             .map_err(|source| Error::Load { pin_dir: pin_dir.to_owned(), source: Box::new(source) })?;
         for name in [PROG_INGRESS, PROG_EGRESS] {
-            let program = program(&mut ebpf, name)?;
-            program.load().map_err(|source| verifier_error(name, source))?;
+            program(&mut ebpf, name)?.load().map_err(|source| verifier_error(name, source))?;
         }
         for name in [PROG_INGRESS, PROG_EGRESS] {
             if let Some(verified) = verified_instructions(&mut ebpf, name) {
@@ -145,6 +145,7 @@ impl Datapath {
             groups: take_map(&mut ebpf, MAP_GROUPS)?,
             group_ports: take_map(&mut ebpf, MAP_GROUP_PORTS)?,
             sources: take_map(&mut ebpf, MAP_SOURCES)?,
+            source_group_ports: take_map(&mut ebpf, MAP_SOURCE_GROUP_PORTS)?,
             ports: take_map(&mut ebpf, MAP_PORTS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
@@ -434,21 +435,18 @@ impl Datapath {
         targets: &[CopyTarget],
         by_source: &[(SourceAddr, Vec<CopyTarget>)],
     ) -> Result<()> {
-        let any_source = SourceGroupKey::any_source(group);
         let too_long = targets.len() > MAX_FANOUT || by_source.iter().any(|(_, t)| t.len() > MAX_FANOUT);
-        // No host sends from the unspecified address: it is the group's own key.
-        let by_source: Vec<_> = by_source.iter().filter(|(source, _)| *source != ANY_SOURCE).collect();
         let listed: BTreeSet<SourceAddr> =
             if too_long { BTreeSet::new() } else { by_source.iter().map(|(source, _)| *source).collect() };
         let result = if too_long || targets.is_empty() && listed.is_empty() {
-            remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&any_source))
+            remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&group))
         } else {
             // Written before the group's registration: the slot may be new.
             let slot = self.group_slot(group)?;
             let mut written = Ok(());
             for (source, targets) in by_source {
                 let value = self.targets_value(group, true, targets, slot)?;
-                written = self.group_ports.insert(SourceGroupKey { group, source: *source }, value, 0);
+                written = self.source_group_ports.insert(SourceGroupKey { group, source: *source }, value, 0);
                 if written.is_err() {
                     break;
                 }
@@ -457,19 +455,18 @@ impl Datapath {
                 Ok(()) => {
                     let mut value = self.targets_value(group, true, targets, slot)?;
                     value.by_source = u32::from(!listed.is_empty());
-                    self.group_ports.insert(any_source, value, 0)
+                    self.group_ports.insert(group, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
                 }
                 // A source's list does not fit: the whole group takes the bridge path.
                 Err(e) => {
-                    let _ = self.group_ports.remove(&any_source);
-                    Err(e)
+                    let _ = self.group_ports.remove(&group);
+                    Err(Error::map("writing", MAP_SOURCE_GROUP_PORTS, e))
                 }
             }
-            .map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
         };
         let stale = self.source_lists.remove(&group).unwrap_or_default();
         for source in stale.difference(&listed) {
-            let _ = self.group_ports.remove(&SourceGroupKey { group, source: *source });
+            let _ = self.source_group_ports.remove(&SourceGroupKey { group, source: *source });
         }
         if !listed.is_empty() {
             self.source_lists.insert(group, listed);
@@ -479,11 +476,11 @@ impl Datapath {
 
     /// Where redirect mode copies one family's reports and leaves (`key`:
     /// its [`snoop_common::FamilyFlags::report_targets`]).
-    pub fn set_report_targets(&mut self, key: SourceGroupKey, targets: &[CopyTarget]) -> Result<()> {
+    pub fn set_report_targets(&mut self, key: GroupKey, targets: &[CopyTarget]) -> Result<()> {
         if targets.is_empty() || targets.len() > MAX_FANOUT {
             return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&key));
         }
-        let value = self.targets_value(key.group, false, targets, NO_SLOT)?;
+        let value = self.targets_value(key, false, targets, NO_SLOT)?;
         self.group_ports.insert(key, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
     }
 
@@ -549,8 +546,7 @@ impl Datapath {
 
     /// Groups with redirect targets (from this or a previous run).
     pub fn redirected_groups(&self) -> Vec<GroupKey> {
-        let lists = self.group_ports.keys().filter_map(|k| k.ok());
-        lists.filter(|k| k.source == ANY_SOURCE && k.group.family != 0).map(|k| k.group).collect()
+        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| k.family != 0).collect()
     }
 
     /// Takes over the slots recorded in maps a previous snoop pinned.
@@ -583,7 +579,7 @@ impl Datapath {
         for (member, flags) in flags.into_iter().filter(|(_, f)| *f == MEMBER_SOURCES_INCLUDE) {
             self.member_sources.entry(member).or_insert((flags, BTreeSet::new()));
         }
-        for key in self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| k.source != ANY_SOURCE) {
+        for key in self.source_group_ports.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
             self.source_lists.entry(key.group).or_default().insert(key.source);
         }
         let ports: Vec<(u32, PortValue)> = self.ports.iter().filter_map(|e| e.ok()).collect();
