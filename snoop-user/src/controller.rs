@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
+use sd_notify::NotifyState;
 use snoop_common::{
     CapturedFrame, GroupKey, PortGroupKey, SourceAddr, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED,
     CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING,
@@ -85,6 +86,8 @@ pub struct RunConfig {
     pub trusted_ports: Vec<String>,
     /// Most groups one port may join (0: no limit).
     pub max_groups_per_port: usize,
+    /// Ports with limits of their own (the last one given for a port wins).
+    pub port_max_groups: Vec<(String, usize)>,
     /// Most sources one port keeps per group (0: no limit).
     pub max_sources_per_group: usize,
     /// Control frames per second per port handed to the controller (0: no limit).
@@ -321,6 +324,11 @@ impl Controller {
         };
         let mut inputs = self.inputs(listener, snapshot_queue)?;
         self.log_start(resumed);
+        // systemd (Type=notify): ready once the ports are attached and the
+        // control socket answers; the watchdog is fed from this loop, so a
+        // stuck controller is restarted.
+        notify_systemd(&[NotifyState::Ready, NotifyState::Status(&format!("snooping on {}", self.core.bridge.name))]);
+        let mut watchdog = sd_notify::watchdog_enabled().map(|limit| tokio::time::interval(limit / 2));
         loop {
             let deadline = self.run_timers();
             tokio::select! {
@@ -349,12 +357,14 @@ impl Controller {
                     }
                 },
                 Some(request) = inputs.snapshot_queue.recv() => self.answer(request, &mut inputs.snapshot_queue),
+                _ = tick(&mut watchdog) => notify_systemd(&[NotifyState::Watchdog]),
                 _ = inputs.sigint.recv() => break,
                 _ = inputs.sigterm.recv() => break,
             }
         }
         let keeping = if self.core.config.keep_state { ", keeping the data path and its state pinned" } else { "" };
         info!("stopping{keeping}");
+        notify_systemd(&[NotifyState::Stopping]);
         Ok(())
     }
 
@@ -1224,8 +1234,30 @@ impl Core {
             static_router,
             // A port declared a router port is trusted to speak as one.
             trusted: static_router || listed(&self.config.trusted_ports),
-            max_groups: self.config.max_groups_per_port,
+            // The last one given wins: the command line's come after the file's.
+            max_groups: self
+                .config
+                .port_max_groups
+                .iter()
+                .rev()
+                .find(|(port, _)| port == name)
+                .map_or(self.config.max_groups_per_port, |(_, limit)| *limit),
         }
+    }
+}
+
+/// Tells systemd, when it started snoop with a notify socket.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(error) = sd_notify::notify(state) {
+        warn!("telling systemd {state:?}: {error}");
+    }
+}
+
+/// The next tick of an interval that may not exist (then never).
+async fn tick(interval: &mut Option<Interval>) {
+    match interval {
+        Some(interval) => drop(interval.tick().await),
+        None => std::future::pending().await,
     }
 }
 

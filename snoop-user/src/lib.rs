@@ -13,6 +13,7 @@
 //!   it; [`snapshot`]: the state it answers with; [`stats`]: its counters;
 //! - [`show`], [`metrics`]: the views.
 pub mod bridge;
+pub mod config;
 pub mod control;
 pub mod controller;
 pub mod datapath;

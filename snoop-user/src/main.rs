@@ -1,11 +1,13 @@
 use std::{
+    ffi::OsString,
+    io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
 };
 
-use anyhow::{bail, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use snoop::{
     controller::{self, Forwarding, RunConfig},
     datapath,
@@ -31,6 +33,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Snoop on a bridge in the foreground until SIGINT/SIGTERM.
+    // Given twice, the later wins: flags override the config file's settings.
+    #[command(args_override_self = true)]
     Run(RunArgs),
     /// Show the state of the snoop running on a bridge.
     Show {
@@ -66,6 +70,11 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct RunArgs {
+    /// Read settings from this TOML file: its keys are these options' long
+    /// names, and `[port.NAME]` tables hold a port's `router`, `trusted`,
+    /// `fast-leave` and `max-groups`. Flags given here override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The bridge to snoop on.
     #[arg(long)]
     bridge: String,
@@ -140,6 +149,9 @@ struct RunArgs {
     /// Most groups one port may join; further joins are refused and counted (0: no limit).
     #[arg(long, default_value_t = 1024)]
     max_groups_per_port: usize,
+    /// One port's own group limit, instead of --max-groups-per-port (repeatable).
+    #[arg(long, value_name = "PORT=N", value_parser = port_limit)]
+    port_max_groups: Vec<(String, usize)>,
     /// Most sources one port keeps per group (IGMPv3/MLDv2 source lists);
     /// further sources are refused and counted (0: no limit).
     #[arg(long, default_value_t = snoop::membership::DEFAULT_MAX_SOURCES)]
@@ -220,10 +232,31 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() {
-    let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let argv = match with_config_file(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(error) => {
+            eprintln!("snoop: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if logging_to_journald() {
+        // journald stamps each line itself and takes its priority from a
+        // `<N>` prefix (sd-daemon(3)).
+        logger.format(|out, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(out, "<{priority}>{}", record.args())
+        });
+    } else {
+        logger.format_timestamp_millis();
+    }
+    logger.init();
     if let Err(error) = real_main(cli) {
         eprintln!("snoop: {error:#}");
         std::process::exit(1);
@@ -298,6 +331,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         fast_leave_ports: args.fast_leave,
         trusted_ports: args.trusted_port,
         max_groups_per_port: args.max_groups_per_port,
+        port_max_groups: args.port_max_groups,
         max_sources_per_group: args.max_sources_per_group,
         control_rate_limit: args.control_rate_limit,
         failsafe_after,
@@ -327,6 +361,15 @@ fn group_id(group: &str) -> Result<u32> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
+/// systemd connects stderr to journald and says so in JOURNAL_STREAM
+/// (`DEVICE:INODE` of that stream), which children may inherit: compare.
+fn logging_to_journald() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else { return false };
+    stream.to_str() == Some(&format!("{}:{}", stderr.dev(), stderr.ino()))
+}
+
 fn set_nice(nice: i32) {
     if nice == 0 {
         return;
@@ -352,4 +395,135 @@ fn parse_link_local(text: &str) -> Result<Ipv6Addr, String> {
         return Err(format!("{addr} is not a link-local address (fe80::/10): hosts ignore MLD queries from it"));
     }
     Ok(addr)
+}
+
+/// `--port-max-groups PORT=N`.
+fn port_limit(text: &str) -> Result<(String, usize), String> {
+    let (port, limit) = text.split_once('=').ok_or_else(|| format!("`{text}` is not PORT=N"))?;
+    let limit = limit.parse().map_err(|_| format!("`{limit}` is not a number of groups (0: no limit)"))?;
+    if port.is_empty() {
+        return Err(format!("`{text}` names no port"));
+    }
+    Ok((port.to_owned(), limit))
+}
+
+/// `snoop run --config FILE ...` with the file's settings put in as flags
+/// right after `run`, so the command line's own flags come later and win.
+/// Each setting is checked alone first, so an error names its line.
+fn with_config_file(mut argv: Vec<OsString>) -> Result<Vec<OsString>> {
+    // The subcommand: the first word that is not --netns or its value.
+    let mut index = 1;
+    while let Some(word) = argv.get(index).and_then(|w| w.to_str()) {
+        match word {
+            "--netns" => index += 2,
+            w if w.starts_with("--netns=") => index += 1,
+            _ => break,
+        }
+    }
+    if argv.get(index).and_then(|w| w.to_str()) != Some("run") {
+        return Ok(argv);
+    }
+    let run = index;
+    let mut path = None;
+    let mut words = argv[run + 1..].iter().map(|w| w.to_string_lossy());
+    while let Some(word) = words.next() {
+        if let Some(value) = word.strip_prefix("--config=") {
+            path = Some(value.to_owned());
+        } else if word == "--config" || word == "-c" {
+            path = words.next().map(|w| w.into_owned());
+        } else if word == "--" {
+            break;
+        }
+    }
+    let Some(path) = path else { return Ok(argv) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
+    let command = Cli::command();
+    let options: Vec<(String, bool)> = command
+        .find_subcommand("run")
+        .expect("snoop has a run command")
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_action().takes_values())))
+        .collect();
+    let file = snoop::config::file_args(&text, &options).with_context(|| path.clone())?;
+    for setting in &file.args {
+        let bridge = if setting.key == "bridge" { vec![] } else { vec!["--bridge", "-"] };
+        let alone = ["snoop", "run"].into_iter().chain(bridge).chain(setting.args.iter().map(String::as_str));
+        if let Err(error) = Cli::command().try_get_matches_from(alone) {
+            let message = error.to_string();
+            let message = message.lines().next().unwrap_or_default().trim_start_matches("error: ").to_owned();
+            let error = snoop::config::ConfigError::BadValue { line: setting.line, key: setting.key.clone(), message };
+            return Err(anyhow::Error::new(error).context(path));
+        }
+    }
+    let inserted = file.args.into_iter().flat_map(|setting| setting.args).map(OsString::from);
+    argv.splice(run + 1..run + 1, inserted);
+    Ok(argv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../dist/snoop.toml");
+
+    /// The shipped example names every option of `snoop run`, and nothing else.
+    #[test]
+    fn the_example_config_documents_every_option() {
+        let command = Cli::command();
+        let run = command.find_subcommand("run").expect("a run command");
+        let options: Vec<&str> = run.get_arguments().filter_map(|a| a.get_long()).collect();
+        let keys: Vec<&str> = EXAMPLE
+            .lines()
+            .map(|line| line.trim_start_matches('#').trim())
+            .filter_map(|line| line.split_once(" = ").map(|(key, _)| key))
+            .filter(|key| !key.contains(' '))
+            .collect();
+        for option in options.iter().filter(|o| !["config", "help", "version"].contains(o)) {
+            assert!(keys.contains(option), "dist/snoop.toml does not mention `{option}`");
+        }
+        let port_keys: Vec<&str> = snoop::config::PORT_KEYS.iter().map(|(key, _)| *key).collect();
+        for key in keys {
+            assert!(options.contains(&key) || port_keys.contains(&key), "dist/snoop.toml: `{key}` is no option");
+        }
+    }
+
+    /// With every line uncommented, the example is a valid configuration.
+    #[test]
+    fn the_example_config_is_valid_uncommented() {
+        let dir = std::env::temp_dir().join(format!("snoop-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snoop.toml");
+        let uncommented: String = EXAMPLE
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+                _ => line,
+            })
+            // Two switches that contradict the rest of the file.
+            .filter(|line| !line.starts_with("no-querier") && !line.starts_with("no-mld"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        std::fs::write(&path, uncommented).unwrap();
+        let argv = ["snoop", "run", "--config", path.to_str().unwrap(), "--robustness", "3"].map(OsString::from);
+        let expanded = with_config_file(argv.to_vec()).unwrap();
+        let Cli { command: Command::Run(args), .. } = Cli::try_parse_from(expanded).unwrap() else { panic!("run") };
+        assert_eq!(args.bridge, "br0");
+        assert_eq!(args.robustness, 3, "the command line overrides the file");
+        assert_eq!(args.query_interval, Duration::from_secs(125));
+        assert_eq!(args.router_port, ["eth0", "eth0"]);
+        assert_eq!(args.port_max_groups, [("eth3".to_owned(), 16), ("vm101".to_owned(), 64)]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_bad_value_in_the_file_names_its_line() {
+        let dir = std::env::temp_dir().join(format!("snoop-config-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "bridge = \"br0\"\n\nrobustness = 9\n").unwrap();
+        let argv = ["snoop", "run", "-c", path.to_str().unwrap()].map(OsString::from);
+        let error = format!("{:#}", with_config_file(argv.to_vec()).unwrap_err());
+        assert!(error.contains("bad.toml: line 3: `robustness`: invalid value '9'"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

@@ -1,0 +1,254 @@
+//! The configuration file: TOML whose top-level keys are `snoop run`'s long
+//! options (`query-interval = "60s"`, `router-port = ["eth1"]`), and whose
+//! `[port.NAME]` tables hold one port's settings. The file becomes command
+//! line arguments, so every option has one definition, one parser and one
+//! set of checks whether it comes from the file or the command line; flags
+//! given on the command line come after the file's and override them.
+use std::{collections::BTreeMap, ops::Range};
+
+use toml::{Spanned, Value};
+
+/// A key of a `[port.NAME]` table and the `snoop run` option it stands for.
+/// Boolean settings name the port in a repeatable option; valued ones
+/// give `NAME=VALUE`.
+pub const PORT_KEYS: &[(&str, &str)] = &[
+    ("router", "router-port"),
+    ("trusted", "trusted-port"),
+    ("fast-leave", "fast-leave"),
+    ("max-groups", "port-max-groups"),
+];
+
+/// Options that make no sense in a file: the file itself.
+const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
+
+/// A file's settings as `snoop run` arguments, each with the line it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileArgs {
+    pub args: Vec<FileArg>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileArg {
+    pub line: usize,
+    /// The file's key as written (`query-interval`, `port.eth1.router`).
+    pub key: String,
+    /// `--option` or `--option VALUE`.
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("line {line}: {message}")]
+    Syntax { line: usize, message: String },
+    #[error("line {line}: unknown key `{key}`{hint}")]
+    UnknownKey { line: usize, key: String, hint: String },
+    #[error("line {line}: `{key}`: {message}")]
+    BadValue { line: usize, key: String, message: String },
+}
+
+impl ConfigError {
+    pub fn line(&self) -> usize {
+        match self {
+            ConfigError::Syntax { line, .. }
+            | ConfigError::UnknownKey { line, .. }
+            | ConfigError::BadValue { line, .. } => *line,
+        }
+    }
+}
+
+type Table = BTreeMap<Spanned<String>, Spanned<Value>>;
+
+/// Turns a configuration file into `snoop run` arguments. `options` are the
+/// long names `snoop run` knows, and whether each takes a value.
+pub fn file_args(text: &str, options: &[(String, bool)]) -> Result<FileArgs, ConfigError> {
+    let line_of = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let table: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+        line: e.span().map_or(1, line_of),
+        message: e.message().trim_end().to_owned(),
+    })?;
+    let mut args = Vec::new();
+    for (key, value) in &table {
+        let line = line_of(key.span());
+        let name = key.get_ref().as_str();
+        if name == "port" {
+            port_tables(text, line, &line_of, &mut args)?;
+            continue;
+        }
+        let Some((_, takes_value)) = options.iter().find(|(o, _)| o == name && !NOT_IN_FILE.contains(&o.as_str()))
+        else {
+            let hint = if PORT_KEYS.iter().any(|(k, _)| *k == name) {
+                " (a port's setting: under [port.NAME])".to_owned()
+            } else {
+                close_match(name, options.iter().map(|(o, _)| o.as_str()))
+                    .map_or(String::new(), |o| format!(" (did you mean `{o}`?)"))
+            };
+            return Err(ConfigError::UnknownKey { line, key: name.to_owned(), hint });
+        };
+        let bad =
+            |message: String| ConfigError::BadValue { line: line_of(value.span()), key: name.to_owned(), message };
+        let flag = format!("--{name}");
+        match value.get_ref() {
+            Value::Boolean(set) if !takes_value => {
+                if *set {
+                    args.push(FileArg { line, key: name.to_owned(), args: vec![flag] });
+                }
+            }
+            _ if !takes_value => return Err(bad("is a switch: true or false".into())),
+            Value::Array(items) => {
+                for item in items {
+                    let text = scalar(item).ok_or_else(|| bad("a list of strings or numbers".into()))?;
+                    args.push(FileArg { line, key: name.to_owned(), args: vec![flag.clone(), text] });
+                }
+            }
+            item => {
+                let text = scalar(item).ok_or_else(|| bad("a string, a number or a list".into()))?;
+                args.push(FileArg { line, key: name.to_owned(), args: vec![flag, text] });
+            }
+        }
+    }
+    // In the file's order (the table above is sorted by key).
+    args.sort_by_key(|arg| arg.line);
+    Ok(FileArgs { args })
+}
+
+/// The `[port.NAME]` tables, read on their own so their keys keep their lines.
+#[derive(serde::Deserialize)]
+struct PortTables {
+    #[serde(default)]
+    port: BTreeMap<Spanned<String>, BTreeMap<Spanned<String>, Spanned<Value>>>,
+}
+
+/// `[port.eth1]` tables: `router = true` is `--router-port eth1`,
+/// `max-groups = 50` is `--port-max-groups eth1=50`.
+fn port_tables(
+    text: &str,
+    line: usize,
+    line_of: &dyn Fn(Range<usize>) -> usize,
+    args: &mut Vec<FileArg>,
+) -> Result<(), ConfigError> {
+    let tables: PortTables = toml::from_str(text).map_err(|_| ConfigError::BadValue {
+        line,
+        key: "port".into(),
+        message: "one table per port: [port.eth1]".into(),
+    })?;
+    for (port, settings) in &tables.port {
+        let port = port.get_ref();
+        for (key, value) in settings {
+            let line = line_of(key.span());
+            let key = key.get_ref().as_str();
+            let full_key = format!("port.{port}.{key}");
+            let Some((_, option)) = PORT_KEYS.iter().find(|(k, _)| *k == key) else {
+                let hint = close_match(key, PORT_KEYS.iter().map(|(k, _)| *k)).map_or_else(
+                    || format!(" (a port has {})", port_key_list()),
+                    |k| format!(" (did you mean `{k}`?)"),
+                );
+                return Err(ConfigError::UnknownKey { line, key: full_key, hint });
+            };
+            let bad = |message: &str| ConfigError::BadValue { line, key: full_key.clone(), message: message.into() };
+            let flag = format!("--{option}");
+            match value.get_ref() {
+                Value::Boolean(true) if key != "max-groups" => {
+                    args.push(FileArg { line, key: full_key.clone(), args: vec![flag, port.clone()] })
+                }
+                Value::Boolean(false) if key != "max-groups" => {}
+                _ if key != "max-groups" => return Err(bad("true or false")),
+                Value::Integer(n) => {
+                    args.push(FileArg { line, key: full_key.clone(), args: vec![flag, format!("{port}={n}")] })
+                }
+                _ => return Err(bad("a number (0: no limit)")),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn port_key_list() -> String {
+    PORT_KEYS.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// A string, number or boolean as the command line would spell it.
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Integer(n) => Some(n.to_string()),
+        Value::Float(f) => Some(f.to_string()),
+        _ => None,
+    }
+}
+
+/// The known option nearest to a misspelt one (at most two edits away).
+fn close_match<'a>(name: &str, options: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    options.map(|o| (edit_distance(name, o), o)).filter(|(d, _)| *d <= 2).min().map(|(_, o)| o)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(previous + 1).min(row[j] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options() -> Vec<(String, bool)> {
+        [("bridge", true), ("query-interval", true), ("router-port", true), ("keep-state", false), ("config", true)]
+            .into_iter()
+            .map(|(o, v)| (o.to_owned(), v))
+            .collect()
+    }
+
+    fn args(text: &str) -> Result<Vec<(usize, Vec<String>)>, ConfigError> {
+        Ok(file_args(text, &options())?.args.into_iter().map(|a| (a.line, a.args)).collect())
+    }
+
+    fn words(list: &[&str]) -> Vec<String> {
+        list.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn keys_become_flags_with_their_lines() {
+        let text = "# a lab router\nbridge = \"br0\"\nquery-interval = \"60s\"\nrouter-port = [\"eth1\", \"eth2\"]\n\
+                    keep-state = true\n\n[port.eth3]\nfast-leave = true\nmax-groups = 50\ntrusted = false\n";
+        assert_eq!(
+            args(text).unwrap(),
+            vec![
+                (2, words(&["--bridge", "br0"])),
+                (3, words(&["--query-interval", "60s"])),
+                (4, words(&["--router-port", "eth1"])),
+                (4, words(&["--router-port", "eth2"])),
+                (5, words(&["--keep-state"])),
+                (8, words(&["--fast-leave", "eth3"])),
+                (9, words(&["--port-max-groups", "eth3=50"])),
+            ]
+        );
+        assert_eq!(args("keep-state = false\n").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn mistakes_name_their_line() {
+        let unknown = args("bridge = \"br0\"\nquery-intreval = \"60s\"\n").unwrap_err();
+        assert_eq!(unknown.to_string(), "line 2: unknown key `query-intreval` (did you mean `query-interval`?)");
+        let misplaced = args("\nrouter = true\n").unwrap_err();
+        assert_eq!(misplaced.to_string(), "line 2: unknown key `router` (a port's setting: under [port.NAME])");
+        let in_port = args("[port.eth1]\nrouter = true\nfastleave = true\n").unwrap_err();
+        assert_eq!(in_port.to_string(), "line 3: unknown key `port.eth1.fastleave` (did you mean `fast-leave`?)");
+        let switch = args("\n\nkeep-state = \"yes\"\n").unwrap_err();
+        assert_eq!(switch.to_string(), "line 3: `keep-state`: is a switch: true or false");
+        let limit = args("[port.eth1]\n\nmax-groups = \"many\"\n").unwrap_err();
+        assert_eq!(limit.to_string(), "line 3: `port.eth1.max-groups`: a number (0: no limit)");
+        assert_eq!(args("bridge = \"br0\"\nbridge = \"br1\"\n").unwrap_err().line(), 2);
+        assert_eq!(args("query-interval = \n").unwrap_err().line(), 1);
+        // The file cannot name another file.
+        assert!(matches!(args("config = \"x.toml\"\n"), Err(ConfigError::UnknownKey { line: 1, .. })));
+    }
+}
