@@ -58,9 +58,19 @@ impl ConfigError {
 
 type Table = BTreeMap<Spanned<String>, Spanned<Value>>;
 
-/// Turns a configuration file into `snoop run` arguments. `options` are the
-/// long names `snoop run` knows, and whether each takes a value.
-pub fn file_args(text: &str, options: &[(String, bool)]) -> Result<FileArgs, ConfigError> {
+/// A long option of `snoop run`, as the file may give it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptionSpec {
+    pub name: String,
+    /// `--name VALUE`, not a switch.
+    pub takes_value: bool,
+    /// It may be given more than once (the file gives a list).
+    pub repeatable: bool,
+}
+
+/// Turns a configuration file into `snoop run` arguments, given the options
+/// `snoop run` knows.
+pub fn file_args(text: &str, options: &[OptionSpec]) -> Result<FileArgs, ConfigError> {
     let line_of = |span: Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
     let table: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
         line: e.span().map_or(1, line_of),
@@ -74,12 +84,11 @@ pub fn file_args(text: &str, options: &[(String, bool)]) -> Result<FileArgs, Con
             port_tables(text, line, &line_of, &mut args)?;
             continue;
         }
-        let Some((_, takes_value)) = options.iter().find(|(o, _)| o == name && !NOT_IN_FILE.contains(&o.as_str()))
-        else {
+        let Some(option) = options.iter().find(|o| o.name == name && !NOT_IN_FILE.contains(&name)) else {
             let hint = if PORT_KEYS.iter().any(|(k, _)| *k == name) {
                 " (a port's setting: under [port.NAME])".to_owned()
             } else {
-                close_match(name, options.iter().map(|(o, _)| o.as_str()))
+                close_match(name, options.iter().map(|o| o.name.as_str()))
                     .map_or(String::new(), |o| format!(" (did you mean `{o}`?)"))
             };
             return Err(ConfigError::UnknownKey { line, key: name.to_owned(), hint });
@@ -88,12 +97,13 @@ pub fn file_args(text: &str, options: &[(String, bool)]) -> Result<FileArgs, Con
             |message: String| ConfigError::BadValue { line: line_of(value.span()), key: name.to_owned(), message };
         let flag = format!("--{name}");
         match value.get_ref() {
-            Value::Boolean(set) if !takes_value => {
+            Value::Boolean(set) if !option.takes_value => {
                 if *set {
                     args.push(FileArg { line, key: name.to_owned(), args: vec![flag] });
                 }
             }
-            _ if !takes_value => return Err(bad("is a switch: true or false".into())),
+            _ if !option.takes_value => return Err(bad("is a switch: true or false".into())),
+            Value::Array(_) if !option.repeatable => return Err(bad("takes one value, not a list".into())),
             Value::Array(items) => {
                 for item in items {
                     let text = scalar(item).ok_or_else(|| bad("a list of strings or numbers".into()))?;
@@ -200,11 +210,17 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
 
-    fn options() -> Vec<(String, bool)> {
-        [("bridge", true), ("query-interval", true), ("router-port", true), ("keep-state", false), ("config", true)]
-            .into_iter()
-            .map(|(o, v)| (o.to_owned(), v))
-            .collect()
+    fn options() -> Vec<OptionSpec> {
+        [
+            ("bridge", true, false),
+            ("query-interval", true, false),
+            ("router-port", true, true),
+            ("keep-state", false, false),
+            ("config", true, false),
+        ]
+        .into_iter()
+        .map(|(name, takes_value, repeatable)| OptionSpec { name: name.to_owned(), takes_value, repeatable })
+        .collect()
     }
 
     fn args(text: &str) -> Result<Vec<(usize, Vec<String>)>, ConfigError> {
@@ -247,6 +263,8 @@ mod tests {
         let limit = args("[port.eth1]\n\nmax-groups = \"many\"\n").unwrap_err();
         assert_eq!(limit.to_string(), "line 3: `port.eth1.max-groups`: a number (0: no limit)");
         assert_eq!(args("bridge = \"br0\"\nbridge = \"br1\"\n").unwrap_err().line(), 2);
+        let list = args("\nquery-interval = [\"1s\", \"2s\"]\n").unwrap_err();
+        assert_eq!(list.to_string(), "line 2: `query-interval`: takes one value, not a list");
         assert_eq!(args("query-interval = \n").unwrap_err().line(), 1);
         // The file cannot name another file.
         assert!(matches!(args("config = \"x.toml\"\n"), Err(ConfigError::UnknownKey { line: 1, .. })));

@@ -328,7 +328,8 @@ impl Controller {
         // control socket answers; the watchdog is fed from this loop, so a
         // stuck controller is restarted.
         notify_systemd(&[NotifyState::Ready, NotifyState::Status(&format!("snooping on {}", self.core.bridge.name))]);
-        let mut watchdog = sd_notify::watchdog_enabled().map(|limit| tokio::time::interval(limit / 2));
+        let watchdog_limit = sd_notify::watchdog_enabled().filter(|limit| limit.as_micros() >= 2);
+        let mut watchdog = watchdog_limit.map(|limit| tokio::time::interval(limit / 2));
         loop {
             let deadline = self.run_timers();
             tokio::select! {

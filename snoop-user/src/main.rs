@@ -438,11 +438,17 @@ fn with_config_file(mut argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let Some(path) = path else { return Ok(argv) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading the config file {path}"))?;
     let command = Cli::command();
-    let options: Vec<(String, bool)> = command
+    let options: Vec<snoop::config::OptionSpec> = command
         .find_subcommand("run")
         .expect("snoop has a run command")
         .get_arguments()
-        .filter_map(|arg| Some((arg.get_long()?.to_owned(), arg.get_action().takes_values())))
+        .filter_map(|arg| {
+            Some(snoop::config::OptionSpec {
+                name: arg.get_long()?.to_owned(),
+                takes_value: arg.get_action().takes_values(),
+                repeatable: matches!(arg.get_action(), clap::ArgAction::Append),
+            })
+        })
         .collect();
     let file = snoop::config::file_args(&text, &options).with_context(|| path.clone())?;
     for setting in &file.args {
