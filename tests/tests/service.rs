@@ -18,9 +18,8 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 #[test]
 fn a_config_file_sets_port_settings_and_flags_override_it() -> Result<()> {
     let mut lab = Lab::new("config", 4, &LabOptions::default())?;
-    let path = std::env::temp_dir().join(format!("{}-snoop.toml", lab.id));
-    std::fs::write(
-        &path,
+    let path = lab.write_file(
+        "snoop.toml",
         "# p3 leads to a router; p1 may join one group; unjoined groups flood\n\
          unregistered = \"flood\"\n\
          max-groups-per-port = 5\n\
@@ -35,9 +34,7 @@ fn a_config_file_sets_port_settings_and_flags_override_it() -> Result<()> {
     let mut args = FAST_TIMERS.to_vec();
     // Overrides the file's `unregistered = "flood"`.
     args.extend(["--config", config, "--unregistered", "routers"]);
-    let started = lab.start_snoop(&snoop_bin(), &args);
-    std::fs::remove_file(&path)?;
-    started?;
+    lab.start_snoop(&snoop_bin(), &args)?;
 
     // One after the other: p1's one group is the first it joins.
     let _h1 = lab.join("h1", G1)?;
@@ -59,8 +56,8 @@ fn a_config_file_sets_port_settings_and_flags_override_it() -> Result<()> {
 /// file's name and the line.
 #[test]
 fn a_bad_config_file_is_refused_naming_its_line() -> Result<()> {
-    let lab = Lab::new("config-bad", 1, &LabOptions { kernel_snooping: true, ..Default::default() })?;
-    let path = std::env::temp_dir().join(format!("{}-bad.toml", lab.id));
+    let mut lab = Lab::new("config-bad", 1, &LabOptions { kernel_snooping: true, ..Default::default() })?;
+    let path = lab.write_file("bad.toml", "")?;
     for (text, expected) in [
         (
             "robustness = 2\nquery-intervall = \"10s\"\n",
@@ -82,7 +79,6 @@ fn a_bad_config_file_is_refused_naming_its_line() -> Result<()> {
         let snooping = lab::run("ip", &["-n", &lab.bridge_netns, "-d", "link", "show", &lab.bridge])?;
         assert!(snooping.contains("mcast_snooping 1"), "{text:?}: the bridge was touched");
     }
-    std::fs::remove_file(&path)?;
     Ok(())
 }
 
@@ -94,7 +90,9 @@ fn a_bad_config_file_is_refused_naming_its_line() -> Result<()> {
 fn systemd_hears_ready_the_watchdog_and_stopping() -> Result<()> {
     use std::os::unix::net::UnixDatagram;
     let mut lab = Lab::new("notify", 1, &LabOptions::default())?;
-    let path = std::env::temp_dir().join(format!("{}-notify", lab.id));
+    // A path the lab removes, whatever happens.
+    let path = lab.write_file("notify", "")?;
+    std::fs::remove_file(&path)?;
     let systemd = UnixDatagram::bind(&path)?;
     systemd.set_read_timeout(Some(Duration::from_secs(10)))?;
     // Tests run one at a time (`--test-threads 1`): nothing else reads these.
@@ -103,26 +101,22 @@ fn systemd_hears_ready_the_watchdog_and_stopping() -> Result<()> {
     let started = lab.start_snoop(&snoop_bin(), FAST_TIMERS);
     std::env::remove_var("NOTIFY_SOCKET");
     std::env::remove_var("WATCHDOG_USEC");
-    let result = (|| -> Result<()> {
-        started?;
-        let mut message = [0u8; 512];
-        let mut next = || -> Result<String> {
-            let n = systemd.recv(&mut message)?;
-            Ok(String::from_utf8_lossy(&message[..n]).into_owned())
-        };
-        let first = next()?;
-        assert!(first.starts_with("READY=1\n") && first.contains("STATUS=snooping on"), "{first:?}");
-        let before = std::time::Instant::now();
-        for _ in 0..3 {
-            assert_eq!(next()?, "WATCHDOG=1\n");
-        }
-        let elapsed = before.elapsed();
-        assert!(elapsed < Duration::from_millis(1200), "3 watchdog pings took {elapsed:?} (every 200 ms expected)");
-        assert!(lab.stop_snoop(false)?.success());
-        let last = std::iter::from_fn(|| next().ok()).find(|m| m != "WATCHDOG=1\n");
-        assert_eq!(last.as_deref(), Some("STOPPING=1\n"));
-        Ok(())
-    })();
-    std::fs::remove_file(&path)?;
-    result
+    started?;
+    let mut message = [0u8; 512];
+    let mut next = || -> Result<String> {
+        let n = systemd.recv(&mut message)?;
+        Ok(String::from_utf8_lossy(&message[..n]).into_owned())
+    };
+    let first = next()?;
+    assert!(first.starts_with("READY=1\n") && first.contains("STATUS=snooping on"), "{first:?}");
+    let before = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(next()?, "WATCHDOG=1\n");
+    }
+    let elapsed = before.elapsed();
+    assert!(elapsed < Duration::from_millis(1200), "3 watchdog pings took {elapsed:?} (every 200 ms expected)");
+    assert!(lab.stop_snoop(false)?.success());
+    let last = std::iter::from_fn(|| next().ok()).find(|m| m != "WATCHDOG=1\n");
+    assert_eq!(last.as_deref(), Some("STOPPING=1\n"));
+    Ok(())
 }
