@@ -101,6 +101,11 @@ pub const MEMBER_SOURCES_INCLUDE: u8 = 2;
 /// (EXCLUDE mode with blocked sources). Neither flag: any source, the one
 /// lookup of any-source multicast.
 pub const MEMBER_SOURCES_EXCLUDE: u8 = 4;
+/// A static membership (configured, never aged): a restarted controller
+/// keeps it static.
+pub const MEMBER_STATIC: u8 = 8;
+/// The flags that are the membership's state, not its source filter.
+pub const MEMBER_STATE_FLAGS: u8 = MEMBER_LEAVING | MEMBER_STATIC;
 
 /// A source address as keys hold it: IPv4 in the first four bytes (network
 /// order), as in [`GroupKey::addr`].

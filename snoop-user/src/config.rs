@@ -10,13 +10,24 @@ use toml::{Spanned, Value};
 
 /// A key of a `[port.NAME]` table and the `snoop run` option it stands for.
 /// Boolean settings name the port in a repeatable option; valued ones
-/// give `NAME=VALUE`.
-pub const PORT_KEYS: &[(&str, &str)] = &[
-    ("router", "router-port"),
-    ("trusted", "trusted-port"),
-    ("fast-leave", "fast-leave"),
-    ("max-groups", "port-max-groups"),
+/// give `NAME=VALUE`, lists one `NAME=ITEM` per item.
+pub const PORT_KEYS: &[(&str, &str, PortValue)] = &[
+    ("router", "router-port", PortValue::Switch),
+    ("trusted", "trusted-port", PortValue::Switch),
+    ("fast-leave", "fast-leave", PortValue::Switch),
+    ("max-groups", "port-max-groups", PortValue::Number),
+    ("allow", "port-allow", PortValue::List),
+    ("deny", "port-deny", PortValue::List),
+    ("static-groups", "static-group", PortValue::List),
 ];
+
+/// What a port setting takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortValue {
+    Switch,
+    Number,
+    List,
+}
 
 /// Options that make no sense in a file: the file itself.
 const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
@@ -85,7 +96,7 @@ pub fn file_args(text: &str, options: &[OptionSpec]) -> Result<FileArgs, ConfigE
             continue;
         }
         let Some(option) = options.iter().find(|o| o.name == name && !NOT_IN_FILE.contains(&name)) else {
-            let hint = if PORT_KEYS.iter().any(|(k, _)| *k == name) {
+            let hint = if PORT_KEYS.iter().any(|(k, _, _)| *k == name) {
                 " (a port's setting: under [port.NAME])".to_owned()
             } else {
                 close_match(name, options.iter().map(|o| o.name.as_str()))
@@ -129,7 +140,8 @@ struct PortTables {
 }
 
 /// `[port.eth1]` tables: `router = true` is `--router-port eth1`,
-/// `max-groups = 50` is `--port-max-groups eth1=50`.
+/// `max-groups = 50` is `--port-max-groups eth1=50`, `allow = ["239.1.0.0/16"]`
+/// is `--port-allow eth1=239.1.0.0/16`.
 fn port_tables(
     text: &str,
     line: usize,
@@ -147,8 +159,8 @@ fn port_tables(
             let line = line_of(key.span());
             let key = key.get_ref().as_str();
             let full_key = format!("port.{port}.{key}");
-            let Some((_, option)) = PORT_KEYS.iter().find(|(k, _)| *k == key) else {
-                let hint = close_match(key, PORT_KEYS.iter().map(|(k, _)| *k)).map_or_else(
+            let Some((_, option, kind)) = PORT_KEYS.iter().find(|(k, _, _)| *k == key) else {
+                let hint = close_match(key, PORT_KEYS.iter().map(|(k, _, _)| *k)).map_or_else(
                     || format!(" (a port has {})", port_key_list()),
                     |k| format!(" (did you mean `{k}`?)"),
                 );
@@ -156,16 +168,20 @@ fn port_tables(
             };
             let bad = |message: &str| ConfigError::BadValue { line, key: full_key.clone(), message: message.into() };
             let flag = format!("--{option}");
-            match value.get_ref() {
-                Value::Boolean(true) if key != "max-groups" => {
-                    args.push(FileArg { line, key: full_key.clone(), args: vec![flag, port.clone()] })
+            let arg = |value: String| FileArg { line, key: full_key.clone(), args: vec![flag.clone(), value] };
+            match (kind, value.get_ref()) {
+                (PortValue::Switch, Value::Boolean(true)) => args.push(arg(port.clone())),
+                (PortValue::Switch, Value::Boolean(false)) => {}
+                (PortValue::Switch, _) => return Err(bad("true or false")),
+                (PortValue::Number, Value::Integer(n)) => args.push(arg(format!("{port}={n}"))),
+                (PortValue::Number, _) => return Err(bad("a number (0: no limit)")),
+                (PortValue::List, Value::Array(items)) => {
+                    for item in items {
+                        let Value::String(item) = item else { return Err(bad("a list of strings")) };
+                        args.push(arg(format!("{port}={item}")));
+                    }
                 }
-                Value::Boolean(false) if key != "max-groups" => {}
-                _ if key != "max-groups" => return Err(bad("true or false")),
-                Value::Integer(n) => {
-                    args.push(FileArg { line, key: full_key.clone(), args: vec![flag, format!("{port}={n}")] })
-                }
-                _ => return Err(bad("a number (0: no limit)")),
+                (PortValue::List, _) => return Err(bad("a list of strings")),
             }
         }
     }
@@ -173,7 +189,7 @@ fn port_tables(
 }
 
 fn port_key_list() -> String {
-    PORT_KEYS.iter().map(|(k, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+    PORT_KEYS.iter().map(|(k, _, _)| format!("`{k}`")).collect::<Vec<_>>().join(", ")
 }
 
 /// A string, number or boolean as the command line would spell it.
@@ -234,7 +250,8 @@ mod tests {
     #[test]
     fn keys_become_flags_with_their_lines() {
         let text = "# a lab router\nbridge = \"br0\"\nquery-interval = \"60s\"\nrouter-port = [\"eth1\", \"eth2\"]\n\
-                    keep-state = true\n\n[port.eth3]\nfast-leave = true\nmax-groups = 50\ntrusted = false\n";
+                    keep-state = true\n\n[port.eth3]\nfast-leave = true\nmax-groups = 50\ntrusted = false\n\
+                    allow = [\"239.1.0.0/16\", \"ff3e::/16\"]\nstatic-groups = [\"239.1.1.1\"]\n";
         assert_eq!(
             args(text).unwrap(),
             vec![
@@ -245,6 +262,9 @@ mod tests {
                 (5, words(&["--keep-state"])),
                 (8, words(&["--fast-leave", "eth3"])),
                 (9, words(&["--port-max-groups", "eth3=50"])),
+                (11, words(&["--port-allow", "eth3=239.1.0.0/16"])),
+                (11, words(&["--port-allow", "eth3=ff3e::/16"])),
+                (12, words(&["--static-group", "eth3=239.1.1.1"])),
             ]
         );
         assert_eq!(args("keep-state = false\n").unwrap(), vec![]);
@@ -262,6 +282,8 @@ mod tests {
         assert_eq!(switch.to_string(), "line 3: `keep-state`: is a switch: true or false");
         let limit = args("[port.eth1]\n\nmax-groups = \"many\"\n").unwrap_err();
         assert_eq!(limit.to_string(), "line 3: `port.eth1.max-groups`: a number (0: no limit)");
+        let allow = args("[port.eth1]\nallow = \"239.1.0.0/16\"\n").unwrap_err();
+        assert_eq!(allow.to_string(), "line 2: `port.eth1.allow`: a list of strings");
         assert_eq!(args("bridge = \"br0\"\nbridge = \"br1\"\n").unwrap_err().line(), 2);
         let list = args("\nquery-interval = [\"1s\", \"2s\"]\n").unwrap_err();
         assert_eq!(list.to_string(), "line 2: `query-interval`: takes one value, not a list");

@@ -2,13 +2,14 @@
 //! `snoop watch`, the metrics endpoint): an abstract unix socket per bridge
 //! and network namespace (nothing to clean up in the file system), one
 //! request line, and one JSON document back, or JSON lines for `watch`, or
-//! `{"error": "..."}` for a client that is refused.
+//! `{"error": "..."}` for a client that is refused; a change (`snoop group`,
+//! `snoop reload`) is answered `{"ok": "..."}` or `{"error": "..."}`.
 //!
 //! Anyone in the network namespace can connect to an abstract socket, so the
 //! controller checks the peer's credentials: root, or a member of the
-//! `--control-group`, may read. (Requests that change state, when there are
-//! any, are root's only.) Requests are one short line, clients are few at a
-//! time, and requests arriving together share one snapshot.
+//! `--control-group`, may read; changes are root's only. Requests are one
+//! short line, clients are few at a time, and requests arriving together
+//! share one snapshot.
 use std::{
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
     os::{linux::net::SocketAddrExt as _, unix::net::UnixStream},
@@ -21,10 +22,13 @@ use tokio::{
     sync::{broadcast, mpsc, oneshot},
 };
 
-use crate::snapshot::{Event, EventKind, Snapshot};
+use crate::{
+    port_groups::StaticGroup,
+    snapshot::{Event, EventKind, Snapshot},
+};
 
 /// What a client asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// The whole state: groups, ports, querier, counters, traffic.
     Snapshot,
@@ -32,30 +36,52 @@ pub enum Request {
     Counters,
     /// Membership events as they happen, one JSON line each.
     Watch,
+    /// A change to the running snoop (root only).
+    Change(Change),
+}
+
+/// What a client may change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Make a port a static member of a group (`snoop group add`).
+    GroupAdd(StaticGroup),
+    /// End a static membership (`snoop group del`; its sources are not compared).
+    GroupDel(StaticGroup),
+    /// Read the configuration again and apply what changed (`snoop reload`).
+    Reload,
 }
 
 impl Request {
-    pub const fn as_str(self) -> &'static str {
+    pub fn to_line(&self) -> String {
         match self {
-            Request::Snapshot => "snapshot",
-            Request::Counters => "counters",
-            Request::Watch => "watch",
+            Request::Snapshot => "snapshot".into(),
+            Request::Counters => "counters".into(),
+            Request::Watch => "watch".into(),
+            Request::Change(Change::GroupAdd(entry)) => format!("group-add {entry}"),
+            Request::Change(Change::GroupDel(entry)) => format!("group-del {entry}"),
+            Request::Change(Change::Reload) => "reload".into(),
         }
     }
 
     /// An empty line asks for a snapshot.
     pub fn parse(line: &str) -> Option<Self> {
-        match line.trim() {
-            "snapshot" | "" => Some(Request::Snapshot),
-            "counters" => Some(Request::Counters),
-            "watch" => Some(Request::Watch),
+        let line = line.trim();
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match (word, rest) {
+            ("snapshot" | "", "") => Some(Request::Snapshot),
+            ("counters", "") => Some(Request::Counters),
+            ("watch", "") => Some(Request::Watch),
+            ("reload", "") => Some(Request::Change(Change::Reload)),
+            ("group-add", entry) => Some(Request::Change(Change::GroupAdd(entry.parse().ok()?))),
+            ("group-del", entry) => Some(Request::Change(Change::GroupDel(entry.parse().ok()?))),
             _ => None,
         }
     }
 }
 
-/// Longest request line the controller reads.
-pub const MAX_REQUEST_BYTES: u64 = 64;
+/// Longest request line the controller reads (a static group with sources
+/// of IPv6 addresses is the longest).
+pub const MAX_REQUEST_BYTES: u64 = 1024;
 
 /// Most clients served at once; more are told the controller is busy.
 pub const MAX_CLIENTS: usize = 128;
@@ -81,6 +107,8 @@ pub enum Error {
     Stopped(String),
     #[error("the snoop controller refused: {0}")]
     Refused(String),
+    #[error("snoop on {bridge}: {why}")]
+    ChangeFailed { bridge: String, why: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -101,20 +129,20 @@ fn socket_addr(bridge: &str) -> Result<std::os::unix::net::SocketAddr> {
 
 // ------------------------------------------------------------------ client
 
-fn connect(bridge: &str, request: Request) -> Result<UnixStream> {
+fn connect(bridge: &str, request: &Request) -> Result<UnixStream> {
     let mut stream = match UnixStream::connect_addr(&socket_addr(bridge)?) {
         Ok(stream) => stream,
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(Error::NotRunning(bridge.to_owned())),
         Err(e) => return Err(io_error("connecting to the snoop controller")(e)),
     };
-    stream.write_all(format!("{}\n", request.as_str()).as_bytes()).map_err(io_error("sending the request"))?;
+    stream.write_all(format!("{}\n", request.to_line()).as_bytes()).map_err(io_error("sending the request"))?;
     Ok(stream)
 }
 
 /// The state of the controller running on `bridge` in this network
 /// namespace: everything, or (`Request::Counters`) without groups and traffic.
 pub fn fetch(bridge: &str, request: Request) -> Result<Snapshot> {
-    let mut stream = connect(bridge, request)?;
+    let mut stream = connect(bridge, &request)?;
     // Generous: a bridge with 100k groups answers with megabytes of JSON.
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_error("setting a timeout"))?;
     let mut body = Vec::new();
@@ -124,6 +152,29 @@ pub fn fetch(bridge: &str, request: Request) -> Result<Snapshot> {
     }
     serde_json::from_slice(&body).map_err(Error::BadAnswer)
 }
+
+/// Asks the controller on `bridge` for a change; what it did, or why not.
+pub fn change(bridge: &str, change: Change) -> Result<String> {
+    let mut stream = connect(bridge, &Request::Change(change))?;
+    // A reload reads the file and may rewrite many memberships.
+    stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io_error("setting a timeout"))?;
+    let mut body = Vec::new();
+    stream.read_to_end(&mut body).map_err(io_error("reading from the snoop controller"))?;
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    enum Answer {
+        Ok(String),
+        Error(String),
+    }
+    match serde_json::from_slice(&body).map_err(Error::BadAnswer)? {
+        Answer::Ok(done) => Ok(done),
+        Answer::Error(why) if why.starts_with(REFUSAL_PREFIX) => Err(Error::Refused(why)),
+        Answer::Error(why) => Err(Error::ChangeFailed { bridge: bridge.to_owned(), why }),
+    }
+}
+
+/// How refusals of the client itself (not of what it asked) begin.
+const REFUSAL_PREFIX: &str = "refused: ";
 
 /// The controller's `{"error": "..."}` answer, if that is what `body` is.
 fn refusal(body: &[u8]) -> Option<Error> {
@@ -138,7 +189,7 @@ fn refusal(body: &[u8]) -> Option<Error> {
 /// with [`Error::Stopped`] when the controller goes away.
 pub fn watch(bridge: &str) -> Result<impl Iterator<Item = Result<(String, Event)>>> {
     let bridge = bridge.to_owned();
-    let lines = BufReader::new(connect(&bridge, Request::Watch)?).lines();
+    let lines = BufReader::new(connect(&bridge, &Request::Watch)?).lines();
     let events = lines.map(|line| {
         let line = line.map_err(io_error("reading events"))?;
         if let Some(refusal) = refusal(line.as_bytes()) {
@@ -174,6 +225,12 @@ pub(crate) struct SnapshotRequest {
 /// Where the controller loop takes snapshot requests.
 pub(crate) type Snapshots = mpsc::Sender<SnapshotRequest>;
 
+/// A change for the controller loop to make; it answers what it did or why not.
+pub(crate) struct ChangeRequest {
+    pub change: Change,
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
 /// Asks the controller loop for its current state; `None` once it stopped.
 pub(crate) async fn ask(snapshots: &Snapshots, counters_only: bool) -> Option<Arc<Snapshot>> {
     let (reply, answer) = oneshot::channel();
@@ -185,6 +242,7 @@ pub(crate) async fn ask(snapshots: &Snapshots, counters_only: bool) -> Option<Ar
 #[derive(Clone)]
 pub(crate) struct Server {
     pub snapshots: Snapshots,
+    pub changes: mpsc::Sender<ChangeRequest>,
     pub events: broadcast::Sender<Event>,
     pub access: Access,
     pub slots: Arc<tokio::sync::Semaphore>,
@@ -192,23 +250,39 @@ pub(crate) struct Server {
 
 /// Serves one client on its own task, so a slow one never stalls snooping.
 pub(crate) async fn serve(stream: tokio::net::UnixStream, server: Server) {
-    let admission = admitted(&stream, server.access);
+    let role = admitted(&stream, server.access);
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = tokio::io::BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
     // Read before answering, refusals too: closing with a request unread
     // would reset the connection and lose the answer. A refused peer gets
     // only a moment, so a crowd of them ties nothing up.
-    let patience = if admission.is_ok() { Duration::from_secs(2) } else { Duration::from_millis(100) };
+    let patience = if role.is_ok() { Duration::from_secs(2) } else { Duration::from_millis(100) };
     let _ = tokio::time::timeout(patience, reader.read_line(&mut line)).await;
-    if let Err(why) = admission {
-        return refuse(&mut write, &why).await;
-    }
+    let role = match role {
+        Ok(role) => role,
+        Err(why) => return refuse(&mut write, &why).await,
+    };
     let Ok(_slot) = server.slots.clone().try_acquire_owned() else {
         return refuse(&mut write, "busy: too many clients at once").await;
     };
     match Request::parse(&line) {
         Some(Request::Watch) => stream_events(&mut write, server.events.subscribe()).await,
+        Some(Request::Change(_)) if role != Role::Root => {
+            refuse(&mut write, &format!("{REFUSAL_PREFIX}only root may change snoop's state")).await
+        }
+        Some(Request::Change(change)) => {
+            let (reply, answer) = oneshot::channel();
+            if server.changes.send(ChangeRequest { change, reply }).await.is_err() {
+                return;
+            }
+            let body = match answer.await {
+                Ok(Ok(done)) => serde_json::json!({ "ok": done }),
+                Ok(Err(why)) => serde_json::json!({ "error": why }),
+                Err(_) => return, // stopped meanwhile
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), write.write_all(body.to_string().as_bytes())).await;
+        }
         Some(request) => {
             if let Some(snapshot) = ask(&server.snapshots, request == Request::Counters).await {
                 let body = serde_json::to_vec(&*snapshot).expect("snapshots serialize");
@@ -219,17 +293,26 @@ pub(crate) async fn serve(stream: tokio::net::UnixStream, server: Server) {
     }
 }
 
-/// Root, or a member of the control group, may read.
-fn admitted(stream: &tokio::net::UnixStream, access: Access) -> Result<(), String> {
+/// What a client may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Read and change.
+    Root,
+    /// Read only: a member of the control group.
+    Reader,
+}
+
+/// Root, or a member of the control group, may read; root may change.
+fn admitted(stream: &tokio::net::UnixStream, access: Access) -> Result<Role, String> {
     let peer = stream.peer_cred().map_err(|e| format!("no peer credentials: {e}"))?;
     if peer.uid() == 0 {
-        return Ok(());
+        return Ok(Role::Root);
     }
     let member = access.group.is_some_and(|group| {
         peer.gid() == group || peer.pid().is_some_and(|pid| supplementary_groups(pid).contains(&group))
     });
     if member {
-        return Ok(());
+        return Ok(Role::Reader);
     }
     Err(format!(
         "uid {} may not read this snoop's state: root may, and members of the group `snoop run --control-group` names",

@@ -20,7 +20,7 @@ use sd_notify::NotifyState;
 use snoop_common::{
     CapturedFrame, GroupKey, PortGroupKey, SourceAddr, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED,
     CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING,
-    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
+    MEMBER_SOURCES_INCLUDE, MEMBER_STATIC, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -32,11 +32,12 @@ use tokio::{
 
 use crate::{
     bridge::{self, local_groups, local_groups_v6, Bridge, Netlink, Port, PortPolicy},
-    control::{self, SnapshotRequest},
+    control::{self, Change, ChangeRequest, SnapshotRequest},
     datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
-    membership::{Action, Group, PortOptions, RemoveReason, Snooper, SourceFilter, Timers},
+    membership::{Action, Group, PortOptions, RemoveReason, Snooper, SourceFilter, StaticError, Timers, NEVER},
     metrics,
+    port_groups::{GroupFilter, GroupRange, StaticGroup},
     proto::{Family, QuerySource, QueryTimers},
     snapshot::{self, Event, EventKind, PortInfo, Snapshot},
     stats::{ControllerCounter, Protocol, Stats},
@@ -88,6 +89,11 @@ pub struct RunConfig {
     pub max_groups_per_port: usize,
     /// Ports with limits of their own (the last one given for a port wins).
     pub port_max_groups: Vec<(String, usize)>,
+    /// Group ranges ports may join (port "all": every port); none: any group.
+    pub port_allow: Vec<(String, GroupRange)>,
+    /// Group ranges ports may not join.
+    pub port_deny: Vec<(String, GroupRange)>,
+    pub static_groups: Vec<StaticGroup>,
     /// Most sources one port keeps per group (0: no limit).
     pub max_sources_per_group: usize,
     /// Control frames per second per port handed to the controller (0: no limit).
@@ -116,8 +122,11 @@ pub enum Forwarding {
     Bridge,
 }
 
-pub async fn run(config: RunConfig) -> Result<()> {
-    let (mut controller, listener, resumed) = Controller::start(config).await?;
+/// Reads the configuration again (the file and the command line), for a reload.
+pub type Reload = Box<dyn Fn() -> Result<RunConfig> + Send>;
+
+pub async fn run(config: RunConfig, reload: Option<Reload>) -> Result<()> {
+    let (mut controller, listener, resumed) = Controller::start(config, reload).await?;
     let result = controller.serve(listener, resumed).await;
     controller.stop(result).await
 }
@@ -148,6 +157,7 @@ struct Controller {
     core: Core,
     igmp: FamilyState<Ipv4Addr>,
     mld: FamilyState<Ipv6Addr>,
+    reload: Option<Reload>,
 }
 
 /// What every address family shares.
@@ -177,6 +187,9 @@ struct Core {
     /// Ports that get every group of a family because some of that
     /// family's memberships do not fit the maps.
     unpruned: BTreeMap<u8, BTreeSet<u32>>,
+    /// The static groups in force: the configuration's, and those added
+    /// and deleted at run time since. A port that joins the bridge gets its own.
+    statics: BTreeSet<StaticGroup>,
 }
 
 /// What the data path could not hold: memberships and group registrations.
@@ -207,16 +220,18 @@ struct Inputs {
     listener: UnixListener,
     sigint: Signal,
     sigterm: Signal,
+    sighup: Signal,
     port_scan: Interval,
     link_changes: Option<Box<dyn Stream<Item = ()> + Unpin>>,
     snapshot_queue: mpsc::Receiver<SnapshotRequest>,
+    change_queue: mpsc::Receiver<ChangeRequest>,
 }
 
 impl Controller {
     /// Everything before the loop. What can fail without side effects comes
     /// first; a failure after the data path is loaded leaves pinned state of
     /// a previous snoop as it was and removes this one's.
-    async fn start(config: RunConfig) -> Result<(Self, UnixListener, bool)> {
+    async fn start(config: RunConfig, reload: Option<Reload>) -> Result<(Self, UnixListener, bool)> {
         let netlink = Netlink::open()?;
         let bridge = netlink.bridge(&config.bridge).await?;
         // Binding first also stops a second snoop before it touches the pinned state.
@@ -256,6 +271,7 @@ impl Controller {
         if !config.mld {
             absent_queriers |= IPV6_FLAGS.no_querier;
         }
+        let config_statics = config.static_groups.iter().cloned().collect::<BTreeSet<_>>();
         let core = Core {
             config,
             bridge,
@@ -272,11 +288,12 @@ impl Controller {
             taught: HashMap::new(),
             absent_queriers,
             unpruned: BTreeMap::new(),
+            statics: config_statics.clone(),
         };
         let igmp = FamilyState { snooper, local_groups: BTreeSet::new(), enabled: true };
         let mld_enabled = core.config.mld;
         let mld = FamilyState { snooper: mld, local_groups: BTreeSet::new(), enabled: mld_enabled };
-        Ok((Self { core, igmp, mld }, listener, resumed))
+        Ok((Self { core, igmp, mld, reload }, listener, resumed))
     }
 
     /// Detaches (or, with keep-state, leaves everything pinned) and puts the
@@ -310,6 +327,7 @@ impl Controller {
         self.core.datapath.remove_stale_attachments(&ports)?;
 
         let (snapshots, snapshot_queue) = mpsc::channel::<SnapshotRequest>(64);
+        let (changes, change_queue) = mpsc::channel::<ChangeRequest>(16);
         if let Some(addr) = self.core.config.metrics {
             let metrics_listener =
                 TcpListener::bind(addr).await.with_context(|| format!("listening for metrics on {addr}"))?;
@@ -318,11 +336,12 @@ impl Controller {
         }
         let server = control::Server {
             snapshots,
+            changes,
             events: self.core.events.clone(),
             access: control::Access { group: self.core.config.control_group },
             slots: Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS)),
         };
-        let mut inputs = self.inputs(listener, snapshot_queue)?;
+        let mut inputs = self.inputs(listener, snapshot_queue, change_queue)?;
         self.log_start(resumed);
         // systemd (Type=notify): ready once the ports are attached and the
         // control socket answers; the watchdog is fed from this loop, so a
@@ -358,6 +377,14 @@ impl Controller {
                     }
                 },
                 Some(request) = inputs.snapshot_queue.recv() => self.answer(request, &mut inputs.snapshot_queue),
+                Some(ChangeRequest { change, reply }) = inputs.change_queue.recv() => {
+                    let _ = reply.send(self.change(change));
+                }
+                _ = inputs.sighup.recv() => {
+                    if let Err(why) = self.change(Change::Reload) {
+                        warn!("reload (SIGHUP): {why}");
+                    }
+                }
                 _ = tick(&mut watchdog) => notify_systemd(&[NotifyState::Watchdog]),
                 _ = inputs.sigint.recv() => break,
                 _ = inputs.sigterm.recv() => break,
@@ -413,7 +440,12 @@ impl Controller {
         Ok(())
     }
 
-    fn inputs(&mut self, listener: UnixListener, snapshot_queue: mpsc::Receiver<SnapshotRequest>) -> Result<Inputs> {
+    fn inputs(
+        &mut self,
+        listener: UnixListener,
+        snapshot_queue: mpsc::Receiver<SnapshotRequest>,
+        change_queue: mpsc::Receiver<ChangeRequest>,
+    ) -> Result<Inputs> {
         let ring = self.core.datapath.take_events().context("event ring already taken")?;
         let link_changes = match Netlink::link_changes() {
             Ok(changes) => Some(Box::new(changes) as Box<dyn Stream<Item = ()> + Unpin>),
@@ -429,9 +461,11 @@ impl Controller {
             listener,
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
+            sighup: signal(SignalKind::hangup())?,
             port_scan: tokio::time::interval(self.core.config.port_scan_interval),
             link_changes,
             snapshot_queue,
+            change_queue,
         })
     }
 
@@ -558,6 +592,7 @@ impl Controller {
         let core = &mut self.core;
         let ports = core.netlink.ports(&core.bridge).await?;
         let mut ports_changed = false;
+        let mut attached = Vec::new();
         for Port { ifindex, name, policy, .. } in &ports {
             if let Some(info) = core.ports.get_mut(ifindex) {
                 if info.policy != *policy {
@@ -599,6 +634,7 @@ impl Controller {
             core.apply(&self.igmp, actions);
             let actions = self.mld.snooper.add_port(*ifindex, options);
             core.apply(&self.mld, actions);
+            attached.push((*ifindex, name.clone()));
             ports_changed = true;
         }
         let gone: Vec<u32> = core.ports.keys().copied().filter(|i| !ports.iter().any(|p| p.ifindex == *i)).collect();
@@ -617,6 +653,9 @@ impl Controller {
         let peer_ports = ports.iter().filter(|p| p.peer_redirect).map(|p| p.ifindex).collect();
         if core.datapath.set_peer_ports(peer_ports) {
             ports_changed = true;
+        }
+        for (ifindex, name) in attached {
+            self.set_port_groups(ifindex, &name);
         }
         if ports_changed {
             // The port count is in every group's redirect entry; port
@@ -648,8 +687,12 @@ impl Controller {
             core.apply(&self.mld, actions);
         }
         let mut restored = 0;
+        let mut statics = Vec::new();
         for (key @ PortGroupKey { group, ifindex }, value) in core.datapath.memberships() {
             let leaving = value.flags & MEMBER_LEAVING != 0;
+            if value.flags & MEMBER_STATIC != 0 {
+                statics.push(key);
+            }
             let known_port = core.ports.contains_key(&ifindex);
             let sources = core.datapath.member_sources(&key);
             let adopted = match group.family {
@@ -689,7 +732,176 @@ impl Controller {
                 let _ = core.datapath.detach_port(ifindex);
             }
         }
+        // Static ones stay static, those added at run time too (the
+        // configuration's own win where both name a membership).
+        for PortGroupKey { group, ifindex } in statics {
+            let Some(name) = core.ports.get(&ifindex).map(|p| p.name.clone()) else { continue };
+            let pinned = match group.family {
+                FAMILY_IPV4 => pinned_static(&self.igmp, &group, ifindex, now),
+                _ => pinned_static(&self.mld, &group, ifindex, now),
+            };
+            let Some((group, sources, vlan)) = pinned else { continue };
+            let entry = StaticGroup { port: name, group, sources, vlan };
+            if !core.statics.iter().any(|other| other.same_membership(&entry)) {
+                core.statics.insert(entry);
+            }
+        }
+        let ports: Vec<(u32, String)> = core.ports.iter().map(|(i, p)| (*i, p.name.clone())).collect();
+        for (ifindex, name) in ports {
+            self.set_port_groups(ifindex, &name);
+        }
         info!("resumed {restored} memberships from the pinned maps");
+    }
+
+    /// A port's group filter and static groups, from the configuration and
+    /// the static groups added since: when it is attached, and at a reload.
+    fn set_port_groups(&mut self, ifindex: u32, name: &str) {
+        let filter = self.core.port_filter(name);
+        let actions = self.igmp.snooper.set_port_filter(ifindex, filter.clone());
+        self.core.apply(&self.igmp, actions);
+        let actions = self.mld.snooper.set_port_filter(ifindex, filter);
+        self.core.apply(&self.mld, actions);
+        let statics: Vec<StaticGroup> = self.core.statics.iter().filter(|s| s.port == name).cloned().collect();
+        for entry in statics {
+            if let Err(why) = self.set_static(&entry, true) {
+                warn!("static group {entry}: {why}");
+            }
+        }
+    }
+
+    /// Adds or deletes one static membership in the state machine.
+    fn set_static(&mut self, entry: &StaticGroup, add: bool) -> Result<(), String> {
+        let ifindex = self
+            .core
+            .ports
+            .iter()
+            .find(|(_, port)| port.name == entry.port)
+            .map(|(ifindex, _)| *ifindex)
+            .ok_or_else(|| format!("{} is not a port of {}", entry.port, self.core.bridge.name))?;
+        if entry.vlan != 0 {
+            return Err("snoop does not snoop per VLAN yet: a static group takes no vlan".into());
+        }
+        let result = match entry.group {
+            IpAddr::V4(_) => self.core.set_static(&mut self.igmp, entry, ifindex, add),
+            IpAddr::V6(_) if self.mld.enabled => self.core.set_static(&mut self.mld, entry, ifindex, add),
+            IpAddr::V6(_) => return Err("MLD snooping is off (--no-mld): IPv6 groups flood".into()),
+        };
+        result.map_err(|error| error.to_string())
+    }
+
+    /// A change a client asked for: what was done, or why not.
+    fn change(&mut self, change: Change) -> Result<String, String> {
+        match change {
+            Change::GroupAdd(entry) => {
+                self.set_static(&entry, true)?;
+                self.core.statics.retain(|other| !other.same_membership(&entry));
+                self.core.statics.insert(entry.clone());
+                info!("static group added: {entry}");
+                Ok(format!("{entry}: static"))
+            }
+            Change::GroupDel(entry) => {
+                self.set_static(&entry, false)?;
+                self.core.statics.retain(|other| !other.same_membership(&entry));
+                info!("static group deleted: {entry}");
+                Ok(format!("{entry}: no longer static"))
+            }
+            Change::Reload => {
+                notify_systemd(&[NotifyState::Reloading]);
+                let result = self.reload();
+                let status = format!("snooping on {}", self.core.bridge.name);
+                notify_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
+                match &result {
+                    Ok(done) => info!("reloaded: {done}"),
+                    Err(why) => warn!("reload refused, the configuration in force is unchanged: {why}"),
+                }
+                result
+            }
+        }
+    }
+
+    /// Reads the configuration again and applies what can change while
+    /// snoop runs: port settings, filters, static groups, the unregistered
+    /// policy. Memberships, the data path and its maps stay as they are, so
+    /// no packet is lost; settings that need them rebuilt (timers, map sizes,
+    /// forwarding, ...) are named and wait for a restart.
+    fn reload(&mut self) -> Result<String, String> {
+        let reload = self.reload.as_ref().ok_or("this snoop was not started from a command line to read again")?;
+        let new = reload().map_err(|error| format!("{error:#}"))?;
+        let old = self.core.config.clone();
+        let mut waiting = Vec::new();
+        macro_rules! needs_restart {
+            ($($field:ident: $option:literal),* $(,)?) => {
+                $(if new.$field != old.$field { waiting.push($option); })*
+            };
+        }
+        needs_restart!(
+            bridge: "bridge", timers: "the timers", querier: "no-querier", query_version: "query-version",
+            query_source: "query-source", mld: "no-mld", mld_query_version: "mld-query-version",
+            mld_query_source: "mld-query-source", snoop_ipv6_link_scope: "snoop-ipv6-link-scope",
+            max_sources_per_group: "max-sources-per-group", control_rate_limit: "control-rate-limit",
+            failsafe_after: "failsafe-after", forwarding: "forwarding", pin_dir: "pin-dir",
+            port_scan_interval: "port-scan-interval", metrics: "metrics", control_group: "control-group",
+            map_sizes: "max-memberships/max-groups",
+        );
+        let (old_statics, new_statics): (BTreeSet<StaticGroup>, BTreeSet<StaticGroup>) =
+            (old.static_groups.iter().cloned().collect(), new.static_groups.iter().cloned().collect());
+        let config = &mut self.core.config;
+        config.static_router_ports = new.static_router_ports;
+        config.fast_leave_ports = new.fast_leave_ports;
+        config.trusted_ports = new.trusted_ports;
+        config.max_groups_per_port = new.max_groups_per_port;
+        config.port_max_groups = new.port_max_groups;
+        config.port_allow = new.port_allow;
+        config.port_deny = new.port_deny;
+        config.static_groups = new.static_groups;
+        config.flood_unregistered = new.flood_unregistered;
+        config.keep_state = new.keep_state;
+        // Static groups the file no longer has go; those it gained come.
+        let mut failed = Vec::new();
+        for gone in old_statics.difference(&new_statics) {
+            if new_statics.iter().any(|entry| entry.same_membership(gone)) {
+                continue; // its sources changed: set anew below
+            }
+            self.core.statics.retain(|other| !other.same_membership(gone));
+            if let Err(why) = self.set_static(gone, false) {
+                debug!("static group {gone}: {why}");
+            }
+        }
+        for added in new_statics.difference(&old_statics) {
+            self.core.statics.retain(|other| !other.same_membership(added));
+            self.core.statics.insert(added.clone());
+        }
+        let ports: Vec<(u32, String, PortPolicy)> =
+            self.core.ports.iter().map(|(ifindex, port)| (*ifindex, port.name.clone(), port.policy)).collect();
+        for (ifindex, name, policy) in &ports {
+            let options = self.core.port_options(name, policy);
+            let now = self.core.now();
+            let actions = self.igmp.snooper.set_port_options(*ifindex, options, now);
+            self.core.apply(&self.igmp, actions);
+            let actions = self.mld.snooper.set_port_options(*ifindex, options, now);
+            self.core.apply(&self.mld, actions);
+            self.set_port_groups(*ifindex, name);
+        }
+        for added in new_statics.difference(&old_statics) {
+            if !ports.iter().any(|(_, name, _)| *name == added.port) {
+                failed.push(format!("static group {added}: {} is not a port of the bridge (yet)", added.port));
+            }
+        }
+        if let Err(error) = self.core.write_config() {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
+        let mut done = format!(
+            "{} static groups added, {} deleted",
+            new_statics.difference(&old_statics).count(),
+            old_statics.difference(&new_statics).count()
+        );
+        if !waiting.is_empty() {
+            done += &format!("; changed but applied only at the next start: {}", waiting.join(", "));
+        }
+        for note in failed {
+            done += &format!("; {note}");
+        }
+        Ok(done)
     }
 
     /// Redirect mode bypasses the bridge, so the bridge host's own members
@@ -858,7 +1070,8 @@ impl Core {
     /// Writes a membership; one a full map cannot hold is remembered (its
     /// port gets every group meanwhile) and retried.
     fn write_member(&mut self, member: PortGroupKey, version: u8, expires: Duration, leaving: bool) -> Result<()> {
-        match self.datapath.set_member(member, version, self.monotonic_ns(expires), leaving) {
+        let flags = if leaving { MEMBER_LEAVING } else { 0 } | if expires == NEVER { MEMBER_STATIC } else { 0 };
+        match self.datapath.set_member(member, version, self.monotonic_ns(expires), flags) {
             Err(datapath::Error::MapFull { map }) => {
                 self.map_full(map);
                 self.unwritten.members.insert(member);
@@ -982,7 +1195,7 @@ impl Core {
     fn apply_one<A: Family>(&mut self, family: &FamilyState<A>, action: &Action<A>) -> Result<()> {
         match *action {
             Action::AddMember { group, port, version, expires } => {
-                let detail = format!("{}v{version}", A::PROTOCOL);
+                let detail = if expires == NEVER { "static".to_owned() } else { format!("{}v{version}", A::PROTOCOL) };
                 self.publish(EventKind::Join, Some(group.addr.ip()), Some(port), detail);
                 self.write_member(member_key(group, port), version, expires, false)?;
             }
@@ -1006,12 +1219,14 @@ impl Core {
                 }
             }
             Action::RemoveMember { group, port, reason } => {
-                let kind = match reason {
-                    RemoveReason::Expired => EventKind::Expire,
-                    RemoveReason::Left => EventKind::Leave,
-                    RemoveReason::PortRemoved => EventKind::PortRemoved,
+                let (kind, detail) = match reason {
+                    RemoveReason::Expired => (EventKind::Expire, ""),
+                    RemoveReason::Left => (EventKind::Leave, ""),
+                    RemoveReason::PortRemoved => (EventKind::PortRemoved, ""),
+                    RemoveReason::Filtered => (EventKind::Leave, "the port's group filter no longer allows it"),
+                    RemoveReason::StaticDeleted => (EventKind::Leave, "static membership deleted"),
                 };
-                self.publish(kind, Some(group.addr.ip()), Some(port), String::new());
+                self.publish(kind, Some(group.addr.ip()), Some(port), detail.to_owned());
                 self.unwritten.members.remove(&member_key(group, port));
                 self.datapath.remove_member(member_key(group, port))?;
             }
@@ -1063,6 +1278,10 @@ impl Core {
                  so its routers can read the reports (--query-version {version} says so from the start)",
                 protocol = A::PROTOCOL
             ),
+            Action::JoinRefused { group, port, why } => {
+                debug!("port {}: join of {group} {}", self.port_name(port), why.describe());
+                self.publish(EventKind::Refused, Some(group.addr.ip()), Some(port), why.describe().to_owned());
+            }
             Action::UntrustedRouterHeard { port, source, sign } => {
                 let name = self.port_name(port);
                 warn!(
@@ -1222,7 +1441,36 @@ impl Core {
     /// CLOCK_MONOTONIC (the eBPF clock) time of a state-machine time.
     fn monotonic_ns(&self, at: Duration) -> u64 {
         let remaining = at.saturating_sub(self.now());
-        monotonic_now_ns().saturating_add(remaining.as_nanos() as u64)
+        monotonic_now_ns().saturating_add(u64::try_from(remaining.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// A port's group filter: its own ranges and those given for `all`.
+    fn port_filter(&self, name: &str) -> GroupFilter {
+        let pick = |ranges: &[(String, GroupRange)]| {
+            ranges.iter().filter(|(port, _)| port == name || port == "all").map(|(_, range)| *range).collect()
+        };
+        GroupFilter { allow: pick(&self.config.port_allow), deny: pick(&self.config.port_deny) }
+    }
+
+    /// Makes `ifindex` a static member of the entry's group, or ends that.
+    fn set_static<A: Family>(
+        &mut self,
+        family: &mut FamilyState<A>,
+        entry: &StaticGroup,
+        ifindex: u32,
+        add: bool,
+    ) -> Result<(), StaticError> {
+        let addr = A::from_ip(entry.group).ok_or(StaticError::NotSnoopable)?;
+        let group = Group { vlan: entry.vlan, addr };
+        let sources = entry.sources.iter().filter_map(|source| A::from_ip(*source)).collect();
+        let now = self.now();
+        let actions = if add {
+            family.snooper.add_static(group, ifindex, &sources, now)?
+        } else {
+            family.snooper.remove_static(group, ifindex, now)?
+        };
+        self.apply(family, actions);
+        Ok(())
     }
 
     /// A port's options: snoop's own (`--router-port`, ...) and the bridge's
@@ -1264,6 +1512,23 @@ async fn tick(interval: &mut Option<Interval>) {
 
 fn member_key<A: Family>(group: Group<A>, port: u32) -> PortGroupKey {
     PortGroupKey { group: group.key(), ifindex: port }
+}
+
+/// A pinned static membership as the state machine resumed it: its group,
+/// its sources (none: any source) and VLAN.
+fn pinned_static<A: Family>(
+    family: &FamilyState<A>,
+    key: &GroupKey,
+    port: u32,
+    now: Duration,
+) -> Option<(IpAddr, BTreeSet<IpAddr>, u16)> {
+    let group = Group::<A>::from_key(key)?;
+    let member = family.snooper.groups().get(&group)?.get(&port)?;
+    let sources = match member.filter(now) {
+        SourceFilter::Include(listed) => listed.iter().map(|source| source.ip()).collect(),
+        SourceFilter::Exclude(_) => BTreeSet::new(),
+    };
+    Some((group.addr.ip(), sources, group.vlan))
 }
 
 /// The source filter a restarted snoop finds in the maps for a membership.

@@ -3,7 +3,8 @@
 //! Where a packet is parsed, where membership is decided, where it is enforced:
 //! - [`proto`]: the one parser shape (IGMP now), and the query builder;
 //! - [`membership`]: the membership/querier state machine (pure, injected
-//!   time, generic over the address family, groups keyed by VLAN);
+//!   time, generic over the address family, groups keyed by VLAN), with
+//!   [`port_groups`]: the groups a port may join and those it always has;
 //! - [`datapath`]: loading and driving the eBPF programs and their pinned
 //!   maps (the layout is snoop-common's);
 //! - [`controller`]: `snoop run`, carrying the state machine's decisions
@@ -22,6 +23,7 @@ pub mod frame_sender;
 pub mod membership;
 pub mod metrics;
 pub mod netns;
+pub mod port_groups;
 pub mod proto;
 pub mod show;
 pub mod snapshot;

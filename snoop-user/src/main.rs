@@ -9,10 +9,12 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use snoop::{
+    control::{self, Change},
     controller::{self, Forwarding, RunConfig},
     datapath,
     membership::Timers,
     netns,
+    port_groups::{GroupRange, StaticGroup},
     show::{self, View},
 };
 
@@ -58,6 +60,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Add or delete a static group membership on the snoop running on a
+    /// bridge (root only): a port that always gets a group, like `bridge mdb
+    /// add ... permanent`. Lasts until deleted or snoop stops; put lasting
+    /// ones in the configuration file (`static-groups` of a `[port.NAME]`).
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
+    },
+    /// Make the snoop running on a bridge read its configuration file (and
+    /// command line) again and apply what changed, without losing a
+    /// membership or a packet (as SIGHUP does; this also says what it did).
+    Reload {
+        #[arg(long, default_value = "br0")]
+        bridge: String,
+    },
     /// Remove the pinned state a `snoop run --keep-state` left behind
     /// (detaches the programs, restores the bridge's own snooping).
     Cleanup {
@@ -66,6 +83,46 @@ enum Command {
         #[arg(long)]
         pin_dir: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupAction {
+    /// The port gets the group (of these sources only, with --source) from now on.
+    Add(GroupArgs),
+    /// The port's static membership ends (while snoop is the querier, hosts
+    /// that still want the group keep it by answering its queries).
+    Del(GroupArgs),
+}
+
+#[derive(Args, Debug)]
+struct GroupArgs {
+    #[arg(long, default_value = "br0")]
+    bridge: String,
+    /// The bridge port.
+    #[arg(long)]
+    port: String,
+    /// The group address (IPv4 or IPv6).
+    group: std::net::IpAddr,
+    /// Only this source (repeatable); a source-specific (SSM) group needs one.
+    #[arg(long, value_name = "ADDRESS")]
+    source: Vec<std::net::IpAddr>,
+    /// The VLAN, on a VLAN-filtering bridge.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
+    vlan: Option<u16>,
+}
+
+impl GroupArgs {
+    /// The static group, checked as the configuration's are.
+    fn entry(&self) -> Result<StaticGroup> {
+        let mut text = format!("{}={}", self.port, self.group);
+        for source in &self.source {
+            text += &format!(",source={source}");
+        }
+        if let Some(vlan) = self.vlan {
+            text += &format!(",vlan={vlan}");
+        }
+        Ok(text.parse()?)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -152,6 +209,18 @@ struct RunArgs {
     /// One port's own group limit, instead of --max-groups-per-port (repeatable).
     #[arg(long, value_name = "PORT=N", value_parser = port_limit)]
     port_max_groups: Vec<(String, usize)>,
+    /// Groups a port may join: with any given, only those (of either
+    /// family); other joins are refused and counted (repeatable; PORT `all`
+    /// for every port). RANGE: 239.1.0.0/16, 239.1.1.1-239.1.1.9, ff3e::/16.
+    #[arg(long, value_name = "PORT=RANGE", value_parser = port_range)]
+    port_allow: Vec<(String, GroupRange)>,
+    /// Groups a port may not join, whatever --port-allow says (repeatable).
+    #[arg(long, value_name = "PORT=RANGE", value_parser = port_range)]
+    port_deny: Vec<(String, GroupRange)>,
+    /// A static membership: the port always gets the group, never aged out,
+    /// whatever its hosts report (repeatable). No source: any source.
+    #[arg(long, value_name = "PORT=GROUP[,source=S]...", value_parser = static_group)]
+    static_group: Vec<StaticGroup>,
     /// Most sources one port keeps per group (IGMPv3/MLDv2 source lists);
     /// further sources are refused and counted (0: no limit).
     #[arg(long, default_value_t = snoop::membership::DEFAULT_MAX_SOURCES)]
@@ -193,7 +262,8 @@ struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     max_groups: u32,
     /// Members of this group (a name or a gid) may use `snoop show` and
-    /// `snoop watch`; root always may, nobody else.
+    /// `snoop watch`; root always may, nobody else. Changes (`snoop group`,
+    /// `snoop reload`) are root's only.
     #[arg(long, value_name = "GROUP")]
     control_group: Option<String>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
@@ -273,8 +343,29 @@ fn real_main(cli: Cli) -> Result<()> {
             // Before the runtime starts: threads inherit the calling thread's nice value.
             set_nice(args.nice);
             let config = run_config(args, cli.netns.as_deref())?;
+            // A reload reads the file and the same command line again, so
+            // the command line's flags still override the file's.
+            let argv: Vec<OsString> = std::env::args_os().collect();
+            let netns = cli.netns.clone();
+            let reload: controller::Reload = Box::new(move || {
+                let cli = Cli::try_parse_from(with_config_file(argv.clone())?)?;
+                let Command::Run(args) = cli.command else { bail!("not a run command") };
+                run_config(args, netns.as_deref())
+            });
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(controller::run(config))
+            runtime.block_on(controller::run(config, Some(reload)))
+        }
+        Command::Group { action } => {
+            let (args, change) = match action {
+                GroupAction::Add(args) => (args, Change::GroupAdd as fn(StaticGroup) -> Change),
+                GroupAction::Del(args) => (args, Change::GroupDel as fn(StaticGroup) -> Change),
+            };
+            println!("{}", control::change(&args.bridge, change(args.entry()?))?);
+            Ok(())
+        }
+        Command::Reload { bridge } => {
+            println!("{}", control::change(&bridge, Change::Reload)?);
+            Ok(())
         }
         Command::Show { view, bridge, json, watch } => show::show(&bridge, view, json, watch),
         Command::Watch { bridge, json } => show::watch(&bridge, json),
@@ -332,6 +423,9 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         trusted_ports: args.trusted_port,
         max_groups_per_port: args.max_groups_per_port,
         port_max_groups: args.port_max_groups,
+        port_allow: args.port_allow,
+        port_deny: args.port_deny,
+        static_groups: args.static_group,
         max_sources_per_group: args.max_sources_per_group,
         control_rate_limit: args.control_rate_limit,
         failsafe_after,
@@ -405,6 +499,20 @@ fn port_limit(text: &str) -> Result<(String, usize), String> {
         return Err(format!("`{text}` names no port"));
     }
     Ok((port.to_owned(), limit))
+}
+
+/// `--port-allow PORT=RANGE`, `--port-deny PORT=RANGE`.
+fn port_range(text: &str) -> Result<(String, GroupRange), String> {
+    let (port, range) = text.split_once('=').ok_or_else(|| format!("`{text}` is not PORT=RANGE"))?;
+    if port.is_empty() {
+        return Err(format!("`{text}` names no port"));
+    }
+    Ok((port.to_owned(), range.parse().map_err(|e| format!("{e}"))?))
+}
+
+/// `--static-group PORT=GROUP[,source=S]...[,vlan=V]`.
+fn static_group(text: &str) -> Result<StaticGroup, String> {
+    text.parse().map_err(|e| format!("{e}"))
 }
 
 /// `snoop run --config FILE ...` with the file's settings put in as flags
@@ -487,7 +595,7 @@ mod tests {
         for option in options.iter().filter(|o| !["config", "help", "version"].contains(o)) {
             assert!(keys.contains(option), "dist/snoop.toml does not mention `{option}`");
         }
-        let port_keys: Vec<&str> = snoop::config::PORT_KEYS.iter().map(|(key, _)| *key).collect();
+        let port_keys: Vec<&str> = snoop::config::PORT_KEYS.iter().map(|(key, _, _)| *key).collect();
         for key in keys {
             assert!(options.contains(&key) || port_keys.contains(&key), "dist/snoop.toml: `{key}` is no option");
         }

@@ -17,7 +17,10 @@ use std::{
 
 use snoop_common::{GroupKey, VLAN_NONE};
 
-use crate::proto::{Announced, Family, Message, Packet, RecordType};
+use crate::{
+    port_groups::GroupFilter,
+    proto::{Announced, Family, Message, Packet, RecordType},
+};
 
 /// A group as snooping tracks it: its address in one VLAN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -51,6 +54,9 @@ impl<A: fmt::Display> fmt::Display for Group<A> {
         }
     }
 }
+
+/// The timer of what never expires: a static membership's.
+pub const NEVER: Duration = Duration::MAX;
 
 /// Sources a port keeps per group unless configured: twice the Linux
 /// bridge's fixed 32, and enough for any SSM receiver seen in practice.
@@ -128,11 +134,13 @@ pub struct IgnoredCounts {
     /// Any-source joins (IGMPv1/v2, MLDv1, EXCLUDE records) of
     /// source-specific multicast groups, which only take source lists (RFC 4604 2.2.1).
     pub ssm_any_source_joins: u64,
+    /// Joins of groups a port's filter does not allow.
+    pub filter_refusals: u64,
 }
 
 impl IgnoredCounts {
     /// The counts by their names in `snoop show stats` (a stable interface).
-    pub fn named(&self) -> [(&'static str, u64); 6] {
+    pub fn named(&self) -> [(&'static str, u64); 7] {
         [
             ("ignored_not_snoopable_groups", self.not_snoopable_groups),
             ("ignored_untrusted_router_messages", self.untrusted_router_messages),
@@ -140,6 +148,7 @@ impl IgnoredCounts {
             ("ignored_unknown_port", self.unknown_port_messages),
             ("ignored_source_limit", self.source_limit_refusals),
             ("ignored_ssm_any_source_joins", self.ssm_any_source_joins),
+            ("ignored_group_filter", self.filter_refusals),
         ]
     }
 }
@@ -179,6 +188,39 @@ pub enum Action<A> {
     /// A router spoke on a port that is not trusted and was ignored: its
     /// hosts' reports will not reach it. Emitted when first heard.
     UntrustedRouterHeard { port: u32, source: A, sign: RouterSign },
+    /// A join was refused: the port's filter or group limit.
+    JoinRefused { group: Group<A>, port: u32, why: Refusal },
+}
+
+/// Why a port may not join a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The port's group filter does not allow it.
+    Filter,
+    /// The port has as many groups as it may.
+    GroupLimit,
+}
+
+impl Refusal {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Filter => "refused: the port's group filter",
+            Self::GroupLimit => "refused: the port's group limit",
+        }
+    }
+}
+
+/// Why a static membership cannot be added or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StaticError {
+    #[error("the group is not snooped (not multicast, or link-local: always flooded)")]
+    NotSnoopable,
+    #[error("a source-specific multicast group takes sources (RFC 4604): give --source")]
+    SsmWithoutSources,
+    #[error("no such port on the bridge")]
+    UnknownPort,
+    #[error("the port is no static member of the group")]
+    NotStatic,
 }
 
 /// How a router made itself known.
@@ -215,6 +257,11 @@ pub enum RemoveReason {
     Left,
     /// The port left the bridge.
     PortRemoved,
+    /// The port's group filter no longer allows the group.
+    Filtered,
+    /// A static membership was deleted while another querier serves the
+    /// link (it asks hosts again at its next general query).
+    StaticDeleted,
 }
 
 /// A port's filter mode for a group (RFC 3376 6.2.1, RFC 3810 7.2.1).
@@ -307,6 +354,8 @@ pub struct Member<A> {
     pub older_host_until: Option<Duration>,
     /// A leave was heard and the last-member queries are running.
     pub leaving: bool,
+    /// Static (configured): never aged, reports and leaves leave it as it is.
+    pub permanent: bool,
     /// The group timer (EXCLUDE mode).
     group_timer: Duration,
     /// The member's next timer event: its key in [`Snooper`]'s expiry index.
@@ -335,6 +384,7 @@ impl<A: Family> Member<A> {
             no_leave_host_until: None,
             older_host_until: None,
             leaving: false,
+            permanent: false,
             group_timer: now,
             next_event: now,
             filter: SourceFilter::any(),
@@ -365,6 +415,11 @@ pub struct PortState {
     pub router_until: Option<Duration>,
     /// Groups the port is a member of (kept so the group limit is O(1)).
     pub groups: usize,
+    /// The groups it may join.
+    pub filter: GroupFilter,
+    /// Joins refused by its filter, and by its group limit.
+    pub refused_by_filter: u64,
+    pub refused_by_limit: u64,
 }
 
 impl PortState {
@@ -556,7 +611,7 @@ impl<A: Family> Snooper<A> {
 
     /// Starts managing a port. Returns the router-port action for static routers.
     pub fn add_port(&mut self, port: u32, options: PortOptions) -> Vec<Action<A>> {
-        self.ports.insert(port, PortState { options, router_until: None, groups: 0 });
+        self.ports.insert(port, PortState { options, ..PortState::default() });
         if options.static_router {
             vec![Action::SetRouterPort { port, is_router: true }]
         } else {
@@ -620,6 +675,10 @@ impl<A: Family> Snooper<A> {
         filter: SourceFilter<A>,
         now: Duration,
     ) {
+        // Already known (a static group of the configuration): that wins.
+        if self.groups.get(&group).is_some_and(|ports| ports.contains_key(&port)) {
+            return;
+        }
         let expires = if leaving {
             if self.querier.enabled {
                 let count = self.timers.last_member_query_count;
@@ -662,6 +721,99 @@ impl<A: Family> Snooper<A> {
     pub fn restore_router_port(&mut self, port: u32, now: Duration) -> Vec<Action<A>> {
         let mut actions = Vec::new();
         self.learn_router_port(port, now + self.timers.other_querier_present_interval, now, &mut actions);
+        actions
+    }
+
+    /// Makes `port` a static member of `group`: of `sources` only, or of any
+    /// source when there are none. It is never aged, and hosts' reports and
+    /// leaves on the port leave it as it is (as the Linux bridge's permanent
+    /// entries); a learned membership there becomes this one.
+    pub fn add_static(
+        &mut self,
+        group: Group<A>,
+        port: u32,
+        sources: &BTreeSet<A>,
+        now: Duration,
+    ) -> Result<Vec<Action<A>>, StaticError> {
+        if !group.addr.is_snoopable(self.link_scope) {
+            return Err(StaticError::NotSnoopable);
+        }
+        if group.addr.is_ssm() && sources.is_empty() {
+            return Err(StaticError::SsmWithoutSources);
+        }
+        let state = self.ports.get_mut(&port).ok_or(StaticError::UnknownPort)?;
+        let new = !self.groups.get(&group).is_some_and(|ports| ports.contains_key(&port));
+        if new {
+            state.groups += 1;
+            let member = Member::new(A::RECORD_VERSION, A::UNSPECIFIED, now);
+            self.groups.entry(group).or_default().insert(port, member);
+        }
+        let member = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)).expect("inserted above");
+        member.permanent = true;
+        member.leaving = false;
+        member.older_host_until = None;
+        member.no_leave_host_until = None;
+        if sources.is_empty() {
+            member.mode = FilterMode::Exclude;
+            member.group_timer = NEVER;
+            member.sources.clear();
+        } else {
+            member.mode = FilterMode::Include;
+            member.sources = sources.iter().map(|source| (*source, NEVER)).collect();
+        }
+        let mut actions = Vec::new();
+        self.settle(group, port, new, now, &mut actions);
+        Ok(actions)
+    }
+
+    /// Ends a static membership. While snoop is the querier it is asked
+    /// about as after a leave, so hosts that want the group keep it by
+    /// answering; otherwise it goes at once, as `bridge mdb del` does, and
+    /// the querier's next general query finds any host that wants it.
+    pub fn remove_static(&mut self, group: Group<A>, port: u32, now: Duration) -> Result<Vec<Action<A>>, StaticError> {
+        let member = self
+            .groups
+            .get_mut(&group)
+            .and_then(|ports| ports.get_mut(&port))
+            .filter(|member| member.permanent)
+            .ok_or(StaticError::NotStatic)?;
+        member.permanent = false;
+        let mut actions = Vec::new();
+        if !self.querier.is_querier() {
+            self.remove_member(group, port, RemoveReason::StaticDeleted, &mut actions);
+            return Ok(actions);
+        }
+        let lmqt = now + self.timers.last_member_query_time();
+        member.leaving = true;
+        let whole_group = member.mode == FilterMode::Exclude;
+        member.group_timer = member.group_timer.min(lmqt);
+        member.sources.values_mut().for_each(|timer| *timer = (*timer).min(lmqt));
+        let sources = if whole_group { BTreeSet::new() } else { member.sources.keys().copied().collect() };
+        self.settle(group, port, false, now, &mut actions);
+        self.query_now(group, whole_group, sources, now, &mut actions);
+        Ok(actions)
+    }
+
+    /// The groups `port` may join from now on; learned memberships the
+    /// filter no longer allows end now (static ones stay).
+    pub fn set_port_filter(&mut self, port: u32, filter: GroupFilter) -> Vec<Action<A>> {
+        let mut actions = Vec::new();
+        let Some(state) = self.ports.get_mut(&port) else { return actions };
+        if filter.is_open() {
+            // Denies nothing: no membership to look at (100k groups, every port, every reload).
+            state.filter = filter;
+            return actions;
+        }
+        let denied: Vec<Group<A>> = self
+            .groups
+            .iter()
+            .filter(|(group, ports)| ports.get(&port).is_some_and(|m| !m.permanent) && !filter.admits(group.addr.ip()))
+            .map(|(group, _)| *group)
+            .collect();
+        state.filter = filter;
+        for group in denied {
+            self.remove_member(group, port, RemoveReason::Filtered, &mut actions);
+        }
         actions
     }
 
@@ -769,11 +921,20 @@ impl<A: Family> Snooper<A> {
         let gmi = now + self.timers.group_membership_interval;
         let lmqt = now + self.timers.last_member_query_time();
         let fast_leave = self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
-        let is_member = self.groups.get(&group).is_some_and(|ports| ports.contains_key(&port));
+        let member = self.groups.get(&group).and_then(|ports| ports.get(&port));
+        // A static membership is the administrator's: hosts change nothing.
+        if member.is_some_and(|m| m.permanent) {
+            return;
+        }
+        let is_member = member.is_some();
         if !is_member {
             // No state is INCLUDE {}: only records that want something add it.
             let wants = excludes || (!sources.is_empty() && kind != BlockOldSources);
-            if !wants || !self.admit(port) {
+            if !wants {
+                return;
+            }
+            if let Err(why) = self.admit(port, group.addr) {
+                actions.push(Action::JoinRefused { group, port, why });
                 return;
             }
             self.groups.entry(group).or_default().insert(port, Member::new(version, reporter, now));
@@ -899,17 +1060,23 @@ impl<A: Family> Snooper<A> {
         }
     }
 
-    /// Starts a port's membership of a new group unless the port's group
-    /// limit is reached (counted).
-    fn admit(&mut self, port: u32) -> bool {
+    /// Starts a port's membership of a new group unless the port's filter
+    /// refuses the group or its group limit is reached (counted).
+    fn admit(&mut self, port: u32, group: A) -> Result<(), Refusal> {
         if let Some(state) = self.ports.get_mut(&port) {
+            if !state.filter.admits(group.ip()) {
+                self.ignored.filter_refusals += 1;
+                state.refused_by_filter += 1;
+                return Err(Refusal::Filter);
+            }
             if state.options.max_groups > 0 && state.groups >= state.options.max_groups {
                 self.ignored.group_limit_refusals += 1;
-                return false;
+                state.refused_by_limit += 1;
+                return Err(Refusal::GroupLimit);
             }
             state.groups += 1;
         }
-        true
+        Ok(())
     }
 
     /// Sends the first of the last-member queries for `group` (and the
@@ -975,7 +1142,9 @@ impl<A: Family> Snooper<A> {
             FilterMode::Include => running.unwrap_or(member.expires),
         };
         self.expiries.remove(&(member.next_event, group, port));
-        self.expiries.insert((next_event, group, port));
+        if next_event != NEVER {
+            self.expiries.insert((next_event, group, port));
+        }
         member.next_event = next_event;
         let filter = member.filter(now);
         let (version, expires, leaving) = (member.version, member.expires, member.leaving);
@@ -1003,7 +1172,7 @@ impl<A: Family> Snooper<A> {
         if version != persisted.version
             || leaving != persisted.leaving
             || expires < persisted.expires
-            || expires >= persisted.expires + refresh_slack
+            || expires >= persisted.expires.saturating_add(refresh_slack)
         {
             member.persisted = Persisted { expires, version, leaving };
             actions.push(Action::RefreshMember { group, port, version, expires, leaving });
@@ -1075,7 +1244,7 @@ impl<A: Family> Snooper<A> {
         if let Some(group) = group.filter(|_| !heard.suppress) {
             let limit = now + heard.max_response * self.timers.last_member_query_count;
             let Some(ports) = self.groups.get_mut(&group) else { return };
-            for member in ports.values_mut() {
+            for member in ports.values_mut().filter(|m| !m.permanent) {
                 if heard.sources.is_empty() {
                     if member.mode == FilterMode::Exclude && member.group_timer > limit {
                         member.group_timer = limit;
@@ -1376,6 +1545,99 @@ mod tests {
         assert_eq!(s.poll(secs(260)).len(), 2, "the unrefreshed group expires");
         s.handle(1, 0, &v2_report(Ipv4Addr::new(239, 0, 0, 4)), secs(0));
         assert_eq!(s.port_group_count(1), 1, "other ports are not limited");
+    }
+
+    #[test]
+    fn a_static_member_is_never_aged_and_hosts_change_nothing() {
+        let mut s = snooper(true);
+        let added = s.add_static(g(G1), 1, &BTreeSet::new(), secs(0)).unwrap();
+        assert_eq!(
+            added,
+            vec![
+                Action::AddMember { group: g(G1), port: 1, version: 3, expires: NEVER },
+                Action::RegisterGroup { group: g(G1) },
+            ]
+        );
+        assert_eq!(s.port_group_count(1), 1);
+        // A leave from a host behind the port, and a day of timers: it stays.
+        assert!(s.handle(1, 0, &pkt(H1, Message::Leave { group: G1 }), secs(10)).is_empty());
+        assert!(s.poll(secs(86_400)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));
+        assert!(s.groups()[&g(G1)][&1].permanent);
+        assert!(s.next_deadline().is_some_and(|at| at < secs(86_400 + 200)), "no deadline at the end of time");
+        // Another querier's group-specific query lowers nothing either.
+        s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 0), G1), secs(86_401));
+        assert!(s.poll(secs(86_500)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));
+        assert_eq!(
+            s.add_static(g(Ipv4Addr::new(224, 0, 0, 1)), 1, &BTreeSet::new(), secs(0)),
+            Err(StaticError::NotSnoopable)
+        );
+        let ssm = g(Ipv4Addr::new(232, 1, 1, 1));
+        assert_eq!(s.add_static(ssm, 1, &BTreeSet::new(), secs(0)), Err(StaticError::SsmWithoutSources));
+        assert_eq!(s.add_static(g(G2), 9, &BTreeSet::new(), secs(0)), Err(StaticError::UnknownPort));
+    }
+
+    #[test]
+    fn a_deleted_static_member_is_asked_about_like_a_leave() {
+        let mut s = snooper(true);
+        s.poll(secs(0));
+        // A learned member becomes static, with a source list.
+        s.handle(1, 0, &v2_report(G1), secs(1));
+        let source = Ipv4Addr::new(10, 1, 0, 7);
+        let actions = s.add_static(g(G1), 1, &BTreeSet::from([source]), secs(2)).unwrap();
+        assert!(actions.contains(&Action::SetSources {
+            group: g(G1),
+            port: 1,
+            filter: SourceFilter::Include(BTreeSet::from([source]))
+        }));
+        assert_eq!(s.port_group_count(1), 1, "one membership, not two");
+        assert_eq!(s.remove_static(g(G2), 1, secs(3)), Err(StaticError::NotStatic));
+        let actions = s.remove_static(g(G1), 1, secs(3)).unwrap();
+        assert!(
+            actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![source] }),
+            "{actions:?}"
+        );
+        // A host answering keeps it.
+        s.handle(1, 0, &record(RecordType::ModeIsInclude, G1, 8), secs(3));
+        assert!(s.poll(secs(10)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));
+        // Deleted again with nobody answering, it goes after the last-member time.
+        s.add_static(g(G1), 1, &BTreeSet::new(), secs(11)).unwrap();
+        s.remove_static(g(G1), 1, secs(12)).unwrap();
+        let gone = s.poll(secs(15));
+        assert!(gone.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }), "{gone:?}");
+        // Without the querier's role it goes at once.
+        let mut s = snooper(false);
+        s.add_static(g(G1), 1, &BTreeSet::new(), secs(0)).unwrap();
+        let gone = s.remove_static(g(G1), 1, secs(1)).unwrap();
+        assert!(gone.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::StaticDeleted }));
+    }
+
+    #[test]
+    fn a_port_filter_refuses_joins_and_ends_learned_memberships_it_denies() {
+        let mut s = snooper(false);
+        let range = |text: &str| text.parse::<crate::port_groups::GroupRange>().unwrap();
+        s.add_static(g(G2), 1, &BTreeSet::new(), secs(0)).unwrap();
+        s.handle(1, 0, &v2_report(G1), secs(0));
+        let filter = GroupFilter { allow: vec![range("239.0.0.0/16")], deny: vec![] };
+        let actions = s.set_port_filter(1, filter);
+        assert_eq!(
+            actions,
+            vec![
+                Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Filtered },
+                Action::UnregisterGroup { group: g(G1) }
+            ]
+        );
+        assert!(s.groups()[&g(G2)].contains_key(&1), "a static group passes any filter");
+        let refused = s.handle(1, 0, &v2_report(G1), secs(1));
+        assert_eq!(refused, vec![Action::JoinRefused { group: g(G1), port: 1, why: Refusal::Filter }]);
+        assert_eq!((s.ports()[&1].refused_by_filter, s.ignored().filter_refusals), (1, 1));
+        let allowed = Ipv4Addr::new(239, 0, 1, 1);
+        assert!(!s.handle(1, 0, &v2_report(allowed), secs(1)).is_empty());
+        assert!(s.handle(2, 0, &v2_report(G1), secs(1)).len() > 1, "other ports are not filtered");
+        s.add_port(3, PortOptions { max_groups: 1, ..TRUSTED });
+        s.handle(3, 0, &v2_report(G1), secs(1));
+        let limited = s.handle(3, 0, &v2_report(allowed), secs(1));
+        assert_eq!(limited, vec![Action::JoinRefused { group: g(allowed), port: 3, why: Refusal::GroupLimit }]);
+        assert_eq!(s.ports()[&3].refused_by_limit, 1);
     }
 
     /// The same machine over IPv6: MLD's differences from IGMP.

@@ -109,6 +109,13 @@ pub fn render(s: &Snapshot) -> String {
     registry.register("port_control_frames", "Control frames received on a port, by type", control);
     registry.register("port_is_router", "1 if the port is an IPv4 (IGMP) router port", router);
     registry.register("port_is_mld_router", "1 if the port is an IPv6 (MLD) router port", mld_router);
+    let refused = Family::<Labels, Counter>::default();
+    for p in &s.ports {
+        for (reason, value) in [("filter", p.refused_by_filter), ("limit", p.refused_by_limit)] {
+            refused.get_or_create(&labels(&[("port", p.name.clone()), ("reason", reason.into())])).inc_by(value);
+        }
+    }
+    registry.register("port_refused_joins", "Joins a port's group filter or group limit refused", refused);
 
     let is_querier = Gauge::<i64>::default();
     is_querier.set(i64::from(s.querier.role == "self"));

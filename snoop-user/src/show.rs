@@ -178,9 +178,15 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                         m.port.clone(),
                         format!("{}v{}", m.protocol, m.version),
                         sources_column(m),
-                        format!("{:.1}s", m.expires_in_secs),
-                        m.last_reporter.to_string(),
-                        if m.leaving { "leaving".into() } else { "member".into() },
+                        m.expires_in_secs.map_or("never".into(), |left| format!("{left:.1}s")),
+                        if m.permanent { "-".into() } else { m.last_reporter.to_string() },
+                        if m.permanent {
+                            "static".into()
+                        } else if m.leaving {
+                            "leaving".into()
+                        } else {
+                            "member".into()
+                        },
                         human(packets as f64),
                         human_bytes(bytes),
                         rate(packets, before.or(previous.map(|_| 0)), elapsed),
@@ -196,6 +202,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     "ROUTER",
                     "FAST-LEAVE",
                     "GROUPS",
+                    "REFUSED",
                     "REPORTS",
                     "LEAVES",
                     "QUERIES",
@@ -238,6 +245,7 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     router,
                     if p.fast_leave { "yes".into() } else { "no".into() },
                     p.groups.to_string(),
+                    (p.refused_by_filter + p.refused_by_limit).to_string(),
                     p.reports_received.to_string(),
                     p.leaves_received.to_string(),
                     p.queries_received.to_string(),
@@ -245,7 +253,11 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                     human(p.forwarded_packets as f64),
                     human(p.pruned_packets as f64),
                     rate(p.forwarded_packets, before, elapsed),
-                    p.note.clone(),
+                    match (p.group_filter.as_str(), p.note.as_str()) {
+                        ("any group" | "", note) => note.to_owned(),
+                        (filter, "") => format!("groups: {filter}"),
+                        (filter, note) => format!("groups: {filter}; {note}"),
+                    },
                 ]);
             }
         }

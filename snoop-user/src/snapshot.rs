@@ -13,7 +13,7 @@ use snoop_common::{Counter, PortGroupKey};
 
 use crate::{
     datapath::Datapath,
-    membership::{FilterMode, Member, Snooper},
+    membership::{FilterMode, Member, Snooper, NEVER},
     proto::{key_ip, Family},
     stats::Stats,
 };
@@ -88,6 +88,14 @@ pub struct PortView {
     #[serde(default)]
     pub mld_router_expires_in_secs: Option<f64>,
     pub groups: usize,
+    /// The groups it may join: "any group", or its allow and deny ranges.
+    #[serde(default)]
+    pub group_filter: String,
+    /// Joins refused by its group filter, and by its group limit.
+    #[serde(default)]
+    pub refused_by_filter: u64,
+    #[serde(default)]
+    pub refused_by_limit: u64,
     /// Control frames that entered through the port, counted by the data path.
     pub queries_received: u64,
     pub reports_received: u64,
@@ -141,7 +149,11 @@ pub struct MemberView {
     pub protocol: String,
     /// Lowest version of the protocol heard on the port for this group.
     pub version: u8,
-    pub expires_in_secs: f64,
+    /// `null` for a static membership, which never expires.
+    pub expires_in_secs: Option<f64>,
+    /// Configured (`snoop group add`, `static-groups`): never aged, hosts' reports change nothing.
+    #[serde(rename = "static", default)]
+    pub permanent: bool,
     pub last_reporter: IpAddr,
     /// A leave was heard; the membership ends unless a host answers the last-member queries.
     pub leaving: bool,
@@ -167,6 +179,7 @@ pub struct SourceView {
     /// Sent to the port: requested (INCLUDE, or EXCLUDE with its timer
     /// running), not blocked.
     pub forwarded: bool,
+    /// 0 in a static membership (its sources never expire).
     pub expires_in_secs: f64,
 }
 
@@ -212,6 +225,8 @@ pub enum EventKind {
     QuerierOther,
     /// snoop is the querier.
     QuerierSelf,
+    /// A join was refused (detail: the port's filter, or its group limit).
+    Refused,
     /// The watcher fell behind and missed events (detail: how many).
     Lost,
 }
@@ -229,6 +244,7 @@ impl EventKind {
             Self::RouterPortExpired => "router-port-expired",
             Self::QuerierOther => "querier-other",
             Self::QuerierSelf => "querier-self",
+            Self::Refused => "refused",
             Self::Lost => "lost",
         }
     }
@@ -437,6 +453,9 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                 mld_router: mld_state.is_some_and(|s| s.is_router(now)),
                 mld_router_expires_in_secs: mld_state.and_then(|s| s.router_until).map(|at| sources.secs_until(at)),
                 groups: state.groups + mld_state.map_or(0, |s| s.groups),
+                group_filter: state.filter.to_string(),
+                refused_by_filter: state.refused_by_filter + mld_state.map_or(0, |s| s.refused_by_filter),
+                refused_by_limit: state.refused_by_limit + mld_state.map_or(0, |s| s.refused_by_limit),
                 queries_received: control.queries,
                 reports_received: control.reports,
                 leaves_received: control.leaves,
@@ -506,7 +525,8 @@ fn member_view<A: Family>(
         port: sources.port_name(ifindex),
         protocol: A::PROTOCOL.to_owned(),
         version: member.version,
-        expires_in_secs: sources.secs_until(member.expires),
+        expires_in_secs: (!member.permanent).then(|| sources.secs_until(member.expires)),
+        permanent: member.permanent,
         last_reporter: member.last_reporter.ip(),
         leaving: member.leaving,
         filter_mode: member.mode,
@@ -516,7 +536,7 @@ fn member_view<A: Family>(
             .map(|(source, timer)| SourceView {
                 address: source.ip(),
                 forwarded: *timer > sources.uptime,
-                expires_in_secs: sources.secs_until(*timer),
+                expires_in_secs: if *timer == NEVER { 0.0 } else { sources.secs_until(*timer) },
             })
             .collect(),
         forwarded_packets,

@@ -5,15 +5,19 @@ pub mod lab;
 
 use std::{
     collections::BTreeSet,
+    io::{BufRead as _, BufReader},
     net::{IpAddr, Ipv4Addr},
     path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use aya::maps::{HashMap, MapData};
 use lab::Lab;
+use serde_json::Value;
 use snoop_common::{MemberValue, PortGroupKey, MAP_MEMBERS};
 
 pub use lab::LabOptions;
@@ -214,7 +218,7 @@ pub fn attached_programs(lab: &Lab, port: &str) -> Result<usize> {
     let mut filters = 0;
     for hook in ["ingress", "egress"] {
         let out = lab::run("tc", &["-n", &lab.bridge_netns, "-j", "filter", "show", "dev", port, hook])?;
-        let json: serde_json::Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
+        let json: Value = serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
         // tc lists a filter's chain head too: count the entries with options.
         filters +=
             json.as_array().map_or(0, |f| f.iter().filter(|f| f["kind"] == "bpf" && f["options"].is_object()).count());
@@ -230,4 +234,50 @@ pub fn rss_kb(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
+}
+
+/// `snoop watch --json` as a child process, killed on drop.
+pub struct Watcher {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    pub fn start(lab: &Lab) -> Result<Self> {
+        let mut child = Command::new(snoop_bin())
+            .args(["--netns", &lab.bridge_netns, "watch", "--bridge", &lab.bridge, "--json"])
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child.stdout.take().context("watch stdout")?;
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Ok(Self { child, lines })
+    }
+
+    /// The next event of `kind`, skipping others.
+    pub fn next_of(&self, kind: &str) -> Result<Value> {
+        loop {
+            let event = self.next()?;
+            if event["event"] == kind {
+                return Ok(event);
+            }
+        }
+    }
+
+    /// The next event, parsed.
+    pub fn next(&self) -> Result<Value> {
+        let line = self.lines.recv_timeout(Duration::from_secs(8)).context("no event within 8 s")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

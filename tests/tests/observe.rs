@@ -2,17 +2,15 @@
 //! actually sent and received, `--json` matches the lab's state, metrics serve
 //! the same numbers, and `snoop watch` streams the membership changes.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
     thread,
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::Value;
-use snoop_tests::{lab::Lab, snoop_bin, wait_for_members, wait_until, LabOptions};
+use snoop_tests::{lab::Lab, snoop_bin, wait_for_members, wait_until, LabOptions, Watcher};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 use snoop_tests::FAST_TIMERS as FAST;
@@ -93,42 +91,6 @@ fn counters_match(forwarding: &str) -> Result<()> {
     let redirected = stats["datapath"]["redirected"].as_u64().unwrap();
     assert_eq!(redirected, if forwarding == "redirect" { 100 } else { 0 });
     Ok(())
-}
-
-/// `snoop watch --json` as a child process, killed on drop.
-struct Watcher {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Watcher {
-    fn start(lab: &Lab) -> Result<Self> {
-        let mut child = Command::new(snoop_bin())
-            .args(["--netns", &lab.bridge_netns, "watch", "--bridge", "br0", "--json"])
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child.stdout.take().context("watch stdout")?;
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Ok(Self { child, lines })
-    }
-
-    /// The next event, parsed.
-    fn next(&self) -> Result<Value> {
-        let line = self.lines.recv_timeout(Duration::from_secs(8)).context("no event within 8 s")?;
-        Ok(serde_json::from_str(&line)?)
-    }
-}
-
-impl Drop for Watcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]

@@ -1,15 +1,18 @@
-//! snoop as a service: its configuration file.
-use std::{net::Ipv4Addr, time::Duration};
+//! snoop as a service: its configuration file, static groups and group
+//! filters, reloads, systemd.
+use std::{net::Ipv4Addr, process::Output, thread, time::Duration};
 
 use anyhow::Result;
+use serde_json::Value;
 use snoop_tests::{
     deliver,
     lab::{self, Lab},
-    snoop_bin, stat, wait_for_members, LabOptions, FAST_TIMERS,
+    map_members, snoop_bin, stat, wait_for_members, wait_until, LabOptions, Watcher, FAST_TIMERS,
 };
 
 const G1: Ipv4Addr = Ipv4Addr::new(239, 16, 0, 1);
 const G2: Ipv4Addr = Ipv4Addr::new(239, 16, 0, 2);
+const G3: Ipv4Addr = Ipv4Addr::new(239, 16, 0, 3);
 const UNJOINED: Ipv4Addr = Ipv4Addr::new(239, 16, 0, 99);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -118,5 +121,170 @@ fn systemd_hears_ready_the_watchdog_and_stopping() -> Result<()> {
     assert!(lab.stop_snoop(false)?.success());
     let last = std::iter::from_fn(|| next().ok()).find(|m| m != "WATCHDOG=1\n");
     assert_eq!(last.as_deref(), Some("STOPPING=1\n"));
+    Ok(())
+}
+
+/// `snoop ARGS...` against the lab's bridge namespace.
+fn snoop(lab: &Lab, args: &[&str]) -> Result<Output> {
+    Ok(std::process::Command::new(snoop_bin()).args(["--netns", &lab.bridge_netns]).args(args).output()?)
+}
+
+/// The membership of `group` on `port` as `snoop show groups --json` has it.
+fn shown_member(lab: &Lab, group: Ipv4Addr, port: &str) -> Result<Option<Value>> {
+    let groups = lab.snoop_show(&snoop_bin(), "groups")?;
+    let group = groups.as_array().into_iter().flatten().find(|g| g["group"] == group.to_string());
+    Ok(group.and_then(|g| g["members"].as_array()?.iter().find(|m| m["port"] == port).cloned()))
+}
+
+/// Static groups, from the file and added at run time: forwarded with no
+/// host joined, shown static, in the map, never aged; a host's leave on the
+/// port changes nothing; deleted, they go (snoop is the querier: after its
+/// unanswered last-member queries).
+#[test]
+fn static_groups_are_forwarded_without_members_and_never_aged() -> Result<()> {
+    let mut lab = Lab::new("static", 3, &LabOptions::default())?;
+    let path = lab.write_file("snoop.toml", &format!("[port.p1]\nstatic-groups = [\"{G1}\"]\n"))?;
+    let mut args = FAST_TIMERS.to_vec();
+    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
+    let member = shown_member(&lab, G1, "p1")?.expect("shown");
+    assert_eq!((&member["static"], &member["expires_in_secs"]), (&Value::Bool(true), &Value::Null), "{member}");
+    let receivers = ["h1", "h2"];
+    assert_eq!(deliver(&lab, "h0", G1, &receivers, 50)?, [50, 0]);
+
+    // A host behind p1 joins and leaves; then twice the membership interval (5 s).
+    let h1 = lab.join("h1", G1)?;
+    thread::sleep(Duration::from_millis(500));
+    drop(h1);
+    thread::sleep(Duration::from_secs(10));
+    assert!(map_members(&lab)?.contains(&(G1, "p1".to_owned())), "the static membership aged out of the map");
+    assert_eq!(deliver(&lab, "h0", G1, &receivers, 50)?, [50, 0], "after a leave and 10 s");
+
+    // At run time, with a source: p2 gets h0's traffic of G2.
+    let h0 = lab.host("h0").ip.to_string();
+    let added =
+        snoop(&lab, &["group", "add", "--bridge", &lab.bridge, "--port", "p2", &G2.to_string(), "--source", &h0])?;
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    assert_eq!(String::from_utf8_lossy(&added.stdout).trim(), format!("p2={G2},source={h0}: static"));
+    assert_eq!(deliver(&lab, "h0", G2, &receivers, 50)?, [0, 50]);
+    let sources = &shown_member(&lab, G2, "p2")?.expect("shown")["sources"];
+    assert_eq!(sources[0]["address"], h0.as_str(), "{sources}");
+
+    // Mistakes are errors naming what is wrong, and change nothing.
+    for (args, expected) in [
+        (vec!["--port", "p9", "239.16.0.3"], "p9 is not a port of"),
+        (vec!["--port", "p1", "224.0.0.1"], "the group is not snooped"),
+        (vec!["--port", "p1", "232.1.1.1"], "a source-specific multicast group takes sources"),
+        (vec!["--port", "p1", "10.1.1.1"], "not a multicast group"),
+    ] {
+        let out = snoop(&lab, &[&["group", "add", "--bridge", &lab.bridge][..], &args].concat())?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    let not_static = snoop(&lab, &["group", "del", "--bridge", &lab.bridge, "--port", "p2", &G1.to_string()])?;
+    assert!(String::from_utf8_lossy(&not_static.stderr).contains("no static member"));
+
+    // Deleted: gone once its last-member queries go unanswered.
+    for (port, group) in [("p1", G1), ("p2", G2)] {
+        let out = snoop(&lab, &["group", "del", "--bridge", &lab.bridge, "--port", port, &group.to_string()])?;
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    wait_until("static groups gone", Duration::from_secs(3), || Ok(map_members(&lab)?.is_empty()))?;
+    assert_eq!(deliver(&lab, "h0", G1, &receivers, 50)?, [0, 0]);
+    assert_eq!(deliver(&lab, "h0", G2, &receivers, 50)?, [0, 0]);
+    Ok(())
+}
+
+/// A port's group filter: joins outside its allowed ranges, or inside a
+/// denied one, are refused (nothing forwarded), counted on the port and
+/// told to `snoop watch`; other ports are not filtered.
+#[test]
+fn a_port_filter_refuses_joins_and_says_so() -> Result<()> {
+    let mut lab = Lab::new("filter", 3, &LabOptions::default())?;
+    let path = lab.write_file("snoop.toml", "[port.p1]\nallow = [\"239.16.0.0/24\"]\ndeny = [\"239.16.0.2\"]\n")?;
+    let mut args = FAST_TIMERS.to_vec();
+    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let watcher = Watcher::start(&lab)?;
+    thread::sleep(Duration::from_millis(300)); // let it subscribe
+    let outside = Ipv4Addr::new(239, 17, 0, 1);
+    let _h1 = [lab.join("h1", G1)?, lab.join("h1", G2)?, lab.join("h1", outside)?];
+    let _h2 = lab.join("h2", G2)?;
+    wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
+    wait_for_members(&lab, G2, &["p2"], JOIN_TIMEOUT)?;
+    let refused = watcher.next_of("refused")?;
+    assert_eq!(refused["port"], "p1");
+    assert!(refused["detail"].as_str().unwrap_or_default().contains("filter"), "{refused}");
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let p1 = ports.as_array().into_iter().flatten().find(|p| p["name"] == "p1").expect("p1 shown");
+    assert!(p1["refused_by_filter"].as_u64() >= Some(2), "{p1}");
+    assert_eq!(p1["group_filter"], "allow 239.16.0.0-239.16.0.255; deny 239.16.0.2");
+    assert!(stat(&lab, "controller", "ignored_group_filter")? >= 2);
+    assert_eq!(deliver(&lab, "h0", G1, &["h1", "h2"], 50)?, [50, 0]);
+    assert_eq!(deliver(&lab, "h0", G2, &["h1", "h2"], 50)?, [0, 50], "denied on p1, not on p2");
+    assert_eq!(deliver(&lab, "h0", outside, &["h1", "h2"], 50)?, [0, 0], "outside p1's allowed ranges");
+    Ok(())
+}
+
+/// A reload applies the changed file (static groups, router ports, filters)
+/// while a member receives a steady stream: it loses nothing. A file with a
+/// mistake changes nothing and says where the mistake is; settings that
+/// need a restart are named.
+#[test]
+fn a_reload_applies_the_changed_file_without_losing_a_packet() -> Result<()> {
+    let mut lab = Lab::new("reload", 4, &LabOptions::default())?;
+    let path = lab.write_file("snoop.toml", "[port.p1]\nfast-leave = true\n")?;
+    let mut args = FAST_TIMERS.to_vec();
+    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let _h1 = lab.join("h1", G1)?;
+    wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
+    lab.count_udp("h1", false)?;
+
+    // 4000 packets over 2 s; two reloads in the middle of them.
+    let sender = lab.sender("h0")?;
+    let stream = thread::spawn(move || sender.send(G1, 4000, Duration::from_micros(500)));
+    thread::sleep(Duration::from_millis(300));
+    std::fs::write(
+        &path,
+        format!(
+            "[port.p1]\nfast-leave = true\n\n[port.p2]\nstatic-groups = [\"{G2}\"]\n\n[port.p3]\nrouter = true\n\n\
+             [port.h9]\nstatic-groups = [\"{G3}\"]\n"
+        ),
+    )?;
+    let reloaded = snoop(&lab, &["reload", "--bridge", &lab.bridge])?;
+    let said = String::from_utf8_lossy(&reloaded.stdout);
+    assert!(reloaded.status.success(), "{}", String::from_utf8_lossy(&reloaded.stderr));
+    assert!(said.contains("2 static groups added, 0 deleted"), "{said}");
+    assert!(said.contains("h9 is not a port of the bridge"), "{said}");
+    thread::sleep(Duration::from_millis(300));
+    // SIGHUP does the same; nothing changed this time.
+    // SAFETY: signalling the lab's snoop.
+    unsafe { libc::kill(lab.snoop_pid().expect("running") as i32, libc::SIGHUP) };
+    stream.join().expect("the sender")?;
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.counted_udp("h1")?, 4000, "the member lost packets across the reloads");
+
+    assert_eq!(shown_member(&lab, G2, "p2")?.map(|m| m["static"].clone()), Some(Value::Bool(true)));
+    assert_eq!(deliver(&lab, "h0", G3, &["h1", "h2", "h3"], 50)?, [0, 0, 50], "p3 is a router port now");
+
+    // A mistake: refused with its line; the configuration in force stays.
+    std::fs::write(&path, "\nquery-intreval = \"5s\"\n[port.p2]\nstatic-groups = [\"239.16.0.2\"]\n")?;
+    let refused = snoop(&lab, &["reload", "--bridge", &lab.bridge])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("line 2: unknown key `query-intreval`"), "{stderr}");
+    assert_eq!(deliver(&lab, "h0", G3, &["h1", "h2", "h3"], 50)?, [0, 0, 50], "p3 is still a router port");
+
+    // A setting only a restart applies is named, the rest applied.
+    std::fs::write(&path, "control-rate-limit = 500\n[port.p2]\nstatic-groups = []\n")?;
+    let reloaded = snoop(&lab, &["reload", "--bridge", &lab.bridge])?;
+    let said = String::from_utf8_lossy(&reloaded.stdout);
+    assert!(
+        said.contains("0 static groups added, 2 deleted") && said.contains("next start: control-rate-limit"),
+        "{said}"
+    );
+    wait_until("G2 gone from p2", Duration::from_secs(3), || Ok(shown_member(&lab, G2, "p2")?.is_none()))?;
+    assert_eq!(deliver(&lab, "h0", G3, &["h1", "h2", "h3"], 50)?, [0, 0, 0], "p3 is no router port now");
     Ok(())
 }

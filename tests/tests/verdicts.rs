@@ -56,7 +56,7 @@ fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<
         }
         datapath.set_port_flags(ports.p3, PORT_ROUTER)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
-        datapath.set_member(PortGroupKey { group: joined, ifindex: ports.p1 }, 3, u64::MAX, false)?;
+        datapath.set_member(PortGroupKey { group: joined, ifindex: ports.p1 }, 3, u64::MAX, 0)?;
         datapath.register_group(joined)?;
         let result = check(&mut datapath, &ports);
         datapath.shutdown(false)?;
@@ -426,7 +426,7 @@ fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
     use Counter::*;
     with_datapath("verdict-ipv6", |dp, p| {
         let joined = GroupKey::ipv6(JOINED6.octets(), VLAN_NONE);
-        dp.set_member(PortGroupKey { group: joined, ifindex: p.p1 }, 2, u64::MAX, false)?;
+        dp.set_member(PortGroupKey { group: joined, ifindex: p.p1 }, 2, u64::MAX, 0)?;
         dp.register_group(joined)?;
         dp.set_port_flags(p.p3, PORT_ROUTER | PORT_ROUTER_IPV6)?;
         let all_nodes: Ipv6Addr = "ff02::1".parse()?;
@@ -496,7 +496,7 @@ fn source_specific_members_get_only_the_sources_they_want() -> Result<()> {
         let on = |ifindex| PortGroupKey { group: joined, ifindex };
         dp.set_member_sources(on(p.p1), true, [key(s1)].into())?;
         dp.set_member_sources(on(p.p2), false, [key(s3)].into())?;
-        dp.set_member(on(p.p2), 3, u64::MAX, false)?;
+        dp.set_member(on(p.p2), 3, u64::MAX, 0)?;
         for (name, port, source, verdict, counter) in [
             ("include, its source", p.p1, s1, TC_ACT_OK, DataForwarded),
             ("include, another source", p.p1, s2, TC_ACT_SHOT, SourcePruned),
@@ -534,7 +534,7 @@ fn source_specific_members_get_only_the_sources_they_want() -> Result<()> {
         let member6 = PortGroupKey { group: joined6, ifindex: p.p1 };
         let other6: Ipv6Addr = "fd99::99".parse()?;
         dp.set_member_sources(member6, true, [HOST6.octets()].into())?;
-        dp.set_member(member6, 2, u64::MAX, false)?;
+        dp.set_member(member6, 2, u64::MAX, 0)?;
         dp.register_group(joined6)?;
         case(dp, "IPv6 include, its source", PROG_EGRESS, p.p1, &data6(JOINED6, 0), TC_ACT_OK, &[(DataForwarded, 1)])?;
         let mut from_other = data6(JOINED6, 0);

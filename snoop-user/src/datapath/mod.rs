@@ -34,7 +34,7 @@ use snoop_common::{
     SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS,
     MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS,
     MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAX_FANOUT, MAX_PORTS,
-    MAX_TRAFFIC_SLOTS, MEMBER_LEAVING, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT, PROG_EGRESS,
+    MAX_TRAFFIC_SLOTS, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, MEMBER_STATE_FLAGS, NO_SLOT, PROG_EGRESS,
     PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
 };
 
@@ -322,10 +322,12 @@ impl Datapath {
     }
 
     /// Writes a membership, with the source filter [`Datapath::set_member_sources`] gave it.
-    pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, leaving: bool) -> Result<()> {
+    /// Writes a membership; `state_flags` are its `MEMBER_LEAVING` and
+    /// `MEMBER_STATIC` (the source flags come from [`Datapath::set_member_sources`]).
+    pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, state_flags: u8) -> Result<()> {
         let traffic_slot = self.member_slot(member)?;
         let source_flags = self.member_sources.get(&member).map_or(0, |(flags, _)| *flags);
-        let flags = if leaving { MEMBER_LEAVING } else { 0 } | source_flags;
+        let flags = state_flags & MEMBER_STATE_FLAGS | source_flags;
         let value = MemberValue { expires_ns, version, flags, _pad: [0; 2], traffic_slot };
         self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))
     }
@@ -373,7 +375,7 @@ impl Datapath {
         let keep = if written.is_ok() { listed.clone() } else { BTreeSet::new() };
         let flags = if written.is_ok() { flags } else { 0 };
         if let Ok(mut value) = self.members.get(&member, 0) {
-            value.flags = value.flags & MEMBER_LEAVING | flags;
+            value.flags = value.flags & MEMBER_STATE_FLAGS | flags;
             self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))?;
         }
         for source in old.1.union(&listed).filter(|s| !keep.contains(*s)) {

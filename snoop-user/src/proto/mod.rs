@@ -63,6 +63,8 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     fn source_key(self) -> SourceAddr;
     fn from_source_key(source: &SourceAddr) -> Self;
     fn ip(self) -> IpAddr;
+    /// The address, if it is of this family.
+    fn from_ip(ip: IpAddr) -> Option<Self>;
     /// Parses a captured IP packet of this family.
     fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError>;
     /// A complete Ethernet frame holding a query of `version` from `source`:
@@ -146,6 +148,13 @@ impl Family for Ipv4Addr {
         Self::from_wire(source)
     }
 
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+
     fn ip(self) -> IpAddr {
         IpAddr::V4(self)
     }
@@ -224,6 +233,13 @@ impl Family for Ipv6Addr {
 
     fn from_source_key(source: &SourceAddr) -> Self {
         Ipv6Addr::from(*source)
+    }
+
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(ip) => Some(ip),
+            IpAddr::V4(_) => None,
+        }
     }
 
     fn ip(self) -> IpAddr {
