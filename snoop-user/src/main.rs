@@ -75,6 +75,11 @@ enum Command {
         #[arg(long, default_value = "br0")]
         bridge: String,
     },
+    /// Print a shell's completions for snoop (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
+    /// Write snoop's man pages (snoop.8, snoop-run.8, ...) into DIR.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Remove the pinned state a `snoop run --keep-state` left behind
     /// (detaches the programs, restores the bridge's own snooping).
     Cleanup {
@@ -367,6 +372,11 @@ fn real_main(cli: Cli) -> Result<()> {
             println!("{}", control::change(&bridge, Change::Reload)?);
             Ok(())
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "snoop", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Manpages { dir } => write_man_pages(&dir),
         Command::Show { view, bridge, json, watch } => show::show(&bridge, view, json, watch),
         Command::Watch { bridge, json } => show::watch(&bridge, json),
         Command::Cleanup { bridge, pin_dir } => {
@@ -438,6 +448,25 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         map_sizes: snoop_common::MapSizes { memberships: args.max_memberships, groups: args.max_groups },
         forwarding: args.forwarding,
     })
+}
+
+/// snoop.8 and one page per command (snoop-run.8, ...), section 8: it is
+/// an administrator's command.
+fn write_man_pages(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let top = Cli::command().name("snoop");
+    let mut pages = vec![("snoop".to_owned(), top.clone())];
+    for command in top.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let name = format!("snoop-{}", command.get_name());
+        pages.push((name.clone(), command.clone().name(name)));
+    }
+    for (name, command) in pages {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command).section("8").render(&mut page)?;
+        let path = dir.join(format!("{name}.8"));
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// A group's gid, from its name or number.

@@ -1,8 +1,9 @@
-//! Project tasks: `cargo xtask setup | demo | lint | test | bench | soak | vm`.
+//! Project tasks: `cargo xtask setup | demo | lint | test | bench | soak | vm | package`.
 //!
 //! `demo` and `test` run `setup` first, so on a fresh Debian 12 machine they
 //! are the only two commands a newcomer needs.
 mod bpf_toolchain;
+mod package;
 mod vm;
 
 use std::{
@@ -63,6 +64,15 @@ enum Task {
         /// The command, e.g. `ip -d link show`.
         #[arg(trailing_var_arg = true, required = true)]
         command: Vec<String>,
+    },
+    /// Build the Debian package (target/debian/snoop_VERSION_ARCH.deb): the
+    /// binary, the systemd unit, the example configuration, man pages and
+    /// shell completions.
+    Package {
+        /// Then install it on this machine, run the installed binary's demo
+        /// and purge it, checking nothing is left (needs root).
+        #[arg(long)]
+        install_test: bool,
     },
     /// Run the unit and integration tests (needs root: the tests build netns labs).
     Test {
@@ -166,6 +176,18 @@ fn main() -> Result<()> {
             let code = vm::run_command(&kernel, &workspace(), &command.join(" "))?;
             if code != 0 {
                 bail!("the command exited with {code} in the guest");
+            }
+            Ok(())
+        }
+        Task::Package { install_test } => {
+            setup()?;
+            if bpf_toolchain::which("dpkg-deb").is_none() {
+                Apt::default().install(&["dpkg"])?;
+            }
+            let deb = package::build()?;
+            if install_test {
+                require_root("installing the package")?;
+                package::install_test(&deb)?;
             }
             Ok(())
         }
