@@ -38,26 +38,21 @@ impl FromStr for GroupRange {
             Self { first: address(first)?, last: address(last)? }
         } else if let Some((base, prefix)) = text.split_once('/') {
             let base = address(base)?;
-            let bits: u32 = if base.is_ipv4() { 32 } else { 128 };
+            let (bits, first) = match base {
+                IpAddr::V4(base) => (32, u128::from(u32::from(base))),
+                IpAddr::V6(base) => (128, u128::from(base)),
+            };
             let prefix: u32 = prefix.parse().ok().filter(|p| *p <= bits).ok_or_else(|| error("a bad prefix length"))?;
-            match base {
-                IpAddr::V4(base) => {
-                    let mask = u32::MAX.checked_shr(prefix).unwrap_or(0);
-                    if u32::from(base) & mask != 0 {
-                        return Err(error("host bits set after the prefix"));
-                    }
-                    let last = u32::from(base) | mask;
-                    Self { first: base.into(), last: std::net::Ipv4Addr::from(last).into() }
-                }
-                IpAddr::V6(base) => {
-                    let mask = u128::MAX.checked_shr(prefix).unwrap_or(0);
-                    if u128::from(base) & mask != 0 {
-                        return Err(error("host bits set after the prefix"));
-                    }
-                    let last = u128::from(base) | mask;
-                    Self { first: base.into(), last: std::net::Ipv6Addr::from(last).into() }
-                }
+            let host_bits = bits - prefix;
+            let mask = if host_bits == 0 { 0 } else { u128::MAX >> (128 - host_bits) };
+            if first & mask != 0 {
+                return Err(error("host bits set after the prefix"));
             }
+            let last = match base {
+                IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from((first | mask) as u32)),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(first | mask)),
+            };
+            Self { first: base, last }
         } else {
             let group = address(text)?;
             Self { first: group, last: group }

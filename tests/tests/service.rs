@@ -129,6 +129,16 @@ fn snoop(lab: &Lab, args: &[&str]) -> Result<Output> {
     Ok(std::process::Command::new(snoop_bin()).args(["--netns", &lab.bridge_netns]).args(args).output()?)
 }
 
+/// Starts snoop with the fast timers and a configuration file holding
+/// `text`; returns the file's path, for rewriting it.
+fn start_with_config(lab: &mut Lab, text: &str) -> Result<std::path::PathBuf> {
+    let path = lab.write_file("snoop.toml", text)?;
+    let mut args = FAST_TIMERS.to_vec();
+    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    Ok(path)
+}
+
 /// The membership of `group` on `port` as `snoop show groups --json` has it.
 fn shown_member(lab: &Lab, group: Ipv4Addr, port: &str) -> Result<Option<Value>> {
     let groups = lab.snoop_show(&snoop_bin(), "groups")?;
@@ -143,10 +153,7 @@ fn shown_member(lab: &Lab, group: Ipv4Addr, port: &str) -> Result<Option<Value>>
 #[test]
 fn static_groups_are_forwarded_without_members_and_never_aged() -> Result<()> {
     let mut lab = Lab::new("static", 3, &LabOptions::default())?;
-    let path = lab.write_file("snoop.toml", &format!("[port.p1]\nstatic-groups = [\"{G1}\"]\n"))?;
-    let mut args = FAST_TIMERS.to_vec();
-    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
-    lab.start_snoop(&snoop_bin(), &args)?;
+    start_with_config(&mut lab, &format!("[port.p1]\nstatic-groups = [\"{G1}\"]\n"))?;
     wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
     let member = shown_member(&lab, G1, "p1")?.expect("shown");
     assert_eq!((&member["static"], &member["expires_in_secs"]), (&Value::Bool(true), &Value::Null), "{member}");
@@ -196,16 +203,34 @@ fn static_groups_are_forwarded_without_members_and_never_aged() -> Result<()> {
     Ok(())
 }
 
+/// A static group added at run time is in no file: the pinned map's entry
+/// says it is static, so a keep-state restart keeps it static (never aged).
+#[test]
+fn a_run_time_static_group_stays_static_across_a_keep_state_restart() -> Result<()> {
+    let mut lab = Lab::new("static-restart", 2, &LabOptions::default())?;
+    let mut args = FAST_TIMERS.to_vec();
+    args.extend(["--keep-state", "--failsafe-after", "60s"]);
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let added = snoop(&lab, &["group", "add", "--bridge", &lab.bridge, "--port", "p1", &G1.to_string()])?;
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    lab.stop_snoop(false)?;
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let member = shown_member(&lab, G1, "p1")?.expect("resumed");
+    assert_eq!(member["static"], true, "{member}");
+    // Past the membership interval (5 s): still there, still forwarded.
+    thread::sleep(Duration::from_secs(7));
+    assert!(map_members(&lab)?.contains(&(G1, "p1".to_owned())));
+    assert_eq!(deliver(&lab, "h0", G1, &["h1"], 50)?, [50]);
+    Ok(())
+}
+
 /// A port's group filter: joins outside its allowed ranges, or inside a
 /// denied one, are refused (nothing forwarded), counted on the port and
 /// told to `snoop watch`; other ports are not filtered.
 #[test]
 fn a_port_filter_refuses_joins_and_says_so() -> Result<()> {
     let mut lab = Lab::new("filter", 3, &LabOptions::default())?;
-    let path = lab.write_file("snoop.toml", "[port.p1]\nallow = [\"239.16.0.0/24\"]\ndeny = [\"239.16.0.2\"]\n")?;
-    let mut args = FAST_TIMERS.to_vec();
-    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
-    lab.start_snoop(&snoop_bin(), &args)?;
+    start_with_config(&mut lab, "[port.p1]\nallow = [\"239.16.0.0/24\"]\ndeny = [\"239.16.0.2\"]\n")?;
     let watcher = Watcher::start(&lab)?;
     thread::sleep(Duration::from_millis(300)); // let it subscribe
     let outside = Ipv4Addr::new(239, 17, 0, 1);
@@ -234,10 +259,7 @@ fn a_port_filter_refuses_joins_and_says_so() -> Result<()> {
 #[test]
 fn a_reload_applies_the_changed_file_without_losing_a_packet() -> Result<()> {
     let mut lab = Lab::new("reload", 4, &LabOptions::default())?;
-    let path = lab.write_file("snoop.toml", "[port.p1]\nfast-leave = true\n")?;
-    let mut args = FAST_TIMERS.to_vec();
-    args.extend(["--config", path.to_str().expect("a UTF-8 path")]);
-    lab.start_snoop(&snoop_bin(), &args)?;
+    let path = start_with_config(&mut lab, "[port.p1]\nfast-leave = true\n")?;
     let _h1 = lab.join("h1", G1)?;
     wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
     lab.count_udp("h1", false)?;
