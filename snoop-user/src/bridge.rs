@@ -154,8 +154,13 @@ impl Netlink {
         let groups = [MulticastGroup::Link, MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr];
         let (connection, _, messages) = rtnetlink::new_multicast_connection(&groups)
             .map_err(|source| Error::Io { what: "subscribing to rtnetlink link events", source })?;
-        tokio::spawn(connection);
-        Ok(futures::StreamExt::map(messages, |_| ()))
+        // The connection outlives its stream unless stopped (it would warn
+        // of every event it can no longer hand on, as `snoop switch` undoes
+        // its bridge after the controller has stopped).
+        let connection = AbortOnDrop(tokio::spawn(connection));
+        Ok(futures::StreamExt::map(messages, move |_| {
+            let _ = &connection;
+        }))
     }
 
     /// Looks the bridge up; a clear error if it is missing or not a bridge.
@@ -335,6 +340,15 @@ impl Netlink {
     }
 }
 
+/// A task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// IPv6 groups the bridge device itself has joined, from /proc/net/igmp6:
 /// "IDX NAME GROUP-HEX USERS FLAGS TIMER" per line.
 pub fn local_groups_v6(bridge_ifindex: u32) -> Vec<Ipv6Addr> {
@@ -365,7 +379,7 @@ fn link_mac(link: &LinkMessage) -> [u8; 6] {
         .unwrap_or([0; 6])
 }
 
-fn is_bridge(link: &LinkMessage) -> bool {
+pub(crate) fn is_bridge(link: &LinkMessage) -> bool {
     link_kind(link) == Some(&InfoKind::Bridge)
 }
 

@@ -125,10 +125,37 @@ pub enum Forwarding {
 /// Reads the configuration again (the file and the command line), for a reload.
 pub type Reload = Box<dyn Fn() -> Result<RunConfig> + Send>;
 
-pub async fn run(config: RunConfig, reload: Option<Reload>) -> Result<()> {
+/// Runs until SIGINT or SIGTERM (`signals`, registered by the caller before
+/// anything it must undo, so no signal meanwhile kills it half-way).
+pub async fn run(config: RunConfig, reload: Option<Reload>, signals: Signals) -> Result<()> {
     let (mut controller, listener, resumed) = Controller::start(config, reload).await?;
-    let result = controller.serve(listener, resumed).await;
+    let result = controller.serve(listener, resumed, signals).await;
     controller.stop(result).await
+}
+
+/// The signals snoop answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
+/// Registered, they no longer kill the process: they wait to be read.
+pub struct Signals {
+    sigint: Signal,
+    sigterm: Signal,
+    sighup: Signal,
+}
+
+impl Signals {
+    /// Needs a tokio runtime.
+    pub fn register() -> std::io::Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt())?,
+            sigterm: signal(SignalKind::terminate())?,
+            sighup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Whether a SIGINT or SIGTERM came since registration (or the last look).
+    pub fn stop_requested(&mut self) -> bool {
+        use futures::FutureExt as _;
+        self.sigint.recv().now_or_never().is_some() || self.sigterm.recv().now_or_never().is_some()
+    }
 }
 
 /// `snoop cleanup`: removes what a `--keep-state` exit left pinned and puts
@@ -218,9 +245,7 @@ struct FamilyState<A> {
 struct Inputs {
     ring: AsyncFd<RingBuf<MapData>>,
     listener: UnixListener,
-    sigint: Signal,
-    sigterm: Signal,
-    sighup: Signal,
+    signals: Signals,
     port_scan: Interval,
     link_changes: Option<Box<dyn Stream<Item = ()> + Unpin>>,
     snapshot_queue: mpsc::Receiver<SnapshotRequest>,
@@ -309,7 +334,7 @@ impl Controller {
         result.and(shutdown.map_err(Into::into))
     }
 
-    async fn serve(&mut self, listener: UnixListener, resumed: bool) -> Result<()> {
+    async fn serve(&mut self, listener: UnixListener, resumed: bool, signals: Signals) -> Result<()> {
         self.configure().await?;
         self.refresh_bridge().await?;
         // Read before attaching rewrites the port entries.
@@ -341,7 +366,7 @@ impl Controller {
             access: control::Access { group: self.core.config.control_group },
             slots: Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS)),
         };
-        let mut inputs = self.inputs(listener, snapshot_queue, change_queue)?;
+        let mut inputs = self.inputs(listener, snapshot_queue, change_queue, signals)?;
         self.log_start(resumed);
         // systemd (Type=notify): ready once the ports are attached and the
         // control socket answers; the watchdog is fed from this loop, so a
@@ -380,14 +405,14 @@ impl Controller {
                 Some(ChangeRequest { change, reply }) = inputs.change_queue.recv() => {
                     let _ = reply.send(self.change(change));
                 }
-                _ = inputs.sighup.recv() => {
+                _ = inputs.signals.sighup.recv() => {
                     if let Err(why) = self.change(Change::Reload) {
                         warn!("reload (SIGHUP): {why}");
                     }
                 }
                 _ = tick(&mut watchdog) => notify_systemd(&[NotifyState::Watchdog]),
-                _ = inputs.sigint.recv() => break,
-                _ = inputs.sigterm.recv() => break,
+                _ = inputs.signals.sigint.recv() => break,
+                _ = inputs.signals.sigterm.recv() => break,
             }
         }
         let keeping = if self.core.config.keep_state { ", keeping the data path and its state pinned" } else { "" };
@@ -445,6 +470,7 @@ impl Controller {
         listener: UnixListener,
         snapshot_queue: mpsc::Receiver<SnapshotRequest>,
         change_queue: mpsc::Receiver<ChangeRequest>,
+        signals: Signals,
     ) -> Result<Inputs> {
         let ring = self.core.datapath.take_events().context("event ring already taken")?;
         let link_changes = match Netlink::link_changes() {
@@ -459,9 +485,7 @@ impl Controller {
             // SAFETY: the ring owns its fd and keeps it open while registered.
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?,
             listener,
-            sigint: signal(SignalKind::interrupt())?,
-            sigterm: signal(SignalKind::terminate())?,
-            sighup: signal(SignalKind::hangup())?,
+            signals,
             port_scan: tokio::time::interval(self.core.config.port_scan_interval),
             link_changes,
             snapshot_queue,
@@ -890,11 +914,14 @@ impl Controller {
         if let Err(error) = self.core.write_config() {
             warn!("{:#}", anyhow::Error::from(error));
         }
-        let mut done = format!(
-            "{} static groups added, {} deleted",
-            new_statics.difference(&old_statics).count(),
-            old_statics.difference(&new_statics).count()
-        );
+        // A static group whose sources changed is one changed, not one added and one deleted.
+        let in_other = |entry: &&StaticGroup, others: &BTreeSet<StaticGroup>| {
+            others.iter().any(|other| other.same_membership(entry))
+        };
+        let (changed, added): (Vec<_>, Vec<_>) =
+            new_statics.difference(&old_statics).partition(|entry| in_other(entry, &old_statics));
+        let deleted = old_statics.difference(&new_statics).filter(|entry| !in_other(entry, &new_statics)).count();
+        let mut done = format!("static groups: {} added, {} changed, {deleted} deleted", added.len(), changed.len());
         if !waiting.is_empty() {
             done += &format!("; changed but applied only at the next start: {}", waiting.join(", "));
         }

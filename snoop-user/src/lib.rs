@@ -12,7 +12,8 @@
 //!   [`filtering`]: whether the kernel filters bridged traffic;
 //! - [`control`]: the protocol `snoop show`/`watch` and the metrics speak to
 //!   it; [`snapshot`]: the state it answers with; [`stats`]: its counters;
-//! - [`show`], [`metrics`]: the views.
+//! - [`show`], [`metrics`]: the views;
+//! - [`switch`]: `snoop switch`, a bridge made of interfaces and undone.
 pub mod bridge;
 pub mod config;
 pub mod control;
@@ -28,3 +29,4 @@ pub mod proto;
 pub mod show;
 pub mod snapshot;
 pub mod stats;
+pub mod switch;

@@ -38,6 +38,12 @@ enum Command {
     // Given twice, the later wins: flags override the config file's settings.
     #[command(args_override_self = true)]
     Run(RunArgs),
+    /// Make a snooping switch of interfaces, for a lab with no managed one:
+    /// a new bridge with them as its ports (what was configured on them by
+    /// hand, addresses and routes, moves to it), snooped in the foreground.
+    /// On SIGINT/SIGTERM the bridge goes and each interface is put back as
+    /// it was: its addresses, its routes, up or down.
+    Switch(SwitchArgs),
     /// Show the state of the snoop running on a bridge.
     Show {
         #[arg(value_enum)]
@@ -97,6 +103,19 @@ enum GroupAction {
     /// The port's static membership ends (while snoop is the querier, hosts
     /// that still want the group keep it by answering its queries).
     Del(GroupArgs),
+}
+
+#[derive(Args, Debug)]
+struct SwitchArgs {
+    /// The new bridge's name.
+    #[arg(long, default_value = "snoop0")]
+    bridge: String,
+    /// The interfaces to make its ports: none a port of anything yet.
+    #[arg(required = true, num_args = 2.., value_name = "INTERFACE")]
+    interfaces: Vec<String>,
+    /// Options of `snoop run`, after `--` (`-- --config lab.toml --fast-leave all`).
+    #[arg(last = true, value_name = "RUN-OPTION")]
+    run_options: Vec<OsString>,
 }
 
 #[derive(Args, Debug)]
@@ -348,17 +367,45 @@ fn real_main(cli: Cli) -> Result<()> {
             // Before the runtime starts: threads inherit the calling thread's nice value.
             set_nice(args.nice);
             let config = run_config(args, cli.netns.as_deref())?;
-            // A reload reads the file and the same command line again, so
-            // the command line's flags still override the file's.
-            let argv: Vec<OsString> = std::env::args_os().collect();
-            let netns = cli.netns.clone();
-            let reload: controller::Reload = Box::new(move || {
-                let cli = Cli::try_parse_from(with_config_file(argv.clone())?)?;
-                let Command::Run(args) = cli.command else { bail!("not a run command") };
-                run_config(args, netns.as_deref())
-            });
+            let reload = reloader(std::env::args_os().collect(), cli.netns);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(controller::run(config, Some(reload)))
+            runtime.block_on(async {
+                let signals = controller::Signals::register()?;
+                controller::run(config, Some(reload), signals).await
+            })
+        }
+        Command::Switch(SwitchArgs { bridge, interfaces, run_options }) => {
+            require_root()?;
+            // `snoop run` of the bridge to be, its own `--bridge` last: it wins over a file's.
+            let mut argv: Vec<OsString> = ["snoop", "run"].map(OsString::from).into();
+            argv.extend(run_options);
+            argv.extend(["--bridge", &bridge].map(OsString::from));
+            let args = run_args(argv.clone()).unwrap_or_else(|error| match error.downcast::<clap::Error>() {
+                Ok(error) => error.exit(),
+                Err(error) => {
+                    eprintln!("snoop: {error:#}");
+                    std::process::exit(2);
+                }
+            });
+            if args.keep_state {
+                bail!("--keep-state: snoop switch deletes its bridge on the way out, so there is no state to keep");
+            }
+            set_nice(args.nice);
+            let config = run_config(args, cli.netns.as_deref())?;
+            let reload = reloader(argv, cli.netns);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async {
+                // First: a SIGINT from here on waits for the interfaces to be put back.
+                let mut signals = controller::Signals::register()?;
+                let mut switch = snoop::switch::Switch::plan(&bridge, &interfaces).await?;
+                switch.build().await?;
+                let result = match signals.stop_requested() {
+                    true => Ok(()),
+                    false => controller::run(config, Some(reload), signals).await,
+                };
+                let restored = switch.restore().await;
+                result.and(restored.map_err(Into::into))
+            })
         }
         Command::Group { action } => {
             let (args, change) = match action {
@@ -389,6 +436,19 @@ fn real_main(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The options of a `snoop run` command line, its config file's included.
+fn run_args(argv: Vec<OsString>) -> Result<RunArgs> {
+    let cli = Cli::try_parse_from(with_config_file(argv)?)?;
+    let Command::Run(args) = cli.command else { bail!("not a run command") };
+    Ok(args)
+}
+
+/// A reload reads the file and the same command line again, so the
+/// command line's flags still override the file's.
+fn reloader(argv: Vec<OsString>, netns: Option<String>) -> controller::Reload {
+    Box::new(move || run_config(run_args(argv.clone())?, netns.as_deref()))
 }
 
 fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {

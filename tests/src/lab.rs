@@ -271,8 +271,15 @@ impl Lab {
 
     /// Starts `snoop run` on the lab's bridge; extra `args` are passed through.
     pub fn start_snoop(&mut self, snoop: &Path, args: &[&str]) -> Result<()> {
+        let bridge = self.bridge.clone();
+        self.start_snoop_command(snoop, &[&["run", "--bridge", &bridge], args].concat())
+    }
+
+    /// Starts `snoop --netns BRIDGE-NETNS ARGS...` (`switch ...`, say), which
+    /// must snoop on the lab's bridge.
+    pub fn start_snoop_command(&mut self, snoop: &Path, args: &[&str]) -> Result<()> {
         let mut cmd = Command::new(snoop);
-        cmd.args(["--netns", &self.bridge_netns, "run", "--bridge", &self.bridge]).args(args);
+        cmd.args(["--netns", &self.bridge_netns]).args(args);
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         if std::env::var_os("SNOOP_LAB_VERBOSE").is_none() {
             // Appended, so a restarted snoop's log follows the first one's.

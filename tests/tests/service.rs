@@ -278,7 +278,7 @@ fn a_reload_applies_the_changed_file_without_losing_a_packet() -> Result<()> {
     let reloaded = snoop(&lab, &["reload", "--bridge", &lab.bridge])?;
     let said = String::from_utf8_lossy(&reloaded.stdout);
     assert!(reloaded.status.success(), "{}", String::from_utf8_lossy(&reloaded.stderr));
-    assert!(said.contains("2 static groups added, 0 deleted"), "{said}");
+    assert!(said.contains("static groups: 2 added, 0 changed, 0 deleted"), "{said}");
     assert!(said.contains("h9 is not a port of the bridge"), "{said}");
     thread::sleep(Duration::from_millis(300));
     // SIGHUP does the same; nothing changed this time.
@@ -298,15 +298,135 @@ fn a_reload_applies_the_changed_file_without_losing_a_packet() -> Result<()> {
     assert!(!refused.status.success() && stderr.contains("line 2: unknown key `query-intreval`"), "{stderr}");
     assert_eq!(deliver(&lab, "h0", G3, &["h1", "h2", "h3"], 50)?, [0, 0, 50], "p3 is still a router port");
 
-    // A setting only a restart applies is named, the rest applied.
-    std::fs::write(&path, "control-rate-limit = 500\n[port.p2]\nstatic-groups = []\n")?;
+    // A setting only a restart applies is named, the rest applied; a
+    // static group of other sources is one changed.
+    std::fs::write(
+        &path,
+        format!("control-rate-limit = 500\n[port.p2]\nstatic-groups = [\"{G2},source=10.99.0.10\"]\n"),
+    )?;
     let reloaded = snoop(&lab, &["reload", "--bridge", &lab.bridge])?;
     let said = String::from_utf8_lossy(&reloaded.stdout);
     assert!(
-        said.contains("0 static groups added, 2 deleted") && said.contains("next start: control-rate-limit"),
+        said.contains("static groups: 0 added, 1 changed, 1 deleted")
+            && said.contains("next start: control-rate-limit"),
         "{said}"
     );
+    let member = shown_member(&lab, G2, "p2")?.expect("p2 keeps G2");
+    assert_eq!((&member["static"], &member["sources"][0]["address"]), (&Value::Bool(true), &Value::from("10.99.0.10")));
+    std::fs::write(&path, "[port.p2]\nstatic-groups = []\n")?;
+    let said = String::from_utf8(snoop(&lab, &["reload", "--bridge", &lab.bridge])?.stdout)?;
+    assert!(said.contains("static groups: 0 added, 0 changed, 1 deleted"), "{said}");
     wait_until("G2 gone from p2", Duration::from_secs(3), || Ok(shown_member(&lab, G2, "p2")?.is_none()))?;
     assert_eq!(deliver(&lab, "h0", G3, &["h1", "h2", "h3"], 50)?, [0, 0, 0], "p3 is no router port now");
+    Ok(())
+}
+
+/// What `ip -j addr show dev NAME` says of an interface in the bridge
+/// namespace: its master, whether it is set up, its addresses (not link-local).
+fn interface(lab: &Lab, name: &str) -> Result<(Option<String>, bool, Vec<String>)> {
+    let shown: Value = serde_json::from_str(&lab.ip_br(&["-j", "addr", "show", "dev", name])?)?;
+    let link = &shown[0];
+    let master = link["master"].as_str().map(str::to_owned);
+    let up = link["flags"].as_array().is_some_and(|flags| flags.iter().any(|f| f == "UP"));
+    let addresses = link["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["scope"] != "link")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or("?"), a["prefixlen"]))
+        .collect();
+    Ok((master, up, addresses))
+}
+
+/// The interface a route of the bridge namespace goes out of.
+fn route_device(lab: &Lab, family: &str, prefix: &str) -> Result<Option<String>> {
+    let shown: Value = serde_json::from_str(&lab.ip_br(&[family, "-j", "route", "show", prefix])?)?;
+    Ok(shown[0]["dev"].as_str().map(str::to_owned))
+}
+
+/// `snoop switch` makes a snooping bridge of plain interfaces, the
+/// addresses and routes configured on them moved to it (the host stays
+/// reachable), and on SIGTERM puts each back as it was: no master, its
+/// addresses and routes, up or down.
+#[test]
+fn snoop_switch_makes_a_snooping_bridge_and_puts_the_interfaces_back() -> Result<()> {
+    let mut lab = Lab::new("switch", 4, &LabOptions { ipv6: true, ..Default::default() })?;
+    // The lab's bridge goes: its veths are plain interfaces now, p0 leading
+    // to h0 with an address and routes on it, p3 set down.
+    for port in ["p0", "p1", "p2", "p3"] {
+        lab.ip_br(&["link", "set", port, "nomaster"])?;
+    }
+    lab.ip_br(&["link", "del", &lab.bridge.clone()])?;
+    lab.ip_br(&["addr", "add", "10.99.0.1/24", "dev", "p0"])?;
+    lab.ip_br(&["-6", "addr", "add", "fd99::1/64", "dev", "p0", "nodad"])?;
+    lab.ip_br(&["route", "add", "10.123.0.0/16", "via", "10.99.0.10"])?;
+    lab.ip_br(&["-6", "route", "add", "fd12::/64", "via", "fd99::10"])?;
+    lab.ip_br(&["link", "set", "p3", "down"])?;
+    let before: Vec<_> = ["p0", "p1", "p2", "p3"].iter().map(|p| interface(&lab, p)).collect::<Result<_>>()?;
+    assert_eq!(before[0], (None, true, vec!["10.99.0.1/24".to_owned(), "fd99::1/64".to_owned()]));
+    assert_eq!(before[3], (None, false, vec![]));
+
+    let bridge = lab.bridge.clone();
+    let mut args = vec!["switch", "--bridge", &bridge, "p0", "p1", "p2", "p3", "--"];
+    args.extend(FAST_TIMERS);
+    lab.start_snoop_command(&snoop_bin(), &args)?;
+
+    for port in ["p0", "p1", "p2", "p3"] {
+        assert_eq!(interface(&lab, port)?.0.as_deref(), Some(bridge.as_str()), "{port} is a port of the bridge");
+    }
+    let (_, bridge_up, bridge_addresses) = interface(&lab, &bridge)?;
+    assert!(bridge_up);
+    assert_eq!(bridge_addresses, ["10.99.0.1/24", "fd99::1/64"], "p0's addresses moved to the bridge");
+    assert_eq!(interface(&lab, "p0")?.2, Vec::<String>::new());
+    assert_eq!(route_device(&lab, "-4", "10.123.0.0/16")?.as_deref(), Some(bridge.as_str()));
+    assert_eq!(route_device(&lab, "-6", "fd12::/64")?.as_deref(), Some(bridge.as_str()));
+    let details: Value = serde_json::from_str(&lab.ip_br(&["-j", "-d", "link", "show", &bridge])?)?;
+    assert_eq!(details[0]["linkinfo"]["info_data"]["mcast_snooping"], 0, "the bridge's own snooping is off");
+    // The host reaches h0 from the moved address.
+    lab::run("ip", &["netns", "exec", &lab.bridge_netns, "ping", "-c", "1", "-W", "2", "10.99.0.10"])?;
+
+    // And it snoops: only the member gets the group.
+    let _member = lab.join("h1", G1)?;
+    wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(deliver(&lab, "h0", G1, &["h1", "h2", "h3"], 50)?, [50, 0, 0]);
+
+    let status = lab.stop_snoop(false)?;
+    let log = std::fs::read_to_string(lab.snoop_log())?;
+    assert!(status.success(), "snoop switch exited with {status}; its log:\n{log}");
+    let bridges: Value = serde_json::from_str(&lab.ip_br(&["-j", "link", "show", "type", "bridge"])?)?;
+    assert_eq!(bridges, serde_json::json!([]), "the bridge is gone");
+    for (port, was) in ["p0", "p1", "p2", "p3"].iter().zip(&before) {
+        assert_eq!(&interface(&lab, port)?, was, "{port} is as it was");
+        assert_eq!(snoop_tests::attached_programs(&lab, port)?, 0, "{port} has no program left");
+    }
+    assert_eq!(route_device(&lab, "-4", "10.123.0.0/16")?.as_deref(), Some("p0"), "the route is back on p0");
+    assert_eq!(route_device(&lab, "-6", "fd12::/64")?.as_deref(), Some("p0"));
+    assert!(!lab.pin_dir().exists(), "nothing pinned is left");
+    Ok(())
+}
+
+/// Interfaces that cannot make a switch are refused before anything changes.
+#[test]
+fn snoop_switch_refuses_interfaces_it_cannot_use_and_changes_nothing() -> Result<()> {
+    let lab = Lab::new("switch-bad", 2, &LabOptions::default())?;
+    lab.ip_br(&["link", "set", "p1", "nomaster"])?;
+    let bridge = lab.bridge.clone();
+    for (args, expected) in [
+        (vec!["p1", "nosuch0"], "no interface named nosuch0"),
+        (vec!["p1", "p0"], &*format!("p0 is a port of {bridge} already")),
+        (vec!["p1", &*bridge], &*format!("{bridge} is a bridge")),
+        (vec!["p1", "p1"], "p1 is named twice"),
+        (vec!["--bridge", "p0", "p1", "lo"], "an interface named p0 exists already"),
+        (vec!["p1", "lo"], "lo is a loopback interface"),
+        (vec!["p1", "lo", "--", "--keep-state"], "--keep-state: snoop switch deletes its bridge"),
+    ] {
+        let output = snoop(&lab, &[&["switch"], args.as_slice()].concat())?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert_eq!(interface(&lab, "p0")?.0.as_deref(), Some(bridge.as_str()));
+    assert_eq!(interface(&lab, "p1")?.0, None);
+    let bridges: Value = serde_json::from_str(&lab.ip_br(&["-j", "link", "show", "type", "bridge"])?)?;
+    assert_eq!(bridges.as_array().map(Vec::len), Some(1), "no bridge was made: {bridges}");
     Ok(())
 }
