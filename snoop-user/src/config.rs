@@ -99,7 +99,7 @@ pub fn file_args(text: &str, options: &[OptionSpec]) -> Result<FileArgs, ConfigE
             let hint = if PORT_KEYS.iter().any(|(k, _, _)| *k == name) {
                 " (a port's setting: under [port.NAME])".to_owned()
             } else {
-                close_match(name, options.iter().map(|o| o.name.as_str()))
+                close_match(name, options.iter().map(|o| o.name.as_str()).filter(|o| !NOT_IN_FILE.contains(o)))
                     .map_or(String::new(), |o| format!(" (did you mean `{o}`?)"))
             };
             return Err(ConfigError::UnknownKey { line, key: name.to_owned(), hint });
@@ -233,6 +233,8 @@ mod tests {
             ("router-port", true, true),
             ("keep-state", false, false),
             ("config", true, false),
+            ("help", false, false),
+            ("version", false, false),
         ]
         .into_iter()
         .map(|(name, takes_value, repeatable)| OptionSpec { name: name.to_owned(), takes_value, repeatable })
@@ -274,6 +276,8 @@ mod tests {
     fn mistakes_name_their_line() {
         let unknown = args("bridge = \"br0\"\nquery-intreval = \"60s\"\n").unwrap_err();
         assert_eq!(unknown.to_string(), "line 2: unknown key `query-intreval` (did you mean `query-interval`?)");
+        // clap's own flags are no keys, and no hint.
+        assert_eq!(args("help = 1\n").unwrap_err().to_string(), "line 1: unknown key `help`");
         let misplaced = args("\nrouter = true\n").unwrap_err();
         assert_eq!(misplaced.to_string(), "line 2: unknown key `router` (a port's setting: under [port.NAME])");
         let in_port = args("[port.eth1]\nrouter = true\nfastleave = true\n").unwrap_err();

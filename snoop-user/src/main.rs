@@ -190,7 +190,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     query_version: u8,
     /// Never send queries (a router or another switch is the querier).
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     no_querier: bool,
     /// Source address of snoop's queries. Default: the bridge's IPv4 address,
     /// else 0.0.0.0 (which loses every querier election).
@@ -198,7 +198,7 @@ struct RunArgs {
     query_source: Option<Ipv4Addr>,
     /// Leave IPv6 alone: no MLD snooping, IPv6 group traffic floods as on a
     /// plain bridge.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     no_mld: bool,
     /// The MLD version of snoop's queries: 2 (MLDv2, default), or 1 where
     /// routers speak MLDv1 only. An MLDv1 querier heard lowers it automatically.
@@ -212,7 +212,7 @@ struct RunArgs {
     /// Snoop link-scope IPv6 groups (ff02::/16, but ff02::1) like any other,
     /// as RFC 4541 allows. Off by default: neighbour discovery, DHCPv6 and
     /// mDNS then never depend on snooping having heard every host's reports.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     snoop_ipv6_link_scope: bool,
     /// A port that always gets all group traffic and reports (repeatable).
     #[arg(long, value_name = "PORT")]
@@ -273,7 +273,7 @@ struct RunArgs {
     pin_dir: Option<PathBuf>,
     /// On exit leave the programs attached and the state pinned: forwarding
     /// continues and the next `snoop run` resumes without a gap.
-    #[arg(long)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", default_value_t = false, action = clap::ArgAction::Set, value_name = "BOOL")]
     keep_state: bool,
     /// Entries of the membership map: (group, port) pairs the data path can
     /// hold. A membership that does not fit is still delivered (its port gets
@@ -642,7 +642,8 @@ fn with_config_file(mut argv: Vec<OsString>) -> Result<Vec<OsString>> {
         .filter_map(|arg| {
             Some(snoop::config::OptionSpec {
                 name: arg.get_long()?.to_owned(),
-                takes_value: arg.get_action().takes_values(),
+                // A switch (`--keep-state`, `--keep-state=false`) takes `true` or `false` in the file.
+                takes_value: arg.get_action().takes_values() && arg.get_num_args().is_none_or(|n| n.min_values() > 0),
                 repeatable: matches!(arg.get_action(), clap::ArgAction::Append),
             })
         })
@@ -715,6 +716,22 @@ mod tests {
         assert_eq!(args.query_interval, Duration::from_secs(125));
         assert_eq!(args.router_port, ["eth0", "eth0"]);
         assert_eq!(args.port_max_groups, [("eth3".to_owned(), 16), ("vm101".to_owned(), 64)]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A switch the file sets on, the command line can set off.
+    #[test]
+    fn the_command_line_turns_off_a_switch_the_file_turns_on() {
+        let dir = std::env::temp_dir().join(format!("snoop-config-switch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("snoop.toml");
+        std::fs::write(&path, "bridge = \"br0\"\nkeep-state = true\nno-mld = true\n").unwrap();
+        let argv = ["snoop", "run", "-c", path.to_str().unwrap(), "--keep-state=false"].map(OsString::from);
+        let args = run_args(argv.to_vec()).unwrap();
+        assert!(!args.keep_state, "--keep-state=false overrides the file");
+        assert!(args.no_mld, "the file's other switch holds");
+        let argv = ["snoop", "run", "--bridge", "br0", "--no-querier"].map(OsString::from);
+        assert!(run_args(argv.to_vec()).unwrap().no_querier, "a switch alone is on");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
