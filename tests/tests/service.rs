@@ -203,6 +203,29 @@ fn static_groups_are_forwarded_without_members_and_never_aged() -> Result<()> {
     Ok(())
 }
 
+/// A static router port at run time is the bridge's own knob, as with the
+/// Linux bridge's snooping: `bridge link set dev P mcast_router 2`, followed
+/// live (and `mcast_router 1` ends it).
+#[test]
+fn a_static_router_port_set_at_run_time_is_followed() -> Result<()> {
+    let mut lab = Lab::new("router-live", 3, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), FAST_TIMERS)?;
+    let receivers = ["h1", "h2"];
+    assert_eq!(deliver(&lab, "h0", UNJOINED, &receivers, 50)?, [0, 0], "no router port yet");
+    let router_of = |lab: &Lab| -> Result<bool> {
+        let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+        let p2 = ports.as_array().into_iter().flatten().find(|p| p["name"] == "p2").cloned().unwrap_or_default();
+        Ok(p2["router"] == true && p2["static_router"] == true)
+    };
+    lab::run("bridge", &["-n", &lab.bridge_netns, "link", "set", "dev", "p2", "mcast_router", "2"])?;
+    wait_until("p2 a router port", Duration::from_secs(3), || router_of(&lab))?;
+    assert_eq!(deliver(&lab, "h0", UNJOINED, &receivers, 50)?, [0, 50], "p2 gets every group");
+    lab::run("bridge", &["-n", &lab.bridge_netns, "link", "set", "dev", "p2", "mcast_router", "1"])?;
+    wait_until("p2 no router port", Duration::from_secs(3), || Ok(!router_of(&lab)?))?;
+    assert_eq!(deliver(&lab, "h0", UNJOINED, &receivers, 50)?, [0, 0], "p2 is no router port again");
+    Ok(())
+}
+
 /// A static group added at run time is in no file: the pinned map's entry
 /// says it is static, so a keep-state restart keeps it static (never aged).
 #[test]
