@@ -185,7 +185,12 @@ impl Netlink {
         }
     }
 
-    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
+    /// The rtnetlink handle, for requests this module has no method for.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub(crate) async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut links = self.handle.link().get().match_name(name.to_owned()).execute();
         match links.try_next().await {
             Ok(link) => Ok(link),

@@ -7,10 +7,12 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt as _;
 use log::{info, warn};
+
+use crate::bridge::Netlink;
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
-        link::{InfoBridge, LinkAttribute, LinkFlags, LinkMessage},
+        link::{InfoBridge, LinkAttribute, LinkFlags},
         route::{RouteAttribute, RouteMessage, RouteProtocol},
     },
     Handle, LinkBridge, LinkUnspec, RouteMessageBuilder,
@@ -33,8 +35,8 @@ pub enum Error {
     NameTaken(String),
     #[error("{what}")]
     Netlink { what: String, source: rtnetlink::Error },
-    #[error("opening rtnetlink")]
-    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Bridge(#[from] crate::bridge::Error),
     #[error("not put back as it was: {}", .0.join("; "))]
     NotRestored(Vec<String>),
 }
@@ -68,7 +70,7 @@ struct Interface {
 
 /// A bridge made of interfaces, and how to undo it.
 pub struct Switch {
-    handle: Handle,
+    netlink: Netlink,
     bridge: String,
     /// Set once the bridge exists: only a bridge this made is deleted.
     bridge_ifindex: Option<u32>,
@@ -79,17 +81,16 @@ impl Switch {
     /// Checks that `interfaces` can make a bridge named `bridge`, and reads
     /// what moves; changes nothing. Needs a tokio runtime.
     pub async fn plan(bridge: &str, interfaces: &[String]) -> Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection()?;
-        tokio::spawn(connection);
-        if link_by_name(&handle, bridge).await?.is_some() {
+        let netlink = Netlink::open()?;
+        if netlink.link_by_name(bridge).await?.is_some() {
             return Err(Error::NameTaken(bridge.to_owned()));
         }
-        let mut switch = Self { handle, bridge: bridge.to_owned(), bridge_ifindex: None, interfaces: Vec::new() };
+        let mut switch = Self { netlink, bridge: bridge.to_owned(), bridge_ifindex: None, interfaces: Vec::new() };
         for name in interfaces {
             if switch.interfaces.iter().any(|i| &i.name == name) {
                 return Err(Error::NamedTwice(name.clone()));
             }
-            let link = link_by_name(&switch.handle, name).await?.ok_or_else(|| Error::NoSuchInterface(name.clone()))?;
+            let link = switch.netlink.link_by_name(name).await?.ok_or_else(|| Error::NoSuchInterface(name.clone()))?;
             if link.header.flags.contains(LinkFlags::Loopback) {
                 return Err(Error::Loopback(name.clone()));
             }
@@ -100,7 +101,7 @@ impl Switch {
                 LinkAttribute::Controller(index) => Some(*index),
                 _ => None,
             }) {
-                let master = link_name(&switch.handle, master).await.unwrap_or_else(|| format!("ifindex {master}"));
+                let master = link_name(switch.handle(), master).await.unwrap_or_else(|| format!("ifindex {master}"));
                 return Err(Error::AlreadyAPort { interface: name.clone(), master });
             }
             let ifindex = link.header.index;
@@ -131,21 +132,25 @@ impl Switch {
     async fn try_build(&mut self) -> Result<()> {
         let bridge = LinkBridge::new(&self.bridge).append_info_data(InfoBridge::MulticastSnooping(false)).build();
         let what = format!("creating the bridge {}", self.bridge);
-        self.handle.link().add(bridge).execute().await.map_err(netlink_error(&what))?;
-        let bridge = link_by_name(&self.handle, &self.bridge).await?.ok_or(Error::NoSuchInterface(what))?;
+        self.handle().link().add(bridge).execute().await.map_err(netlink_error(what))?;
+        let bridge = self
+            .netlink
+            .link_by_name(&self.bridge)
+            .await?
+            .ok_or_else(|| Error::NoSuchInterface(self.bridge.clone()))?;
         let bridge_ifindex = bridge.header.index;
         self.bridge_ifindex = Some(bridge_ifindex);
         for interface in &self.interfaces {
             for route in &interface.routes {
-                ignore(self.handle.route().del(route.clone()).execute().await, &[libc::ESRCH, libc::ENOENT])
+                ignore(self.handle().route().del(route.clone()).execute().await, &[libc::ESRCH, libc::ENOENT])
                     .map_err(netlink_error(format!("moving a route of {}", interface.name)))?;
             }
             for address in &interface.addresses {
-                ignore(self.handle.address().del(address.clone()).execute().await, &[libc::EADDRNOTAVAIL])
+                ignore(self.handle().address().del(address.clone()).execute().await, &[libc::EADDRNOTAVAIL])
                     .map_err(netlink_error(format!("moving an address of {}", interface.name)))?;
             }
             let port = LinkUnspec::new_with_index(interface.ifindex).controller(bridge_ifindex).up().build();
-            self.handle
+            self.handle()
                 .link()
                 .set(port)
                 .execute()
@@ -176,12 +181,12 @@ impl Switch {
         let mut failures = Vec::new();
         if let Some(bridge_ifindex) = self.bridge_ifindex.take() {
             // Its ports are released, its addresses and routes go with it.
-            if let Err(error) = ignore(self.handle.link().del(bridge_ifindex).execute().await, &[libc::ENODEV]) {
+            if let Err(error) = ignore(self.handle().link().del(bridge_ifindex).execute().await, &[libc::ENODEV]) {
                 failures.push(format!("deleting {}: {error}", self.bridge));
             }
         }
         for interface in &self.interfaces {
-            match link_name(&self.handle, interface.ifindex).await {
+            match link_name(self.handle(), interface.ifindex).await {
                 Some(name) if name == interface.name => {}
                 _ => {
                     failures.push(format!("{} is gone", interface.name));
@@ -190,7 +195,7 @@ impl Switch {
             }
             // Routes need their interface up and their gateway's address there.
             let port = LinkUnspec::new_with_index(interface.ifindex).nocontroller().up().build();
-            if let Err(error) = self.handle.link().set(port).execute().await {
+            if let Err(error) = self.handle().link().set(port).execute().await {
                 failures.push(format!("releasing {}: {error}", interface.name));
             }
             for address in &interface.addresses {
@@ -205,7 +210,7 @@ impl Switch {
             }
             if !interface.up {
                 let down = LinkUnspec::new_with_index(interface.ifindex).down().build();
-                if let Err(error) = self.handle.link().set(down).execute().await {
+                if let Err(error) = self.handle().link().set(down).execute().await {
                     failures.push(format!("setting {} down: {error}", interface.name));
                 }
             }
@@ -219,9 +224,13 @@ impl Switch {
         }
     }
 
+    fn handle(&self) -> &Handle {
+        self.netlink.handle()
+    }
+
     async fn moving_addresses(&self, ifindex: u32) -> Result<Vec<AddressMessage>> {
         let mut moving = Vec::new();
-        let mut addresses = self.handle.address().get().set_link_index_filter(ifindex).execute();
+        let mut addresses = self.handle().address().get().set_link_index_filter(ifindex).execute();
         while let Some(address) = addresses.try_next().await.map_err(netlink_error("listing addresses"))? {
             let permanent = address.header.flags.contains(AddressHeaderFlags::Permanent)
                 || address
@@ -245,7 +254,7 @@ impl Switch {
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
         ];
         for request in requests {
-            let mut routes = self.handle.route().get(request).execute();
+            let mut routes = self.handle().route().get(request).execute();
             while let Some(route) = routes.try_next().await.map_err(netlink_error("listing routes"))? {
                 let by_hand = matches!(route.header.protocol, RouteProtocol::Boot | RouteProtocol::Static);
                 if by_hand && route.attributes.contains(&RouteAttribute::Oif(ifindex)) {
@@ -265,7 +274,7 @@ impl Switch {
             message.header.index = bridge;
         }
         let ip = address_ip(address).unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        let mut request = self.handle.address().add(message.header.index, ip, message.header.prefix_len);
+        let mut request = self.handle().address().add(message.header.index, ip, message.header.prefix_len);
         *request.message_mut() = message;
         request.execute().await
     }
@@ -281,7 +290,7 @@ impl Switch {
                 }
             }
         }
-        self.handle.route().add(message).execute().await
+        self.handle().route().add(message).execute().await
     }
 }
 
@@ -311,15 +320,6 @@ fn address_text(address: &AddressMessage) -> String {
     match address_ip(address) {
         Some(ip) => format!("{ip}/{}", address.header.prefix_len),
         None => "an address".to_owned(),
-    }
-}
-
-async fn link_by_name(handle: &Handle, name: &str) -> Result<Option<LinkMessage>> {
-    let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    match links.try_next().await {
-        Ok(link) => Ok(link),
-        Err(error) if errno(&error) == Some(libc::ENODEV) => Ok(None),
-        Err(error) => Err(netlink_error(format!("looking up {name}"))(error)),
     }
 }
 
