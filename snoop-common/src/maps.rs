@@ -7,6 +7,8 @@ pub const FAMILY_IPV6: u8 = 6;
 
 /// VLAN id used while snooping is not VLAN-aware.
 pub const VLAN_NONE: u16 = 0;
+/// The VLAN id bits of an 802.1Q tag's TCI.
+pub const VLAN_VID_MASK: u16 = 0x0fff;
 
 /// A multicast group as the data path sees it.
 ///
@@ -158,7 +160,12 @@ pub struct PortValue {
     pub window_frames: u64,
     /// Index into [`MAP_PORT_TRAFFIC`], or [`NO_SLOT`].
     pub traffic_slot: u32,
-    pub _pad: u32,
+    /// On a VLAN-aware bridge ([`CONFIG_VLAN_AWARE`]): the VLAN of untagged
+    /// (and priority-tagged) frames entering the port, its PVID...
+    pub pvid: u16,
+    /// ...and the VLAN whose frames leave it untagged (the tag is gone by
+    /// the time the egress program sees them). [`VLAN_NONE`] for none.
+    pub untagged_vlan: u16,
 }
 
 /// A multicast router is behind the port: it gets all group traffic and all
@@ -219,6 +226,10 @@ pub const CONFIG_NO_QUERIER_IPV6: u32 = 16;
 /// Link-scope IPv6 groups but ff02::1 are snooped like any other (off:
 /// flooded, so neighbour discovery never depends on snooping).
 pub const CONFIG_SNOOP_IPV6_LINK_SCOPE: u32 = 32;
+/// The bridge filters VLANs: membership is per VLAN, and a frame's VLAN is
+/// its tag's or, untagged, the port's ([`PortValue::pvid`],
+/// [`PortValue::untagged_vlan`]). Off: every frame is in [`VLAN_NONE`].
+pub const CONFIG_VLAN_AWARE: u32 = 64;
 
 /// The flags and keys that differ between the address families, so one
 /// data path serves both.

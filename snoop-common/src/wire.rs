@@ -3,6 +3,7 @@
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
 /// The fixed IPv6 header (RFC 8200 3).
 pub const IPV6_HLEN: usize = 40;
 

@@ -2,13 +2,15 @@
 //! event ring, within each port's rate limit.
 use aya_ebpf::programs::TcContext;
 use snoop_common::{
-    wire::ETH_HLEN, CapturedFrame, Counter, CAPTURE_LEN, LARGE_CAPTURE_LEN, SMALL_CAPTURE_LEN, VLAN_NONE,
+    wire::ETH_HLEN, CapturedFrame, Counter, CAPTURE_LEN, CONFIG_VLAN_AWARE, LARGE_CAPTURE_LEN, SMALL_CAPTURE_LEN,
+    VLAN_NONE,
 };
 
 use crate::{
+    config::config,
     counters::count,
     maps::{SNOOP_EVENTS, SNOOP_PORTS},
-    packet::ifindex,
+    packet::{ifindex, tagged_vlan},
 };
 
 const NS_PER_SEC: u64 = 1_000_000_000;
@@ -17,7 +19,12 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// host cannot fill the ring and starve every other port's reports.
 #[inline(always)]
 pub fn capture_within_rate(ctx: &TcContext) {
+    let mut vlan = VLAN_NONE;
     if let Some(port) = SNOOP_PORTS.get_ptr_mut(ifindex(ctx)) {
+        if config().is_some_and(|c| c.flags & CONFIG_VLAN_AWARE != 0) {
+            // SAFETY: a map value pointer from a successful lookup.
+            vlan = tagged_vlan(ctx).unwrap_or(unsafe { (*port).pvid });
+        }
         // SAFETY: a map value; concurrent CPUs only make the window approximate.
         unsafe {
             let limit = u64::from((*port).control_rate_limit);
@@ -37,25 +44,25 @@ pub fn capture_within_rate(ctx: &TcContext) {
             }
         }
     }
-    capture(ctx);
+    capture(ctx, vlan);
 }
 
-/// Hands the frame's IP packet to the controller, in the smallest record it
-/// fits.
+/// Hands the frame's IP packet, heard in `vlan`, to the controller, in the
+/// smallest record it fits.
 #[inline(always)]
-fn capture(ctx: &TcContext) {
+fn capture(ctx: &TcContext, vlan: u16) {
     let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     if wire_len <= SMALL_CAPTURE_LEN {
-        capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len);
+        capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len, vlan);
     } else if wire_len <= CAPTURE_LEN {
-        capture_into::<CAPTURE_LEN>(ctx, wire_len);
+        capture_into::<CAPTURE_LEN>(ctx, wire_len, vlan);
     } else {
-        capture_into::<LARGE_CAPTURE_LEN>(ctx, wire_len);
+        capture_into::<LARGE_CAPTURE_LEN>(ctx, wire_len, vlan);
     }
 }
 
 #[inline(always)]
-fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
+fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize, vlan: u16) {
     let Some(mut entry) = SNOOP_EVENTS.reserve::<CapturedFrame<N>>(0) else {
         // Visible in `snoop show stats`; a log line here would cost more
         // instructions than the whole egress program.
@@ -78,7 +85,7 @@ fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize) {
     unsafe {
         (*frame).ifindex = ifindex(ctx);
         (*frame).wire_len = wire_len.min(u16::MAX as usize) as u16;
-        (*frame).vlan = VLAN_NONE;
+        (*frame).vlan = vlan;
         (*frame)._pad = [0; 6];
         (*frame).captured_len = len as u16;
         // The verifier must see a copy length in [1, N]. A mask (N is a power

@@ -6,7 +6,7 @@ use snoop_common::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_DESTINATION_OPTIONS, IPV6_HLEN, IPV6_HOP_BY_HOP,
         IPV6_ROUTING, MAX_IPV6_EXTENSION_HEADERS,
     },
-    Counter, SourceAddr, FAMILY_IPV6,
+    Counter, SourceAddr, FAMILY_IPV6, VLAN_VID_MASK,
 };
 
 use crate::counters::count;
@@ -160,4 +160,16 @@ pub fn ip_source(ctx: &TcContext, family: u8) -> Option<SourceAddr> {
     }
     let [a, b, c, d]: [u8; 4] = ctx.load(ETH_HLEN + 12).ok()?;
     Some([a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+}
+
+/// The VLAN of the frame's 802.1Q tag, if it has one: the stack moves a tag
+/// into the skb before tc sees the frame (ingress), and the bridge leaves it
+/// there for a port that sends the VLAN tagged (egress). A priority tag
+/// (VLAN 0) is no VLAN, as for the bridge.
+#[inline(always)]
+pub fn tagged_vlan(ctx: &TcContext) -> Option<u16> {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    let vlan = tci as u16 & VLAN_VID_MASK;
+    (present != 0 && vlan != 0).then_some(vlan)
 }

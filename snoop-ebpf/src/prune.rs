@@ -12,8 +12,8 @@ use snoop_common::{
         is_mld_report, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
     },
     Counter, DatapathConfig, GroupKey, PortGroupKey, SourceKey, CONFIG_FLOOD_UNREGISTERED,
-    CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE,
-    PORT_UNPRUNED, VLAN_NONE,
+    CONFIG_SNOOP_IPV6_LINK_SCOPE, CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, MEMBER_SOURCES_EXCLUDE,
+    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, VLAN_NONE,
 };
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
         SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC,
         SNOOP_SOURCES,
     },
-    packet::{icmpv6_type, ifindex, igmp_type, ip_head, ip_source, ipv6_upper_layer, IpHead},
+    packet::{icmpv6_type, ifindex, igmp_type, ip_head, ip_source, ipv6_upper_layer, tagged_vlan, IpHead},
 };
 
 #[inline(always)]
@@ -44,7 +44,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
                 count(Counter::LinkLocalFlooded);
                 return TC_ACT_OK;
             }
-            data_egress(ctx, GroupKey::ipv4(ip.dst, VLAN_NONE), ifindex, FAMILY_IPV4)
+            data_egress(ctx, GroupKey::ipv4(ip.dst, egress_vlan(ctx, ifindex)), ifindex, FAMILY_IPV4)
         }
         Some(IpHead::V6(ip)) => {
             if ip.dst[0] != 0xff || !ip.to_group_mac {
@@ -64,10 +64,24 @@ pub fn egress(ctx: &TcContext) -> i32 {
                 count(Counter::LinkLocalFlooded);
                 return TC_ACT_OK;
             }
-            data_egress(ctx, GroupKey::ipv6(ip.dst, VLAN_NONE), ifindex, FAMILY_IPV6)
+            data_egress(ctx, GroupKey::ipv6(ip.dst, egress_vlan(ctx, ifindex)), ifindex, FAMILY_IPV6)
         }
         None => TC_ACT_OK,
     }
+}
+
+/// The VLAN a frame leaving through `ifindex` is in: its tag's, or the
+/// port's untagged VLAN ([`VLAN_NONE`] on a bridge that is not VLAN-aware).
+#[inline(always)]
+fn egress_vlan(ctx: &TcContext, ifindex: u32) -> u16 {
+    if config().is_none_or(|c| c.flags & CONFIG_VLAN_AWARE == 0) {
+        return VLAN_NONE;
+    }
+    if let Some(vlan) = tagged_vlan(ctx) {
+        return vlan;
+    }
+    // SAFETY: plain map lookup.
+    unsafe { SNOOP_PORTS.get(ifindex) }.map_or(VLAN_NONE, |port| port.untagged_vlan)
 }
 
 /// IPv6 groups never pruned: ff02::1 (RFC 4541 3), and the other link-scope

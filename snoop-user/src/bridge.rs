@@ -1,16 +1,21 @@
 //! What snoop needs to know about a bridge, read over rtnetlink so it works in
 //! whatever network namespace snoop runs in (sysfs shows the mounter's).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use futures::TryStreamExt as _;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
         link::{
-            BridgeMulticastRouterType, BridgePortState, BridgeStpState, InfoBridge, InfoBridgePort, InfoData, InfoKind,
-            InfoPortData, LinkAttribute, LinkInfo, LinkMessage, State,
+            AfSpecBridge, BridgeMulticastRouterType, BridgePortState, BridgeStpState, BridgeVlanInfoFlags, InfoBridge,
+            InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVlan, LinkAttribute, LinkExtentMask, LinkInfo,
+            LinkMessage, State,
         },
         neighbour::{NeighbourFlags, NeighbourState},
+        AddressFamily,
     },
     Handle, LinkBridge, LinkMessageBuilder, MulticastGroup,
 };
@@ -122,6 +127,46 @@ pub struct Port {
     /// namespace; it would bypass a qdisc, and it checks only that the peer is
     /// up, so a port set down must stop qualifying.)
     pub peer_redirect: bool,
+}
+
+/// The VLANs of a port (or of the bridge device itself, its `self` entries).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortVlans {
+    /// VLAN id → frames of it leave untagged.
+    pub vlans: BTreeMap<u16, bool>,
+    /// The VLAN untagged frames entering the port belong to.
+    pub pvid: Option<u16>,
+}
+
+impl PortVlans {
+    /// The VLAN whose frames leave untagged: the PVID's if it egresses
+    /// untagged, else the lowest such VLAN. (The egress program cannot tell
+    /// several untagged VLANs apart: their frames look the same.)
+    pub fn untagged_vlan(&self) -> Option<u16> {
+        let untagged = |vlan: &u16| self.vlans.get(vlan) == Some(&true);
+        self.pvid.filter(untagged).or_else(|| self.vlans.iter().find(|(_, u)| **u).map(|(v, _)| *v))
+    }
+}
+
+/// The bridge's VLAN configuration, as its snooping follows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VlanConfig {
+    /// `vlan_filtering 1`: without it the bridge forwards every frame
+    /// alike, and snoop snoops as if there were no VLANs.
+    pub filtering: bool,
+    /// Ports' VLANs by ifindex; the bridge device's own under its ifindex.
+    pub ports: BTreeMap<u32, PortVlans>,
+    /// VLAN interfaces on the bridge (`ip link add link br0 name br0.10
+    /// type vlan id 10`): VLAN id → ifindex. The querier of a VLAN speaks
+    /// from its interface's address.
+    pub interfaces: BTreeMap<u16, u32>,
+}
+
+impl VlanConfig {
+    /// The VLANs some port of `ports` is in.
+    pub fn vlans_of(&self, ports: impl IntoIterator<Item = u32>) -> BTreeSet<u16> {
+        ports.into_iter().filter_map(|p| self.ports.get(&p)).flat_map(|v| v.vlans.keys().copied()).collect()
+    }
 }
 
 /// The bridge snoop runs on.
@@ -251,6 +296,60 @@ impl Netlink {
         Ok(options.unwrap_or_default())
     }
 
+    /// The bridge's VLAN configuration: VLAN filtering, each port's VLANs
+    /// (an AF_BRIDGE link dump, as `bridge vlan show` makes) and VLAN
+    /// interfaces on the bridge.
+    pub async fn vlan_config(&self, bridge: &Bridge) -> Result<VlanConfig> {
+        let filtering = self.bridge_options(bridge).await?.contains(&InfoBridge::VlanFiltering(true));
+        let mut config = VlanConfig { filtering, ..VlanConfig::default() };
+        if !filtering {
+            return Ok(config);
+        }
+        let mut links =
+            self.handle.link().get().set_filter_mask(AddressFamily::Bridge, vec![LinkExtentMask::Brvlan]).execute();
+        while let Some(link) = links.try_next().await.map_err(netlink_error("listing the bridge's VLANs"))? {
+            let is_ours = link.header.index == bridge.ifindex
+                || link.attributes.contains(&LinkAttribute::Controller(bridge.ifindex));
+            if !is_ours {
+                continue;
+            }
+            let mut vlans = PortVlans::default();
+            let infos = link.attributes.iter().filter_map(|a| match a {
+                LinkAttribute::AfSpecBridge(spec) => Some(spec),
+                _ => None,
+            });
+            for info in infos.flatten() {
+                if let AfSpecBridge::VlanInfo(info) = info {
+                    vlans.vlans.insert(info.vid, info.flags.contains(BridgeVlanInfoFlags::Untagged));
+                    if info.flags.contains(BridgeVlanInfoFlags::Pvid) {
+                        vlans.pvid = Some(info.vid);
+                    }
+                }
+            }
+            config.ports.insert(link.header.index, vlans);
+        }
+        let mut links = self.handle.link().get().execute();
+        while let Some(link) = links.try_next().await.map_err(netlink_error("listing interfaces"))? {
+            if !link.attributes.contains(&LinkAttribute::Link(bridge.ifindex)) {
+                continue;
+            }
+            let vlan_id = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|i| match i {
+                    LinkInfo::Data(InfoData::Vlan(options)) => options.iter().find_map(|o| match o {
+                        InfoVlan::Id(id) => Some(*id),
+                        _ => None,
+                    }),
+                    _ => None,
+                }),
+                _ => None,
+            });
+            if let Some(id) = vlan_id {
+                config.interfaces.entry(id).or_insert(link.header.index);
+            }
+        }
+        Ok(config)
+    }
+
     /// The kernel bridge's own multicast snooping setting.
     pub async fn kernel_snooping(&self, bridge: &Bridge) -> Result<bool> {
         let options = self.bridge_options(bridge).await?;
@@ -310,7 +409,12 @@ impl Netlink {
 
     /// The bridge's first IPv4 address, used as the querier source by default.
     pub async fn bridge_ipv4(&self, bridge: &Bridge) -> Result<Option<Ipv4Addr>> {
-        let mut addresses = self.handle.address().get().set_link_index_filter(bridge.ifindex).execute();
+        self.interface_ipv4(bridge.ifindex).await
+    }
+
+    /// An interface's first IPv4 address.
+    pub async fn interface_ipv4(&self, ifindex: u32) -> Result<Option<Ipv4Addr>> {
+        let mut addresses = self.handle.address().get().set_link_index_filter(ifindex).execute();
         while let Some(message) = addresses.try_next().await.map_err(netlink_error("listing addresses"))? {
             for attribute in &message.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(addr)) = attribute {
@@ -324,8 +428,13 @@ impl Netlink {
     /// The bridge's link-local IPv6 address (not one still in duplicate
     /// address detection, nor one that failed it): MLD queries come from it.
     pub async fn bridge_ipv6_link_local(&self, bridge: &Bridge) -> Result<Option<Ipv6Addr>> {
+        self.interface_ipv6_link_local(bridge.ifindex).await
+    }
+
+    /// An interface's usable link-local IPv6 address.
+    pub async fn interface_ipv6_link_local(&self, ifindex: u32) -> Result<Option<Ipv6Addr>> {
         use rtnetlink::packet_route::address::AddressFlags;
-        let mut addresses = self.handle.address().get().set_link_index_filter(bridge.ifindex).execute();
+        let mut addresses = self.handle.address().get().set_link_index_filter(ifindex).execute();
         while let Some(message) = addresses.try_next().await.map_err(netlink_error("listing addresses"))? {
             let unusable = message.attributes.iter().any(|a| match a {
                 AddressAttribute::Flags(flags) => {

@@ -18,9 +18,10 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use sd_notify::NotifyState;
 use snoop_common::{
-    CapturedFrame, GroupKey, PortGroupKey, SourceAddr, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED,
-    CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING,
-    MEMBER_SOURCES_INCLUDE, MEMBER_STATIC, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING,
+    wire::ETH_P_8021Q, CapturedFrame, GroupKey, PortGroupKey, SourceAddr, CONFIG_CHECK_SOURCE_PORT,
+    CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE, CONFIG_VLAN_AWARE, FAMILY_IPV4,
+    FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING, MEMBER_SOURCES_INCLUDE, MEMBER_STATIC, PORT_UNPRUNED,
+    RESTORE_KERNEL_SNOOPING, VLAN_NONE, VLAN_VID_MASK,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -31,11 +32,11 @@ use tokio::{
 };
 
 use crate::{
-    bridge::{self, local_groups, local_groups_v6, Bridge, Netlink, Port, PortPolicy},
+    bridge::{self, local_groups, local_groups_v6, Bridge, Netlink, Port, PortPolicy, VlanConfig},
     control::{self, Change, ChangeRequest, SnapshotRequest},
     datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
     frame_sender::FrameSender,
-    membership::{Action, Group, PortOptions, RemoveReason, Snooper, SourceFilter, StaticError, Timers, NEVER},
+    membership::{Action, Group, Member, PortOptions, RemoveReason, Snooper, SourceFilter, StaticError, Timers, NEVER},
     metrics,
     port_groups::{GroupFilter, GroupRange, StaticGroup},
     proto::{Family, QuerySource, QueryTimers},
@@ -195,8 +196,14 @@ struct Core {
     datapath: Datapath,
     start: Instant,
     ports: BTreeMap<u32, PortInfo>,
-    /// Queries leave through the bridge device, which floods them to every port.
+    /// Queries leave through the bridge device, which floods them to every
+    /// port; on a VLAN-aware bridge through each port of their VLAN.
     query_socket: FrameSender,
+    /// The bridge's VLAN configuration, as last read.
+    vlans: VlanConfig,
+    /// Query sources found on the bridge: its own addresses, and those of
+    /// VLAN interfaces on it by VLAN.
+    addresses: QuerySources,
     stats: Stats,
     /// Membership events for `snoop watch` clients.
     events: broadcast::Sender<Event>,
@@ -219,6 +226,15 @@ struct Core {
     statics: BTreeSet<StaticGroup>,
 }
 
+/// Addresses queries can speak from (see [`Core::query_source`]).
+#[derive(Default)]
+struct QuerySources {
+    bridge_ipv4: Option<Ipv4Addr>,
+    bridge_ipv6: Option<Ipv6Addr>,
+    vlan_ipv4: BTreeMap<u16, Ipv4Addr>,
+    vlan_ipv6: BTreeMap<u16, Ipv6Addr>,
+}
+
 /// What the data path could not hold: memberships and group registrations.
 #[derive(Default)]
 struct Unwritten {
@@ -232,13 +248,82 @@ impl Unwritten {
     }
 }
 
-/// One address family's state machine, and the groups the bridge's own host
-/// has joined (redirect mode copies them to it).
+/// One address family's state machines, and the groups the bridge's own
+/// host has joined (redirect mode copies them to it).
 struct FamilyState<A> {
-    snooper: Snooper<A>,
+    /// One state machine per VLAN, each with its own querier and election,
+    /// router ports, limits and memberships, as the bridge's per-VLAN
+    /// snooping contexts; [`VLAN_NONE`] alone while the bridge does not
+    /// filter VLANs.
+    snoopers: BTreeMap<u16, Snooper<A>>,
+    /// What a VLAN's state machine starts with.
+    settings: SnooperSettings,
     local_groups: BTreeSet<A>,
     /// Snooping of this family is on (MLD can be turned off).
     enabled: bool,
+}
+
+/// The configuration every state machine of a family starts with.
+struct SnooperSettings {
+    timers: Timers,
+    querier: bool,
+    query_version: u8,
+    max_sources: usize,
+    link_scope: bool,
+}
+
+impl<A: Family> FamilyState<A> {
+    fn new(settings: SnooperSettings, enabled: bool) -> Self {
+        Self { snoopers: BTreeMap::new(), settings, local_groups: BTreeSet::new(), enabled }
+    }
+
+    fn new_snooper(&self, own_address: A, now: Duration) -> Snooper<A> {
+        let settings = &self.settings;
+        let mut snooper = Snooper::new(settings.timers.clone(), settings.querier, own_address, now);
+        snooper.set_query_version(settings.query_version);
+        snooper.set_max_sources(settings.max_sources);
+        snooper.set_link_scope_snooped(settings.link_scope);
+        snooper
+    }
+
+    /// The ports of a group in its VLAN, and their memberships.
+    fn members(&self, group: &Group<A>) -> Option<&BTreeMap<u32, Member<A>>> {
+        self.snoopers.get(&group.vlan)?.groups().get(group)
+    }
+
+    fn member(&self, group: &Group<A>, port: u32) -> Option<&Member<A>> {
+        self.members(group)?.get(&port)
+    }
+
+    /// A router port in some VLAN (the data path's router flag is per port).
+    fn is_router(&self, port: u32, now: Duration) -> bool {
+        self.snoopers.values().any(|s| s.ports().get(&port).is_some_and(|p| p.is_router(now)))
+    }
+
+    /// A querier is present in every VLAN, so pruning is safe in all.
+    fn querier_present(&self, now: Duration) -> bool {
+        self.snoopers.values().all(|s| s.querier_present(now))
+    }
+
+    /// The state machine whose querier the logs name: the only one on a
+    /// bridge without VLANs, else the lowest VLAN's.
+    fn first(&self) -> Option<&Snooper<A>> {
+        self.snoopers.values().next()
+    }
+
+    /// Runs `step` on every VLAN's state machine that has `port` (all with
+    /// `None`), with each one's actions.
+    fn each(
+        &mut self,
+        port: Option<u32>,
+        mut step: impl FnMut(&mut Snooper<A>) -> Vec<Action<A>>,
+    ) -> Vec<(u16, Vec<Action<A>>)> {
+        self.snoopers
+            .iter_mut()
+            .filter(|(_, s)| port.is_none_or(|p| s.ports().contains_key(&p)))
+            .map(|(vlan, s)| (*vlan, step(s)))
+            .collect()
+    }
 }
 
 /// What the controller loop waits on.
@@ -262,14 +347,6 @@ impl Controller {
         // Binding first also stops a second snoop before it touches the pinned state.
         let listener = control::bind(&bridge.name)?;
         let query_socket = FrameSender::open(bridge.ifindex).context("opening a packet socket for queries")?;
-        let own_address = match config.query_source {
-            Some(addr) => addr,
-            None => netlink.bridge_ipv4(&bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        };
-        let own_ipv6 = match config.mld_query_source {
-            Some(addr) => addr,
-            None => netlink.bridge_ipv6_link_local(&bridge).await?.unwrap_or(Ipv6Addr::UNSPECIFIED),
-        };
         let kernel_snooping_on = netlink.kernel_snooping(&bridge).await?;
 
         let (mut datapath, resumed) = Datapath::load(&config.pin_dir, bridge.ifindex, config.map_sizes)?;
@@ -284,13 +361,20 @@ impl Controller {
                 return Err(error);
             }
         }
-        let mut snooper = Snooper::new(config.timers.clone(), config.querier, own_address, Duration::ZERO);
-        snooper.set_query_version(config.query_version);
-        snooper.set_max_sources(config.max_sources_per_group);
-        let mut mld = Snooper::new(config.timers.clone(), config.querier && config.mld, own_ipv6, Duration::ZERO);
-        mld.set_query_version(config.mld_query_version);
-        mld.set_max_sources(config.max_sources_per_group);
-        mld.set_link_scope_snooped(config.snoop_ipv6_link_scope);
+        let igmp_settings = SnooperSettings {
+            timers: config.timers.clone(),
+            querier: config.querier,
+            query_version: config.query_version,
+            max_sources: config.max_sources_per_group,
+            link_scope: false,
+        };
+        let mld_settings = SnooperSettings {
+            timers: config.timers.clone(),
+            querier: config.querier && config.mld,
+            query_version: config.mld_query_version,
+            max_sources: config.max_sources_per_group,
+            link_scope: config.snoop_ipv6_link_scope,
+        };
         // Resumed memberships are known: never a flood at a restart.
         let mut absent_queriers = if resumed { 0 } else { IPV4_FLAGS.no_querier | IPV6_FLAGS.no_querier };
         if !config.mld {
@@ -305,6 +389,8 @@ impl Controller {
             start: Instant::now(),
             ports: BTreeMap::new(),
             query_socket,
+            vlans: VlanConfig::default(),
+            addresses: QuerySources::default(),
             stats: Stats::default(),
             events: broadcast::channel(4096).0,
             redirect: false,
@@ -315,9 +401,8 @@ impl Controller {
             unpruned: BTreeMap::new(),
             statics: config_statics.clone(),
         };
-        let igmp = FamilyState { snooper, local_groups: BTreeSet::new(), enabled: true };
-        let mld_enabled = core.config.mld;
-        let mld = FamilyState { snooper: mld, local_groups: BTreeSet::new(), enabled: mld_enabled };
+        let igmp = FamilyState::new(igmp_settings, true);
+        let mld = FamilyState::new(mld_settings, core.config.mld);
         Ok((Self { core, igmp, mld, reload }, listener, resumed))
     }
 
@@ -494,24 +579,30 @@ impl Controller {
     }
 
     fn log_start(&self, resumed: bool) {
-        let querier = if self.core.config.querier {
-            format!("on, source {}", self.igmp.snooper.querier().own_address)
-        } else {
-            "off".into()
+        let (igmp, mld) = (self.igmp.first(), self.mld.first());
+        let querier = match igmp {
+            Some(igmp) if self.core.config.querier => format!("on, source {}", igmp.querier().own_address),
+            _ => "off".into(),
         };
         let mld = if !self.mld.enabled {
             "off (IPv6 groups flood)".to_owned()
         } else if !self.core.config.querier {
             "on".to_owned()
-        } else if self.mld.snooper.querier().is_querier() {
-            format!("on, querier source {}", self.mld.snooper.querier().own_address)
+        } else if let Some(mld) = mld.filter(|mld| mld.querier().is_querier()) {
+            format!("on, querier source {}", mld.querier().own_address)
         } else {
             "on, no MLD queries: the bridge has no link-local IPv6 address (IPv6 groups flood until \
              another querier is heard)"
                 .to_owned()
         };
+        let vlans = if self.core.vlans.filtering {
+            let vlans: Vec<String> = self.igmp.snoopers.keys().map(u16::to_string).collect();
+            format!(", VLAN-aware: a querier per VLAN ({})", vlans.join(" "))
+        } else {
+            String::new()
+        };
         info!(
-            "snooping on {} ({} ports){}; querier {querier}; MLD {mld}",
+            "snooping on {} ({} ports){}{vlans}; querier {querier}; MLD {mld}",
             self.core.bridge.name,
             self.core.ports.len(),
             if resumed { ", resumed from pinned state" } else { "" },
@@ -522,10 +613,11 @@ impl Controller {
     fn run_timers(&mut self) -> Instant {
         let now = self.core.now();
         each_family!(self, |core, family| {
-            let actions = family.snooper.poll(now);
-            core.apply(family, actions)
+            let actions = family.each(None, |s| s.poll(now));
+            core.apply_each(family, actions)
         });
-        let next = [self.igmp.snooper.next_deadline(), self.mld.snooper.next_deadline()].into_iter().flatten().min();
+        let deadlines = self.igmp.snoopers.values().map(|s| s.next_deadline());
+        let next = deadlines.chain(self.mld.snoopers.values().map(|s| s.next_deadline())).flatten().min();
         next.map(|at| self.core.start + at).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
@@ -577,7 +669,8 @@ impl Controller {
     }
 
     /// Queries speak from the bridge's MAC and (without --query-source) its
-    /// IPv4 address: both follow the bridge when it changes.
+    /// addresses, or those of the VLAN's interface on it: all follow the
+    /// bridge when it changes, as does its VLAN configuration.
     async fn refresh_bridge(&mut self) -> Result<(), bridge::Error> {
         let core = &mut self.core;
         let mac = core.netlink.bridge_mac(&core.bridge).await?;
@@ -585,24 +678,53 @@ impl Controller {
             info!("{} has a new MAC; queries are sent from it", core.bridge.name);
             core.bridge.mac = mac;
         }
-        if core.config.query_source.is_none() {
-            let own = core.netlink.bridge_ipv4(&core.bridge).await?.unwrap_or(Ipv4Addr::UNSPECIFIED);
-            if own != self.igmp.snooper.querier().own_address {
-                info!("{} was readdressed: queries are sent from {own}", core.bridge.name);
-                let actions = self.igmp.snooper.set_own_address(own, core.now());
-                core.apply(&self.igmp, actions);
+        let vlans = core.netlink.vlan_config(&core.bridge).await?;
+        if vlans.filtering != core.vlans.filtering {
+            if vlans.filtering {
+                info!("{} filters VLANs: snooping per VLAN, a querier in each", core.bridge.name);
+            } else if core.vlans != VlanConfig::default() {
+                info!("{} no longer filters VLANs: snooping without them", core.bridge.name);
             }
         }
-        if core.config.mld_query_source.is_none() && self.mld.enabled {
-            let own = core.netlink.bridge_ipv6_link_local(&core.bridge).await?.unwrap_or(Ipv6Addr::UNSPECIFIED);
-            if own != self.mld.snooper.querier().own_address {
-                if own.is_unspecified() {
-                    warn!("{} has no link-local IPv6 address: snoop sends no MLD queries", core.bridge.name);
-                } else {
-                    info!("{}'s link-local address is {own}: MLD queries are sent from it", core.bridge.name);
+        let mut addresses = QuerySources {
+            bridge_ipv4: core.netlink.bridge_ipv4(&core.bridge).await?,
+            bridge_ipv6: core.netlink.bridge_ipv6_link_local(&core.bridge).await?,
+            ..QuerySources::default()
+        };
+        for (vlan, ifindex) in &vlans.interfaces {
+            if let Some(addr) = core.netlink.interface_ipv4(*ifindex).await? {
+                addresses.vlan_ipv4.insert(*vlan, addr);
+            }
+            if let Some(addr) = core.netlink.interface_ipv6_link_local(*ifindex).await? {
+                addresses.vlan_ipv6.insert(*vlan, addr);
+            }
+        }
+        core.vlans = vlans;
+        core.addresses = addresses;
+        let now = core.now();
+        for vlan in self.igmp.snoopers.keys().copied().collect::<Vec<_>>() {
+            let own = core.query_source::<Ipv4Addr>(vlan);
+            let snooper = self.igmp.snoopers.get_mut(&vlan).expect("listed");
+            if own != snooper.querier().own_address {
+                info!("{}: IGMP queries are sent from {own}", vlan_name(&core.bridge.name, vlan));
+                let actions = snooper.set_own_address(own, now);
+                core.apply(&self.igmp, vlan, actions);
+            }
+        }
+        if self.mld.enabled {
+            for vlan in self.mld.snoopers.keys().copied().collect::<Vec<_>>() {
+                let own = core.query_source::<Ipv6Addr>(vlan);
+                let snooper = self.mld.snoopers.get_mut(&vlan).expect("listed");
+                if own != snooper.querier().own_address {
+                    let name = vlan_name(&core.bridge.name, vlan);
+                    if own.is_unspecified() {
+                        warn!("{name}: no link-local IPv6 address: snoop sends no MLD queries");
+                    } else {
+                        info!("{name}: MLD queries are sent from {own}");
+                    }
+                    let actions = snooper.set_own_address(own, now);
+                    core.apply(&self.mld, vlan, actions);
                 }
-                let actions = self.mld.snooper.set_own_address(own, core.now());
-                core.apply(&self.mld, actions);
             }
         }
         Ok(())
@@ -627,10 +749,11 @@ impl Controller {
                         warn!("port {name}: {:#}", anyhow::Error::from(error));
                     }
                     let options = core.port_options(name, policy);
-                    let actions = self.igmp.snooper.set_port_options(*ifindex, options, core.now());
-                    core.apply(&self.igmp, actions);
-                    let actions = self.mld.snooper.set_port_options(*ifindex, options, core.now());
-                    core.apply(&self.mld, actions);
+                    let now = core.now();
+                    let actions = self.igmp.each(Some(*ifindex), |s| s.set_port_options(*ifindex, options, now));
+                    core.apply_each(&self.igmp, actions);
+                    let actions = self.mld.each(Some(*ifindex), |s| s.set_port_options(*ifindex, options, now));
+                    core.apply_each(&self.mld, actions);
                     ports_changed = true;
                 }
                 continue;
@@ -652,21 +775,16 @@ impl Controller {
                 info!("port {name}: {why}: frames entering it take the bridge path");
             }
             core.ports.insert(*ifindex, info);
-            let options = core.port_options(name, policy);
             core.publish(EventKind::PortAttached, None, Some(*ifindex), format!("ifindex {ifindex}"));
-            let actions = self.igmp.snooper.add_port(*ifindex, options);
-            core.apply(&self.igmp, actions);
-            let actions = self.mld.snooper.add_port(*ifindex, options);
-            core.apply(&self.mld, actions);
-            attached.push((*ifindex, name.clone()));
+            attached.push(*ifindex);
             ports_changed = true;
         }
         let gone: Vec<u32> = core.ports.keys().copied().filter(|i| !ports.iter().any(|p| p.ifindex == *i)).collect();
         for ifindex in gone {
-            let actions = self.igmp.snooper.remove_port(ifindex);
-            core.apply(&self.igmp, actions);
-            let actions = self.mld.snooper.remove_port(ifindex);
-            core.apply(&self.mld, actions);
+            let actions = self.igmp.each(Some(ifindex), |s| s.remove_port(ifindex));
+            core.apply_each(&self.igmp, actions);
+            let actions = self.mld.each(Some(ifindex), |s| s.remove_port(ifindex));
+            core.apply_each(&self.mld, actions);
             if let Err(error) = core.datapath.detach_port(ifindex) {
                 warn!("letting go of port {}: {:#}", core.port_name(ifindex), anyhow::Error::from(error));
             }
@@ -678,10 +796,13 @@ impl Controller {
         if core.datapath.set_peer_ports(peer_ports) {
             ports_changed = true;
         }
-        for (ifindex, name) in attached {
+        let (vlans_changed, mut joined) = self.follow_vlans();
+        joined.extend(attached);
+        for ifindex in joined {
+            let Some(name) = self.core.ports.get(&ifindex).map(|p| p.name.clone()) else { continue };
             self.set_port_groups(ifindex, &name);
         }
-        if ports_changed {
+        if ports_changed || vlans_changed {
             // The port count is in every group's redirect entry; port
             // policies decide who may be a copy's target.
             each_family!(self, |core, family| {
@@ -695,20 +816,56 @@ impl Controller {
         Ok(())
     }
 
+    /// Gives every VLAN its state machine and each one the ports in its VLAN
+    /// (one for all ports while the bridge does not filter VLANs), and the
+    /// data path each port's VLANs. Whether anything changed, and the ports
+    /// that joined a VLAN (their filters and static groups are due there).
+    fn follow_vlans(&mut self) -> (bool, BTreeSet<u32>) {
+        let core = &mut self.core;
+        let now = core.now();
+        let mut changed = false;
+        for (ifindex, vlans) in core.ports.keys().map(|i| (*i, core.vlans.ports.get(i))).collect::<Vec<_>>() {
+            let (pvid, untagged) = match vlans.filter(|_| core.vlans.filtering) {
+                Some(vlans) => (vlans.pvid.unwrap_or(VLAN_NONE), vlans.untagged_vlan().unwrap_or(VLAN_NONE)),
+                None => (VLAN_NONE, VLAN_NONE),
+            };
+            if let Err(error) = core.datapath.set_port_vlans(ifindex, pvid, untagged) {
+                warn!("port {}: {:#}", core.port_name(ifindex), anyhow::Error::from(error));
+            }
+        }
+        // VLAN → its ports.
+        let mut wanted: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
+        if core.vlans.filtering {
+            for ifindex in core.ports.keys() {
+                for vlan in core.vlans.vlans_of([*ifindex]) {
+                    wanted.entry(vlan).or_default().insert(*ifindex);
+                }
+            }
+        } else {
+            wanted.insert(VLAN_NONE, core.ports.keys().copied().collect());
+        }
+        let mut joined = BTreeSet::new();
+        each_family!(self, |core, family| { changed |= core.follow_vlans(family, &wanted, now, &mut joined) });
+        if changed {
+            each_family!(self, |core, family| core.refresh_presence(family));
+        }
+        (changed, joined)
+    }
+
     /// Adopts the memberships and learned router ports a previous snoop left
     /// in the pinned maps.
     fn resume_memberships(&mut self, ipv4_routers: &[u32], ipv6_routers: &[u32]) {
         let core = &mut self.core;
         let now = core.now();
-        self.igmp.snooper.resume_querier_presence(now);
-        self.mld.snooper.resume_querier_presence(now);
+        self.igmp.snoopers.values_mut().for_each(|s| s.resume_querier_presence(now));
+        self.mld.snoopers.values_mut().for_each(|s| s.resume_querier_presence(now));
         for port in ipv4_routers {
-            let actions = self.igmp.snooper.restore_router_port(*port, now);
-            core.apply(&self.igmp, actions);
+            let actions = self.igmp.each(Some(*port), |s| s.restore_router_port(*port, now));
+            core.apply_each(&self.igmp, actions);
         }
         for port in ipv6_routers {
-            let actions = self.mld.snooper.restore_router_port(*port, now);
-            core.apply(&self.mld, actions);
+            let actions = self.mld.each(Some(*port), |s| s.restore_router_port(*port, now));
+            core.apply_each(&self.mld, actions);
         }
         let mut restored = 0;
         let mut statics = Vec::new();
@@ -719,15 +876,24 @@ impl Controller {
             }
             let known_port = core.ports.contains_key(&ifindex);
             let sources = core.datapath.member_sources(&key);
+            // A membership of a VLAN the port is no longer in is not adopted.
             let adopted = match group.family {
-                FAMILY_IPV4 => Group::<Ipv4Addr>::from_key(&group).filter(|_| known_port).map(|group| {
+                FAMILY_IPV4 => Group::<Ipv4Addr>::from_key(&group).filter(|_| known_port).and_then(|group| {
+                    let snooper = self.igmp.snoopers.get_mut(&group.vlan)?;
                     let filter = pinned_filter(sources);
-                    self.igmp.snooper.restore_member(group, ifindex, value.version, leaving, filter, now)
+                    snooper
+                        .ports()
+                        .contains_key(&ifindex)
+                        .then(|| snooper.restore_member(group, ifindex, value.version, leaving, filter, now))
                 }),
                 FAMILY_IPV6 => {
-                    Group::<Ipv6Addr>::from_key(&group).filter(|_| known_port && self.mld.enabled).map(|group| {
+                    Group::<Ipv6Addr>::from_key(&group).filter(|_| known_port && self.mld.enabled).and_then(|group| {
+                        let snooper = self.mld.snoopers.get_mut(&group.vlan)?;
                         let filter = pinned_filter(sources);
-                        self.mld.snooper.restore_member(group, ifindex, value.version, leaving, filter, now)
+                        snooper
+                            .ports()
+                            .contains_key(&ifindex)
+                            .then(|| snooper.restore_member(group, ifindex, value.version, leaving, filter, now))
                     })
                 }
                 _ => None,
@@ -739,12 +905,8 @@ impl Controller {
         }
         for key in core.datapath.registered_groups() {
             let known = match key.family {
-                FAMILY_IPV4 => {
-                    Group::<Ipv4Addr>::from_key(&key).is_some_and(|g| self.igmp.snooper.groups().contains_key(&g))
-                }
-                FAMILY_IPV6 => {
-                    Group::<Ipv6Addr>::from_key(&key).is_some_and(|g| self.mld.snooper.groups().contains_key(&g))
-                }
+                FAMILY_IPV4 => Group::<Ipv4Addr>::from_key(&key).is_some_and(|g| self.igmp.members(&g).is_some()),
+                FAMILY_IPV6 => Group::<Ipv6Addr>::from_key(&key).is_some_and(|g| self.mld.members(&g).is_some()),
                 _ => false,
             };
             if !known {
@@ -781,10 +943,10 @@ impl Controller {
     /// the static groups added since: when it is attached, and at a reload.
     fn set_port_groups(&mut self, ifindex: u32, name: &str) {
         let filter = self.core.port_filter(name);
-        let actions = self.igmp.snooper.set_port_filter(ifindex, filter.clone());
-        self.core.apply(&self.igmp, actions);
-        let actions = self.mld.snooper.set_port_filter(ifindex, filter);
-        self.core.apply(&self.mld, actions);
+        let actions = self.igmp.each(Some(ifindex), |s| s.set_port_filter(ifindex, filter.clone()));
+        self.core.apply_each(&self.igmp, actions);
+        let actions = self.mld.each(Some(ifindex), |s| s.set_port_filter(ifindex, filter.clone()));
+        self.core.apply_each(&self.mld, actions);
         let statics: Vec<StaticGroup> = self.core.statics.iter().filter(|s| s.port == name).cloned().collect();
         for entry in statics {
             if let Err(why) = self.set_static(&entry, true) {
@@ -802,12 +964,29 @@ impl Controller {
             .find(|(_, port)| port.name == entry.port)
             .map(|(ifindex, _)| *ifindex)
             .ok_or_else(|| format!("{} is not a port of {}", entry.port, self.core.bridge.name))?;
-        if entry.vlan != 0 {
-            return Err("snoop does not snoop per VLAN yet: a static group takes no vlan".into());
-        }
+        let vlan = if !self.core.vlans.filtering {
+            if entry.vlan != VLAN_NONE {
+                return Err(format!(
+                    "{} does not filter VLANs: a static group there takes no vlan",
+                    self.core.bridge.name
+                ));
+            }
+            VLAN_NONE
+        } else {
+            let port_vlans = self.core.vlans.ports.get(&ifindex).cloned().unwrap_or_default();
+            // No VLAN given: the port's own (its PVID).
+            let vlan = if entry.vlan == VLAN_NONE { port_vlans.pvid.unwrap_or(VLAN_NONE) } else { entry.vlan };
+            if !port_vlans.vlans.contains_key(&vlan) {
+                return Err(match vlan {
+                    VLAN_NONE => format!("{} has no PVID: name the VLAN (vlan N)", entry.port),
+                    vlan => format!("{} is not in VLAN {vlan}", entry.port),
+                });
+            }
+            vlan
+        };
         let result = match entry.group {
-            IpAddr::V4(_) => self.core.set_static(&mut self.igmp, entry, ifindex, add),
-            IpAddr::V6(_) if self.mld.enabled => self.core.set_static(&mut self.mld, entry, ifindex, add),
+            IpAddr::V4(_) => self.core.set_static(&mut self.igmp, entry, vlan, ifindex, add),
+            IpAddr::V6(_) if self.mld.enabled => self.core.set_static(&mut self.mld, entry, vlan, ifindex, add),
             IpAddr::V6(_) => return Err("MLD snooping is off (--no-mld): IPv6 groups flood".into()),
         };
         result.map_err(|error| error.to_string())
@@ -900,10 +1079,10 @@ impl Controller {
         for (ifindex, name, policy) in &ports {
             let options = self.core.port_options(name, policy);
             let now = self.core.now();
-            let actions = self.igmp.snooper.set_port_options(*ifindex, options, now);
-            self.core.apply(&self.igmp, actions);
-            let actions = self.mld.snooper.set_port_options(*ifindex, options, now);
-            self.core.apply(&self.mld, actions);
+            let actions = self.igmp.each(Some(*ifindex), |s| s.set_port_options(*ifindex, options, now));
+            self.core.apply_each(&self.igmp, actions);
+            let actions = self.mld.each(Some(*ifindex), |s| s.set_port_options(*ifindex, options, now));
+            self.core.apply_each(&self.mld, actions);
             self.set_port_groups(*ifindex, name);
         }
         for added in new_statics.difference(&old_statics) {
@@ -939,7 +1118,7 @@ impl Controller {
         }
         let ifindex = self.core.bridge.ifindex;
         let v4: BTreeSet<Ipv4Addr> = local_groups(ifindex).into_iter().filter(|g| g.is_snoopable(false)).collect();
-        let link_scope = self.mld.snooper.link_scope_snooped();
+        let link_scope = self.mld.settings.link_scope;
         let v6: BTreeSet<Ipv6Addr> =
             local_groups_v6(ifindex).into_iter().filter(|g| g.is_snoopable(link_scope)).collect();
         self.core.update_local_groups(&mut self.igmp, v4);
@@ -965,8 +1144,8 @@ impl Controller {
         let sources = snapshot::Sources {
             bridge: &self.core.bridge.name,
             uptime: self.core.now(),
-            igmp: &self.igmp.snooper,
-            mld: self.mld.enabled.then_some(&self.mld.snooper),
+            igmp: &self.igmp.snoopers,
+            mld: self.mld.enabled.then_some(&self.mld.snoopers),
             datapath: &self.core.datapath,
             ports: &self.core.ports,
             stats: &self.core.stats,
@@ -997,8 +1176,15 @@ impl Core {
         match A::parse(packet) {
             Ok(packet) => {
                 debug!("port {ifindex}: {packet:?}");
-                let actions = family.snooper.handle(ifindex, vlan, &packet, self.now());
-                self.apply(family, actions);
+                let now = self.now();
+                // Heard in a VLAN the port is not in (the bridge drops such
+                // frames itself): nobody's membership.
+                let Some(snooper) = family.snoopers.get_mut(&vlan).filter(|s| s.ports().contains_key(&ifindex)) else {
+                    self.stats.bump(ControllerCounter::OutsideVlan);
+                    return;
+                };
+                let actions = snooper.handle(ifindex, vlan, &packet, now);
+                self.apply(family, vlan, actions);
             }
             Err(error) => {
                 debug!("port {ifindex}: dropped {} frame: {error}", A::PROTOCOL);
@@ -1018,9 +1204,17 @@ impl Core {
         }
     }
 
-    /// Carries the state machine's decisions out. A failed map write is logged
-    /// and counted: the state machine stays authoritative and the next refresh retries.
-    fn apply<A: Family>(&mut self, family: &FamilyState<A>, actions: Vec<Action<A>>) {
+    /// [`Core::apply`] for the actions of several VLANs' state machines.
+    fn apply_each<A: Family>(&mut self, family: &FamilyState<A>, batches: Vec<(u16, Vec<Action<A>>)>) {
+        for (vlan, actions) in batches {
+            self.apply(family, vlan, actions);
+        }
+    }
+
+    /// Carries out the decisions of `vlan`'s state machine. A failed map
+    /// write is logged and counted: the state machine stays authoritative
+    /// and the next refresh retries.
+    fn apply<A: Family>(&mut self, family: &FamilyState<A>, vlan: u16, actions: Vec<Action<A>>) {
         if actions.is_empty() {
             return;
         }
@@ -1046,7 +1240,7 @@ impl Core {
         // unregistered group's copy would be let through as flooding).
         self.refresh_fanout(family, changed_groups, routers_changed);
         for action in actions {
-            if let Err(error) = self.apply_one(family, &action) {
+            if let Err(error) = self.apply_one(family, vlan, &action) {
                 warn!("{action:?} failed: {error:#}");
                 self.stats.bump(ControllerCounter::DatapathWriteErrors);
             }
@@ -1061,6 +1255,9 @@ impl Core {
         flags |= self.absent_queriers;
         if self.config.snoop_ipv6_link_scope {
             flags |= CONFIG_SNOOP_IPV6_LINK_SCOPE;
+        }
+        if self.vlans.filtering {
+            flags |= CONFIG_VLAN_AWARE;
         }
         if self.redirect {
             flags |= CONFIG_REDIRECT;
@@ -1143,8 +1340,8 @@ impl Core {
             return;
         }
         for member in std::mem::take(&mut self.unwritten.members) {
-            let current = Group::<A>::from_key(&member.group)
-                .and_then(|group| family.snooper.groups().get(&group)?.get(&member.ifindex).cloned());
+            let current =
+                Group::<A>::from_key(&member.group).and_then(|group| family.member(&group, member.ifindex).cloned());
             if let Some(current) = current {
                 if let Err(error) = self.write_member(member, current.version, current.expires, current.leaving) {
                     warn!("retrying a membership: {error:#}");
@@ -1152,7 +1349,7 @@ impl Core {
             }
         }
         for group in std::mem::take(&mut self.unwritten.groups) {
-            if Group::<A>::from_key(&group).is_some_and(|g| family.snooper.groups().contains_key(&g)) {
+            if Group::<A>::from_key(&group).is_some_and(|g| family.members(&g).is_some()) {
                 if let Err(error) = self.write_group(group) {
                     warn!("retrying a group: {error:#}");
                 }
@@ -1166,14 +1363,20 @@ impl Core {
     /// next query (which may be minutes away).
     fn refresh_report_ports<A: Family>(&mut self, family: &FamilyState<A>) {
         let now = self.now();
-        let states = family.snooper.ports();
-        let router_known = states.values().any(|p| p.is_router(now));
+        // Per VLAN: a VLAN without a router port sends its reports to its trusted ports.
+        let mut wanting = BTreeSet::new();
+        for snooper in family.snoopers.values() {
+            let states = snooper.ports();
+            if !states.values().any(|p| p.is_router(now)) {
+                wanting.extend(states.iter().filter(|(_, p)| p.options.trusted).map(|(ifindex, _)| *ifindex));
+            }
+        }
         let flag = A::FLAGS.gets_reports;
         let changed: Vec<(u32, u32)> = self
             .ports
             .iter_mut()
             .filter_map(|(ifindex, info)| {
-                let wanted = !router_known && states.get(ifindex).is_some_and(|p| p.options.trusted);
+                let wanted = wanting.contains(ifindex);
                 (info.gets_reports & flag != 0 && !wanted || info.gets_reports & flag == 0 && wanted).then(|| {
                     info.gets_reports ^= flag;
                     (*ifindex, info.flags())
@@ -1193,7 +1396,7 @@ impl Core {
         let of_family = self.unwritten.members.iter().filter(|m| m.group.family == A::FAMILY);
         let mut unpruned: BTreeSet<u32> = of_family.map(|m| m.ifindex).collect();
         for group in self.unwritten.groups.iter().filter_map(Group::<A>::from_key) {
-            unpruned.extend(family.snooper.groups().get(&group).into_iter().flat_map(|members| members.keys()));
+            unpruned.extend(family.members(&group).into_iter().flat_map(|members| members.keys()));
         }
         self.unpruned.insert(A::FAMILY, unpruned);
         let unpruned: BTreeSet<u32> = self.unpruned.values().flatten().copied().collect();
@@ -1219,18 +1422,136 @@ impl Core {
         }
     }
 
-    fn apply_one<A: Family>(&mut self, family: &FamilyState<A>, action: &Action<A>) -> Result<()> {
+    /// Nothing of a family is pruned unless a querier is present in every
+    /// VLAN: the data path's flag is one per family, and a VLAN without a
+    /// querier has memberships nobody asks about.
+    fn refresh_presence<A: Family>(&mut self, family: &FamilyState<A>) {
+        if !family.enabled {
+            return;
+        }
+        let present = family.querier_present(self.now());
+        let was_present = self.absent_queriers & A::FLAGS.no_querier == 0;
+        if present == was_present {
+            return;
+        }
+        let protocol = A::PROTOCOL;
+        if present {
+            self.absent_queriers &= !A::FLAGS.no_querier;
+            info!(
+                "an {protocol} querier is present{}: pruning",
+                if self.vlans.filtering { " in every VLAN" } else { "" }
+            );
+        } else {
+            self.absent_queriers |= A::FLAGS.no_querier;
+            let absent: Vec<String> = family
+                .snoopers
+                .iter()
+                .filter(|(_, s)| !s.querier_present(self.now()))
+                .map(|(vlan, _)| vlan.to_string())
+                .collect();
+            let vlans = if self.vlans.filtering { format!(" in VLAN {}", absent.join(" ")) } else { String::new() };
+            warn!(
+                "no {protocol} querier is present{vlans}: flooding every {protocol} group, as a plain bridge, \
+                 until one is heard (hosts report only when queried)"
+            );
+        }
+        if let Err(error) = self.write_config() {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
+    }
+
+    /// The address `vlan`'s queries speak from: `--query-source` /
+    /// `--mld-query-source`, else the VLAN's interface on the bridge, else
+    /// the bridge's own (for IPv4 only in the VLAN of its untagged frames:
+    /// an IPv6 link-local address is valid on any link), else none
+    /// (0.0.0.0, as RFC 4541 2.1.1 allows a snooping switch; MLD needs a
+    /// link-local source and sends nothing).
+    fn query_source<A: Family>(&self, vlan: u16) -> A {
+        let bridge_pvid = self.vlans.ports.get(&self.bridge.ifindex).and_then(|v| v.pvid);
+        let bridges_own = !self.vlans.filtering || bridge_pvid == Some(vlan);
+        let ip = if A::FAMILY == FAMILY_IPV4 {
+            let configured = self.config.query_source;
+            let found = self.addresses.vlan_ipv4.get(&vlan).copied();
+            let bridge = self.addresses.bridge_ipv4.filter(|_| bridges_own);
+            IpAddr::V4(configured.or(found).or(bridge).unwrap_or(Ipv4Addr::UNSPECIFIED))
+        } else {
+            let configured = self.config.mld_query_source;
+            let found = self.addresses.vlan_ipv6.get(&vlan).copied();
+            IpAddr::V6(configured.or(found).or(self.addresses.bridge_ipv6).unwrap_or(Ipv6Addr::UNSPECIFIED))
+        };
+        A::from_ip(ip).expect("an address of the family")
+    }
+
+    /// Gives each VLAN of `wanted` a state machine with its ports, ends
+    /// those of VLANs gone; adds to `joined` the ports that joined one.
+    /// Whether anything changed.
+    fn follow_vlans<A: Family>(
+        &mut self,
+        family: &mut FamilyState<A>,
+        wanted: &BTreeMap<u16, BTreeSet<u32>>,
+        now: Duration,
+        joined: &mut BTreeSet<u32>,
+    ) -> bool {
+        let mut changed = false;
+        let gone: Vec<u16> = family.snoopers.keys().filter(|v| !wanted.contains_key(v)).copied().collect();
+        for vlan in gone {
+            let snooper = family.snoopers.get_mut(&vlan).expect("listed");
+            let ports: Vec<u32> = snooper.ports().keys().copied().collect();
+            let actions = ports.into_iter().flat_map(|port| snooper.remove_port(port)).collect();
+            self.apply(family, vlan, actions);
+            family.snoopers.remove(&vlan);
+            if vlan != VLAN_NONE && family.enabled {
+                info!(
+                    "{}: no port is in it any more: its {} querier stops",
+                    vlan_name(&self.bridge.name, vlan),
+                    A::PROTOCOL
+                );
+            }
+            changed = true;
+        }
+        for (vlan, ports) in wanted {
+            if !family.snoopers.contains_key(vlan) {
+                let own = self.query_source::<A>(*vlan);
+                family.snoopers.insert(*vlan, family.new_snooper(own, now));
+                changed = true;
+            }
+            let options: Vec<(u32, PortOptions)> = ports
+                .iter()
+                .filter_map(|port| {
+                    self.ports.get(port).map(|info| (*port, self.port_options(&info.name, &info.policy)))
+                })
+                .collect();
+            let snooper = family.snoopers.get_mut(vlan).expect("inserted");
+            let leaving: Vec<u32> = snooper.ports().keys().filter(|p| !ports.contains(p)).copied().collect();
+            let mut actions = Vec::new();
+            for port in leaving {
+                actions.extend(snooper.remove_port(port));
+                changed = true;
+            }
+            for (port, options) in options {
+                if !snooper.ports().contains_key(&port) {
+                    actions.extend(snooper.add_port(port, options));
+                    joined.insert(port);
+                    changed = true;
+                }
+            }
+            self.apply(family, *vlan, actions);
+        }
+        changed
+    }
+
+    fn apply_one<A: Family>(&mut self, family: &FamilyState<A>, vlan: u16, action: &Action<A>) -> Result<()> {
         match *action {
             Action::AddMember { group, port, version, expires } => {
                 let detail = if expires == NEVER { "static".to_owned() } else { format!("{}v{version}", A::PROTOCOL) };
-                self.publish(EventKind::Join, Some(group.addr.ip()), Some(port), detail);
+                self.publish_in(vlan, EventKind::Join, Some(group.addr.ip()), Some(port), detail);
                 self.write_member(member_key(group, port), version, expires, false)?;
             }
             Action::RefreshMember { group, port, version, expires, leaving } => {
                 self.write_member(member_key(group, port), version, expires, leaving)?;
             }
             Action::SetSources { group, port, ref filter } => {
-                self.publish(EventKind::Sources, Some(group.addr.ip()), Some(port), filter.to_string());
+                self.publish_in(vlan, EventKind::Sources, Some(group.addr.ip()), Some(port), filter.to_string());
                 let include = matches!(filter, SourceFilter::Include(_));
                 let listed = filter.listed().iter().map(|source| source.source_key()).collect();
                 if let Err(error) = self.datapath.set_member_sources(member_key(group, port), include, listed) {
@@ -1253,7 +1574,7 @@ impl Core {
                     RemoveReason::Filtered => (EventKind::Leave, "the port's group filter no longer allows it"),
                     RemoveReason::StaticDeleted => (EventKind::Leave, "static membership deleted"),
                 };
-                self.publish(kind, Some(group.addr.ip()), Some(port), detail.to_owned());
+                self.publish_in(vlan, kind, Some(group.addr.ip()), Some(port), detail.to_owned());
                 self.unwritten.members.remove(&member_key(group, port));
                 self.datapath.remove_member(member_key(group, port))?;
             }
@@ -1262,10 +1583,14 @@ impl Core {
                 self.unwritten.groups.remove(&group.key());
                 self.datapath.unregister_group(group.key())?;
             }
-            Action::SendQuery { vlan: _, group, ref sources } => self.send_query(family, group, sources)?,
+            // In the VLAN of the state machine that asks (a general query's
+            // action names none).
+            Action::SendQuery { group, ref sources, .. } => self.send_query(family, vlan, group, sources)?,
             Action::SetRouterPort { port, is_router } => {
                 let kind = if is_router { EventKind::RouterPortLearned } else { EventKind::RouterPortExpired };
-                self.publish(kind, None, Some(port), String::new());
+                self.publish_in(vlan, kind, None, Some(port), String::new());
+                // Some other VLAN may still have a router there.
+                let is_router = family.is_router(port, self.now());
                 if let Some(info) = self.ports.get_mut(&port) {
                     if is_router {
                         info.routers |= A::FLAGS.router;
@@ -1277,29 +1602,13 @@ impl Core {
                 }
             }
             Action::QuerierChanged { other_querier: Some(addr) } => {
-                self.publish(EventKind::QuerierOther, None, None, addr.to_string())
+                self.publish_in(vlan, EventKind::QuerierOther, None, None, addr.to_string())
             }
             Action::QuerierChanged { other_querier: None } => {
-                let own = family.snooper.querier().own_address;
-                self.publish(EventKind::QuerierSelf, None, None, own.to_string())
+                let own = family.snoopers.get(&vlan).map(|s| s.querier().own_address.to_string()).unwrap_or_default();
+                self.publish_in(vlan, EventKind::QuerierSelf, None, None, own)
             }
-            Action::QuerierPresence { present } => {
-                if !family.enabled {
-                    return Ok(());
-                }
-                let protocol = A::PROTOCOL;
-                if present {
-                    self.absent_queriers &= !A::FLAGS.no_querier;
-                    info!("an {protocol} querier is present: pruning");
-                } else {
-                    self.absent_queriers |= A::FLAGS.no_querier;
-                    warn!(
-                        "no {protocol} querier is present: flooding every {protocol} group, as a plain bridge, \
-                         until one is heard (hosts report only when queried)"
-                    );
-                }
-                self.write_config()?;
-            }
+            Action::QuerierPresence { .. } => self.refresh_presence(family),
             Action::QueryVersionChanged { version } => warn!(
                 "an {protocol}v{version} querier was heard: snoop's queries are {protocol}v{version} from now on, \
                  so its routers can read the reports (--query-version {version} says so from the start)",
@@ -1307,7 +1616,7 @@ impl Core {
             ),
             Action::JoinRefused { group, port, why } => {
                 debug!("port {}: join of {group} {}", self.port_name(port), why.describe());
-                self.publish(EventKind::Refused, Some(group.addr.ip()), Some(port), why.describe().to_owned());
+                self.publish_in(vlan, EventKind::Refused, Some(group.addr.ip()), Some(port), why.describe().to_owned());
             }
             Action::UntrustedRouterHeard { port, source, sign } => {
                 let name = self.port_name(port);
@@ -1325,18 +1634,56 @@ impl Core {
     /// Sends a router discovery solicitation (RFC 4286), unless snoop has no
     /// address to send it from.
     fn solicit_routers<A: Family>(&mut self, family: &FamilyState<A>) {
-        let own = family.snooper.querier().own_address;
-        if !family.enabled || own.is_unspecified() || !A::can_query_from(own) {
+        if !family.enabled {
             return;
         }
-        let frame = A::mrd_solicitation_frame(self.bridge.mac, own);
-        if let Err(error) = self.query_socket.send(&frame) {
-            debug!("sending a router solicitation: {error:#}");
+        for (vlan, snooper) in &family.snoopers {
+            let own = snooper.querier().own_address;
+            if own.is_unspecified() || !A::can_query_from(own) {
+                continue;
+            }
+            let frame = A::mrd_solicitation_frame(self.bridge.mac, own);
+            if let Err(error) = self.send_in_vlan(*vlan, &frame) {
+                debug!("sending a router solicitation: {error:#}");
+            }
         }
     }
 
-    fn send_query<A: Family>(&mut self, family: &FamilyState<A>, group: Option<A>, sources: &[A]) -> Result<()> {
-        let timers = family.snooper.timers();
+    /// Sends a frame to every port of `vlan`: through the bridge device
+    /// while the bridge does not filter VLANs (it floods the frame), else
+    /// out of each forwarding port in the VLAN, tagged or not as the port
+    /// sends that VLAN (the bridge device need not be in the VLAN).
+    fn send_in_vlan(&self, vlan: u16, frame: &[u8]) -> std::io::Result<()> {
+        if !self.vlans.filtering {
+            return self.query_socket.send(frame);
+        }
+        let mut result = Ok(());
+        for (ifindex, info) in &self.ports {
+            let Some(untagged) = self.vlans.ports.get(ifindex).and_then(|v| v.vlans.get(&vlan)) else { continue };
+            if !info.policy.forwarding {
+                continue;
+            }
+            let sent = if *untagged {
+                self.query_socket.send_on(*ifindex, frame)
+            } else {
+                self.query_socket.send_on(*ifindex, &tagged(frame, vlan))
+            };
+            if let Err(error) = sent {
+                result = Err(error);
+            }
+        }
+        result
+    }
+
+    fn send_query<A: Family>(
+        &mut self,
+        family: &FamilyState<A>,
+        vlan: u16,
+        group: Option<A>,
+        sources: &[A],
+    ) -> Result<()> {
+        let Some(snooper) = family.snoopers.get(&vlan) else { return Ok(()) };
+        let timers = snooper.timers();
         let query = QueryTimers {
             max_response: if group.is_some() {
                 timers.last_member_query_interval
@@ -1346,7 +1693,7 @@ impl Core {
             robustness: u8::try_from(timers.robustness).unwrap_or(7),
             query_interval: timers.query_interval,
         };
-        let querier = family.snooper.querier();
+        let querier = snooper.querier();
         if !A::can_query_from(querier.own_address) {
             return Ok(());
         }
@@ -1357,14 +1704,14 @@ impl Core {
             Some(group) if sources.is_empty() => format!("{group} group-specific"),
             Some(group) => format!("{group} group-and-source-specific ({} sources)", sources.len()),
         };
-        debug!("sending {} {kind} query", A::PROTOCOL);
+        debug!("sending {} {kind} query in {}", A::PROTOCOL, vlan_name(&self.bridge.name, vlan));
         let protocol = Protocol::of::<A>();
         self.stats.bump(if group.is_some() {
             ControllerCounter::GroupQueriesSent(protocol)
         } else {
             ControllerCounter::GeneralQueriesSent(protocol)
         });
-        self.query_socket.send(&frame).context("sending a query")
+        self.send_in_vlan(vlan, &frame).context("sending a query")
     }
 
     /// Redirect mode: rewrites where the data path copies each changed group
@@ -1374,7 +1721,7 @@ impl Core {
             return;
         }
         if all {
-            groups.extend(family.snooper.groups().keys().copied());
+            groups.extend(family.snoopers.values().flat_map(|s| s.groups().keys().copied()));
             groups.extend(self.datapath.redirected_groups().iter().filter_map(Group::from_key));
         }
         let now = self.now();
@@ -1382,12 +1729,11 @@ impl Core {
         let forwarding_ports: BTreeSet<u32> =
             self.ports.iter().filter(|(_, p)| p.policy.forwarding).map(|(ifindex, _)| *ifindex).collect();
         let forwarding = |port: &u32| forwarding_ports.contains(port);
-        let routers: Vec<u32> = family
-            .snooper
-            .ports()
-            .iter()
-            .filter(|(ifindex, p)| p.is_router(now) && forwarding(ifindex))
-            .map(|(ifindex, _)| *ifindex)
+        let routers: Vec<u32> = self
+            .ports
+            .keys()
+            .copied()
+            .filter(|ifindex| family.is_router(*ifindex, now) && forwarding(ifindex))
             .collect();
         if all {
             // Reports and leaves: to router ports (trusted ones while none
@@ -1410,7 +1756,7 @@ impl Core {
         for group in groups {
             let mut targets: Vec<CopyTarget> = Vec::new();
             let mut by_source = Vec::new();
-            if let Some(members) = family.snooper.groups().get(&group) {
+            if let Some(members) = family.members(&group) {
                 // Each member's filter once: every named source asks them all.
                 let filters: Vec<(u32, SourceFilter<A>)> =
                     members.iter().filter(|(p, _)| forwarding(p)).map(|(p, m)| (*p, m.filter(now))).collect();
@@ -1455,7 +1801,13 @@ impl Core {
 
     /// Logs a membership event and sends it to `snoop watch` clients.
     fn publish(&self, kind: EventKind, group: Option<IpAddr>, port: Option<u32>, detail: String) {
-        let event = Event::now(kind, group, port.map(|p| self.port_name(p)), detail);
+        self.publish_in(VLAN_NONE, kind, group, port, detail)
+    }
+
+    /// [`Core::publish`] of an event in `vlan`.
+    fn publish_in(&self, vlan: u16, kind: EventKind, group: Option<IpAddr>, port: Option<u32>, detail: String) {
+        let mut event = Event::now(kind, group, port.map(|p| self.port_name(p)), detail);
+        event.vlan = (vlan != VLAN_NONE).then_some(vlan);
         info!("{}", event.to_line().split_once("  ").map_or("", |(_, rest)| rest));
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(event);
@@ -1484,19 +1836,21 @@ impl Core {
         &mut self,
         family: &mut FamilyState<A>,
         entry: &StaticGroup,
+        vlan: u16,
         ifindex: u32,
         add: bool,
     ) -> Result<(), StaticError> {
         let addr = A::from_ip(entry.group).ok_or(StaticError::NotSnoopable)?;
-        let group = Group { vlan: entry.vlan, addr };
+        let group = Group { vlan, addr };
         let sources = entry.sources.iter().filter_map(|source| A::from_ip(*source)).collect();
         let now = self.now();
+        let snooper = family.snoopers.get_mut(&vlan).ok_or(StaticError::UnknownPort)?;
         let actions = if add {
-            family.snooper.add_static(group, ifindex, &sources, now)?
+            snooper.add_static(group, ifindex, &sources, now)?
         } else {
-            family.snooper.remove_static(group, ifindex, now)?
+            snooper.remove_static(group, ifindex, now)?
         };
-        self.apply(family, actions);
+        self.apply(family, vlan, actions);
         Ok(())
     }
 
@@ -1537,6 +1891,25 @@ async fn tick(interval: &mut Option<Interval>) {
     }
 }
 
+/// How logs name a VLAN of the bridge (or the bridge, without VLANs).
+fn vlan_name(bridge: &str, vlan: u16) -> String {
+    if vlan == VLAN_NONE {
+        bridge.to_owned()
+    } else {
+        format!("{bridge} vlan {vlan}")
+    }
+}
+
+/// `frame` with an 802.1Q tag for `vlan` after its MAC addresses.
+fn tagged(frame: &[u8], vlan: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.len() + 4);
+    out.extend_from_slice(&frame[..12]);
+    out.extend_from_slice(&ETH_P_8021Q.to_be_bytes());
+    out.extend_from_slice(&(vlan & VLAN_VID_MASK).to_be_bytes());
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
 fn member_key<A: Family>(group: Group<A>, port: u32) -> PortGroupKey {
     PortGroupKey { group: group.key(), ifindex: port }
 }
@@ -1550,7 +1923,7 @@ fn pinned_static<A: Family>(
     now: Duration,
 ) -> Option<(IpAddr, BTreeSet<IpAddr>, u16)> {
     let group = Group::<A>::from_key(key)?;
-    let member = family.snooper.groups().get(&group)?.get(&port)?;
+    let member = family.member(&group, port)?;
     let sources = match member.filter(now) {
         SourceFilter::Include(listed) => listed.iter().map(|source| source.ip()).collect(),
         SourceFilter::Exclude(_) => BTreeSet::new(),

@@ -46,7 +46,13 @@ impl FrameSender {
 
     /// Sends `frame` (from its Ethernet header on) to its destination MAC.
     pub fn send(&self, frame: &[u8]) -> io::Result<()> {
-        let addr = self.destination(frame)?;
+        self.send_on(self.ifindex, frame)
+    }
+
+    /// Sends `frame` out of another interface, `ifindex`.
+    pub fn send_on(&self, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+        let mut addr = self.destination(frame)?;
+        addr.sll_ifindex = ifindex as i32;
         // SAFETY: frame and addr are valid for the given lengths.
         let sent = unsafe {
             libc::sendto(

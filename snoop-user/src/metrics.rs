@@ -21,6 +21,16 @@ fn labels(pairs: &[(&str, String)]) -> Labels {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
+/// A group's labels: its address, and its VLAN on a VLAN-aware bridge.
+fn group_labels(group: std::net::IpAddr, vlan: Option<u16>, more: &[(&str, String)]) -> Labels {
+    let mut l = labels(&[("group", group.to_string())]);
+    if let Some(vlan) = vlan {
+        l.push(("vlan".into(), vlan.to_string()));
+    }
+    l.extend(labels(more));
+    l
+}
+
 /// The OpenMetrics text for one snapshot.
 pub fn render(s: &Snapshot) -> String {
     let mut registry = Registry::with_prefix("snoop");
@@ -29,22 +39,24 @@ pub fn render(s: &Snapshot) -> String {
     let membership = Family::<Labels, Gauge>::default();
     let membership_sources = Family::<Labels, Gauge>::default();
     for group in &s.groups {
-        member_ports.get_or_create(&labels(&[("group", group.group.to_string())])).set(group.members.len() as i64);
+        member_ports.get_or_create(&group_labels(group.group, group.vlan, &[])).set(group.members.len() as i64);
         for m in &group.members {
-            let l = labels(&[
-                ("group", group.group.to_string()),
-                ("port", m.port.clone()),
-                ("protocol", m.protocol.clone()),
-                ("version", m.version.to_string()),
-            ]);
+            let l = group_labels(
+                group.group,
+                group.vlan,
+                &[("port", m.port.clone()), ("protocol", m.protocol.clone()), ("version", m.version.to_string())],
+            );
             membership.get_or_create(&l).set(1);
             for source in &m.sources {
-                let l = labels(&[
-                    ("group", group.group.to_string()),
-                    ("port", m.port.clone()),
-                    ("source", source.address.to_string()),
-                    ("mode", m.filter_mode.as_str().to_owned()),
-                ]);
+                let l = group_labels(
+                    group.group,
+                    group.vlan,
+                    &[
+                        ("port", m.port.clone()),
+                        ("source", source.address.to_string()),
+                        ("mode", m.filter_mode.as_str().to_owned()),
+                    ],
+                );
                 membership_sources.get_or_create(&l).set(i64::from(source.forwarded));
             }
         }
@@ -60,7 +72,7 @@ pub fn render(s: &Snapshot) -> String {
     let forwarded_packets = Family::<Labels, Counter>::default();
     let forwarded_bytes = Family::<Labels, Counter>::default();
     for t in &s.traffic {
-        let l = labels(&[("group", t.group.to_string()), ("port", t.port.clone())]);
+        let l = group_labels(t.group, t.vlan, &[("port", t.port.clone())]);
         forwarded_packets.get_or_create(&l).inc_by(t.forwarded_packets);
         forwarded_bytes.get_or_create(&l).inc_by(t.forwarded_bytes);
     }
@@ -69,7 +81,7 @@ pub fn render(s: &Snapshot) -> String {
     let group_pruned_packets = Family::<Labels, Counter>::default();
     let group_pruned_bytes = Family::<Labels, Counter>::default();
     for g in &s.groups {
-        let l = labels(&[("group", g.group.to_string())]);
+        let l = group_labels(g.group, g.vlan, &[]);
         group_pruned_packets.get_or_create(&l).inc_by(g.pruned_packets);
         group_pruned_bytes.get_or_create(&l).inc_by(g.pruned_bytes);
     }

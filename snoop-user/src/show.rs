@@ -80,11 +80,15 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
         let value = match view {
             View::Groups => serde_json::to_string_pretty(&snapshot.groups)?,
             View::Ports => serde_json::to_string_pretty(&snapshot.ports)?,
-            // The IGMP querier's fields, as ever, and the MLD querier's under "mld".
+            // The IGMP querier's fields, as ever, the MLD querier's under
+            // "mld", and on a VLAN-aware bridge each VLAN's under "vlans".
             View::Querier => {
                 let mut querier = serde_json::to_value(&snapshot.querier)?;
                 if let (Some(mld), Some(object)) = (&snapshot.mld_querier, querier.as_object_mut()) {
                     object.insert("mld".into(), serde_json::to_value(mld)?);
+                }
+                if let (false, Some(object)) = (snapshot.vlans.is_empty(), querier.as_object_mut()) {
+                    object.insert("vlans".into(), serde_json::to_value(&snapshot.vlans)?);
                 }
                 serde_json::to_string_pretty(&querier)?
             }
@@ -169,12 +173,13 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             for group in &s.groups {
                 for m in &group.members {
                     let before = previous
-                        .and_then(|p| p.groups.iter().find(|g| g.group == group.group))
+                        .and_then(|p| p.groups.iter().find(|g| g.group == group.group && g.vlan == group.vlan))
                         .and_then(|g| g.members.iter().find(|pm| pm.ifindex == m.ifindex))
                         .map(|pm| pm.forwarded_packets);
                     let (packets, bytes) = (m.forwarded_packets, m.forwarded_bytes);
                     rows.push(vec![
-                        group.group.to_string(),
+                        // The same group in two VLANs is two groups.
+                        group.vlan.map_or_else(|| group.group.to_string(), |v| format!("{} vlan {v}", group.group)),
                         m.port.clone(),
                         format!("{}v{}", m.protocol, m.version),
                         sources_column(m),
@@ -263,9 +268,19 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
         }
         View::Querier => {
             rows.push(vec!["bridge".into(), s.bridge.clone()]);
-            querier_rows(&mut rows, "IGMP", &s.querier);
-            if let Some(mld) = &s.mld_querier {
-                querier_rows(&mut rows, "MLD", mld);
+            if s.vlans.is_empty() {
+                querier_rows(&mut rows, "IGMP", &s.querier);
+                if let Some(mld) = &s.mld_querier {
+                    querier_rows(&mut rows, "MLD", mld);
+                }
+            }
+            // A VLAN-aware bridge: a querier per VLAN.
+            for vlan in &s.vlans {
+                rows.push(vec![format!("vlan {}", vlan.vlan), vlan.ports.join(" ")]);
+                querier_rows(&mut rows, &format!("vlan {} IGMP", vlan.vlan), &vlan.querier);
+                if let Some(mld) = &vlan.mld_querier {
+                    querier_rows(&mut rows, &format!("vlan {} MLD", vlan.vlan), mld);
+                }
             }
         }
         View::Forwarding => {

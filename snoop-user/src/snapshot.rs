@@ -9,11 +9,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use snoop_common::{Counter, PortGroupKey};
+use snoop_common::{Counter, PortGroupKey, VLAN_NONE};
 
 use crate::{
     datapath::Datapath,
-    membership::{FilterMode, Member, Snooper, NEVER},
+    membership::{FilterMode, IgnoredCounts, Member, PortState, RouterSign, Snooper, NEVER},
     proto::{key_ip, Family},
     stats::Stats,
 };
@@ -27,6 +27,10 @@ pub struct Snapshot {
     /// The MLD querier; absent when MLD snooping is off.
     #[serde(default)]
     pub mld_querier: Option<QuerierView>,
+    /// On a VLAN-aware bridge: each VLAN's queriers (`querier` and
+    /// `mld_querier` are the lowest VLAN's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<VlanView>,
     #[serde(default)]
     pub forwarding: ForwardingView,
     pub ports: Vec<PortView>,
@@ -37,6 +41,15 @@ pub struct Snapshot {
     pub controller: BTreeMap<String, u64>,
     /// Traffic per (group, member port) as the data path counted it.
     pub traffic: Vec<TrafficView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VlanView {
+    pub vlan: u16,
+    pub querier: QuerierView,
+    pub mld_querier: Option<QuerierView>,
+    /// Its ports.
+    pub ports: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -76,8 +89,14 @@ pub struct IgnoredRouterView {
 pub struct PortView {
     pub ifindex: u32,
     pub name: String,
-    /// An IPv4 (IGMP) router port.
+    /// An IPv4 (IGMP) router port (in some VLAN, on a VLAN-aware bridge).
     pub router: bool,
+    /// On a VLAN-aware bridge: the VLANs it is in, and those it is an IGMP
+    /// or MLD router port of.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<u16>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub router_vlans: Vec<u16>,
     pub static_router: bool,
     pub fast_leave: bool,
     /// Seconds until a learned IPv4 router port expires.
@@ -131,6 +150,9 @@ pub struct ForwardingView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GroupView {
     pub group: IpAddr,
+    /// Its VLAN, on a VLAN-aware bridge: the same group in two VLANs is two groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     pub members: Vec<MemberView>,
     /// Group traffic sent to member ports, and held back from ports without
     /// members (router ports' copies are counted per port).
@@ -187,6 +209,8 @@ pub struct SourceView {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrafficView {
     pub group: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     pub ifindex: u32,
     pub port: String,
     pub forwarded_packets: u64,
@@ -203,6 +227,9 @@ pub struct Event {
     pub port: Option<String>,
     /// Free text: IGMP version of a join, reason of a removal, querier address.
     pub detail: String,
+    /// The VLAN it happened in, on a VLAN-aware bridge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,14 +280,15 @@ impl EventKind {
 impl Event {
     pub fn now(event: EventKind, group: Option<IpAddr>, port: Option<String>, detail: String) -> Self {
         let time = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
-        Self { time, event, group, port, detail }
+        Self { time, event, group, port, detail, vlan: None }
     }
 
     /// The one-line text form.
     pub fn to_line(&self) -> String {
         let group = self.group.map_or("-".to_string(), |g| g.to_string());
+        let vlan = self.vlan.map_or(String::new(), |v| format!("vlan {v} "));
         let line = format!(
-            "{}  {:<20} {:<15} {:<8} {}",
+            "{}  {:<20} {:<15} {:<8} {vlan}{}",
             self.time,
             self.event.as_str(),
             group,
@@ -322,9 +350,10 @@ impl PortInfo {
 pub struct Sources<'a> {
     pub bridge: &'a str,
     pub uptime: Duration,
-    pub igmp: &'a Snooper<std::net::Ipv4Addr>,
+    /// The state machines by VLAN ([`VLAN_NONE`] alone without VLANs).
+    pub igmp: &'a BTreeMap<u16, Snooper<std::net::Ipv4Addr>>,
     /// None while MLD snooping is off.
-    pub mld: Option<&'a Snooper<std::net::Ipv6Addr>>,
+    pub mld: Option<&'a BTreeMap<u16, Snooper<std::net::Ipv6Addr>>>,
     pub datapath: &'a Datapath,
     pub ports: &'a BTreeMap<u32, PortInfo>,
     pub stats: &'a Stats,
@@ -339,6 +368,15 @@ impl Sources<'_> {
     fn secs_until(&self, at: Duration) -> f64 {
         at.saturating_sub(self.uptime).as_secs_f64()
     }
+
+    fn vlan_aware(&self) -> bool {
+        self.igmp.keys().any(|vlan| *vlan != VLAN_NONE)
+    }
+}
+
+/// The VLAN a view shows: none without VLANs.
+fn shown_vlan(vlan: u16) -> Option<u16> {
+    (vlan != VLAN_NONE).then_some(vlan)
 }
 
 /// The current state; without groups and traffic when `counters_only`
@@ -347,27 +385,55 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     let traffic = if counters_only { Vec::new() } else { traffic(sources) };
     let mut groups = Vec::new();
     if !counters_only {
-        groups = group_views(sources, sources.igmp, &traffic);
-        if let Some(mld) = sources.mld {
+        groups = sources.igmp.values().flat_map(|s| group_views(sources, s, &traffic)).collect();
+        for mld in sources.mld.into_iter().flat_map(|m| m.values()) {
             groups.extend(group_views(sources, mld, &traffic));
         }
+        groups.sort_by_key(|g| (g.group, g.vlan));
     }
-    let mld_ignored = sources.mld.map(|mld| mld.ignored().named()).into_iter().flatten();
+    let ignored = |named: &mut BTreeMap<String, u64>, prefix: &str, counts: [(&str, u64); 7]| {
+        for (name, count) in counts {
+            *named.entry(format!("{prefix}{name}")).or_default() += count;
+        }
+    };
+    let mut controller: BTreeMap<String, u64> = sources.stats.named().collect();
+    let mut ignored_counts = BTreeMap::new();
+    for snooper in sources.igmp.values() {
+        ignored(&mut ignored_counts, "", snooper.ignored().named());
+    }
+    for snooper in sources.mld.into_iter().flat_map(|m| m.values()) {
+        ignored(&mut ignored_counts, "mld_", snooper.ignored().named());
+    }
+    if ignored_counts.is_empty() {
+        // No state machine (a VLAN-aware bridge with no VLAN yet): zeros.
+        ignored(&mut ignored_counts, "", IgnoredCounts::default().named());
+    }
+    controller.extend(ignored_counts);
+    let vlans = if sources.vlan_aware() {
+        sources
+            .igmp
+            .iter()
+            .map(|(vlan, igmp)| VlanView {
+                vlan: *vlan,
+                querier: querier_view(sources, Some(igmp)),
+                mld_querier: sources.mld.map(|mld| querier_view(sources, mld.get(vlan))),
+                ports: igmp.ports().keys().map(|p| sources.port_name(*p)).collect(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Snapshot {
         bridge: sources.bridge.to_owned(),
         uptime_secs: sources.uptime.as_secs_f64(),
-        querier: querier_view(sources, sources.igmp),
-        mld_querier: sources.mld.map(|mld| querier_view(sources, mld)),
+        querier: querier_view(sources, sources.igmp.values().next()),
+        mld_querier: sources.mld.map(|mld| querier_view(sources, mld.values().next())),
+        vlans,
         forwarding: sources.forwarding.clone(),
         ports: port_views(sources, &traffic),
         groups,
         datapath: Counter::ALL.iter().zip(sources.datapath.counters()).map(|(c, v)| (c.name().to_owned(), v)).collect(),
-        controller: sources
-            .stats
-            .named()
-            .chain(sources.igmp.ignored().named().into_iter().map(|(name, v)| (name.to_owned(), v)))
-            .chain(mld_ignored.map(|(name, v)| (format!("mld_{name}"), v)))
-            .collect(),
+        controller,
         traffic,
     }
 }
@@ -381,6 +447,7 @@ fn traffic(sources: &Sources) -> Vec<TrafficView> {
         .filter_map(|(PortGroupKey { group, ifindex }, c)| {
             Some(TrafficView {
                 group: key_ip(&group)?,
+                vlan: shown_vlan(group.vlan),
                 ifindex,
                 port: sources.port_name(ifindex),
                 forwarded_packets: c.forwarded_packets,
@@ -388,11 +455,27 @@ fn traffic(sources: &Sources) -> Vec<TrafficView> {
             })
         })
         .collect();
-    traffic.sort_by_key(|t| (t.group, t.ifindex));
+    traffic.sort_by_key(|t| (t.group, t.vlan, t.ifindex));
     traffic
 }
 
-fn querier_view<A: Family>(sources: &Sources, snooper: &Snooper<A>) -> QuerierView {
+/// A querier's view; `None`: no state machine (no VLAN on the bridge yet).
+fn querier_view<A: Family>(sources: &Sources, snooper: Option<&Snooper<A>>) -> QuerierView {
+    let Some(snooper) = snooper else {
+        return QuerierView {
+            role: "none".into(),
+            own_address: A::from_ip(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+                .map_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| a.ip()),
+            querier_address: None,
+            other_querier_expires_in_secs: None,
+            next_query_in_secs: None,
+            present: false,
+            query_version: 0,
+            query_interval_secs: 0.0,
+            robustness: 0,
+            ignored_routers: Vec::new(),
+        };
+    };
     let querier = snooper.querier();
     let (role, querier_address) = match querier.other {
         Some((addr, _)) => ("other", Some(addr.ip())),
@@ -434,28 +517,40 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
         total.1 += t.forwarded_bytes;
     }
     let now = sources.uptime;
+    let vlan_aware = sources.vlan_aware();
     sources
-        .igmp
-        .ports()
-        .iter()
-        .map(|(ifindex, state)| {
-            let mld_state = sources.mld.and_then(|mld| mld.ports().get(ifindex));
+        .ports
+        .keys()
+        .filter_map(|ifindex| {
+            // A port's state in each VLAN it is in (one without VLANs).
+            let states: Vec<(u16, &PortState)> =
+                sources.igmp.iter().filter_map(|(v, s)| Some((*v, s.ports().get(ifindex)?))).collect();
+            let mld_states: Vec<(u16, &PortState)> =
+                sources.mld.into_iter().flatten().filter_map(|(v, s)| Some((*v, s.ports().get(ifindex)?))).collect();
+            let (_, first) = *states.first()?;
+            let router_until = |states: &[(u16, &PortState)]| states.iter().filter_map(|(_, s)| s.router_until).max();
+            let sum = |f: fn(&PortState) -> u64| states.iter().chain(&mld_states).map(|(_, s)| f(s)).sum::<u64>();
             let control = sources.datapath.port_counters(*ifindex);
             let as_router = sources.datapath.port_traffic(*ifindex);
             let (member_packets, member_bytes) = to_members.get(ifindex).copied().unwrap_or_default();
-            PortView {
+            let mut router_vlans: Vec<u16> =
+                states.iter().chain(&mld_states).filter(|(_, s)| s.is_router(now)).map(|(v, _)| *v).collect();
+            router_vlans.dedup();
+            Some(PortView {
                 ifindex: *ifindex,
                 name: sources.port_name(*ifindex),
-                router: state.is_router(now),
-                static_router: state.options.static_router,
-                fast_leave: state.options.fast_leave,
-                router_expires_in_secs: state.router_until.map(|at| sources.secs_until(at)),
-                mld_router: mld_state.is_some_and(|s| s.is_router(now)),
-                mld_router_expires_in_secs: mld_state.and_then(|s| s.router_until).map(|at| sources.secs_until(at)),
-                groups: state.groups + mld_state.map_or(0, |s| s.groups),
-                group_filter: state.filter.to_string(),
-                refused_by_filter: state.refused_by_filter + mld_state.map_or(0, |s| s.refused_by_filter),
-                refused_by_limit: state.refused_by_limit + mld_state.map_or(0, |s| s.refused_by_limit),
+                router: states.iter().any(|(_, s)| s.is_router(now)),
+                vlans: if vlan_aware { states.iter().map(|(v, _)| *v).collect() } else { Vec::new() },
+                router_vlans: if vlan_aware { router_vlans } else { Vec::new() },
+                static_router: first.options.static_router,
+                fast_leave: first.options.fast_leave,
+                router_expires_in_secs: router_until(&states).map(|at| sources.secs_until(at)),
+                mld_router: mld_states.iter().any(|(_, s)| s.is_router(now)),
+                mld_router_expires_in_secs: router_until(&mld_states).map(|at| sources.secs_until(at)),
+                groups: sum(|s| s.groups as u64) as usize,
+                group_filter: first.filter.to_string(),
+                refused_by_filter: sum(|s| s.refused_by_filter),
+                refused_by_limit: sum(|s| s.refused_by_limit),
                 queries_received: control.queries,
                 reports_received: control.reports,
                 leaves_received: control.leaves,
@@ -473,33 +568,47 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                         .get(ifindex)
                         .map(|p| p.note(sources.forwarding.mode == "redirect"))
                         .unwrap_or_default();
-                    let heard_v4 = sources.igmp.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip()));
-                    let heard_v6 = sources.mld.and_then(|mld| mld.untrusted_routers().get(ifindex));
-                    for (sign, source) in heard_v4.into_iter().chain(heard_v6.map(|h| (h.sign, h.source.ip()))) {
+                    let heard_v4 = sources
+                        .igmp
+                        .values()
+                        .filter_map(|s| s.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip())));
+                    let heard_v6 = sources
+                        .mld
+                        .into_iter()
+                        .flat_map(|m| m.values())
+                        .filter_map(|s| s.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip())));
+                    let mut heard: Vec<(RouterSign, IpAddr)> = heard_v4.chain(heard_v6).collect();
+                    heard.dedup();
+                    for (sign, source) in heard {
                         let sep = if note.is_empty() { "" } else { "; " };
                         note = format!("{note}{sep}{} ({source}) ignored: untrusted", sign.describe());
                     }
                     note
                 },
-            }
+            })
         })
         .collect()
 }
 
 fn group_views<A: Family>(sources: &Sources, snooper: &Snooper<A>, traffic: &[TrafficView]) -> Vec<GroupView> {
-    let by_member: HashMap<(IpAddr, u32), (u64, u64)> =
-        traffic.iter().map(|t| ((t.group, t.ifindex), (t.forwarded_packets, t.forwarded_bytes))).collect();
-    let mut groups: Vec<GroupView> = snooper
+    let by_member: HashMap<(IpAddr, Option<u16>, u32), (u64, u64)> =
+        traffic.iter().map(|t| ((t.group, t.vlan, t.ifindex), (t.forwarded_packets, t.forwarded_bytes))).collect();
+    snooper
         .groups()
         .iter()
         .map(|(group, members)| {
+            let vlan = shown_vlan(group.vlan);
             let members: Vec<MemberView> = members
                 .iter()
-                .map(|(ifindex, member)| member_view(sources, group.addr.ip(), *ifindex, member, &by_member))
+                .map(|(ifindex, member)| {
+                    let traffic = by_member.get(&(group.addr.ip(), vlan, *ifindex)).copied().unwrap_or_default();
+                    member_view(sources, *ifindex, member, traffic)
+                })
                 .collect();
             let spared = sources.datapath.group_traffic(group.key());
             GroupView {
                 group: group.addr.ip(),
+                vlan,
                 forwarded_packets: members.iter().map(|m| m.forwarded_packets).sum(),
                 forwarded_bytes: members.iter().map(|m| m.forwarded_bytes).sum(),
                 members,
@@ -507,19 +616,11 @@ fn group_views<A: Family>(sources: &Sources, snooper: &Snooper<A>, traffic: &[Tr
                 pruned_bytes: spared.pruned_bytes,
             }
         })
-        .collect();
-    groups.sort_by_key(|g| g.group);
-    groups
+        .collect()
 }
 
-fn member_view<A: Family>(
-    sources: &Sources,
-    group: IpAddr,
-    ifindex: u32,
-    member: &Member<A>,
-    traffic: &HashMap<(IpAddr, u32), (u64, u64)>,
-) -> MemberView {
-    let (forwarded_packets, forwarded_bytes) = traffic.get(&(group, ifindex)).copied().unwrap_or_default();
+fn member_view<A: Family>(sources: &Sources, ifindex: u32, member: &Member<A>, traffic: (u64, u64)) -> MemberView {
+    let (forwarded_packets, forwarded_bytes) = traffic;
     MemberView {
         ifindex,
         port: sources.port_name(ifindex),

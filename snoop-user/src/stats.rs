@@ -45,6 +45,9 @@ pub enum ControllerCounter {
     /// Memberships, groups or copy lists a full map could not hold (their
     /// ports get every group meanwhile; the writes are retried).
     MapFull,
+    /// Control frames heard in a VLAN their port is not in (a VLAN-aware
+    /// bridge drops them itself): nobody's membership.
+    OutsideVlan,
     /// Captured frames dropped as malformed, by protocol and reason.
     Dropped(Protocol, ParseError),
 }
@@ -53,7 +56,7 @@ impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [Events, EventsShort, DatapathWriteErrors, AttachFailures, MapFull].into_iter().chain(
+        [Events, EventsShort, DatapathWriteErrors, AttachFailures, MapFull, OutsideVlan].into_iter().chain(
             [Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
                 [GeneralQueriesSent(p), GroupQueriesSent(p)]
                     .into_iter()
@@ -72,6 +75,7 @@ impl ControllerCounter {
             ControllerCounter::DatapathWriteErrors => "datapath_write_errors".into(),
             ControllerCounter::AttachFailures => "attach_failures".into(),
             ControllerCounter::MapFull => "map_full".into(),
+            ControllerCounter::OutsideVlan => "outside_vlan".into(),
             ControllerCounter::Dropped(p, reason) => format!("{}dropped_{}", p.prefix(), reason.name()),
         }
     }

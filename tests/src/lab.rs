@@ -42,6 +42,9 @@ pub struct Host {
     pub ip: Ipv4Addr,
     /// The bridge-side veth of this host.
     pub port: String,
+    /// Its interface: eth0, or a VLAN interface on it (eth0.10) for a
+    /// host on a trunk port.
+    pub interface: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -58,6 +61,9 @@ pub struct LabOptions {
     pub ipv6: bool,
     /// Force the hosts' MLD version (1 or 2).
     pub mld_version: Option<u8>,
+    /// A VLAN-aware bridge (`vlan_filtering 1`); ports start in VLAN 1,
+    /// untagged, as the kernel puts them. Needs 802.1Q in the kernel.
+    pub vlan_filtering: bool,
 }
 
 pub struct Lab {
@@ -94,7 +100,18 @@ impl Lab {
         // From here on Drop cleans up whatever was made.
         run("ip", &["netns", "add", &bridge_netns])?;
         let snooping = if options.kernel_snooping { "1" } else { "0" };
-        lab.ip_br(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", snooping])?;
+        let filtering = if options.vlan_filtering { "1" } else { "0" };
+        lab.ip_br(&[
+            "link",
+            "add",
+            &bridge,
+            "type",
+            "bridge",
+            "mcast_snooping",
+            snooping,
+            "vlan_filtering",
+            filtering,
+        ])?;
         lab.ip_br(&["link", "set", &bridge, "up"])?;
         lab.ip_br(&["link", "set", "lo", "up"])?;
         if !options.ipv6 {
@@ -116,7 +133,7 @@ impl Lab {
         };
         let ip = Ipv4Addr::new(10, 99, 0, last_octet);
         run("ip", &["netns", "add", &netns])?;
-        self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone() });
+        self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone(), interface: "eth0".into() });
         if !options.ipv6 {
             quiet_ipv6(&netns)?;
         }
@@ -142,6 +159,81 @@ impl Lab {
             write_sysctl(&netns, "ipv6/conf/eth0/mldv2_unsolicited_report_interval", "200")?;
         }
         Ok(())
+    }
+
+    /// Makes `port` an access port of `vlan`: its only VLAN, untagged, its PVID.
+    pub fn set_access_vlan(&self, port: &str, vlan: u16) -> Result<()> {
+        let old: Vec<u16> = self.port_vlans(port)?;
+        self.bridge_cmd(&["vlan", "add", "dev", port, "vid", &vlan.to_string(), "pvid", "untagged"])?;
+        for other in old.into_iter().filter(|v| *v != vlan) {
+            self.bridge_cmd(&["vlan", "del", "dev", port, "vid", &other.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// Makes `port` a trunk of `vlans`, all tagged, and no untagged VLAN.
+    pub fn set_trunk_vlans(&self, port: &str, vlans: &[u16]) -> Result<()> {
+        for vlan in self.port_vlans(port)? {
+            self.bridge_cmd(&["vlan", "del", "dev", port, "vid", &vlan.to_string()])?;
+        }
+        for vlan in vlans {
+            self.bridge_cmd(&["vlan", "add", "dev", port, "vid", &vlan.to_string()])?;
+        }
+        Ok(())
+    }
+
+    /// The VLANs of `port`, as `bridge vlan show` lists them.
+    pub fn port_vlans(&self, port: &str) -> Result<Vec<u16>> {
+        let out = self.bridge_cmd(&["-j", "vlan", "show", "dev", port])?;
+        let json: serde_json::Value = serde_json::from_str(&out).context("bridge -j vlan show")?;
+        let vlans = json.as_array().and_then(|ports| ports.first()).and_then(|p| p["vlans"].as_array()).cloned();
+        Ok(vlans.unwrap_or_default().iter().filter_map(|v| v["vlan"].as_u64()).map(|v| v as u16).collect())
+    }
+
+    /// Runs `bridge` in the bridge's namespace.
+    pub fn bridge_cmd(&self, args: &[&str]) -> Result<String> {
+        let mut all = vec!["-n", self.bridge_netns.as_str()];
+        all.extend_from_slice(args);
+        run("bridge", &all)
+    }
+
+    /// Gives trunk host `host` an interface in `vlan` (eth0.<vlan>, address
+    /// 10.99.<vlan>.<host's last octet>/24, and fd99:<vlan>::<same>/64 with
+    /// IPv6 on), and returns the name of a new lab host standing for it:
+    /// `h<i>v<vlan>`, its joins, sends and sniffs on that interface.
+    pub fn add_vlan_host(&mut self, host: &str, vlan: u16) -> Result<String> {
+        let trunk = self.host(host).clone();
+        let interface = format!("eth0.{vlan}");
+        let octets = trunk.ip.octets();
+        let ip = Ipv4Addr::new(10, 99, u8::try_from(vlan).context("lab VLANs are below 256")?, octets[3]);
+        let ns = |args: &[&str]| {
+            let mut all = vec!["-n", trunk.netns.as_str()];
+            all.extend_from_slice(args);
+            run("ip", &all)
+        };
+        ns(&["link", "add", "link", "eth0", "name", &interface, "type", "vlan", "id", &vlan.to_string()])?;
+        ns(&["addr", "add", &format!("{ip}/24"), "dev", &interface])?;
+        if ns(&["-6", "addr", "show", "dev", "eth0"]).is_ok_and(|out| !out.trim().is_empty()) {
+            let ip6 = format!("fd99:{vlan:x}::{}/64", octets[3]);
+            ns(&["-6", "addr", "add", &ip6, "dev", &interface, "nodad"])?;
+        }
+        ns(&["link", "set", &interface, "up"])?;
+        for sysctl in ["igmpv2_unsolicited_report_interval", "igmpv3_unsolicited_report_interval"] {
+            write_sysctl(&trunk.netns, &format!("ipv4/conf/{interface}/{sysctl}"), "200")?;
+        }
+        let name = format!("{host}v{vlan}");
+        self.hosts.push(Host { name: name.clone(), netns: trunk.netns, ip, port: trunk.port, interface });
+        Ok(name)
+    }
+
+    /// Adds a VLAN interface on the bridge (<bridge>.<vlan>) with `addr`:
+    /// the querier of that VLAN speaks from it.
+    pub fn add_bridge_vlan_interface(&self, vlan: u16, addr: &str) -> Result<()> {
+        let name = format!("{}.{vlan}", self.bridge);
+        let bridge = self.bridge.clone();
+        self.ip_br(&["link", "add", "link", &bridge, "name", &name, "type", "vlan", "id", &vlan.to_string()])?;
+        self.ip_br(&["addr", "add", addr, "dev", &name])?;
+        self.ip_br(&["link", "set", &name, "up"]).map(drop)
     }
 
     /// Removes host `name` and its port (its namespace goes, and the veth with it).
@@ -460,10 +552,10 @@ impl Lab {
     /// A socket on `host` joined to the IPv6 `group` on eth0 (its kernel
     /// sends the MLD); dropping it leaves the group.
     pub fn join_v6(&self, host: &str, group: Ipv6Addr) -> Result<Membership> {
-        let netns = self.host(host).netns.clone();
+        let (netns, interface) = (self.host(host).netns.clone(), self.host(host).interface.clone());
         let socket = in_netns(&netns, move || -> Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))?;
-            socket.join_multicast_v6(&group, if_index("eth0")?)?;
+            socket.join_multicast_v6(&group, if_index(&interface)?)?;
             Ok(socket)
         })??;
         Ok(Membership { _sockets: vec![socket] })
@@ -476,11 +568,11 @@ impl Lab {
 
     /// An IPv6 UDP sender on `host`, out of its eth0.
     pub fn sender_v6(&self, host: &str) -> Result<GroupSender6> {
-        let netns = self.host(host).netns.clone();
+        let (netns, interface) = (self.host(host).netns.clone(), self.host(host).interface.clone());
         let socket = in_netns(&netns, move || -> Result<UdpSocket> {
             let socket = UdpSocket::bind(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0))?;
             socket.set_multicast_loop_v6(false)?;
-            let ifindex = if_index("eth0")? as libc::c_int;
+            let ifindex = if_index(&interface)? as libc::c_int;
             // SAFETY: valid socket option pointer and length.
             let rc = unsafe {
                 libc::setsockopt(
@@ -549,7 +641,7 @@ impl Lab {
     /// Starts counting the group traffic that reaches `host`'s interface,
     /// joined or not (a packet socket sees what the wire delivered).
     pub fn sniff(&self, host: &str) -> Result<Sniffer> {
-        Sniffer::start(&self.host(host).netns, "eth0")
+        Sniffer::start(&self.host(host).netns, &self.host(host).interface)
     }
 
     /// Starts counting the group traffic the bridge device itself receives

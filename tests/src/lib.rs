@@ -99,6 +99,22 @@ pub fn map_members_v6(lab: &Lab) -> Result<BTreeSet<(std::net::Ipv6Addr, String)
     Ok(pinned_members(lab)?.into_iter().filter_map(|(key, port)| Some((key.ipv6_octets()?.into(), port))).collect())
 }
 
+/// (group, VLAN, port name) triples in the pinned membership map: on a
+/// VLAN-aware bridge, membership is per VLAN.
+pub fn map_members_by_vlan(lab: &Lab) -> Result<BTreeSet<(IpAddr, u16, String)>> {
+    Ok(pinned_members(lab)?
+        .into_iter()
+        .filter_map(|(key, port)| {
+            let group = match (key.ipv4_octets(), key.ipv6_octets()) {
+                (Some(v4), _) => IpAddr::from(v4),
+                (_, Some(v6)) => IpAddr::from(v6),
+                _ => return None,
+            };
+            Some((group, key.vlan, port))
+        })
+        .collect())
+}
+
 fn pinned_members(lab: &Lab) -> Result<Vec<(snoop_common::GroupKey, String)>> {
     let path = lab.pin_dir().join(MAP_MEMBERS);
     if !path.exists() {

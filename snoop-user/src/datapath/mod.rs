@@ -35,7 +35,7 @@ use snoop_common::{
     MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS,
     MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAX_FANOUT, MAX_PORTS,
     MAX_TRAFFIC_SLOTS, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, MEMBER_STATE_FLAGS, NO_SLOT, PROG_EGRESS,
-    PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
+    PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -87,6 +87,8 @@ pub struct Datapath {
     member_slots: StdHashMap<PortGroupKey, u32>,
     group_slots: StdHashMap<GroupKey, u32>,
     port_slots: StdHashMap<u32, u32>,
+    /// Each port's VLANs as its map entry holds them: (PVID, untagged VLAN).
+    port_vlans: StdHashMap<u32, (u16, u16)>,
     /// Source filters written: each source-specific membership's
     /// `MEMBER_SOURCES_*` flag and listed sources.
     member_sources: StdHashMap<PortGroupKey, (u8, BTreeSet<SourceAddr>)>,
@@ -163,6 +165,7 @@ impl Datapath {
             member_slots: StdHashMap::new(),
             group_slots: StdHashMap::new(),
             port_slots: StdHashMap::new(),
+            port_vlans: StdHashMap::new(),
             member_sources: StdHashMap::new(),
             source_lists: StdHashMap::new(),
             port_counters: take_map(&mut ebpf, MAP_PORT_COUNTERS)?,
@@ -278,6 +281,7 @@ impl Datapath {
         self.attachments.detach(ifindex);
         remove_if_present(MAP_PORTS, self.ports.remove(&ifindex))?;
         remove_if_present(MAP_PORT_COUNTERS, self.port_counters.remove(&ifindex))?;
+        self.port_vlans.remove(&ifindex);
         if let Some(slot) = self.port_slots.remove(&ifindex) {
             self.port_traffic.give_back(slot);
         }
@@ -310,15 +314,29 @@ impl Datapath {
                 slot
             }
         };
+        let (pvid, untagged_vlan) = self.port_vlans.get(&ifindex).copied().unwrap_or((VLAN_NONE, VLAN_NONE));
         let value = PortValue {
             flags,
             control_rate_limit: self.control_rate_limit,
             window_start_ns: 0,
             window_frames: 0,
             traffic_slot,
-            _pad: 0,
+            pvid,
+            untagged_vlan,
         };
         self.ports.insert(ifindex, value, 0).map_err(|e| Error::map("writing", MAP_PORTS, e))
+    }
+
+    /// A port's VLANs on a VLAN-aware bridge (see [`PortValue::pvid`]),
+    /// written into its entry with the flags it has.
+    pub fn set_port_vlans(&mut self, ifindex: u32, pvid: u16, untagged_vlan: u16) -> Result<()> {
+        if self.port_vlans.insert(ifindex, (pvid, untagged_vlan)) == Some((pvid, untagged_vlan)) {
+            return Ok(());
+        }
+        match self.ports.get(&ifindex, 0) {
+            Ok(value) => self.set_port_flags(ifindex, value.flags),
+            Err(_) => Ok(()), // not attached yet: its first write carries them
+        }
     }
 
     /// Writes a membership, with the source filter [`Datapath::set_member_sources`] gave it.

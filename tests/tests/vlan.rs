@@ -1,0 +1,150 @@
+//! VLAN-aware snooping on a bridge with `vlan_filtering 1`: trunk and
+//! access ports, hosts whose kernels report in their VLAN, per-VLAN queriers.
+//! The host kernel may lack 802.1Q: `cargo xtask test` then runs these in a
+//! guest (see xtask's VLAN_TESTS).
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    thread,
+    time::Duration,
+};
+
+use anyhow::Result;
+use snoop_tests::{lab::Lab, map_members_by_vlan, snoop_bin, stat, wait_until, LabOptions, FAST_TIMERS};
+
+const G: Ipv4Addr = Ipv4Addr::new(239, 1, 2, 3);
+const G6: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x77);
+const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// h0 on a trunk of VLANs 10 and 20 (its interfaces h0v10, h0v20), h1 and
+/// h3 access ports of VLAN 10, h2 and h4 of VLAN 20; the bridge has a VLAN
+/// interface in each VLAN, from which that VLAN's queries come.
+fn vlan_lab(tag: &str, ipv6: bool) -> Result<Lab> {
+    let mut lab = Lab::new(tag, 5, &LabOptions { vlan_filtering: true, ipv6, ..Default::default() })?;
+    lab.set_trunk_vlans("p0", &[10, 20])?;
+    lab.set_access_vlan("p1", 10)?;
+    lab.set_access_vlan("p2", 20)?;
+    lab.set_access_vlan("p3", 10)?;
+    lab.set_access_vlan("p4", 20)?;
+    lab.add_vlan_host("h0", 10)?;
+    lab.add_vlan_host("h0", 20)?;
+    lab.add_bridge_vlan_interface(10, "10.99.10.1/24")?;
+    lab.add_bridge_vlan_interface(20, "10.99.20.1/24")?;
+    if ipv6 {
+        for host in ["h0", "h1", "h2", "h3"] {
+            lab.wait_ipv6_ready(host, Duration::from_secs(10))?;
+        }
+    }
+    Ok(lab)
+}
+
+/// Waits until the map holds exactly `want` (group, VLAN, port) for `group`.
+fn wait_for_vlan_members(lab: &Lab, group: IpAddr, want: &[(u16, &str)]) -> Result<()> {
+    let want: BTreeSet<(IpAddr, u16, String)> = want.iter().map(|(v, p)| (group, *v, p.to_string())).collect();
+    let waited = wait_until(&format!("{group} members {want:?}"), JOIN_TIMEOUT, || {
+        let have: BTreeSet<_> = map_members_by_vlan(lab)?.into_iter().filter(|(g, _, _)| *g == group).collect();
+        Ok(have == want)
+    });
+    if waited.is_err() {
+        let log = std::fs::read_to_string(lab.snoop_log()).unwrap_or_default();
+        eprintln!("map: {:?}\nsnoop's log:\n{log}", map_members_by_vlan(lab)?);
+        eprintln!("stats: {}", lab.snoop_show(&snoop_bin(), "stats").map(|s| s.to_string()).unwrap_or_default());
+        eprintln!("ports: {}", lab.snoop_show(&snoop_bin(), "ports").map(|s| s.to_string()).unwrap_or_default());
+        eprintln!("querier: {}", lab.snoop_show(&snoop_bin(), "querier").map(|s| s.to_string()).unwrap_or_default());
+        eprintln!("vlans: {}", lab.bridge_cmd(&["vlan", "show"]).unwrap_or_default());
+    }
+    waited
+}
+
+/// Sends `n` packets of `group` from each sender; what each receiver got
+/// from each, in order.
+fn deliver(lab: &Lab, senders: &[&str], group: Ipv4Addr, receivers: &[&str], n: u64) -> Result<Vec<Vec<u64>>> {
+    let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+    for sender in senders {
+        lab.send(sender, group, n, Duration::from_micros(200))?;
+    }
+    thread::sleep(Duration::from_millis(300));
+    Ok(sniffers
+        .iter()
+        .map(|s| senders.iter().map(|sender| s.count_from(lab.host(sender).ip, group)).collect())
+        .collect())
+}
+
+#[test]
+fn vlan_members_get_only_their_vlans_stream_and_queries_go_out_per_vlan() -> Result<()> {
+    let mut lab = vlan_lab("vlan-members", false)?;
+    // The trunk host joins in VLAN 10 only; h4 joins in VLAN 20. h1 sends
+    // in VLAN 10, h2 in VLAN 20.
+    let _trunk = lab.join("h0v10", G)?;
+    let _h4 = lab.join("h4", G)?;
+    let receivers = ["h0v10", "h0v20", "h3", "h4"];
+    // Control: the bridge alone floods each VLAN's stream within its VLAN.
+    assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![50, 0], vec![0, 50], vec![50, 0], vec![0, 50]]);
+
+    let sniffers: Vec<_> = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<_>>()?;
+    lab.start_snoop(&snoop_bin(), FAST_TIMERS)?;
+    wait_for_vlan_members(&lab, G.into(), &[(10, "p0"), (20, "p4")])?;
+    // The same group in two VLANs: each VLAN's members get its stream only.
+    // Without per-VLAN keys p0's VLAN 10 membership would let VLAN 20's
+    // stream out of p0 too.
+    assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![50, 0], vec![0, 0], vec![0, 0], vec![0, 50]]);
+    // Each VLAN's queries come from its bridge interface's address, tagged
+    // on the trunk (else h0's VLAN interfaces would not get them),
+    // untagged on access ports, never into another VLAN.
+    let vlan10_querier = Ipv4Addr::new(10, 99, 10, 1);
+    let vlan20_querier = Ipv4Addr::new(10, 99, 20, 1);
+    let queries: Vec<(u64, u64)> =
+        sniffers.iter().map(|s| (s.queries_from(vlan10_querier), s.queries_from(vlan20_querier))).collect();
+    for (host, (in10, in20)) in receivers.iter().zip(&queries) {
+        let in_vlan_10 = matches!(*host, "h0v10" | "h3");
+        assert!((*in10 > 0) == in_vlan_10 && (*in20 > 0) != in_vlan_10, "{host} heard queries {in10} + {in20}");
+    }
+    let shown = lab.snoop_show(&snoop_bin(), "groups")?;
+    let vlans: BTreeSet<u64> = shown
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["group"] == G.to_string())
+        .filter_map(|g| g["vlan"].as_u64())
+        .collect();
+    assert_eq!(vlans, [10, 20].into());
+    let querier = lab.snoop_show(&snoop_bin(), "querier")?;
+    let sources: BTreeSet<(u64, String)> = querier["vlans"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| (v["vlan"].as_u64().unwrap_or(0), v["querier"]["own_address"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    assert_eq!(sources, [(10, "10.99.10.1".to_owned()), (20, "10.99.20.1".to_owned())].into());
+    assert!(stat(&lab, "datapath", "data_pruned")? > 0);
+    Ok(())
+}
+
+#[test]
+fn vlan_a_port_moved_to_another_vlan_is_followed_ipv6() -> Result<()> {
+    let mut lab = vlan_lab("vlan-move", true)?;
+    lab.start_snoop(&snoop_bin(), FAST_TIMERS)?;
+    let _h1 = lab.join_v6("h1", G6)?;
+    wait_for_vlan_members(&lab, G6.into(), &[(10, "p1")])?;
+    let got = |sender: &str| -> Result<Vec<u64>> {
+        let receivers = ["h1", "h3"];
+        let sniffers = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<Vec<_>>>()?;
+        lab.send_v6(sender, G6, 50, Duration::from_micros(200))?;
+        thread::sleep(Duration::from_millis(300));
+        Ok(sniffers.iter().map(|s| s.count(G6)).collect())
+    };
+    // From the trunk in VLAN 10: to h1, not to h3 (VLAN 10, no member).
+    assert_eq!(got("h0v10")?, [50, 0]);
+    // p1 moves to VLAN 20: its VLAN 10 membership goes, h1 answers VLAN
+    // 20's queries, and VLAN 20's stream reaches it.
+    lab.set_access_vlan("p1", 20)?;
+    wait_for_vlan_members(&lab, G6.into(), &[(20, "p1")])?;
+    assert_eq!(got("h0v20")?, [50, 0]);
+    assert_eq!(got("h0v10")?, [0, 0]);
+    // VLAN filtering off: one membership for the whole bridge again.
+    lab.ip_br(&["link", "set", "br0", "type", "bridge", "vlan_filtering", "0"])?;
+    wait_for_vlan_members(&lab, G6.into(), &[(0, "p1")])?;
+    let querier = lab.snoop_show(&snoop_bin(), "querier")?;
+    assert!(querier.get("vlans").is_none(), "{querier}");
+    Ok(())
+}
