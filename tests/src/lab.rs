@@ -100,18 +100,12 @@ impl Lab {
         // From here on Drop cleans up whatever was made.
         run("ip", &["netns", "add", &bridge_netns])?;
         let snooping = if options.kernel_snooping { "1" } else { "0" };
-        let filtering = if options.vlan_filtering { "1" } else { "0" };
-        lab.ip_br(&[
-            "link",
-            "add",
-            &bridge,
-            "type",
-            "bridge",
-            "mcast_snooping",
-            snooping,
-            "vlan_filtering",
-            filtering,
-        ])?;
+        let mut add = vec!["link", "add", &bridge, "type", "bridge", "mcast_snooping", snooping];
+        // Only when asked: a kernel without 802.1Q refuses the option at all.
+        if options.vlan_filtering {
+            add.extend(["vlan_filtering", "1"]);
+        }
+        lab.ip_br(&add)?;
         lab.ip_br(&["link", "set", &bridge, "up"])?;
         lab.ip_br(&["link", "set", "lo", "up"])?;
         if !options.ipv6 {
