@@ -201,6 +201,10 @@ struct Core {
     query_socket: FrameSender,
     /// The bridge's VLAN configuration, as last read.
     vlans: VlanConfig,
+    /// Resuming pinned state: the state machines made before the
+    /// memberships are adopted count a querier as present (never a flood
+    /// at a restart).
+    resuming: bool,
     /// Query sources found on the bridge: its own addresses, and those of
     /// VLAN interfaces on it by VLAN.
     addresses: QuerySources,
@@ -390,6 +394,7 @@ impl Controller {
             ports: BTreeMap::new(),
             query_socket,
             vlans: VlanConfig::default(),
+            resuming: resumed,
             addresses: QuerySources::default(),
             stats: Stats::default(),
             events: broadcast::channel(4096).0,
@@ -937,6 +942,7 @@ impl Controller {
             self.set_port_groups(ifindex, &name);
         }
         info!("resumed {restored} memberships from the pinned maps");
+        self.core.resuming = false;
     }
 
     /// A port's group filter and static groups, from the configuration and
@@ -1512,7 +1518,11 @@ impl Core {
         for (vlan, ports) in wanted {
             if !family.snoopers.contains_key(vlan) {
                 let own = self.query_source::<A>(*vlan);
-                family.snoopers.insert(*vlan, family.new_snooper(own, now));
+                let mut snooper = family.new_snooper(own, now);
+                if self.resuming {
+                    snooper.resume_querier_presence(now);
+                }
+                family.snoopers.insert(*vlan, snooper);
                 changed = true;
             }
             let options: Vec<(u32, PortOptions)> = ports
