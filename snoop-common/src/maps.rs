@@ -188,6 +188,27 @@ pub const PORT_ROUTER_IPV6: u32 = 16;
 /// [`PORT_GETS_REPORTS`] for MLD reports.
 pub const PORT_GETS_REPORTS_IPV6: u32 = 32;
 
+/// Key of [`MAP_VLAN_PORTS`]: a port within one VLAN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VlanPortKey {
+    pub vlan: u16,
+    pub _pad: u16,
+    pub ifindex: u32,
+}
+
+impl VlanPortKey {
+    #[inline(always)]
+    pub const fn new(vlan: u16, ifindex: u32) -> Self {
+        Self { vlan, _pad: 0, ifindex }
+    }
+}
+
+/// The `PORT_*` flags a port has in one VLAN rather than on the whole port,
+/// kept in [`MAP_VLAN_PORTS`] on a VLAN-aware bridge: a router port of VLAN
+/// 10 is none of VLAN 20. Entries only for ports with some of them.
+pub const PORT_VLAN_FLAGS: u32 = PORT_ROUTER | PORT_ROUTER_IPV6 | PORT_GETS_REPORTS | PORT_GETS_REPORTS_IPV6;
+
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -220,6 +241,7 @@ pub const CONFIG_CHECK_SOURCE_PORT: u32 = 4;
 /// No querier is present (none heard, snoop's own disabled, or its first
 /// query not yet answered): hosts report only when queried, so membership is
 /// unknown and nothing is pruned or redirected, as the Linux bridge does.
+/// On a VLAN-aware bridge: in some VLAN (pruning asks [`MAP_VLANS`]).
 pub const CONFIG_NO_QUERIER: u32 = 8;
 /// [`CONFIG_NO_QUERIER`] for MLD: IPv6 groups are not pruned.
 pub const CONFIG_NO_QUERIER_IPV6: u32 = 16;
@@ -228,8 +250,16 @@ pub const CONFIG_NO_QUERIER_IPV6: u32 = 16;
 pub const CONFIG_SNOOP_IPV6_LINK_SCOPE: u32 = 32;
 /// The bridge filters VLANs: membership is per VLAN, and a frame's VLAN is
 /// its tag's or, untagged, the port's ([`PortValue::pvid`],
-/// [`PortValue::untagged_vlan`]). Off: every frame is in [`VLAN_NONE`].
+/// [`PortValue::untagged_vlan`]). Router and report flags are then the
+/// port's in the frame's VLAN ([`MAP_VLAN_PORTS`]) and the querier's
+/// presence the VLAN's ([`MAP_VLANS`]). Off: every frame is in [`VLAN_NONE`].
 pub const CONFIG_VLAN_AWARE: u32 = 64;
+
+/// Value of [`MAP_VLANS`], keyed by VLAN id on a VLAN-aware bridge: the
+/// [`no_querier_flag`]s of the families with no querier present in that
+/// VLAN. A VLAN without an entry is one snoop does not follow (yet): not
+/// pruned, as one without a querier.
+pub type VlanFlags = u32;
 
 /// The flags and keys that differ between the address families, so one
 /// data path serves both.
@@ -380,6 +410,8 @@ pub const MAP_EVENTS: &str = "SNOOP_EVENTS";
 pub const MAP_SENDERS: &str = "SNOOP_SENDERS";
 pub const MAP_SOURCES: &str = "SNOOP_SOURCES";
 pub const MAP_SOURCE_GROUP_PORTS: &str = "SNOOP_SOURCE_GROUP_PORTS";
+pub const MAP_VLAN_PORTS: &str = "SNOOP_VLAN_PORTS";
+pub const MAP_VLANS: &str = "SNOOP_VLANS";
 
 /// Program names (the eBPF function names).
 pub const PROG_INGRESS: &str = "snoop_ingress";
@@ -396,6 +428,11 @@ pub const MAX_TRAFFIC_SLOTS: u32 = 16_384;
 pub const MAX_SOURCES: u32 = 65_536;
 /// Redirect copy lists of single sources of source-specific groups.
 pub const MAX_SOURCE_GROUPS: u32 = 16_384;
+/// Ports' per-VLAN flags: a router port of every VLAN on a trunk of 4094,
+/// on 16 ports.
+pub const MAX_VLAN_PORTS: u32 = 65_536;
+/// Every VLAN id.
+pub const MAX_VLANS: u32 = 4096;
 /// Bytes of the control-frame ring: about 55,000 small records (4,000 full-size).
 pub const EVENT_RING_BYTES: u32 = 8 << 20;
 
@@ -456,7 +493,7 @@ impl MapSizes {
 
 /// Every map of the data path. snoop-ebpf declares its statics from the same
 /// types and sizes; a test checks the built object against this table.
-pub const MAPS: [MapSpec; 14] = [
+pub const MAPS: [MapSpec; 16] = [
     spec(MAP_MEMBERS, MapKind::Hash, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
     spec(MAP_GROUPS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
     spec(MAP_PORTS, MapKind::Hash, 4, size_of::<PortValue>(), MAX_PORTS),
@@ -477,6 +514,8 @@ pub const MAPS: [MapSpec; 14] = [
         size_of::<GroupPorts>(),
         MAX_SOURCE_GROUPS,
     ),
+    spec(MAP_VLAN_PORTS, MapKind::Hash, size_of::<VlanPortKey>(), 4, MAX_VLAN_PORTS),
+    spec(MAP_VLANS, MapKind::Hash, 2, size_of::<VlanFlags>(), MAX_VLANS),
 ];
 
 #[cfg(feature = "user")]
@@ -502,6 +541,8 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     // SAFETY: repr(C) plain data, no padding; every bit pattern is valid.
     unsafe impl aya::Pod for SourceGroupKey {}
+    // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
+    unsafe impl aya::Pod for VlanPortKey {}
 }
 
 // Layout checks: a change here changes the pinned maps' format.
@@ -512,3 +553,4 @@ const _: () = assert!(core::mem::size_of::<GroupPorts>() == 32 + 4 * MAX_FANOUT)
 const _: () = assert!(core::mem::size_of::<SenderSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 40);
 const _: () = assert!(core::mem::size_of::<SourceGroupKey>() == 36);
+const _: () = assert!(core::mem::size_of::<VlanPortKey>() == 8);

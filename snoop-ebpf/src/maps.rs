@@ -7,8 +7,9 @@ use aya_ebpf::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue, SenderSlot,
-    SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS, MAX_MEMBERSHIPS,
-    MAX_PORTS, MAX_SOURCES, MAX_SOURCE_GROUPS, MAX_TRAFFIC_SLOTS, SENDER_SLOTS,
+    SourceGroupKey, SourceKey, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS,
+    MAX_MEMBERSHIPS, MAX_PORTS, MAX_SOURCES, MAX_SOURCE_GROUPS, MAX_TRAFFIC_SLOTS, MAX_VLANS, MAX_VLAN_PORTS,
+    SENDER_SLOTS,
 };
 
 // All pinned: a restarted controller (and the programs it replaces) keep
@@ -44,3 +45,8 @@ pub static SNOOP_SOURCES: HashMap<SourceKey, u32> = HashMap::pinned(MAX_SOURCES,
 #[map]
 pub static SNOOP_SOURCE_GROUP_PORTS: HashMap<SourceGroupKey, GroupPorts> =
     HashMap::pinned(MAX_SOURCE_GROUPS, BPF_F_NO_PREALLOC);
+// VLAN-aware bridges: router ports and querier presence per VLAN.
+#[map]
+pub static SNOOP_VLAN_PORTS: HashMap<VlanPortKey, u32> = HashMap::pinned(MAX_VLAN_PORTS, BPF_F_NO_PREALLOC);
+#[map]
+pub static SNOOP_VLANS: HashMap<u16, VlanFlags> = HashMap::pinned(MAX_VLANS, 0);

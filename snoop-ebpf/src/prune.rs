@@ -11,9 +11,9 @@ use snoop_common::{
         is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, is_ipv6_all_nodes, is_ipv6_link_scope_group,
         is_mld_report, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
     },
-    Counter, DatapathConfig, GroupKey, PortGroupKey, SourceKey, CONFIG_FLOOD_UNREGISTERED,
+    Counter, DatapathConfig, GroupKey, PortGroupKey, PortValue, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED,
     CONFIG_SNOOP_IPV6_LINK_SCOPE, CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, MEMBER_SOURCES_EXCLUDE,
-    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, VLAN_NONE,
+    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, PORT_VLAN_FLAGS, VLAN_NONE,
 };
 
 use crate::{
@@ -21,7 +21,7 @@ use crate::{
     counters::{count, count_traffic},
     maps::{
         SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC,
-        SNOOP_SOURCES,
+        SNOOP_SOURCES, SNOOP_VLANS, SNOOP_VLAN_PORTS,
     },
     packet::{icmpv6_type, ifindex, igmp_type, ip_head, ip_source, ipv6_upper_layer, tagged_vlan, IpHead},
 };
@@ -38,13 +38,14 @@ pub fn egress(ctx: &TcContext) -> i32 {
             let ifindex = ifindex(ctx);
             if ip.protocol == IPPROTO_IGMP {
                 let is_report = igmp_type(ctx, &ip).is_some_and(is_igmp_report);
-                return report_egress(is_report, ifindex, FAMILY_IPV4);
+                return report_egress(is_report, ifindex, FAMILY_IPV4, egress_vlan(ctx, ifindex));
             }
             if is_ipv4_link_local_group(ip.dst) {
                 count(Counter::LinkLocalFlooded);
                 return TC_ACT_OK;
             }
-            data_egress(ctx, GroupKey::ipv4(ip.dst, egress_vlan(ctx, ifindex)), ifindex, FAMILY_IPV4)
+            let vlan = egress_vlan(ctx, ifindex);
+            data_egress(ctx, GroupKey::ipv4(ip.dst, vlan.unwrap_or(VLAN_NONE)), ifindex, FAMILY_IPV4, vlan)
         }
         Some(IpHead::V6(ip)) => {
             if ip.dst[0] != 0xff || !ip.to_group_mac {
@@ -55,7 +56,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
                 if let Some((IPPROTO_ICMPV6, offset)) = ipv6_upper_layer(ctx, &ip) {
                     if let Some(icmp_type) = icmpv6_type(ctx, offset) {
                         if is_mld_report(icmp_type) {
-                            return report_egress(true, ifindex, FAMILY_IPV6);
+                            return report_egress(true, ifindex, FAMILY_IPV6, egress_vlan(ctx, ifindex));
                         }
                     }
                 }
@@ -64,24 +65,36 @@ pub fn egress(ctx: &TcContext) -> i32 {
                 count(Counter::LinkLocalFlooded);
                 return TC_ACT_OK;
             }
-            data_egress(ctx, GroupKey::ipv6(ip.dst, egress_vlan(ctx, ifindex)), ifindex, FAMILY_IPV6)
+            let vlan = egress_vlan(ctx, ifindex);
+            data_egress(ctx, GroupKey::ipv6(ip.dst, vlan.unwrap_or(VLAN_NONE)), ifindex, FAMILY_IPV6, vlan)
         }
         None => TC_ACT_OK,
     }
 }
 
-/// The VLAN a frame leaving through `ifindex` is in: its tag's, or the
-/// port's untagged VLAN ([`VLAN_NONE`] on a bridge that is not VLAN-aware).
+/// The VLAN a frame leaving through `ifindex` is in on a VLAN-aware
+/// bridge: its tag's, or the port's untagged VLAN. None on a bridge that
+/// is not VLAN-aware.
 #[inline(always)]
-fn egress_vlan(ctx: &TcContext, ifindex: u32) -> u16 {
+fn egress_vlan(ctx: &TcContext, ifindex: u32) -> Option<u16> {
     if config().is_none_or(|c| c.flags & CONFIG_VLAN_AWARE == 0) {
-        return VLAN_NONE;
+        return None;
     }
     if let Some(vlan) = tagged_vlan(ctx) {
-        return vlan;
+        return Some(vlan);
     }
     // SAFETY: plain map lookup.
-    unsafe { SNOOP_PORTS.get(ifindex) }.map_or(VLAN_NONE, |port| port.untagged_vlan)
+    Some(unsafe { SNOOP_PORTS.get(ifindex) }.map_or(VLAN_NONE, |port| port.untagged_vlan))
+}
+
+/// The port's flags for a frame in `vlan`: on a VLAN-aware bridge its
+/// router and report flags are those it has in that VLAN.
+#[inline(always)]
+fn port_flags(port: &PortValue, ifindex: u32, vlan: Option<u16>) -> u32 {
+    let Some(vlan) = vlan else { return port.flags };
+    // SAFETY: plain map lookup.
+    let in_vlan = unsafe { SNOOP_VLAN_PORTS.get(&VlanPortKey::new(vlan, ifindex)) }.copied().unwrap_or(0);
+    port.flags & !PORT_VLAN_FLAGS | in_vlan
 }
 
 /// IPv6 groups never pruned: ff02::1 (RFC 4541 3), and the other link-scope
@@ -95,7 +108,7 @@ pub fn ipv6_flooded(dst: &[u8; 16]) -> bool {
 
 /// Group traffic: to member ports that want its source, and router ports.
 #[inline(always)]
-fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i32 {
+fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8, vlan: Option<u16>) -> i32 {
     let bytes = u64::from(ctx.len());
     let key = PortGroupKey { group, ifindex };
     // The common case first: a member port, one hash lookup (and a second
@@ -116,7 +129,7 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i3
         // Not a port snoop manages (yet): leave the bridge's decision alone.
         return TC_ACT_OK;
     };
-    if port.flags & (router_flag(family) | PORT_UNPRUNED) != 0 {
+    if port_flags(port, ifindex, vlan) & (router_flag(family) | PORT_UNPRUNED) != 0 {
         count(Counter::DataForwarded);
         count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, true);
         return TC_ACT_OK;
@@ -125,7 +138,7 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8) -> i3
     let group = SNOOP_GROUPS.get_ptr(&key.group);
     let flood_unregistered = config.is_none_or(|c| c.flags & CONFIG_FLOOD_UNREGISTERED != 0);
     // Only checked on the prune path: forwarding costs nothing extra.
-    let forward = if let Some(reason) = config.and_then(|c| unpruned_reason(c, family)) {
+    let forward = if let Some(reason) = config.and_then(|c| unpruned_reason(c, family, vlan)) {
         count(reason);
         true
     } else if source_filtered {
@@ -169,11 +182,17 @@ fn source_wanted(ctx: &TcContext, member: &PortGroupKey, flags: u8, family: u8) 
     listed == (flags & MEMBER_SOURCES_INCLUDE != 0)
 }
 
-/// Why nothing of `family` may be pruned now, if so: no querier is present,
-/// or the controller is gone (failsafe).
+/// Why nothing of `family` (in `vlan`, on a VLAN-aware bridge) may be
+/// pruned now, if so: no querier is present, or the controller is gone
+/// (failsafe).
 #[inline(always)]
-fn unpruned_reason(config: &DatapathConfig, family: u8) -> Option<Counter> {
-    if config.flags & no_querier_flag(family) != 0 {
+fn unpruned_reason(config: &DatapathConfig, family: u8, vlan: Option<u16>) -> Option<Counter> {
+    let no_querier = match vlan {
+        // SAFETY: plain map lookup.
+        Some(vlan) => unsafe { SNOOP_VLANS.get(&vlan) }.is_none_or(|flags| flags & no_querier_flag(family) != 0),
+        None => config.flags & no_querier_flag(family) != 0,
+    };
+    if no_querier {
         Some(Counter::NoQuerierFlooded)
     } else if controller_gone(config, heartbeat_age_ns(config)) {
         Some(Counter::FailsafeFlooded)
@@ -186,14 +205,14 @@ fn unpruned_reason(config: &DatapathConfig, family: u8) -> Option<Counter> {
 /// no router port is known); queries and unknown types are flooded (RFC
 /// 4541 2.1.1 (1) and (3)). With nothing pruned, reports flood too.
 #[inline(always)]
-fn report_egress(is_report: bool, ifindex: u32, family: u8) -> i32 {
+fn report_egress(is_report: bool, ifindex: u32, family: u8, vlan: Option<u16>) -> i32 {
     // SAFETY: plain map lookup.
     let gets_reports = match unsafe { SNOOP_PORTS.get(ifindex) } {
-        Some(port) => port.flags & (router_flag(family) | gets_reports_flag(family)) != 0,
+        Some(port) => port_flags(port, ifindex, vlan) & (router_flag(family) | gets_reports_flag(family)) != 0,
         None => return TC_ACT_OK, // not managed
     };
     if is_report && !gets_reports {
-        if let Some(reason) = config().and_then(|c| unpruned_reason(c, family)) {
+        if let Some(reason) = config().and_then(|c| unpruned_reason(c, family, vlan)) {
             count(reason);
             return TC_ACT_OK;
         }

@@ -18,10 +18,10 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use sd_notify::NotifyState;
 use snoop_common::{
-    wire::ETH_P_8021Q, CapturedFrame, GroupKey, PortGroupKey, SourceAddr, CONFIG_CHECK_SOURCE_PORT,
-    CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE, CONFIG_VLAN_AWARE, FAMILY_IPV4,
-    FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING, MEMBER_SOURCES_INCLUDE, MEMBER_STATIC, PORT_UNPRUNED,
-    RESTORE_KERNEL_SNOOPING, VLAN_NONE, VLAN_VID_MASK,
+    no_querier_flag, wire::ETH_P_8021Q, CapturedFrame, GroupKey, PortGroupKey, SourceAddr, VlanFlags, VlanPortKey,
+    CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE,
+    CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING, MEMBER_SOURCES_INCLUDE,
+    MEMBER_STATIC, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING, VLAN_NONE, VLAN_VID_MASK,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -79,6 +79,8 @@ pub struct RunConfig {
     /// Source of our MLD queries; default: the bridge's link-local address
     /// (without one, snoop sends no MLD queries).
     pub mld_query_source: Option<Ipv6Addr>,
+    /// Query sources of single VLANs, by (VLAN, IPv6): they win over all else there.
+    pub vlan_query_sources: BTreeMap<(u16, bool), IpAddr>,
     /// Snoop link-scope IPv6 groups (ff02::/16 but ff02::1) like any other.
     pub snoop_ipv6_link_scope: bool,
     pub static_router_ports: Vec<String>,
@@ -228,6 +230,11 @@ struct Core {
     /// The static groups in force: the configuration's, and those added
     /// and deleted at run time since. A port that joins the bridge gets its own.
     statics: BTreeSet<StaticGroup>,
+    /// Router ports and querier presence per VLAN, for the data path.
+    vlan_entries: VlanEntries,
+    /// Learned router ports a keep-state predecessor left, read before
+    /// anything rewrites them: (family, VLAN or every VLAN of the port, port).
+    resumed_routers: Vec<(u8, Option<u16>, u32)>,
 }
 
 /// Addresses queries can speak from (see [`Core::query_source`]).
@@ -237,6 +244,92 @@ struct QuerySources {
     bridge_ipv6: Option<Ipv6Addr>,
     vlan_ipv4: BTreeMap<u16, Ipv4Addr>,
     vlan_ipv6: BTreeMap<u16, Ipv6Addr>,
+}
+
+/// What the data path prunes by per VLAN on a VLAN-aware bridge (its
+/// `SNOOP_VLANS` and `SNOOP_VLAN_PORTS`): each family refreshes its share,
+/// written together as one value per key.
+#[derive(Default)]
+struct VlanEntries {
+    /// By family: each VLAN it follows, with its no-querier flag if no
+    /// querier is present there.
+    vlans: BTreeMap<u8, BTreeMap<u16, VlanFlags>>,
+    /// By family: router and report flags of ports per VLAN.
+    ports: BTreeMap<u8, BTreeMap<VlanPortKey, u32>>,
+    /// As the maps hold them (at start, what a predecessor left).
+    written_vlans: BTreeMap<u16, VlanFlags>,
+    written_ports: BTreeMap<VlanPortKey, u32>,
+}
+
+impl VlanEntries {
+    fn adopt(datapath: &Datapath) -> Self {
+        Self {
+            written_vlans: datapath.vlan_entries().into_iter().collect(),
+            written_ports: datapath.vlan_port_entries().into_iter().collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Every followed VLAN's value: the no-querier flags of the families
+    /// without a querier there (a family that does not follow it has none).
+    fn wanted_vlans(&self) -> BTreeMap<u16, VlanFlags> {
+        let followed: BTreeSet<u16> = self.vlans.values().flat_map(|vlans| vlans.keys()).copied().collect();
+        followed
+            .into_iter()
+            .map(|vlan| {
+                let flags = self.vlans.iter().fold(0, |flags, (family, vlans)| {
+                    flags | vlans.get(&vlan).copied().unwrap_or(no_querier_flag(*family))
+                });
+                (vlan, flags)
+            })
+            .collect()
+    }
+
+    fn wanted_ports(&self) -> BTreeMap<VlanPortKey, u32> {
+        let mut wanted = BTreeMap::new();
+        for (key, flags) in self.ports.values().flatten() {
+            *wanted.entry(*key).or_insert(0) |= flags;
+        }
+        wanted
+    }
+
+    /// Writes what changed. A failed write is logged and counted; the next
+    /// refresh retries it.
+    fn write(&mut self, datapath: &mut Datapath, stats: &mut Stats) {
+        let mut failed = |what: &str, error: datapath::Error| {
+            warn!("{what}: {:#}", anyhow::Error::from(error));
+            stats.bump(ControllerCounter::DatapathWriteErrors);
+        };
+        let wanted = self.wanted_vlans();
+        for (vlan, flags) in &wanted {
+            if self.written_vlans.get(vlan) != Some(flags) {
+                match datapath.set_vlan_flags(*vlan, Some(*flags)) {
+                    Ok(()) => drop(self.written_vlans.insert(*vlan, *flags)),
+                    Err(error) => failed(&format!("VLAN {vlan}"), error),
+                }
+            }
+        }
+        let gone: Vec<u16> = self.written_vlans.keys().filter(|v| !wanted.contains_key(v)).copied().collect();
+        for vlan in gone {
+            match datapath.set_vlan_flags(vlan, None) {
+                Ok(()) => drop(self.written_vlans.remove(&vlan)),
+                Err(error) => failed(&format!("VLAN {vlan}"), error),
+            }
+        }
+        let wanted = self.wanted_ports();
+        let keys: BTreeSet<VlanPortKey> = wanted.keys().chain(self.written_ports.keys()).copied().collect();
+        for key in keys {
+            let flags = wanted.get(&key).copied().unwrap_or(0);
+            if self.written_ports.get(&key).copied().unwrap_or(0) == flags {
+                continue;
+            }
+            match datapath.set_vlan_port_flags(key, flags) {
+                Ok(()) if flags == 0 => drop(self.written_ports.remove(&key)),
+                Ok(()) => drop(self.written_ports.insert(key, flags)),
+                Err(error) => failed(&format!("port {} in VLAN {}", key.ifindex, key.vlan), error),
+            }
+        }
+    }
 }
 
 /// What the data path could not hold: memberships and group registrations.
@@ -320,10 +413,21 @@ impl<A: Family> FamilyState<A> {
     fn each(
         &mut self,
         port: Option<u32>,
+        step: impl FnMut(&mut Snooper<A>) -> Vec<Action<A>>,
+    ) -> Vec<(u16, Vec<Action<A>>)> {
+        self.each_in(None, port, step)
+    }
+
+    /// [`FamilyState::each`] in one VLAN only (every VLAN with `None`).
+    fn each_in(
+        &mut self,
+        vlan: Option<u16>,
+        port: Option<u32>,
         mut step: impl FnMut(&mut Snooper<A>) -> Vec<Action<A>>,
     ) -> Vec<(u16, Vec<Action<A>>)> {
         self.snoopers
             .iter_mut()
+            .filter(|(v, _)| vlan.is_none_or(|want| **v == want))
             .filter(|(_, s)| port.is_none_or(|p| s.ports().contains_key(&p)))
             .map(|(vlan, s)| (*vlan, step(s)))
             .collect()
@@ -385,6 +489,8 @@ impl Controller {
             absent_queriers |= IPV6_FLAGS.no_querier;
         }
         let config_statics = config.static_groups.iter().cloned().collect::<BTreeSet<_>>();
+        let vlan_entries = VlanEntries::adopt(&datapath);
+        let resumed_routers = if resumed { pinned_router_ports(&datapath) } else { Vec::new() };
         let core = Core {
             config,
             bridge,
@@ -405,6 +511,8 @@ impl Controller {
             absent_queriers,
             unpruned: BTreeMap::new(),
             statics: config_statics.clone(),
+            vlan_entries,
+            resumed_routers,
         };
         let igmp = FamilyState::new(igmp_settings, true);
         let mld = FamilyState::new(mld_settings, core.config.mld);
@@ -427,12 +535,9 @@ impl Controller {
     async fn serve(&mut self, listener: UnixListener, resumed: bool, signals: Signals) -> Result<()> {
         self.configure().await?;
         self.refresh_bridge().await?;
-        // Read before attaching rewrites the port entries.
-        let router_entries = |router| if resumed { self.core.datapath.router_port_entries(router) } else { Vec::new() };
-        let router_ports = (router_entries(IPV4_FLAGS.router), router_entries(IPV6_FLAGS.router));
         self.sync_ports().await?;
         if resumed {
-            self.resume_memberships(&router_ports.0, &router_ports.1);
+            self.resume_memberships();
         }
         // Routers that speak RFC 4286 answer at once, before any query.
         each_family!(self, |core, family| core.solicit_routers(family));
@@ -859,18 +964,19 @@ impl Controller {
 
     /// Adopts the memberships and learned router ports a previous snoop left
     /// in the pinned maps.
-    fn resume_memberships(&mut self, ipv4_routers: &[u32], ipv6_routers: &[u32]) {
+    fn resume_memberships(&mut self) {
         let core = &mut self.core;
         let now = core.now();
         self.igmp.snoopers.values_mut().for_each(|s| s.resume_querier_presence(now));
         self.mld.snoopers.values_mut().for_each(|s| s.resume_querier_presence(now));
-        for port in ipv4_routers {
-            let actions = self.igmp.each(Some(*port), |s| s.restore_router_port(*port, now));
-            core.apply_each(&self.igmp, actions);
-        }
-        for port in ipv6_routers {
-            let actions = self.mld.each(Some(*port), |s| s.restore_router_port(*port, now));
-            core.apply_each(&self.mld, actions);
+        for (family, vlan, port) in std::mem::take(&mut core.resumed_routers) {
+            if family == FAMILY_IPV4 {
+                let actions = self.igmp.each_in(vlan, Some(port), |s| s.restore_router_port(port, now));
+                core.apply_each(&self.igmp, actions);
+            } else {
+                let actions = self.mld.each_in(vlan, Some(port), |s| s.restore_router_port(port, now));
+                core.apply_each(&self.mld, actions);
+            }
         }
         let mut restored = 0;
         let mut statics = Vec::new();
@@ -1046,7 +1152,8 @@ impl Controller {
         needs_restart!(
             bridge: "bridge", timers: "the timers", querier: "no-querier", query_version: "query-version",
             query_source: "query-source", mld: "no-mld", mld_query_version: "mld-query-version",
-            mld_query_source: "mld-query-source", snoop_ipv6_link_scope: "snoop-ipv6-link-scope",
+            mld_query_source: "mld-query-source", vlan_query_sources: "vlan-query-source",
+            snoop_ipv6_link_scope: "snoop-ipv6-link-scope",
             max_sources_per_group: "max-sources-per-group", control_rate_limit: "control-rate-limit",
             failsafe_after: "failsafe-after", forwarding: "forwarding", pin_dir: "pin-dir",
             port_scan_interval: "port-scan-interval", metrics: "metrics", control_group: "control-group",
@@ -1368,6 +1475,7 @@ impl Core {
     /// upstream router or IGMP proxy there hears a join at once, not at its
     /// next query (which may be minutes away).
     fn refresh_report_ports<A: Family>(&mut self, family: &FamilyState<A>) {
+        self.refresh_vlan_entries(family);
         let now = self.now();
         // Per VLAN: a VLAN without a router port sends its reports to its trusted ports.
         let mut wanting = BTreeSet::new();
@@ -1394,6 +1502,39 @@ impl Core {
                 warn!("port {}: {:#}", self.port_name(ifindex), anyhow::Error::from(error));
             }
         }
+    }
+
+    /// On a VLAN-aware bridge: `family`'s share of what the data path
+    /// prunes by per VLAN, querier presence, router ports and the ports
+    /// that get reports (trusted ones, in a VLAN with no router port).
+    fn refresh_vlan_entries<A: Family>(&mut self, family: &FamilyState<A>) {
+        let now = self.now();
+        let flags = A::FLAGS;
+        let mut vlans = BTreeMap::new();
+        let mut ports = BTreeMap::new();
+        if self.vlans.filtering {
+            for (vlan, snooper) in &family.snoopers {
+                let present = family.enabled && snooper.querier_present(now);
+                vlans.insert(*vlan, if present { 0 } else { flags.no_querier });
+                let states = snooper.ports();
+                let has_router = states.values().any(|p| p.is_router(now));
+                for (ifindex, port) in states {
+                    let port_flags = if port.is_router(now) {
+                        flags.router
+                    } else if !has_router && port.options.trusted {
+                        flags.gets_reports
+                    } else {
+                        0
+                    };
+                    if port_flags != 0 {
+                        ports.insert(VlanPortKey::new(*vlan, *ifindex), port_flags);
+                    }
+                }
+            }
+        }
+        self.vlan_entries.vlans.insert(A::FAMILY, vlans);
+        self.vlan_entries.ports.insert(A::FAMILY, ports);
+        self.vlan_entries.write(&mut self.datapath, &mut self.stats);
     }
 
     /// Ports with a membership the maps could not hold get every group
@@ -1428,10 +1569,12 @@ impl Core {
         }
     }
 
-    /// Nothing of a family is pruned unless a querier is present in every
-    /// VLAN: the data path's flag is one per family, and a VLAN without a
-    /// querier has memberships nobody asks about.
+    /// Nothing of a family is pruned where no querier is present: a VLAN
+    /// without one has memberships nobody asks about. The config flag says
+    /// whether some VLAN lacks one (redirect, and a bridge without VLANs,
+    /// go by it); on a VLAN-aware bridge pruning goes by each VLAN's entry.
     fn refresh_presence<A: Family>(&mut self, family: &FamilyState<A>) {
+        self.refresh_vlan_entries(family);
         if !family.enabled {
             return;
         }
@@ -1466,24 +1609,26 @@ impl Core {
         }
     }
 
-    /// The address `vlan`'s queries speak from: `--query-source` /
-    /// `--mld-query-source`, else the VLAN's interface on the bridge, else
-    /// the bridge's own (for IPv4 only in the VLAN of its untagged frames:
-    /// an IPv6 link-local address is valid on any link), else none
-    /// (0.0.0.0, as RFC 4541 2.1.1 allows a snooping switch; MLD needs a
-    /// link-local source and sends nothing).
+    /// The address `vlan`'s queries speak from: `--vlan-query-source` for
+    /// it, else the VLAN's interface on the bridge, else `--query-source` /
+    /// `--mld-query-source`, else the bridge's own (for IPv4 only in the
+    /// VLAN of its untagged frames: an IPv6 link-local address is valid on
+    /// any link), else none (0.0.0.0, as RFC 4541 2.1.1 allows a snooping
+    /// switch; MLD needs a link-local source and sends nothing).
     fn query_source<A: Family>(&self, vlan: u16) -> A {
         let bridge_pvid = self.vlans.ports.get(&self.bridge.ifindex).and_then(|v| v.pvid);
         let bridges_own = !self.vlans.filtering || bridge_pvid == Some(vlan);
+        let for_vlan = self.config.vlan_query_sources.get(&(vlan, A::FAMILY == FAMILY_IPV6)).copied();
         let ip = if A::FAMILY == FAMILY_IPV4 {
-            let configured = self.config.query_source;
-            let found = self.addresses.vlan_ipv4.get(&vlan).copied();
-            let bridge = self.addresses.bridge_ipv4.filter(|_| bridges_own);
-            IpAddr::V4(configured.or(found).or(bridge).unwrap_or(Ipv4Addr::UNSPECIFIED))
+            let found = self.addresses.vlan_ipv4.get(&vlan).copied().map(IpAddr::V4);
+            let configured = self.config.query_source.map(IpAddr::V4);
+            let bridge = self.addresses.bridge_ipv4.filter(|_| bridges_own).map(IpAddr::V4);
+            [for_vlan, found, configured, bridge].into_iter().flatten().next().unwrap_or(Ipv4Addr::UNSPECIFIED.into())
         } else {
-            let configured = self.config.mld_query_source;
-            let found = self.addresses.vlan_ipv6.get(&vlan).copied();
-            IpAddr::V6(configured.or(found).or(self.addresses.bridge_ipv6).unwrap_or(Ipv6Addr::UNSPECIFIED))
+            let found = self.addresses.vlan_ipv6.get(&vlan).copied().map(IpAddr::V6);
+            let configured = self.config.mld_query_source.map(IpAddr::V6);
+            let bridge = self.addresses.bridge_ipv6.map(IpAddr::V6);
+            [for_vlan, found, configured, bridge].into_iter().flatten().next().unwrap_or(Ipv6Addr::UNSPECIFIED.into())
         };
         A::from_ip(ip).expect("an address of the family")
     }
@@ -1593,9 +1738,7 @@ impl Core {
                 self.unwritten.groups.remove(&group.key());
                 self.datapath.unregister_group(group.key())?;
             }
-            // In the VLAN of the state machine that asks (a general query's
-            // action names none).
-            Action::SendQuery { group, ref sources, .. } => self.send_query(family, vlan, group, sources)?,
+            Action::SendQuery { group, ref sources } => self.send_query(family, vlan, group, sources)?,
             Action::SetRouterPort { port, is_router } => {
                 let kind = if is_router { EventKind::RouterPortLearned } else { EventKind::RouterPortExpired };
                 self.publish_in(vlan, kind, None, Some(port), String::new());
@@ -1922,6 +2065,26 @@ fn tagged(frame: &[u8], vlan: u16) -> Vec<u8> {
 
 fn member_key<A: Family>(group: Group<A>, port: u32) -> PortGroupKey {
     PortGroupKey { group: group.key(), ifindex: port }
+}
+
+/// Learned router ports a keep-state predecessor left, by family: per VLAN
+/// where it kept them so, else per port (then in every VLAN of the port).
+fn pinned_router_ports(datapath: &Datapath) -> Vec<(u8, Option<u16>, u32)> {
+    let in_vlans = datapath.vlan_port_entries();
+    let mut routers = Vec::new();
+    for (family, router) in [(FAMILY_IPV4, IPV4_FLAGS.router), (FAMILY_IPV6, IPV6_FLAGS.router)] {
+        let per_vlan: Vec<_> = in_vlans
+            .iter()
+            .filter(|(_, flags)| flags & router != 0)
+            .map(|(key, _)| (family, Some(key.vlan), key.ifindex))
+            .collect();
+        if per_vlan.is_empty() {
+            routers.extend(datapath.router_port_entries(router).into_iter().map(|port| (family, None, port)));
+        } else {
+            routers.extend(per_vlan);
+        }
+    }
+    routers
 }
 
 /// A pinned static membership as the state machine resumed it: its group,

@@ -1,7 +1,8 @@
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
     io::Write as _,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
 };
@@ -126,10 +127,10 @@ struct GroupArgs {
     #[arg(long)]
     port: String,
     /// The group address (IPv4 or IPv6).
-    group: std::net::IpAddr,
+    group: IpAddr,
     /// Only this source (repeatable); a source-specific (SSM) group needs one.
     #[arg(long, value_name = "ADDRESS")]
-    source: Vec<std::net::IpAddr>,
+    source: Vec<IpAddr>,
     /// The VLAN, on a VLAN-filtering bridge.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4094))]
     vlan: Option<u16>,
@@ -209,6 +210,13 @@ struct RunArgs {
     /// queries from other addresses).
     #[arg(long, value_parser = parse_link_local)]
     mld_query_source: Option<Ipv6Addr>,
+    /// Source address of snoop's queries in one VLAN of a VLAN-aware bridge,
+    /// VLAN=ADDRESS: IPv4 for IGMP, link-local IPv6 for MLD (repeatable).
+    /// Default: the address of the VLAN's interface on the bridge (br0.10),
+    /// else --query-source / --mld-query-source, else the bridge's own (for
+    /// IPv4 only in its untagged VLAN), else 0.0.0.0 (no MLD queries).
+    #[arg(long, value_name = "VLAN=ADDRESS", value_parser = parse_vlan_query_source)]
+    vlan_query_source: Vec<(u16, IpAddr)>,
     /// Snoop link-scope IPv6 groups (ff02::/16, but ff02::1) like any other,
     /// as RFC 4541 allows. Off by default: neighbour discovery, DHCPv6 and
     /// mDNS then never depend on snooping having heard every host's reports.
@@ -487,6 +495,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         mld: !args.no_mld,
         mld_query_version: args.mld_query_version,
         mld_query_source: args.mld_query_source,
+        vlan_query_sources: vlan_query_sources(args.vlan_query_source)?,
         snoop_ipv6_link_scope: args.snoop_ipv6_link_scope,
         static_router_ports: args.router_port,
         fast_leave_ports: args.fast_leave,
@@ -508,6 +517,17 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         map_sizes: snoop_common::MapSizes { memberships: args.max_memberships, groups: args.max_groups },
         forwarding: args.forwarding,
     })
+}
+
+/// Each VLAN's configured query sources, one per family.
+fn vlan_query_sources(given: Vec<(u16, IpAddr)>) -> Result<BTreeMap<(u16, bool), IpAddr>> {
+    let mut sources = BTreeMap::new();
+    for (vlan, addr) in given {
+        if let Some(other) = sources.insert((vlan, addr.is_ipv6()), addr) {
+            anyhow::bail!("--vlan-query-source: VLAN {vlan} is given two sources, {other} and {addr}");
+        }
+    }
+    Ok(sources)
 }
 
 /// snoop.8 and one page per command (snoop-run.8, ...), section 8: it is
@@ -578,6 +598,24 @@ fn parse_link_local(text: &str) -> Result<Ipv6Addr, String> {
         return Err(format!("{addr} is not a link-local address (fe80::/10): hosts ignore MLD queries from it"));
     }
     Ok(addr)
+}
+
+/// `--vlan-query-source VLAN=ADDRESS`.
+fn parse_vlan_query_source(text: &str) -> Result<(u16, IpAddr), String> {
+    let (vlan, addr) = text.split_once('=').ok_or_else(|| format!("`{text}` is not VLAN=ADDRESS"))?;
+    let vlan = vlan
+        .parse()
+        .ok()
+        .filter(|v| (1..=4094).contains(v))
+        .ok_or_else(|| format!("`{vlan}` is not a VLAN id (1-4094)"))?;
+    let addr = match addr.parse::<IpAddr>().map_err(|e| format!("`{addr}`: {e}"))? {
+        IpAddr::V4(addr) if addr.is_multicast() || addr.is_broadcast() => {
+            return Err(format!("{addr} cannot be the source of a query"))
+        }
+        IpAddr::V4(addr) => IpAddr::V4(addr),
+        IpAddr::V6(_) => IpAddr::V6(parse_link_local(addr)?),
+    };
+    Ok((vlan, addr))
 }
 
 /// `--port-max-groups PORT=N`.
@@ -716,7 +754,30 @@ mod tests {
         assert_eq!(args.query_interval, Duration::from_secs(125));
         assert_eq!(args.router_port, ["eth0", "eth0"]);
         assert_eq!(args.port_max_groups, [("eth3".to_owned(), 16), ("vm101".to_owned(), 64)]);
+        assert_eq!(args.vlan_query_source.len(), 3);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn vlan_query_sources_are_checked() {
+        assert_eq!(parse_vlan_query_source("10=192.0.2.1"), Ok((10, "192.0.2.1".parse().unwrap())));
+        assert_eq!(parse_vlan_query_source("4094=fe80::1"), Ok((4094, "fe80::1".parse().unwrap())));
+        for (bad, says) in [
+            ("10", "is not VLAN=ADDRESS"),
+            ("0=192.0.2.1", "is not a VLAN id (1-4094)"),
+            ("4095=192.0.2.1", "is not a VLAN id"),
+            ("10=2001:db8::1", "is not a link-local address"),
+            ("10=239.1.1.1", "cannot be the source of a query"),
+            ("10=nowhere", "`nowhere`"),
+        ] {
+            let error = parse_vlan_query_source(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+        let twice = vec![(10, "192.0.2.1".parse().unwrap()), (10, "192.0.2.2".parse().unwrap())];
+        let error = vlan_query_sources(twice).unwrap_err().to_string();
+        assert!(error.contains("VLAN 10 is given two sources"), "{error}");
+        let both_families = vec![(10, "192.0.2.1".parse().unwrap()), (10, "fe80::1".parse().unwrap())];
+        assert_eq!(vlan_query_sources(both_families).unwrap().len(), 2);
     }
 
     /// A switch the file sets on, the command line can set off.

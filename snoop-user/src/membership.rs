@@ -171,9 +171,10 @@ pub enum Action<A> {
     RegisterGroup { group: Group<A> },
     /// `group` has no members left (the data path treats it as unregistered).
     UnregisterGroup { group: Group<A> },
-    /// Send a query in `vlan`: general when `group` is `None`, group-and-source
-    /// specific when `sources` is not empty.
-    SendQuery { vlan: u16, group: Option<A>, sources: Vec<A> },
+    /// Send a query (in the VLAN of the state machine that asks): general
+    /// when `group` is `None`, group-and-source specific when `sources` is
+    /// not empty.
+    SendQuery { group: Option<A>, sources: Vec<A> },
     /// A port became, or stopped being, a router port.
     SetRouterPort { port: u32, is_router: bool },
     /// Who the querier is changed; `None` when snoop itself queries.
@@ -1090,11 +1091,11 @@ impl<A: Family> Snooper<A> {
         actions: &mut Vec<Action<A>>,
     ) {
         if whole_group {
-            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources: Vec::new() });
+            actions.push(Action::SendQuery { group: Some(group.addr), sources: Vec::new() });
         }
         if !sources.is_empty() {
             let listed = sources.iter().copied().collect();
-            actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources: listed });
+            actions.push(Action::SendQuery { group: Some(group.addr), sources: listed });
         }
         let remaining = self.timers.last_member_query_count.saturating_sub(1);
         if remaining == 0 {
@@ -1376,7 +1377,7 @@ impl<A: Family> Snooper<A> {
         }
 
         if self.querier.is_querier() && self.querier.next_general_query.is_some_and(|at| at <= now) {
-            actions.push(Action::SendQuery { vlan: VLAN_NONE, group: None, sources: Vec::new() });
+            actions.push(Action::SendQuery { group: None, sources: Vec::new() });
             self.querier.present_from.get_or_insert(now + self.timers.query_response_interval);
             let interval = if self.querier.startup_queries_left > 1 {
                 self.querier.startup_queries_left -= 1;
@@ -1395,11 +1396,11 @@ impl<A: Family> Snooper<A> {
             }
             if pending.group > 0 {
                 pending.group -= 1;
-                actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources: Vec::new() });
+                actions.push(Action::SendQuery { group: Some(group.addr), sources: Vec::new() });
             }
             if !pending.sources.is_empty() {
                 let sources = pending.sources.keys().copied().collect();
-                actions.push(Action::SendQuery { vlan: group.vlan, group: Some(group.addr), sources });
+                actions.push(Action::SendQuery { group: Some(group.addr), sources });
                 pending.sources.retain(|_, remaining| {
                     *remaining -= 1;
                     *remaining > 0
@@ -1592,10 +1593,7 @@ mod tests {
         assert_eq!(s.port_group_count(1), 1, "one membership, not two");
         assert_eq!(s.remove_static(g(G2), 1, secs(3)), Err(StaticError::NotStatic));
         let actions = s.remove_static(g(G1), 1, secs(3)).unwrap();
-        assert!(
-            actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![source] }),
-            "{actions:?}"
-        );
+        assert!(actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![source] }), "{actions:?}");
         // A host answering keeps it.
         s.handle(1, 0, &record(RecordType::ModeIsInclude, G1, 8), secs(3));
         assert!(s.poll(secs(10)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));
@@ -1672,10 +1670,7 @@ mod tests {
             assert!(actions.iter().any(|a| matches!(a, Action::AddMember { port: 1, version: 1, .. })));
             let actions = s.handle(1, 0, &from(HOST, Message::Leave { group: GROUP }), secs(2));
             assert!(actions.iter().any(|a| matches!(a, Action::RefreshMember { leaving: true, .. })));
-            assert!(
-                actions.contains(&Action::SendQuery { vlan: 0, group: Some(GROUP), sources: vec![] }),
-                "{actions:?}"
-            );
+            assert!(actions.contains(&Action::SendQuery { group: Some(GROUP), sources: vec![] }), "{actions:?}");
             let removed = s.poll(secs(4));
             assert!(removed.iter().any(|a| matches!(a, Action::RemoveMember { reason: RemoveReason::Left, .. })));
         }
@@ -1734,7 +1729,7 @@ mod tests {
             assert!(s.poll(secs(0)).is_empty());
             assert!(s.poll(secs(30)).is_empty(), "no query and no presence: nothing of IPv6 is pruned");
             s.set_own_address(OWN, secs(31));
-            assert!(s.poll(secs(31)).contains(&Action::SendQuery { vlan: 0, group: None, sources: vec![] }));
+            assert!(s.poll(secs(31)).contains(&Action::SendQuery { group: None, sources: vec![] }));
         }
     }
 
@@ -1815,7 +1810,7 @@ mod tests {
         s.poll(secs(0));
         s.handle(1, 0, &records(RecordType::ModeIsInclude, G1, &[S1, S2]), secs(1));
         let actions = s.handle(1, 0, &records(RecordType::BlockOldSources, G1, &[S1, S3]), secs(2));
-        let q_s1 = Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![S1] };
+        let q_s1 = Action::SendQuery { group: Some(G1), sources: vec![S1] };
         assert!(actions.contains(&q_s1), "{actions:?}");
         assert_eq!(but_presence(s.poll(secs(3))), [q_s1], "retransmitted once (robustness 2)");
         s.poll(secs(4));
@@ -1824,8 +1819,8 @@ mod tests {
         s.handle(2, 0, &records(RecordType::ModeIsExclude, G1, &[]), secs(5));
         s.handle(2, 0, &records(RecordType::AllowNewSources, G1, &[S1]), secs(5));
         let actions = s.handle(2, 0, &records(RecordType::ChangeToInclude, G1, &[S2]), secs(6));
-        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }), "{actions:?}");
-        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![S1] }), "{actions:?}");
+        assert!(actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![] }), "{actions:?}");
+        assert!(actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![S1] }), "{actions:?}");
         s.poll(secs(7));
         s.poll(secs(8));
         assert_eq!(filter_of(&s, G1, 2, secs(8)), include(&[S2]));
@@ -1922,10 +1917,10 @@ mod tests {
             actions,
             [
                 Action::RefreshMember { group: g(G1), port: 1, version: 2, expires: secs(12), leaving: true },
-                Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }
+                Action::SendQuery { group: Some(G1), sources: vec![] }
             ]
         );
-        assert_eq!(but_presence(s.poll(secs(11))), [Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }]);
+        assert_eq!(but_presence(s.poll(secs(11))), [Action::SendQuery { group: Some(G1), sources: vec![] }]);
         // Last member query time = 2 x 1 s: port 1 is gone at 12 s, port 2 stays.
         assert_eq!(s.poll(secs(12)), [Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }]);
         assert_eq!(members(&s, G1), [2]);
@@ -1997,10 +1992,10 @@ mod tests {
     fn querier_startup_then_regular_interval() {
         let mut s = snooper(true);
         let t = Timers::default();
-        assert_eq!(s.poll(secs(0)), [Action::SendQuery { vlan: 0, group: None, sources: vec![] }]);
+        assert_eq!(s.poll(secs(0)), [Action::SendQuery { group: None, sources: vec![] }]);
         assert_eq!(s.poll(t.query_response_interval), [Action::QuerierPresence { present: true }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval));
-        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { vlan: 0, group: None, sources: vec![] }]);
+        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { group: None, sources: vec![] }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval + t.query_interval));
     }
 
@@ -2019,7 +2014,7 @@ mod tests {
         assert!(s.poll(secs(259)).iter().all(|a| !matches!(a, Action::SendQuery { .. })));
         let actions = s.poll(secs(260));
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }));
-        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: None, sources: vec![] }));
+        assert!(actions.contains(&Action::SendQuery { group: None, sources: vec![] }));
         assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: false }));
     }
 
@@ -2036,7 +2031,7 @@ mod tests {
         // Readdressed below the elected querier: we take over at once.
         let actions = s.set_own_address(Ipv4Addr::new(10, 0, 0, 2), secs(3));
         assert_eq!(actions, [Action::QuerierChanged { other_querier: None }]);
-        assert_eq!(s.poll(secs(3)), [Action::SendQuery { vlan: 0, group: None, sources: vec![] }]);
+        assert_eq!(s.poll(secs(3)), [Action::SendQuery { group: None, sources: vec![] }]);
         // Without an address we never win.
         s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::UNSPECIFIED), secs(4));
         assert!(s.set_own_address(Ipv4Addr::UNSPECIFIED, secs(5)).is_empty());
@@ -2118,7 +2113,7 @@ mod tests {
         s.restore_member(g(G2), 2, 3, false, SourceFilter::any(), secs(100));
         // Queried for at once, and gone after 2 x 1 s unless a host answers.
         let actions = s.poll(secs(100));
-        assert!(actions.contains(&Action::SendQuery { vlan: 0, group: Some(G1), sources: vec![] }), "{actions:?}");
+        assert!(actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![] }), "{actions:?}");
         assert!(s.groups()[&g(G1)][&1].leaving);
         let actions = s.poll(secs(102));
         assert!(actions.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }));

@@ -535,6 +535,7 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
             let (member_packets, member_bytes) = to_members.get(ifindex).copied().unwrap_or_default();
             let mut router_vlans: Vec<u16> =
                 states.iter().chain(&mld_states).filter(|(_, s)| s.is_router(now)).map(|(v, _)| *v).collect();
+            router_vlans.sort_unstable();
             router_vlans.dedup();
             Some(PortView {
                 ifindex: *ifindex,

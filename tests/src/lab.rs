@@ -298,22 +298,23 @@ impl Lab {
         Ok(())
     }
 
-    /// Makes `host` a multicast router as the Linux bridge is one: its eth0
-    /// goes into a bridge of its own that queries (IGMP `version`, every
+    /// Makes `host` a multicast router as the Linux bridge is one: its
+    /// interface (eth0, or a VLAN interface: a router of that VLAN) goes
+    /// into a bridge of its own that queries (IGMP `version`, every
     /// `interval`, answers within 1 s) from the host's address, as a router
     /// port sees it. Its snooping learns the joins that reach it (`router_groups`).
     pub fn make_querier(&self, host: &str, version: u8, interval: Duration) -> Result<()> {
-        let Host { netns, ip, .. } = self.host(host).clone();
+        let Host { netns, ip, interface, .. } = self.host(host).clone();
         let centis = (interval.as_millis() / 10).to_string();
         let version = version.to_string();
         let ns = |args: &[&str]| run("ip", &[&["-n", netns.as_str()][..], args].concat());
-        ns(&["addr", "flush", "dev", "eth0"])?;
+        ns(&["addr", "flush", "dev", &interface])?;
         #[rustfmt::skip]
         ns(&["link", "add", "qbr", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1",
             "mcast_query_use_ifaddr", "1", "mcast_igmp_version", &version,
             "mcast_query_interval", &centis, "mcast_query_response_interval", "100",
             "mcast_startup_query_interval", &centis])?;
-        ns(&["link", "set", "eth0", "master", "qbr"])?;
+        ns(&["link", "set", &interface, "master", "qbr"])?;
         ns(&["addr", "add", &format!("{ip}/24"), "dev", "qbr"])?;
         ns(&["link", "set", "qbr", "up"])?;
         Ok(())
@@ -725,7 +726,9 @@ impl Lab {
     /// A raw IP sender on `host` that needs no borrow of the lab (for a thread).
     pub fn raw_sender(&self, host: &str) -> Result<RawSender> {
         let host = self.host(host).clone();
-        in_netns(&host.netns, move || -> Result<RawSender> { Ok(RawSender(FrameSender::open(if_index("eth0")?)?)) })?
+        in_netns(&host.netns, move || -> Result<RawSender> {
+            Ok(RawSender(FrameSender::open(if_index(&host.interface)?)?))
+        })?
     }
 }
 

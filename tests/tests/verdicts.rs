@@ -15,9 +15,9 @@ use snoop::{
     proto::internet_checksum,
 };
 use snoop_common::{
-    Counter, GroupKey, PortCounters, PortGroupKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
-    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6, PORT_UNPRUNED,
-    PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    Counter, GroupKey, PortCounters, PortGroupKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
+    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6,
+    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
@@ -234,6 +234,58 @@ fn egress_sends_reports_to_router_ports_only_and_floods_queries() -> Result<()> 
         dp.configure(CONFIG_FLOOD_UNREGISTERED, Some(Duration::from_nanos(1)), Duration::from_secs(3), 0)?;
         std::thread::sleep(Duration::from_millis(20));
         case(dp, "report, failsafe", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[(FailsafeFlooded, 1)])?;
+        Ok(())
+    })
+}
+
+#[test]
+fn egress_on_a_bridge_filtering_vlans_goes_by_the_frames_vlan() -> Result<()> {
+    // Untagged frames leaving a port are in its untagged VLAN: p1 and p2 in
+    // VLAN 10, p3 in VLAN 20. (Tagged egress, whose VLAN is the skb's tag,
+    // needs 802.1Q: the lab tests in tests/vlan.rs.)
+    use Counter::*;
+    with_datapath("verdict-vlan", |dp, p| {
+        dp.configure(CONFIG_VLAN_AWARE, None, Duration::from_secs(3), 0)?;
+        for (port, vlan) in [(p.p1, 10), (p.p2, 10), (p.p3, 20)] {
+            dp.set_port_vlans(port, vlan, vlan)?;
+        }
+        let in_10 = GroupKey::ipv4(JOINED.octets(), 10);
+        dp.set_member(PortGroupKey { group: in_10, ifindex: p.p1 }, 3, u64::MAX, 0)?;
+        dp.register_group(in_10)?;
+        // A VLAN snoop has no entry for is not pruned: no querier is known there.
+        case(dp, "VLAN not followed", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        dp.set_vlan_flags(10, Some(0))?;
+        dp.set_vlan_flags(20, Some(0))?;
+        case(dp, "member in its VLAN", PROG_EGRESS, p.p1, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "no member in VLAN 10", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        // p3's port-wide router flag (set by with_datapath) does not count:
+        // router ports are per VLAN here, and (JOINED, 20) is unregistered.
+        case(
+            dp,
+            "router flag of the port",
+            PROG_EGRESS,
+            p.p3,
+            &data(JOINED),
+            TC_ACT_SHOT,
+            &[(UnregisteredDropped, 1)],
+        )?;
+        let report = igmp(0x16, JOINED, JOINED);
+        case(dp, "report, no router in VLAN 20", PROG_EGRESS, p.p3, &report, TC_ACT_SHOT, &[(ReportsSuppressed, 1)])?;
+        dp.set_vlan_port_flags(VlanPortKey::new(10, p.p3), PORT_ROUTER)?;
+        case(dp, "router of another VLAN", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
+        dp.set_vlan_port_flags(VlanPortKey::new(20, p.p3), PORT_ROUTER)?;
+        case(dp, "router of its VLAN", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "report to its VLAN's router", PROG_EGRESS, p.p3, &report, TC_ACT_OK, &[])?;
+        dp.set_vlan_port_flags(VlanPortKey::new(20, p.p3), 0)?;
+        dp.set_vlan_port_flags(VlanPortKey::new(20, p.p3), PORT_GETS_REPORTS)?;
+        case(dp, "report to a trusted port of the VLAN", PROG_EGRESS, p.p3, &report, TC_ACT_OK, &[])?;
+        // No querier in VLAN 10: VLAN 10 floods, VLAN 20 still prunes; the
+        // family-wide flag no longer decides.
+        dp.set_vlan_flags(10, Some(CONFIG_NO_QUERIER))?;
+        case(dp, "no querier in VLAN 10", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "a querier in VLAN 20", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
+        dp.configure(CONFIG_VLAN_AWARE | CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
+        case(dp, "family flag set", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
         Ok(())
     })
 }

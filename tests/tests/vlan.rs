@@ -82,17 +82,18 @@ fn vlan_members_get_only_their_vlans_stream_and_queries_go_out_per_vlan() -> Res
     assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![50, 0], vec![0, 50], vec![50, 0], vec![0, 50]]);
 
     let sniffers: Vec<_> = receivers.iter().map(|h| lab.sniff(h)).collect::<Result<_>>()?;
-    lab.start_snoop(&snoop_bin(), FAST_TIMERS)?;
+    // VLAN 20's query source is configured; VLAN 10's is its interface's.
+    lab.start_snoop(&snoop_bin(), &[FAST_TIMERS, &["--vlan-query-source", "20=10.99.20.5"]].concat())?;
     wait_for_vlan_members(&lab, G.into(), &[(10, "p0"), (20, "p4")])?;
     // The same group in two VLANs: each VLAN's members get its stream only.
     // Without per-VLAN keys p0's VLAN 10 membership would let VLAN 20's
     // stream out of p0 too.
     assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![50, 0], vec![0, 0], vec![0, 0], vec![0, 50]]);
-    // Each VLAN's queries come from its bridge interface's address, tagged
-    // on the trunk (else h0's VLAN interfaces would not get them),
-    // untagged on access ports, never into another VLAN.
+    // Each VLAN's queries come from its own source, tagged on the trunk
+    // (else h0's VLAN interfaces would not get them), untagged on access
+    // ports, never into another VLAN.
     let vlan10_querier = Ipv4Addr::new(10, 99, 10, 1);
-    let vlan20_querier = Ipv4Addr::new(10, 99, 20, 1);
+    let vlan20_querier = Ipv4Addr::new(10, 99, 20, 5);
     let queries: Vec<(u64, u64)> =
         sniffers.iter().map(|s| (s.queries_from(vlan10_querier), s.queries_from(vlan20_querier))).collect();
     for (host, (in10, in20)) in receivers.iter().zip(&queries) {
@@ -115,7 +116,7 @@ fn vlan_members_get_only_their_vlans_stream_and_queries_go_out_per_vlan() -> Res
         .flatten()
         .map(|v| (v["vlan"].as_u64().unwrap_or(0), v["querier"]["own_address"].as_str().unwrap_or("").to_owned()))
         .collect();
-    assert_eq!(sources, [(10, "10.99.10.1".to_owned()), (20, "10.99.20.1".to_owned())].into());
+    assert_eq!(sources, [(10, "10.99.10.1".to_owned()), (20, "10.99.20.5".to_owned())].into());
     assert!(stat(&lab, "datapath", "data_pruned")? > 0);
     Ok(())
 }
@@ -146,5 +147,56 @@ fn vlan_a_port_moved_to_another_vlan_is_followed_ipv6() -> Result<()> {
     wait_for_vlan_members(&lab, G6.into(), &[(0, "p1")])?;
     let querier = lab.snoop_show(&snoop_bin(), "querier")?;
     assert!(querier.get("vlans").is_none(), "{querier}");
+    Ok(())
+}
+
+/// Each VLAN's querier presence and router ports, as `show querier` and
+/// `show ports` have them.
+fn vlan_present(lab: &Lab, vlan: u64) -> Result<bool> {
+    let querier = lab.snoop_show(&snoop_bin(), "querier")?;
+    let vlans = querier["vlans"].as_array().cloned().unwrap_or_default();
+    Ok(vlans.iter().any(|v| v["vlan"] == vlan && v["querier"]["present"] == true))
+}
+
+fn router_vlans(lab: &Lab, port: &str) -> Result<Vec<u64>> {
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let port = ports.as_array().into_iter().flatten().find(|p| p["name"] == port).cloned().unwrap_or_default();
+    Ok(port["router_vlans"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()).collect())
+}
+
+#[test]
+fn vlan_a_querier_and_a_router_count_in_their_own_vlan_only() -> Result<()> {
+    // snoop does not query. VLAN 10's querier and router is a Linux bridge
+    // behind the trunk's VLAN 10 interface; VLAN 20 has none at first.
+    let mut lab = vlan_lab("vlan-router", false)?;
+    lab.make_querier("h0v10", 3, Duration::from_secs(2))?;
+    let options = ["--no-querier", "--trusted-port", "p0", "--trusted-port", "p4", "--unregistered", "routers"];
+    lab.start_snoop(&snoop_bin(), &[FAST_TIMERS, &options].concat())?;
+    wait_until("VLAN 10's querier present", JOIN_TIMEOUT, || vlan_present(&lab, 10))?;
+    assert!(!vlan_present(&lab, 20)?);
+    // VLAN 10 prunes (G, joined by nobody there, goes to its router only);
+    // VLAN 20, without a querier, floods. A flag per family would flood
+    // VLAN 10 too while VLAN 20 has no querier.
+    let receivers = ["h0v20", "h3", "h4"];
+    assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![0, 50], vec![0, 0], vec![0, 50]]);
+
+    // A router and querier appears in VLAN 20, behind p4: there G goes to
+    // p4 only. p0 is VLAN 10's router port, not VLAN 20's: neither VLAN
+    // 20's stream nor its reports go out of it.
+    lab.make_querier("h4", 3, Duration::from_secs(2))?;
+    wait_until("VLAN 20's querier present", JOIN_TIMEOUT, || vlan_present(&lab, 20))?;
+    assert_eq!(router_vlans(&lab, "p0")?, [10]);
+    assert_eq!(router_vlans(&lab, "p4")?, [20]);
+    let trunk_in_20 = lab.sniff("h0v20")?;
+    let _h2 = lab.join("h2", Ipv4Addr::new(239, 1, 2, 20))?;
+    let _h3 = lab.join("h3", Ipv4Addr::new(239, 1, 2, 10))?;
+    wait_until("h3's join heard by VLAN 10's router", JOIN_TIMEOUT, || {
+        Ok(lab.router_groups("h0v10")?.contains(&Ipv4Addr::new(239, 1, 2, 10)))
+    })?;
+    wait_until("h2's join heard by VLAN 20's router", JOIN_TIMEOUT, || {
+        Ok(lab.router_groups("h4")?.contains(&Ipv4Addr::new(239, 1, 2, 20)))
+    })?;
+    assert_eq!(trunk_in_20.reports(), 0, "VLAN 20's reports went to VLAN 10's router port");
+    assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![0, 0], vec![0, 0], vec![0, 50]]);
     Ok(())
 }

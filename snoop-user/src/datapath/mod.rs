@@ -31,11 +31,12 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
-    SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, COUNTER_COUNT, MAP_CONFIG, MAP_COUNTERS,
-    MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC, MAP_PORTS,
-    MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAX_FANOUT, MAX_PORTS,
-    MAX_TRAFFIC_SLOTS, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, MEMBER_STATE_FLAGS, NO_SLOT, PROG_EGRESS,
-    PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED, VLAN_NONE,
+    SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT,
+    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS,
+    MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES,
+    MAP_SOURCE_GROUP_PORTS, MAP_VLANS, MAP_VLAN_PORTS, MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS,
+    MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, MEMBER_STATE_FLAGS, NO_SLOT, PROG_EGRESS, PROG_INGRESS,
+    SENDER_SLOTS, SOURCE_LISTED, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -78,6 +79,8 @@ pub struct Datapath {
     sources: HashMap<MapData, SourceKey, u32>,
     source_group_ports: HashMap<MapData, SourceGroupKey, GroupPorts>,
     ports: HashMap<MapData, u32, PortValue>,
+    vlan_ports: HashMap<MapData, VlanPortKey, u32>,
+    vlans: HashMap<MapData, u16, VlanFlags>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     member_traffic: TrafficSlots,
@@ -149,6 +152,8 @@ impl Datapath {
             sources: take_map(&mut ebpf, MAP_SOURCES)?,
             source_group_ports: take_map(&mut ebpf, MAP_SOURCE_GROUP_PORTS)?,
             ports: take_map(&mut ebpf, MAP_PORTS)?,
+            vlan_ports: take_map(&mut ebpf, MAP_VLAN_PORTS)?,
+            vlans: take_map(&mut ebpf, MAP_VLANS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
             member_traffic: TrafficSlots::new(
@@ -339,7 +344,33 @@ impl Datapath {
         }
     }
 
-    /// Writes a membership, with the source filter [`Datapath::set_member_sources`] gave it.
+    /// A port's router and report flags in one VLAN ([`snoop_common::PORT_VLAN_FLAGS`]
+    /// bits); 0 removes its entry.
+    pub fn set_vlan_port_flags(&mut self, key: VlanPortKey, flags: u32) -> Result<()> {
+        if flags == 0 {
+            return remove_if_present(MAP_VLAN_PORTS, self.vlan_ports.remove(&key));
+        }
+        self.vlan_ports.insert(key, flags, 0).map_err(|e| Error::map("writing", MAP_VLAN_PORTS, e))
+    }
+
+    /// Every port's per-VLAN flags (from this or a previous run).
+    pub fn vlan_port_entries(&self) -> Vec<(VlanPortKey, u32)> {
+        self.vlan_ports.iter().filter_map(|e| e.ok()).collect()
+    }
+
+    /// A VLAN's entry ([`VlanFlags`]), or none: the VLAN is not followed.
+    pub fn set_vlan_flags(&mut self, vlan: u16, flags: Option<VlanFlags>) -> Result<()> {
+        match flags {
+            Some(flags) => self.vlans.insert(vlan, flags, 0).map_err(|e| Error::map("writing", MAP_VLANS, e)),
+            None => remove_if_present(MAP_VLANS, self.vlans.remove(&vlan)),
+        }
+    }
+
+    /// Every VLAN's entry (from this or a previous run).
+    pub fn vlan_entries(&self) -> Vec<(u16, VlanFlags)> {
+        self.vlans.iter().filter_map(|e| e.ok()).collect()
+    }
+
     /// Writes a membership; `state_flags` are its `MEMBER_LEAVING` and
     /// `MEMBER_STATIC` (the source flags come from [`Datapath::set_member_sources`]).
     pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, state_flags: u8) -> Result<()> {
