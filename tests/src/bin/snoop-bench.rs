@@ -75,15 +75,15 @@ fn main() -> Result<()> {
         kernel()
     );
     println!();
-    // `--only 2,5` runs just those figures.
+    // `--only 2,5` runs just those figures (`1e`: figure 1's VLAN row set alone).
     let only: Vec<String> = std::env::args()
         .skip_while(|a| a != "--only")
         .nth(1)
         .map(|list| list.split(',').map(str::to_owned).collect())
         .unwrap_or_default();
     let wanted = |n: &str| only.is_empty() || only.iter().any(|o| o == n);
-    if wanted("1") {
-        throughput(&settings)?;
+    if wanted("1") || wanted("1e") {
+        throughput(&settings, !wanted("1"))?;
     }
     if wanted("2") {
         program_cost(&settings)?;
@@ -102,7 +102,50 @@ fn main() -> Result<()> {
 /// A lab of `hosts` ports in `mode` (IPv6 on for [`Ip::V6`]).
 fn mode_lab(settings: &Settings, tag: &str, hosts: usize, mode: Mode, extra: &[&str], ip: Ip) -> Result<Lab> {
     let options = LabOptions { kernel_snooping: mode == Mode::Kernel, ipv6: ip == Ip::V6, ..Default::default() };
-    let mut lab = Lab::new(tag, hosts, &options)?;
+    start_mode(settings, Lab::new(tag, hosts, &options)?, mode, extra, ip)
+}
+
+/// The VLAN of figure 1e.
+const BENCH_VLAN: u16 = 10;
+
+/// A VLAN-aware lab of `hosts` ports in `mode`: p0 a trunk of VLANs 10 and
+/// 20 (its host sends as `h0v10`, tagged), the others access ports of VLAN
+/// 10. The kernel snoops per VLAN (mcast_vlan_snooping), its querier VLAN
+/// 10's.
+fn vlan_mode_lab(settings: &Settings, hosts: usize, mode: Mode) -> Result<Lab> {
+    let options = LabOptions { kernel_snooping: mode == Mode::Kernel, vlan_filtering: true, ..Default::default() };
+    let mut lab = Lab::new("tputvlan", hosts, &options)?;
+    lab.set_trunk_vlans("p0", &[BENCH_VLAN, 20])?;
+    for i in 1..hosts {
+        lab.set_access_vlan(&format!("p{i}"), BENCH_VLAN)?;
+    }
+    lab.add_vlan_host("h0", BENCH_VLAN)?;
+    if mode == Mode::Kernel {
+        lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_vlan_snooping", "1"])?;
+        let vid = BENCH_VLAN.to_string();
+        #[rustfmt::skip]
+        lab.bridge_cmd(&["vlan", "global", "set", "dev", "br0", "vid", &vid, "mcast_igmp_version", "3",
+            "mcast_query_response_interval", "100", "mcast_querier", "1"])?;
+        return Ok(lab);
+    }
+    start_mode(settings, lab, mode, &[], Ip::V4)
+}
+
+/// Figure 1e is only possible where the kernel has 802.1Q (VLAN filtering).
+fn kernel_filters_vlans() -> bool {
+    let probe = "snoop-bench-vlan-probe";
+    let ip = |args: &[&str]| lab::run("ip", args).is_ok();
+    let _ = ip(&["netns", "del", probe]);
+    if !ip(&["netns", "add", probe]) {
+        return false;
+    }
+    let filters = ip(&["-n", probe, "link", "add", "probe0", "type", "bridge", "vlan_filtering", "1"]);
+    let _ = ip(&["netns", "del", probe]);
+    filters
+}
+
+fn start_mode(settings: &Settings, mut lab: Lab, mode: Mode, extra: &[&str], ip: Ip) -> Result<Lab> {
+    let hosts = lab.hosts.len();
     if ip == Ip::V6 {
         for i in 0..hosts {
             lab.wait_ipv6_ready(&format!("h{i}"), Duration::from_secs(10))?;
@@ -156,17 +199,27 @@ enum Load {
     /// join source-specifically (the kernel bridge in its IGMPv3 mode
     /// forwards (S,G) too).
     SwitchSsm,
+    /// As [`Load::Switch`] on a VLAN-aware bridge ([`vlan_mode_lab`]).
+    SwitchVlan,
 }
 
-fn throughput(settings: &Settings) -> Result<()> {
+fn throughput(settings: &Settings, vlan_only: bool) -> Result<()> {
     let seconds = if settings.quick { 1.0 } else { 3.0 };
     println!("1. Data path throughput: 8-port bridge, h0 blasts one group (64-byte UDP payload) for {seconds} s.");
     println!("   Delivered = group packets counted arriving at each host's interface (nftables ingress hook);");
     println!("   CPU = busy time of all CPUs / packets delivered.");
-    let loads: &[(Load, Ip)] = if settings.quick {
+    let loads: &[(Load, Ip)] = if vlan_only {
+        &[(Load::SwitchVlan, Ip::V4)]
+    } else if settings.quick {
         &[(Load::Switch, Ip::V4)]
     } else {
-        &[(Load::Switch, Ip::V4), (Load::EndToEnd, Ip::V4), (Load::Switch, Ip::V6), (Load::SwitchSsm, Ip::V4)]
+        &[
+            (Load::Switch, Ip::V4),
+            (Load::EndToEnd, Ip::V4),
+            (Load::Switch, Ip::V6),
+            (Load::SwitchSsm, Ip::V4),
+            (Load::SwitchVlan, Ip::V4),
+        ]
     };
     for &(load, ip) in loads {
         match (load, ip) {
@@ -190,6 +243,20 @@ fn throughput(settings: &Settings) -> Result<()> {
                 "   1d. SSM switch load: as 1a, to (h0, {SSM}); members join it source-specifically \
                  (MCAST_JOIN_SOURCE_GROUP, IGMPv3 INCLUDE records)."
             ),
+            (Load::SwitchVlan, _) => {
+                println!(
+                    "   1e. VLAN-aware bridge (vlan_filtering 1): as 1a, h0 sending tagged in VLAN {BENCH_VLAN} \
+                     on a trunk, the others access ports of VLAN {BENCH_VLAN}; the kernel snoops per VLAN \
+                     (mcast_vlan_snooping 1), snoop takes the bridge path."
+                );
+                if !kernel_filters_vlans() {
+                    println!(
+                        "       skipped: this kernel has no 802.1Q (no VLAN filtering); \
+                         `cargo xtask bench --kernel 6.1 --only 1e` runs it in a guest"
+                    );
+                    continue;
+                }
+            }
         }
         println!(
             "   {:<8}{:<17}{:>14}{:>12}{:>16}{:>14}{:>14}",
@@ -206,8 +273,18 @@ fn throughput(settings: &Settings) -> Result<()> {
 /// One member count in every mode, with the summary line.
 fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, seconds: f64) -> Result<()> {
     let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
-    for mode in [Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood] {
-        let mut lab = mode_lab(settings, "tput", 8, mode, &[], ip)?;
+    // On a VLAN-aware bridge snoop always takes the bridge path.
+    let modes: &[Mode] = if load == Load::SwitchVlan {
+        &[Mode::Kernel, Mode::Snoop, Mode::Flood]
+    } else {
+        &[Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood]
+    };
+    for &mode in modes {
+        let mut lab = if load == Load::SwitchVlan {
+            vlan_mode_lab(settings, 8, mode)?
+        } else {
+            mode_lab(settings, "tput", 8, mode, &[], ip)?
+        };
         let h0 = lab.host("h0").ip;
         let join = |i: usize| match (load, ip) {
             (Load::SwitchSsm, _) => lab.join_source(&format!("h{i}"), SSM.into(), h0.into(), SourceJoin::Include),
@@ -217,7 +294,7 @@ fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, s
         let joined: Vec<_> = (1..=members).map(join).collect::<Result<_>>()?;
         wait_joined(&mut lab, mode, members, ip)?;
         for i in 1..8 {
-            lab.count_udp(&format!("h{i}"), load == Load::Switch)?;
+            lab.count_udp(&format!("h{i}"), matches!(load, Load::Switch | Load::SwitchVlan))?;
         }
         let cpu_before = cpu_busy_seconds()?;
         let duration = Duration::from_secs_f64(seconds);
@@ -231,6 +308,10 @@ fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, s
             (Load::EndToEnd, Ip::V4) => lab.sender("h0")?.blast(G, duration)?,
             (Load::EndToEnd, Ip::V6) => lab.sender_v6("h0")?.blast(G6, duration)?,
             (Load::SwitchSsm, _) => lab.raw_sender("h0")?.blast(&lab::udp_packet(h0, SSM, 64), duration)?,
+            (Load::SwitchVlan, _) => {
+                let h0v10 = format!("h0v{BENCH_VLAN}");
+                lab.raw_sender(&h0v10)?.blast(&lab::udp_packet(lab.host(&h0v10).ip, G, 64), duration)?
+            }
         };
         thread::sleep(Duration::from_millis(200));
         let cpu = cpu_busy_seconds()? - cpu_before;
