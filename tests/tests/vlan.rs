@@ -150,14 +150,14 @@ fn vlan_a_port_moved_to_another_vlan_is_followed_ipv6() -> Result<()> {
     Ok(())
 }
 
-/// Each VLAN's querier presence and router ports, as `show querier` and
-/// `show ports` have them.
+/// Whether `show querier` has a querier present in `vlan`.
 fn vlan_present(lab: &Lab, vlan: u64) -> Result<bool> {
     let querier = lab.snoop_show(&snoop_bin(), "querier")?;
     let vlans = querier["vlans"].as_array().cloned().unwrap_or_default();
     Ok(vlans.iter().any(|v| v["vlan"] == vlan && v["querier"]["present"] == true))
 }
 
+/// The VLANs `show ports` has `port` as a router port of.
 fn router_vlans(lab: &Lab, port: &str) -> Result<Vec<u64>> {
     let ports = lab.snoop_show(&snoop_bin(), "ports")?;
     let port = ports.as_array().into_iter().flatten().find(|p| p["name"] == port).cloned().unwrap_or_default();
