@@ -208,6 +208,10 @@ impl VlanPortKey {
 /// kept in [`MAP_VLAN_PORTS`] on a VLAN-aware bridge: a router port of VLAN
 /// 10 is none of VLAN 20. Entries only for ports with some of them.
 pub const PORT_VLAN_FLAGS: u32 = PORT_ROUTER | PORT_ROUTER_IPV6 | PORT_GETS_REPORTS | PORT_GETS_REPORTS_IPV6;
+/// In [`MAP_VLAN_PORTS`] only: the port is in the VLAN (the bridge's VLAN
+/// configuration), so redirect may take the VLAN's tagged frames entering
+/// it. Without it the bridge path decides, and its ingress filter drops them.
+pub const PORT_IN_VLAN: u32 = 64;
 
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
@@ -309,14 +313,16 @@ pub const fn no_querier_flag(family: u8) -> u32 {
     }
 }
 
-/// The [`MAP_GROUP_PORTS`] key listing where `family`'s reports go.
+/// The [`MAP_GROUP_PORTS`] key listing where `family`'s reports in `vlan`
+/// go. (Built field by field: a copy of [`REPORT_TARGETS`] changed in the
+/// data path would be read-only data there.)
 #[inline(always)]
-pub const fn report_targets(family: u8) -> GroupKey {
-    let mut key = REPORT_TARGETS;
+pub const fn report_targets(family: u8, vlan: u16) -> GroupKey {
+    let mut addr = [0; 16];
     if family == FAMILY_IPV6 {
-        key.addr[0] = FAMILY_IPV6;
+        addr[0] = FAMILY_IPV6;
     }
-    key
+    GroupKey { addr, vlan, family: REPORT_TARGETS.family, _pad: 0 }
 }
 
 const fn family_flags(family: u8) -> FamilyFlags {
@@ -324,7 +330,7 @@ const fn family_flags(family: u8) -> FamilyFlags {
         router: router_flag(family),
         gets_reports: gets_reports_flag(family),
         no_querier: no_querier_flag(family),
-        report_targets: report_targets(family),
+        report_targets: report_targets(family, VLAN_NONE),
     }
 }
 
@@ -341,7 +347,9 @@ pub const SENDER_SLOTS: u32 = 256;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SenderSlot {
     pub mac: [u8; 6],
-    pub _pad: u16,
+    /// The VLAN its frames were in ([`VLAN_NONE`] unless the bridge filters
+    /// VLANs): the bridge learns MACs per VLAN.
+    pub vlan: u16,
     /// The port its frames entered through.
     pub ifindex: u32,
     pub _pad2: u32,
@@ -360,21 +368,23 @@ pub const RESTORE_KERNEL_SNOOPING: u32 = 1;
 
 /// Most ports one group can be copied to in redirect mode; groups with more
 /// member and router ports take the bridge path. (64 also passes the
-/// verifier on 6.18; 32 keeps each group's entry at 160 bytes.)
+/// verifier on 6.18; 32 keeps each group's entry at 164 bytes.)
 pub const MAX_FANOUT: usize = 32;
 
 /// Key of the [`MAP_GROUP_PORTS`] entry listing where redirect mode copies
 /// IGMP reports and leaves: router ports and the bridge device (family 0 is
-/// no address family, so no group collides with it).
+/// no address family, so no group collides with it). On a VLAN-aware
+/// bridge each VLAN has its own, with the VLAN in the key.
 pub const REPORT_TARGETS: GroupKey = GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 };
 /// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupPorts {
+    /// Ports in `ifindexes`.
     pub count: u32,
-    /// Bit i set: copy to `ifindexes[i]`'s ingress (the bridge device itself,
-    /// for the bridge host's own members) instead of its egress.
-    pub ingress_mask: u32,
+    /// The bridge device, when the bridge host has a member (its sockets
+    /// get a copy at the device's ingress); 0: none.
+    pub local: u32,
     /// The group's slot in [`MAP_GROUP_TRAFFIC`] (copies not made count as pruned).
     pub traffic_slot: u32,
     /// Ports of the bridge snoop manages: a packet spares those it is not copied to.
@@ -392,8 +402,20 @@ pub struct GroupPorts {
     /// 1: some sources of the group have their own list in
     /// [`MAP_SOURCE_GROUP_PORTS`]; this one is for every other source.
     pub by_source: u32,
+    /// On a VLAN-aware bridge, `UNTAGGED_*` flags: which of the copies no
+    /// egress program sees leave untagged. (Copies through a port's
+    /// transmit path all leave tagged with the frame's VLAN; the port's
+    /// egress program takes the tag off in its untagged VLAN, as the
+    /// bridge's egress would.)
+    pub untagged: u32,
     pub ifindexes: [u32; MAX_FANOUT],
 }
+
+/// [`GroupPorts::untagged`]: the bridge device gets its copy untagged.
+pub const UNTAGGED_LOCAL: u32 = 1;
+/// [`GroupPorts::untagged`]: the copy handed to the last port's veth peer
+/// ([`GroupPorts::last_to_peer`]) leaves untagged.
+pub const UNTAGGED_LAST: u32 = 2;
 
 // Map names: the eBPF statics and the userspace lookups use these strings.
 pub const MAP_MEMBERS: &str = "SNOOP_MEMBERS";
@@ -549,7 +571,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<GroupKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortGroupKey>() == 24);
 const _: () = assert!(core::mem::size_of::<MemberValue>() == 16);
-const _: () = assert!(core::mem::size_of::<GroupPorts>() == 32 + 4 * MAX_FANOUT);
+const _: () = assert!(core::mem::size_of::<GroupPorts>() == 36 + 4 * MAX_FANOUT);
 const _: () = assert!(core::mem::size_of::<SenderSlot>() == 24);
 const _: () = assert!(core::mem::size_of::<SourceKey>() == 40);
 const _: () = assert!(core::mem::size_of::<SourceGroupKey>() == 36);

@@ -2,13 +2,15 @@
 //! copied from the sender's port straight to its member and router ports, and
 //! reports straight to router ports, instead of being flooded by the bridge
 //! and dropped again at every other port.
+use aya_ebpf::helpers::{bpf_clone_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push};
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
 use snoop_common::{
-    no_querier_flag, report_targets, sender_slot, Counter, DatapathConfig, GroupKey, GroupPorts, SourceGroupKey,
-    CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, MAX_FANOUT, PORT_BRIDGE_PATH,
+    no_querier_flag, report_targets, sender_slot, wire::ETH_P_8021Q, Counter, DatapathConfig, GroupKey, GroupPorts,
+    SourceGroupKey, VlanPortKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAX_FANOUT,
+    PORT_BRIDGE_PATH, PORT_IN_VLAN, UNTAGGED_LAST, UNTAGGED_LOCAL, VLAN_NONE, VLAN_VID_MASK,
 };
 
 use crate::{
@@ -16,7 +18,7 @@ use crate::{
     counters::{count, count_n, count_traffic},
     maps::{
         SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC, SNOOP_SENDERS,
-        SNOOP_SOURCE_GROUP_PORTS,
+        SNOOP_SOURCE_GROUP_PORTS, SNOOP_VLANS, SNOOP_VLAN_PORTS,
     },
     packet::{ifindex, ip_source},
 };
@@ -41,7 +43,7 @@ fn source_port_allowed(config: &DatapathConfig, ingress: u32) -> bool {
 /// its MAC: the bridge learns from frames it sees, and a redirected frame it
 /// never sees. Written at most once a second per sender (a read otherwise).
 #[inline(always)]
-fn record_sender(ctx: &TcContext, ingress: u32, now: u64) {
+fn record_sender(ctx: &TcContext, ingress: u32, vlan: u16, now: u64) {
     let data = ctx.data();
     if data + 12 > ctx.data_end() {
         return;
@@ -51,8 +53,10 @@ fn record_sender(ctx: &TcContext, ingress: u32, now: u64) {
     let Some(slot) = SNOOP_SENDERS.get_ptr_mut(sender_slot(&mac)) else { return };
     // SAFETY: a per-CPU value: no concurrent writer on this CPU.
     unsafe {
-        if (*slot).mac != mac || (*slot).ifindex != ingress || now.wrapping_sub((*slot).seen_ns) > NS_PER_SEC {
+        let moved = (*slot).ifindex != ingress || (*slot).vlan != vlan;
+        if (*slot).mac != mac || moved || now.wrapping_sub((*slot).seen_ns) > NS_PER_SEC {
             (*slot).mac = mac;
+            (*slot).vlan = vlan;
             (*slot).ifindex = ingress;
             (*slot).seen_ns = now;
         }
@@ -63,23 +67,92 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 
 const BPF_F_INGRESS: u64 = 1;
 
+/// A frame's VLAN on a VLAN-aware bridge, as the bridge's ingress assigns
+/// it: its tag's, or the entry port's PVID for untagged and priority-tagged
+/// frames.
+#[derive(Clone, Copy)]
+struct FrameVlan {
+    /// The tag its tagged copies carry: the VLAN and the frame's priority.
+    tci: u16,
+    /// It carries that tag now (else it came untagged or priority-tagged).
+    tagged: bool,
+}
+
+impl FrameVlan {
+    #[inline(always)]
+    fn id(self) -> u16 {
+        self.tci & VLAN_VID_MASK
+    }
+}
+
+/// Whether redirect may take a frame of `family` entering through
+/// `ingress`, and in which VLAN: `Some(None)` on a bridge that does not
+/// filter VLANs, `None` for the bridge path (no redirect mode, nothing
+/// pruned, a VLAN the port is not in or whose querier is missing).
+#[inline(always)]
+fn redirect_vlan(ctx: &TcContext, config: &DatapathConfig, family: u8, ingress: u32) -> Option<Option<FrameVlan>> {
+    // One test for the common case: redirect mode, no VLANs, a querier.
+    let mode = config.flags & (CONFIG_REDIRECT | CONFIG_VLAN_AWARE | no_querier_flag(family));
+    if mode == CONFIG_REDIRECT {
+        return Some(None);
+    }
+    // (Without VLANs, a missing querier stops redirect; with them, the
+    // config flag only says some VLAN has none.)
+    if mode & (CONFIG_REDIRECT | CONFIG_VLAN_AWARE) != CONFIG_REDIRECT | CONFIG_VLAN_AWARE {
+        return None;
+    }
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let (present, proto, tci) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).vlan_present != 0, (*skb).vlan_proto as u16, (*skb).vlan_tci as u16)
+    };
+    // (802.1ad bridges take the bridge path: see redirect_obstacle.)
+    if present && u16::from_be(proto) != ETH_P_8021Q {
+        return None;
+    }
+    let vlan = if present && tci & VLAN_VID_MASK != 0 {
+        // The bridge's ingress filter drops a VLAN the port is not in.
+        // SAFETY: plain map lookup; the value is only read.
+        let flags = unsafe { SNOOP_VLAN_PORTS.get(&VlanPortKey::new(tci & VLAN_VID_MASK, ingress)) };
+        if !flags.is_some_and(|flags| flags & PORT_IN_VLAN != 0) {
+            return None;
+        }
+        FrameVlan { tci, tagged: true }
+    } else {
+        // SAFETY: as above.
+        let pvid = unsafe { SNOOP_PORTS.get(ingress) }.map_or(VLAN_NONE, |port| port.pvid);
+        if pvid == VLAN_NONE {
+            return None; // the bridge drops it
+        }
+        let priority = if present { tci & !VLAN_VID_MASK } else { 0 };
+        FrameVlan { tci: priority | pvid, tagged: false }
+    };
+    // SAFETY: as above.
+    let querier = unsafe { SNOOP_VLANS.get(&vlan.id()) }.is_some_and(|flags| flags & no_querier_flag(family) == 0);
+    querier.then_some(Some(vlan))
+}
+
 /// Copies a registered group's packet to its ports and consumes the original,
 /// so the bridge never clones it for ports that would only drop it. When the
 /// list ends with a veth port whose peer is in another namespace, that port
 /// gets the original itself, handed to the peer's ingress: one clone, one
 /// transmit and one backlog pass fewer. Anything else (unregistered groups,
-/// more ports than MAX_FANOUT, no controller) takes the bridge path.
+/// more ports than MAX_FANOUT, no controller) takes the bridge path. On a
+/// VLAN-aware bridge the group's list is its VLAN's, the frame's VLAN is
+/// checked as the bridge would, and each copy is tagged as its port's
+/// egress policy says.
 #[inline(always)]
-pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
+pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
-    // One test for both: no redirect mode, or nothing may be pruned now.
-    if config.flags & (CONFIG_REDIRECT | no_querier_flag(family)) != CONFIG_REDIRECT {
-        return TC_ACT_OK;
-    }
+    let ingress = ifindex(ctx);
+    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return TC_ACT_OK };
     let now = coarse_now_ns();
     let heartbeat_age = now.saturating_sub(config.heartbeat_ns);
     if controller_gone(config, heartbeat_age) {
         return TC_ACT_OK;
+    }
+    if let Some(vlan) = vlan {
+        group.vlan = vlan.id();
     }
     // SAFETY: plain map lookup; the value is only read.
     let Some(mut ports) = (unsafe { SNOOP_GROUP_PORTS.get(group) }) else {
@@ -93,7 +166,6 @@ pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
             ports = listed;
         }
     }
-    let ingress = ifindex(ctx);
     if !source_port_allowed(config, ingress) {
         return TC_ACT_OK;
     }
@@ -103,16 +175,21 @@ pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
     let fresh = config.handover_ns == 0 || heartbeat_age <= config.handover_ns;
     let last_to_peer = ports.last_to_peer != 0 && last != ingress && fresh;
     let clones = if last_to_peer { ports.count - 1 } else { ports.count };
-    let mut copies = copy_to(ctx, ports, ingress, clones);
-    if copies == 0 && ports.ingress_mask == 0 && !last_to_peer {
+    let mut copies = copy_to(ctx, ports, ingress, clones, vlan);
+    if copies == 0 && ports.local == 0 && !last_to_peer {
         // No copy made (every one failed as a port vanished, or the sender's
-        // is the only port): the bridge path delivers it, correctly if slower.
+        // is the only port): the bridge path delivers it, correctly if
+        // slower (in a VLAN, tagged with it: as the bridge tags it too).
         return TC_ACT_OK;
     }
-    record_sender(ctx, ingress, now);
+    record_sender(ctx, ingress, group.vlan, now);
     let bytes = u64::from(ctx.len());
     if last_to_peer {
-        // No egress program sees this copy: count it here.
+        // No egress program sees this copy: it leaves as its port says.
+        if ports.untagged & UNTAGGED_LAST != 0 {
+            untag(ctx);
+        }
+        // ...nor counts it: counted here.
         copies += 1;
         count(Counter::DataForwarded);
         count_traffic(&SNOOP_MEMBER_TRAFFIC, ports.last_member_slot, 1, bytes, true);
@@ -137,35 +214,73 @@ pub fn redirect_group(ctx: &TcContext, group: GroupKey, family: u8) -> i32 {
 
 /// Reports and leaves (MLD: dones) go to router ports and the bridge device only (RFC
 /// 4541 2.1.1), copied here instead of flooded by the bridge and dropped
-/// again at every host port.
+/// again at every host port: on a VLAN-aware bridge, those of the VLAN.
 #[inline(always)]
 pub fn redirect_reports(ctx: &TcContext, family: u8) -> i32 {
     let Some(config) = config() else { return TC_ACT_OK };
+    let ingress = ifindex(ctx);
+    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return TC_ACT_OK };
     let now = coarse_now_ns();
-    if config.flags & (CONFIG_REDIRECT | no_querier_flag(family)) != CONFIG_REDIRECT
-        || controller_gone(config, now.saturating_sub(config.heartbeat_ns))
-    {
+    if controller_gone(config, now.saturating_sub(config.heartbeat_ns)) {
         return TC_ACT_OK;
     }
+    let key = report_targets(family, vlan.map_or(VLAN_NONE, FrameVlan::id));
     // SAFETY: plain map lookup; the value is only read.
-    let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(report_targets(family)) }) else {
+    let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(key) }) else {
         return TC_ACT_OK;
     };
-    let ingress = ifindex(ctx);
     if !source_port_allowed(config, ingress) {
         return TC_ACT_OK;
     }
-    record_sender(ctx, ingress, now);
-    let copies = copy_to(ctx, targets, ingress, targets.count);
+    record_sender(ctx, ingress, key.vlan, now);
+    let copies = copy_to(ctx, targets, ingress, targets.count, vlan);
     count_n(Counter::RedirectCopies, u64::from(copies));
     TC_ACT_SHOT
 }
 
-/// Clones the frame to the first `limit` ports in `ports` but the one it came
-/// from. Returns the copies made to bridge ports (not to the bridge device).
+/// Gives the frame its VLAN's tag, as the bridge does at its ingress: a
+/// priority tag becomes the PVID's, an untagged frame gets it.
 #[inline(always)]
-fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32) -> u32 {
-    let mut copies = 0u32;
+fn retag(ctx: &TcContext, vlan: FrameVlan) {
+    // SAFETY: plain helper calls on the program's own packet. The pop
+    // (nothing to pop for an untagged frame) keeps the push from moving a
+    // tag already there into the payload.
+    unsafe {
+        bpf_skb_vlan_pop(ctx.skb.skb);
+        bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), vlan.tci);
+    }
+}
+
+/// Clones the frame to the bridge device if listed, and to the first
+/// `limit` ports in `ports` but the one it came from. Returns the copies
+/// made to bridge ports. In a VLAN (`vlan`) the bridge device's copy is
+/// tagged as [`GroupPorts::untagged`] says, and the rest (the original
+/// too) leave tagged with it: the ports' egress programs untag them as the
+/// ports' policies say.
+#[inline(always)]
+fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32, vlan: Option<FrameVlan>) -> u32 {
+    // The tag changes before the loop (a change in it would multiply the
+    // verifier's work by its 32 iterations), and nothing after it asks
+    // for the VLAN (else it explores the loop once per kind of VLAN).
+    match vlan {
+        Some(vlan) if ports.untagged & UNTAGGED_LOCAL != 0 => {
+            untag(ctx);
+            copy_to_local(ctx, ports);
+            retag(ctx, vlan);
+        }
+        Some(vlan) => {
+            if !vlan.tagged {
+                retag(ctx, vlan);
+            }
+            copy_to_local(ctx, ports);
+        }
+        None => copy_to_local(ctx, ports),
+    }
+    // Failures are counted, not copies: a failed helper call's result is
+    // negative, and its sign bit counts it without a branch (BPF has no
+    // conditional set: a comparison would be one, and it would give the
+    // count a known value on each path, which the verifier then tells apart).
+    let mut failed = 0u32;
     for i in 0..MAX_FANOUT {
         if i as u32 >= limit {
             break;
@@ -176,12 +291,28 @@ fn copy_to(ctx: &TcContext, ports: &GroupPorts, ingress: u32, limit: u32) -> u32
         // compiler split the index in two, and the verifier then kept a state
         // per split: 6.1's came within 25% of its 1M-instruction limit, and
         // went past it with the per-source lists.) Kept branch-free
-        // otherwise: each branch multiplies the verifier's work
-        // by the 32 iterations.
+        // otherwise: each branch multiplies the verifier's work by the 32
+        // iterations (so would any change to the tag: done outside the loop).
         let target = if target == ingress { 0 } else { target };
-        let to_ingress = u64::from((ports.ingress_mask >> i) & 1);
-        let made = ctx.clone_redirect(target, to_ingress * BPF_F_INGRESS).is_ok();
-        copies += u32::from(made) * (1 - to_ingress as u32);
+        // SAFETY: plain helper call on the program's own packet.
+        let result = unsafe { bpf_clone_redirect(ctx.skb.skb, target, 0) };
+        failed += (result as u64 >> 63) as u32;
     }
-    copies
+    limit.min(MAX_FANOUT as u32).saturating_sub(failed)
+}
+
+/// The bridge host's copy, into the bridge device's ingress.
+#[inline(always)]
+fn copy_to_local(ctx: &TcContext, ports: &GroupPorts) {
+    if ports.local != 0 {
+        // SAFETY: plain helper call on the program's own packet.
+        unsafe { bpf_clone_redirect(ctx.skb.skb, ports.local, BPF_F_INGRESS) };
+    }
+}
+
+/// Takes the frame's tag off (none to take off: nothing happens).
+#[inline(always)]
+fn untag(ctx: &TcContext) {
+    // SAFETY: plain helper call on the program's own packet.
+    unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
 }

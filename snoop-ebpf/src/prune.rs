@@ -3,6 +3,7 @@
 //! Nothing is pruned while no querier is present or the controller is gone.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_skb_vlan_pop,
     programs::TcContext,
 };
 use snoop_common::{
@@ -74,17 +75,25 @@ pub fn egress(ctx: &TcContext) -> i32 {
 
 /// The VLAN a frame leaving through `ifindex` is in on a VLAN-aware
 /// bridge: its tag's, or the port's untagged VLAN. None on a bridge that
-/// is not VLAN-aware.
+/// is not VLAN-aware. A frame tagged with the port's untagged VLAN is a
+/// redirect copy (the bridge's egress untags those): untagged here, as
+/// the bridge would.
 #[inline(always)]
 fn egress_vlan(ctx: &TcContext, ifindex: u32) -> Option<u16> {
     if config().is_none_or(|c| c.flags & CONFIG_VLAN_AWARE == 0) {
         return None;
     }
-    if let Some(vlan) = tagged_vlan(ctx) {
-        return Some(vlan);
-    }
     // SAFETY: plain map lookup.
-    Some(unsafe { SNOOP_PORTS.get(ifindex) }.map_or(VLAN_NONE, |port| port.untagged_vlan))
+    let untagged = unsafe { SNOOP_PORTS.get(ifindex) }.map_or(VLAN_NONE, |port| port.untagged_vlan);
+    match tagged_vlan(ctx) {
+        Some(vlan) if vlan == untagged => {
+            // SAFETY: plain helper call on the program's own packet.
+            unsafe { bpf_skb_vlan_pop(ctx.skb.skb) };
+            Some(vlan)
+        }
+        Some(vlan) => Some(vlan),
+        None => Some(untagged),
+    }
 }
 
 /// The port's flags for a frame in `vlan`: on a VLAN-aware bridge its
@@ -94,7 +103,7 @@ fn port_flags(port: &PortValue, ifindex: u32, vlan: Option<u16>) -> u32 {
     let Some(vlan) = vlan else { return port.flags };
     // SAFETY: plain map lookup.
     let in_vlan = unsafe { SNOOP_VLAN_PORTS.get(&VlanPortKey::new(vlan, ifindex)) }.copied().unwrap_or(0);
-    port.flags & !PORT_VLAN_FLAGS | in_vlan
+    port.flags & !PORT_VLAN_FLAGS | in_vlan & PORT_VLAN_FLAGS
 }
 
 /// IPv6 groups never pruned: ff02::1 (RFC 4541 3), and the other link-scope

@@ -12,13 +12,14 @@ use rtnetlink::{
         link::{
             AfSpecBridge, BridgeMulticastRouterType, BridgePortState, BridgeStpState, BridgeVlanInfoFlags, InfoBridge,
             InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoVlan, LinkAttribute, LinkExtentMask, LinkInfo,
-            LinkMessage, State,
+            LinkMessage, State, VlanProtocol,
         },
-        neighbour::{NeighbourFlags, NeighbourState},
+        neighbour::{NeighbourAttribute, NeighbourFlags, NeighbourState},
         AddressFamily,
     },
     Handle, LinkBridge, LinkMessageBuilder, MulticastGroup,
 };
+use snoop_common::VLAN_NONE;
 
 /// What the bridge layer reports, as callers decide on it.
 #[derive(Debug, thiserror::Error)]
@@ -358,32 +359,37 @@ impl Netlink {
 
     /// Why redirect forwarding cannot be used on this bridge now, if it
     /// cannot: a copy made outside the bridge would skip its STP port
-    /// states, its VLAN filtering, or filtering rules hooked into bridged
-    /// traffic (checked live: any of them can be switched on at any time).
+    /// states or filtering rules hooked into bridged traffic, or tag as it
+    /// does not (checked live: any of them can be switched on at any time).
+    /// VLAN filtering is no obstacle: redirect checks and tags per VLAN.
     pub async fn redirect_obstacle(&self, bridge: &Bridge) -> Result<Option<&'static str>> {
-        for option in self.bridge_options(bridge).await? {
-            match option {
-                InfoBridge::StpState(state) if state != BridgeStpState::Disabled => return Ok(Some("STP is on")),
-                InfoBridge::VlanFiltering(true) => return Ok(Some("VLAN filtering is on")),
-                _ => {}
-            }
+        let options = self.bridge_options(bridge).await?;
+        if options.iter().any(|o| matches!(o, InfoBridge::StpState(s) if *s != BridgeStpState::Disabled)) {
+            return Ok(Some("STP is on"));
+        }
+        // Redirect tags its copies 802.1Q, the bridge's default protocol.
+        let filtering = options.contains(&InfoBridge::VlanFiltering(true));
+        if filtering && options.iter().any(|o| matches!(o, InfoBridge::VlanProtocol(VlanProtocol::Ieee8021Ad))) {
+            return Ok(Some("VLAN filtering with 802.1ad tags is on"));
         }
         Ok(crate::filtering::bridged_traffic_filtered())
     }
 
-    /// Teaches the bridge that `mac` is behind `port`, as if it had seen a
-    /// frame from it there (NTF_USE: the bridge's own learning, ageing
-    /// included).
-    pub async fn learn(&self, port: u32, mac: [u8; 6]) -> Result<()> {
-        self.handle
+    /// Teaches the bridge that `mac` is behind `port` (in `vlan`, on a
+    /// VLAN-aware bridge: it learns per VLAN), as if it had seen a frame
+    /// from it there (NTF_USE: the bridge's own learning, ageing included).
+    pub async fn learn(&self, port: u32, mac: [u8; 6], vlan: u16) -> Result<()> {
+        let mut request = self
+            .handle
             .neighbours()
             .add_bridge(port, &mac)
             .state(NeighbourState::Reachable)
             .flags(NeighbourFlags::Use | NeighbourFlags::Controller)
-            .replace()
-            .execute()
-            .await
-            .map_err(netlink_error("teaching the bridge a MAC"))
+            .replace();
+        if vlan != VLAN_NONE {
+            request.message_mut().attributes.push(NeighbourAttribute::Vlan(vlan));
+        }
+        request.execute().await.map_err(netlink_error("teaching the bridge a MAC"))
     }
 
     /// Turns the kernel bridge's own snooping on or off: two snoopers on one

@@ -18,10 +18,10 @@ use futures::{FutureExt as _, Stream, StreamExt as _};
 use log::{debug, info, warn};
 use sd_notify::NotifyState;
 use snoop_common::{
-    no_querier_flag, wire::ETH_P_8021Q, CapturedFrame, GroupKey, PortGroupKey, SourceAddr, VlanFlags, VlanPortKey,
-    CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE,
+    no_querier_flag, report_targets, wire::ETH_P_8021Q, CapturedFrame, GroupKey, PortGroupKey, SourceAddr, VlanFlags,
+    VlanPortKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_FLOOD_UNREGISTERED, CONFIG_REDIRECT, CONFIG_SNOOP_IPV6_LINK_SCOPE,
     CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS, MEMBER_LEAVING, MEMBER_SOURCES_INCLUDE,
-    MEMBER_STATIC, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING, VLAN_NONE, VLAN_VID_MASK,
+    MEMBER_STATIC, PORT_IN_VLAN, PORT_UNPRUNED, RESTORE_KERNEL_SNOOPING, VLAN_NONE, VLAN_VID_MASK,
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -34,7 +34,7 @@ use tokio::{
 use crate::{
     bridge::{self, local_groups, local_groups_v6, Bridge, Netlink, Port, PortPolicy, VlanConfig},
     control::{self, Change, ChangeRequest, SnapshotRequest},
-    datapath::{self, monotonic_now_ns, CopyTarget, Datapath},
+    datapath::{self, monotonic_now_ns, CopyTarget, Datapath, VlanEgress},
     frame_sender::FrameSender,
     membership::{Action, Group, Member, PortOptions, RemoveReason, Snooper, SourceFilter, StaticError, Timers, NEVER},
     metrics,
@@ -201,8 +201,10 @@ struct Core {
     /// Queries leave through the bridge device, which floods them to every
     /// port; on a VLAN-aware bridge through each port of their VLAN.
     query_socket: FrameSender,
-    /// The bridge's VLAN configuration, as last read.
+    /// The bridge's VLAN configuration, as last read...
     vlans: VlanConfig,
+    /// ...and as the data path's VLAN entries and copy lists last followed it.
+    followed_vlans: VlanConfig,
     /// Resuming pinned state: the state machines made before the
     /// memberships are adopted count a querier as present (never a flood
     /// at a restart).
@@ -219,8 +221,8 @@ struct Core {
     unwritten: Unwritten,
     /// Why group traffic takes the bridge path rather than redirect, if it does.
     bridge_path_why: Option<&'static str>,
-    /// MACs taught to the bridge lately, and on which port.
-    taught: HashMap<[u8; 6], (u32, Instant)>,
+    /// MACs (per VLAN) taught to the bridge lately, and on which port.
+    taught: HashMap<([u8; 6], u16), (u32, Instant)>,
     /// The `no_querier` config flags of the families with no querier
     /// present (nothing of theirs is pruned).
     absent_queriers: u32,
@@ -256,6 +258,8 @@ struct VlanEntries {
     vlans: BTreeMap<u8, BTreeMap<u16, VlanFlags>>,
     /// By family: router and report flags of ports per VLAN.
     ports: BTreeMap<u8, BTreeMap<VlanPortKey, u32>>,
+    /// The VLANs each port is in (PORT_IN_VLAN), as the bridge says.
+    in_vlans: BTreeSet<VlanPortKey>,
     /// As the maps hold them (at start, what a predecessor left).
     written_vlans: BTreeMap<u16, VlanFlags>,
     written_ports: BTreeMap<VlanPortKey, u32>,
@@ -286,7 +290,7 @@ impl VlanEntries {
     }
 
     fn wanted_ports(&self) -> BTreeMap<VlanPortKey, u32> {
-        let mut wanted = BTreeMap::new();
+        let mut wanted: BTreeMap<VlanPortKey, u32> = self.in_vlans.iter().map(|key| (*key, PORT_IN_VLAN)).collect();
         for (key, flags) in self.ports.values().flatten() {
             *wanted.entry(*key).or_insert(0) |= flags;
         }
@@ -346,7 +350,8 @@ impl Unwritten {
 }
 
 /// One address family's state machines, and the groups the bridge's own
-/// host has joined (redirect mode copies them to it).
+/// host has joined, in the VLANs it hears them in (redirect mode copies
+/// them to it).
 struct FamilyState<A> {
     /// One state machine per VLAN, each with its own querier and election,
     /// router ports, limits and memberships, as the bridge's per-VLAN
@@ -355,7 +360,7 @@ struct FamilyState<A> {
     snoopers: BTreeMap<u16, Snooper<A>>,
     /// What a VLAN's state machine starts with.
     settings: SnooperSettings,
-    local_groups: BTreeSet<A>,
+    local_groups: BTreeSet<Group<A>>,
     /// Snooping of this family is on (MLD can be turned off).
     enabled: bool,
 }
@@ -500,6 +505,7 @@ impl Controller {
             ports: BTreeMap::new(),
             query_socket,
             vlans: VlanConfig::default(),
+            followed_vlans: VlanConfig::default(),
             resuming: resumed,
             addresses: QuerySources::default(),
             stats: Stats::default(),
@@ -631,8 +637,8 @@ impl Controller {
         Ok(self.core.write_config()?)
     }
 
-    /// Redirect forwarding must skip nothing the bridge checks: STP, VLAN
-    /// filtering or filtering rules switched on since are seen here, live.
+    /// Redirect forwarding must skip nothing the bridge checks: STP, 802.1ad
+    /// VLAN filtering or filtering rules switched on since are seen here, live.
     async fn check_redirect(&mut self) -> Result<(), bridge::Error> {
         if self.core.config.forwarding == Forwarding::Bridge {
             return Ok(());
@@ -912,6 +918,9 @@ impl Controller {
             let Some(name) = self.core.ports.get(&ifindex).map(|p| p.name.clone()) else { continue };
             self.set_port_groups(ifindex, &name);
         }
+        if vlans_changed {
+            self.refresh_local_groups();
+        }
         if ports_changed || vlans_changed {
             // The port count is in every group's redirect entry; port
             // policies decide who may be a copy's target.
@@ -942,6 +951,20 @@ impl Controller {
             if let Err(error) = core.datapath.set_port_vlans(ifindex, pvid, untagged) {
                 warn!("port {}: {:#}", core.port_name(ifindex), anyhow::Error::from(error));
             }
+        }
+        // Copy lists tag and count per the VLAN configuration, and redirect
+        // takes a tagged frame only from a port in its VLAN.
+        let mut in_vlans = BTreeSet::new();
+        if core.vlans.filtering {
+            for ifindex in core.ports.keys() {
+                in_vlans.extend(core.vlans.vlans_of([*ifindex]).into_iter().map(|v| VlanPortKey::new(v, *ifindex)));
+            }
+        }
+        if core.vlans != core.followed_vlans || in_vlans != core.vlan_entries.in_vlans {
+            core.followed_vlans = core.vlans.clone();
+            core.vlan_entries.in_vlans = in_vlans;
+            core.vlan_entries.write(&mut core.datapath, &mut core.stats);
+            changed = true;
         }
         // VLAN → its ports.
         let mut wanted: BTreeMap<u16, BTreeSet<u32>> = BTreeMap::new();
@@ -1229,11 +1252,28 @@ impl Controller {
         if !self.core.redirect {
             return;
         }
-        let ifindex = self.core.bridge.ifindex;
-        let v4: BTreeSet<Ipv4Addr> = local_groups(ifindex).into_iter().filter(|g| g.is_snoopable(false)).collect();
+        // Sockets on the bridge device hear the VLANs leaving it untagged;
+        // on a VLAN interface on it (br0.10), its VLAN.
+        let mut interfaces: Vec<(u32, Vec<u16>)> = Vec::new();
+        let bridge = self.core.bridge.ifindex;
+        let vlans = &self.core.vlans;
+        if vlans.filtering {
+            let untagged = vlans.ports.get(&bridge).map(|v| v.vlans.iter().filter(|(_, u)| **u).map(|(v, _)| *v));
+            interfaces.push((bridge, untagged.into_iter().flatten().collect()));
+            interfaces.extend(vlans.interfaces.iter().map(|(vlan, ifindex)| (*ifindex, vec![*vlan])));
+        } else {
+            interfaces.push((bridge, vec![VLAN_NONE]));
+        }
         let link_scope = self.mld.settings.link_scope;
-        let v6: BTreeSet<Ipv6Addr> =
-            local_groups_v6(ifindex).into_iter().filter(|g| g.is_snoopable(link_scope)).collect();
+        let (mut v4, mut v6) = (BTreeSet::new(), BTreeSet::new());
+        for (ifindex, in_vlans) in interfaces {
+            for addr in local_groups(ifindex).into_iter().filter(|g| g.is_snoopable(false)) {
+                v4.extend(in_vlans.iter().map(|vlan| Group { vlan: *vlan, addr }));
+            }
+            for addr in local_groups_v6(ifindex).into_iter().filter(|g| g.is_snoopable(link_scope)) {
+                v6.extend(in_vlans.iter().map(|vlan| Group { vlan: *vlan, addr }));
+            }
+        }
         self.core.update_local_groups(&mut self.igmp, v4);
         self.core.update_local_groups(&mut self.mld, v6);
     }
@@ -1309,9 +1349,9 @@ impl Core {
         }
     }
 
-    fn update_local_groups<A: Family>(&mut self, family: &mut FamilyState<A>, now: BTreeSet<A>) {
+    fn update_local_groups<A: Family>(&mut self, family: &mut FamilyState<A>, now: BTreeSet<Group<A>>) {
         if now != family.local_groups {
-            let changed = now.symmetric_difference(&family.local_groups).map(|g| Group::untagged(*g)).collect();
+            let changed = now.symmetric_difference(&family.local_groups).copied().collect();
             family.local_groups = now;
             self.refresh_fanout(family, changed, false);
         }
@@ -1391,14 +1431,15 @@ impl Core {
         let since = monotonic_now_ns().saturating_sub(2 * self.config.port_scan_interval.as_nanos() as u64);
         let now = Instant::now();
         self.taught.retain(|_, (_, at)| now.duration_since(*at) < Duration::from_secs(10));
-        for (mac, port) in self.datapath.recent_senders(since) {
+        for (mac, port, vlan) in self.datapath.recent_senders(since) {
             let Some(info) = self.ports.get(&port) else { continue };
             // The bridge learns nothing on such ports; neither may snoop teach it.
-            if !info.policy.learning || info.policy.locked || self.taught.get(&mac).is_some_and(|(p, _)| *p == port) {
+            let taught = self.taught.get(&(mac, vlan)).is_some_and(|(p, _)| *p == port);
+            if !info.policy.learning || info.policy.locked || taught {
                 continue;
             }
-            match self.netlink.learn(port, mac).await {
-                Ok(()) => drop(self.taught.insert(mac, (port, now))),
+            match self.netlink.learn(port, mac, vlan).await {
+                Ok(()) => drop(self.taught.insert((mac, vlan), (port, now))),
                 Err(error) => debug!("{:#}", anyhow::Error::from(error)),
             }
         }
@@ -1868,7 +1909,9 @@ impl Core {
     }
 
     /// Redirect mode: rewrites where the data path copies each changed group
-    /// (every group when `all`, as when router ports change).
+    /// (every group when `all`, as when router ports change). On a
+    /// VLAN-aware bridge each list is its VLAN's, with that VLAN's router
+    /// ports and tagging.
     fn refresh_fanout<A: Family>(&mut self, family: &FamilyState<A>, mut groups: BTreeSet<Group<A>>, all: bool) {
         if !self.redirect || (groups.is_empty() && !all) {
             return;
@@ -1882,31 +1925,55 @@ impl Core {
         let forwarding_ports: BTreeSet<u32> =
             self.ports.iter().filter(|(_, p)| p.policy.forwarding).map(|(ifindex, _)| *ifindex).collect();
         let forwarding = |port: &u32| forwarding_ports.contains(port);
-        let routers: Vec<u32> = self
-            .ports
-            .keys()
-            .copied()
-            .filter(|ifindex| family.is_router(*ifindex, now) && forwarding(ifindex))
-            .collect();
+        // Per VLAN: its router ports, and how copies leave in it.
+        let vlans: BTreeSet<u16> = family.snoopers.keys().chain(groups.iter().map(|g| &g.vlan)).copied().collect();
+        let mut scopes: BTreeMap<u16, (Vec<u32>, Option<VlanEgress>)> = BTreeMap::new();
+        for vlan in vlans {
+            let routers = family.snoopers.get(&vlan).map_or_else(Vec::new, |snooper| {
+                let ports = snooper.ports().iter().filter(|(i, p)| p.is_router(now) && forwarding(i));
+                ports.map(|(ifindex, _)| *ifindex).collect()
+            });
+            scopes.insert(vlan, (routers, self.vlan_egress(vlan)));
+        }
+        // A target outside the list's VLAN is none of its ports.
+        let in_scope = |targets: &mut Vec<CopyTarget>, egress: &Option<VlanEgress>| {
+            if let Some(egress) = egress {
+                targets.retain(|t| egress.tagged.contains_key(&t.ifindex()));
+            }
+        };
         if all {
             // Reports and leaves: to router ports (trusted ones while none
             // is known), and up to the bridge device (a multicast routing
             // daemon on it needs them).
-            let report_ports: Vec<u32> = if routers.is_empty() {
-                let gets_reports =
-                    self.ports.iter().filter(|(i, p)| p.gets_reports & A::FLAGS.gets_reports != 0 && forwarding(i));
-                gets_reports.map(|(ifindex, _)| *ifindex).collect()
-            } else {
-                routers.clone()
-            };
-            let mut targets: Vec<CopyTarget> = report_ports.iter().map(|r| CopyTarget::Router(*r)).collect();
-            targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
-            if let Err(error) = self.datapath.set_report_targets(A::FLAGS.report_targets, &targets) {
-                warn!("report targets: {:#}", anyhow::Error::from(error));
-                self.stats.bump(ControllerCounter::DatapathWriteErrors);
+            for (vlan, snooper) in &family.snoopers {
+                let (routers, egress) = &scopes[vlan];
+                let report_ports: Vec<u32> = if routers.is_empty() {
+                    let trusted = snooper.ports().iter().filter(|(i, p)| p.options.trusted && forwarding(i));
+                    trusted.map(|(ifindex, _)| *ifindex).collect()
+                } else {
+                    routers.clone()
+                };
+                let mut targets: Vec<CopyTarget> = report_ports.iter().map(|r| CopyTarget::Router(*r)).collect();
+                targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
+                in_scope(&mut targets, egress);
+                let key = report_targets(A::FAMILY, *vlan);
+                if let Err(error) = self.datapath.set_report_targets(key, &targets, egress.as_ref()) {
+                    warn!("report targets: {:#}", anyhow::Error::from(error));
+                    self.stats.bump(ControllerCounter::DatapathWriteErrors);
+                }
+            }
+            // Those of VLANs gone.
+            let stale = self
+                .datapath
+                .report_target_keys()
+                .into_iter()
+                .filter(|key| key.addr == A::FLAGS.report_targets.addr && !family.snoopers.contains_key(&key.vlan));
+            for key in stale.collect::<Vec<_>>() {
+                let _ = self.datapath.set_report_targets(key, &[], None);
             }
         }
         for group in groups {
+            let (routers, egress) = &scopes[&group.vlan];
             let mut targets: Vec<CopyTarget> = Vec::new();
             let mut by_source = Vec::new();
             if let Some(members) = family.members(&group) {
@@ -1921,9 +1988,10 @@ impl Core {
                     let mut targets: Vec<CopyTarget> = wanting.iter().map(|port| CopyTarget::Member(*port)).collect();
                     // A router port gets every source, member or not.
                     targets.extend(routers.iter().filter(|r| !wanting.contains(r)).map(|r| CopyTarget::Router(*r)));
-                    if family.local_groups.contains(&group.addr) {
+                    if family.local_groups.contains(&group) {
                         targets.push(CopyTarget::BridgeDevice(self.bridge.ifindex));
                     }
+                    in_scope(&mut targets, egress);
                     targets
                 };
                 targets = copies_of(None);
@@ -1935,14 +2003,14 @@ impl Core {
                     }
                 }
             }
-            match self.datapath.set_group_ports(group.key(), &targets, &by_source) {
+            match self.datapath.set_group_ports(group.key(), &targets, &by_source, egress.as_ref()) {
                 Ok(()) => {}
                 // No room for the list: the group takes the bridge path, where
                 // the egress programs (and PORT_UNPRUNED) deliver it. A stale
                 // list must not stay behind to miss a new member.
                 Err(datapath::Error::MapFull { map }) => {
                     self.map_full(map);
-                    let _ = self.datapath.set_group_ports(group.key(), &[], &[]);
+                    let _ = self.datapath.set_group_ports(group.key(), &[], &[], None);
                 }
                 Err(error) => {
                     warn!("redirect targets of {group}: {:#}", anyhow::Error::from(error));
@@ -1950,6 +2018,27 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// How redirect copies leave in `vlan`: None while the bridge does not
+    /// filter VLANs (frames keep whatever tags they came with).
+    fn vlan_egress(&self, vlan: u16) -> Option<VlanEgress> {
+        if !self.vlans.filtering {
+            return None;
+        }
+        let mut egress = VlanEgress::default();
+        for (ifindex, port) in &self.vlans.ports {
+            let attached = self.ports.contains_key(ifindex);
+            if !attached && *ifindex != self.bridge.ifindex {
+                continue;
+            }
+            if let Some(untagged) = port.vlans.get(&vlan) {
+                egress.tagged.insert(*ifindex, !untagged);
+                egress.ports += u32::from(attached);
+                egress.bridge_path |= attached && *untagged && port.untagged_vlan() != Some(vlan);
+            }
+        }
+        Some(egress)
     }
 
     /// Logs a membership event and sends it to `snoop watch` clients.

@@ -270,7 +270,7 @@ struct RunArgs {
     /// How group traffic reaches member ports: `redirect` copies it from the
     /// sender's port straight to member and router ports; `bridge` lets the
     /// bridge flood and drops it at ports without members. Redirect falls back
-    /// to bridge when the bridge runs STP or VLAN filtering.
+    /// to bridge when the bridge runs STP (or 802.1ad VLAN filtering).
     #[arg(long, value_enum, default_value_t = Forwarding::Redirect)]
     forwarding: Forwarding,
     /// What to do with groups nobody joined.

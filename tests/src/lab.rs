@@ -220,14 +220,21 @@ impl Lab {
         Ok(name)
     }
 
-    /// Adds a VLAN interface on the bridge (<bridge>.<vlan>) with `addr`:
-    /// the querier of that VLAN speaks from it.
+    /// Adds a VLAN interface on the bridge (<bridge>.<vlan>) with `addr`,
+    /// and the VLAN to the bridge device itself, tagged (so the interface
+    /// hears the VLAN): the querier of that VLAN speaks from it.
     pub fn add_bridge_vlan_interface(&self, vlan: u16, addr: &str) -> Result<()> {
         let name = format!("{}.{vlan}", self.bridge);
         let bridge = self.bridge.clone();
         self.ip_br(&["link", "add", "link", &bridge, "name", &name, "type", "vlan", "id", &vlan.to_string()])?;
         self.ip_br(&["addr", "add", addr, "dev", &name])?;
+        self.bridge_cmd(&["vlan", "add", "dev", &bridge, "vid", &vlan.to_string(), "self"])?;
         self.ip_br(&["link", "set", &name, "up"]).map(drop)
+    }
+
+    /// Captures what the bridge host hears on its interface in `vlan`.
+    pub fn sniff_bridge_vlan(&self, vlan: u16) -> Result<Sniffer> {
+        Sniffer::start(&self.bridge_netns, &format!("{}.{vlan}", self.bridge))
     }
 
     /// Removes host `name` and its port (its namespace goes, and the veth with it).

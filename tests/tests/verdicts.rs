@@ -365,8 +365,8 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
     with_datapath("verdict-redirect", |dp, p| {
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
-        dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)], &[])?;
-        dp.set_report_targets(snoop_common::REPORT_TARGETS, &[CopyTarget::Router(p.p3)])?;
+        dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)], &[], None)?;
+        dp.set_report_targets(snoop_common::REPORT_TARGETS, &[CopyTarget::Router(p.p3)], None)?;
         let copied = [(Redirected, 1), (RedirectCopies, 2)];
         case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_SHOT, &copied)?;
         // The sender's own port never gets its packet back.
@@ -565,15 +565,15 @@ fn source_specific_members_get_only_the_sources_they_want() -> Result<()> {
         // Redirect: S1 has its own copy list; other sources take the group's.
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let by_source = [(key(s1), vec![CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)])];
-        dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &by_source)?;
+        dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &by_source, None)?;
         let two = [(Redirected, 1), (RedirectCopies, 2)];
         case(dp, "redirect, a listed source", PROG_INGRESS, p.p0, &from(s1, JOINED), TC_ACT_SHOT, &two)?;
         let one = [(Redirected, 1), (RedirectCopies, 1)];
         case(dp, "redirect, another source", PROG_INGRESS, p.p0, &from(s2, JOINED), TC_ACT_SHOT, &one)?;
         // S1's list goes with the group's: the fast path never follows a stale one.
-        dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &[])?;
+        dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &[], None)?;
         case(dp, "redirect, S1's list gone", PROG_INGRESS, p.p0, &from(s1, JOINED), TC_ACT_SHOT, &one)?;
-        dp.set_group_ports(joined, &[], &[])?;
+        dp.set_group_ports(joined, &[], &[], None)?;
         dp.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
 
         // SSM: nobody asked, so it is never flooded, whatever the policy.

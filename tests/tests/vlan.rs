@@ -118,6 +118,41 @@ fn vlan_members_get_only_their_vlans_stream_and_queries_go_out_per_vlan() -> Res
         .collect();
     assert_eq!(sources, [(10, "10.99.10.1".to_owned()), (20, "10.99.20.5".to_owned())].into());
     assert!(stat(&lab, "datapath", "data_pruned")? > 0);
+    // Copied by redirect, not left to the bridge.
+    assert!(stat(&lab, "datapath", "redirected")? >= 100);
+    Ok(())
+}
+
+/// Redirect on a VLAN-aware bridge: each copy tagged as its port's VLAN
+/// egress policy says (a trunk sender's tagged frames reach access members
+/// untagged, an access sender's reach the trunk tagged), the bridge host's
+/// member on its VLAN interface gets its copy, and a frame tagged with a
+/// VLAN its entry port is not in goes nowhere, as on the bridge path.
+#[test]
+fn vlan_redirect_tags_each_copy_as_its_port_says() -> Result<()> {
+    let mut lab = vlan_lab("vlan-redirect", false)?;
+    // h1's access port is in VLAN 10 only: what it sends tagged 20 must
+    // not get into VLAN 20.
+    lab.add_vlan_host("h1", 20)?;
+    lab.start_snoop(&snoop_bin(), FAST_TIMERS)?;
+    let _trunk = lab.join("h0v20", G)?;
+    let _h3 = lab.join("h3", G)?;
+    let _h4 = lab.join("h4", G)?;
+    let _local = lab.join_on_bridge(G, Ipv4Addr::new(10, 99, 10, 1))?;
+    wait_for_vlan_members(&lab, G.into(), &[(10, "p3"), (20, "p0"), (20, "p4")])?;
+    // The bridge host's own groups are read every port scan (1 s).
+    thread::sleep(Duration::from_millis(2500));
+    let redirected = stat(&lab, "datapath", "redirected")?;
+    let receivers = ["h0v10", "h0v20", "h3", "h4"];
+    let local = lab.sniff_bridge_vlan(10)?;
+    let got = deliver(&lab, &["h0v10", "h0v20", "h2", "h1v20"], G, &receivers, 50)?;
+    // Senders: the trunk in 10 and 20, h2 (access 20), h1 tagging 20.
+    assert_eq!(got, [vec![0, 0, 0, 0], vec![0, 0, 50, 0], vec![50, 0, 0, 0], vec![0, 50, 50, 0]]);
+    assert_eq!(local.count_from(lab.host("h0v10").ip, G), 50, "the bridge host's member in VLAN 10");
+    assert_eq!(local.count_from(lab.host("h2").ip, G), 0);
+    // Three streams redirected (h1's tagged one took the bridge path, which dropped it).
+    let copied = stat(&lab, "datapath", "redirected")? - redirected;
+    assert!((150..160).contains(&copied), "{copied} packets redirected");
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! - [`slots`]: traffic counter slots;
 //! - [`Error`]: what callers decide on.
 use std::{
-    collections::{BTreeSet, HashMap as StdHashMap},
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     fs,
     path::{Path, PathBuf},
 };
@@ -36,7 +36,7 @@ use snoop_common::{
     MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES,
     MAP_SOURCE_GROUP_PORTS, MAP_VLANS, MAP_VLAN_PORTS, MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS,
     MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, MEMBER_STATE_FLAGS, NO_SLOT, PROG_EGRESS, PROG_INGRESS,
-    SENDER_SLOTS, SOURCE_LISTED, VLAN_NONE,
+    SENDER_SLOTS, SOURCE_LISTED, UNTAGGED_LAST, UNTAGGED_LOCAL, VLAN_NONE,
 };
 
 /// The compiled eBPF object, built by build.rs.
@@ -67,6 +67,27 @@ impl CopyTarget {
             CopyTarget::Member(i) | CopyTarget::Router(i) => Some(i),
             CopyTarget::BridgeDevice(_) => None,
         }
+    }
+}
+
+/// How redirect copies leave in one VLAN of a VLAN-aware bridge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VlanEgress {
+    /// The ports (and the bridge device) in the VLAN, each with whether
+    /// the VLAN's frames leave it tagged.
+    pub tagged: BTreeMap<u32, bool>,
+    /// How many of the bridge's ports are in the VLAN: a copy spares the
+    /// others nothing.
+    pub ports: u32,
+    /// Some port leaves the VLAN untagged, but its egress program untags
+    /// another VLAN (a port has one untagged VLAN in the data path): the
+    /// VLAN's traffic takes the bridge path.
+    pub bridge_path: bool,
+}
+
+impl VlanEgress {
+    fn tags(&self, target: &CopyTarget) -> bool {
+        self.tagged.get(&target.ifindex()).copied().unwrap_or(false)
     }
 }
 
@@ -478,15 +499,19 @@ impl Datapath {
     }
 
     /// Where redirect mode copies `group`: `targets`, but for the sources
-    /// in `by_source`, which have lists of their own. No targets at all, or
-    /// a list longer than MAX_FANOUT, leave the group to the bridge path.
+    /// in `by_source`, which have lists of their own; tagged as `vlan` says
+    /// on a VLAN-aware bridge. No targets at all, or a list longer than
+    /// MAX_FANOUT, leave the group to the bridge path.
     pub fn set_group_ports(
         &mut self,
         group: GroupKey,
         targets: &[CopyTarget],
         by_source: &[(SourceAddr, Vec<CopyTarget>)],
+        vlan: Option<&VlanEgress>,
     ) -> Result<()> {
-        let too_long = targets.len() > MAX_FANOUT || by_source.iter().any(|(_, t)| t.len() > MAX_FANOUT);
+        let too_long = targets.len() > MAX_FANOUT
+            || by_source.iter().any(|(_, t)| t.len() > MAX_FANOUT)
+            || vlan.is_some_and(|v| v.bridge_path);
         let listed: BTreeSet<SourceAddr> =
             if too_long { BTreeSet::new() } else { by_source.iter().map(|(source, _)| *source).collect() };
         let result = if too_long || targets.is_empty() && listed.is_empty() {
@@ -496,7 +521,7 @@ impl Datapath {
             let slot = self.group_slot(group)?;
             let mut written = Ok(());
             for (source, targets) in by_source {
-                let value = self.targets_value(group, true, targets, slot)?;
+                let value = self.targets_value(group, true, targets, slot, vlan)?;
                 written = self.source_group_ports.insert(SourceGroupKey { group, source: *source }, value, 0);
                 if written.is_err() {
                     break;
@@ -504,7 +529,7 @@ impl Datapath {
             }
             match written {
                 Ok(()) => {
-                    let mut value = self.targets_value(group, true, targets, slot)?;
+                    let mut value = self.targets_value(group, true, targets, slot, vlan)?;
                     value.by_source = u32::from(!listed.is_empty());
                     self.group_ports.insert(group, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
                 }
@@ -526,12 +551,18 @@ impl Datapath {
     }
 
     /// Where redirect mode copies one family's reports and leaves (`key`:
-    /// its [`snoop_common::FamilyFlags::report_targets`]).
-    pub fn set_report_targets(&mut self, key: GroupKey, targets: &[CopyTarget]) -> Result<()> {
-        if targets.is_empty() || targets.len() > MAX_FANOUT {
+    /// its [`snoop_common::FamilyFlags::report_targets`], in a VLAN on a
+    /// VLAN-aware bridge).
+    pub fn set_report_targets(
+        &mut self,
+        key: GroupKey,
+        targets: &[CopyTarget],
+        vlan: Option<&VlanEgress>,
+    ) -> Result<()> {
+        if targets.is_empty() || targets.len() > MAX_FANOUT || vlan.is_some_and(|v| v.bridge_path) {
             return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&key));
         }
-        let value = self.targets_value(key, false, targets, NO_SLOT)?;
+        let value = self.targets_value(key, false, targets, NO_SLOT, vlan)?;
         self.group_ports.insert(key, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
     }
 
@@ -545,20 +576,25 @@ impl Datapath {
 
     /// One copy list; `targets` holds at most MAX_FANOUT entries. For a
     /// group, a port reachable through its veth peer goes last, so the data
-    /// path can hand it the packet itself instead of one more clone.
+    /// path can hand it the packet itself instead of one more clone. In a
+    /// VLAN (`vlan`), the copies no egress program untags are marked.
     fn targets_value(
         &mut self,
         key: GroupKey,
         is_group: bool,
         targets: &[CopyTarget],
         traffic_slot: u32,
+        vlan: Option<&VlanEgress>,
     ) -> Result<GroupPorts> {
-        let mut ordered = targets.to_vec();
+        let untagged = |target: &CopyTarget| vlan.is_some_and(|v| !v.tags(target));
+        let local = targets.iter().find(|t| matches!(t, CopyTarget::BridgeDevice(_)));
+        let mut ordered: Vec<CopyTarget> = targets.iter().filter(|t| t.port().is_some()).copied().collect();
         // Group traffic only: reports keep going through every port's transmit path.
         let peer = is_group
             .then(|| ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p))))
             .flatten();
         let (mut last_member_slot, mut last_port_slot) = (NO_SLOT, NO_SLOT);
+        let mut tags = 0;
         if let Some(index) = peer {
             let last = ordered.remove(index);
             match last {
@@ -568,24 +604,28 @@ impl Datapath {
                 CopyTarget::Router(port) => last_port_slot = self.port_slots.get(&port).copied().unwrap_or(NO_SLOT),
                 CopyTarget::BridgeDevice(_) => {} // never chosen: it has no peer
             }
+            if untagged(&last) {
+                tags |= UNTAGGED_LAST;
+            }
             ordered.push(last);
+        }
+        if local.is_some_and(untagged) {
+            tags |= UNTAGGED_LOCAL;
         }
         let mut value = GroupPorts {
             count: ordered.len() as u32,
-            ingress_mask: 0,
+            local: local.map_or(0, |t| t.ifindex()),
             traffic_slot,
-            bridge_ports: self.attachments.len() as u32,
+            bridge_ports: vlan.map_or(self.attachments.len() as u32, |v| v.ports),
             last_to_peer: u32::from(peer.is_some()),
             last_member_slot,
             last_port_slot,
             by_source: 0,
+            untagged: tags,
             ifindexes: [0; MAX_FANOUT],
         };
         for (i, target) in ordered.iter().enumerate() {
             value.ifindexes[i] = target.ifindex();
-            if matches!(target, CopyTarget::BridgeDevice(_)) {
-                value.ingress_mask |= 1 << i;
-            }
         }
         Ok(value)
     }
@@ -593,6 +633,12 @@ impl Datapath {
     /// The verifier's work on one of the programs (see [`verified_instructions`]).
     pub fn verified_instructions(&mut self, program: &'static str) -> Option<u32> {
         verified_instructions(&mut self.ebpf, program)
+    }
+
+    /// Report-target lists (from this or a previous run), one per VLAN on a
+    /// VLAN-aware bridge.
+    pub fn report_target_keys(&self) -> Vec<GroupKey> {
+        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| k.family == 0).collect()
     }
 
     /// Groups with redirect targets (from this or a previous run).
@@ -672,14 +718,15 @@ impl Datapath {
     }
 
     /// Senders whose frames the fast path consumed since `since_ns`
-    /// (CLOCK_MONOTONIC): their MAC and the port they sent from.
-    pub fn recent_senders(&self, since_ns: u64) -> Vec<([u8; 6], u32)> {
+    /// (CLOCK_MONOTONIC): their MAC, the port they sent from and their VLAN.
+    pub fn recent_senders(&self, since_ns: u64) -> Vec<([u8; 6], u32, u16)> {
         let mut senders = Vec::new();
         for slot in 0..SENDER_SLOTS {
             let Ok(per_cpu) = self.senders.get(&slot, 0) else { continue };
             for sender in per_cpu.iter().filter(|s| s.ifindex != 0 && s.seen_ns >= since_ns) {
-                if !senders.contains(&(sender.mac, sender.ifindex)) {
-                    senders.push((sender.mac, sender.ifindex));
+                let sender = (sender.mac, sender.ifindex, sender.vlan);
+                if !senders.contains(&sender) {
+                    senders.push(sender);
                 }
             }
         }

@@ -247,7 +247,7 @@ fn throughput(settings: &Settings, vlan_only: bool) -> Result<()> {
                 println!(
                     "   1e. VLAN-aware bridge (vlan_filtering 1): as 1a, h0 sending tagged in VLAN {BENCH_VLAN} \
                      on a trunk, the others access ports of VLAN {BENCH_VLAN}; the kernel snoops per VLAN \
-                     (mcast_vlan_snooping 1), snoop takes the bridge path."
+                     (mcast_vlan_snooping 1); snoop redirects per VLAN, snoop (bridge) is its bridge path."
                 );
                 if !kernel_filters_vlans() {
                     println!(
@@ -273,13 +273,7 @@ fn throughput(settings: &Settings, vlan_only: bool) -> Result<()> {
 /// One member count in every mode, with the summary line.
 fn throughput_row_set(settings: &Settings, load: Load, ip: Ip, members: usize, seconds: f64) -> Result<()> {
     let mut results: HashMap<&str, (f64, f64)> = HashMap::new();
-    // On a VLAN-aware bridge snoop always takes the bridge path.
-    let modes: &[Mode] = if load == Load::SwitchVlan {
-        &[Mode::Kernel, Mode::Snoop, Mode::Flood]
-    } else {
-        &[Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood]
-    };
-    for &mode in modes {
+    for mode in [Mode::Kernel, Mode::Snoop, Mode::SnoopBridge, Mode::Flood] {
         let mut lab = if load == Load::SwitchVlan {
             vlan_mode_lab(settings, 8, mode)?
         } else {
