@@ -1925,8 +1925,13 @@ impl Core {
         let forwarding_ports: BTreeSet<u32> =
             self.ports.iter().filter(|(_, p)| p.policy.forwarding).map(|(ifindex, _)| *ifindex).collect();
         let forwarding = |port: &u32| forwarding_ports.contains(port);
-        // Per VLAN: its router ports, and how copies leave in it.
-        let vlans: BTreeSet<u16> = family.snoopers.keys().chain(groups.iter().map(|g| &g.vlan)).copied().collect();
+        // Per VLAN: its router ports, and how copies leave in it (only the
+        // changed groups' VLANs, but for a rewrite of all: a join costs no
+        // walk over every VLAN of a trunk).
+        let mut vlans: BTreeSet<u16> = groups.iter().map(|g| g.vlan).collect();
+        if all {
+            vlans.extend(family.snoopers.keys());
+        }
         let mut scopes: BTreeMap<u16, (Vec<u32>, Option<VlanEgress>)> = BTreeMap::new();
         for vlan in vlans {
             let routers = family.snoopers.get(&vlan).map_or_else(Vec::new, |snooper| {
