@@ -3,14 +3,12 @@
 //! reports straight to router ports, instead of being flooded by the bridge
 //! and dropped again at every other port.
 use aya_ebpf::helpers::{bpf_clone_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push};
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    programs::TcContext,
-};
+use aya_ebpf::programs::TcContext;
 use snoop_common::{
     no_querier_flag, report_targets, sender_slot, wire::ETH_P_8021Q, Counter, DatapathConfig, GroupKey, GroupPorts,
     SourceGroupKey, VlanPortKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAX_FANOUT,
-    PORT_BRIDGE_PATH, PORT_IN_VLAN, UNTAGGED_LAST, UNTAGGED_LOCAL, VLAN_NONE, VLAN_VID_MASK,
+    PORT_BRIDGE_PATH, PORT_IN_VLAN, UNTAGGED_LAST, UNTAGGED_LOCAL, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
+    VLAN_VID_MASK,
 };
 
 use crate::{
@@ -143,31 +141,31 @@ fn redirect_vlan(ctx: &TcContext, config: &DatapathConfig, family: u8, ingress: 
 /// egress policy says.
 #[inline(always)]
 pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
-    let Some(config) = config() else { return TC_ACT_OK };
+    let Some(config) = config() else { return VERDICT_NEXT };
     let ingress = ifindex(ctx);
-    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return TC_ACT_OK };
+    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return VERDICT_NEXT };
     let now = coarse_now_ns();
     let heartbeat_age = now.saturating_sub(config.heartbeat_ns);
     if controller_gone(config, heartbeat_age) {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     if let Some(vlan) = vlan {
         group.vlan = vlan.id();
     }
     // SAFETY: plain map lookup; the value is only read.
     let Some(mut ports) = (unsafe { SNOOP_GROUP_PORTS.get(group) }) else {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     };
     // A source-specific group: the packet's source may have its own list.
     if ports.by_source != 0 {
-        let Some(source) = ip_source(ctx, family) else { return TC_ACT_OK };
+        let Some(source) = ip_source(ctx, family) else { return VERDICT_NEXT };
         // SAFETY: as above.
         if let Some(listed) = unsafe { SNOOP_SOURCE_GROUP_PORTS.get(SourceGroupKey { group, source }) } {
             ports = listed;
         }
     }
     if !source_port_allowed(config, ingress) {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
     // Hand-overs need a live controller (it alone sees a port go down), and
@@ -180,7 +178,7 @@ pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
         // No copy made (every one failed as a port vanished, or the sender's
         // is the only port): the bridge path delivers it, correctly if
         // slower (in a VLAN, tagged with it: as the bridge tags it too).
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     record_sender(ctx, ingress, group.vlan, now);
     let bytes = u64::from(ctx.len());
@@ -209,7 +207,7 @@ pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
     }
     // The copies carry it on. (TCX knows only OK/SHOT/REDIRECT/NEXT; any
     // other code, TC_ACT_STOLEN included, would pass it to the bridge too.)
-    TC_ACT_SHOT
+    VERDICT_DROP
 }
 
 /// Reports and leaves (MLD: dones) go to router ports and the bridge device only (RFC
@@ -217,25 +215,25 @@ pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
 /// again at every host port: on a VLAN-aware bridge, those of the VLAN.
 #[inline(always)]
 pub fn redirect_reports(ctx: &TcContext, family: u8) -> i32 {
-    let Some(config) = config() else { return TC_ACT_OK };
+    let Some(config) = config() else { return VERDICT_NEXT };
     let ingress = ifindex(ctx);
-    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return TC_ACT_OK };
+    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return VERDICT_NEXT };
     let now = coarse_now_ns();
     if controller_gone(config, now.saturating_sub(config.heartbeat_ns)) {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     let key = report_targets(family, vlan.map_or(VLAN_NONE, FrameVlan::id));
     // SAFETY: plain map lookup; the value is only read.
     let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(key) }) else {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     };
     if !source_port_allowed(config, ingress) {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     record_sender(ctx, ingress, key.vlan, now);
     let copies = copy_to(ctx, targets, ingress, targets.count, vlan);
     count_n(Counter::RedirectCopies, u64::from(copies));
-    TC_ACT_SHOT
+    VERDICT_DROP
 }
 
 /// Gives the frame its VLAN's tag, as the bridge does at its ingress: a

@@ -8,6 +8,11 @@
 //!   group traffic the port has no member or router for, and reports/leaves
 //!   to host ports (so every host keeps reporting, RFC 4541 2.1.1) ([`prune`]).
 //!
+//! Both hand every frame they do not drop or consume on to what follows
+//! them on the hook ([`snoop_common::VERDICT_NEXT`]), so the operator's own
+//! tc programs and filters still see it; redirect copies nothing past them
+//! (a port with any after snoop's ingress program takes the bridge path).
+//!
 //! Membership lives in maps the controller writes ([`maps`]); nothing here
 //! parses IGMP or MLD beyond the message type ([`packet`]), so there is exactly
 //! one parser of each (userspace). Every decision is counted ([`counters`]).
@@ -22,13 +27,13 @@ mod maps;
 mod packet;
 mod prune;
 
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, programs::TcContext};
 use snoop_common::{
     wire::{
         is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, is_mld_control, is_mld_report, ControlKind,
         IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_PIM, IPV4_ALL_PIM_ROUTERS, IPV6_ALL_PIM_ROUTERS,
     },
-    Counter, GroupKey, FAMILY_IPV4, FAMILY_IPV6, VLAN_NONE,
+    Counter, GroupKey, FAMILY_IPV4, FAMILY_IPV6, VERDICT_NEXT, VLAN_NONE,
 };
 
 use crate::{
@@ -41,7 +46,7 @@ pub fn snoop_ingress(ctx: TcContext) -> i32 {
     match packet::ip_head(&ctx) {
         Some(IpHead::V4(ip)) => ipv4_ingress(&ctx, &ip),
         Some(IpHead::V6(ip)) => ipv6_ingress(&ctx, &ip),
-        None => TC_ACT_OK,
+        None => VERDICT_NEXT,
     }
 }
 
@@ -63,7 +68,7 @@ fn ipv4_ingress(ctx: &TcContext, ip: &Ipv4Head) -> i32 {
     } else if ip.to_group_mac && is_ipv4_multicast(ip.dst) && !is_ipv4_link_local_group(ip.dst) {
         return forward::redirect_group(ctx, GroupKey::ipv4(ip.dst, VLAN_NONE), FAMILY_IPV4);
     }
-    TC_ACT_OK
+    VERDICT_NEXT
 }
 
 /// MLD is found behind the extension headers (Router Alert rides in a
@@ -71,10 +76,10 @@ fn ipv4_ingress(ctx: &TcContext, ip: &Ipv4Head) -> i32 {
 #[inline(always)]
 fn ipv6_ingress(ctx: &TcContext, ip: &Ipv6Head) -> i32 {
     if !ip.to_group_mac || ip.dst[0] != 0xff {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     let Some((protocol, offset)) = packet::ipv6_upper_layer(ctx, ip) else {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     };
     if protocol == IPPROTO_ICMPV6 {
         if let Some(icmp_type) = packet::icmpv6_type(ctx, offset).filter(|t| is_mld_control(*t)) {
@@ -84,16 +89,16 @@ fn ipv6_ingress(ctx: &TcContext, ip: &Ipv6Head) -> i32 {
             if is_mld_report(icmp_type) {
                 return forward::redirect_reports(ctx, FAMILY_IPV6);
             }
-            return TC_ACT_OK;
+            return VERDICT_NEXT;
         }
     } else if protocol == IPPROTO_PIM && ip.dst == IPV6_ALL_PIM_ROUTERS {
         count(Counter::PimSeen);
         count_port_control(ctx, ControlKind::PimHello);
         capture::capture_within_rate(ctx);
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     if prune::ipv6_flooded(&ip.dst) {
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     forward::redirect_group(ctx, GroupKey::ipv6(ip.dst, VLAN_NONE), FAMILY_IPV6)
 }

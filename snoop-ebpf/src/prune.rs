@@ -1,11 +1,7 @@
 //! The egress decision, for frames the bridge sends out of a port: group
 //! traffic only to member and router ports, reports only to router ports.
 //! Nothing is pruned while no querier is present or the controller is gone.
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_skb_vlan_pop,
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
 use snoop_common::{
     gets_reports_flag, no_querier_flag, router_flag,
     wire::{
@@ -14,7 +10,7 @@ use snoop_common::{
     },
     Counter, DatapathConfig, GroupKey, PortGroupKey, PortValue, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED,
     CONFIG_SNOOP_IPV6_LINK_SCOPE, CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, MEMBER_SOURCES_EXCLUDE,
-    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, PORT_VLAN_FLAGS, VLAN_NONE,
+    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, PORT_VLAN_FLAGS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
 };
 
 use crate::{
@@ -34,7 +30,7 @@ pub fn egress(ctx: &TcContext) -> i32 {
             // Group traffic is what goes to a multicast MAC (the bridge forwards
             // the rest by its MAC, or floods broadcast).
             if !is_ipv4_multicast(ip.dst) || !ip.to_group_mac {
-                return TC_ACT_OK;
+                return VERDICT_NEXT;
             }
             let ifindex = ifindex(ctx);
             if ip.protocol == IPPROTO_IGMP {
@@ -43,14 +39,14 @@ pub fn egress(ctx: &TcContext) -> i32 {
             }
             if is_ipv4_link_local_group(ip.dst) {
                 count(Counter::LinkLocalFlooded);
-                return TC_ACT_OK;
+                return VERDICT_NEXT;
             }
             let vlan = egress_vlan(ctx, ifindex);
             data_egress(ctx, GroupKey::ipv4(ip.dst, vlan.unwrap_or(VLAN_NONE)), ifindex, FAMILY_IPV4, vlan)
         }
         Some(IpHead::V6(ip)) => {
             if ip.dst[0] != 0xff || !ip.to_group_mac {
-                return TC_ACT_OK;
+                return VERDICT_NEXT;
             }
             let ifindex = ifindex(ctx);
             if ip.next_header != IPPROTO_UDP {
@@ -64,12 +60,12 @@ pub fn egress(ctx: &TcContext) -> i32 {
             }
             if ipv6_flooded(&ip.dst) {
                 count(Counter::LinkLocalFlooded);
-                return TC_ACT_OK;
+                return VERDICT_NEXT;
             }
             let vlan = egress_vlan(ctx, ifindex);
             data_egress(ctx, GroupKey::ipv6(ip.dst, vlan.unwrap_or(VLAN_NONE)), ifindex, FAMILY_IPV6, vlan)
         }
-        None => TC_ACT_OK,
+        None => VERDICT_NEXT,
     }
 }
 
@@ -129,19 +125,19 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8, vlan:
         if flags & (MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE) == 0 || source_wanted(ctx, &key, flags, family) {
             count(Counter::DataForwarded);
             count_traffic(&SNOOP_MEMBER_TRAFFIC, slot, 1, bytes, true);
-            return TC_ACT_OK;
+            return VERDICT_NEXT;
         }
         source_filtered = true;
     }
     // SAFETY: as above.
     let Some(port) = (unsafe { SNOOP_PORTS.get(ifindex) }) else {
         // Not a port snoop manages (yet): leave the bridge's decision alone.
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     };
     if port_flags(port, ifindex, vlan) & (router_flag(family) | PORT_UNPRUNED) != 0 {
         count(Counter::DataForwarded);
         count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, true);
-        return TC_ACT_OK;
+        return VERDICT_NEXT;
     }
     let config = config();
     let group = SNOOP_GROUPS.get_ptr(&key.group);
@@ -174,9 +170,9 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8, vlan:
     }
     count_traffic(&SNOOP_PORT_TRAFFIC, port.traffic_slot, 1, bytes, forward);
     if forward {
-        TC_ACT_OK
+        VERDICT_NEXT
     } else {
-        TC_ACT_SHOT
+        VERDICT_DROP
     }
 }
 
@@ -218,15 +214,15 @@ fn report_egress(is_report: bool, ifindex: u32, family: u8, vlan: Option<u16>) -
     // SAFETY: plain map lookup.
     let gets_reports = match unsafe { SNOOP_PORTS.get(ifindex) } {
         Some(port) => port_flags(port, ifindex, vlan) & (router_flag(family) | gets_reports_flag(family)) != 0,
-        None => return TC_ACT_OK, // not managed
+        None => return VERDICT_NEXT, // not managed
     };
     if is_report && !gets_reports {
         if let Some(reason) = config().and_then(|c| unpruned_reason(c, family, vlan)) {
             count(reason);
-            return TC_ACT_OK;
+            return VERDICT_NEXT;
         }
         count(Counter::ReportsSuppressed);
-        return TC_ACT_SHOT;
+        return VERDICT_DROP;
     }
-    TC_ACT_OK
+    VERDICT_NEXT
 }

@@ -21,6 +21,8 @@ use rtnetlink::{
 };
 use snoop_common::VLAN_NONE;
 
+use crate::datapath::OtherFilters;
+
 /// What the bridge layer reports, as callers decide on it.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,6 +63,9 @@ pub struct PortPolicy {
     /// `mcast_router 2` (always a router port) and `fastleave on`.
     pub static_router: bool,
     pub fast_leave: bool,
+    /// What else runs on the port's tc hooks (the operator's filters),
+    /// which redirect must not copy a frame past.
+    pub filters: OtherFilters,
 }
 
 impl Default for PortPolicy {
@@ -72,6 +77,7 @@ impl Default for PortPolicy {
             learning: true,
             static_router: false,
             fast_leave: false,
+            filters: OtherFilters::default(),
         }
     }
 }
@@ -85,6 +91,8 @@ impl PortPolicy {
             Some("locked (802.1X)")
         } else if self.isolated {
             Some("isolated")
+        } else if self.filters.ingress_after > 0 {
+            Some("tc programs or filters run after snoop's on its ingress")
         } else {
             None
         }

@@ -1,18 +1,30 @@
 //! The control protocol between `snoop run` and its clients (`snoop show`,
-//! `snoop watch`, the metrics endpoint): an abstract unix socket per bridge
-//! and network namespace (nothing to clean up in the file system), one
-//! request line, and one JSON document back, or JSON lines for `watch`, or
-//! `{"error": "..."}` for a client that is refused; a change (`snoop group`,
-//! `snoop reload`) is answered `{"ok": "..."}` or `{"error": "..."}`.
+//! `snoop watch`, `snoop group`, `snoop reload`): a unix socket per bridge
+//! and network namespace, one request line, and one JSON document back, or
+//! JSON lines for `watch`, or `{"error": "..."}` for a client that is
+//! refused; a change is answered `{"ok": "..."}` or `{"error": "..."}`.
 //!
-//! Anyone in the network namespace can connect to an abstract socket, so the
-//! controller checks the peer's credentials: root, or a member of the
-//! `--control-group`, may read; changes are root's only. Requests are one
-//! short line, clients are few at a time, and requests arriving together
-//! share one snapshot.
+//! The socket lives in the file system, where only root can make it:
+//! `/run/snoop/net<INODE>/<BRIDGE>.sock` (the network namespace's inode, so
+//! `snoop --netns` and `ip netns exec` find the same one), mode 0600, or
+//! 0660 with the `--control-group` as its group. No other user can take its
+//! name first, nor connect without being allowed; the controller checks
+//! each peer's credentials as well (root, or a member of the control group,
+//! may read; changes are root's only), and a client talks only to a server
+//! that is root, reading a bounded answer and printing no control
+//! characters from it. A lock file next to the socket keeps a second
+//! snoop on the same bridge from starting.
 use std::{
+    fs,
     io::{self, BufRead as _, BufReader, Read as _, Write as _},
-    os::{linux::net::SocketAddrExt as _, unix::net::UnixStream},
+    os::{
+        fd::AsRawFd as _,
+        unix::{
+            fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+            net::UnixStream,
+        },
+    },
+    path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
 };
@@ -100,66 +112,143 @@ pub enum Error {
     #[error("another snoop is already running on {0} in this network namespace")]
     AlreadyRunning(String),
     #[error("{what}")]
-    Io { what: &'static str, source: io::Error },
+    Io { what: String, source: io::Error },
     #[error("the controller's answer is not valid JSON")]
     BadAnswer(#[source] serde_json::Error),
+    #[error("the controller's answer is longer than {0} bytes")]
+    AnswerTooLong(u64),
     #[error("snoop on {0} stopped")]
     Stopped(String),
     #[error("the snoop controller refused: {0}")]
     Refused(String),
     #[error("snoop on {bridge}: {why}")]
     ChangeFailed { bridge: String, why: String },
+    #[error(
+        "{} is served by uid {uid}, not root: not snoop. Not talking to it (remove it, and find who made it)",
+        path.display()
+    )]
+    NotRoot { path: PathBuf, uid: u32 },
+    #[error("{}: {why}; refusing to use it", path.display())]
+    UnsafePath { path: PathBuf, why: &'static str },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-fn io_error(what: &'static str) -> impl FnOnce(io::Error) -> Error {
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
     move |source| Error::Io { what, source }
 }
 
-/// The controller's socket for `bridge`, in the abstract namespace.
-pub fn socket_name(bridge: &str) -> String {
-    format!("snoop/{bridge}")
+/// Where every bridge's control socket lives.
+pub const RUN_DIR: &str = "/run/snoop";
+
+/// The controller's socket for `bridge` in the current network namespace.
+pub fn socket_path(bridge: &str) -> Result<PathBuf> {
+    Ok(namespace_dir()?.join(format!("{bridge}.sock")))
 }
 
-fn socket_addr(bridge: &str) -> Result<std::os::unix::net::SocketAddr> {
-    std::os::unix::net::SocketAddr::from_abstract_name(socket_name(bridge).as_bytes())
-        .map_err(io_error("naming the control socket"))
+/// The directory of the current network namespace's sockets.
+fn namespace_dir() -> Result<PathBuf> {
+    let inode = fs::metadata("/proc/thread-self/ns/net").map_err(io_error("reading this network namespace"))?.ino();
+    Ok(Path::new(RUN_DIR).join(format!("net{inode}")))
+}
+
+/// Longest answer to a change (`snoop group`, `snoop reload`) and longest
+/// `watch` line or refusal a client reads.
+pub const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+/// Longest state answer a client reads (100,000 groups take about 30 MB).
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `text` as a terminal may print it: control characters (escape
+/// sequences, carriage returns) become U+FFFD.
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '\u{fffd}' } else { c }).collect()
 }
 
 // ------------------------------------------------------------------ client
 
 fn connect(bridge: &str, request: &Request) -> Result<UnixStream> {
-    let mut stream = match UnixStream::connect_addr(&socket_addr(bridge)?) {
+    let path = socket_path(bridge)?;
+    let mut stream = match UnixStream::connect(&path) {
         Ok(stream) => stream,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(Error::NotRunning(bridge.to_owned())),
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound) => {
+            return Err(Error::NotRunning(bridge.to_owned()))
+        }
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::Refused(format!(
+                "{REFUSAL_PREFIX}{}: only root, and members of the group `snoop run --control-group` names, may \
+                 use it",
+                path.display()
+            )))
+        }
         Err(e) => return Err(io_error("connecting to the snoop controller")(e)),
     };
+    // Not a byte to a server that is not root: only root can make the
+    // socket, but a client trusts no file system it did not check.
+    let uid = peer_uid(&stream).map_err(io_error("reading the controller's credentials"))?;
+    if uid != 0 {
+        return Err(Error::NotRoot { path, uid });
+    }
     stream.write_all(format!("{}\n", request.to_line()).as_bytes()).map_err(io_error("sending the request"))?;
     Ok(stream)
+}
+
+/// The uid of the process at the other end of a unix stream socket (as
+/// it was when it listened).
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    // SAFETY: an all-zero ucred is valid as an out-parameter.
+    let mut credentials: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut length = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointer and length.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut credentials as *mut libc::ucred).cast(),
+            &mut length,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(credentials.uid)
+}
+
+/// Everything the controller answers, up to `limit` bytes.
+fn read_answer(stream: impl io::Read, limit: u64) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    stream.take(limit + 1).read_to_end(&mut body).map_err(io_error("reading from the snoop controller"))?;
+    if body.len() as u64 > limit {
+        return Err(Error::AnswerTooLong(limit));
+    }
+    Ok(body)
 }
 
 /// The state of the controller running on `bridge` in this network
 /// namespace: everything, or (`Request::Counters`) without groups and traffic.
 pub fn fetch(bridge: &str, request: Request) -> Result<Snapshot> {
-    let mut stream = connect(bridge, &request)?;
+    let stream = connect(bridge, &request)?;
     // Generous: a bridge with 100k groups answers with megabytes of JSON.
     stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(io_error("setting a timeout"))?;
-    let mut body = Vec::new();
-    stream.read_to_end(&mut body).map_err(io_error("reading from the snoop controller"))?;
-    if let Some(refusal) = refusal(&body) {
-        return Err(refusal);
+    let mut answer = BufReader::new(stream.take(MAX_SNAPSHOT_BYTES));
+    // A refusal is one short line; the state, parsed as it arrives (a
+    // malformed answer ends the read where it goes wrong).
+    let head = answer.fill_buf().map_err(io_error("reading from the snoop controller"))?;
+    if head.starts_with(b"{\"error\"") {
+        let body = read_answer(answer, MAX_LINE_BYTES)?;
+        return Err(refusal(&body).unwrap_or(Error::AnswerTooLong(MAX_LINE_BYTES)));
     }
-    serde_json::from_slice(&body).map_err(Error::BadAnswer)
+    serde_json::from_reader(answer).map_err(Error::BadAnswer)
 }
 
 /// Asks the controller on `bridge` for a change; what it did, or why not.
 pub fn change(bridge: &str, change: Change) -> Result<String> {
-    let mut stream = connect(bridge, &Request::Change(change))?;
+    let stream = connect(bridge, &Request::Change(change))?;
     // A reload reads the file and may rewrite many memberships.
     stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(io_error("setting a timeout"))?;
-    let mut body = Vec::new();
-    stream.read_to_end(&mut body).map_err(io_error("reading from the snoop controller"))?;
+    let body = read_answer(stream, MAX_LINE_BYTES)?;
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "lowercase")]
     enum Answer {
@@ -167,9 +256,9 @@ pub fn change(bridge: &str, change: Change) -> Result<String> {
         Error(String),
     }
     match serde_json::from_slice(&body).map_err(Error::BadAnswer)? {
-        Answer::Ok(done) => Ok(done),
-        Answer::Error(why) if why.starts_with(REFUSAL_PREFIX) => Err(Error::Refused(why)),
-        Answer::Error(why) => Err(Error::ChangeFailed { bridge: bridge.to_owned(), why }),
+        Answer::Ok(done) => Ok(printable(&done)),
+        Answer::Error(why) if why.starts_with(REFUSAL_PREFIX) => Err(Error::Refused(printable(&why))),
+        Answer::Error(why) => Err(Error::ChangeFailed { bridge: bridge.to_owned(), why: printable(&why) }),
     }
 }
 
@@ -182,38 +271,139 @@ fn refusal(body: &[u8]) -> Option<Error> {
     struct Refusal {
         error: String,
     }
-    serde_json::from_slice::<Refusal>(body).ok().map(|r| Error::Refused(r.error))
+    serde_json::from_slice::<Refusal>(body).ok().map(|r| Error::Refused(printable(&r.error)))
 }
 
 /// Membership events from the controller on `bridge`, as they happen; ends
 /// with [`Error::Stopped`] when the controller goes away.
 pub fn watch(bridge: &str) -> Result<impl Iterator<Item = Result<(String, Event)>>> {
     let bridge = bridge.to_owned();
-    let lines = BufReader::new(connect(&bridge, &Request::Watch)?).lines();
-    let events = lines.map(|line| {
-        let line = line.map_err(io_error("reading events"))?;
-        if let Some(refusal) = refusal(line.as_bytes()) {
-            return Err(refusal);
+    let mut reader = BufReader::new(connect(&bridge, &Request::Watch)?);
+    let events = std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match (&mut reader).take(MAX_LINE_BYTES).read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) if !line.ends_with(b"\n") && line.len() as u64 == MAX_LINE_BYTES => {
+                return Some(Err(Error::AnswerTooLong(MAX_LINE_BYTES)))
+            }
+            Ok(_) => {}
+            Err(error) => return Some(Err(io_error("reading events")(error))),
         }
-        let event = serde_json::from_str(&line).map_err(Error::BadAnswer)?;
-        Ok((line, event))
+        if let Some(refusal) = refusal(&line) {
+            return Some(Err(refusal));
+        }
+        let event = serde_json::from_slice(&line).map_err(Error::BadAnswer);
+        Some(event.map(|event| (printable(String::from_utf8_lossy(&line).trim_end()), event)))
     });
     Ok(events.chain(std::iter::once_with(move || Err(Error::Stopped(bridge)))))
 }
 
 // ------------------------------------------------------------------ server
 
-/// Binds the controller's socket; a second snoop on the same bridge is refused here.
-pub(crate) fn bind(bridge: &str) -> Result<tokio::net::UnixListener> {
-    let listener = std::os::unix::net::UnixListener::bind_addr(&socket_addr(bridge)?).map_err(|e| {
-        if e.kind() == io::ErrorKind::AddrInUse {
-            Error::AlreadyRunning(bridge.to_owned())
-        } else {
-            io_error("binding the control socket")(e)
+/// The controller's socket, bound; it is removed (with its lock) when this
+/// is dropped.
+pub(crate) struct Listener {
+    pub listener: tokio::net::UnixListener,
+    path: PathBuf,
+    lock_path: PathBuf,
+    /// Held while snoop runs: the lock that keeps a second one out.
+    _lock: fs::File,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_file(&self.lock_path);
+        // The namespace's directory, then /run/snoop, if nothing else is there.
+        if let Some(dir) = self.path.parent() {
+            let _ = fs::remove_dir(dir);
         }
+        let _ = fs::remove_dir(RUN_DIR);
+    }
+}
+
+/// Binds the controller's socket for `bridge`, readable by root and, with
+/// `group`, by that group's members; a second snoop on the same bridge is
+/// refused here, before it touches anything.
+pub(crate) fn bind(bridge: &str, group: Option<u32>) -> Result<Listener> {
+    let path = socket_path(bridge)?;
+    let dir = path.parent().expect("a socket path has a directory").to_owned();
+    private_dir(Path::new(RUN_DIR))?;
+    private_dir(&dir)?;
+    let lock_path = dir.join(format!("{bridge}.lock"));
+    let lock = lock(&lock_path).map_err(|e| match e.raw_os_error() {
+        Some(libc::EWOULDBLOCK) => Error::AlreadyRunning(bridge.to_owned()),
+        _ => io_error(format!("locking {}", lock_path.display()))(e),
     })?;
+    // The lock is ours: a socket there is a dead snoop's.
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io_error(format!("removing a stale {}", path.display()))(e))
+        }
+        _ => {}
+    }
+    let listener =
+        std::os::unix::net::UnixListener::bind(&path).map_err(io_error(format!("binding {}", path.display())))?;
+    // Until here only root could connect (no write permission for others).
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    if let Some(group) = group {
+        std::os::unix::fs::chown(&path, Some(0), Some(group))
+            .map_err(io_error("giving the control socket its group"))?;
+    }
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode))
+        .map_err(io_error("setting the control socket's mode"))?;
     listener.set_nonblocking(true).map_err(io_error("binding the control socket"))?;
-    tokio::net::UnixListener::from_std(listener).map_err(io_error("binding the control socket"))
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(io_error("binding the control socket"))?;
+    Ok(Listener { listener, path, lock_path, _lock: lock })
+}
+
+/// Makes `dir` (mode 0755, root's) unless it is there; one that is there
+/// must be a directory of root's that nobody else may write to, reached
+/// through no symlink.
+fn private_dir(dir: &Path) -> Result<()> {
+    let unsafe_path = |why| Error::UnsafePath { path: dir.to_owned(), why };
+    match fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(format!("creating {}", dir.display()))(e)),
+    }
+    let meta = fs::symlink_metadata(dir).map_err(io_error(format!("reading {}", dir.display())))?;
+    if meta.file_type().is_symlink() {
+        return Err(unsafe_path("a symlink"));
+    }
+    if !meta.is_dir() {
+        return Err(unsafe_path("not a directory"));
+    }
+    if meta.uid() != 0 {
+        return Err(unsafe_path("not owned by root"));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_path("writable by others than root"));
+    }
+    Ok(())
+}
+
+/// Takes the exclusive lock at `path`, made if missing; EWOULDBLOCK when
+/// another process holds it. A lock file removed by its last holder while
+/// this one waited is no lock: taken again on the file there now.
+fn lock(path: &Path) -> io::Result<fs::File> {
+    loop {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        // SAFETY: flock on an fd this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let same = fs::symlink_metadata(path).is_ok_and(|there| there.ino() == file.metadata().map_or(0, |m| m.ino()));
+        if same {
+            return Ok(file);
+        }
+    }
 }
 
 /// A request for the current state, answered by the controller loop.
@@ -322,7 +512,7 @@ fn admitted(stream: &tokio::net::UnixStream, access: Access) -> Result<Role, Str
 
 /// A process's supplementary groups, from /proc.
 fn supplementary_groups(pid: i32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             let groups = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
@@ -351,5 +541,61 @@ async fn stream_events(write: &mut tokio::net::unix::OwnedWriteHalf, mut events:
         if write.write_all(&line).await.is_err() {
             return; // the watcher went away
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_are_read_up_to_their_limit_only() {
+        // A hostile server's 100 MB answer: the client stops past the limit.
+        let endless = io::repeat(b'x').take(100 << 20);
+        assert!(matches!(read_answer(endless, MAX_LINE_BYTES), Err(Error::AnswerTooLong(MAX_LINE_BYTES))));
+        assert_eq!(read_answer(&b"{\"ok\":\"done\"}"[..], MAX_LINE_BYTES).unwrap(), b"{\"ok\":\"done\"}");
+    }
+
+    #[test]
+    fn what_a_client_prints_drives_no_terminal() {
+        assert_eq!(printable("p1\x1b[2J\r\x07 ok\n"), "p1\u{fffd}[2J\u{fffd}\u{fffd} ok\n");
+        assert_eq!(printable("239.1.1.1 vlan 10"), "239.1.1.1 vlan 10");
+    }
+
+    #[test]
+    fn one_lock_holder_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("snoop-lock-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("br0.lock");
+        let held = lock(&path).unwrap();
+        assert_eq!(lock(&path).unwrap_err().raw_os_error(), Some(libc::EWOULDBLOCK));
+        drop(held);
+        assert!(lock(&path).is_ok(), "a released lock is free");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_socket_directory_must_be_roots_and_no_symlink() {
+        let base = std::env::temp_dir().join(format!("snoop-dirs-{}", std::process::id()));
+        fs::create_dir_all(&base).unwrap();
+        let made = base.join("made");
+        private_dir(&made).unwrap();
+        assert_eq!(fs::metadata(&made).unwrap().mode() & 0o777, 0o755);
+        private_dir(&made).unwrap();
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&made, &link).unwrap();
+        assert!(matches!(private_dir(&link), Err(Error::UnsafePath { why: "a symlink", .. })));
+        let open = base.join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(matches!(private_dir(&open), Err(Error::UnsafePath { why: "writable by others than root", .. })));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = base.join("theirs");
+            fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), None).unwrap();
+            assert!(matches!(private_dir(&theirs), Err(Error::UnsafePath { why: "not owned by root", .. })));
+        }
+        fs::remove_dir_all(base).unwrap();
     }
 }

@@ -25,7 +25,7 @@ use snoop_common::{
 };
 use tokio::{
     io::unix::AsyncFd,
-    net::{TcpListener, UnixListener},
+    net::TcpListener,
     signal::unix::{signal, Signal, SignalKind},
     sync::{broadcast, mpsc},
     time::{Instant, Interval},
@@ -34,7 +34,7 @@ use tokio::{
 use crate::{
     bridge::{self, local_groups, local_groups_v6, Bridge, Netlink, Port, PortPolicy, VlanConfig},
     control::{self, Change, ChangeRequest, SnapshotRequest},
-    datapath::{self, monotonic_now_ns, CopyTarget, Datapath, VlanEgress},
+    datapath::{self, monotonic_now_ns, CopyTarget, Datapath, OtherFilters, VlanEgress},
     frame_sender::FrameSender,
     membership::{Action, Group, Member, PortOptions, RemoveReason, Snooper, SourceFilter, StaticError, Timers, NEVER},
     metrics,
@@ -132,8 +132,12 @@ pub type Reload = Box<dyn Fn() -> Result<RunConfig> + Send>;
 /// anything it must undo, so no signal meanwhile kills it half-way).
 pub async fn run(config: RunConfig, reload: Option<Reload>, signals: Signals) -> Result<()> {
     let (mut controller, listener, resumed) = Controller::start(config, reload).await?;
-    let result = controller.serve(listener, resumed, signals).await;
-    controller.stop(result).await
+    let result = controller.serve(&listener, resumed, signals).await;
+    let stopped = controller.stop(result).await;
+    // The control socket, and its lock, last: no second snoop starts on
+    // the bridge while this one puts things back.
+    drop(listener);
+    stopped
 }
 
 /// The signals snoop answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
@@ -442,7 +446,6 @@ impl<A: Family> FamilyState<A> {
 /// What the controller loop waits on.
 struct Inputs {
     ring: AsyncFd<RingBuf<MapData>>,
-    listener: UnixListener,
     signals: Signals,
     port_scan: Interval,
     link_changes: Option<Box<dyn Stream<Item = ()> + Unpin>>,
@@ -454,11 +457,11 @@ impl Controller {
     /// Everything before the loop. What can fail without side effects comes
     /// first; a failure after the data path is loaded leaves pinned state of
     /// a previous snoop as it was and removes this one's.
-    async fn start(config: RunConfig, reload: Option<Reload>) -> Result<(Self, UnixListener, bool)> {
+    async fn start(config: RunConfig, reload: Option<Reload>) -> Result<(Self, control::Listener, bool)> {
         let netlink = Netlink::open()?;
         let bridge = netlink.bridge(&config.bridge).await?;
         // Binding first also stops a second snoop before it touches the pinned state.
-        let listener = control::bind(&bridge.name)?;
+        let listener = control::bind(&bridge.name, config.control_group)?;
         let query_socket = FrameSender::open(bridge.ifindex).context("opening a packet socket for queries")?;
         let kernel_snooping_on = netlink.kernel_snooping(&bridge).await?;
 
@@ -538,7 +541,7 @@ impl Controller {
         result.and(shutdown.map_err(Into::into))
     }
 
-    async fn serve(&mut self, listener: UnixListener, resumed: bool, signals: Signals) -> Result<()> {
+    async fn serve(&mut self, listener: &control::Listener, resumed: bool, signals: Signals) -> Result<()> {
         self.configure().await?;
         self.refresh_bridge().await?;
         self.sync_ports().await?;
@@ -567,7 +570,7 @@ impl Controller {
             access: control::Access { group: self.core.config.control_group },
             slots: Arc::new(tokio::sync::Semaphore::new(control::MAX_CLIENTS)),
         };
-        let mut inputs = self.inputs(listener, snapshot_queue, change_queue, signals)?;
+        let mut inputs = self.inputs(snapshot_queue, change_queue, signals)?;
         self.log_start(resumed);
         // systemd (Type=notify): ready once the ports are attached and the
         // control socket answers; the watchdog is fed from this loop, so a
@@ -594,7 +597,7 @@ impl Controller {
                     self.refresh_local_groups();
                     self.core.datapath.heartbeat()?;
                 }
-                accepted = inputs.listener.accept() => match accepted {
+                accepted = listener.listener.accept() => match accepted {
                     Ok((stream, _)) => drop(tokio::spawn(control::serve(stream, server.clone()))),
                     Err(error) => {
                         // Out of file descriptors, say: do not spin on it.
@@ -668,7 +671,6 @@ impl Controller {
 
     fn inputs(
         &mut self,
-        listener: UnixListener,
         snapshot_queue: mpsc::Receiver<SnapshotRequest>,
         change_queue: mpsc::Receiver<ChangeRequest>,
         signals: Signals,
@@ -685,7 +687,6 @@ impl Controller {
         Ok(Inputs {
             // SAFETY: the ring owns its fd and keeps it open while registered.
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| anyhow::anyhow!("watching the event ring: {e}"))?,
-            listener,
             signals,
             port_scan: tokio::time::interval(self.core.config.port_scan_interval),
             link_changes,
@@ -790,6 +791,7 @@ impl Controller {
     async fn refresh_bridge(&mut self) -> Result<(), bridge::Error> {
         let core = &mut self.core;
         let mac = core.netlink.bridge_mac(&core.bridge).await?;
+        core.keep_kernel_snooping_off().await;
         if mac != core.bridge.mac {
             info!("{} has a new MAC; queries are sent from it", core.bridge.name);
             core.bridge.mac = mac;
@@ -852,10 +854,13 @@ impl Controller {
     /// attached is counted and tried again at the next scan.
     async fn sync_ports(&mut self) -> Result<(), bridge::Error> {
         let core = &mut self.core;
-        let ports = core.netlink.ports(&core.bridge).await?;
+        let mut ports = core.netlink.ports(&core.bridge).await?;
+        for port in &mut ports {
+            port.policy.filters = core.other_filters(port.ifindex);
+        }
         let mut ports_changed = false;
         let mut attached = Vec::new();
-        for Port { ifindex, name, policy, .. } in &ports {
+        for Port { ifindex, name, policy, .. } in &mut ports {
             if let Some(info) = core.ports.get_mut(ifindex) {
                 if info.policy != *policy {
                     info.policy = *policy;
@@ -874,9 +879,18 @@ impl Controller {
                 }
                 continue;
             }
-            let info = PortInfo { name: name.clone(), policy: *policy, ..PortInfo::default() };
+            let mut info = PortInfo { name: name.clone(), policy: *policy, ..PortInfo::default() };
             match core.datapath.attach_port(*ifindex, info.flags()) {
-                Ok(()) => {}
+                // Now that snoop's programs are there, what runs after them.
+                Ok(()) => {
+                    policy.filters = core.other_filters(*ifindex);
+                    if policy.filters != info.policy.filters {
+                        info.policy = *policy;
+                        if let Err(error) = core.datapath.set_port_flags(*ifindex, info.flags()) {
+                            warn!("port {name}: {:#}", anyhow::Error::from(error));
+                        }
+                    }
+                }
                 Err(datapath::Error::PortGone { .. }) => {
                     debug!("port {name} went away before it was attached");
                     continue;
@@ -908,7 +922,10 @@ impl Controller {
             core.ports.remove(&ifindex);
             ports_changed = true;
         }
-        let peer_ports = ports.iter().filter(|p| p.peer_redirect).map(|p| p.ifindex).collect();
+        // A copy handed to the peer skips the port's egress hook: not past
+        // the operator's filters there.
+        let peer_ports =
+            ports.iter().filter(|p| p.peer_redirect && p.policy.filters.egress == 0).map(|p| p.ifindex).collect();
         if core.datapath.set_peer_ports(peer_ports) {
             ports_changed = true;
         }
@@ -1305,6 +1322,13 @@ impl Controller {
             forwarding: snapshot::ForwardingView {
                 mode: if self.core.redirect { "redirect" } else { "bridge" }.into(),
                 why: self.core.bridge_path_why.map(str::to_owned),
+                bridge_path_ports: self
+                    .core
+                    .ports
+                    .values()
+                    .filter(|_| self.core.redirect)
+                    .filter_map(|port| Some((port.name.clone(), port.policy.bridge_path()?.to_owned())))
+                    .collect(),
             },
         };
         snapshot::collect(&sources, counters_only)
@@ -1421,6 +1445,35 @@ impl Core {
         // Heartbeats come with every port scan; three missed ones end hand-overs.
         let handover = (self.config.port_scan_interval * 3).max(Duration::from_secs(1));
         self.datapath.configure(flags, self.config.failsafe_after, handover, self.config.control_rate_limit)
+    }
+
+    /// The bridge's own snooping stays off while snoop runs (two snoopers
+    /// prune each other's traffic), whoever turns it on again: a network
+    /// manager enslaving a port, networkd or ifupdown2 applying their
+    /// settings, an administrator. Turned off again at once (the link
+    /// change is an rtnetlink event), counted, and told once; the value
+    /// found at start is what a clean exit restores.
+    async fn keep_kernel_snooping_off(&mut self) {
+        match self.netlink.kernel_snooping(&self.bridge).await {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(error) => {
+                return debug!("reading {}'s mcast_snooping: {:#}", self.bridge.name, anyhow::Error::from(error))
+            }
+        }
+        self.stats.bump(ControllerCounter::KernelSnoopingReenabled);
+        let name = &self.bridge.name;
+        if self.stats.get(ControllerCounter::KernelSnoopingReenabled) == 1 {
+            warn!(
+                "{name}'s own multicast snooping was turned on again (by a network manager or by hand): turning it \
+                 off, as two snoopers prune each other's traffic. To keep it off: NetworkManager \
+                 `bridge.multicast-snooping no`, systemd-networkd `MulticastSnooping=false`, ifupdown2 \
+                 `bridge-mcsnoop 0` (this is told once; kernel_snooping_reenabled counts each time)"
+            );
+        }
+        if let Err(error) = self.netlink.set_kernel_snooping(&self.bridge, false).await {
+            warn!("{:#}", anyhow::Error::from(error));
+        }
     }
 
     /// Teaches the bridge the MACs of hosts whose frames the fast path
@@ -2058,6 +2111,18 @@ impl Core {
         info!("{}", event.to_line().split_once("  ").map_or("", |(_, rest)| rest));
         // No receivers is fine: nobody is watching.
         let _ = self.events.send(event);
+    }
+
+    /// What else runs on an attached port's tc hooks; none for a port not
+    /// attached yet, or one that cannot be asked (logged).
+    fn other_filters(&mut self, ifindex: u32) -> OtherFilters {
+        if !self.ports.contains_key(&ifindex) && !self.datapath.is_attached(ifindex) {
+            return OtherFilters::default();
+        }
+        self.datapath.other_filters(ifindex).unwrap_or_else(|error| {
+            debug!("port {}: reading its tc hooks: {error}", self.port_name(ifindex));
+            OtherFilters::default()
+        })
     }
 
     fn port_name(&self, ifindex: u32) -> String {

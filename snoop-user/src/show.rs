@@ -37,7 +37,7 @@ pub fn watch(bridge: &str, json: bool) -> Result<()> {
         if json {
             writeln!(out, "{line}")?;
         } else {
-            writeln!(out, "{}", event.to_line())?;
+            writeln!(out, "{}", control::printable(&event.to_line()))?;
         }
         out.flush()?;
     }
@@ -289,6 +289,9 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             if let Some(why) = &s.forwarding.why {
                 rows.push(vec!["why".into(), why.clone()]);
             }
+            for (port, why) in &s.forwarding.bridge_path_ports {
+                rows.push(vec![format!("port {port}"), format!("bridge path: {why}")]);
+            }
         }
         View::Stats => {
             rows.push(vec!["SOURCE".into(), "COUNTER".into(), "VALUE".into()]);
@@ -331,7 +334,9 @@ fn table(rows: &[Vec<String>]) -> String {
         .collect();
     let mut out = String::new();
     for row in rows {
-        let line: Vec<String> = row.iter().enumerate().map(|(c, v)| format!("{v:<w$}", w = widths[c])).collect();
+        // Cells come from the controller: nothing in them drives the terminal.
+        let line: Vec<String> =
+            row.iter().enumerate().map(|(c, v)| format!("{:<w$}", control::printable(v), w = widths[c])).collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }

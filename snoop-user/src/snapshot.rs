@@ -145,6 +145,11 @@ pub struct ForwardingView {
     /// floods, each port's egress prunes).
     pub mode: String,
     pub why: Option<String>,
+    /// Redirecting: ports whose frames take the bridge path all the same,
+    /// by name, and why (isolated, or the operator's tc filters after
+    /// snoop's program on its ingress, ...).
+    #[serde(default)]
+    pub bridge_path_ports: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -335,6 +340,9 @@ impl PortInfo {
         let mut notes = Vec::new();
         if let Some(why) = self.policy.bridge_path() {
             notes.push(if redirect { format!("{why}: bridge path") } else { why.to_owned() });
+        }
+        if self.policy.filters.egress > 0 {
+            notes.push("tc filters on its egress: every copy passes them".to_owned());
         }
         if self.unpruned {
             notes.push("maps full: gets every group".to_owned());

@@ -48,6 +48,9 @@ pub enum ControllerCounter {
     /// Control frames heard in a VLAN their port is not in (a VLAN-aware
     /// bridge drops them itself): nobody's membership.
     OutsideVlan,
+    /// Times the bridge's own multicast snooping was found turned back on
+    /// (a network manager, an administrator) and turned off again.
+    KernelSnoopingReenabled,
     /// Captured frames dropped as malformed, by protocol and reason.
     Dropped(Protocol, ParseError),
 }
@@ -56,13 +59,13 @@ impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [Events, EventsShort, DatapathWriteErrors, AttachFailures, MapFull, OutsideVlan].into_iter().chain(
-            [Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
+        [Events, EventsShort, DatapathWriteErrors, AttachFailures, MapFull, OutsideVlan, KernelSnoopingReenabled]
+            .into_iter()
+            .chain([Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
                 [GeneralQueriesSent(p), GroupQueriesSent(p)]
                     .into_iter()
                     .chain(ParseError::ALL.into_iter().map(move |e| Dropped(p, e)))
-            }),
-        )
+            }))
     }
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -76,6 +79,7 @@ impl ControllerCounter {
             ControllerCounter::AttachFailures => "attach_failures".into(),
             ControllerCounter::MapFull => "map_full".into(),
             ControllerCounter::OutsideVlan => "outside_vlan".into(),
+            ControllerCounter::KernelSnoopingReenabled => "kernel_snooping_reenabled".into(),
             ControllerCounter::Dropped(p, reason) => format!("{}dropped_{}", p.prefix(), reason.name()),
         }
     }

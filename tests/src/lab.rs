@@ -26,6 +26,8 @@ use anyhow::{bail, Context as _, Result};
 
 use snoop::{frame_sender::FrameSender, proto::internet_checksum};
 
+use crate::operator;
+
 /// UDP port of the lab's group traffic.
 pub const DATA_PORT: u16 = 5001;
 /// nftables table of a host's data counter (and sink).
@@ -339,6 +341,22 @@ impl Lab {
             .filter_map(|entry| entry["grp"].as_str()?.parse().ok())
             .collect();
         Ok(groups)
+    }
+
+    /// Puts an operator's filter that drops every frame on `port`'s `hook`
+    /// (see [`crate::operator`]). Returns where a TCX link is pinned:
+    /// removing that file detaches it.
+    pub fn add_drop_filter(&self, port: &str, hook: operator::Hook, filter: operator::Filter) -> Result<PathBuf> {
+        let dir = operator::pin_dir(&self.id);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let program = dir.join("drop");
+        if !program.exists() {
+            operator::pin_drop_program(&program)?;
+        }
+        let link = dir.join(format!("{port}-{hook:?}-{filter:?}"));
+        let (port, target) = (port.to_owned(), link.clone());
+        in_netns(&self.bridge_netns, move || operator::attach(&program, &port, hook, filter, &target))??;
+        Ok(link)
     }
 
     /// Brings a host's interface up or down (a cable plugged or pulled).
@@ -887,6 +905,7 @@ impl Drop for Lab {
         }
         let _ = run("ip", &["netns", "del", &self.bridge_netns]);
         let _ = snoop::datapath::remove_pin_dir(&self.pin_dir());
+        operator::remove_pins(&operator::pin_dir(&self.id));
         let _ = fs::remove_file(self.snoop_log());
     }
 }
@@ -902,8 +921,8 @@ pub fn remove_stale_labs() -> Result<usize> {
             removed += 1;
         }
     }
-    if let Ok(entries) = fs::read_dir(Path::new("/sys/fs/bpf/snoop")) {
-        for entry in entries.flatten() {
+    for pins in ["/sys/fs/bpf/snoop", operator::PIN_ROOT] {
+        for entry in fs::read_dir(pins).into_iter().flatten().flatten() {
             if is_stale_lab(&entry.file_name().to_string_lossy()) {
                 let _ = fs::remove_dir_all(entry.path());
             }

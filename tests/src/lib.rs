@@ -1,7 +1,9 @@
 //! The lab harness ([`lab`]: namespaces, hosts, senders, sniffers, nftables
-//! sinks), used by the integration tests, the benchmark and the demo, and
-//! helpers the integration tests share. None of it ships in `snoop`.
+//! sinks; [`operator`]: an operator's own tc filters on its ports), used by
+//! the integration tests, the benchmark and the demo, and helpers the
+//! integration tests share. None of it ships in `snoop`.
 pub mod lab;
+pub mod operator;
 
 use std::{
     collections::BTreeSet,
@@ -190,32 +192,7 @@ pub fn stat(lab: &Lab, section: &str, name: &str) -> Result<u64> {
 /// Pins a new, empty BPF hash map at `path`: what a snoop with another map
 /// layout would have left there.
 pub fn pin_hash_map(path: &std::path::Path, key_size: u32, value_size: u32, max_entries: u32) -> Result<()> {
-    use std::os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::ffi::OsStrExt as _,
-    };
-    const BPF_MAP_CREATE: libc::c_long = 0;
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_HASH: u32 = 1;
-    const BPF_F_NO_PREALLOC: u32 = 1;
-    // union bpf_attr for BPF_MAP_CREATE: type, key size, value size, entries, flags.
-    let mut create = [0u32; 32];
-    create[..5].copy_from_slice(&[BPF_MAP_TYPE_HASH, key_size, value_size, max_entries, BPF_F_NO_PREALLOC]);
-    // SAFETY: a zero-padded bpf_attr of the size passed.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_CREATE, create.as_ptr(), 128) };
-    if fd < 0 {
-        bail!("BPF_MAP_CREATE: {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd from the kernel, owned here.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // union bpf_attr for BPF_OBJ_PIN: pathname pointer, then the fd.
-    let pin: [u64; 2] = [path.as_ptr() as u64, fd.as_raw_fd() as u64];
-    // SAFETY: `pin` and the path it points to outlive the call.
-    if unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_PIN, pin.as_ptr(), 16) } < 0 {
-        bail!("BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
+    operator::pin_object(&operator::hash_map(key_size, value_size, max_entries)?, path)
 }
 
 /// BPF programs attached to a port of the lab's bridge, however attached:

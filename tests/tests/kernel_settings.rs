@@ -3,7 +3,7 @@
 use std::{net::Ipv4Addr, thread, time::Duration};
 
 use anyhow::{Context as _, Result};
-use snoop_tests::{lab::Lab, snoop_bin, wait_for_members, LabOptions};
+use snoop_tests::{deliver, lab::Lab, snoop_bin, stat, time_scale, wait_for_members, wait_until, LabOptions};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 use snoop_tests::FAST_TIMERS as FAST;
@@ -75,5 +75,32 @@ fn bridge_forwarding_reaches_a_static_router_port_when_kernel_snooping_was_on() 
     lab.send("h0", G, 300, Duration::from_micros(200))?;
     thread::sleep(Duration::from_millis(300));
     assert_eq!(sniffers.map(|s| s.count(G)), [300, 0, 300]);
+    Ok(())
+}
+
+/// A network manager enslaving a port, or an administrator, turns the
+/// bridge's own snooping on while snoop runs: snoop turns it off again at
+/// once, counts it, and still restores the value it found at start.
+#[test]
+fn kernel_snooping_turned_on_while_snoop_runs_is_turned_off_again() -> Result<()> {
+    for (was_on, tag) in [(true, "kreon"), (false, "kreoff")] {
+        let mut lab = Lab::new(tag, 3, &LabOptions { kernel_snooping: was_on, ..Default::default() })?;
+        lab.start_snoop(&snoop_bin(), FAST)?;
+        let _member = lab.join("h1", G)?;
+        wait_for_members(&lab, G, &["p1"], Duration::from_secs(8))?;
+        for round in 1..=2 {
+            lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_snooping", "1"])?;
+            wait_until("mcast_snooping 0 again", Duration::from_secs(time_scale().into()), || {
+                Ok(!kernel_snooping(&lab)?)
+            })?;
+            assert_eq!(stat(&lab, "controller", "kernel_snooping_reenabled")?, round);
+        }
+        // Snooping went on meanwhile: the member got every packet, the other none.
+        assert_eq!(deliver(&lab, "h0", G, &["h1", "h2"], 200)?, [200, 0]);
+        let log = std::fs::read_to_string(lab.snoop_log())?;
+        assert_eq!(log.matches("multicast snooping was turned on again").count(), 1, "told once: {log}");
+        assert!(lab.stop_snoop(false)?.success());
+        assert_eq!(kernel_snooping(&lab)?, was_on, "not the value found at start");
+    }
     Ok(())
 }

@@ -395,7 +395,7 @@ fn the_control_socket_answers_root_and_the_control_group_only() -> Result<()> {
 
 #[test]
 fn clients_streaming_garbage_or_hogging_connections_cost_the_controller_nothing() -> Result<()> {
-    use std::{io::Write as _, os::linux::net::SocketAddrExt as _};
+    use std::io::Write as _;
     let mut lab = Lab::new("ctlabuse", 3, &LabOptions::default())?;
     lab.start_snoop(&snoop_bin(), FAST)?;
     let _m1 = lab.join("h1", G)?;
@@ -404,7 +404,7 @@ fn clients_streaming_garbage_or_hogging_connections_cost_the_controller_nothing(
     let before = rss_kb(pid)?;
 
     let abuse = lab::in_netns(&lab.bridge_netns, || -> Result<(usize, usize)> {
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(b"snoop/br0")?;
+        let addr = std::os::unix::net::SocketAddr::from_pathname(snoop::control::socket_path("br0")?)?;
         // 300 clients each streaming 1 MiB of request without a newline.
         let garbage = vec![b'x'; 64 * 1024];
         let mut cut_off = 0;
@@ -431,6 +431,96 @@ fn clients_streaming_garbage_or_hogging_connections_cost_the_controller_nothing(
     println!("controller RSS: {before} kB before, {after} kB after");
     assert!(after < before + 4 * 1024, "RSS grew from {before} kB to {after} kB");
     assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0], "snooping went on");
+    Ok(())
+}
+
+/// `snoop --netns ... ARGS` as root: whether it succeeded, its output
+/// (stdout and stderr) and its peak RSS in kB.
+fn snoop_client(lab: &Lab, args: &[&str]) -> Result<(bool, String, i64)> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut child = std::process::Command::new(snoop_bin())
+        .args(["--netns", &lab.bridge_netns])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
+    let reader = thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut out);
+        out
+    });
+    let (mut status, mut usage): (i32, libc::rusage) = (0, unsafe_zeroed_rusage());
+    // SAFETY: waiting for our own child with valid out-pointers.
+    if unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) } < 0 {
+        anyhow::bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let output = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
+    Ok((std::process::ExitStatus::from_raw(status).success(), output, usage.ru_maxrss))
+}
+
+fn unsafe_zeroed_rusage() -> libc::rusage {
+    // SAFETY: an all-zero rusage is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// Anyone can bind a name in the abstract namespace first, which is where
+/// snoop's control socket used to be: now it is a file only root can make,
+/// and clients talk to root only, read a bounded answer and print no
+/// terminal escapes from it.
+#[test]
+fn the_control_socket_cannot_be_squatted_nor_impersonated() -> Result<()> {
+    const NOBODY: &str = "65534";
+    let impostor = env!("CARGO_BIN_EXE_snoop-lab");
+    let mut lab = Lab::new("ctlsquat", 3, &LabOptions::default())?;
+    let netns = lab.bridge_netns.clone();
+    // An unprivileged process took the old name, with a 100 MB lie to tell.
+    let squat = ["--reuid=65534", "--regid=65534", "--clear-groups", impostor, "impostor", "@snoop/br0", "100000000"];
+    lab.spawn_in(&netns, "setpriv", &squat)?;
+    wait_until("the squatter bound", Duration::from_secs(5), || {
+        Ok(lab::run("ip", &["netns", "exec", &netns, "cat", "/proc/net/unix"])?.contains("@snoop/br0"))
+    })?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0], "snoop serves beside the squatter");
+    let (ok, output, _) = snoop_client(&lab, &["reload", "--bridge", "br0"])?;
+    assert!(!output.contains("fooled"), "root's reload talked to the squatter: {output}");
+    assert!(output.contains("started from a command line") || ok, "snoop did not answer the reload: {output}");
+    let path = lab::in_netns(&netns, || snoop::control::socket_path("br0"))??;
+    let mode = lab::run("stat", &["-c", "%a %U %G", path.to_str().unwrap()])?;
+    assert_eq!(mode.trim(), "600 root root", "{}", path.display());
+    let dir = lab::run("stat", &["-c", "%a %U", path.parent().unwrap().to_str().unwrap()])?;
+    assert_eq!(dir.trim(), "755 root");
+    assert!(lab.stop_snoop(false)?.success());
+    assert!(!path.exists(), "the socket outlived snoop");
+
+    // A server at the real path that is not root is not talked to (bound
+    // by root, listening as nobody: SO_PEERCRED names the listener).
+    let path_arg = path.to_str().unwrap().to_owned();
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    lab.spawn_in(&netns, impostor, &["impostor", &path_arg, "100000000", NOBODY])?;
+    wait_until("the impostor listening", Duration::from_secs(5), || Ok(path.exists()))?;
+    thread::sleep(Duration::from_millis(200));
+    let (ok, output, _) = snoop_client(&lab, &["show", "groups", "--bridge", "br0"])?;
+    assert!(!ok && output.contains("not root"), "a non-root server was believed: {output}");
+    std::fs::remove_file(&path)?;
+    // Root's own hostile server: a 100 MB answer with terminal escapes
+    // neither grows the client nor reaches its terminal.
+    lab.spawn_in(&netns, impostor, &["impostor", &path_arg, "100000000"])?;
+    wait_until("the root impostor listening", Duration::from_secs(5), || Ok(path.exists()))?;
+    thread::sleep(Duration::from_millis(200));
+    for args in
+        [&["reload", "--bridge", "br0"][..], &["show", "groups", "--bridge", "br0"], &["watch", "--bridge", "br0"]]
+    {
+        let (ok, output, rss_kb) = snoop_client(&lab, args)?;
+        println!("{args:?}: peak RSS {rss_kb} kB: {}", output.lines().next().unwrap_or_default());
+        assert!(!ok, "{args:?} took the impostor's answer: {output}");
+        assert!(!output.contains('\x1b'), "{args:?} printed a terminal escape");
+        assert!(rss_kb < 64 * 1024, "{args:?} grew to {rss_kb} kB reading a 100 MB answer");
+    }
+    std::fs::remove_file(&path)?;
     Ok(())
 }
 

@@ -17,12 +17,14 @@ use snoop::{
 use snoop_common::{
     Counter, GroupKey, PortCounters, PortGroupKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
     CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6,
-    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VLAN_NONE,
+    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
-const TC_ACT_OK: i32 = 0;
-const TC_ACT_SHOT: i32 = 2;
+// What the programs return: a frame passed on to the hook's next program
+// or filter, or dropped.
+const PASS: i32 = VERDICT_NEXT;
+const DROP: i32 = VERDICT_DROP;
 
 const JOINED: Ipv4Addr = Ipv4Addr::new(239, 1, 1, 1);
 const UNJOINED: Ipv4Addr = Ipv4Addr::new(239, 9, 9, 9);
@@ -148,60 +150,60 @@ fn arp() -> Vec<u8> {
 fn egress_prunes_group_data_to_ports_without_members() -> Result<()> {
     use Counter::*;
     with_datapath("verdict-egress", |dp, p| {
-        case(dp, "member port", PROG_EGRESS, p.p1, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
-        case(dp, "port without a member", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_SHOT, &[(DataPruned, 1)])?;
-        case(dp, "router port", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "member port", PROG_EGRESS, p.p1, &data(JOINED), PASS, &[(DataForwarded, 1)])?;
+        case(dp, "port without a member", PROG_EGRESS, p.p2, &data(JOINED), DROP, &[(DataPruned, 1)])?;
+        case(dp, "router port", PROG_EGRESS, p.p3, &data(JOINED), PASS, &[(DataForwarded, 1)])?;
         let unregistered = data(UNJOINED);
-        case(dp, "unregistered, flooded", PROG_EGRESS, p.p2, &unregistered, TC_ACT_OK, &[(UnregisteredFlooded, 1)])?;
+        case(dp, "unregistered, flooded", PROG_EGRESS, p.p2, &unregistered, PASS, &[(UnregisteredFlooded, 1)])?;
         let link_local = data(Ipv4Addr::new(224, 0, 0, 251));
-        case(dp, "224.0.0.251", PROG_EGRESS, p.p2, &link_local, TC_ACT_OK, &[(LinkLocalFlooded, 1)])?;
-        case(dp, "unicast", PROG_EGRESS, p.p2, &data(Ipv4Addr::new(10, 99, 0, 12)), TC_ACT_OK, &[])?;
-        case(dp, "non-IP", PROG_EGRESS, p.p2, &arp(), TC_ACT_OK, &[])?;
+        case(dp, "224.0.0.251", PROG_EGRESS, p.p2, &link_local, PASS, &[(LinkLocalFlooded, 1)])?;
+        case(dp, "unicast", PROG_EGRESS, p.p2, &data(Ipv4Addr::new(10, 99, 0, 12)), PASS, &[])?;
+        case(dp, "non-IP", PROG_EGRESS, p.p2, &arp(), PASS, &[])?;
         // IHL 4: not a valid header; counted and left to the bridge.
         let mut bad = data(JOINED);
         bad[14] = 0x44;
-        case(dp, "IHL < 5", PROG_EGRESS, p.p2, &bad, TC_ACT_OK, &[(MalformedIp, 1)])?;
+        case(dp, "IHL < 5", PROG_EGRESS, p.p2, &bad, PASS, &[(MalformedIp, 1)])?;
         // An options header moves nothing the decision reads.
         let udp = &lab::udp_packet(HOST, JOINED, 64)[20..];
         let with_options = frame(&ipv4(17, JOINED.octets(), &[1, 1, 1, 1], 0, udp));
-        case(dp, "IP options, member", PROG_EGRESS, p.p1, &with_options, TC_ACT_OK, &[(DataForwarded, 1)])?;
-        case(dp, "IP options, no member", PROG_EGRESS, p.p2, &with_options, TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        case(dp, "IP options, member", PROG_EGRESS, p.p1, &with_options, PASS, &[(DataForwarded, 1)])?;
+        case(dp, "IP options, no member", PROG_EGRESS, p.p2, &with_options, DROP, &[(DataPruned, 1)])?;
         // Fragments of group data are group data, first (MF) or not (offset).
         for (name, word) in [("first fragment", 0x2000), ("later fragment", 0x0010)] {
             let fragment = frame(&ipv4(17, JOINED.octets(), &[], word, &udp[..16]));
-            case(dp, name, PROG_EGRESS, p.p1, &fragment, TC_ACT_OK, &[(DataForwarded, 1)])?;
-            case(dp, name, PROG_EGRESS, p.p2, &fragment, TC_ACT_SHOT, &[(DataPruned, 1)])?;
+            case(dp, name, PROG_EGRESS, p.p1, &fragment, PASS, &[(DataForwarded, 1)])?;
+            case(dp, name, PROG_EGRESS, p.p2, &fragment, DROP, &[(DataPruned, 1)])?;
         }
 
         // A port whose memberships did not fit the maps gets every group, but no reports.
         dp.set_port_flags(p.p2, PORT_UNPRUNED)?;
-        case(dp, "unpruned port", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "unpruned port", PROG_EGRESS, p.p2, &data(JOINED), PASS, &[(DataForwarded, 1)])?;
         let report = igmp(0x16, JOINED, JOINED);
-        case(dp, "report to an unpruned port", PROG_EGRESS, p.p2, &report, TC_ACT_SHOT, &[(ReportsSuppressed, 1)])?;
+        case(dp, "report to an unpruned port", PROG_EGRESS, p.p2, &report, DROP, &[(ReportsSuppressed, 1)])?;
         dp.set_port_flags(p.p2, 0)?;
 
         // Groups nobody joined, router ports only.
         dp.configure(0, None, Duration::from_secs(3), 0)?;
-        case(dp, "unregistered, dropped", PROG_EGRESS, p.p2, &unregistered, TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
-        case(dp, "unregistered, router", PROG_EGRESS, p.p3, &unregistered, TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "unregistered, dropped", PROG_EGRESS, p.p2, &unregistered, DROP, &[(UnregisteredDropped, 1)])?;
+        case(dp, "unregistered, router", PROG_EGRESS, p.p3, &unregistered, PASS, &[(DataForwarded, 1)])?;
 
         // A multicast IP to a unicast or broadcast MAC is not group traffic
         // to the bridge: it goes where the MAC says, unpruned.
         for (name, mac) in [("unicast MAC", UNICAST_MAC), ("broadcast MAC", BROADCAST_MAC)] {
-            case(dp, name, PROG_EGRESS, p.p2, &to_mac(data(JOINED), mac), TC_ACT_OK, &[])?;
-            case(dp, name, PROG_EGRESS, p.p2, &to_mac(unregistered.clone(), mac), TC_ACT_OK, &[])?;
+            case(dp, name, PROG_EGRESS, p.p2, &to_mac(data(JOINED), mac), PASS, &[])?;
+            case(dp, name, PROG_EGRESS, p.p2, &to_mac(unregistered.clone(), mac), PASS, &[])?;
         }
 
         // No querier present: nothing pruned, whatever the unregistered policy.
         dp.configure(CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
-        case(dp, "no querier, joined", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
-        case(dp, "no querier, unregistered", PROG_EGRESS, p.p2, &unregistered, TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
-        case(dp, "no querier, member", PROG_EGRESS, p.p1, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "no querier, joined", PROG_EGRESS, p.p2, &data(JOINED), PASS, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "no querier, unregistered", PROG_EGRESS, p.p2, &unregistered, PASS, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "no querier, member", PROG_EGRESS, p.p1, &data(JOINED), PASS, &[(DataForwarded, 1)])?;
 
         // A controller gone past the failsafe time: flooding, not pruning.
         dp.configure(CONFIG_FLOOD_UNREGISTERED, Some(Duration::from_nanos(1)), Duration::from_secs(3), 0)?;
         std::thread::sleep(Duration::from_millis(20));
-        case(dp, "failsafe", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(FailsafeFlooded, 1)])?;
+        case(dp, "failsafe", PROG_EGRESS, p.p2, &data(JOINED), PASS, &[(FailsafeFlooded, 1)])?;
         Ok(())
     })
 }
@@ -218,22 +220,22 @@ fn egress_sends_reports_to_router_ports_only_and_floods_queries() -> Result<()> 
             ("v3 report", igmp(0x22, JOINED, v3_routers)),
             ("v2 leave", igmp(0x17, JOINED, Ipv4Addr::new(224, 0, 0, 2))),
         ] {
-            case(dp, name, PROG_EGRESS, p.p2, &message, TC_ACT_SHOT, &[(ReportsSuppressed, 1)])?;
-            case(dp, name, PROG_EGRESS, p.p3, &message, TC_ACT_OK, &[])?;
+            case(dp, name, PROG_EGRESS, p.p2, &message, DROP, &[(ReportsSuppressed, 1)])?;
+            case(dp, name, PROG_EGRESS, p.p3, &message, PASS, &[])?;
         }
-        case(dp, "query", PROG_EGRESS, p.p2, &igmp(0x11, Ipv4Addr::UNSPECIFIED, general), TC_ACT_OK, &[])?;
-        case(dp, "unknown IGMP type", PROG_EGRESS, p.p2, &igmp(0x99, JOINED, JOINED), TC_ACT_OK, &[])?;
+        case(dp, "query", PROG_EGRESS, p.p2, &igmp(0x11, Ipv4Addr::UNSPECIFIED, general), PASS, &[])?;
+        case(dp, "unknown IGMP type", PROG_EGRESS, p.p2, &igmp(0x99, JOINED, JOINED), PASS, &[])?;
         let report = igmp(0x16, JOINED, JOINED);
         // A trusted port while no router port is known gets reports.
         dp.set_port_flags(p.p2, PORT_GETS_REPORTS)?;
-        case(dp, "report to a trusted port, no router known", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[])?;
+        case(dp, "report to a trusted port, no router known", PROG_EGRESS, p.p2, &report, PASS, &[])?;
         dp.set_port_flags(p.p2, 0)?;
         // With nothing pruned, reports flood too: no querier, or no controller.
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
-        case(dp, "report, no querier", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "report, no querier", PROG_EGRESS, p.p2, &report, PASS, &[(NoQuerierFlooded, 1)])?;
         dp.configure(CONFIG_FLOOD_UNREGISTERED, Some(Duration::from_nanos(1)), Duration::from_secs(3), 0)?;
         std::thread::sleep(Duration::from_millis(20));
-        case(dp, "report, failsafe", PROG_EGRESS, p.p2, &report, TC_ACT_OK, &[(FailsafeFlooded, 1)])?;
+        case(dp, "report, failsafe", PROG_EGRESS, p.p2, &report, PASS, &[(FailsafeFlooded, 1)])?;
         Ok(())
     })
 }
@@ -253,39 +255,31 @@ fn egress_on_a_bridge_filtering_vlans_goes_by_the_frames_vlan() -> Result<()> {
         dp.set_member(PortGroupKey { group: in_10, ifindex: p.p1 }, 3, u64::MAX, 0)?;
         dp.register_group(in_10)?;
         // A VLAN snoop has no entry for is not pruned: no querier is known there.
-        case(dp, "VLAN not followed", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "VLAN not followed", PROG_EGRESS, p.p2, &data(JOINED), PASS, &[(NoQuerierFlooded, 1)])?;
         dp.set_vlan_flags(10, Some(0))?;
         dp.set_vlan_flags(20, Some(0))?;
-        case(dp, "member in its VLAN", PROG_EGRESS, p.p1, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
-        case(dp, "no member in VLAN 10", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        case(dp, "member in its VLAN", PROG_EGRESS, p.p1, &data(JOINED), PASS, &[(DataForwarded, 1)])?;
+        case(dp, "no member in VLAN 10", PROG_EGRESS, p.p2, &data(JOINED), DROP, &[(DataPruned, 1)])?;
         // p3's port-wide router flag (set by with_datapath) does not count:
         // router ports are per VLAN here, and (JOINED, 20) is unregistered.
-        case(
-            dp,
-            "router flag of the port",
-            PROG_EGRESS,
-            p.p3,
-            &data(JOINED),
-            TC_ACT_SHOT,
-            &[(UnregisteredDropped, 1)],
-        )?;
+        case(dp, "router flag of the port", PROG_EGRESS, p.p3, &data(JOINED), DROP, &[(UnregisteredDropped, 1)])?;
         let report = igmp(0x16, JOINED, JOINED);
-        case(dp, "report, no router in VLAN 20", PROG_EGRESS, p.p3, &report, TC_ACT_SHOT, &[(ReportsSuppressed, 1)])?;
+        case(dp, "report, no router in VLAN 20", PROG_EGRESS, p.p3, &report, DROP, &[(ReportsSuppressed, 1)])?;
         dp.set_vlan_port_flags(VlanPortKey::new(10, p.p3), PORT_ROUTER)?;
-        case(dp, "router of another VLAN", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
+        case(dp, "router of another VLAN", PROG_EGRESS, p.p3, &data(JOINED), DROP, &[(UnregisteredDropped, 1)])?;
         dp.set_vlan_port_flags(VlanPortKey::new(20, p.p3), PORT_ROUTER)?;
-        case(dp, "router of its VLAN", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
-        case(dp, "report to its VLAN's router", PROG_EGRESS, p.p3, &report, TC_ACT_OK, &[])?;
+        case(dp, "router of its VLAN", PROG_EGRESS, p.p3, &data(JOINED), PASS, &[(DataForwarded, 1)])?;
+        case(dp, "report to its VLAN's router", PROG_EGRESS, p.p3, &report, PASS, &[])?;
         dp.set_vlan_port_flags(VlanPortKey::new(20, p.p3), 0)?;
         dp.set_vlan_port_flags(VlanPortKey::new(20, p.p3), PORT_GETS_REPORTS)?;
-        case(dp, "report to a trusted port of the VLAN", PROG_EGRESS, p.p3, &report, TC_ACT_OK, &[])?;
+        case(dp, "report to a trusted port of the VLAN", PROG_EGRESS, p.p3, &report, PASS, &[])?;
         // No querier in VLAN 10: VLAN 10 floods, VLAN 20 still prunes; the
         // family-wide flag no longer decides.
         dp.set_vlan_flags(10, Some(CONFIG_NO_QUERIER))?;
-        case(dp, "no querier in VLAN 10", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
-        case(dp, "a querier in VLAN 20", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
+        case(dp, "no querier in VLAN 10", PROG_EGRESS, p.p2, &data(JOINED), PASS, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "a querier in VLAN 20", PROG_EGRESS, p.p3, &data(JOINED), DROP, &[(UnregisteredDropped, 1)])?;
         dp.configure(CONFIG_VLAN_AWARE | CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
-        case(dp, "family flag set", PROG_EGRESS, p.p3, &data(JOINED), TC_ACT_SHOT, &[(UnregisteredDropped, 1)])?;
+        case(dp, "family flag set", PROG_EGRESS, p.p3, &data(JOINED), DROP, &[(UnregisteredDropped, 1)])?;
         Ok(())
     })
 }
@@ -312,7 +306,7 @@ fn ingress_hands_control_frames_to_the_controller_and_counts_them_per_port() -> 
         ];
         for (name, message, per_port) in cases {
             let before = dp.port_counters(p.p2);
-            case(dp, name, PROG_INGRESS, p.p2, &message, TC_ACT_OK, &seen)?;
+            case(dp, name, PROG_INGRESS, p.p2, &message, PASS, &seen)?;
             assert_eq!(difference(dp.port_counters(p.p2), before), per_port, "{name}: per-port counters");
             // The controller gets the IP packet, whole, with the port it came in on.
             let item = ring.next().expect("a captured frame");
@@ -324,16 +318,16 @@ fn ingress_hands_control_frames_to_the_controller_and_counts_them_per_port() -> 
         let sum = internet_checksum(&hello);
         hello[2..4].copy_from_slice(&sum.to_be_bytes());
         let pim = frame(&ipv4(103, [224, 0, 0, 13], &[], 0, &hello));
-        case(dp, "PIM hello", PROG_INGRESS, p.p3, &pim, TC_ACT_OK, &[(PimSeen, 1), (Captured, 1)])?;
+        case(dp, "PIM hello", PROG_INGRESS, p.p3, &pim, PASS, &[(PimSeen, 1), (Captured, 1)])?;
         assert_eq!(dp.port_counters(p.p3).pim_hellos, 1);
         assert!(ring.next().is_some(), "the hello was handed over");
         // PIM to another address is not a hello to all PIM routers: passed untouched.
         let other_pim = frame(&ipv4(103, JOINED.octets(), &[], 0, &hello));
-        case(dp, "PIM elsewhere", PROG_INGRESS, p.p3, &other_pim, TC_ACT_OK, &[])?;
+        case(dp, "PIM elsewhere", PROG_INGRESS, p.p3, &other_pim, PASS, &[])?;
 
         // Bridge forwarding: group data entering is the bridge's to forward.
-        case(dp, "group data, bridge mode", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_OK, &[])?;
-        case(dp, "non-IP", PROG_INGRESS, p.p0, &arp(), TC_ACT_OK, &[])?;
+        case(dp, "group data, bridge mode", PROG_INGRESS, p.p0, &data(JOINED), PASS, &[])?;
+        case(dp, "non-IP", PROG_INGRESS, p.p0, &arp(), PASS, &[])?;
         assert!(ring.next().is_none(), "nothing else was handed over");
         Ok(())
     })
@@ -368,43 +362,27 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
         dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)], &[], None)?;
         dp.set_report_targets(snoop_common::REPORT_TARGETS, &[CopyTarget::Router(p.p3)], None)?;
         let copied = [(Redirected, 1), (RedirectCopies, 2)];
-        case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_SHOT, &copied)?;
+        case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), DROP, &copied)?;
         // The sender's own port never gets its packet back.
-        case(
-            dp,
-            "from a member",
-            PROG_INGRESS,
-            p.p1,
-            &data(JOINED),
-            TC_ACT_SHOT,
-            &[(Redirected, 1), (RedirectCopies, 1)],
-        )?;
-        case(dp, "unregistered", PROG_INGRESS, p.p0, &data(UNJOINED), TC_ACT_OK, &[])?;
+        case(dp, "from a member", PROG_INGRESS, p.p1, &data(JOINED), DROP, &[(Redirected, 1), (RedirectCopies, 1)])?;
+        case(dp, "unregistered", PROG_INGRESS, p.p0, &data(UNJOINED), PASS, &[])?;
         let link_local = data(Ipv4Addr::new(224, 0, 0, 251));
-        case(dp, "224.0.0.251", PROG_INGRESS, p.p0, &link_local, TC_ACT_OK, &[])?;
+        case(dp, "224.0.0.251", PROG_INGRESS, p.p0, &link_local, PASS, &[])?;
         // To a unicast or broadcast MAC: the bridge forwards it by its MAC.
         for (name, mac) in [("unicast MAC", UNICAST_MAC), ("broadcast MAC", BROADCAST_MAC)] {
-            case(dp, name, PROG_INGRESS, p.p0, &to_mac(data(JOINED), mac), TC_ACT_OK, &[])?;
+            case(dp, name, PROG_INGRESS, p.p0, &to_mac(data(JOINED), mac), PASS, &[])?;
         }
         let report = igmp(0x16, JOINED, JOINED);
         let moved = [(IgmpSeen, 1), (Captured, 1), (RedirectCopies, 1)];
-        case(dp, "report, to router ports", PROG_INGRESS, p.p1, &report, TC_ACT_SHOT, &moved)?;
+        case(dp, "report, to router ports", PROG_INGRESS, p.p1, &report, DROP, &moved)?;
         let query = igmp(0x11, Ipv4Addr::UNSPECIFIED, Ipv4Addr::new(224, 0, 0, 1));
-        case(
-            dp,
-            "query, flooded by the bridge",
-            PROG_INGRESS,
-            p.p3,
-            &query,
-            TC_ACT_OK,
-            &[(IgmpSeen, 1), (Captured, 1)],
-        )?;
+        case(dp, "query, flooded by the bridge", PROG_INGRESS, p.p3, &query, PASS, &[(IgmpSeen, 1), (Captured, 1)])?;
 
         // No querier present: the bridge floods everything, reports too.
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT | CONFIG_NO_QUERIER, None, Duration::from_secs(3), 0)?;
-        case(dp, "joined group, no querier", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_OK, &[])?;
+        case(dp, "joined group, no querier", PROG_INGRESS, p.p0, &data(JOINED), PASS, &[])?;
         let seen = [(IgmpSeen, 1), (Captured, 1)];
-        case(dp, "report, no querier", PROG_INGRESS, p.p1, &report, TC_ACT_OK, &seen)?;
+        case(dp, "report, no querier", PROG_INGRESS, p.p1, &report, PASS, &seen)?;
 
         // With the controller gone, the bridge path takes over.
         dp.configure(
@@ -414,7 +392,7 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
             0,
         )?;
         std::thread::sleep(Duration::from_millis(20));
-        case(dp, "joined group, no controller", PROG_INGRESS, p.p0, &data(JOINED), TC_ACT_OK, &[])?;
+        case(dp, "joined group, no controller", PROG_INGRESS, p.p0, &data(JOINED), PASS, &[])?;
         Ok(())
     })
 }
@@ -427,10 +405,10 @@ fn control_frames_over_a_ports_rate_are_counted_and_not_handed_over() -> Result<
         dp.set_port_flags(p.p2, 0)?; // takes the new limit
         let report = igmp(0x16, JOINED, JOINED);
         for _ in 0..2 {
-            case(dp, "within the rate", PROG_INGRESS, p.p2, &report, TC_ACT_OK, &[(IgmpSeen, 1), (Captured, 1)])?;
+            case(dp, "within the rate", PROG_INGRESS, p.p2, &report, PASS, &[(IgmpSeen, 1), (Captured, 1)])?;
         }
         let over = [(IgmpSeen, 1), (ControlRateLimited, 1)];
-        case(dp, "over the rate", PROG_INGRESS, p.p2, &report, TC_ACT_OK, &over)?;
+        case(dp, "over the rate", PROG_INGRESS, p.p2, &report, PASS, &over)?;
         Ok(())
     })
 }
@@ -484,34 +462,28 @@ fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
         let all_nodes: Ipv6Addr = "ff02::1".parse()?;
         let mdns: Ipv6Addr = "ff02::fb".parse()?;
         let cases = [
-            ("member port", p.p1, data6(JOINED6, 0), TC_ACT_OK, vec![(DataForwarded, 1)]),
-            ("port without members", p.p2, data6(JOINED6, 0), TC_ACT_SHOT, vec![(DataPruned, 1)]),
-            ("router port", p.p3, data6(JOINED6, 0), TC_ACT_OK, vec![(DataForwarded, 1)]),
-            ("behind extension headers", p.p2, data6(JOINED6, 2), TC_ACT_SHOT, vec![(DataPruned, 1)]),
-            ("unregistered", p.p2, data6(UNJOINED6, 0), TC_ACT_OK, vec![(UnregisteredFlooded, 1)]),
-            ("link scope (mDNS)", p.p2, data6(mdns, 0), TC_ACT_OK, vec![(LinkLocalFlooded, 1)]),
-            ("all nodes", p.p2, data6(all_nodes, 0), TC_ACT_OK, vec![(LinkLocalFlooded, 1)]),
-            ("report to a host port", p.p2, mld(131, JOINED6, JOINED6), TC_ACT_SHOT, vec![(ReportsSuppressed, 1)]),
-            (
-                "done to a host port",
-                p.p2,
-                mld(132, JOINED6, "ff02::2".parse()?),
-                TC_ACT_SHOT,
-                vec![(ReportsSuppressed, 1)],
-            ),
-            ("report to a router port", p.p3, mld(131, JOINED6, JOINED6), TC_ACT_OK, vec![]),
-            ("query", p.p2, mld(130, Ipv6Addr::UNSPECIFIED, all_nodes), TC_ACT_OK, vec![(LinkLocalFlooded, 1)]),
+            ("member port", p.p1, data6(JOINED6, 0), PASS, vec![(DataForwarded, 1)]),
+            ("port without members", p.p2, data6(JOINED6, 0), DROP, vec![(DataPruned, 1)]),
+            ("router port", p.p3, data6(JOINED6, 0), PASS, vec![(DataForwarded, 1)]),
+            ("behind extension headers", p.p2, data6(JOINED6, 2), DROP, vec![(DataPruned, 1)]),
+            ("unregistered", p.p2, data6(UNJOINED6, 0), PASS, vec![(UnregisteredFlooded, 1)]),
+            ("link scope (mDNS)", p.p2, data6(mdns, 0), PASS, vec![(LinkLocalFlooded, 1)]),
+            ("all nodes", p.p2, data6(all_nodes, 0), PASS, vec![(LinkLocalFlooded, 1)]),
+            ("report to a host port", p.p2, mld(131, JOINED6, JOINED6), DROP, vec![(ReportsSuppressed, 1)]),
+            ("done to a host port", p.p2, mld(132, JOINED6, "ff02::2".parse()?), DROP, vec![(ReportsSuppressed, 1)]),
+            ("report to a router port", p.p3, mld(131, JOINED6, JOINED6), PASS, vec![]),
+            ("query", p.p2, mld(130, Ipv6Addr::UNSPECIFIED, all_nodes), PASS, vec![(LinkLocalFlooded, 1)]),
         ];
         for (name, port, frame, verdict, moved) in cases {
             case(dp, name, PROG_EGRESS, port, &frame, verdict, &moved)?;
         }
         // Router ports are per family: an IPv4 router port gets no IPv6 group.
         dp.set_port_flags(p.p3, PORT_ROUTER)?;
-        case(dp, "IPv4-only router port", PROG_EGRESS, p.p3, &data6(JOINED6, 0), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        case(dp, "IPv4-only router port", PROG_EGRESS, p.p3, &data6(JOINED6, 0), DROP, &[(DataPruned, 1)])?;
         // So is the querier: no MLD querier floods IPv6 groups, IPv4 ones are still pruned.
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_NO_QUERIER_IPV6, None, Duration::from_secs(3), 0)?;
-        case(dp, "no MLD querier", PROG_EGRESS, p.p2, &data6(JOINED6, 0), TC_ACT_OK, &[(NoQuerierFlooded, 1)])?;
-        case(dp, "IPv4 meanwhile", PROG_EGRESS, p.p2, &data(JOINED), TC_ACT_SHOT, &[(DataPruned, 1)])?;
+        case(dp, "no MLD querier", PROG_EGRESS, p.p2, &data6(JOINED6, 0), PASS, &[(NoQuerierFlooded, 1)])?;
+        case(dp, "IPv4 meanwhile", PROG_EGRESS, p.p2, &data(JOINED), DROP, &[(DataPruned, 1)])?;
 
         // Ingress: MLD is handed to the controller whole, with the port it came in on.
         let mut ring = dp.take_events().expect("the event ring");
@@ -521,17 +493,17 @@ fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
             ("MLD query", mld(130, JOINED6, JOINED6), PortCounters { queries: 1, ..Default::default() }),
         ] {
             let before = dp.port_counters(p.p2);
-            case(dp, name, PROG_INGRESS, p.p2, &message, TC_ACT_OK, &[(MldSeen, 1), (Captured, 1)])?;
+            case(dp, name, PROG_INGRESS, p.p2, &message, PASS, &[(MldSeen, 1), (Captured, 1)])?;
             assert_eq!(difference(dp.port_counters(p.p2), before), per_port, "{name}: per-port counters");
             let item = ring.next().expect("a captured frame");
             let captured = usize::from(u16::from_ne_bytes(item[4..6].try_into()?));
             assert_eq!(&item[16..16 + captured], &message[14..], "{name}: captured frame");
         }
         // Other ICMPv6 (neighbour discovery) and UDP are not control frames.
-        case(dp, "group data in", PROG_INGRESS, p.p2, &data6(UNJOINED6, 0), TC_ACT_OK, &[])?;
+        case(dp, "group data in", PROG_INGRESS, p.p2, &data6(UNJOINED6, 0), PASS, &[])?;
         let mut echo = mld(128, JOINED6, JOINED6);
         echo[14 + 6] = 58; // no hop-by-hop header: straight to ICMPv6 (an echo request)
-        case(dp, "ICMPv6 echo", PROG_INGRESS, p.p2, &echo, TC_ACT_OK, &[])?;
+        case(dp, "ICMPv6 echo", PROG_INGRESS, p.p2, &echo, PASS, &[])?;
         Ok(())
     })
 }
@@ -550,36 +522,36 @@ fn source_specific_members_get_only_the_sources_they_want() -> Result<()> {
         dp.set_member_sources(on(p.p2), false, [key(s3)].into())?;
         dp.set_member(on(p.p2), 3, u64::MAX, 0)?;
         for (name, port, source, verdict, counter) in [
-            ("include, its source", p.p1, s1, TC_ACT_OK, DataForwarded),
-            ("include, another source", p.p1, s2, TC_ACT_SHOT, SourcePruned),
-            ("exclude, another source", p.p2, s1, TC_ACT_OK, DataForwarded),
-            ("exclude, its blocked source", p.p2, s3, TC_ACT_SHOT, SourcePruned),
-            ("router port, any source", p.p3, s3, TC_ACT_OK, DataForwarded),
+            ("include, its source", p.p1, s1, PASS, DataForwarded),
+            ("include, another source", p.p1, s2, DROP, SourcePruned),
+            ("exclude, another source", p.p2, s1, PASS, DataForwarded),
+            ("exclude, its blocked source", p.p2, s3, DROP, SourcePruned),
+            ("router port, any source", p.p3, s3, PASS, DataForwarded),
         ] {
             case(dp, name, PROG_EGRESS, port, &from(source, JOINED), verdict, &[(counter, 1)])?;
         }
         // Back to any source: one lookup, every source.
         dp.set_member_sources(on(p.p1), false, Default::default())?;
-        case(dp, "any source again", PROG_EGRESS, p.p1, &from(s2, JOINED), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "any source again", PROG_EGRESS, p.p1, &from(s2, JOINED), PASS, &[(DataForwarded, 1)])?;
 
         // Redirect: S1 has its own copy list; other sources take the group's.
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let by_source = [(key(s1), vec![CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)])];
         dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &by_source, None)?;
         let two = [(Redirected, 1), (RedirectCopies, 2)];
-        case(dp, "redirect, a listed source", PROG_INGRESS, p.p0, &from(s1, JOINED), TC_ACT_SHOT, &two)?;
+        case(dp, "redirect, a listed source", PROG_INGRESS, p.p0, &from(s1, JOINED), DROP, &two)?;
         let one = [(Redirected, 1), (RedirectCopies, 1)];
-        case(dp, "redirect, another source", PROG_INGRESS, p.p0, &from(s2, JOINED), TC_ACT_SHOT, &one)?;
+        case(dp, "redirect, another source", PROG_INGRESS, p.p0, &from(s2, JOINED), DROP, &one)?;
         // S1's list goes with the group's: the fast path never follows a stale one.
         dp.set_group_ports(joined, &[CopyTarget::Router(p.p3)], &[], None)?;
-        case(dp, "redirect, S1's list gone", PROG_INGRESS, p.p0, &from(s1, JOINED), TC_ACT_SHOT, &one)?;
+        case(dp, "redirect, S1's list gone", PROG_INGRESS, p.p0, &from(s1, JOINED), DROP, &one)?;
         dp.set_group_ports(joined, &[], &[], None)?;
         dp.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
 
         // SSM: nobody asked, so it is never flooded, whatever the policy.
         let ssm = Ipv4Addr::new(232, 1, 1, 1);
-        case(dp, "SSM, unrequested", PROG_EGRESS, p.p2, &from(s1, ssm), TC_ACT_SHOT, &[(SsmUnrequestedDropped, 1)])?;
-        case(dp, "SSM, router port", PROG_EGRESS, p.p3, &from(s1, ssm), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "SSM, unrequested", PROG_EGRESS, p.p2, &from(s1, ssm), DROP, &[(SsmUnrequestedDropped, 1)])?;
+        case(dp, "SSM, router port", PROG_EGRESS, p.p3, &from(s1, ssm), PASS, &[(DataForwarded, 1)])?;
 
         // IPv6: the source read from the IPv6 header.
         let joined6 = GroupKey::ipv6(JOINED6.octets(), VLAN_NONE);
@@ -588,10 +560,10 @@ fn source_specific_members_get_only_the_sources_they_want() -> Result<()> {
         dp.set_member_sources(member6, true, [HOST6.octets()].into())?;
         dp.set_member(member6, 2, u64::MAX, 0)?;
         dp.register_group(joined6)?;
-        case(dp, "IPv6 include, its source", PROG_EGRESS, p.p1, &data6(JOINED6, 0), TC_ACT_OK, &[(DataForwarded, 1)])?;
+        case(dp, "IPv6 include, its source", PROG_EGRESS, p.p1, &data6(JOINED6, 0), PASS, &[(DataForwarded, 1)])?;
         let mut from_other = data6(JOINED6, 0);
         from_other[22..38].copy_from_slice(&other6.octets());
-        case(dp, "IPv6 include, another", PROG_EGRESS, p.p1, &from_other, TC_ACT_SHOT, &[(SourcePruned, 1)])?;
+        case(dp, "IPv6 include, another", PROG_EGRESS, p.p1, &from_other, DROP, &[(SourcePruned, 1)])?;
         Ok(())
     })
 }

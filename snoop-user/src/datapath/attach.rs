@@ -9,6 +9,12 @@
 //! Either way a restart never leaves a frame without a program, and a port is
 //! named by its ifindex: the TCX path (whose kernel interface aya reaches by
 //! name) resolves the name at attach time and checks it did not move.
+//!
+//! snoop is a guest on the port's hooks: its programs go first (a TCX link
+//! before all others; a clsact filter ahead of the filters there) and hand
+//! on every frame they do not drop, and [`Attachments::others`] tells the
+//! controller what else runs there, so that redirect never copies a frame
+//! past the operator's own programs and filters.
 use std::{
     collections::BTreeMap,
     ffi::{CStr, CString},
@@ -19,8 +25,8 @@ use std::{
 
 use aya::{
     programs::{
-        links::{FdLink, LinkError, PinnedLink},
-        tc::SchedClassifierLink,
+        links::{FdLink, LinkError, LinkOrder, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
         SchedClassifier, TcAttachType,
     },
     util::KernelVersion,
@@ -81,10 +87,26 @@ struct PortLinks {
     egress: Link,
 }
 
+/// What else runs on a port's tc hooks beside snoop's own programs: the
+/// operator's filters, another program's TCX links.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OtherFilters {
+    /// Programs and filters a frame entering the port meets after snoop's
+    /// program: a copy redirect made would skip them, so the port's frames
+    /// take the bridge path.
+    pub ingress_after: u32,
+    /// Programs and filters on its egress hook: a copy handed straight to
+    /// the port's veth peer would skip them, so its copies go through its
+    /// transmit path.
+    pub egress: u32,
+}
+
 /// The programs' attachments to the bridge's ports.
 pub(super) struct Attachments {
     mode: AttachMode,
-    tc: Option<Tc>,
+    /// Classic filters: snoop's own on kernels without TCX, and everyone's,
+    /// to see what else runs on a port.
+    tc: Tc,
     pin_dir: PathBuf,
     /// The bridge's ifindex: names this snoop's clsact filters.
     owner: u32,
@@ -93,10 +115,7 @@ pub(super) struct Attachments {
 
 impl Attachments {
     pub fn new(mode: AttachMode, pin_dir: PathBuf, owner: u32) -> Result<Self> {
-        let tc = match mode {
-            AttachMode::Tcx => None,
-            AttachMode::Clsact => Some(Tc::open().map_err(|e| Error::Kernel(format!("opening rtnetlink: {e}")))?),
-        };
+        let tc = Tc::open().map_err(|e| Error::Kernel(format!("opening rtnetlink: {e}")))?;
         Ok(Self { mode, tc, pin_dir, owner, ports: BTreeMap::new() })
     }
 
@@ -165,7 +184,10 @@ impl Attachments {
         // its interfaces must never get another port's program).
         let name = interface_name(ifindex).ok_or(Error::PortGone { ifindex })?;
         let attach_error = |source| Error::Attach { port: name.clone(), source };
-        let id = program.attach(&name, direction).map_err(attach_error)?;
+        // First: every frame meets snoop's program before the others, which
+        // it hands each one on to.
+        let first = TcAttachOptions::TcxOrder(LinkOrder::first());
+        let id = program.attach_with_options(&name, direction, first).map_err(attach_error)?;
         let link: FdLink = program
             .take_link(id)
             .map_err(attach_error)?
@@ -186,7 +208,7 @@ impl Attachments {
         hook: Hook,
     ) -> Result<tc::Filter> {
         let name = tc::filter_name(self.owner, program_name);
-        let tc = self.tc.as_mut().expect("clsact mode has a TC socket");
+        let tc = &mut self.tc;
         let gone_or = |error: std::io::Error| {
             if error.raw_os_error() == Some(libc::ENODEV) {
                 Error::PortGone { ifindex }
@@ -215,8 +237,8 @@ impl Attachments {
         if let Some(links) = self.ports.remove(&ifindex) {
             self.remove(links.ingress);
             self.remove(links.egress);
-            if let Some(tc) = self.tc.as_mut() {
-                let _ = tc.remove_clsact_if_empty(ifindex);
+            if self.mode == AttachMode::Clsact {
+                let _ = self.tc.remove_clsact_if_empty(ifindex);
             }
         }
     }
@@ -226,10 +248,8 @@ impl Attachments {
             // Closing the last reference to an unpinned link detaches it.
             Link::Tcx(link) => drop(link.unpin()),
             Link::Filter(filter) => {
-                if let Some(tc) = self.tc.as_mut() {
-                    if let Err(error) = tc.detach(filter) {
-                        warn!("removing a filter from interface {}: {error}", filter.ifindex);
-                    }
+                if let Err(error) = self.tc.detach(filter) {
+                    warn!("removing a filter from interface {}: {error}", filter.ifindex);
                 }
             }
         }
@@ -254,7 +274,7 @@ impl Attachments {
             }
             AttachMode::Clsact => {
                 let ours = [tc::filter_name(self.owner, PROG_INGRESS), tc::filter_name(self.owner, PROG_EGRESS)];
-                let tc = self.tc.as_mut().expect("clsact mode has a TC socket");
+                let tc = &mut self.tc;
                 for ifindex in interface_indexes().into_iter().filter(|i| !current.contains(i)) {
                     let mut removed = false;
                     for hook in [Hook::Ingress, Hook::Egress] {
@@ -274,6 +294,36 @@ impl Attachments {
         Ok(())
     }
 
+    /// What else runs on port `ifindex`'s hooks (`programs`: the ids of
+    /// snoop's loaded ingress and egress programs, as TCX lists them).
+    pub fn others(&mut self, ifindex: u32, programs: [u32; 2]) -> std::io::Result<OtherFilters> {
+        let Some(links) = self.ports.get(&ifindex) else { return Ok(OtherFilters::default()) };
+        // Classic filters of anyone but this snoop.
+        let mut classic = [0u32; 2];
+        for (count, hook, ours) in [(0, Hook::Ingress, &links.ingress), (1, Hook::Egress, &links.egress)] {
+            let ours = match ours {
+                Link::Filter(filter) => Some((filter.priority, filter.handle)),
+                Link::Tcx(_) => None,
+            };
+            let mut after_ours = ours.is_none();
+            for (priority, handle) in self.tc.all_filters(ifindex, hook)? {
+                if Some((priority, handle)) == ours {
+                    after_ours = true;
+                } else if hook == Hook::Egress || after_ours {
+                    classic[count] += 1;
+                }
+            }
+        }
+        if self.mode == AttachMode::Clsact {
+            return Ok(OtherFilters { ingress_after: classic[0], egress: classic[1] });
+        }
+        // TCX links run in their listed order, all before classic filters.
+        let ingress = tcx_programs(ifindex, BPF_TCX_INGRESS)?;
+        let after = ingress.iter().position(|id| *id == programs[0]).map_or(ingress.len(), |at| ingress.len() - at - 1);
+        let egress = tcx_programs(ifindex, BPF_TCX_EGRESS)?.iter().filter(|id| **id != programs[1]).count();
+        Ok(OtherFilters { ingress_after: classic[0] + after as u32, egress: classic[1] + egress as u32 })
+    }
+
     /// At exit: with `keep`, everything stays attached (TCX pins stay, clsact
     /// filters outlive the process by themselves); else every attachment goes.
     pub fn release(mut self, keep: bool) {
@@ -285,6 +335,52 @@ impl Attachments {
             self.detach(ifindex);
         }
     }
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_TCX_INGRESS: u32 = 46;
+const BPF_TCX_EGRESS: u32 = 47;
+/// More TCX programs than one hook of a port plausibly has: the list is cut there.
+const MAX_TCX_PROGRAMS: usize = 64;
+
+/// The ids of the programs on one TCX hook of an interface, in the order
+/// they run (BPF_PROG_QUERY by ifindex).
+fn tcx_programs(ifindex: u32, attach_type: u32) -> std::io::Result<Vec<u32>> {
+    // union bpf_attr's query: target_ifindex, attach_type, query_flags,
+    // attach_flags, prog_ids (u64), count, a hole, then fields left 0.
+    #[repr(C)]
+    struct Query {
+        target_ifindex: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        count: u32,
+        _hole: u32,
+        rest: [u64; 4],
+    }
+    let mut ids = [0u32; MAX_TCX_PROGRAMS];
+    let mut query = Query {
+        target_ifindex: ifindex,
+        attach_type,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        count: MAX_TCX_PROGRAMS as u32,
+        _hole: 0,
+        rest: [0; 4],
+    };
+    // SAFETY: a bpf(2) call with a query attribute the kernel reads and
+    // writes within its size, and an id buffer of `count` entries.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_QUERY, &mut query as *mut Query, size_of::<Query>()) };
+    if rc != 0 {
+        let error = std::io::Error::last_os_error();
+        // ENOSPC: more than the buffer holds (it is filled).
+        if error.raw_os_error() != Some(libc::ENOSPC) {
+            return Err(error);
+        }
+    }
+    Ok(ids[..(query.count as usize).min(MAX_TCX_PROGRAMS)].to_vec())
 }
 
 fn interface_name(ifindex: u32) -> Option<String> {

@@ -19,7 +19,7 @@ mod slots;
 mod tc;
 
 use attach::Attachments;
-pub use attach::{AttachMode, MIN_KERNEL};
+pub use attach::{AttachMode, OtherFilters, MIN_KERNEL};
 pub use error::{Error, Result};
 pub use pins::{default_pin_dir, pinned_restore_flags, remove_pin_dir};
 use slots::TrafficSlots;
@@ -122,6 +122,9 @@ pub struct Datapath {
     senders: PerCpuArray<MapData, SenderSlot>,
     events: Option<RingBuf<MapData>>,
     attachments: Attachments,
+    /// The kernel's ids of the loaded ingress and egress programs: how
+    /// TCX lists them among other programs on a hook.
+    program_ids: [u32; 2],
     /// Ports whose copies can go straight to their veth peer (see GroupPorts::last_to_peer).
     peer_ports: BTreeSet<u32>,
     /// Last config written; heartbeats rewrite it with a new time.
@@ -161,8 +164,15 @@ impl Datapath {
         for name in [PROG_INGRESS, PROG_EGRESS] {
             program(&mut ebpf, name)?.load().map_err(|source| verifier_error(name, source))?;
         }
-        for name in [PROG_INGRESS, PROG_EGRESS] {
-            if let Some(verified) = verified_instructions(&mut ebpf, name) {
+        let mut program_ids = [0; 2];
+        for (id, name) in program_ids.iter_mut().zip([PROG_INGRESS, PROG_EGRESS]) {
+            let info = program(&mut ebpf, name)?.info().map_err(|source| Error::Program {
+                what: "reading the id of",
+                program: name,
+                source,
+            })?;
+            *id = info.id();
+            if let Some(verified) = info.verified_instruction_count() {
                 log::debug!("{name}: the verifier processed {verified} instructions (its limit: 1,000,000)");
             }
         }
@@ -200,6 +210,7 @@ impl Datapath {
             ebpf,
             pin_dir: pin_dir.to_owned(),
             attachments,
+            program_ids,
             peer_ports: BTreeSet::new(),
             config_value: DatapathConfig::default(),
             control_rate_limit: 0,
@@ -297,6 +308,11 @@ impl Datapath {
         self.set_port_flags(ifindex, flags)
     }
 
+    /// Whether snoop's programs are on the port.
+    pub fn is_attached(&self, ifindex: u32) -> bool {
+        self.attachments.contains(ifindex)
+    }
+
     /// How the programs are attached on this kernel.
     pub fn attach_mode(&self) -> AttachMode {
         self.attachments.mode()
@@ -312,6 +328,11 @@ impl Datapath {
             self.port_traffic.give_back(slot);
         }
         Ok(())
+    }
+
+    /// What else runs on an attached port's tc hooks (see [`OtherFilters`]).
+    pub fn other_filters(&mut self, ifindex: u32) -> std::io::Result<OtherFilters> {
+        self.attachments.others(ifindex, self.program_ids)
     }
 
     /// Removes what a previous snoop attached to interfaces that are not

@@ -115,6 +115,30 @@ impl Tc {
         Ok(filters)
     }
 
+    /// Every filter on one hook of an interface, whoever put it there and of
+    /// whatever kind, as (priority, handle) in the order they run.
+    pub fn all_filters(&mut self, ifindex: u32, hook: Hook) -> io::Result<Vec<(u16, u32)>> {
+        let mut message = TcMessage::with_index(ifindex as i32);
+        message.header.parent = hook.parent();
+        let replies = match self.request(RouteNetlinkMessage::GetTrafficFilter(message), NLM_F_DUMP) {
+            // No clsact (or ingress) qdisc, or the interface is gone: no filters.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT | libc::ENODEV)) => Vec::new(),
+            other => other?,
+        };
+        let mut filters: Vec<(u16, u32)> = replies
+            .into_iter()
+            .filter_map(|reply| match reply {
+                // Each chain's head entry (handle 0) is no filter.
+                RouteNetlinkMessage::NewTrafficFilter(m) if u32::from(m.header.handle) != 0 => {
+                    Some(((m.header.info >> 16) as u16, u32::from(m.header.handle)))
+                }
+                _ => None,
+            })
+            .collect();
+        filters.sort_unstable();
+        Ok(filters)
+    }
+
     /// Attaches program `fd` as filter `name`: in place of `existing` (an
     /// atomic replace), else as a new filter ahead of any other.
     pub fn attach(

@@ -485,10 +485,10 @@ fn program_cost(settings: &Settings) -> Result<()> {
     let results = results??;
     let floor = results.last().map_or(0, |(_, ns, _)| *ns);
     for (name, ns, retval) in &results {
-        let verdict = match retval {
-            0 => "pass",
-            2 => "shot: consumed by its copies",
-            7 => "redirect",
+        let verdict = match *retval {
+            snoop_common::VERDICT_NEXT => "passed on",
+            snoop_common::VERDICT_DROP => "dropped: consumed by its copies",
+            snoop_common::VERDICT_REDIRECT => "redirect",
             _ => "other",
         };
         println!("   {name:<72} {ns:>5} ns  {:>+5} ns  ({verdict})", *ns as i64 - floor as i64);

@@ -1,6 +1,8 @@
 //! `snoop-lab demo` (what `cargo xtask demo` runs): a lab in network
 //! namespaces showing a Linux bridge flooding a group to everyone, then snoop
 //! pruning it to members. `snoop-lab cleanup` removes labs of killed runs.
+//! `snoop-lab impostor ADDRESS BYTES [UID]` is a hostile control server
+//! for the tests (see [`impostor`]).
 //!
 //! The `snoop` under test is $SNOOP_BIN, else the `snoop` beside this binary.
 use std::{
@@ -30,8 +32,86 @@ fn main() -> Result<()> {
             println!("removed {removed} namespaces of interrupted labs");
             Ok(())
         }
-        _ => bail!("usage: snoop-lab demo|cleanup"),
+        Some("impostor") => {
+            let args: Vec<String> = std::env::args().skip(2).collect();
+            let (Some(address), Some(bytes)) = (args.first(), args.get(1).and_then(|b| b.parse().ok())) else {
+                bail!("usage: snoop-lab impostor ADDRESS BYTES [UID]");
+            };
+            impostor(address, bytes, args.get(2).and_then(|u| u.parse().ok()))
+        }
+        _ => bail!("usage: snoop-lab demo|cleanup|impostor"),
     }
+}
+
+/// A hostile control server: listens at `address` (`@NAME`: an abstract
+/// socket, else a path), as `uid` if given (bound first, then that user),
+/// and answers every client with an `ok` that clears its terminal, then
+/// `bytes` bytes more. Runs until killed.
+fn impostor(address: &str, bytes: u64, uid: Option<u32>) -> Result<()> {
+    use std::{
+        io::{Read as _, Write as _},
+        os::{linux::net::SocketAddrExt as _, unix::net::UnixListener},
+    };
+    let address = match address.strip_prefix('@') {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?,
+        None => std::os::unix::net::SocketAddr::from_pathname(address)?,
+    };
+    // Bound, not yet listening: SO_PEERCRED names who listens.
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        bail!("socket: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd, owned here.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let listener = UnixListener::from(socket);
+    bind_unix(&listener, &address)?;
+    if let Some(uid) = uid {
+        // SAFETY: plain setgid/setuid calls.
+        if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
+            bail!("becoming uid {uid}: {}", std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: listen(2) on a bound socket this function owns.
+    if unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 16) } != 0 {
+        bail!("listen: {}", std::io::Error::last_os_error());
+    }
+    let mut answer = b"{\"ok\":\"fooled \x1b[2J\x1b[H".to_vec();
+    answer.extend(std::iter::repeat_n(b'x', bytes as usize));
+    answer.extend(b"\"}");
+    for stream in listener.incoming() {
+        let Ok(mut stream) = stream else { continue };
+        let mut request = [0u8; 256];
+        let _ = stream.read(&mut request);
+        let _ = stream.write_all(&answer);
+    }
+    Ok(())
+}
+
+/// bind(2) of a unix socket to an address std made.
+fn bind_unix(listener: &std::os::unix::net::UnixListener, address: &std::os::unix::net::SocketAddr) -> Result<()> {
+    use std::os::linux::net::SocketAddrExt as _;
+    // sockaddr_un: the family, then the path (abstract: a NUL, then the name).
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut raw: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    raw.sun_family = libc::AF_UNIX as u16;
+    let path: Vec<u8> = match (address.as_abstract_name(), address.as_pathname()) {
+        (Some(name), _) => [&[0u8][..], name].concat(),
+        (_, Some(path)) => path.as_os_str().as_encoded_bytes().to_vec(),
+        _ => bail!("an unnamed address"),
+    };
+    for (to, from) in raw.sun_path.iter_mut().zip(&path) {
+        *to = *from as libc::c_char;
+    }
+    let length = (size_of::<libc::sa_family_t>() + path.len()) as libc::socklen_t;
+    // SAFETY: valid fd, address and length.
+    let rc = unsafe {
+        libc::bind(std::os::fd::AsRawFd::as_raw_fd(listener), (&raw as *const libc::sockaddr_un).cast(), length)
+    };
+    if rc != 0 {
+        bail!("binding: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn snoop_bin() -> Result<PathBuf> {
