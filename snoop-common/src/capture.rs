@@ -37,3 +37,33 @@ const _: () = assert!(
 const _: () = assert!(LARGE_CAPTURE_LEN > u16::MAX as usize);
 const _: () = assert!(size_of::<CapturedFrame>() == 16 + CAPTURE_LEN);
 const _: () = assert!(size_of::<CapturedFrame<SMALL_CAPTURE_LEN>>() == 16 + SMALL_CAPTURE_LEN);
+
+/// The header of a ring record ([`CapturedFrame`] but its data), as the
+/// controller reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureHeader {
+    pub ifindex: u32,
+    pub captured_len: u16,
+    pub wire_len: u16,
+    pub vlan: u16,
+}
+
+impl CaptureHeader {
+    /// Bytes before the data.
+    pub const LEN: usize = core::mem::offset_of!(CapturedFrame, data);
+
+    /// A record's header and its captured IP packet; None for a record too
+    /// short to hold a header. The packet is cut to the record's length.
+    pub fn read(record: &[u8]) -> Option<(Self, &[u8])> {
+        let head = record.get(..Self::LEN)?;
+        let u16_at = |at: usize| u16::from_ne_bytes([head[at], head[at + 1]]);
+        let header = Self {
+            ifindex: u32::from_ne_bytes([head[0], head[1], head[2], head[3]]),
+            captured_len: u16_at(core::mem::offset_of!(CapturedFrame, captured_len)),
+            wire_len: u16_at(core::mem::offset_of!(CapturedFrame, wire_len)),
+            vlan: u16_at(core::mem::offset_of!(CapturedFrame, vlan)),
+        };
+        let end = (Self::LEN + usize::from(header.captured_len)).min(record.len());
+        Some((header, &record[Self::LEN..end]))
+    }
+}

@@ -4,6 +4,8 @@ use crate::{PortCounters, TrafficCounters};
 /// Address family tags stored in [`GroupKey::family`].
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
+/// The family of the keys listing where reports go ([`GroupKey::report_targets`]).
+pub const FAMILY_REPORT_TARGETS: u8 = 0;
 
 /// VLAN id used while snooping is not VLAN-aware.
 pub const VLAN_NONE: u16 = 0;
@@ -57,6 +59,26 @@ impl GroupKey {
             FAMILY_IPV6 => crate::wire::is_ipv6_ssm_group(&self.addr),
             _ => false,
         }
+    }
+
+    /// The key of the [`MAP_GROUP_PORTS`] entry listing where redirect
+    /// copies `family`'s reports and leaves in `vlan` (router ports and the
+    /// bridge device). Its family is [`FAMILY_REPORT_TARGETS`], no address
+    /// family, so no group collides with it; IPv6's have 6 in their first
+    /// address byte, IPv4's 0. (Built field by field: a constant copied and
+    /// changed in the data path would be read-only data there.)
+    #[inline(always)]
+    pub const fn report_targets(family: u8, vlan: u16) -> Self {
+        let mut addr = [0; 16];
+        if family == FAMILY_IPV6 {
+            addr[0] = FAMILY_IPV6;
+        }
+        Self { addr, vlan, family: FAMILY_REPORT_TARGETS, _pad: 0 }
+    }
+
+    /// A [`GroupKey::report_targets`] key, not a group's.
+    pub const fn is_report_targets(&self) -> bool {
+        self.family == FAMILY_REPORT_TARGETS
     }
 
     /// The IPv4 group, if this key holds one.
@@ -275,8 +297,6 @@ pub struct FamilyFlags {
     pub gets_reports: u32,
     /// The config flag: no querier of this family is present.
     pub no_querier: u32,
-    /// The [`MAP_GROUP_PORTS`] entry listing where this family's reports go.
-    pub report_targets: GroupKey,
 }
 
 // The data path passes the one-byte family around and asks these for its
@@ -313,24 +333,11 @@ pub const fn no_querier_flag(family: u8) -> u32 {
     }
 }
 
-/// The [`MAP_GROUP_PORTS`] key listing where `family`'s reports in `vlan`
-/// go. (Built field by field: a copy of [`REPORT_TARGETS`] changed in the
-/// data path would be read-only data there.)
-#[inline(always)]
-pub const fn report_targets(family: u8, vlan: u16) -> GroupKey {
-    let mut addr = [0; 16];
-    if family == FAMILY_IPV6 {
-        addr[0] = FAMILY_IPV6;
-    }
-    GroupKey { addr, vlan, family: REPORT_TARGETS.family, _pad: 0 }
-}
-
 const fn family_flags(family: u8) -> FamilyFlags {
     FamilyFlags {
         router: router_flag(family),
         gets_reports: gets_reports_flag(family),
         no_querier: no_querier_flag(family),
-        report_targets: report_targets(family, VLAN_NONE),
     }
 }
 
@@ -371,11 +378,6 @@ pub const RESTORE_KERNEL_SNOOPING: u32 = 1;
 /// verifier on 6.18; 32 keeps each group's entry at 164 bytes.)
 pub const MAX_FANOUT: usize = 32;
 
-/// Key of the [`MAP_GROUP_PORTS`] entry listing where redirect mode copies
-/// IGMP reports and leaves: router ports and the bridge device (family 0 is
-/// no address family, so no group collides with it). On a VLAN-aware
-/// bridge each VLAN has its own, with the VLAN in the key.
-pub const REPORT_TARGETS: GroupKey = GroupKey { addr: [0; 16], vlan: VLAN_NONE, family: 0, _pad: 0 };
 /// Value of [`MAP_GROUP_PORTS`]: where redirect mode copies a group's traffic.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,10 +5,9 @@
 use aya_ebpf::helpers::{bpf_clone_redirect, bpf_skb_vlan_pop, bpf_skb_vlan_push};
 use aya_ebpf::programs::TcContext;
 use snoop_common::{
-    no_querier_flag, report_targets, sender_slot, wire::ETH_P_8021Q, Counter, DatapathConfig, GroupKey, GroupPorts,
-    SourceGroupKey, VlanPortKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAX_FANOUT,
-    PORT_BRIDGE_PATH, PORT_IN_VLAN, UNTAGGED_LAST, UNTAGGED_LOCAL, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
-    VLAN_VID_MASK,
+    no_querier_flag, sender_slot, wire::ETH_P_8021Q, Counter, DatapathConfig, GroupKey, GroupPorts, SourceGroupKey,
+    VlanPortKey, CONFIG_CHECK_SOURCE_PORT, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAX_FANOUT, PORT_BRIDGE_PATH,
+    PORT_IN_VLAN, UNTAGGED_LAST, UNTAGGED_LOCAL, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE, VLAN_VID_MASK,
 };
 
 use crate::{
@@ -222,7 +221,7 @@ pub fn redirect_reports(ctx: &TcContext, family: u8) -> i32 {
     if controller_gone(config, now.saturating_sub(config.heartbeat_ns)) {
         return VERDICT_NEXT;
     }
-    let key = report_targets(family, vlan.map_or(VLAN_NONE, FrameVlan::id));
+    let key = GroupKey::report_targets(family, vlan.map_or(VLAN_NONE, FrameVlan::id));
     // SAFETY: plain map lookup; the value is only read.
     let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(key) }) else {
         return VERDICT_NEXT;

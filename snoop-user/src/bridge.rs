@@ -186,6 +186,54 @@ pub struct Bridge {
     pub mac: [u8; 6],
 }
 
+/// The bridge's link as rtnetlink shows it: its MAC and its options.
+#[derive(Clone, Debug)]
+pub struct BridgeState {
+    pub mac: [u8; 6],
+    options: Vec<InfoBridge>,
+}
+
+impl BridgeState {
+    fn from_link(link: LinkMessage) -> Self {
+        let mac = link_mac(&link);
+        let options = link.attributes.into_iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|info| match info {
+                LinkInfo::Data(InfoData::Bridge(options)) => Some(options),
+                _ => None,
+            }),
+            _ => None,
+        });
+        Self { mac, options: options.unwrap_or_default() }
+    }
+
+    /// The kernel bridge's own multicast snooping is on.
+    pub fn kernel_snooping(&self) -> bool {
+        self.options.contains(&InfoBridge::MulticastSnooping(true))
+    }
+
+    /// `vlan_filtering 1`.
+    pub fn vlan_filtering(&self) -> bool {
+        self.options.contains(&InfoBridge::VlanFiltering(true))
+    }
+
+    /// Why redirect forwarding cannot be used on this bridge now, if it
+    /// cannot: a copy made outside the bridge would skip its STP port
+    /// states or filtering rules hooked into bridged traffic, or tag as it
+    /// does not (checked live: any of them can be switched on at any time).
+    /// VLAN filtering is no obstacle: redirect checks and tags per VLAN.
+    pub fn redirect_obstacle(&self) -> Option<&'static str> {
+        if self.options.iter().any(|o| matches!(o, InfoBridge::StpState(s) if *s != BridgeStpState::Disabled)) {
+            return Some("STP is on");
+        }
+        // Redirect tags its copies 802.1Q, the bridge's default protocol.
+        let ieee8021ad = self.options.iter().any(|o| matches!(o, InfoBridge::VlanProtocol(VlanProtocol::Ieee8021Ad)));
+        if self.vlan_filtering() && ieee8021ad {
+            return Some("VLAN filtering with 802.1ad tags is on");
+        }
+        crate::filtering::bridged_traffic_filtered()
+    }
+}
+
 pub struct Netlink {
     handle: Handle,
 }
@@ -226,11 +274,12 @@ impl Netlink {
         Ok(Bridge { name: name.to_owned(), ifindex: link.header.index, mac: link_mac(&link) })
     }
 
-    /// The bridge's MAC now; [`Error::BridgeGone`] if it was deleted.
-    pub async fn bridge_mac(&self, bridge: &Bridge) -> Result<[u8; 6]> {
+    /// The bridge's link now (its MAC and options, in one request);
+    /// [`Error::BridgeGone`] if it was deleted.
+    pub async fn bridge_state(&self, bridge: &Bridge) -> Result<BridgeState> {
         let mut links = self.handle.link().get().match_index(bridge.ifindex).execute();
         match links.try_next().await {
-            Ok(Some(link)) if is_bridge(&link) => Ok(link_mac(&link)),
+            Ok(Some(link)) if is_bridge(&link) => Ok(BridgeState::from_link(link)),
             Ok(_) => Err(Error::BridgeGone(bridge.name.clone())),
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
                 Err(Error::BridgeGone(bridge.name.clone()))
@@ -292,24 +341,11 @@ impl Netlink {
         Ok(ports)
     }
 
-    /// The bridge's options (IFLA_INFO_DATA).
-    async fn bridge_options(&self, bridge: &Bridge) -> Result<Vec<InfoBridge>> {
-        let link = self.link_by_name(&bridge.name).await?.ok_or_else(|| Error::BridgeGone(bridge.name.clone()))?;
-        let options = link.attributes.into_iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(infos) => infos.into_iter().find_map(|info| match info {
-                LinkInfo::Data(InfoData::Bridge(options)) => Some(options),
-                _ => None,
-            }),
-            _ => None,
-        });
-        Ok(options.unwrap_or_default())
-    }
-
     /// The bridge's VLAN configuration: VLAN filtering, each port's VLANs
     /// (an AF_BRIDGE link dump, as `bridge vlan show` makes) and VLAN
     /// interfaces on the bridge.
-    pub async fn vlan_config(&self, bridge: &Bridge) -> Result<VlanConfig> {
-        let filtering = self.bridge_options(bridge).await?.contains(&InfoBridge::VlanFiltering(true));
+    pub async fn vlan_config(&self, bridge: &Bridge, state: &BridgeState) -> Result<VlanConfig> {
+        let filtering = state.vlan_filtering();
         let mut config = VlanConfig { filtering, ..VlanConfig::default() };
         if !filtering {
             return Ok(config);
@@ -361,26 +397,7 @@ impl Netlink {
 
     /// The kernel bridge's own multicast snooping setting.
     pub async fn kernel_snooping(&self, bridge: &Bridge) -> Result<bool> {
-        let options = self.bridge_options(bridge).await?;
-        Ok(options.contains(&InfoBridge::MulticastSnooping(true)))
-    }
-
-    /// Why redirect forwarding cannot be used on this bridge now, if it
-    /// cannot: a copy made outside the bridge would skip its STP port
-    /// states or filtering rules hooked into bridged traffic, or tag as it
-    /// does not (checked live: any of them can be switched on at any time).
-    /// VLAN filtering is no obstacle: redirect checks and tags per VLAN.
-    pub async fn redirect_obstacle(&self, bridge: &Bridge) -> Result<Option<&'static str>> {
-        let options = self.bridge_options(bridge).await?;
-        if options.iter().any(|o| matches!(o, InfoBridge::StpState(s) if *s != BridgeStpState::Disabled)) {
-            return Ok(Some("STP is on"));
-        }
-        // Redirect tags its copies 802.1Q, the bridge's default protocol.
-        let filtering = options.contains(&InfoBridge::VlanFiltering(true));
-        if filtering && options.iter().any(|o| matches!(o, InfoBridge::VlanProtocol(VlanProtocol::Ieee8021Ad))) {
-            return Ok(Some("VLAN filtering with 802.1ad tags is on"));
-        }
-        Ok(crate::filtering::bridged_traffic_filtered())
+        Ok(self.bridge_state(bridge).await?.kernel_snooping())
     }
 
     /// Teaches the bridge that `mac` is behind `port` (in `vlan`, on a
@@ -421,11 +438,6 @@ impl Netlink {
         Ok(())
     }
 
-    /// The bridge's first IPv4 address, used as the querier source by default.
-    pub async fn bridge_ipv4(&self, bridge: &Bridge) -> Result<Option<Ipv4Addr>> {
-        self.interface_ipv4(bridge.ifindex).await
-    }
-
     /// An interface's first IPv4 address.
     pub async fn interface_ipv4(&self, ifindex: u32) -> Result<Option<Ipv4Addr>> {
         let mut addresses = self.handle.address().get().set_link_index_filter(ifindex).execute();
@@ -439,13 +451,8 @@ impl Netlink {
         Ok(None)
     }
 
-    /// The bridge's link-local IPv6 address (not one still in duplicate
-    /// address detection, nor one that failed it): MLD queries come from it.
-    pub async fn bridge_ipv6_link_local(&self, bridge: &Bridge) -> Result<Option<Ipv6Addr>> {
-        self.interface_ipv6_link_local(bridge.ifindex).await
-    }
-
-    /// An interface's usable link-local IPv6 address.
+    /// An interface's usable link-local IPv6 address (not one still in
+    /// duplicate address detection, nor one that failed it): MLD queries come from it.
     pub async fn interface_ipv6_link_local(&self, ifindex: u32) -> Result<Option<Ipv6Addr>> {
         use rtnetlink::packet_route::address::AddressFlags;
         let mut addresses = self.handle.address().get().set_link_index_filter(ifindex).execute();

@@ -11,11 +11,11 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use snoop::{
     control::{self, Change},
-    controller::{self, Forwarding, RunConfig},
-    datapath,
+    daemon, datapath,
     membership::Timers,
     netns,
     port_groups::{GroupRange, StaticGroup},
+    settings::{Forwarding, Live, RunConfig, Start},
     show::{self, View},
 };
 
@@ -378,8 +378,8 @@ fn real_main(cli: Cli) -> Result<()> {
             let reload = reloader(std::env::args_os().collect(), cli.netns);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
-                let signals = controller::Signals::register()?;
-                controller::run(config, Some(reload), signals).await
+                let signals = daemon::Signals::register()?;
+                daemon::run(config, Some(reload), signals).await.map_err(anyhow::Error::from)
             })
         }
         Command::Switch(SwitchArgs { bridge, interfaces, run_options }) => {
@@ -404,12 +404,12 @@ fn real_main(cli: Cli) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 // First: a SIGINT from here on waits for the interfaces to be put back.
-                let mut signals = controller::Signals::register()?;
+                let mut signals = daemon::Signals::register()?;
                 let mut switch = snoop::switch::Switch::plan(&bridge, &interfaces).await?;
                 switch.build().await?;
                 let result = match signals.stop_requested() {
                     true => Ok(()),
-                    false => controller::run(config, Some(reload), signals).await,
+                    false => daemon::run(config, Some(reload), signals).await.map_err(anyhow::Error::from),
                 };
                 let restored = switch.restore().await;
                 result.and(restored.map_err(Into::into))
@@ -439,7 +439,7 @@ fn real_main(cli: Cli) -> Result<()> {
             let pin_dir =
                 pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns::label(cli.netns.as_deref()), &bridge));
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(controller::cleanup(&bridge, &pin_dir))?;
+            runtime.block_on(daemon::cleanup(&bridge, &pin_dir))?;
             println!("removed {}", pin_dir.display());
             Ok(())
         }
@@ -455,7 +455,7 @@ fn run_args(argv: Vec<OsString>) -> Result<RunArgs> {
 
 /// A reload reads the file and the same command line again, so the
 /// command line's flags still override the file's.
-fn reloader(argv: Vec<OsString>, netns: Option<String>) -> controller::Reload {
+fn reloader(argv: Vec<OsString>, netns: Option<String>) -> daemon::Reload {
     Box::new(move || run_config(run_args(argv.clone())?, netns.as_deref()))
 }
 
@@ -486,7 +486,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         Some("never") => None,
         Some(text) => Some(duration(text).map_err(|e| anyhow::anyhow!("--failsafe-after: {e}"))?),
     };
-    Ok(RunConfig {
+    let start = Start {
         bridge: args.bridge,
         timers,
         querier: !args.no_querier,
@@ -497,6 +497,17 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         mld_query_source: args.mld_query_source,
         vlan_query_sources: vlan_query_sources(args.vlan_query_source)?,
         snoop_ipv6_link_scope: args.snoop_ipv6_link_scope,
+        max_sources_per_group: args.max_sources_per_group,
+        control_rate_limit: args.control_rate_limit,
+        failsafe_after,
+        forwarding: args.forwarding,
+        pin_dir,
+        port_scan_interval: args.port_scan_interval,
+        metrics: args.metrics,
+        control_group: args.control_group.as_deref().map(group_id).transpose()?,
+        map_sizes: snoop_common::MapSizes { memberships: args.max_memberships, groups: args.max_groups },
+    };
+    let live = Live {
         static_router_ports: args.router_port,
         fast_leave_ports: args.fast_leave,
         trusted_ports: args.trusted_port,
@@ -505,18 +516,10 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         port_allow: args.port_allow,
         port_deny: args.port_deny,
         static_groups: args.static_group,
-        max_sources_per_group: args.max_sources_per_group,
-        control_rate_limit: args.control_rate_limit,
-        failsafe_after,
         flood_unregistered: args.unregistered == Unregistered::Flood,
-        pin_dir,
         keep_state: args.keep_state,
-        port_scan_interval: args.port_scan_interval,
-        metrics: args.metrics,
-        control_group: args.control_group.as_deref().map(group_id).transpose()?,
-        map_sizes: snoop_common::MapSizes { memberships: args.max_memberships, groups: args.max_groups },
-        forwarding: args.forwarding,
-    })
+    };
+    Ok(RunConfig { start, live })
 }
 
 /// Each VLAN's configured query sources, one per family.

@@ -4,15 +4,18 @@
 //! rename or remove them.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
-use snoop_common::{Counter, PortGroupKey, VLAN_NONE};
+use snoop_common::{
+    Counter, GroupKey, PortCounters, PortGroupKey, TrafficCounters, PORT_GETS_REPORTS, PORT_GETS_REPORTS_IPV6,
+    PORT_UNPRUNED, VLAN_NONE,
+};
 
 use crate::{
-    datapath::Datapath,
+    daemon::{state::Port, vlan::VlanContext},
     membership::{FilterMode, IgnoredCounts, Member, PortState, RouterSign, Snooper, NEVER},
     proto::{key_ip, Family},
     stats::Stats,
@@ -223,7 +226,7 @@ pub struct TrafficView {
 }
 
 /// One line of `snoop watch`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// RFC 3339 UTC time with milliseconds.
     pub time: String,
@@ -304,66 +307,32 @@ impl Event {
     }
 }
 
-/// A bridge port as the controller knows it.
-#[derive(Clone, Debug, Default)]
-pub struct PortInfo {
-    pub name: String,
-    /// Control frames from this port the controller dropped as malformed.
-    pub malformed: u64,
-    /// The families it is a router port of (learned or static): their
-    /// [`snoop_common::FamilyFlags::router`] flags.
-    pub routers: u32,
-    /// Gets every group until its memberships fit the maps: PORT_UNPRUNED.
-    pub unpruned: bool,
-    /// Trusted, and no router port of a family is known yet: gets that
-    /// family's reports (its [`snoop_common::FamilyFlags::gets_reports`] flag).
-    pub gets_reports: u32,
-    /// What the bridge decides for the port (redirect decides the same).
-    pub policy: crate::bridge::PortPolicy,
-}
-
-impl PortInfo {
-    /// The port's `PORT_*` flags in the data path.
-    pub fn flags(&self) -> u32 {
-        let mut flags = self.routers | self.gets_reports;
-        if self.unpruned {
-            flags |= snoop_common::PORT_UNPRUNED;
-        }
-        if self.policy.bridge_path().is_some() {
-            flags |= snoop_common::PORT_BRIDGE_PATH;
-        }
-        flags
-    }
-
-    /// What `show ports` notes about the port.
-    pub fn note(&self, redirect: bool) -> String {
-        let mut notes = Vec::new();
-        if let Some(why) = self.policy.bridge_path() {
-            notes.push(if redirect { format!("{why}: bridge path") } else { why.to_owned() });
-        }
-        if self.policy.filters.egress > 0 {
-            notes.push("tc filters on its egress: every copy passes them".to_owned());
-        }
-        if self.unpruned {
-            notes.push("maps full: gets every group".to_owned());
-        }
-        if self.gets_reports != 0 {
-            notes.push("trusted: gets reports until a router port is known".to_owned());
-        }
-        notes.join("; ")
-    }
+/// The data path's counters, as the controller reads them.
+pub trait Counters {
+    /// The data path counters, indexed by [`Counter`].
+    fn datapath(&self) -> Vec<u64>;
+    /// Traffic sent to each member port.
+    fn member_traffic(&self) -> Vec<(PortGroupKey, TrafficCounters)>;
+    /// Traffic of a group held back from ports without members.
+    fn group_traffic(&self, group: GroupKey) -> TrafficCounters;
+    /// Traffic a port was sent as a router port, and spared.
+    fn port_traffic(&self, ifindex: u32) -> TrafficCounters;
+    /// Control traffic that entered through a port.
+    fn port_counters(&self, ifindex: u32) -> PortCounters;
 }
 
 /// What a snapshot is collected from.
 pub struct Sources<'a> {
     pub bridge: &'a str,
     pub uptime: Duration,
-    /// The state machines by VLAN ([`VLAN_NONE`] alone without VLANs).
-    pub igmp: &'a BTreeMap<u16, Snooper<std::net::Ipv4Addr>>,
-    /// None while MLD snooping is off.
-    pub mld: Option<&'a BTreeMap<u16, Snooper<std::net::Ipv6Addr>>>,
-    pub datapath: &'a Datapath,
-    pub ports: &'a BTreeMap<u32, PortInfo>,
+    /// The VLAN contexts ([`VLAN_NONE`] alone without VLANs).
+    pub contexts: &'a BTreeMap<u16, VlanContext>,
+    /// MLD snooping is on.
+    pub mld: bool,
+    pub ports: &'a BTreeMap<u32, Port>,
+    /// Each port's flags as the data path has them (unpruned, gets reports).
+    pub port_flags: BTreeMap<u32, u32>,
+    pub counters: &'a dyn Counters,
     pub stats: &'a Stats,
     pub forwarding: ForwardingView,
 }
@@ -378,7 +347,17 @@ impl Sources<'_> {
     }
 
     fn vlan_aware(&self) -> bool {
-        self.igmp.keys().any(|vlan| *vlan != VLAN_NONE)
+        self.contexts.keys().any(|vlan| *vlan != VLAN_NONE)
+    }
+
+    /// The IGMP machines, by VLAN.
+    fn igmp(&self) -> impl Iterator<Item = (u16, &Snooper<Ipv4Addr>)> + '_ {
+        self.contexts.iter().map(|(vlan, context)| (*vlan, &context.igmp))
+    }
+
+    /// The MLD machines, by VLAN (none while MLD snooping is off).
+    fn mld(&self) -> impl Iterator<Item = (u16, &Snooper<Ipv6Addr>)> + '_ {
+        self.contexts.iter().filter_map(|(vlan, context)| Some((*vlan, context.mld.as_ref()?)))
     }
 }
 
@@ -393,8 +372,8 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     let traffic = if counters_only { Vec::new() } else { traffic(sources) };
     let mut groups = Vec::new();
     if !counters_only {
-        groups = sources.igmp.values().flat_map(|s| group_views(sources, s, &traffic)).collect();
-        for mld in sources.mld.into_iter().flat_map(|m| m.values()) {
+        groups = sources.igmp().flat_map(|(_, s)| group_views(sources, s, &traffic)).collect();
+        for (_, mld) in sources.mld() {
             groups.extend(group_views(sources, mld, &traffic));
         }
         groups.sort_by_key(|g| (g.group, g.vlan));
@@ -406,10 +385,10 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     };
     let mut controller: BTreeMap<String, u64> = sources.stats.named().collect();
     let mut ignored_counts = BTreeMap::new();
-    for snooper in sources.igmp.values() {
+    for (_, snooper) in sources.igmp() {
         ignored(&mut ignored_counts, "", snooper.ignored().named());
     }
-    for snooper in sources.mld.into_iter().flat_map(|m| m.values()) {
+    for (_, snooper) in sources.mld() {
         ignored(&mut ignored_counts, "mld_", snooper.ignored().named());
     }
     if ignored_counts.is_empty() {
@@ -419,13 +398,13 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     controller.extend(ignored_counts);
     let vlans = if sources.vlan_aware() {
         sources
-            .igmp
+            .contexts
             .iter()
-            .map(|(vlan, igmp)| VlanView {
+            .map(|(vlan, context)| VlanView {
                 vlan: *vlan,
-                querier: querier_view(sources, Some(igmp)),
-                mld_querier: sources.mld.map(|mld| querier_view(sources, mld.get(vlan))),
-                ports: igmp.ports().keys().map(|p| sources.port_name(*p)).collect(),
+                querier: querier_view(sources, Some(&context.igmp)),
+                mld_querier: sources.mld.then(|| querier_view(sources, context.mld.as_ref())),
+                ports: context.igmp.ports().keys().map(|p| sources.port_name(*p)).collect(),
             })
             .collect()
     } else {
@@ -434,13 +413,13 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     Snapshot {
         bridge: sources.bridge.to_owned(),
         uptime_secs: sources.uptime.as_secs_f64(),
-        querier: querier_view(sources, sources.igmp.values().next()),
-        mld_querier: sources.mld.map(|mld| querier_view(sources, mld.values().next())),
+        querier: querier_view(sources, sources.igmp().next().map(|(_, s)| s)),
+        mld_querier: sources.mld.then(|| querier_view(sources, sources.mld().next().map(|(_, s)| s))),
         vlans,
         forwarding: sources.forwarding.clone(),
         ports: port_views(sources, &traffic),
         groups,
-        datapath: Counter::ALL.iter().zip(sources.datapath.counters()).map(|(c, v)| (c.name().to_owned(), v)).collect(),
+        datapath: Counter::ALL.iter().zip(sources.counters.datapath()).map(|(c, v)| (c.name().to_owned(), v)).collect(),
         controller,
         traffic,
     }
@@ -449,7 +428,7 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
 /// Traffic per (group, member port), sorted.
 fn traffic(sources: &Sources) -> Vec<TrafficView> {
     let mut traffic: Vec<TrafficView> = sources
-        .datapath
+        .counters
         .member_traffic()
         .into_iter()
         .filter_map(|(PortGroupKey { group, ifindex }, c)| {
@@ -472,8 +451,8 @@ fn querier_view<A: Family>(sources: &Sources, snooper: Option<&Snooper<A>>) -> Q
     let Some(snooper) = snooper else {
         return QuerierView {
             role: "none".into(),
-            own_address: A::from_ip(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-                .map_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), |a| a.ip()),
+            own_address: A::from_ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+                .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |a| a.ip()),
             querier_address: None,
             other_querier_expires_in_secs: None,
             next_query_in_secs: None,
@@ -532,14 +511,14 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
         .filter_map(|ifindex| {
             // A port's state in each VLAN it is in (one without VLANs).
             let states: Vec<(u16, &PortState)> =
-                sources.igmp.iter().filter_map(|(v, s)| Some((*v, s.ports().get(ifindex)?))).collect();
+                sources.igmp().filter_map(|(v, s)| Some((v, s.ports().get(ifindex)?))).collect();
             let mld_states: Vec<(u16, &PortState)> =
-                sources.mld.into_iter().flatten().filter_map(|(v, s)| Some((*v, s.ports().get(ifindex)?))).collect();
+                sources.mld().filter_map(|(v, s)| Some((v, s.ports().get(ifindex)?))).collect();
             let (_, first) = *states.first()?;
             let router_until = |states: &[(u16, &PortState)]| states.iter().filter_map(|(_, s)| s.router_until).max();
             let sum = |f: fn(&PortState) -> u64| states.iter().chain(&mld_states).map(|(_, s)| f(s)).sum::<u64>();
-            let control = sources.datapath.port_counters(*ifindex);
-            let as_router = sources.datapath.port_traffic(*ifindex);
+            let control = sources.counters.port_counters(*ifindex);
+            let as_router = sources.counters.port_traffic(*ifindex);
             let (member_packets, member_bytes) = to_members.get(ifindex).copied().unwrap_or_default();
             let mut router_vlans: Vec<u16> =
                 states.iter().chain(&mld_states).filter(|(_, s)| s.is_router(now)).map(|(v, _)| *v).collect();
@@ -570,22 +549,29 @@ fn port_views(sources: &Sources, traffic: &[TrafficView]) -> Vec<PortView> {
                 forwarded_bytes: member_bytes + as_router.forwarded_bytes,
                 pruned_packets: as_router.pruned_packets,
                 pruned_bytes: as_router.pruned_bytes,
-                unpruned: sources.ports.get(ifindex).is_some_and(|p| p.unpruned),
+                unpruned: sources.port_flags.get(ifindex).is_some_and(|f| f & PORT_UNPRUNED != 0),
                 note: {
-                    let mut note = sources
+                    let mut notes: Vec<String> = sources
                         .ports
                         .get(ifindex)
                         .map(|p| p.note(sources.forwarding.mode == "redirect"))
-                        .unwrap_or_default();
-                    let heard_v4 = sources
-                        .igmp
-                        .values()
-                        .filter_map(|s| s.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip())));
-                    let heard_v6 = sources
-                        .mld
                         .into_iter()
-                        .flat_map(|m| m.values())
-                        .filter_map(|s| s.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip())));
+                        .filter(|note| !note.is_empty())
+                        .collect();
+                    let flags = sources.port_flags.get(ifindex).copied().unwrap_or(0);
+                    if flags & PORT_UNPRUNED != 0 {
+                        notes.push("maps full: gets every group".to_owned());
+                    }
+                    if flags & (PORT_GETS_REPORTS | PORT_GETS_REPORTS_IPV6) != 0 {
+                        notes.push("trusted: gets reports until a router port is known".to_owned());
+                    }
+                    let mut note = notes.join("; ");
+                    let heard_v4 = sources
+                        .igmp()
+                        .filter_map(|(_, s)| s.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip())));
+                    let heard_v6 = sources
+                        .mld()
+                        .filter_map(|(_, s)| s.untrusted_routers().get(ifindex).map(|h| (h.sign, h.source.ip())));
                     let mut heard: Vec<(RouterSign, IpAddr)> = heard_v4.chain(heard_v6).collect();
                     heard.dedup();
                     for (sign, source) in heard {
@@ -614,7 +600,7 @@ fn group_views<A: Family>(sources: &Sources, snooper: &Snooper<A>, traffic: &[Tr
                     member_view(sources, *ifindex, member, traffic)
                 })
                 .collect();
-            let spared = sources.datapath.group_traffic(group.key());
+            let spared = sources.counters.group_traffic(group.key());
             GroupView {
                 group: group.addr.ip(),
                 vlan,

@@ -1,23 +1,27 @@
 //! The eBPF programs' verdicts, one packet class at a time, through
-//! BPF_PROG_TEST_RUN: no hosts, no timing, just the programs, their maps (as
-//! the controller's datapath module writes them) and a bridge whose ports give
-//! the test skbs a device. Each case asserts the verdict and that exactly the
+//! BPF_PROG_TEST_RUN: no hosts, no timing, just the programs, their maps (map
+//! entries written here as the controller's reconciler writes them) and a
+//! bridge whose ports give the test skbs a device. Each case asserts the verdict and that exactly the
 //! expected data path counters moved, and no other.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{Ipv4Addr, Ipv6Addr},
+    ops::{Deref, DerefMut},
     time::Duration,
 };
 
 use anyhow::Result;
 use snoop::{
-    datapath::{CopyTarget, Datapath},
+    daemon::reconcile::{Entry, Key, Maps as _},
+    datapath::{monotonic_now_ns, Datapath},
     proto::internet_checksum,
 };
 use snoop_common::{
-    Counter, GroupKey, PortCounters, PortGroupKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
-    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6,
-    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
+    Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
+    SourceAddr, SourceGroupKey, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
+    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAX_FANOUT, MEMBER_SOURCES_EXCLUDE,
+    MEMBER_SOURCES_INCLUDE, NO_SLOT, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6, PORT_UNPRUNED, PROG_EGRESS,
+    PROG_INGRESS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
@@ -39,9 +43,171 @@ struct Ports {
     p3: u32,
 }
 
+/// Where redirect copies in a test: a port with a member, or a router port.
+#[derive(Clone, Copy)]
+enum CopyTarget {
+    Member(u32),
+    Router(u32),
+}
+
+/// The data path with the map entries the tests set, one setting at a
+/// time, as the controller's reconciler writes them (whole entries, no
+/// counter slots).
+struct Dp {
+    datapath: Datapath,
+    control_rate_limit: u32,
+    ports: BTreeMap<u32, PortValue>,
+    members: BTreeMap<PortGroupKey, MemberValue>,
+    sources: BTreeMap<PortGroupKey, (u8, BTreeSet<SourceAddr>)>,
+    /// Sources with copy lists of their own, by group.
+    source_lists: BTreeMap<GroupKey, Vec<SourceAddr>>,
+}
+
+impl Deref for Dp {
+    type Target = Datapath;
+    fn deref(&self) -> &Datapath {
+        &self.datapath
+    }
+}
+
+impl DerefMut for Dp {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+}
+
+impl Dp {
+    fn configure(&mut self, flags: u32, failsafe: Option<Duration>, handover: Duration, rate_limit: u32) -> Result<()> {
+        self.control_rate_limit = rate_limit;
+        let config = DatapathConfig {
+            flags,
+            restore: 0,
+            heartbeat_ns: monotonic_now_ns(),
+            failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
+            handover_ns: handover.as_nanos() as u64,
+        };
+        Ok(self.datapath.put(&Entry::Config(config))?)
+    }
+
+    fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
+        let old =
+            self.ports.get(&ifindex).copied().unwrap_or(PortValue { traffic_slot: NO_SLOT, ..Default::default() });
+        self.port(ifindex, PortValue { flags, control_rate_limit: self.control_rate_limit, ..old })
+    }
+
+    fn set_port_vlans(&mut self, ifindex: u32, pvid: u16, untagged_vlan: u16) -> Result<()> {
+        let old =
+            self.ports.get(&ifindex).copied().unwrap_or(PortValue { traffic_slot: NO_SLOT, ..Default::default() });
+        self.port(ifindex, PortValue { pvid, untagged_vlan, ..old })
+    }
+
+    fn port(&mut self, ifindex: u32, value: PortValue) -> Result<()> {
+        self.ports.insert(ifindex, value);
+        Ok(self.datapath.put(&Entry::Port(ifindex, value))?)
+    }
+
+    fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, flags: u8) -> Result<()> {
+        let source_flags = self.sources.get(&member).map_or(0, |(flags, _)| *flags);
+        let value =
+            MemberValue { expires_ns, version, flags: flags | source_flags, _pad: [0; 2], traffic_slot: NO_SLOT };
+        self.members.insert(member, value);
+        Ok(self.datapath.put(&Entry::Member(member, value))?)
+    }
+
+    /// Only `listed` (`include`), or all but `listed`; nothing listed and
+    /// not `include`: any source.
+    fn set_member_sources(&mut self, member: PortGroupKey, include: bool, listed: BTreeSet<SourceAddr>) -> Result<()> {
+        let flags = match (include, listed.is_empty()) {
+            (true, _) => MEMBER_SOURCES_INCLUDE,
+            (false, true) => 0,
+            (false, false) => MEMBER_SOURCES_EXCLUDE,
+        };
+        for source in &listed {
+            self.datapath.put(&Entry::Source(SourceKey { member, source: *source }))?;
+        }
+        let (_, old) = self.sources.insert(member, (flags, listed.clone())).unwrap_or_default();
+        for source in old.difference(&listed) {
+            self.datapath.delete(&Key::Source(SourceKey { member, source: *source }))?;
+        }
+        if let Some(value) = self.members.get(&member).copied() {
+            let state = value.flags & !(MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE);
+            self.set_member(member, value.version, value.expires_ns, state)?;
+        }
+        Ok(())
+    }
+
+    fn register_group(&mut self, group: GroupKey) -> Result<()> {
+        Ok(self.datapath.put(&Entry::Group(group, GroupValue { traffic_slot: NO_SLOT, _pad: 0 }))?)
+    }
+
+    fn set_vlan_flags(&mut self, vlan: u16, flags: Option<u32>) -> Result<()> {
+        match flags {
+            Some(flags) => self.datapath.put(&Entry::Vlan(vlan, flags))?,
+            None => self.datapath.delete(&Key::Vlan(vlan))?,
+        }
+        Ok(())
+    }
+
+    fn set_vlan_port_flags(&mut self, key: VlanPortKey, flags: u32) -> Result<()> {
+        match flags {
+            0 => self.datapath.delete(&Key::VlanPort(key))?,
+            flags => self.datapath.put(&Entry::VlanPort(key, flags))?,
+        }
+        Ok(())
+    }
+
+    /// A group's copy list, and its sources' own; none at all: no list.
+    fn set_group_ports(
+        &mut self,
+        group: GroupKey,
+        targets: &[CopyTarget],
+        by_source: &[(SourceAddr, Vec<CopyTarget>)],
+        _vlan: Option<()>,
+    ) -> Result<()> {
+        for source in self.source_lists.remove(&group).unwrap_or_default() {
+            self.datapath.delete(&Key::SourceGroupPorts(SourceGroupKey { group, source }))?;
+        }
+        self.source_lists.insert(group, by_source.iter().map(|(source, _)| *source).collect());
+        if targets.is_empty() && by_source.is_empty() {
+            return Ok(self.datapath.delete(&Key::GroupPorts(group))?);
+        }
+        for (source, targets) in by_source {
+            let value = list(targets, false);
+            self.datapath.put(&Entry::SourceGroupPorts(SourceGroupKey { group, source: *source }, value))?;
+        }
+        Ok(self.datapath.put(&Entry::GroupPorts(group, list(targets, !by_source.is_empty())))?)
+    }
+
+    fn set_report_targets(&mut self, key: GroupKey, targets: &[CopyTarget], _vlan: Option<()>) -> Result<()> {
+        Ok(self.datapath.put(&Entry::GroupPorts(key, list(targets, false)))?)
+    }
+}
+
+/// A copy list to `targets` (no hand-over, no counter slots).
+fn list(targets: &[CopyTarget], by_source: bool) -> GroupPorts {
+    let mut ifindexes = [0; MAX_FANOUT];
+    for (to, target) in ifindexes.iter_mut().zip(targets) {
+        *to = match target {
+            CopyTarget::Member(port) | CopyTarget::Router(port) => *port,
+        };
+    }
+    GroupPorts {
+        count: targets.len() as u32,
+        local: 0,
+        traffic_slot: NO_SLOT,
+        bridge_ports: 0,
+        last_to_peer: 0,
+        last_member_slot: NO_SLOT,
+        last_port_slot: NO_SLOT,
+        by_source: u32::from(by_source),
+        untagged: 0,
+        ifindexes,
+    }
+}
+
 /// Loads the programs in the lab's bridge namespace and writes the maps as
 /// the controller would; runs `check` there.
-fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<()> + Send + 'static) -> Result<()> {
+fn with_datapath(tag: &str, check: impl FnOnce(&mut Dp, &Ports) -> Result<()> + Send + 'static) -> Result<()> {
     let lab = Lab::new(tag, 4, &LabOptions::default())?;
     let ports = Ports {
         p0: lab.port_ifindex("p0")?,
@@ -51,7 +217,15 @@ fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<
     };
     let pin_dir = lab.pin_dir();
     in_netns(&lab.bridge_netns, move || -> Result<()> {
-        let (mut datapath, _) = Datapath::load(&pin_dir, 0, Default::default())?;
+        let (datapath, _) = Datapath::load(&pin_dir, 0, Default::default())?;
+        let mut datapath = Dp {
+            datapath,
+            control_rate_limit: 0,
+            ports: BTreeMap::new(),
+            members: BTreeMap::new(),
+            sources: BTreeMap::new(),
+            source_lists: BTreeMap::new(),
+        };
         datapath.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 0)?;
         for port in [ports.p0, ports.p1, ports.p2] {
             datapath.set_port_flags(port, 0)?;
@@ -61,7 +235,7 @@ fn with_datapath(tag: &str, check: impl FnOnce(&mut Datapath, &Ports) -> Result<
         datapath.set_member(PortGroupKey { group: joined, ifindex: ports.p1 }, 3, u64::MAX, 0)?;
         datapath.register_group(joined)?;
         let result = check(&mut datapath, &ports);
-        datapath.shutdown(false)?;
+        datapath.datapath.shutdown(false)?;
         result
     })?
 }
@@ -360,7 +534,11 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
         dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)], &[], None)?;
-        dp.set_report_targets(snoop_common::REPORT_TARGETS, &[CopyTarget::Router(p.p3)], None)?;
+        dp.set_report_targets(
+            GroupKey::report_targets(snoop_common::FAMILY_IPV4, VLAN_NONE),
+            &[CopyTarget::Router(p.p3)],
+            None,
+        )?;
         let copied = [(Redirected, 1), (RedirectCopies, 2)];
         case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), DROP, &copied)?;
         // The sender's own port never gets its packet back.

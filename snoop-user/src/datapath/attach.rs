@@ -123,10 +123,6 @@ impl Attachments {
         self.mode
     }
 
-    pub fn len(&self) -> usize {
-        self.ports.len()
-    }
-
     pub fn contains(&self, ifindex: u32) -> bool {
         self.ports.contains_key(&ifindex)
     }

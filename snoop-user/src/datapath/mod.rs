@@ -1,13 +1,14 @@
-//! The eBPF side as userspace drives it: load, attach to ports, write the
-//! membership maps, read counters. All kernel objects live under one bpffs
-//! directory per bridge, so a restarted snoop adopts them without a gap in
-//! forwarding, and a clean exit removes every one of them.
+//! The eBPF side as userspace drives it: load, attach to ports, the maps
+//! as the reconciler writes them ([`Maps`](crate::daemon::reconcile::Maps)
+//! entries, nothing more: what they must hold is the daemon's to say), read
+//! counters. All kernel objects live under one bpffs directory per bridge,
+//! so a restarted snoop adopts them without a gap in forwarding, and a
+//! clean exit removes every one of them.
 //!
 //! - [`pins`]: the pin directory, and pinned state of another layout;
 //! - [`slots`]: traffic counter slots;
 //! - [`Error`]: what callers decide on.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
     fs,
     path::{Path, PathBuf},
 };
@@ -31,65 +32,16 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
-    SenderSlot, SourceAddr, SourceGroupKey, SourceKey, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT,
-    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS,
-    MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES,
-    MAP_SOURCE_GROUP_PORTS, MAP_VLANS, MAP_VLAN_PORTS, MAX_FANOUT, MAX_PORTS, MAX_TRAFFIC_SLOTS,
-    MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, MEMBER_STATE_FLAGS, NO_SLOT, PROG_EGRESS, PROG_INGRESS,
-    SENDER_SLOTS, SOURCE_LISTED, UNTAGGED_LAST, UNTAGGED_LOCAL, VLAN_NONE,
+    SenderSlot, SourceGroupKey, SourceKey, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT, MAP_CONFIG,
+    MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC,
+    MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAP_VLANS,
+    MAP_VLAN_PORTS, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
 };
+
+use crate::daemon::reconcile::{Entry, Key, Maps, SlotKind, Written};
 
 /// The compiled eBPF object, built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/snoop.bpf.o"));
-
-/// One place redirect mode copies a frame to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CopyTarget {
-    /// A port with a member of the group.
-    Member(u32),
-    /// A router port (without a member).
-    Router(u32),
-    /// The bridge device itself, for the bridge host's own sockets: the copy
-    /// goes to its ingress.
-    BridgeDevice(u32),
-}
-
-impl CopyTarget {
-    pub fn ifindex(self) -> u32 {
-        match self {
-            CopyTarget::Member(i) | CopyTarget::Router(i) | CopyTarget::BridgeDevice(i) => i,
-        }
-    }
-
-    /// The bridge port, for a member or router port.
-    fn port(self) -> Option<u32> {
-        match self {
-            CopyTarget::Member(i) | CopyTarget::Router(i) => Some(i),
-            CopyTarget::BridgeDevice(_) => None,
-        }
-    }
-}
-
-/// How redirect copies leave in one VLAN of a VLAN-aware bridge.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VlanEgress {
-    /// The ports (and the bridge device) in the VLAN, each with whether
-    /// the VLAN's frames leave it tagged.
-    pub tagged: BTreeMap<u32, bool>,
-    /// How many of the bridge's ports are in the VLAN: a copy spares the
-    /// others nothing.
-    pub ports: u32,
-    /// Some port leaves the VLAN untagged, but its egress program untags
-    /// another VLAN (a port has one untagged VLAN in the data path): the
-    /// VLAN's traffic takes the bridge path.
-    pub bridge_path: bool,
-}
-
-impl VlanEgress {
-    fn tags(&self, target: &CopyTarget) -> bool {
-        self.tagged.get(&target.ifindex()).copied().unwrap_or(false)
-    }
-}
 
 pub struct Datapath {
     ebpf: Ebpf,
@@ -107,17 +59,6 @@ pub struct Datapath {
     member_traffic: TrafficSlots,
     group_traffic: TrafficSlots,
     port_traffic: TrafficSlots,
-    /// Slots handed out, so refreshes keep theirs and removals free them.
-    member_slots: StdHashMap<PortGroupKey, u32>,
-    group_slots: StdHashMap<GroupKey, u32>,
-    port_slots: StdHashMap<u32, u32>,
-    /// Each port's VLANs as its map entry holds them: (PVID, untagged VLAN).
-    port_vlans: StdHashMap<u32, (u16, u16)>,
-    /// Source filters written: each source-specific membership's
-    /// `MEMBER_SOURCES_*` flag and listed sources.
-    member_sources: StdHashMap<PortGroupKey, (u8, BTreeSet<SourceAddr>)>,
-    /// Sources with their own copy list, by group.
-    source_lists: StdHashMap<GroupKey, BTreeSet<SourceAddr>>,
     port_counters: PerCpuHashMap<MapData, u32, PortCounters>,
     senders: PerCpuArray<MapData, SenderSlot>,
     events: Option<RingBuf<MapData>>,
@@ -125,11 +66,6 @@ pub struct Datapath {
     /// The kernel's ids of the loaded ingress and egress programs: how
     /// TCX lists them among other programs on a hook.
     program_ids: [u32; 2],
-    /// Ports whose copies can go straight to their veth peer (see GroupPorts::last_to_peer).
-    peer_ports: BTreeSet<u32>,
-    /// Last config written; heartbeats rewrite it with a new time.
-    config_value: DatapathConfig,
-    control_rate_limit: u32,
 }
 
 impl Datapath {
@@ -143,7 +79,7 @@ impl Datapath {
         pins::drop_pins_of_another_layout(pin_dir, sizes)?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
         let attachments = Attachments::new(mode, pin_dir.to_owned(), bridge_ifindex)?;
-        let loaded = Self::load_pinned(pin_dir, resumed, attachments, sizes);
+        let loaded = Self::load_pinned(pin_dir, attachments, sizes);
         if loaded.is_err() && !resumed {
             // Maps this failed attempt pinned must not look like state to resume.
             let _ = remove_pin_dir(pin_dir);
@@ -151,7 +87,7 @@ impl Datapath {
         Ok((loaded?, resumed))
     }
 
-    fn load_pinned(pin_dir: &Path, resumed: bool, attachments: Attachments, sizes: MapSizes) -> Result<Self> {
+    fn load_pinned(pin_dir: &Path, attachments: Attachments, sizes: MapSizes) -> Result<Self> {
         let links = pin_dir.join("links");
         fs::create_dir_all(&links).map_err(|source| Error::Pins { what: "creating", path: links, source })?;
         let mut ebpf = EbpfLoader::new()
@@ -198,12 +134,6 @@ impl Datapath {
                 MAX_TRAFFIC_SLOTS,
             ),
             port_traffic: TrafficSlots::new(MAP_PORT_TRAFFIC, take_map(&mut ebpf, MAP_PORT_TRAFFIC)?, MAX_PORTS),
-            member_slots: StdHashMap::new(),
-            group_slots: StdHashMap::new(),
-            port_slots: StdHashMap::new(),
-            port_vlans: StdHashMap::new(),
-            member_sources: StdHashMap::new(),
-            source_lists: StdHashMap::new(),
             port_counters: take_map(&mut ebpf, MAP_PORT_COUNTERS)?,
             senders: take_map(&mut ebpf, MAP_SENDERS)?,
             events: Some(take_map(&mut ebpf, MAP_EVENTS)?),
@@ -211,16 +141,7 @@ impl Datapath {
             pin_dir: pin_dir.to_owned(),
             attachments,
             program_ids,
-            peer_ports: BTreeSet::new(),
-            config_value: DatapathConfig::default(),
-            control_rate_limit: 0,
         };
-        let mut datapath = datapath;
-        if resumed {
-            datapath.adopt_slots();
-            // Keeps what a keep-state predecessor must still restore.
-            datapath.config_value = datapath.config.get(&0, 0).unwrap_or_default();
-        }
         Ok(datapath)
     }
 
@@ -254,58 +175,15 @@ impl Datapath {
         self.events.take()
     }
 
-    /// Sets the data path policy: `CONFIG_*` flags, the failsafe time (see
-    /// [`DatapathConfig::failsafe_ns`]), how long peer hand-overs outlive the
-    /// last heartbeat ([`DatapathConfig::handover_ns`]) and the per-port
-    /// control-frame rate limit.
-    pub fn configure(
-        &mut self,
-        flags: u32,
-        failsafe: Option<std::time::Duration>,
-        handover: std::time::Duration,
-        control_rate_limit: u32,
-    ) -> Result<()> {
-        self.control_rate_limit = control_rate_limit;
-        self.config_value = DatapathConfig {
-            flags,
-            restore: self.config_value.restore,
-            heartbeat_ns: monotonic_now_ns(),
-            failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
-            handover_ns: handover.as_nanos() as u64,
-        };
-        self.write_config()
-    }
-
-    fn write_config(&mut self) -> Result<()> {
-        self.config.set(0, self.config_value, 0).map_err(|e| Error::map("writing", MAP_CONFIG, e))
-    }
-
-    /// Bridge settings to put back at a clean exit (`RESTORE_*`), kept in
-    /// the pinned config so keep-state restarts remember them.
-    pub fn restore_flags(&self) -> u32 {
-        self.config_value.restore
-    }
-
-    pub fn add_restore_flags(&mut self, flags: u32) -> Result<()> {
-        self.config_value.restore |= flags;
-        self.write_config()
-    }
-
-    /// Tells the data path the controller is alive.
-    pub fn heartbeat(&mut self) -> Result<()> {
-        self.config_value.heartbeat_ns = monotonic_now_ns();
-        self.write_config()
-    }
-
-    /// Attaches both programs to a port (adopting what a previous snoop left
-    /// there, atomically) and writes its port map entry. [`Error::PortGone`]
-    /// when the port vanished meanwhile.
-    pub fn attach_port(&mut self, ifindex: u32, flags: u32) -> Result<()> {
+    /// Attaches both programs to a port, adopting (and updating in place,
+    /// atomically) what a previous snoop left there. [`Error::PortGone`]
+    /// when the port vanished meanwhile. Its map entry is the reconciler's.
+    pub fn attach_port(&mut self, ifindex: u32) -> Result<()> {
         if !self.attachments.contains(ifindex) {
             let (ingress, egress) = programs(&mut self.ebpf)?;
             self.attachments.attach(ingress, egress, ifindex)?;
         }
-        self.set_port_flags(ifindex, flags)
+        Ok(())
     }
 
     /// Whether snoop's programs are on the port.
@@ -318,16 +196,11 @@ impl Datapath {
         self.attachments.mode()
     }
 
-    /// Detaches from a port and forgets it in the port map.
+    /// Detaches from a port and drops its control counters (the data path
+    /// made them; its map entry is the reconciler's).
     pub fn detach_port(&mut self, ifindex: u32) -> Result<()> {
         self.attachments.detach(ifindex);
-        remove_if_present(MAP_PORTS, self.ports.remove(&ifindex))?;
-        remove_if_present(MAP_PORT_COUNTERS, self.port_counters.remove(&ifindex))?;
-        self.port_vlans.remove(&ifindex);
-        if let Some(slot) = self.port_slots.remove(&ifindex) {
-            self.port_traffic.give_back(slot);
-        }
-        Ok(())
+        remove_if_present(MAP_PORT_COUNTERS, self.port_counters.remove(&ifindex))
     }
 
     /// What else runs on an attached port's tc hooks (see [`OtherFilters`]).
@@ -341,381 +214,44 @@ impl Datapath {
         self.attachments.remove_stale(current)
     }
 
-    /// Ifindexes that have an entry in the port map (from this or a previous run).
-    pub fn port_entries(&self) -> Vec<u32> {
-        self.ports.keys().filter_map(|k| k.ok()).collect()
-    }
-
-    /// Ports whose entry has the `router` flag of a family (read before they
-    /// are rewritten, to resume learned router ports).
-    pub fn router_port_entries(&self, router: u32) -> Vec<u32> {
-        self.ports.iter().filter_map(|e| e.ok()).filter(|(_, v)| v.flags & router != 0).map(|(k, _)| k).collect()
-    }
-
-    pub fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {
-        let traffic_slot = match self.port_slots.get(&ifindex) {
-            Some(slot) => *slot,
-            None => {
-                let slot = self.port_traffic.take()?;
-                self.port_slots.insert(ifindex, slot);
-                slot
-            }
-        };
-        let (pvid, untagged_vlan) = self.port_vlans.get(&ifindex).copied().unwrap_or((VLAN_NONE, VLAN_NONE));
-        let value = PortValue {
-            flags,
-            control_rate_limit: self.control_rate_limit,
-            window_start_ns: 0,
-            window_frames: 0,
-            traffic_slot,
-            pvid,
-            untagged_vlan,
-        };
-        self.ports.insert(ifindex, value, 0).map_err(|e| Error::map("writing", MAP_PORTS, e))
-    }
-
-    /// A port's VLANs on a VLAN-aware bridge (see [`PortValue::pvid`]),
-    /// written into its entry with the flags it has.
-    pub fn set_port_vlans(&mut self, ifindex: u32, pvid: u16, untagged_vlan: u16) -> Result<()> {
-        if self.port_vlans.insert(ifindex, (pvid, untagged_vlan)) == Some((pvid, untagged_vlan)) {
-            return Ok(());
-        }
-        match self.ports.get(&ifindex, 0) {
-            Ok(value) => self.set_port_flags(ifindex, value.flags),
-            Err(_) => Ok(()), // not attached yet: its first write carries them
-        }
-    }
-
-    /// A port's router and report flags in one VLAN ([`snoop_common::PORT_VLAN_FLAGS`]
-    /// bits); 0 removes its entry.
-    pub fn set_vlan_port_flags(&mut self, key: VlanPortKey, flags: u32) -> Result<()> {
-        if flags == 0 {
-            return remove_if_present(MAP_VLAN_PORTS, self.vlan_ports.remove(&key));
-        }
-        self.vlan_ports.insert(key, flags, 0).map_err(|e| Error::map("writing", MAP_VLAN_PORTS, e))
-    }
-
-    /// Every port's per-VLAN flags (from this or a previous run).
-    pub fn vlan_port_entries(&self) -> Vec<(VlanPortKey, u32)> {
-        self.vlan_ports.iter().filter_map(|e| e.ok()).collect()
-    }
-
-    /// A VLAN's entry ([`VlanFlags`]), or none: the VLAN is not followed.
-    pub fn set_vlan_flags(&mut self, vlan: u16, flags: Option<VlanFlags>) -> Result<()> {
-        match flags {
-            Some(flags) => self.vlans.insert(vlan, flags, 0).map_err(|e| Error::map("writing", MAP_VLANS, e)),
-            None => remove_if_present(MAP_VLANS, self.vlans.remove(&vlan)),
-        }
-    }
-
-    /// Every VLAN's entry (from this or a previous run).
-    pub fn vlan_entries(&self) -> Vec<(u16, VlanFlags)> {
-        self.vlans.iter().filter_map(|e| e.ok()).collect()
-    }
-
-    /// Writes a membership; `state_flags` are its `MEMBER_LEAVING` and
-    /// `MEMBER_STATIC` (the source flags come from [`Datapath::set_member_sources`]).
-    pub fn set_member(&mut self, member: PortGroupKey, version: u8, expires_ns: u64, state_flags: u8) -> Result<()> {
-        let traffic_slot = self.member_slot(member)?;
-        let source_flags = self.member_sources.get(&member).map_or(0, |(flags, _)| *flags);
-        let flags = state_flags & MEMBER_STATE_FLAGS | source_flags;
-        let value = MemberValue { expires_ns, version, flags, _pad: [0; 2], traffic_slot };
-        self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))
-    }
-
-    pub fn remove_member(&mut self, member: PortGroupKey) -> Result<()> {
-        if let Some(slot) = self.member_slots.remove(&member) {
-            self.member_traffic.give_back(slot);
-        }
-        let removed = remove_if_present(MAP_MEMBERS, self.members.remove(&member));
-        if let Some((_, listed)) = self.member_sources.remove(&member) {
-            for source in listed {
-                let _ = self.sources.remove(&SourceKey { member, source });
-            }
-        }
-        removed
-    }
-
-    /// Which sources a membership gets: only `listed` (`include`), or all
-    /// but `listed`; not `include` with nothing listed is any source. The
-    /// membership entry itself (if written yet) is updated in place; a new
-    /// one gets the filter from [`Datapath::set_member`]. Sources a full map
-    /// cannot hold leave the membership with any source: over-forwarding,
-    /// never a blackhole.
-    pub fn set_member_sources(
-        &mut self,
-        member: PortGroupKey,
-        include: bool,
-        listed: BTreeSet<SourceAddr>,
-    ) -> Result<()> {
-        let flags = match (include, listed.is_empty()) {
-            (true, _) => MEMBER_SOURCES_INCLUDE,
-            (false, true) => 0,
-            (false, false) => MEMBER_SOURCES_EXCLUDE,
-        };
-        let old = self.member_sources.remove(&member).unwrap_or_default();
-        // New entries first, then the flag, then stale entries: each step
-        // errs towards forwarding.
-        let mut written = Ok(());
-        for source in listed.difference(&old.1) {
-            written = self.sources.insert(SourceKey { member, source: *source }, SOURCE_LISTED, 0);
-            if written.is_err() {
-                break;
-            }
-        }
-        let keep = if written.is_ok() { listed.clone() } else { BTreeSet::new() };
-        let flags = if written.is_ok() { flags } else { 0 };
-        if let Ok(mut value) = self.members.get(&member, 0) {
-            value.flags = value.flags & MEMBER_STATE_FLAGS | flags;
-            self.members.insert(member, value, 0).map_err(|e| Error::map("writing", MAP_MEMBERS, e))?;
-        }
-        for source in old.1.union(&listed).filter(|s| !keep.contains(*s)) {
-            let _ = self.sources.remove(&SourceKey { member, source: *source });
-        }
-        if flags != 0 {
-            self.member_sources.insert(member, (flags, keep));
-        }
-        written.map_err(|e| Error::map("writing", MAP_SOURCES, e))
-    }
-
-    /// A membership's source filter as the maps hold it (after a restart):
-    /// its `MEMBER_SOURCES_*` flag and listed sources.
-    pub fn member_sources(&self, member: &PortGroupKey) -> Option<&(u8, BTreeSet<SourceAddr>)> {
-        self.member_sources.get(member)
-    }
-
-    /// The membership's traffic slot, taken on first use (by whichever of its
-    /// member entry and its group's copy list is written first).
-    fn member_slot(&mut self, member: PortGroupKey) -> Result<u32> {
-        if let Some(slot) = self.member_slots.get(&member) {
-            return Ok(*slot);
-        }
-        let slot = self.member_traffic.take()?;
-        self.member_slots.insert(member, slot);
-        Ok(slot)
-    }
-
-    /// The group's traffic slot, taken on first use.
-    fn group_slot(&mut self, group: GroupKey) -> Result<u32> {
-        if let Some(slot) = self.group_slots.get(&group) {
-            return Ok(*slot);
-        }
-        let slot = self.group_traffic.take()?;
-        self.group_slots.insert(group, slot);
-        Ok(slot)
-    }
-
-    pub fn register_group(&mut self, group: GroupKey) -> Result<()> {
-        let traffic_slot = self.group_slot(group)?;
-        self.groups
-            .insert(group, GroupValue { traffic_slot, _pad: 0 }, 0)
-            .map_err(|e| Error::map("writing", MAP_GROUPS, e))
-    }
-
-    pub fn unregister_group(&mut self, group: GroupKey) -> Result<()> {
-        if let Some(slot) = self.group_slots.remove(&group) {
-            self.group_traffic.give_back(slot);
-        }
-        remove_if_present(MAP_GROUPS, self.groups.remove(&group))
-    }
-
-    /// Where redirect mode copies `group`: `targets`, but for the sources
-    /// in `by_source`, which have lists of their own; tagged as `vlan` says
-    /// on a VLAN-aware bridge. No targets at all, or a list longer than
-    /// MAX_FANOUT, leave the group to the bridge path.
-    pub fn set_group_ports(
-        &mut self,
-        group: GroupKey,
-        targets: &[CopyTarget],
-        by_source: &[(SourceAddr, Vec<CopyTarget>)],
-        vlan: Option<&VlanEgress>,
-    ) -> Result<()> {
-        let too_long = targets.len() > MAX_FANOUT
-            || by_source.iter().any(|(_, t)| t.len() > MAX_FANOUT)
-            || vlan.is_some_and(|v| v.bridge_path);
-        let listed: BTreeSet<SourceAddr> =
-            if too_long { BTreeSet::new() } else { by_source.iter().map(|(source, _)| *source).collect() };
-        let result = if too_long || targets.is_empty() && listed.is_empty() {
-            remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&group))
-        } else {
-            // Written before the group's registration: the slot may be new.
-            let slot = self.group_slot(group)?;
-            let mut written = Ok(());
-            for (source, targets) in by_source {
-                let value = self.targets_value(group, true, targets, slot, vlan)?;
-                written = self.source_group_ports.insert(SourceGroupKey { group, source: *source }, value, 0);
-                if written.is_err() {
-                    break;
-                }
-            }
-            match written {
-                Ok(()) => {
-                    let mut value = self.targets_value(group, true, targets, slot, vlan)?;
-                    value.by_source = u32::from(!listed.is_empty());
-                    self.group_ports.insert(group, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
-                }
-                // A source's list does not fit: the whole group takes the bridge path.
-                Err(e) => {
-                    let _ = self.group_ports.remove(&group);
-                    Err(Error::map("writing", MAP_SOURCE_GROUP_PORTS, e))
-                }
-            }
-        };
-        let stale = self.source_lists.remove(&group).unwrap_or_default();
-        for source in stale.difference(&listed) {
-            let _ = self.source_group_ports.remove(&SourceGroupKey { group, source: *source });
-        }
-        if !listed.is_empty() {
-            self.source_lists.insert(group, listed);
-        }
-        result
-    }
-
-    /// Where redirect mode copies one family's reports and leaves (`key`:
-    /// its [`snoop_common::FamilyFlags::report_targets`], in a VLAN on a
-    /// VLAN-aware bridge).
-    pub fn set_report_targets(
-        &mut self,
-        key: GroupKey,
-        targets: &[CopyTarget],
-        vlan: Option<&VlanEgress>,
-    ) -> Result<()> {
-        if targets.is_empty() || targets.len() > MAX_FANOUT || vlan.is_some_and(|v| v.bridge_path) {
-            return remove_if_present(MAP_GROUP_PORTS, self.group_ports.remove(&key));
-        }
-        let value = self.targets_value(key, false, targets, NO_SLOT, vlan)?;
-        self.group_ports.insert(key, value, 0).map_err(|e| Error::map("writing", MAP_GROUP_PORTS, e))
-    }
-
-    /// Sets the ports whose copies may go straight to their veth peer;
-    /// returns whether that changed (every copy list then needs rewriting).
-    pub fn set_peer_ports(&mut self, ports: BTreeSet<u32>) -> bool {
-        let changed = ports != self.peer_ports;
-        self.peer_ports = ports;
-        changed
-    }
-
-    /// One copy list; `targets` holds at most MAX_FANOUT entries. For a
-    /// group, a port reachable through its veth peer goes last, so the data
-    /// path can hand it the packet itself instead of one more clone. In a
-    /// VLAN (`vlan`), the copies no egress program untags are marked.
-    fn targets_value(
-        &mut self,
-        key: GroupKey,
-        is_group: bool,
-        targets: &[CopyTarget],
-        traffic_slot: u32,
-        vlan: Option<&VlanEgress>,
-    ) -> Result<GroupPorts> {
-        let untagged = |target: &CopyTarget| vlan.is_some_and(|v| !v.tags(target));
-        let local = targets.iter().find(|t| matches!(t, CopyTarget::BridgeDevice(_)));
-        let mut ordered: Vec<CopyTarget> = targets.iter().filter(|t| t.port().is_some()).copied().collect();
-        // Group traffic only: reports keep going through every port's transmit path.
-        let peer = is_group
-            .then(|| ordered.iter().rposition(|t| t.port().is_some_and(|p| self.peer_ports.contains(&p))))
-            .flatten();
-        let (mut last_member_slot, mut last_port_slot) = (NO_SLOT, NO_SLOT);
-        let mut tags = 0;
-        if let Some(index) = peer {
-            let last = ordered.remove(index);
-            match last {
-                CopyTarget::Member(port) => {
-                    last_member_slot = self.member_slot(PortGroupKey { group: key, ifindex: port })?
-                }
-                CopyTarget::Router(port) => last_port_slot = self.port_slots.get(&port).copied().unwrap_or(NO_SLOT),
-                CopyTarget::BridgeDevice(_) => {} // never chosen: it has no peer
-            }
-            if untagged(&last) {
-                tags |= UNTAGGED_LAST;
-            }
-            ordered.push(last);
-        }
-        if local.is_some_and(untagged) {
-            tags |= UNTAGGED_LOCAL;
-        }
-        let mut value = GroupPorts {
-            count: ordered.len() as u32,
-            local: local.map_or(0, |t| t.ifindex()),
-            traffic_slot,
-            bridge_ports: vlan.map_or(self.attachments.len() as u32, |v| v.ports),
-            last_to_peer: u32::from(peer.is_some()),
-            last_member_slot,
-            last_port_slot,
-            by_source: 0,
-            untagged: tags,
-            ifindexes: [0; MAX_FANOUT],
-        };
-        for (i, target) in ordered.iter().enumerate() {
-            value.ifindexes[i] = target.ifindex();
-        }
-        Ok(value)
-    }
-
     /// The verifier's work on one of the programs (see [`verified_instructions`]).
     pub fn verified_instructions(&mut self, program: &'static str) -> Option<u32> {
         verified_instructions(&mut self.ebpf, program)
     }
 
-    /// Report-target lists (from this or a previous run), one per VLAN on a
-    /// VLAN-aware bridge.
-    pub fn report_target_keys(&self) -> Vec<GroupKey> {
-        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| k.family == 0).collect()
-    }
-
-    /// Groups with redirect targets (from this or a previous run).
-    pub fn redirected_groups(&self) -> Vec<GroupKey> {
-        self.group_ports.keys().filter_map(|k| k.ok()).filter(|k| k.family != 0).collect()
-    }
-
-    /// Takes over the slots recorded in maps a previous snoop pinned.
-    fn adopt_slots(&mut self) {
-        for (member, value) in self.memberships() {
+    /// What the maps hold, as a predecessor left them (for the reconciler
+    /// to start from), with the counter slots they name taken over.
+    pub fn read_written(&mut self) -> Written {
+        let mut written = Written::default();
+        for (key, value) in entries(&self.members) {
             if value.traffic_slot != NO_SLOT && self.member_traffic.claim(value.traffic_slot) {
-                self.member_slots.insert(member, value.traffic_slot);
+                written.member_slots.insert(key, value.traffic_slot);
             }
+            written.members.insert(key, value);
         }
-        let groups: Vec<(GroupKey, GroupValue)> = self.groups.iter().filter_map(|e| e.ok()).collect();
-        for (key, value) in groups {
+        for (key, value) in entries(&self.groups) {
             if value.traffic_slot != NO_SLOT && self.group_traffic.claim(value.traffic_slot) {
-                self.group_slots.insert(key, value.traffic_slot);
+                written.group_slots.insert(key, value.traffic_slot);
             }
+            written.groups.insert(key, value);
         }
-        let flags: StdHashMap<PortGroupKey, u8> = self
-            .memberships()
-            .into_iter()
-            .map(|(member, value)| (member, value.flags & (MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE)))
-            .collect();
-        for key in self.sources.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
-            match flags.get(&key.member).filter(|f| **f != 0) {
-                Some(flags) => {
-                    let entry = self.member_sources.entry(key.member).or_insert((*flags, BTreeSet::new()));
-                    entry.1.insert(key.source);
-                }
-                None => drop(self.sources.remove(&key)),
+        for key in self.sources.keys().filter_map(|k| k.ok()) {
+            written.sources.entry(key.member).or_default().insert(key.source);
+        }
+        written.lists = entries(&self.group_ports).into_iter().collect();
+        for (key, value) in entries(&self.source_group_ports) {
+            written.source_lists.entry(key.group).or_default().insert(key.source, value);
+        }
+        for (ifindex, value) in entries(&self.ports) {
+            if value.traffic_slot != NO_SLOT && !self.port_traffic.claim(value.traffic_slot) {
+                log::debug!("port {ifindex}: counter slot {} taken twice", value.traffic_slot);
             }
+            written.ports.insert(ifindex, value);
         }
-        for (member, flags) in flags.into_iter().filter(|(_, f)| *f == MEMBER_SOURCES_INCLUDE) {
-            self.member_sources.entry(member).or_insert((flags, BTreeSet::new()));
-        }
-        for key in self.source_group_ports.keys().filter_map(|k| k.ok()).collect::<Vec<_>>() {
-            self.source_lists.entry(key.group).or_default().insert(key.source);
-        }
-        let ports: Vec<(u32, PortValue)> = self.ports.iter().filter_map(|e| e.ok()).collect();
-        for (ifindex, value) in ports {
-            if value.traffic_slot != NO_SLOT && self.port_traffic.claim(value.traffic_slot) {
-                self.port_slots.insert(ifindex, value.traffic_slot);
-            }
-        }
-    }
-
-    /// Every membership in the map, for resuming after a restart.
-    pub fn memberships(&self) -> Vec<(PortGroupKey, MemberValue)> {
-        self.members.iter().filter_map(|entry| entry.ok()).collect()
-    }
-
-    /// Groups registered in the map.
-    pub fn registered_groups(&self) -> Vec<GroupKey> {
-        self.groups.keys().filter_map(|k| k.ok()).collect()
+        written.vlans = entries(&self.vlans).into_iter().collect();
+        written.vlan_ports = entries(&self.vlan_ports).into_iter().collect();
+        written.config = self.config.get(&0, 0).unwrap_or_default();
+        written
     }
 
     /// Data path counters summed over CPUs, indexed by `snoop_common::Counter`.
@@ -723,19 +259,28 @@ impl Datapath {
         (0..COUNTER_COUNT).map(|i| self.counters.get(&i, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)).collect()
     }
 
-    /// Traffic sent to each member port, summed over CPUs.
-    pub fn member_traffic(&self) -> Vec<(PortGroupKey, TrafficCounters)> {
-        self.member_slots.iter().map(|(member, slot)| (*member, self.member_traffic.read(*slot))).collect()
+    /// The traffic counted in a slot, summed over CPUs (NO_SLOT: none).
+    pub fn traffic(&self, kind: SlotKind, slot: u32) -> TrafficCounters {
+        if slot == NO_SLOT {
+            return TrafficCounters::default();
+        }
+        self.slots(kind).read(slot)
     }
 
-    /// Traffic of a group held back from ports without members.
-    pub fn group_traffic(&self, group: GroupKey) -> TrafficCounters {
-        self.group_slots.get(&group).map(|slot| self.group_traffic.read(*slot)).unwrap_or_default()
+    fn slots(&self, kind: SlotKind) -> &TrafficSlots {
+        match kind {
+            SlotKind::Member => &self.member_traffic,
+            SlotKind::Group => &self.group_traffic,
+            SlotKind::Port => &self.port_traffic,
+        }
     }
 
-    /// Traffic a port was sent as a router port, and spared.
-    pub fn port_traffic(&self, ifindex: u32) -> TrafficCounters {
-        self.port_slots.get(&ifindex).map(|slot| self.port_traffic.read(*slot)).unwrap_or_default()
+    fn slots_mut(&mut self, kind: SlotKind) -> &mut TrafficSlots {
+        match kind {
+            SlotKind::Member => &mut self.member_traffic,
+            SlotKind::Group => &mut self.group_traffic,
+            SlotKind::Port => &mut self.port_traffic,
+        }
     }
 
     /// Senders whose frames the fast path consumed since `since_ns`
@@ -778,6 +323,50 @@ impl Datapath {
             return Ok(()); // dropping the handles leaves the pins in place
         }
         remove_pin_dir(&self.pin_dir)
+    }
+}
+
+impl Maps for Datapath {
+    fn put(&mut self, entry: &Entry) -> Result<()> {
+        let (map, result) = match entry {
+            Entry::Member(key, value) => (MAP_MEMBERS, self.members.insert(key, value, 0)),
+            Entry::Source(key) => (MAP_SOURCES, self.sources.insert(key, SOURCE_LISTED, 0)),
+            Entry::Group(key, value) => (MAP_GROUPS, self.groups.insert(key, value, 0)),
+            Entry::GroupPorts(key, value) => (MAP_GROUP_PORTS, self.group_ports.insert(key, value, 0)),
+            Entry::SourceGroupPorts(key, value) => {
+                (MAP_SOURCE_GROUP_PORTS, self.source_group_ports.insert(key, value, 0))
+            }
+            Entry::Port(key, value) => (MAP_PORTS, self.ports.insert(key, value, 0)),
+            Entry::VlanPort(key, value) => (MAP_VLAN_PORTS, self.vlan_ports.insert(key, value, 0)),
+            Entry::Vlan(key, value) => (MAP_VLANS, self.vlans.insert(key, value, 0)),
+            Entry::Config(value) => (MAP_CONFIG, self.config.set(0, value, 0)),
+        };
+        result.map_err(|e| Error::map("writing", map, e))
+    }
+
+    fn delete(&mut self, key: &Key) -> Result<()> {
+        let (map, result) = match key {
+            Key::Member(key) => (MAP_MEMBERS, self.members.remove(key)),
+            Key::Source(key) => (MAP_SOURCES, self.sources.remove(key)),
+            Key::Group(key) => (MAP_GROUPS, self.groups.remove(key)),
+            Key::GroupPorts(key) => (MAP_GROUP_PORTS, self.group_ports.remove(key)),
+            Key::SourceGroupPorts(key) => (MAP_SOURCE_GROUP_PORTS, self.source_group_ports.remove(key)),
+            Key::Port(key) => (MAP_PORTS, self.ports.remove(key)),
+            Key::VlanPort(key) => (MAP_VLAN_PORTS, self.vlan_ports.remove(key)),
+            Key::Vlan(key) => (MAP_VLANS, self.vlans.remove(key)),
+        };
+        remove_if_present(map, result)
+    }
+
+    fn take_slot(&mut self, kind: SlotKind) -> u32 {
+        self.slots_mut(kind).take().unwrap_or_else(|error| {
+            log::warn!("{}", crate::error_chain(&error));
+            NO_SLOT
+        })
+    }
+
+    fn give_slot(&mut self, kind: SlotKind, slot: u32) {
+        self.slots_mut(kind).give_back(slot);
     }
 }
 
@@ -837,6 +426,11 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     ebpf.take_map(name).and_then(|map| T::try_from(map).ok()).ok_or(Error::Object(name))
+}
+
+/// Every entry of a hash map that reads back.
+fn entries<K: aya::Pod, V: aya::Pod>(map: &HashMap<MapData, K, V>) -> Vec<(K, V)> {
+    map.iter().filter_map(|entry| entry.ok()).collect()
 }
 
 fn remove_if_present(map: &'static str, result: Result<(), aya::maps::MapError>) -> Result<()> {

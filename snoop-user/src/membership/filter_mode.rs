@@ -152,6 +152,18 @@ impl<A: Family> Member<A> {
         }
     }
 
+    /// The sources the data path gives the port: the filter as last settled.
+    pub fn forwarded(&self) -> &SourceFilter<A> {
+        &self.filter
+    }
+
+    /// What the pinned membership map holds of the membership: its expiry,
+    /// version and leaving state as last persisted (a refresh reaches the
+    /// map about once a query interval, a change of state at once).
+    pub fn persisted(&self) -> (Duration, u8, bool) {
+        (self.persisted.expires, self.persisted.version, self.persisted.leaving)
+    }
+
     /// Sources asked for: timer running.
     pub(super) fn requested(&self, now: Duration) -> BTreeSet<A> {
         self.sources.iter().filter(|(_, t)| **t > now).map(|(s, _)| *s).collect()

@@ -6,7 +6,7 @@ use std::time::Duration;
 pub const NEVER: Duration = Duration::MAX;
 
 /// The RFC 3376 section 8 timers. Defaults are the RFC's.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Timers {
     pub robustness: u32,
     pub query_interval: Duration,
