@@ -24,7 +24,9 @@ pub struct CapturedFrame<const N: usize = CAPTURE_LEN> {
     /// Length of the IP packet on the wire (may exceed `captured_len`).
     pub wire_len: u16,
     pub vlan: u16,
-    pub _pad: [u8; 6],
+    /// [`crate::FAMILY_IPV4`] (IGMP, PIM) or [`crate::FAMILY_IPV6`] (MLD, PIM).
+    pub family: u8,
+    pub _pad: [u8; 5],
     pub data: [u8; N],
 }
 
@@ -46,6 +48,7 @@ pub struct CaptureHeader {
     pub captured_len: u16,
     pub wire_len: u16,
     pub vlan: u16,
+    pub family: u8,
 }
 
 impl CaptureHeader {
@@ -62,6 +65,7 @@ impl CaptureHeader {
             captured_len: u16_at(core::mem::offset_of!(CapturedFrame, captured_len)),
             wire_len: u16_at(core::mem::offset_of!(CapturedFrame, wire_len)),
             vlan: u16_at(core::mem::offset_of!(CapturedFrame, vlan)),
+            family: head[core::mem::offset_of!(CapturedFrame, family)],
         };
         let end = (Self::LEN + usize::from(header.captured_len)).min(record.len());
         Some((header, &record[Self::LEN..end]))

@@ -172,3 +172,33 @@ pub const fn is_ipv4_ssm_group(addr: [u8; 4]) -> bool {
 pub const fn is_ipv6_ssm_group(addr: &[u8; 16]) -> bool {
     addr[0] == 0xff && addr[1] & 0xf0 == 0x30 && addr[2] == 0 && addr[3] == 0
 }
+
+/// IPv4 groups snoop tracks per port: multicast but 224.0.0.0/24, which is
+/// always flooded (RFC 4541 2.1.2).
+#[inline(always)]
+pub const fn is_snooped_ipv4(addr: [u8; 4]) -> bool {
+    is_ipv4_multicast(addr) && !is_ipv4_link_local_group(addr)
+}
+
+/// IPv6 groups snoop tracks per port: multicast but ff02::1 (RFC 4541 3)
+/// and interface-local ones (ff01::/16, which never leave a host), and
+/// link-scope ones only when asked (`link_scope`): neighbour discovery,
+/// DHCPv6 and mDNS must not depend on snooping having heard every host.
+#[inline(always)]
+pub const fn is_snooped_ipv6(addr: &[u8; 16], link_scope: bool) -> bool {
+    addr[0] == 0xff
+        && !is_ipv6_all_nodes(addr)
+        && addr[1] & 0x0f != 1
+        && (link_scope || !is_ipv6_link_scope_group(addr))
+}
+
+/// The multicast MAC of an IPv4 group (RFC 1112 6.4): 01:00:5e and its
+/// low 23 bits, so 32 groups share each MAC.
+pub const fn ipv4_group_mac(addr: [u8; 4]) -> [u8; 6] {
+    [0x01, 0x00, 0x5e, addr[1] & 0x7f, addr[2], addr[3]]
+}
+
+/// The multicast MAC of an IPv6 group (RFC 2464 7): 33:33 and its low 32 bits.
+pub const fn ipv6_group_mac(addr: &[u8; 16]) -> [u8; 6] {
+    [0x33, 0x33, addr[12], addr[13], addr[14], addr[15]]
+}

@@ -18,7 +18,7 @@ const NS_PER_SEC: u64 = 1_000_000_000;
 /// Captures unless the port is over its control-frame rate, so one flooding
 /// host cannot fill the ring and starve every other port's reports.
 #[inline(always)]
-pub fn capture_within_rate(ctx: &TcContext) {
+pub fn capture_within_rate(ctx: &TcContext, family: u8) {
     let mut vlan = VLAN_NONE;
     if let Some(port) = SNOOP_PORTS.get_ptr_mut(ifindex(ctx)) {
         if config().is_some_and(|c| c.flags & CONFIG_VLAN_AWARE != 0) {
@@ -44,25 +44,25 @@ pub fn capture_within_rate(ctx: &TcContext) {
             }
         }
     }
-    capture(ctx, vlan);
+    capture(ctx, vlan, family);
 }
 
-/// Hands the frame's IP packet, heard in `vlan`, to the controller, in the
-/// smallest record it fits.
+/// Hands the frame's IP packet of `family`, heard in `vlan`, to the
+/// controller, in the smallest record it fits.
 #[inline(always)]
-fn capture(ctx: &TcContext, vlan: u16) {
+fn capture(ctx: &TcContext, vlan: u16, family: u8) {
     let wire_len = (ctx.len() as usize).saturating_sub(ETH_HLEN);
     if wire_len <= SMALL_CAPTURE_LEN {
-        capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len, vlan);
+        capture_into::<SMALL_CAPTURE_LEN>(ctx, wire_len, vlan, family);
     } else if wire_len <= CAPTURE_LEN {
-        capture_into::<CAPTURE_LEN>(ctx, wire_len, vlan);
+        capture_into::<CAPTURE_LEN>(ctx, wire_len, vlan, family);
     } else {
-        capture_into::<LARGE_CAPTURE_LEN>(ctx, wire_len, vlan);
+        capture_into::<LARGE_CAPTURE_LEN>(ctx, wire_len, vlan, family);
     }
 }
 
 #[inline(always)]
-fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize, vlan: u16) {
+fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize, vlan: u16, family: u8) {
     let Some(mut entry) = SNOOP_EVENTS.reserve::<CapturedFrame<N>>(0) else {
         // Visible in `snoop show stats`; a log line here would cost more
         // instructions than the whole egress program.
@@ -86,7 +86,8 @@ fn capture_into<const N: usize>(ctx: &TcContext, wire_len: usize, vlan: u16) {
         (*frame).ifindex = ifindex(ctx);
         (*frame).wire_len = wire_len.min(u16::MAX as usize) as u16;
         (*frame).vlan = vlan;
-        (*frame)._pad = [0; 6];
+        (*frame).family = family;
+        (*frame)._pad = [0; 5];
         (*frame).captured_len = len as u16;
         // The verifier must see a copy length in [1, N]. A mask (N is a power
         // of two) bounds it for every verifier: Linux 6.1's learns nothing

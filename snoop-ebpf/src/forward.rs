@@ -17,7 +17,7 @@ use crate::{
         SNOOP_GROUP_PORTS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC, SNOOP_SENDERS,
         SNOOP_SOURCE_GROUP_PORTS, SNOOP_VLANS, SNOOP_VLAN_PORTS,
     },
-    packet::{ifindex, ip_source},
+    packet::{ifindex, ip_source, vlan_tag},
 };
 
 /// Whether redirect may take frames entering through `ingress`: the bridge
@@ -98,31 +98,30 @@ fn redirect_vlan(ctx: &TcContext, config: &DatapathConfig, family: u8, ingress: 
     if mode & (CONFIG_REDIRECT | CONFIG_VLAN_AWARE) != CONFIG_REDIRECT | CONFIG_VLAN_AWARE {
         return None;
     }
-    // SAFETY: ctx.skb.skb is the program's context pointer.
-    let (present, proto, tci) = unsafe {
-        let skb = ctx.skb.skb;
-        ((*skb).vlan_present != 0, (*skb).vlan_proto as u16, (*skb).vlan_tci as u16)
-    };
+    let tag = vlan_tag(ctx);
     // (802.1ad bridges take the bridge path: see redirect_obstacle.)
-    if present && u16::from_be(proto) != ETH_P_8021Q {
+    if tag.is_some_and(|tag| !tag.ieee8021q) {
         return None;
     }
-    let vlan = if present && tci & VLAN_VID_MASK != 0 {
-        // The bridge's ingress filter drops a VLAN the port is not in.
-        // SAFETY: plain map lookup; the value is only read.
-        let flags = unsafe { SNOOP_VLAN_PORTS.get(&VlanPortKey::new(tci & VLAN_VID_MASK, ingress)) };
-        if !flags.is_some_and(|flags| flags & PORT_IN_VLAN != 0) {
-            return None;
+    let vlan = match tag {
+        Some(tag) if tag.vid() != 0 => {
+            // The bridge's ingress filter drops a VLAN the port is not in.
+            // SAFETY: plain map lookup; the value is only read.
+            let flags = unsafe { SNOOP_VLAN_PORTS.get(&VlanPortKey::new(tag.vid(), ingress)) };
+            if !flags.is_some_and(|flags| flags & PORT_IN_VLAN != 0) {
+                return None;
+            }
+            FrameVlan { tci: tag.tci, tagged: true }
         }
-        FrameVlan { tci, tagged: true }
-    } else {
-        // SAFETY: as above.
-        let pvid = unsafe { SNOOP_PORTS.get(ingress) }.map_or(VLAN_NONE, |port| port.pvid);
-        if pvid == VLAN_NONE {
-            return None; // the bridge drops it
+        _ => {
+            // SAFETY: as above.
+            let pvid = unsafe { SNOOP_PORTS.get(ingress) }.map_or(VLAN_NONE, |port| port.pvid);
+            if pvid == VLAN_NONE {
+                return None; // the bridge drops it
+            }
+            let priority = tag.map_or(0, |tag| tag.tci & !VLAN_VID_MASK);
+            FrameVlan { tci: priority | pvid, tagged: false }
         }
-        let priority = if present { tci & !VLAN_VID_MASK } else { 0 };
-        FrameVlan { tci: priority | pvid, tagged: false }
     };
     // SAFETY: as above.
     let querier = unsafe { SNOOP_VLANS.get(&vlan.id()) }.is_some_and(|flags| flags & no_querier_flag(family) == 0);

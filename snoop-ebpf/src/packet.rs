@@ -3,7 +3,7 @@
 use aya_ebpf::programs::TcContext;
 use snoop_common::{
     wire::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_DESTINATION_OPTIONS, IPV6_HLEN, IPV6_HOP_BY_HOP,
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_UDP, IPV6_DESTINATION_OPTIONS, IPV6_HLEN, IPV6_HOP_BY_HOP,
         IPV6_ROUTING, MAX_IPV6_EXTENSION_HEADERS,
     },
     Counter, SourceAddr, FAMILY_IPV6, VLAN_VID_MASK,
@@ -162,14 +162,39 @@ pub fn ip_source(ctx: &TcContext, family: u8) -> Option<SourceAddr> {
     Some([a, b, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 }
 
-/// The VLAN of the frame's 802.1Q tag, if it has one: the stack moves a tag
-/// into the skb before tc sees the frame (ingress), and the bridge leaves it
-/// there for a port that sends the VLAN tagged (egress). A priority tag
-/// (VLAN 0) is no VLAN, as for the bridge.
+/// The VLAN tag of a frame, as the stack keeps it: out of the frame, in
+/// the skb (moved there before tc sees the frame at ingress; left there by
+/// the bridge for a port that sends the VLAN tagged, at egress). The one
+/// reader of a frame's tag.
+#[derive(Clone, Copy)]
+pub struct VlanTag {
+    /// The tag's control information: priority and VLAN id.
+    pub tci: u16,
+    /// An 802.1Q tag (else 802.1ad).
+    pub ieee8021q: bool,
+}
+
+impl VlanTag {
+    #[inline(always)]
+    pub fn vid(self) -> u16 {
+        self.tci & VLAN_VID_MASK
+    }
+}
+
+/// The frame's tag, if it has one.
+#[inline(always)]
+pub fn vlan_tag(ctx: &TcContext) -> Option<VlanTag> {
+    // SAFETY: ctx.skb.skb is the program's context pointer.
+    let (present, proto, tci) = unsafe {
+        let skb = ctx.skb.skb;
+        ((*skb).vlan_present != 0, (*skb).vlan_proto as u16, (*skb).vlan_tci as u16)
+    };
+    present.then_some(VlanTag { tci, ieee8021q: u16::from_be(proto) == ETH_P_8021Q })
+}
+
+/// The VLAN of the frame's tag, if it has one. A priority tag (VLAN 0) is
+/// no VLAN, as for the bridge.
 #[inline(always)]
 pub fn tagged_vlan(ctx: &TcContext) -> Option<u16> {
-    // SAFETY: ctx.skb.skb is the program's context pointer.
-    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
-    let vlan = tci as u16 & VLAN_VID_MASK;
-    (present != 0 && vlan != 0).then_some(vlan)
+    vlan_tag(ctx).map(VlanTag::vid).filter(|vlan| *vlan != 0)
 }

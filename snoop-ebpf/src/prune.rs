@@ -4,68 +4,48 @@
 use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
 use snoop_common::{
     gets_reports_flag, no_querier_flag, router_flag,
-    wire::{
-        is_igmp_report, is_ipv4_link_local_group, is_ipv4_multicast, is_ipv6_all_nodes, is_ipv6_link_scope_group,
-        is_mld_report, IPPROTO_ICMPV6, IPPROTO_IGMP, IPPROTO_UDP,
-    },
+    wire::{is_igmp_report, is_mld_report},
     Counter, DatapathConfig, GroupKey, PortGroupKey, PortValue, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED,
-    CONFIG_SNOOP_IPV6_LINK_SCOPE, CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, MEMBER_SOURCES_EXCLUDE,
-    MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, PORT_VLAN_FLAGS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
+    CONFIG_VLAN_AWARE, FAMILY_IPV4, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, PORT_VLAN_FLAGS,
+    VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
 };
 
 use crate::{
+    classify::{classify, Class},
     config::{config, controller_gone, heartbeat_age_ns},
     counters::{count, count_traffic},
     maps::{
         SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC,
         SNOOP_SOURCES, SNOOP_VLANS, SNOOP_VLAN_PORTS,
     },
-    packet::{icmpv6_type, ifindex, igmp_type, ip_head, ip_source, ipv6_upper_layer, tagged_vlan, IpHead},
+    packet::{ifindex, ip_source, tagged_vlan},
 };
 
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    match ip_head(ctx) {
-        Some(IpHead::V4(ip)) => {
-            // Group traffic is what goes to a multicast MAC (the bridge forwards
-            // the rest by its MAC, or floods broadcast).
-            if !is_ipv4_multicast(ip.dst) || !ip.to_group_mac {
-                return VERDICT_NEXT;
-            }
+    let frame = classify(ctx);
+    // Group traffic is what goes to a multicast MAC (the bridge forwards
+    // the rest by its MAC, or floods broadcast).
+    if !frame.to_group_mac {
+        return VERDICT_NEXT;
+    }
+    match frame.class {
+        Class::Control { family, message } => {
+            let is_report = if family == FAMILY_IPV4 { is_igmp_report(message) } else { is_mld_report(message) };
             let ifindex = ifindex(ctx);
-            if ip.protocol == IPPROTO_IGMP {
-                let is_report = igmp_type(ctx, &ip).is_some_and(is_igmp_report);
-                return report_egress(is_report, ifindex, FAMILY_IPV4, egress_vlan(ctx, ifindex));
-            }
-            if is_ipv4_link_local_group(ip.dst) {
-                count(Counter::LinkLocalFlooded);
-                return VERDICT_NEXT;
-            }
-            let vlan = egress_vlan(ctx, ifindex);
-            data_egress(ctx, GroupKey::ipv4(ip.dst, vlan.unwrap_or(VLAN_NONE)), ifindex, FAMILY_IPV4, vlan)
+            report_egress(is_report, ifindex, family, egress_vlan(ctx, ifindex))
         }
-        Some(IpHead::V6(ip)) => {
-            if ip.dst[0] != 0xff || !ip.to_group_mac {
-                return VERDICT_NEXT;
-            }
+        Class::Flooded => {
+            count(Counter::LinkLocalFlooded);
+            VERDICT_NEXT
+        }
+        Class::Group { mut group, family } => {
             let ifindex = ifindex(ctx);
-            if ip.next_header != IPPROTO_UDP {
-                if let Some((IPPROTO_ICMPV6, offset)) = ipv6_upper_layer(ctx, &ip) {
-                    if let Some(icmp_type) = icmpv6_type(ctx, offset) {
-                        if is_mld_report(icmp_type) {
-                            return report_egress(true, ifindex, FAMILY_IPV6, egress_vlan(ctx, ifindex));
-                        }
-                    }
-                }
-            }
-            if ipv6_flooded(&ip.dst) {
-                count(Counter::LinkLocalFlooded);
-                return VERDICT_NEXT;
-            }
             let vlan = egress_vlan(ctx, ifindex);
-            data_egress(ctx, GroupKey::ipv6(ip.dst, vlan.unwrap_or(VLAN_NONE)), ifindex, FAMILY_IPV6, vlan)
+            group.vlan = vlan.unwrap_or(VLAN_NONE);
+            data_egress(ctx, group, ifindex, family, vlan)
         }
-        None => VERDICT_NEXT,
+        Class::PimHello { .. } | Class::Other => VERDICT_NEXT,
     }
 }
 
@@ -100,15 +80,6 @@ fn port_flags(port: &PortValue, ifindex: u32, vlan: Option<u16>) -> u32 {
     // SAFETY: plain map lookup.
     let in_vlan = unsafe { SNOOP_VLAN_PORTS.get(&VlanPortKey::new(vlan, ifindex)) }.copied().unwrap_or(0);
     port.flags & !PORT_VLAN_FLAGS | in_vlan & PORT_VLAN_FLAGS
-}
-
-/// IPv6 groups never pruned: ff02::1 (RFC 4541 3), and the other link-scope
-/// groups unless snooping them was asked for (neighbour discovery, DHCPv6
-/// and mDNS must not depend on snooping getting every host's reports).
-#[inline(always)]
-pub fn ipv6_flooded(dst: &[u8; 16]) -> bool {
-    is_ipv6_link_scope_group(dst)
-        && (is_ipv6_all_nodes(dst) || config().is_none_or(|c| c.flags & CONFIG_SNOOP_IPV6_LINK_SCOPE == 0))
 }
 
 /// Group traffic: to member ports that want its source, and router ports.

@@ -794,8 +794,8 @@ pub fn multicast_frame(ip_packet: &[u8]) -> Result<Vec<u8>> {
         if ip_packet.len() < 40 {
             bail!("an IPv6 packet needs at least 40 bytes");
         }
-        let d = &ip_packet[36..40];
-        let mut frame = vec![0x33, 0x33, d[0], d[1], d[2], d[3]];
+        let destination: [u8; 16] = ip_packet[24..40].try_into().expect("16 bytes");
+        let mut frame = snoop_common::wire::ipv6_group_mac(&destination).to_vec();
         frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
         frame.extend_from_slice(&0x86ddu16.to_be_bytes());
         frame.extend_from_slice(ip_packet);
@@ -804,8 +804,8 @@ pub fn multicast_frame(ip_packet: &[u8]) -> Result<Vec<u8>> {
     if ip_packet.len() < 20 {
         bail!("an IPv4 packet needs at least 20 bytes");
     }
-    let d = &ip_packet[16..20];
-    let mut frame = vec![0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
+    let destination: [u8; 4] = ip_packet[16..20].try_into().expect("4 bytes");
+    let mut frame = snoop_common::wire::ipv4_group_mac(destination).to_vec();
     frame.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
     frame.extend_from_slice(&0x0800u16.to_be_bytes());
     frame.extend_from_slice(ip_packet);

@@ -17,11 +17,11 @@ use snoop::{
     proto::internet_checksum,
 };
 use snoop_common::{
-    Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue,
-    SourceAddr, SourceGroupKey, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
-    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAX_FANOUT, MEMBER_SOURCES_EXCLUDE,
-    MEMBER_SOURCES_INCLUDE, NO_SLOT, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6, PORT_UNPRUNED, PROG_EGRESS,
-    PROG_INGRESS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
+    CaptureHeader, Counter, DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey,
+    PortValue, SourceAddr, SourceGroupKey, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED, CONFIG_NO_QUERIER,
+    CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, FAMILY_IPV4, FAMILY_IPV6, MAX_FANOUT,
+    MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT, PORT_GETS_REPORTS, PORT_ROUTER, PORT_ROUTER_IPV6,
+    PORT_UNPRUNED, PROG_EGRESS, PROG_INGRESS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
 };
 use snoop_tests::lab::{self, in_netns, Lab, LabOptions};
 
@@ -484,9 +484,8 @@ fn ingress_hands_control_frames_to_the_controller_and_counts_them_per_port() -> 
             assert_eq!(difference(dp.port_counters(p.p2), before), per_port, "{name}: per-port counters");
             // The controller gets the IP packet, whole, with the port it came in on.
             let item = ring.next().expect("a captured frame");
-            let ifindex = u32::from_ne_bytes(item[0..4].try_into()?);
-            let captured = usize::from(u16::from_ne_bytes(item[4..6].try_into()?));
-            assert_eq!((ifindex, &item[16..16 + captured]), (p.p2, &message[14..]), "{name}: captured frame");
+            let (header, packet) = CaptureHeader::read(&item).expect("a record header");
+            assert_eq!((header.ifindex, header.family, packet), (p.p2, FAMILY_IPV4, &message[14..]), "{name}");
         }
         let mut hello = vec![0x20, 0, 0, 0, 0, 1, 0, 2, 0, 105];
         let sum = internet_checksum(&hello);
@@ -534,11 +533,7 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
         dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_secs(3), 0)?;
         let joined = GroupKey::ipv4(JOINED.octets(), VLAN_NONE);
         dp.set_group_ports(joined, &[CopyTarget::Member(p.p1), CopyTarget::Router(p.p3)], &[], None)?;
-        dp.set_report_targets(
-            GroupKey::report_targets(snoop_common::FAMILY_IPV4, VLAN_NONE),
-            &[CopyTarget::Router(p.p3)],
-            None,
-        )?;
+        dp.set_report_targets(GroupKey::report_targets(FAMILY_IPV4, VLAN_NONE), &[CopyTarget::Router(p.p3)], None)?;
         let copied = [(Redirected, 1), (RedirectCopies, 2)];
         case(dp, "joined group", PROG_INGRESS, p.p0, &data(JOINED), DROP, &copied)?;
         // The sender's own port never gets its packet back.
@@ -650,7 +645,11 @@ fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
             ("report to a host port", p.p2, mld(131, JOINED6, JOINED6), DROP, vec![(ReportsSuppressed, 1)]),
             ("done to a host port", p.p2, mld(132, JOINED6, "ff02::2".parse()?), DROP, vec![(ReportsSuppressed, 1)]),
             ("report to a router port", p.p3, mld(131, JOINED6, JOINED6), PASS, vec![]),
-            ("query", p.p2, mld(130, Ipv6Addr::UNSPECIFIED, all_nodes), PASS, vec![(LinkLocalFlooded, 1)]),
+            // Queries are control, as IGMP's are: every port gets them,
+            // group-specific ones (to the group's address) too, members or not.
+            ("query", p.p2, mld(130, Ipv6Addr::UNSPECIFIED, all_nodes), PASS, vec![]),
+            ("group-specific query, no member", p.p2, mld(130, JOINED6, JOINED6), PASS, vec![]),
+            ("group-specific query, unjoined group", p.p2, mld(130, UNJOINED6, UNJOINED6), PASS, vec![]),
         ];
         for (name, port, frame, verdict, moved) in cases {
             case(dp, name, PROG_EGRESS, port, &frame, verdict, &moved)?;
@@ -674,8 +673,8 @@ fn ipv6_group_traffic_and_mld_take_the_paths_ipv4_does() -> Result<()> {
             case(dp, name, PROG_INGRESS, p.p2, &message, PASS, &[(MldSeen, 1), (Captured, 1)])?;
             assert_eq!(difference(dp.port_counters(p.p2), before), per_port, "{name}: per-port counters");
             let item = ring.next().expect("a captured frame");
-            let captured = usize::from(u16::from_ne_bytes(item[4..6].try_into()?));
-            assert_eq!(&item[16..16 + captured], &message[14..], "{name}: captured frame");
+            let (header, packet) = CaptureHeader::read(&item).expect("a record header");
+            assert_eq!((header.family, packet), (FAMILY_IPV6, &message[14..]), "{name}: captured frame");
         }
         // Other ICMPv6 (neighbour discovery) and UDP are not control frames.
         case(dp, "group data in", PROG_INGRESS, p.p2, &data6(UNJOINED6, 0), PASS, &[])?;

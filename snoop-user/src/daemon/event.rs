@@ -16,8 +16,9 @@ use crate::{
 /// One thing that happened, as the daemon's step function takes it.
 #[derive(Debug)]
 pub enum Input<'a> {
-    /// A control frame captured entering port `ifindex`, in `vlan`: its IP packet.
-    Frame { ifindex: u32, vlan: u16, packet: &'a [u8] },
+    /// A control frame of `family` captured entering port `ifindex`, in
+    /// `vlan`: its IP packet.
+    Frame { ifindex: u32, vlan: u16, family: u8, packet: &'a [u8] },
     /// Time passed: the timers due now fire.
     Timers,
     /// The bridge as rtnetlink shows it now (a link change, or a port scan).

@@ -363,7 +363,8 @@ impl Runner {
                 continue;
             };
             let now = self.now();
-            let effects = self.daemon.step(now, Input::Frame { ifindex: header.ifindex, vlan: header.vlan, packet });
+            let frame = Input::Frame { ifindex: header.ifindex, vlan: header.vlan, family: header.family, packet };
+            let effects = self.daemon.step(now, frame);
             drop(item);
             self.settle(effects).await;
         }

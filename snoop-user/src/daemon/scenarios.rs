@@ -143,7 +143,8 @@ impl Scenario {
     }
 
     fn frame(&mut self, ifindex: u32, vlan: u16, packet: &[u8]) {
-        self.input(Input::Frame { ifindex, vlan, packet });
+        let family = if packet[0] >> 4 == 6 { snoop_common::FAMILY_IPV6 } else { snoop_common::FAMILY_IPV4 };
+        self.input(Input::Frame { ifindex, vlan, family, packet });
     }
 
     /// Queries snoop sent since the last look.

@@ -165,7 +165,7 @@ impl Daemon {
     /// Takes one input at `now`; returns what the runner must do.
     pub fn step(&mut self, now: Duration, input: Input) -> Vec<Effect> {
         match input {
-            Input::Frame { ifindex, vlan, packet } => self.frame(ifindex, vlan, packet, now),
+            Input::Frame { ifindex, vlan, family, packet } => self.frame(ifindex, vlan, family, packet, now),
             Input::Timers => {
                 let polled: Vec<(u16, Actions)> =
                     self.contexts.iter_mut().map(|(vlan, context)| (*vlan, context.poll(now))).collect();
@@ -258,7 +258,7 @@ impl Daemon {
 
     // ------------------------------------------------------------ frames
 
-    fn frame(&mut self, ifindex: u32, vlan: u16, packet: &[u8], now: Duration) {
+    fn frame(&mut self, ifindex: u32, vlan: u16, family: u8, packet: &[u8], now: Duration) {
         self.stats.bump(ControllerCounter::Events);
         // Heard in a VLAN the port is not in (the bridge drops such frames
         // itself): nobody's membership.
@@ -266,7 +266,7 @@ impl Daemon {
             self.stats.bump(ControllerCounter::OutsideVlan);
             return;
         };
-        match context.handle(ifindex, vlan, packet, now) {
+        match context.handle(ifindex, vlan, family, packet, now) {
             Ok(Some(actions)) => self.absorb(vlan, actions),
             Ok(None) => {}
             Err((protocol, error)) => {

@@ -112,16 +112,17 @@ impl VlanContext {
         self.igmp.next_deadline().into_iter().chain(self.mld.as_ref().and_then(Snooper::next_deadline)).min()
     }
 
-    /// Hands a captured IP packet to its family's machine: its actions, or
-    /// why it was dropped. `Ok(None)`: IPv6 while MLD snooping is off.
+    /// Hands a captured IP packet of `family` to its machine: its actions,
+    /// or why it was dropped. `Ok(None)`: IPv6 while MLD snooping is off.
     pub fn handle(
         &mut self,
         port: u32,
         vlan: u16,
+        family: u8,
         packet: &[u8],
         now: Duration,
     ) -> Result<Option<Actions>, (Protocol, ParseError)> {
-        if packet.first().is_some_and(|b| b >> 4 == 6) {
+        if family == snoop_common::FAMILY_IPV6 {
             return match self.mld.as_mut() {
                 Some(mld) => Ok(Some(Ipv6Addr::actions(handle(mld, port, vlan, packet, now)?))),
                 None => Ok(None),

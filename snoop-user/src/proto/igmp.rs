@@ -206,8 +206,7 @@ fn ipv4_frame(source_mac: [u8; 6], source: Ipv4Addr, destination: Ipv4Addr, igmp
     ip.set_payload_len(igmp.len()).expect("a short payload");
     ip.header_checksum = ip.calc_header_checksum();
 
-    let d = destination.octets();
-    let destination_mac = [0x01, 0x00, 0x5e, d[1] & 0x7f, d[2], d[3]];
+    let destination_mac = snoop_common::wire::ipv4_group_mac(destination.octets());
     let mut frame = Vec::with_capacity(14 + ip.header_len() + igmp.len());
     frame.extend_from_slice(&destination_mac);
     frame.extend_from_slice(&source_mac);

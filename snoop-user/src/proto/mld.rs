@@ -9,8 +9,9 @@ use std::{net::Ipv6Addr, time::Duration};
 
 use snoop_common::wire::{
     is_mld_control, IPPROTO_ICMPV6, IPPROTO_PIM, IPV6_ALL_NODES, IPV6_ALL_ROUTERS, IPV6_DESTINATION_OPTIONS,
-    IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOP_BY_HOP, IPV6_OPTION_ROUTER_ALERT, IPV6_ROUTING, MLD_MRD_ADVERTISEMENT,
-    MLD_MRD_SOLICITATION, MLD_MRD_TERMINATION, MLD_QUERY, MLD_V1_DONE, MLD_V1_REPORT, MLD_V2_REPORT, PIM_HELLO,
+    IPV6_FRAGMENT, IPV6_HLEN, IPV6_HOP_BY_HOP, IPV6_OPTION_ROUTER_ALERT, IPV6_ROUTING, MAX_IPV6_EXTENSION_HEADERS,
+    MLD_MRD_ADVERTISEMENT, MLD_MRD_SOLICITATION, MLD_MRD_TERMINATION, MLD_QUERY, MLD_V1_DONE, MLD_V1_REPORT,
+    MLD_V2_REPORT, PIM_HELLO,
 };
 
 use super::{
@@ -21,8 +22,6 @@ use super::{
 pub type Packet = super::Packet<Ipv6Addr>;
 pub type Message = super::Message<Ipv6Addr>;
 
-/// Extension headers a control packet may carry before its message.
-const MAX_EXTENSION_HEADERS: usize = 8;
 /// Sources of one query in a 1500-byte frame: 1500 - IPv6 header (40) -
 /// hop-by-hop (8) - query header (28), over 16.
 const MAX_QUERY_SOURCES: usize = 89;
@@ -51,7 +50,8 @@ pub fn parse(ip_packet: &[u8]) -> Result<Packet, ParseError> {
     let mut next = packet[6];
     let mut at = IPV6_HLEN;
     let mut router_alert = false;
-    for _ in 0..MAX_EXTENSION_HEADERS {
+    // The data path hands over no packet with more (its walk is bounded).
+    for _ in 0..MAX_IPV6_EXTENSION_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DESTINATION_OPTIONS => {
                 let head = packet.get(at..at + 2).ok_or(ParseError::BadIpHeader)?;
@@ -263,9 +263,8 @@ pub fn build_mrd_solicitation_frame(source_mac: [u8; 6], source: Ipv6Addr) -> Ve
 /// An Ethernet frame around an MLD-family ICMPv6 message: [`ip_packet`]
 /// to the group's 33:33 MAC.
 fn ipv6_frame(source_mac: [u8; 6], source: Ipv6Addr, destination: Ipv6Addr, icmp: Vec<u8>) -> Vec<u8> {
-    let d = destination.octets();
     let mut frame = Vec::with_capacity(14 + IPV6_HLEN + 8 + icmp.len());
-    frame.extend_from_slice(&[0x33, 0x33, d[12], d[13], d[14], d[15]]);
+    frame.extend_from_slice(&snoop_common::wire::ipv6_group_mac(&destination.octets()));
     frame.extend_from_slice(&source_mac);
     frame.extend_from_slice(&snoop_common::wire::ETH_P_IPV6.to_be_bytes());
     frame.extend(ip_packet(source, destination, icmp));

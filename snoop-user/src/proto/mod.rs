@@ -19,10 +19,7 @@ use std::{
 };
 
 use snoop_common::{
-    wire::{
-        is_ipv4_link_local_group, is_ipv4_multicast, is_ipv4_ssm_group, is_ipv6_all_nodes, is_ipv6_link_scope_group,
-        is_ipv6_ssm_group,
-    },
+    wire::{is_ipv4_ssm_group, is_ipv6_ssm_group, is_snooped_ipv4, is_snooped_ipv6},
     FamilyFlags, GroupKey, SourceAddr, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS,
 };
 
@@ -117,7 +114,7 @@ impl Family for Ipv4Addr {
 
     /// IPv4 multicast outside 224.0.0.0/24, which is always flooded (RFC 4541 2.1.2).
     fn is_snoopable(self, _link_scope: bool) -> bool {
-        is_ipv4_multicast(self.octets()) && !is_ipv4_link_local_group(self.octets())
+        is_snooped_ipv4(self.octets())
     }
 
     fn is_ssm(self) -> bool {
@@ -198,12 +195,7 @@ impl Family for Ipv6Addr {
     /// unless `link_scope`: neighbour discovery must not depend on snooping
     /// by default (see the data path's `ipv6_flooded`).
     fn is_snoopable(self, link_scope: bool) -> bool {
-        let octets = self.octets();
-        self.is_multicast()
-            && !is_ipv6_all_nodes(&octets)
-            && (link_scope || !is_ipv6_link_scope_group(&octets))
-            // Interface-local (ff01::/16) never leaves a host.
-            && octets[1] & 0x0f != 1
+        is_snooped_ipv6(&self.octets(), link_scope)
     }
 
     fn is_ssm(self) -> bool {
