@@ -177,9 +177,12 @@ fn unpruned_reason(config: &DatapathConfig, family: u8, vlan: Option<u16>) -> Op
     }
 }
 
-/// Reports and leaves go to router ports only (and to trusted ports while
-/// no router port is known); queries and unknown types are flooded (RFC
-/// 4541 2.1.1 (1) and (3)). With nothing pruned, reports flood too.
+/// Reports and leaves go to router ports only (and to the ports named
+/// trusted while no router port is known); queries and unknown types are
+/// flooded (RFC 4541 2.1.1 (1) and (3)). Reports flood only with the
+/// controller gone: with no querier present they still go to no host, for
+/// an IGMPv2 or MLDv1 host hearing another's report suppresses its own
+/// (and then never sends its leave).
 #[inline(always)]
 fn report_egress(is_report: bool, ifindex: u32, family: u8, vlan: Option<u16>) -> i32 {
     // SAFETY: plain map lookup.
@@ -188,8 +191,8 @@ fn report_egress(is_report: bool, ifindex: u32, family: u8, vlan: Option<u16>) -
         None => return VERDICT_NEXT, // not managed
     };
     if is_report && !gets_reports {
-        if let Some(reason) = config().and_then(|c| unpruned_reason(c, family, vlan)) {
-            count(reason);
+        if config().is_some_and(|c| controller_gone(c, heartbeat_age_ns(c))) {
+            count(Counter::FailsafeFlooded);
             return VERDICT_NEXT;
         }
         count(Counter::ReportsSuppressed);

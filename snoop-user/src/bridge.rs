@@ -62,6 +62,8 @@ pub struct PortPolicy {
     /// The bridge's own per-port snooping settings, which snoop honours:
     /// `mcast_router 2` (always a router port) and `fastleave on`.
     pub static_router: bool,
+    /// `mcast_router 0`: never a router port.
+    pub never_router: bool,
     pub fast_leave: bool,
     /// What else runs on the port's tc hooks (the operator's filters),
     /// which redirect must not copy a frame past.
@@ -76,6 +78,7 @@ impl Default for PortPolicy {
             locked: false,
             learning: true,
             static_router: false,
+            never_router: false,
             fast_leave: false,
             filters: OtherFilters::default(),
         }
@@ -115,7 +118,8 @@ impl PortPolicy {
                 InfoBridgePort::Learning(on) => policy.learning = *on,
                 InfoBridgePort::FastLeave(on) => policy.fast_leave = *on,
                 InfoBridgePort::MulticastRouter(kind) => {
-                    policy.static_router = *kind == BridgeMulticastRouterType::Permanent
+                    policy.static_router = *kind == BridgeMulticastRouterType::Permanent;
+                    policy.never_router = *kind == BridgeMulticastRouterType::Disabled;
                 }
                 _ => {}
             }

@@ -12,7 +12,7 @@ use toml::{Spanned, Value};
 /// Boolean settings name the port in a repeatable option; valued ones
 /// give `NAME=VALUE`, lists one `NAME=ITEM` per item.
 pub const PORT_KEYS: &[(&str, &str, PortValue)] = &[
-    ("router", "router-port", PortValue::Switch),
+    ("router", "router-port", PortValue::Router),
     ("trusted", "trusted-port", PortValue::Switch),
     ("fast-leave", "fast-leave", PortValue::Switch),
     ("max-groups", "port-max-groups", PortValue::Number),
@@ -25,9 +25,14 @@ pub const PORT_KEYS: &[(&str, &str, PortValue)] = &[
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortValue {
     Switch,
+    /// A switch, or "never": [`NEVER_ROUTER_OPTION`].
+    Router,
     Number,
     List,
 }
+
+/// The option `router = "never"` stands for.
+pub const NEVER_ROUTER_OPTION: &str = "never-router-port";
 
 /// Options that make no sense in a file: the file itself.
 const NOT_IN_FILE: &[&str] = &["config", "help", "version"];
@@ -170,9 +175,15 @@ fn port_tables(
             let flag = format!("--{option}");
             let arg = |value: String| FileArg { line, key: full_key.clone(), args: vec![flag.clone(), value] };
             match (kind, value.get_ref()) {
-                (PortValue::Switch, Value::Boolean(true)) => args.push(arg(port.clone())),
-                (PortValue::Switch, Value::Boolean(false)) => {}
+                (PortValue::Switch | PortValue::Router, Value::Boolean(true)) => args.push(arg(port.clone())),
+                (PortValue::Switch | PortValue::Router, Value::Boolean(false)) => {}
+                (PortValue::Router, Value::String(never)) if never == "never" => args.push(FileArg {
+                    line,
+                    key: full_key.clone(),
+                    args: vec![format!("--{NEVER_ROUTER_OPTION}"), port.clone()],
+                }),
                 (PortValue::Switch, _) => return Err(bad("true or false")),
+                (PortValue::Router, _) => return Err(bad("true, false or \"never\"")),
                 (PortValue::Number, Value::Integer(n)) => args.push(arg(format!("{port}={n}"))),
                 (PortValue::Number, _) => return Err(bad("a number (0: no limit)")),
                 (PortValue::List, Value::Array(items)) => {
@@ -253,7 +264,8 @@ mod tests {
     fn keys_become_flags_with_their_lines() {
         let text = "# a lab router\nbridge = \"br0\"\nquery-interval = \"60s\"\nrouter-port = [\"eth1\", \"eth2\"]\n\
                     keep-state = true\n\n[port.eth3]\nfast-leave = true\nmax-groups = 50\ntrusted = false\n\
-                    allow = [\"239.1.0.0/16\", \"ff3e::/16\"]\nstatic-groups = [\"239.1.1.1\"]\n";
+                    allow = [\"239.1.0.0/16\", \"ff3e::/16\"]\nstatic-groups = [\"239.1.1.1\"]\n\
+                    [port.eth4]\nrouter = \"never\"\n";
         assert_eq!(
             args(text).unwrap(),
             vec![
@@ -267,6 +279,7 @@ mod tests {
                 (11, words(&["--port-allow", "eth3=239.1.0.0/16"])),
                 (11, words(&["--port-allow", "eth3=ff3e::/16"])),
                 (12, words(&["--static-group", "eth3=239.1.1.1"])),
+                (14, words(&["--never-router-port", "eth4"])),
             ]
         );
         assert_eq!(args("keep-state = false\n").unwrap(), vec![]);
@@ -284,6 +297,8 @@ mod tests {
         assert_eq!(in_port.to_string(), "line 3: unknown key `port.eth1.fastleave` (did you mean `fast-leave`?)");
         let switch = args("\n\nkeep-state = \"yes\"\n").unwrap_err();
         assert_eq!(switch.to_string(), "line 3: `keep-state`: is a switch: true or false");
+        let router = args("[port.eth1]\nrouter = \"sometimes\"\n").unwrap_err();
+        assert_eq!(router.to_string(), "line 2: `port.eth1.router`: true, false or \"never\"");
         let limit = args("[port.eth1]\n\nmax-groups = \"many\"\n").unwrap_err();
         assert_eq!(limit.to_string(), "line 3: `port.eth1.max-groups`: a number (0: no limit)");
         let allow = args("[port.eth1]\nallow = \"239.1.0.0/16\"\n").unwrap_err();

@@ -229,12 +229,19 @@ struct RunArgs {
     /// (repeatable; `all` for every port). Only for ports with one host behind them.
     #[arg(long, value_name = "PORT")]
     fast_leave: Vec<String>,
-    /// A port whose queries and PIM hellos are believed: it may become a
-    /// router port and win the querier election (repeatable; `all` for every
-    /// port). Other ports' queries are ignored, so a host cannot hijack the
-    /// querier or attract all traffic. `--router-port` ports are trusted too.
+    /// The only ports whose queries and PIM hellos are believed: they may
+    /// become router ports and win the querier election, and get the
+    /// reports while no router port is known (repeatable; `all` for every
+    /// port). Without it every port's are, as the Linux bridge and managed
+    /// switches learn routers. With it, other ports' queries are ignored, so
+    /// a host there cannot hijack the querier or attract all traffic.
+    /// `--router-port` ports are trusted too.
     #[arg(long, value_name = "PORT")]
     trusted_port: Vec<String>,
+    /// A port that is never a router port, whatever it sends (the bridge's
+    /// `mcast_router 0`; `router = "never"` in a port's table; repeatable).
+    #[arg(long, value_name = "PORT")]
+    never_router_port: Vec<String>,
     /// Most groups one port may join; further joins are refused and counted (0: no limit).
     #[arg(long, default_value_t = 1024)]
     max_groups_per_port: usize,
@@ -509,6 +516,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
     };
     let live = Live {
         static_router_ports: args.router_port,
+        never_router_ports: args.never_router_port,
         fast_leave_ports: args.fast_leave,
         trusted_ports: args.trusted_port,
         max_groups_per_port: args.max_groups_per_port,

@@ -78,9 +78,12 @@ pub struct Start {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Live {
     pub static_router_ports: Vec<String>,
+    /// Ports never made router ports (`router = never`).
+    pub never_router_ports: Vec<String>,
     /// Port names with fast leave, or "all".
     pub fast_leave_ports: Vec<String>,
-    /// Ports whose queries and PIM hellos count, or "all".
+    /// The only ports whose queries and PIM hellos count, or "all"; none
+    /// named: every port's count (as the Linux bridge and managed switches learn).
     pub trusted_ports: Vec<String>,
     /// Most groups one port may join (0: no limit).
     pub max_groups_per_port: usize,
@@ -125,11 +128,15 @@ impl Live {
     pub fn port_options(&self, name: &str, policy: &PortPolicy) -> PortOptions {
         let listed = |list: &[String]| list.iter().any(|p| p == name || p == "all");
         let static_router = self.static_router_ports.iter().any(|p| p == name) || policy.static_router;
+        let upstream = listed(&self.trusted_ports);
         PortOptions {
             fast_leave: listed(&self.fast_leave_ports) || policy.fast_leave,
             static_router,
-            // A port declared a router port is trusted to speak as one.
-            trusted: static_router || listed(&self.trusted_ports),
+            // Any port, unless some are named; a port declared a router port
+            // is trusted to speak as one.
+            trusted: static_router || upstream || self.trusted_ports.is_empty(),
+            never_router: !static_router && (listed(&self.never_router_ports) || policy.never_router),
+            upstream,
             // The last one given wins: the command line's come after the file's.
             max_groups: self
                 .port_max_groups
@@ -137,6 +144,15 @@ impl Live {
                 .rev()
                 .find(|(port, _)| port == name)
                 .map_or(self.max_groups_per_port, |(_, limit)| *limit),
+        }
+    }
+
+    /// How router ports are learned, for the log at start.
+    pub fn router_learning(&self) -> String {
+        if self.trusted_ports.is_empty() {
+            "router ports and queriers are learned on any port (--trusted-port names the only ones)".into()
+        } else {
+            format!("router ports and queriers are learned on {} only", self.trusted_ports.join(" "))
         }
     }
 
@@ -214,7 +230,16 @@ mod tests {
         assert!(eth0.static_router && eth0.trusted && eth0.fast_leave && eth0.max_groups == 1024);
         let eth1 = live.port_options("eth1", &plain);
         assert!(!eth1.static_router && eth1.trusted && eth1.max_groups == 16, "the last limit given wins");
+        assert!(eth1.upstream, "a port named trusted gets reports while no router is known");
         let bridge_says = PortPolicy { static_router: true, ..plain };
         assert!(live.port_options("eth2", &bridge_says).trusted, "mcast_router 2 makes a trusted router port");
+        assert!(!live.port_options("eth2", &plain).trusted, "with ports named trusted, the others are not");
+        // None named: every port may be a router or the querier, none gets reports before one is known.
+        let open = Live { never_router_ports: vec!["eth4".into()], ..Live::default() };
+        let eth2 = open.port_options("eth2", &plain);
+        assert!(eth2.trusted && !eth2.upstream && !eth2.never_router);
+        assert!(open.port_options("eth4", &plain).never_router);
+        let disabled = PortPolicy { never_router: true, ..plain };
+        assert!(open.port_options("eth2", &disabled).never_router, "mcast_router 0 is never a router port");
     }
 }

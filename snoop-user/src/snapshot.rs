@@ -185,6 +185,10 @@ pub struct MemberView {
     #[serde(rename = "static", default)]
     pub permanent: bool,
     pub last_reporter: IpAddr,
+    /// The hosts behind the port known to want the group (IGMPv3/MLDv2
+    /// hosts all report; of older ones, those that did).
+    #[serde(default)]
+    pub hosts: Vec<IpAddr>,
     /// A leave was heard; the membership ends unless a host answers the last-member queries.
     pub leaving: bool,
     /// "include" (only `sources` marked forwarded) or "exclude" (all but the blocked ones).
@@ -624,6 +628,7 @@ fn member_view<A: Family>(sources: &Sources, ifindex: u32, member: &Member<A>, t
         expires_in_secs: (!member.permanent).then(|| sources.secs_until(member.expires)),
         permanent: member.permanent,
         last_reporter: member.last_reporter.ip(),
+        hosts: member.hosts.iter().filter(|(_, until)| **until > sources.uptime).map(|(host, _)| host.ip()).collect(),
         leaving: member.leaving,
         filter_mode: member.mode,
         sources: member

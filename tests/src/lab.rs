@@ -10,7 +10,7 @@ use std::{
     collections::HashMap,
     ffi::CString,
     fs, io,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -43,6 +43,8 @@ pub struct Host {
     pub netns: String,
     pub ip: Ipv4Addr,
     /// The bridge-side veth of this host.
+    /// Its IPv6 address in a lab with IPv6 (fd99::<last octet of ip>).
+    pub ipv6: Ipv6Addr,
     pub port: String,
     /// Its interface: eth0, or a VLAN interface on it (eth0.10) for a
     /// host on a trunk port.
@@ -127,34 +129,65 @@ impl Lab {
         let Some(last_octet) = u8::try_from(index + 10).ok().filter(|o| *o < 255) else {
             bail!("a lab holds at most 245 hosts");
         };
-        let ip = Ipv4Addr::new(10, 99, 0, last_octet);
-        run("ip", &["netns", "add", &netns])?;
-        self.hosts.push(Host { name, netns: netns.clone(), ip, port: port.clone(), interface: "eth0".into() });
-        if !options.ipv6 {
-            quiet_ipv6(&netns)?;
+        if self.hosts.iter().any(|h| h.ip == Ipv4Addr::new(10, 99, 0, last_octet)) {
+            bail!("10.99.0.{last_octet} is a host's behind a port already");
         }
+        let ip = Ipv4Addr::new(10, 99, 0, last_octet);
+        let ipv6 = format!("fd99::{last_octet}").parse()?;
+        new_host_netns(&netns, options)?;
+        self.hosts.push(Host { name, netns: netns.clone(), ip, ipv6, port: port.clone(), interface: "eth0".into() });
         self.ip_br(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
         let bridge = self.bridge.clone();
         self.ip_br(&["link", "set", &port, "master", &bridge, "up"])?;
-        run("ip", &["-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
-        run("ip", &["-n", &netns, "link", "set", "eth0", "up"])?;
-        run("ip", &["-n", &netns, "link", "set", "lo", "up"])?;
-        if let Some(version) = options.igmp_version {
-            write_sysctl(&netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())?;
-        }
-        // Hosts repeat unsolicited reports quickly so joins settle fast in tests.
-        write_sysctl(&netns, "ipv4/conf/eth0/igmpv2_unsolicited_report_interval", "200")?;
-        write_sysctl(&netns, "ipv4/conf/eth0/igmpv3_unsolicited_report_interval", "200")?;
+        configure_host(&netns, ip, ipv6, options)
+    }
+
+    /// Puts `count` more hosts behind `host`'s port, as a downstream switch
+    /// would: `host`'s eth0 goes into a bridge `sw0` of its namespace
+    /// (no snooping: reports and queries pass as through a hub, so the
+    /// hosts hear each other's), `host` keeps its address on `sw0`, and
+    /// hosts `<host>a`, `<host>b`, ... hang off it, addressed from
+    /// 10.99.0.254 down (fd99::<same> with IPv6 on). Returns their names.
+    pub fn add_hosts_behind(&mut self, host: &str, count: usize, options: &LabOptions) -> Result<Vec<String>> {
+        let switch = self.host(host).clone();
+        let ns = |args: &[&str]| run("ip", &[&["-n", switch.netns.as_str()][..], args].concat());
+        ns(&["link", "add", "sw0", "type", "bridge", "mcast_snooping", "0"])?;
+        ns(&["addr", "flush", "dev", "eth0"])?;
+        ns(&["link", "set", "eth0", "master", "sw0"])?;
+        ns(&["addr", "add", &format!("{}/24", switch.ip), "dev", "sw0"])?;
         if options.ipv6 {
-            let ip6 = format!("fd99::{}/64", index + 10);
-            run("ip", &["-n", &netns, "-6", "addr", "add", &ip6, "dev", "eth0", "nodad"])?;
-            if let Some(version) = options.mld_version {
-                write_sysctl(&netns, "ipv6/conf/eth0/force_mld_version", &version.to_string())?;
-            }
-            write_sysctl(&netns, "ipv6/conf/eth0/mldv1_unsolicited_report_interval", "200")?;
-            write_sysctl(&netns, "ipv6/conf/eth0/mldv2_unsolicited_report_interval", "200")?;
+            ns(&["-6", "addr", "add", &format!("{}/64", switch.ipv6), "dev", "sw0", "nodad"])?;
         }
-        Ok(())
+        ns(&["link", "set", "sw0", "up"])?;
+        let switch_index = self.hosts.iter().position(|h| h.name == host).context("no such host")?;
+        self.hosts[switch_index].interface = "sw0".into();
+        let mut names = Vec::new();
+        for k in 0..count {
+            let Some(last_octet) =
+                (10..=254u8).rev().find(|o| self.hosts.iter().all(|h| h.ip.octets() != [10, 99, 0, *o]))
+            else {
+                bail!("no address left for a host behind {host}");
+            };
+            let name = format!("{host}{}", char::from(b'a' + u8::try_from(k).context("too many hosts behind")?));
+            let netns = format!("{}-{name}", self.id);
+            let ip = Ipv4Addr::new(10, 99, 0, last_octet);
+            let ipv6 = format!("fd99::{last_octet}").parse()?;
+            new_host_netns(&netns, options)?;
+            self.hosts.push(Host {
+                name: name.clone(),
+                netns: netns.clone(),
+                ip,
+                ipv6,
+                port: switch.port.clone(),
+                interface: "eth0".into(),
+            });
+            let leg = format!("d{name}");
+            ns(&["link", "add", &leg, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+            ns(&["link", "set", &leg, "master", "sw0", "up"])?;
+            configure_host(&netns, ip, ipv6, options)?;
+            names.push(name);
+        }
+        Ok(names)
     }
 
     /// Makes `port` an access port of `vlan`: its only VLAN, untagged, its PVID.
@@ -218,7 +251,8 @@ impl Lab {
             write_sysctl(&trunk.netns, &format!("ipv4/conf/{interface}/{sysctl}"), "200")?;
         }
         let name = format!("{host}v{vlan}");
-        self.hosts.push(Host { name: name.clone(), netns: trunk.netns, ip, port: trunk.port, interface });
+        let ipv6 = format!("fd99:{vlan:x}::{}", octets[3]).parse()?;
+        self.hosts.push(Host { name: name.clone(), netns: trunk.netns, ip, ipv6, port: trunk.port, interface });
         Ok(name)
     }
 
@@ -307,24 +341,84 @@ impl Lab {
         Ok(())
     }
 
+    /// Runs FRRouting's zebra and pimd on `host` (Debian's `frr`): a PIM-SM
+    /// router and IGMP querier, configured by `pimd` (pimd.conf). They run
+    /// as user frr with their sockets and files in a directory of their own,
+    /// for the lab's lifetime; [`Lab::frr`] asks them through vtysh.
+    pub fn start_frr(&mut self, host: &str, pimd: &str) -> Result<()> {
+        let netns = self.host(host).netns.clone();
+        let dir = self.frr_dir(host);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        self.files.push(dir.clone());
+        let path = |name: &str| dir.join(name).display().to_string();
+        fs::write(dir.join("zebra.conf"), format!("hostname {host}\n"))?;
+        fs::write(dir.join("pimd.conf"), format!("hostname {host}\n{pimd}"))?;
+        run("chown", &["-R", "frr:frr", &dir.display().to_string()])?;
+        let common = |daemon: &str| {
+            [
+                "--vty_socket".to_owned(),
+                dir.display().to_string(),
+                "-z".to_owned(),
+                path("zserv.api"),
+                "-i".to_owned(),
+                path(&format!("{daemon}.pid")),
+                "-f".to_owned(),
+                path(&format!("{daemon}.conf")),
+            ]
+        };
+        let zebra = common("zebra");
+        self.spawn_in(&netns, "/usr/lib/frr/zebra", &zebra.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let api = dir.join("zserv.api");
+        crate::wait_until("zebra's socket", Duration::from_secs(10), || Ok(api.exists()))?;
+        let pimd = common("pimd");
+        self.spawn_in(&netns, "/usr/lib/frr/pimd", &pimd.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let vty = dir.join("pimd.vty");
+        crate::wait_until("pimd's vty", Duration::from_secs(10), || Ok(vty.exists()))
+    }
+
+    fn frr_dir(&self, host: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("{}-frr-{host}", self.id))
+    }
+
+    /// A vtysh command's JSON answer from the FRR daemons on `host`.
+    pub fn frr(&self, host: &str, command: &str) -> Result<serde_json::Value> {
+        let out = run("vtysh", &["--vty_socket", &self.frr_dir(host).display().to_string(), "-c", command])?;
+        serde_json::from_str(&out).with_context(|| format!("vtysh {command}: {out}"))
+    }
+
+    /// The groups FRR's IGMP on `host` holds joins for, on any interface.
+    pub fn frr_igmp_groups(&self, host: &str) -> Result<Vec<Ipv4Addr>> {
+        let groups = self.frr(host, "show ip igmp groups json")?;
+        let interfaces = groups.as_object().into_iter().flatten().filter_map(|(_, i)| i["groups"].as_array());
+        Ok(interfaces.flatten().filter_map(|g| g["group"].as_str()?.parse().ok()).collect())
+    }
+
     /// Makes `host` a multicast router as the Linux bridge is one: its
     /// interface (eth0, or a VLAN interface: a router of that VLAN) goes
     /// into a bridge of its own that queries (IGMP `version`, every
     /// `interval`, answers within 1 s) from the host's address, as a router
     /// port sees it. Its snooping learns the joins that reach it (`router_groups`).
+    /// In a lab with IPv6 it is an MLDv2 querier too, from fe80::1 (the
+    /// lowest address a querier can have: it wins every election).
     pub fn make_querier(&self, host: &str, version: u8, interval: Duration) -> Result<()> {
-        let Host { netns, ip, interface, .. } = self.host(host).clone();
+        let Host { netns, ip, ipv6, interface, .. } = self.host(host).clone();
         let centis = (interval.as_millis() / 10).to_string();
         let version = version.to_string();
         let ns = |args: &[&str]| run("ip", &[&["-n", netns.as_str()][..], args].concat());
+        let has_ipv6 = !ns(&["-6", "addr", "show", "dev", &interface])?.trim().is_empty();
         ns(&["addr", "flush", "dev", &interface])?;
         #[rustfmt::skip]
         ns(&["link", "add", "qbr", "type", "bridge", "mcast_snooping", "1", "mcast_querier", "1",
-            "mcast_query_use_ifaddr", "1", "mcast_igmp_version", &version,
+            "mcast_query_use_ifaddr", "1", "mcast_igmp_version", &version, "mcast_mld_version", "2",
             "mcast_query_interval", &centis, "mcast_query_response_interval", "100",
             "mcast_startup_query_interval", &centis])?;
         ns(&["link", "set", &interface, "master", "qbr"])?;
         ns(&["addr", "add", &format!("{ip}/24"), "dev", "qbr"])?;
+        if has_ipv6 {
+            ns(&["link", "set", "qbr", "addrgenmode", "none"])?;
+            ns(&["-6", "addr", "add", "fe80::1/64", "dev", "qbr", "nodad"])?;
+            ns(&["-6", "addr", "add", &format!("{ipv6}/64"), "dev", "qbr", "nodad"])?;
+        }
         ns(&["link", "set", "qbr", "up"])?;
         Ok(())
     }
@@ -401,6 +495,20 @@ impl Lab {
         let child = cmd.spawn().with_context(|| format!("starting {}", snoop.display()))?;
         self.children.push(child);
         self.wait_for_snoop(snoop, Duration::from_secs(20))
+    }
+
+    /// Starts `snoop run --bridge BRIDGE ARGS...` and returns as soon as it
+    /// answers, without waiting for its first query's answers: the test
+    /// acts inside snoop's start window.
+    pub fn start_snoop_in_window(&mut self, snoop: &Path, args: &[&str]) -> Result<()> {
+        let bridge = self.bridge.clone();
+        let mut cmd = Command::new(snoop);
+        cmd.args(["--netns", &self.bridge_netns, "run", "--bridge", &bridge]).args(args);
+        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        let log = fs::OpenOptions::new().create(true).append(true).open(self.snoop_log())?;
+        cmd.stdout(Stdio::null()).stderr(log);
+        self.children.push(cmd.spawn().with_context(|| format!("starting {}", snoop.display()))?);
+        crate::wait_until("snoop answering", Duration::from_secs(20), || Ok(self.snoop_show(snoop, "querier").is_ok()))
     }
 
     /// Where the lab's snoop processes log (removed with the lab).
@@ -563,10 +671,9 @@ impl Lab {
         Ok(Membership { _sockets: vec![socket] })
     }
 
-    /// `host`'s IPv6 address in an IPv6 lab: fd99::<10+index> (written in decimal).
+    /// `host`'s IPv6 address in an IPv6 lab.
     pub fn host_ipv6(&self, host: &str) -> Ipv6Addr {
-        let index: usize = host.trim_start_matches('h').parse().expect("hosts are h<index>");
-        format!("fd99::{}", index + 10).parse().expect("an IPv6 address")
+        self.host(host).ipv6
     }
 
     /// A socket on `host` joined to the IPv6 `group` on eth0 (its kernel
@@ -702,6 +809,16 @@ impl Lab {
             Ok(socket)
         })??;
         Ok(GroupSender { socket })
+    }
+
+    /// A [`Stream`] of `group` (IPv4 or IPv6) from `host`, out of its interface.
+    pub fn stream(&self, host: &str, group: IpAddr) -> Result<Stream> {
+        Ok(match group {
+            IpAddr::V4(group) => Stream::start(self.sender(host)?.socket, SocketAddrV4::new(group, DATA_PORT).into()),
+            IpAddr::V6(group) => {
+                Stream::start(self.sender_v6(host)?.socket, SocketAddrV6::new(group, DATA_PORT, 0, 0).into())
+            }
+        })
     }
 
     /// Sends a raw IPv4 packet (from its IP header on) out of `host`'s interface,
@@ -888,7 +1005,7 @@ impl Drop for Lab {
             let _ = run("ip", &["netns", "del", netns]);
         }
         for file in &self.files {
-            let _ = fs::remove_file(file);
+            let _ = if file.is_dir() { fs::remove_dir_all(file) } else { fs::remove_file(file) };
         }
         for mut child in self.children.drain(..) {
             // SAFETY: signalling our own child; SIGTERM lets snoop detach cleanly.
@@ -942,6 +1059,39 @@ fn is_stale_lab(name: &str) -> bool {
 }
 
 /// Sends group traffic to the lab's data port from one host.
+/// A steady stream of group traffic, one packet every 5 ms from a socket
+/// of its own, until dropped.
+pub struct Stream {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Stream {
+    /// Streams from `socket` (bound, its multicast interface and TTL set) to `to`.
+    pub fn start(socket: UdpSocket, to: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.send_to(b"stream", to);
+                    thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        Self { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 pub struct GroupSender {
     socket: UdpSocket,
 }
@@ -1345,6 +1495,37 @@ pub fn write_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
 }
 
 /// IPv6 off in lab namespaces: no MLD or DAD noise in the counts.
+/// A new host namespace; IPv6 off in it unless the lab has IPv6.
+fn new_host_netns(netns: &str, options: &LabOptions) -> Result<()> {
+    run("ip", &["netns", "add", netns])?;
+    if !options.ipv6 {
+        quiet_ipv6(netns)?;
+    }
+    Ok(())
+}
+
+/// A host's eth0 as every lab host's: its addresses, up, the forced
+/// IGMP/MLD versions, and quick unsolicited reports so joins settle fast.
+fn configure_host(netns: &str, ip: Ipv4Addr, ipv6: Ipv6Addr, options: &LabOptions) -> Result<()> {
+    run("ip", &["-n", netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+    run("ip", &["-n", netns, "link", "set", "eth0", "up"])?;
+    run("ip", &["-n", netns, "link", "set", "lo", "up"])?;
+    if let Some(version) = options.igmp_version {
+        write_sysctl(netns, "ipv4/conf/eth0/force_igmp_version", &version.to_string())?;
+    }
+    write_sysctl(netns, "ipv4/conf/eth0/igmpv2_unsolicited_report_interval", "200")?;
+    write_sysctl(netns, "ipv4/conf/eth0/igmpv3_unsolicited_report_interval", "200")?;
+    if options.ipv6 {
+        run("ip", &["-n", netns, "-6", "addr", "add", &format!("{ipv6}/64"), "dev", "eth0", "nodad"])?;
+        if let Some(version) = options.mld_version {
+            write_sysctl(netns, "ipv6/conf/eth0/force_mld_version", &version.to_string())?;
+        }
+        write_sysctl(netns, "ipv6/conf/eth0/mldv1_unsolicited_report_interval", "200")?;
+        write_sysctl(netns, "ipv6/conf/eth0/mldv2_unsolicited_report_interval", "200")?;
+    }
+    Ok(())
+}
+
 fn quiet_ipv6(netns: &str) -> Result<()> {
     write_sysctl(netns, "ipv6/conf/all/disable_ipv6", "1")?;
     write_sysctl(netns, "ipv6/conf/default/disable_ipv6", "1")

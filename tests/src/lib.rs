@@ -91,6 +91,24 @@ pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> 
     }
 }
 
+/// Watches a receiver's count of a stream (`count`) for `duration`: an
+/// error names when it stood still for `max_gap` (the receiver lost the
+/// stream). Returns what it got.
+pub fn watch_stream(what: &str, duration: Duration, max_gap: Duration, count: impl Fn() -> u64) -> Result<u64> {
+    let started = Instant::now();
+    let (first, mut last, mut moved_at) = (count(), count(), Instant::now());
+    while started.elapsed() < duration {
+        thread::sleep(Duration::from_millis(50));
+        let now = count();
+        if now != last {
+            (last, moved_at) = (now, Instant::now());
+        } else if moved_at.elapsed() >= max_gap {
+            bail!("{what} got nothing for {max_gap:?}, {:?} into {duration:?}", started.elapsed());
+        }
+    }
+    Ok(last - first)
+}
+
 /// (group, port name) pairs in the pinned membership map, the data path's truth.
 pub fn map_members(lab: &Lab) -> Result<BTreeSet<(Ipv4Addr, String)>> {
     Ok(pinned_members(lab)?.into_iter().filter_map(|(key, port)| Some((key.ipv4_octets()?.into(), port))).collect())

@@ -278,3 +278,37 @@ fn no_mld_leaves_ipv6_flooding_as_a_plain_bridge() -> Result<()> {
     assert!(lab.snoop_show(&snoop_bin(), "querier")?.get("mld").is_none());
     Ok(())
 }
+
+#[test]
+fn with_no_link_local_address_snoop_floods_ipv6_again_once_the_other_querier_stops() -> Result<()> {
+    // The bridge has no link-local address: snoop cannot send MLD queries.
+    // h3 is an MLDv2 querier (a Linux bridge, from fe80::1, every 2 s)
+    // until it stops; from then on nobody asks the hosts to report, so
+    // IPv6 groups must flood again once the other-querier interval is
+    // over, not stay pruned while their memberships age out.
+    let mut lab = ipv6_lab("mld-nolinklocal", 4, None)?;
+    let bridge = lab.bridge.clone();
+    lab.ip_br(&["link", "set", &bridge, "addrgenmode", "none"])?;
+    lab.ip_br(&["-6", "addr", "flush", "dev", &bridge, "scope", "link"])?;
+    lab.make_querier("h3", 3, Duration::from_secs(2))?;
+    lab.start_snoop(&snoop_bin(), &[FAST_TIMERS, &["--trusted-port", "p3"]].concat())?;
+    wait_until("h3 elected", Duration::from_secs(6), || {
+        Ok(lab.snoop_show(&snoop_bin(), "querier")?["mld"]["role"] == "other")
+    })?;
+    let _member = lab.join_v6("h1", G)?;
+    wait_for_members_v6(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let (h1, h2) = (lab.sniff("h1")?, lab.sniff("h2")?);
+    let _stream = lab.stream("h0", G.into())?;
+    wait_until("G pruned at h2", Duration::from_secs(5), || {
+        let before = h2.count(G);
+        thread::sleep(Duration::from_millis(300));
+        Ok(h1.count(G) > 0 && h2.count(G) == before)
+    })?;
+    lab::run("ip", &["-n", &lab.host("h3").netns, "link", "set", "qbr", "type", "bridge", "mcast_querier", "0"])?;
+    let pruned_at_h2 = h2.count(G);
+    // Two membership intervals: h1 never loses G, and G floods again.
+    snoop_tests::watch_stream("h1", Duration::from_secs(10), Duration::from_secs(1), || h1.count(G))?;
+    assert!(h2.count(G) > pruned_at_h2 + 100, "G stayed pruned with no querier present");
+    assert_eq!(lab.snoop_show(&snoop_bin(), "querier")?["mld"]["present"], false);
+    Ok(())
+}

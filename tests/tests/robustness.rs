@@ -131,7 +131,8 @@ fn untrusted_host_cannot_hijack_the_querier_or_become_a_router() -> Result<()> {
     let mut lab = Lab::new("untrusted", 4, &LabOptions::default())?;
     let own = Ipv4Addr::new(10, 99, 0, 200);
     let mut args = FAST.to_vec();
-    args.extend(["--query-source", "10.99.0.200"]);
+    // Only p1 may be a router or the querier: h3 on p3 may not.
+    args.extend(["--query-source", "10.99.0.200", "--trusted-port", "p1"]);
     lab.start_snoop(&snoop_bin(), &args)?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;

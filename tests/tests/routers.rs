@@ -1,22 +1,19 @@
-//! snoop beside real multicast routers and queriers: igmpproxy behind a port,
-//! Linux bridges querying in IGMPv2 or with long intervals, routers on
-//! untrusted ports, no querier at all, router discovery, keep-state restarts,
+//! snoop beside real multicast routers and queriers: FRRouting's pimd and
+//! igmpproxy behind a port (with no options at all, as a new user starts
+//! snoop), Linux bridges querying in IGMPv2 or with long intervals, routers
+//! on ports --trusted-port leaves out, no querier at all, router discovery, keep-state restarts,
 //! and frames that are not what their IP address says. Each test checks what
 //! the receivers got and what the router on the other side heard.
 use std::{
     fs,
     net::{Ipv4Addr, SocketAddrV4, UdpSocket},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use snoop_tests::{
-    lab::{self, in_netns, Lab, DATA_PORT},
+    lab::{self, in_netns, Lab, Stream, DATA_PORT},
     map_members, snoop_bin, wait_for_members, wait_until, LabOptions,
 };
 
@@ -55,39 +52,13 @@ fn wait_present(lab: &Lab, timeout: Duration) -> Result<()> {
 
 /// A source of `group` traffic in `netns` that routers forward (TTL 16),
 /// sending every 5 ms until dropped.
-struct RoutedSource {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl RoutedSource {
-    fn start(netns: &str, source: Ipv4Addr, group: Ipv4Addr) -> Result<Self> {
-        let socket = in_netns(netns, move || -> Result<UdpSocket> {
-            let socket = UdpSocket::bind(SocketAddrV4::new(source, 0))?;
-            socket.set_multicast_ttl_v4(16)?;
-            Ok(socket)
-        })??;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let _ = socket.send_to(b"routed", SocketAddrV4::new(group, DATA_PORT));
-                    thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        Ok(Self { stop, thread: Some(thread) })
-    }
-}
-
-impl Drop for RoutedSource {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+fn routed_source(netns: &str, source: Ipv4Addr, group: Ipv4Addr) -> Result<Stream> {
+    let socket = in_netns(netns, move || -> Result<UdpSocket> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(source, 0))?;
+        socket.set_multicast_ttl_v4(16)?;
+        Ok(socket)
+    })??;
+    Ok(Stream::start(socket, SocketAddrV4::new(group, DATA_PORT).into()))
 }
 
 #[test]
@@ -106,7 +77,7 @@ fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_o
     )?;
     let h3 = lab.host("h3").netns.clone();
     lab.spawn_in(&h3, "igmpproxy", &["-d", &config.display().to_string()])?;
-    let _source = RoutedSource::start(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
+    let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
     thread::sleep(Duration::from_secs(1)); // igmpproxy's startup query goes by
     lab.start_snoop(&snoop_bin(), &args(&["--trusted-port", "p3"]))?;
 
@@ -203,7 +174,8 @@ fn a_querier_with_a_long_interval_keeps_members_and_snoop_quiet() -> Result<()> 
 fn a_router_on_an_untrusted_port_is_named_in_the_log_and_in_show() -> Result<()> {
     let mut lab = Lab::new("untrusted", 4, &LabOptions::default())?;
     lab.make_querier("h3", 2, Duration::from_secs(2))?;
-    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS]))?;
+    // Only p1 may be a router or the querier: h3's querier on p3 may not.
+    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", "p1"]))?;
     wait_until("the router shown as ignored", Duration::from_secs(6), || {
         Ok(port_view(&lab, "p3")?["note"].as_str().unwrap_or_default().contains("ignored: untrusted"))
     })?;
@@ -335,4 +307,175 @@ fn a_jumbo_report_loses_no_membership() -> Result<()> {
     let stats = lab.snoop_show(&snoop_bin(), "stats")?;
     assert_eq!(stats["datapath"]["control_frames_truncated"], 0);
     Ok(())
+}
+
+/// FRR's pimd on h3: an IGMPv3 querier and PIM-SM router (its own RP),
+/// routing a stream from a network behind it, with a membership interval
+/// of 5 s (a query every 2 s, answered within 1 s).
+const FRR_PIMD: &str = "interface eth0\n ip pim\n ip igmp\n ip igmp query-max-response-time 10\n \
+                        ip igmp query-interval 2\ninterface behind\n ip pim\nip pim rp 10.99.0.13 224.0.0.0/4\n";
+
+/// Waits until `port` is a router port in `snoop show ports`.
+fn wait_router_port(lab: &Lab, port: &str, timeout: Duration) -> Result<()> {
+    wait_until(&format!("{port} a router port"), timeout, || Ok(port_view(lab, port)?["router"] == true))
+}
+
+#[test]
+fn with_no_options_a_routed_stream_outlives_the_routers_membership_interval() -> Result<()> {
+    // snoop as a new user starts it, beside a real router: no --trusted-port.
+    let mut lab = Lab::new("frr", 4, &LabOptions::default())?;
+    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
+    lab.start_frr("h3", FRR_PIMD)?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    wait_router_port(&lab, "p3", Duration::from_secs(6))?;
+    // (Until the router's first query is answered nothing is pruned.)
+    wait_present(&lab, Duration::from_secs(5))?;
+    let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
+    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
+    let membership = lab.join("h1", G)?;
+    wait_until("the routed stream at h1", Duration::from_secs(5), || Ok(sniffers[0].count(G) > 0))?;
+    // Three of the router's membership intervals: every query's answers
+    // reach it, so it keeps the join and the stream keeps coming.
+    for second in 1..=15 {
+        let before = sniffers[0].count(G);
+        thread::sleep(Duration::from_secs(1));
+        assert!(sniffers[0].count(G) > before + 50, "the stream stopped after {second} s");
+        assert!(lab.frr_igmp_groups("h3")?.contains(&G), "the router lost the join after {second} s");
+    }
+    assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
+    // The leave stops it at h1.
+    drop(membership);
+    wait_for_members(&lab, G, &[], JOIN_TIMEOUT)?;
+    thread::sleep(SETTLE);
+    let after_leave = sniffers[0].count(G);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    Ok(())
+}
+
+#[test]
+fn with_no_options_igmpproxy_is_learned_from_its_query_and_hears_the_joins() -> Result<()> {
+    let mut lab = Lab::new("proxynoopt", 4, &LabOptions::default())?;
+    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
+    let config = lab.write_file(
+        "igmpproxy.conf",
+        "quickleave\n\
+         phyint behind upstream ratelimit 0 threshold 1\n    altnet 10.98.0.0/24\n\
+         phyint eth0 downstream ratelimit 0 threshold 1\n",
+    )?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    // igmpproxy's startup query makes p3 a router port: no option needed.
+    let h3 = lab.host("h3").netns.clone();
+    lab.spawn_in(&h3, "igmpproxy", &["-d", &config.display().to_string()])?;
+    wait_router_port(&lab, "p3", Duration::from_secs(5))?;
+    let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
+    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
+    let membership = lab.join("h1", G)?;
+    wait_until("the routed stream at h1", Duration::from_secs(3), || Ok(sniffers[0].count(G) > 0))?;
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
+    // The proxy is the querier: its group-specific queries, answered
+    // within its 10 s, end the membership after two unanswered (the
+    // elected querier's timing, not snoop's own last-member time).
+    drop(membership);
+    wait_for_members(&lab, G, &[], Duration::from_secs(25))?;
+    thread::sleep(SETTLE);
+    let after_leave = sniffers[0].count(G);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    Ok(())
+}
+
+#[test]
+fn in_the_start_window_no_host_hears_another_report_so_a_leaver_still_says_so() -> Result<()> {
+    // h3 is an IGMPv2 querier (a Linux bridge querying every 20 s from
+    // 10.99.0.13), its startup query gone by when snoop starts with no
+    // options. h1 and h2 are IGMPv2 hosts that join within 2 s of the
+    // start, h2 after h1. A v2 host that hears another's report for its
+    // group is no longer the reporter and sends no leave (RFC 2236 3): had
+    // snoop let h2's report reach h1, h1's leave would never come and its
+    // port would keep the stream a whole membership interval.
+    let mut lab = Lab::new("startwin", 5, &LabOptions { igmp_version: Some(2), ..Default::default() })?;
+    lab.make_querier("h3", 2, Duration::from_secs(20))?;
+    thread::sleep(Duration::from_millis(500));
+    lab.start_snoop_in_window(&snoop_bin(), &[])?;
+    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?, lab.sniff("h4")?];
+    let h1 = lab.join("h1", G)?;
+    thread::sleep(Duration::from_millis(600));
+    let _h2 = lab.join("h2", G)?;
+    let _stream = lab.stream("h0", G.into())?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    assert_eq!(sniffers[0].reports(), 0, "h1 heard another host's report");
+    // Data floods until snoop has heard what hosts want; once h4 (no
+    // member) stops getting G, pruning runs, and h1 leaves.
+    wait_until("G pruned at h4", Duration::from_secs(30), || {
+        let before = sniffers[2].count(G);
+        thread::sleep(Duration::from_millis(300));
+        Ok(sniffers[2].count(G) == before)
+    })?;
+    drop(h1);
+    let left = Instant::now();
+    // snoop is the querier until h3's next query: two group-specific
+    // queries 1 s apart, then p1 goes.
+    wait_for_members(&lab, G, &["p2"], Duration::from_secs(6))?;
+    eprintln!("leave to prune: {:?}", left.elapsed());
+    thread::sleep(SETTLE);
+    let after_leave = sniffers[0].count(G);
+    snoop_tests::watch_stream("h2", Duration::from_secs(1), Duration::from_millis(300), || sniffers[1].count(G))?;
+    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    Ok(())
+}
+
+/// FRR's pimd on h3 as [`FRR_PIMD`], querying every 20 s, whose
+/// group-specific queries give hosts 3 s to answer (twice: 6 s).
+const FRR_PIMD_SLOW_LAST_MEMBER: &str = "interface eth0\n ip pim\n ip igmp\n ip igmp query-interval 20\n \
+                                         ip igmp last-member-query-interval 30\ninterface behind\n ip pim\n\
+                                         ip pim rp 10.99.0.13 224.0.0.0/4\n";
+
+#[test]
+fn a_leave_behind_a_shared_port_waits_for_the_elected_routers_own_queries() -> Result<()> {
+    // h1a and h1b sit behind p1 (a downstream switch). FRR's pimd on h3 is
+    // the querier; its last-member queries give 3 s to answer, longer than
+    // snoop's own last-member time (2 s by default). When h1a leaves, p1
+    // must stay until FRR's queries have had their answer from h1b.
+    let mut lab = Lab::new("frrlmq", 4, &LabOptions::default())?;
+    lab.add_hosts_behind("h1", 2, &LabOptions::default())?;
+    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
+    lab.start_frr("h3", FRR_PIMD_SLOW_LAST_MEMBER)?;
+    lab.start_snoop(&snoop_bin(), &["--trusted-port", "p3"])?;
+    wait_router_port(&lab, "p3", Duration::from_secs(10))?;
+    wait_present(&lab, Duration::from_secs(15))?;
+    let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
+    let stayer = lab.sniff("h1b")?;
+    let _h1b = lab.join("h1b", G)?;
+    wait_until("the routed stream at h1b", Duration::from_secs(10), || Ok(stayer.count(G) > 0))?;
+    for round in 1..=2 {
+        let h1a = lab.join("h1a", G)?;
+        thread::sleep(Duration::from_secs(1));
+        drop(h1a);
+        thread::sleep(Duration::from_millis(300));
+        // snoop follows FRR's timing (3 s a query), not its own 2 s in all.
+        let p1 = port_member(&lab, G, "p1")?.context("p1 pruned at once")?;
+        let left = p1["expires_in_secs"].as_f64().unwrap_or_default();
+        assert!(left > 2.5, "round {round}: p1 lowered to {left:.1} s, below FRR's last-member time");
+        snoop_tests::watch_stream(
+            &format!("h1b in round {round}"),
+            Duration::from_secs(8),
+            Duration::from_millis(500),
+            || stayer.count(G),
+        )?;
+    }
+    Ok(())
+}
+
+/// `port`'s membership of `group` in `snoop show groups`.
+fn port_member(lab: &Lab, group: Ipv4Addr, port: &str) -> Result<Option<serde_json::Value>> {
+    let groups = lab.snoop_show(&snoop_bin(), "groups")?;
+    Ok(groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["group"] == group.to_string())
+        .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
+        .find(|m| m["port"] == port))
 }

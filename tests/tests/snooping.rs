@@ -305,6 +305,47 @@ fn fast_leave_removes_at_once_without_queries() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn fast_leave_keeps_a_port_while_another_host_behind_it_wants_the_group() -> Result<()> {
+    // h1a and h1b (IGMPv3 hosts) share p1 behind a downstream switch;
+    // fast leave is on for p1. h1a leaves: h1b must keep its stream; then
+    // h1b, the last one, leaves and p1 goes at once.
+    let mut lab = lab("fastshared", 3, LabOptions::default())?;
+    lab.add_hosts_behind("h1", 2, &LabOptions::default())?;
+    // A long last-member round: only fast leave removes p1 at once.
+    let args = [
+        "--query-interval",
+        "2s",
+        "--query-response-interval",
+        "1s",
+        "--last-member-query-interval",
+        "3s",
+        "--fast-leave",
+        "p1",
+    ];
+    lab.start_snoop(&snoop_bin(), &args)?;
+    let stayer = lab.sniff("h1b")?;
+    let leaver = lab.join("h1a", G)?;
+    let stayer_membership = lab.join("h1b", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    thread::sleep(Duration::from_secs(1)); // both hosts' reports are in
+    let _stream = lab.stream("h0", G.into())?;
+    wait_until("the stream at h1b", JOIN_TIMEOUT, || Ok(stayer.count(G) > 0))?;
+    drop(leaver);
+    snoop_tests::watch_stream("h1b after h1a left", Duration::from_secs(4), Duration::from_millis(500), || {
+        stayer.count(G)
+    })?;
+    assert!(shown_members(&lab, G)?.contains("p1"), "p1 was pruned while h1b wants G");
+    let groups = lab.snoop_show(&snoop_bin(), "groups")?;
+    let members = groups.as_array().into_iter().flatten().filter(|g| g["group"] == G.to_string());
+    let p1 = members.flat_map(|g| g["members"].as_array().cloned().unwrap_or_default()).find(|m| m["port"] == "p1");
+    let hosts = p1.map(|m| m["hosts"].clone()).unwrap_or_default();
+    assert_eq!(hosts, serde_json::json!([lab.host("h1b").ip]), "the hosts known behind p1");
+    drop(stayer_membership);
+    wait_for_members(&lab, G, &[], Duration::from_millis(1000))?;
+    Ok(())
+}
+
 /// `tc -s` packets through `port`'s root qdisc, or its tx counter with none.
 fn port_sent(lab: &Lab, port: &str) -> Result<u64> {
     let qdisc: serde_json::Value = serde_json::from_str(&lab::run(

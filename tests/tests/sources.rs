@@ -211,3 +211,61 @@ fn source_filters_survive_a_restart_that_keeps_state() -> Result<()> {
     assert_eq!(deliver_from(&lab, &["h0", "h3"], g, &["h1", "h2"], 50)?, [[50, 0], [0, 50]], "after the restart");
     Ok(())
 }
+
+/// h1a (INCLUDE {S1}) and h1b (INCLUDE {S1,S2}) are MLDv2 hosts behind p1;
+/// h1b closes its S1 socket, so its kernel sends BLOCK {S1}, and the
+/// querier asks Q(G,{S1}), to G's own address. That query must reach h1a,
+/// whose answer keeps S1 at p1: h1a's S1 stream never stops.
+fn a_block_behind_a_shared_port_leaves_the_other_hosts_sources(tag: &str, other_querier: bool) -> Result<()> {
+    let options = LabOptions { ipv6: true, ..Default::default() };
+    let mut lab = Lab::new(tag, 4, &options)?;
+    lab.add_hosts_behind("h1", 2, &options)?;
+    if other_querier {
+        // An MLDv2 querier from fe80::1, below any address snoop has.
+        lab.make_querier("h3", 3, Duration::from_secs(10))?;
+    }
+    for host in ["h0", "h2", "h1a", "h1b"] {
+        lab.wait_ipv6_ready(host, Duration::from_secs(10))?;
+    }
+    lab.bridge_link_local(Duration::from_secs(10))?;
+    // General queries 10 s apart: a source lost at p1 stays lost until the next.
+    let mut args =
+        vec!["--query-interval", "10s", "--query-response-interval", "1s", "--last-member-query-interval", "200ms"];
+    if other_querier {
+        args.extend(["--trusted-port", "p3"]);
+    }
+    lab.start_snoop(&snoop_bin(), &args)?;
+    if other_querier {
+        wait_until("h3 elected", Duration::from_secs(12), || {
+            Ok(lab.snoop_show(&snoop_bin(), "querier")?["mld"]["role"] == "other")
+        })?;
+    }
+    let (s1, s2) = (IpAddr::V6(lab.host_ipv6("h0")), IpAddr::V6(lab.host_ipv6("h2")));
+    let g = IpAddr::V6(G6);
+    let _h1a = lab.join_source("h1a", g, s1, SourceJoin::Include)?;
+    let h1b_s1 = lab.join_source("h1b", g, s1, SourceJoin::Include)?;
+    let _h1b_s2 = lab.join_source("h1b", g, s2, SourceJoin::Include)?;
+    wait_for_filter(&lab, g, "p1", &format!("include {s1},{s2}"), JOIN_TIMEOUT)?;
+    let (_from_s1, _from_s2) = (lab.stream("h0", g)?, lab.stream("h2", g)?);
+    let sniffer = lab.sniff("h1a")?;
+    wait_until("S1 at h1a", JOIN_TIMEOUT, || Ok(sniffer.count_from(s1, g) > 0))?;
+    // The kernels repeat their state changes for up to 2 s; a repeated
+    // ALLOW beside the BLOCK would hide the defect.
+    thread::sleep(Duration::from_millis(2500));
+    drop(h1b_s1);
+    snoop_tests::watch_stream("S1 at h1a", Duration::from_secs(4), Duration::from_millis(500), || {
+        sniffer.count_from(s1, g)
+    })?;
+    assert_eq!(shown_filter(&lab, g, "p1")?, Some(format!("include {s1},{s2}")), "p1 lost a source a host wants");
+    Ok(())
+}
+
+#[test]
+fn an_mld_source_query_from_snoop_reaches_every_host_behind_a_port() -> Result<()> {
+    a_block_behind_a_shared_port_leaves_the_other_hosts_sources("mldshared", false)
+}
+
+#[test]
+fn an_mld_source_query_from_another_querier_reaches_every_host_behind_a_port() -> Result<()> {
+    a_block_behind_a_shared_port_leaves_the_other_hosts_sources("mldsharedq", true)
+}

@@ -329,8 +329,8 @@ fn test_in_vm(spec: &str, snoop: &Path, args: &[String], totals: &mut TestTotals
 
 /// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2,
 /// nftables (the labs count and sink group traffic at hosts with it),
-/// igmpproxy (a multicast router the tests put behind a port) and ping (IPv6
-/// neighbour discovery through snoop, in the tests).
+/// igmpproxy and FRRouting (multicast routers the tests put behind a port)
+/// and ping (IPv6 neighbour discovery through snoop, in the tests).
 fn setup() -> Result<()> {
     let mut apt = Apt::default();
     if bpf_toolchain::find().is_none() {
@@ -367,6 +367,10 @@ fn setup() -> Result<()> {
     if bpf_toolchain::which("igmpproxy").is_none() {
         // A real multicast router on the other side of snoop, in the tests.
         apt.install(&["igmpproxy"])?;
+    }
+    if !Path::new("/usr/lib/frr/pimd").exists() {
+        // FRRouting's pimd: a PIM-SM router and IGMP querier, in the tests.
+        apt.install(&["frr"])?;
     }
     if bpf_toolchain::which("ping").is_none() {
         apt.install(&["iputils-ping"])?;

@@ -409,9 +409,11 @@ impl Projection<'_> {
     }
 
     /// Where each family's reports go in each VLAN: its router ports, or
-    /// its trusted ports while it has none (an upstream router or proxy
-    /// hears joins at once, not at its next query), and up to the bridge
-    /// device (a multicast routing daemon on it needs them).
+    /// the ports named trusted while it has none (an upstream router or
+    /// proxy hears joins at once, not at its next query), and up to the
+    /// bridge device (a multicast routing daemon on it needs them). Never
+    /// to the other hosts: an IGMPv2 or MLDv1 host hearing another's
+    /// report suppresses its own, and then never sends its leave.
     fn report_targets(&self) -> BTreeMap<GroupKey, CopyList> {
         let mut lists = BTreeMap::new();
         if !self.daemon.forwarding.redirect {
@@ -425,8 +427,8 @@ impl Projection<'_> {
             ] {
                 let Some(snooper_ports) = snooper_ports else { continue };
                 let report_ports: Vec<u32> = if routers.is_empty() {
-                    let trusted = snooper_ports.iter().filter(|(i, p)| p.options.trusted && self.forwarding(**i));
-                    trusted.map(|(ifindex, _)| *ifindex).collect()
+                    let upstream = snooper_ports.iter().filter(|(i, p)| p.options.upstream && self.forwarding(**i));
+                    upstream.map(|(ifindex, _)| *ifindex).collect()
                 } else {
                     routers
                 };
@@ -453,8 +455,8 @@ impl Projection<'_> {
         let port = &daemon.ports[&ifindex];
         let mut flags = 0;
         for context in daemon.contexts.values().filter(|c| c.has_port(ifindex)) {
-            flags |= self.family_flags::<Ipv4Addr>(context, ifindex, port.options.trusted);
-            flags |= self.family_flags::<Ipv6Addr>(context, ifindex, port.options.trusted);
+            flags |= self.family_flags::<Ipv4Addr>(context, ifindex, port.options.upstream);
+            flags |= self.family_flags::<Ipv6Addr>(context, ifindex, port.options.upstream);
         }
         if self.unpruned(ifindex) {
             flags |= PORT_UNPRUNED;
@@ -470,12 +472,12 @@ impl Projection<'_> {
     }
 
     /// Router and report flags of `A` a port has in a context.
-    fn family_flags<A: Snooped>(&self, context: &VlanContext, ifindex: u32, trusted: bool) -> u32 {
+    fn family_flags<A: Snooped>(&self, context: &VlanContext, ifindex: u32, upstream: bool) -> u32 {
         let Some(snooper) = A::of(context) else { return 0 };
         let now = self.now;
         if snooper.ports().get(&ifindex).is_some_and(|p| p.is_router(now)) {
             A::FLAGS.router
-        } else if trusted && !snooper.ports().values().any(|p| p.is_router(now)) {
+        } else if upstream && !snooper.ports().values().any(|p| p.is_router(now)) {
             A::FLAGS.gets_reports
         } else {
             0
@@ -520,8 +522,8 @@ impl Projection<'_> {
                 if !context.has_port(*ifindex) {
                     continue;
                 }
-                let flags = self.family_flags::<Ipv4Addr>(context, *ifindex, port.options.trusted)
-                    | self.family_flags::<Ipv6Addr>(context, *ifindex, port.options.trusted);
+                let flags = self.family_flags::<Ipv4Addr>(context, *ifindex, port.options.upstream)
+                    | self.family_flags::<Ipv6Addr>(context, *ifindex, port.options.upstream);
                 if flags != 0 {
                     entries.ports.insert(VlanPortKey::new(*vlan, *ifindex), flags);
                 }

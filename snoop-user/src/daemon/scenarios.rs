@@ -432,3 +432,24 @@ fn static_groups_and_reloads_change_the_state_a_client_asked_for() {
     // The static group added at run time outlives the reload.
     assert_eq!(s.member_ports(group), [12].into());
 }
+
+#[test]
+fn with_no_port_named_trusted_any_port_may_be_the_router_and_reports_go_to_it_only() {
+    let mut open = config();
+    open.live.trusted_ports.clear();
+    let mut s = Scenario::new(open);
+    s.ports(&[11, 12, 13]);
+    s.with_querier();
+    let reports = GroupKey::report_targets(snoop_common::FAMILY_IPV4, VLAN_NONE);
+    // No router yet: reports go up to the bridge device only, to no host.
+    assert_eq!(s.copy_list(reports), Some(vec![]));
+    for port in [11, 12, 13] {
+        assert_eq!(s.port_flags(port) & snoop_common::PORT_GETS_REPORTS, 0, "p{port} gets reports");
+    }
+    // A router on p12, no option needed.
+    s.frame(12, VLAN_NONE, &v2_query(ROUTER));
+    assert_ne!(s.port_flags(12) & PORT_ROUTER, 0);
+    assert_eq!(s.copy_list(reports), Some(vec![12]));
+    let start = s.daemon.started(false);
+    assert!(start.iter().any(|e| matches!(e, Effect::Log(_, l) if l.contains("learned on any port"))), "{start:?}");
+}

@@ -358,9 +358,9 @@ impl Daemon {
                     self.log(
                         Level::Warn,
                         format!(
-                            "port {name}: {} ({source}) was heard and ignored, as the port is not trusted: reports \
-                             do not reach it. If a router is behind {name}, run snoop with --trusted-port {name} \
-                             (or --router-port {name})",
+                            "port {name}: {} ({source}) was heard and ignored: only the ports --trusted-port names \
+                             may be routers or queriers, so reports do not reach it. If a router is behind {name}, \
+                             add --trusted-port {name} (or --router-port {name})",
                             sign.describe()
                         ),
                     );
@@ -999,10 +999,11 @@ impl Daemon {
             String::new()
         };
         let line = format!(
-            "snooping on {} ({} ports){}{vlans}; querier {querier}; MLD {mld}",
+            "snooping on {} ({} ports){}{vlans}; querier {querier}; MLD {mld}; {}",
             self.bridge.name,
             self.ports.len(),
             if resumed { ", resumed from pinned state" } else { "" },
+            self.live.router_learning(),
         );
         self.log(Level::Info, line);
     }

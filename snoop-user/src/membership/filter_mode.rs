@@ -14,6 +14,11 @@ use crate::proto::{Family, RecordType};
 /// bridge's fixed 32, and enough for any SSM receiver seen in practice.
 pub const DEFAULT_MAX_SOURCES: usize = 64;
 
+/// Hosts behind one port a membership tells apart (explicit host
+/// tracking, as the Linux bridge's for IGMPv3/MLDv2): beyond this, further
+/// hosts are counted as unknown ones, and fast leave waits for them.
+pub const MAX_TRACKED_HOSTS: usize = 32;
+
 /// A port's filter mode for a group (RFC 3376 6.2.1, RFC 3810 7.2.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +99,12 @@ pub struct Member<A> {
     /// Lowest version heard, so an older host's presence is visible.
     pub version: u8,
     pub last_reporter: A,
+    /// The hosts behind the port that want the group, each until its
+    /// report runs out: fast leave prunes only when the last one leaves.
+    pub hosts: BTreeMap<A, Duration>,
+    /// Until then hosts may want the group that are not in `hosts` (over
+    /// [`MAX_TRACKED_HOSTS`], or resumed after a restart without them).
+    pub untracked_hosts_until: Duration,
     /// While set and in the future, leaves are ignored: hosts of a version
     /// that sends none are present (RFC 2236 4, IGMPv1), so a leave cannot
     /// mean they are gone.
@@ -131,6 +142,8 @@ impl<A: Family> Member<A> {
             sources: BTreeMap::new(),
             version,
             last_reporter: reporter,
+            hosts: BTreeMap::new(),
+            untracked_hosts_until: Duration::ZERO,
             no_leave_host_until: None,
             older_host_until: None,
             leaving: false,
@@ -162,6 +175,24 @@ impl<A: Family> Member<A> {
     /// map about once a query interval, a change of state at once).
     pub fn persisted(&self) -> (Duration, u8, bool) {
         (self.persisted.expires, self.persisted.version, self.persisted.leaving)
+    }
+
+    /// Notes what `host`'s record says of its interest in the group: it
+    /// wants it until `until`, wants nothing now, or (`None`: a BLOCK) as
+    /// before. Returns whether other hosts behind the port may still want it.
+    pub(super) fn note_host(&mut self, host: A, wants: Option<bool>, until: Duration, now: Duration) -> bool {
+        self.hosts.retain(|_, expiry| *expiry > now);
+        match wants {
+            Some(true) if self.hosts.len() < MAX_TRACKED_HOSTS || self.hosts.contains_key(&host) => {
+                self.hosts.insert(host, until);
+            }
+            Some(true) => self.untracked_hosts_until = self.untracked_hosts_until.max(until),
+            Some(false) => {
+                self.hosts.remove(&host);
+            }
+            None => {}
+        }
+        self.untracked_hosts_until > now || self.hosts.keys().any(|other| *other != host)
     }
 
     /// Sources asked for: timer running.
@@ -206,7 +237,7 @@ impl<A: Family> Snooper<A> {
         }
         let gmi = now + self.timers.group_membership_interval;
         let lmqt = now + self.timers.last_member_query_time();
-        let fast_leave = self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
+        let fast_leave_port = self.ports.get(&port).is_some_and(|p| p.options.fast_leave);
         let member = self.groups.get(&group).and_then(|ports| ports.get(&port));
         // A static membership is the administrator's: hosts change nothing.
         if member.is_some_and(|m| m.permanent) {
@@ -236,6 +267,13 @@ impl<A: Family> Snooper<A> {
         }
         member.version = member.version.min(version);
         member.last_reporter = reporter;
+        let wants = match kind {
+            BlockOldSources => None,
+            ModeIsInclude | AllowNewSources | ChangeToInclude => Some(!sources.is_empty()),
+            ModeIsExclude | ChangeToExclude => Some(true),
+        };
+        // Fast leave takes the word of the last host behind the port only.
+        let fast_leave = fast_leave_port && !member.note_host(reporter, wants, gmi, now);
         // An older host is present: it wants every source (RFC 3376 7.3.2).
         let sources: BTreeSet<A> = match kind {
             BlockOldSources if older_host => return self.settle(group, port, !is_member, now, actions),
@@ -307,6 +345,14 @@ impl<A: Family> Snooper<A> {
             }
         }
         self.ignored.source_limit_refusals += refused;
+        // Another querier in charge lowers the timers itself, with its
+        // group(-and-source)-specific queries, at its own pace (RFC 3376
+        // 6.6.1): the record alone lowers nothing, as the Linux bridge
+        // waits for those queries. Fast leave acts at once all the same.
+        if self.querier.other.is_some() && !fast_leave {
+            query_group = false;
+            query_sources.clear();
+        }
         let member = self.groups.get_mut(&group).and_then(|ports| ports.get_mut(&port)).expect("admitted above");
         // A record that raises timers ends a last-member round; one that asks, starts one.
         if kind != BlockOldSources && !sources.is_empty() || excludes {
@@ -720,5 +766,94 @@ mod tests {
         s.handle(2, 0, &packet(A::router(1), source_query), secs(10));
         s.poll(secs(13));
         assert_eq!(member(&s, secs(13)), SourceFilter::Include([s2].into()), "S2 stays; S1 goes");
+    }
+
+    both_families!(
+        a_leave_while_another_querier_is_elected_waits_for_its_query,
+        a_leave_sets_no_older_host_timer,
+        fast_leave_prunes_a_port_only_when_its_last_host_leaves,
+        fast_leave_after_a_restart_waits_for_the_hosts_to_be_known,
+    );
+
+    /// A record of `kind` for `group` from host `n`.
+    fn from_host<A: Sample>(n: u8, kind: RecordType, group: A, sources: &[A]) -> Packet<A> {
+        let record = crate::proto::GroupRecord { record_type: kind, group, sources: sources.to_vec() };
+        packet(A::host(n), Message::RecordReport { records: vec![record] })
+    }
+
+    fn fast_leave_prunes_a_port_only_when_its_last_host_leaves<A: Sample>() {
+        let mut s = machine::<A>(true);
+        s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
+        let group = A::group(1);
+        // Two hosts behind p3: one any-source, one wanting S1 only.
+        s.handle(3, 0, &from_host(1, RecordType::ModeIsExclude, group, &[]), secs(0));
+        s.handle(3, 0, &from_host(2, RecordType::ModeIsInclude, group, &[A::host(9)]), secs(0));
+        assert_eq!(s.groups()[&Group::untagged(group)][&3].hosts.len(), 2);
+        // Host 1 leaves: host 2 may still want it, so ask as without fast leave.
+        let actions = s.handle(3, 0, &from_host(1, RecordType::ChangeToInclude, group, &[]), secs(1));
+        assert!(!actions.iter().any(|a| matches!(a, Action::RemoveMember { .. })), "{actions:?}");
+        assert!(actions.iter().any(|a| matches!(a, Action::SendQuery { .. })), "{actions:?}");
+        // Host 2 answers with its S1 and keeps it past the last-member time.
+        s.handle(3, 0, &from_host(2, RecordType::ModeIsInclude, group, &[A::host(9)]), secs(2));
+        assert!(s.poll(secs(10)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));
+        assert_eq!(s.groups()[&Group::untagged(group)][&3].forwarded(), &SourceFilter::Include([A::host(9)].into()));
+        // Host 2, the last one, leaves: pruned at once.
+        let actions = s.handle(3, 0, &from_host(2, RecordType::BlockOldSources, group, &[A::host(9)]), secs(11));
+        let removed = Action::RemoveMember { group: Group::untagged(group), port: 3, reason: RemoveReason::Left };
+        assert!(actions.contains(&removed), "{actions:?}");
+    }
+
+    fn fast_leave_after_a_restart_waits_for_the_hosts_to_be_known<A: Sample>() {
+        let mut s = machine::<A>(false);
+        s.add_port(3, PortOptions { fast_leave: true, ..TRUSTED });
+        let (group, untagged) = (A::group(1), Group::untagged(A::group(1)));
+        s.restore_member(untagged, 3, A::RECORD_VERSION, false, SourceFilter::any(), secs(0));
+        s.handle(3, 0, &from_host(1, RecordType::ModeIsExclude, group, &[]), secs(1));
+        // Others behind p3 have not reported since the restart.
+        let actions = s.handle(3, 0, &from_host(1, RecordType::ChangeToInclude, group, &[]), secs(2));
+        assert!(!actions.iter().any(|a| matches!(a, Action::RemoveMember { .. })), "{actions:?}");
+        s.handle(3, 0, &from_host(1, RecordType::ModeIsExclude, group, &[]), secs(3));
+        // A membership interval on, every host there has reported.
+        s.handle(3, 0, &from_host(1, RecordType::ModeIsExclude, group, &[]), secs(261));
+        let actions = s.handle(3, 0, &from_host(1, RecordType::ChangeToInclude, group, &[]), secs(262));
+        assert!(actions.iter().any(|a| matches!(a, Action::RemoveMember { .. })), "{actions:?}");
+    }
+
+    fn a_leave_while_another_querier_is_elected_waits_for_its_query<A: Sample>() {
+        let mut s = machine::<A>(true);
+        s.poll(secs(0));
+        let group = A::group(1);
+        s.handle(2, 0, &query_of(A::router(1), A::UNSPECIFIED), secs(1));
+        assert!(s.querier().other.is_some(), "a lower querier was elected");
+        let join = packet(A::host(1), Message::Report { version: A::OLDER, group });
+        s.handle(1, 0, &join, secs(2));
+        // One host behind p1 leaves: the elected querier asks at its own pace.
+        let actions = s.handle(1, 0, &packet(A::host(1), Message::Leave { group }), secs(3));
+        assert!(actions.is_empty(), "the leave alone lowers nothing: {actions:?}");
+        let member = |s: &Snooper<A>| s.groups()[&Group::untagged(group)][&1].clone();
+        assert_eq!(member(&s).expires, secs(262));
+        // Its group-specific query, answering within 3 s, asks twice: 6 s.
+        let slow = Message::Query {
+            version: A::RECORD_VERSION,
+            group,
+            sources: vec![],
+            suppress: false,
+            max_response: secs(3),
+            announced: None,
+        };
+        s.handle(2, 0, &packet(A::router(1), slow), secs(3));
+        assert_eq!(member(&s).expires, secs(9));
+        // The host still behind p1 answers after 2.5 s: nothing was lost.
+        s.handle(1, 0, &join, secs(5) + Duration::from_millis(500));
+        assert!(s.poll(secs(10)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));
+    }
+
+    fn a_leave_sets_no_older_host_timer<A: Sample>() {
+        let mut s = machine::<A>(false);
+        let group = A::group(1);
+        s.handle(1, 0, &record_of(RecordType::ModeIsExclude, group, &[]), secs(0));
+        s.handle(1, 0, &packet(A::host(2), Message::Leave { group }), secs(1));
+        let member = &s.groups()[&Group::untagged(group)][&1];
+        assert_eq!((member.older_host_until, member.version), (None, A::RECORD_VERSION));
     }
 }

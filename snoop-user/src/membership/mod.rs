@@ -210,6 +210,7 @@ impl<A: Family> Snooper<A> {
             last_general_query: None,
             present_from: None,
             resumed_until: None,
+            unspecified_until: None,
             present_announced: false,
         };
         Self {
@@ -302,9 +303,10 @@ impl<A: Family> Snooper<A> {
             // An IGMPv1 querier ignores leaves (RFC 3376 7.3.1): hosts keep
             // the group until the membership interval ends.
             Message::Leave { .. } if A::sends_no_leaves(self.querier.version) => {}
-            // TO_IN {} (RFC 3376 7.3.2).
+            // TO_IN {} (RFC 3376 7.3.2). Only a report says an older host
+            // is present: a leave sets no older-host timer.
             Message::Leave { group: addr } => {
-                let version = A::RECORD_VERSION - 1;
+                let version = A::RECORD_VERSION;
                 let heard = HeardRecord { kind: RecordType::ChangeToInclude, sources: &[], version, reporter };
                 self.record(group(*addr), port, heard, now, &mut actions)
             }
@@ -367,8 +369,11 @@ impl<A: Family> Snooper<A> {
             .into_iter()
             .chain(self.querier.next_general_query.filter(|_| self.querier.is_querier()));
         let group_queries = self.pending_queries.values().map(|p| p.next_at);
-        let presence =
-            if self.querier.present_announced { self.querier.resumed_until } else { self.querier.present_from };
+        let presence = if self.querier.present_announced {
+            self.querier.resumed_until.into_iter().chain(self.querier.unspecified_until).min()
+        } else {
+            self.querier.present_from
+        };
         members.chain(routers).chain(querier).chain(group_queries).chain(presence).min()
     }
 

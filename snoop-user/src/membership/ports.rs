@@ -15,6 +15,14 @@ pub struct PortOptions {
     /// Queries and PIM hellos from this port count: it can become a router
     /// port and win the querier election. Off, a host cannot pose as a router.
     pub trusted: bool,
+    /// Never a router port, whatever is heard on it (the bridge's
+    /// `mcast_router 0`, `router = never`); its queries still count in the
+    /// election if it is trusted.
+    pub never_router: bool,
+    /// Named as a port routers are behind (`--trusted-port`): it gets the
+    /// reports while no router port is known, so an upstream router or proxy
+    /// hears joins at once instead of at its next query.
+    pub upstream: bool,
     /// Most groups the port may join; reports for more are refused. 0: no limit.
     pub max_groups: usize,
 }

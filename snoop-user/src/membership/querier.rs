@@ -43,18 +43,26 @@ pub struct QuerierState<A> {
     /// After a restart with memberships resumed and no querier of our own:
     /// present until then, unless another querier is heard.
     pub(super) resumed_until: Option<Duration>,
+    /// A querier speaking from 0.0.0.0 (another snooping switch) was heard:
+    /// hosts are asked until then.
+    pub(super) unspecified_until: Option<Duration>,
     /// The presence last emitted as [`Action::QuerierPresence`].
     pub(super) present_announced: bool,
 }
 
-impl<A> QuerierState<A> {
-    pub(super) fn is_present(&self, now: Duration) -> bool {
-        self.present_from.is_some_and(|from| from <= now)
-            && (self.enabled || self.other.is_some() || self.resumed_until.is_some_and(|until| until > now))
-    }
-}
-
 impl<A: Family> QuerierState<A> {
+    /// A querier is present: snoop queries (it can: MLD needs a link-local
+    /// address), another was elected, a predecessor's memberships were just
+    /// resumed, or a snooping switch queries from 0.0.0.0 (which elects
+    /// nobody, but asks the hosts all the same, as the Linux bridge counts it).
+    pub(super) fn is_present(&self, now: Duration) -> bool {
+        let asked = self.is_querier()
+            || self.other.is_some()
+            || self.resumed_until.is_some_and(|until| until > now)
+            || self.unspecified_until.is_some_and(|until| until > now);
+        asked && self.present_from.is_some_and(|from| from <= now)
+    }
+
     /// Snoop queries: enabled, no other querier elected, and an address
     /// hosts accept queries from (MLD: link-local, none until the bridge has one).
     pub fn is_querier(&self) -> bool {
@@ -95,8 +103,13 @@ impl<A: Family> Snooper<A> {
         actions: &mut Vec<Action<A>>,
     ) {
         // An unspecified source is another snooping switch, not a router,
-        // and takes no part in the election (RFC 4541 2.1.1).
+        // and takes no part in the election (RFC 4541 2.1.1); it does ask
+        // the hosts, so a querier is present.
         if source.is_unspecified() {
+            if group.is_none() {
+                self.querier.unspecified_until = Some(now + self.timers.other_querier_present_interval);
+                self.querier.present_from.get_or_insert(now + heard.max_response);
+            }
             return;
         }
         // Older routers are there: the querier must speak their version
@@ -196,7 +209,8 @@ impl<A: Family> Snooper<A> {
                 self.querier.other = None;
                 self.querier.last_general_query = None;
                 self.timers = self.configured.clone();
-                if !self.querier.enabled {
+                // Nobody asks the hosts now unless snoop can.
+                if !self.querier.is_querier() {
                     self.querier.present_from = None;
                 }
                 if self.querier.enabled {
@@ -224,11 +238,13 @@ impl<A: Family> Snooper<A> {
     /// Whether a querier is present, told when it changes.
     pub(super) fn poll_presence(&mut self, now: Duration, actions: &mut Vec<Action<A>>) {
         let querier = &mut self.querier;
-        if querier.resumed_until.is_some_and(|until| until <= now) {
-            querier.resumed_until = None;
-            if !querier.enabled && querier.other.is_none() {
-                querier.present_from = None;
+        for until in [&mut querier.resumed_until, &mut querier.unspecified_until] {
+            if until.is_some_and(|until| until <= now) {
+                *until = None;
             }
+        }
+        if !querier.is_present(now) && !querier.is_querier() && querier.other.is_none() {
+            querier.present_from = None;
         }
         let present = self.querier.is_present(now);
         if present != self.querier.present_announced {
@@ -508,5 +524,53 @@ mod tests {
         let actions = s.poll(secs(2 + 255));
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }), "{actions:?}");
         assert!(actions.contains(&Action::SendQuery { group: None, sources: vec![] }), "{actions:?}");
+    }
+
+    both_families!(a_querier_from_the_unspecified_address_is_present_but_no_router);
+
+    fn a_querier_from_the_unspecified_address_is_present_but_no_router<A: Sample>() {
+        let mut s = machine::<A>(false);
+        assert!(!s.querier_present(secs(0)));
+        // Another snooping switch queries from :: / 0.0.0.0: hosts are asked.
+        s.handle(1, 0, &query_of(A::UNSPECIFIED, A::UNSPECIFIED), secs(0));
+        assert!(s.poll(secs(10)).contains(&Action::QuerierPresence { present: true }));
+        assert!(!s.ports()[&1].is_router(secs(10)), "no router port");
+        assert!(s.querier().other.is_none(), "it wins no election");
+        // Silent for the other-querier-present interval: nobody asks any more.
+        assert!(s.poll(secs(256)).contains(&Action::QuerierPresence { present: false }));
+    }
+
+    #[test]
+    fn an_mld_querier_that_cannot_query_is_no_querier_once_the_other_goes() {
+        // No link-local address on the bridge: snoop's MLD querier cannot speak.
+        let mut s = mld_snooper(Ipv6Addr::UNSPECIFIED);
+        s.poll(secs(0));
+        assert!(!s.querier_present(secs(20)), "a querier that cannot query is none");
+        s.handle(
+            1,
+            0,
+            &from(
+                Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
+                Message::Query {
+                    version: 2,
+                    group: Ipv6Addr::UNSPECIFIED,
+                    sources: vec![],
+                    suppress: false,
+                    max_response: secs(10),
+                    announced: None,
+                },
+            ),
+            secs(20),
+        );
+        assert!(s.poll(secs(30)).contains(&Action::QuerierPresence { present: true }));
+        // The other querier stops: nobody asks the hosts; their groups flood, not age out pruned.
+        let actions = s.poll(secs(20 + 255));
+        assert!(actions.contains(&Action::QuerierPresence { present: false }), "{actions:?}");
+        assert!(!s.querier_present(secs(300)));
+        // A keep-state restart with no MLD querier: present for one interval, then not.
+        s.resume_querier_presence(secs(300));
+        assert!(s.querier_present(secs(301)));
+        s.poll(secs(301));
+        assert!(s.poll(secs(300 + 255)).contains(&Action::QuerierPresence { present: false }));
     }
 }

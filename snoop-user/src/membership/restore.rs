@@ -67,6 +67,9 @@ impl<A: Family> Snooper<A> {
         // A host of a version without leaves or sources was there: it still is.
         member.no_leave_host_until = A::sends_no_leaves(version).then_some(expires);
         member.older_host_until = (version < A::RECORD_VERSION).then_some(expires);
+        // Which hosts wanted it is not kept: until they have all reported
+        // again, fast leave must not take one host's leave for the port's.
+        member.untracked_hosts_until = now + self.timers.group_membership_interval;
         self.expiries.insert((expires, group, port));
         self.groups.entry(group).or_default().insert(port, member);
     }

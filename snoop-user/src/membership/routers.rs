@@ -45,7 +45,7 @@ impl<A: Family> Snooper<A> {
         now: Duration,
         actions: &mut Vec<Action<A>>,
     ) {
-        if let Some(state) = self.ports.get_mut(&port) {
+        if let Some(state) = self.ports.get_mut(&port).filter(|state| !state.options.never_router) {
             let was_router = state.is_router(now);
             state.router_until = Some(until.max(state.router_until.unwrap_or_default()));
             if !was_router {
@@ -175,5 +175,19 @@ mod tests {
         // A PIM hello does the same.
         let actions = s.handle(2, 0, &packet(A::router(2), Message::PimHello), secs(300));
         assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: true }), "{actions:?}");
+    }
+
+    both_families!(a_port_that_is_never_a_router_stays_none);
+
+    fn a_port_that_is_never_a_router_stays_none<A: Sample>() {
+        let mut s = machine::<A>(true);
+        s.poll(secs(0));
+        s.add_port(3, PortOptions { never_router: true, ..TRUSTED });
+        let actions = s.handle(3, 0, &query_of(A::router(1), A::UNSPECIFIED), secs(1));
+        assert!(!actions.iter().any(|a| matches!(a, Action::SetRouterPort { .. })), "{actions:?}");
+        assert!(!s.ports()[&3].is_router(secs(1)));
+        // Its query still counts in the election, as the Linux bridge's.
+        assert_eq!(s.querier().other.map(|(addr, _)| addr), Some(A::router(1)));
+        assert!(s.handle(3, 0, &packet(A::router(1), Message::PimHello), secs(2)).is_empty());
     }
 }

@@ -41,8 +41,14 @@ pub(super) fn query(source: Ipv4Addr, group: Ipv4Addr) -> Packet<Ipv4Addr> {
     )
 }
 
-pub(super) const TRUSTED: PortOptions =
-    PortOptions { fast_leave: false, static_router: false, trusted: true, max_groups: 0 };
+pub(super) const TRUSTED: PortOptions = PortOptions {
+    fast_leave: false,
+    static_router: false,
+    trusted: true,
+    never_router: false,
+    upstream: false,
+    max_groups: 0,
+};
 
 /// Querier off unless a test needs it, two trusted ports.
 pub(super) fn snooper(querier: bool) -> Snooper<Ipv4Addr> {
