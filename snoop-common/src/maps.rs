@@ -51,16 +51,6 @@ impl GroupKey {
         }
     }
 
-    /// A source-specific multicast group (232.0.0.0/8, ff3x::/32).
-    #[inline(always)]
-    pub const fn is_ssm(&self) -> bool {
-        match self.family {
-            FAMILY_IPV4 => crate::wire::is_ipv4_ssm_group([self.addr[0], self.addr[1], self.addr[2], self.addr[3]]),
-            FAMILY_IPV6 => crate::wire::is_ipv6_ssm_group(&self.addr),
-            _ => false,
-        }
-    }
-
     /// The key of the [`MAP_GROUP_PORTS`] entry listing where redirect
     /// copies `family`'s reports and leaves in `vlan` (router ports and the
     /// bridge device). Its family is [`FAMILY_REPORT_TARGETS`], no address
@@ -235,6 +225,10 @@ pub const PORT_VLAN_FLAGS: u32 = PORT_ROUTER | PORT_ROUTER_IPV6 | PORT_GETS_REPO
 /// it. Without it the bridge path decides, and its ingress filter drops them.
 pub const PORT_IN_VLAN: u32 = 64;
 
+/// How often the controller writes its heartbeat (a clock reading in
+/// [`DatapathConfig::heartbeat_ns`]), whatever else it is doing.
+pub const HEARTBEAT_INTERVAL: core::time::Duration = core::time::Duration::from_secs(1);
+
 /// Value of the single-entry [`MAP_CONFIG`] array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -249,11 +243,12 @@ pub struct DatapathConfig {
     /// With no heartbeat for this long the controller counts as gone and the
     /// data path stops pruning (floods like a plain bridge). 0: never.
     pub failsafe_ns: u64,
-    /// With no heartbeat for this long, copies are no longer handed to a
-    /// veth peer (see [`GroupPorts::last_to_peer`]) but cloned through the
-    /// port's transmit path: only a running controller notices a port set
-    /// down, and the transmit path drops what a down port is sent. 0: no limit.
-    pub handover_ns: u64,
+    /// With no heartbeat for this long the copy lists are stale: only a
+    /// running controller follows ports that leave a VLAN, turn isolated or
+    /// go down, so the data path stops redirecting (the bridge path, whose
+    /// egress programs still prune, takes every frame) until the controller
+    /// is back or the failsafe floods. 0: no limit.
+    pub redirect_fresh_ns: u64,
 }
 
 /// Groups nobody has joined are flooded (off: sent to router ports only).
@@ -419,6 +414,74 @@ pub const UNTAGGED_LOCAL: u32 = 1;
 /// ([`GroupPorts::last_to_peer`]) leaves untagged.
 pub const UNTAGGED_LAST: u32 = 2;
 
+/// Most source-specific multicast ranges (`--ssm-range`), IPv4 and IPv6 together.
+pub const MAX_SSM_RANGES: u32 = 4;
+
+/// A range of source-specific multicast groups: those of `family` whose
+/// address bits under `mask` are `addr`'s. A [`MAP_SSM_RANGES`] entry
+/// (family 0: none). Masks, not prefix lengths: ff3x::/32 leaves the scope
+/// nibble out.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct SsmRange {
+    pub addr: [u8; 16],
+    pub mask: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl SsmRange {
+    /// 232.0.0.0/8: IPv4 source-specific multicast (RFC 4607).
+    pub const IPV4_SSM: Self = Self::prefix(FAMILY_IPV4, [232, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
+    /// ff3x::/32, any scope x: IPv6 source-specific multicast (RFC 4607 1).
+    pub const IPV6_SSM: Self = Self {
+        addr: [0xff, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        mask: [0xff, 0xf0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        family: FAMILY_IPV6,
+        _pad: [0; 3],
+    };
+
+    /// The groups of `family` whose first `len` bits are `addr`'s.
+    pub const fn prefix(family: u8, addr: [u8; 16], len: u8) -> Self {
+        let mut mask = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            let before = 8 * i as u32;
+            let bits = if len as u32 <= before {
+                0
+            } else if len as u32 >= before + 8 {
+                8
+            } else {
+                len as u32 - before
+            };
+            mask[i] = (0xff00u16 >> bits) as u8;
+            i += 1;
+        }
+        let mut masked = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            masked[i] = addr[i] & mask[i];
+            i += 1;
+        }
+        Self { addr: masked, mask, family, _pad: [0; 3] }
+    }
+
+    #[inline(always)]
+    pub fn contains(&self, group: &GroupKey) -> bool {
+        if self.family != group.family {
+            return false;
+        }
+        let mut i = 0;
+        while i < 16 {
+            if group.addr[i] & self.mask[i] != self.addr[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
 // Map names: the eBPF statics and the userspace lookups use these strings.
 pub const MAP_MEMBERS: &str = "SNOOP_MEMBERS";
 pub const MAP_GROUPS: &str = "SNOOP_GROUPS";
@@ -436,6 +499,7 @@ pub const MAP_SOURCES: &str = "SNOOP_SOURCES";
 pub const MAP_SOURCE_GROUP_PORTS: &str = "SNOOP_SOURCE_GROUP_PORTS";
 pub const MAP_VLAN_PORTS: &str = "SNOOP_VLAN_PORTS";
 pub const MAP_VLANS: &str = "SNOOP_VLANS";
+pub const MAP_SSM_RANGES: &str = "SNOOP_SSM_RANGES";
 
 /// Program names (the eBPF function names).
 pub const PROG_INGRESS: &str = "snoop_ingress";
@@ -517,7 +581,7 @@ impl MapSizes {
 
 /// Every map of the data path. snoop-ebpf declares its statics from the same
 /// types and sizes; a test checks the built object against this table.
-pub const MAPS: [MapSpec; 16] = [
+pub const MAPS: [MapSpec; 17] = [
     spec(MAP_MEMBERS, MapKind::Hash, size_of::<PortGroupKey>(), size_of::<MemberValue>(), MAX_MEMBERSHIPS),
     spec(MAP_GROUPS, MapKind::Hash, size_of::<GroupKey>(), size_of::<GroupValue>(), MAX_GROUPS),
     spec(MAP_PORTS, MapKind::Hash, 4, size_of::<PortValue>(), MAX_PORTS),
@@ -540,6 +604,7 @@ pub const MAPS: [MapSpec; 16] = [
     ),
     spec(MAP_VLAN_PORTS, MapKind::Hash, size_of::<VlanPortKey>(), 4, MAX_VLAN_PORTS),
     spec(MAP_VLANS, MapKind::Hash, 2, size_of::<VlanFlags>(), MAX_VLANS),
+    spec(MAP_SSM_RANGES, MapKind::Array, 4, size_of::<SsmRange>(), MAX_SSM_RANGES),
 ];
 
 #[cfg(feature = "user")]
@@ -565,6 +630,8 @@ mod pod {
     unsafe impl aya::Pod for SourceKey {}
     // SAFETY: repr(C) plain data, no padding; every bit pattern is valid.
     unsafe impl aya::Pod for SourceGroupKey {}
+    // SAFETY: repr(C), plain bytes, no padding left implicit.
+    unsafe impl aya::Pod for SsmRange {}
     // SAFETY: repr(C) plain data with explicit padding; every bit pattern is valid.
     unsafe impl aya::Pod for VlanPortKey {}
 }

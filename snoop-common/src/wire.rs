@@ -160,19 +160,6 @@ pub const fn is_ipv4_multicast(addr: [u8; 4]) -> bool {
     addr[0] & 0xf0 == 0xe0
 }
 
-/// 232.0.0.0/8: source-specific multicast (RFC 4607 1).
-#[inline(always)]
-pub const fn is_ipv4_ssm_group(addr: [u8; 4]) -> bool {
-    addr[0] == 232
-}
-
-/// ff3x::/32: source-specific multicast (RFC 4607 1 reserves it; groups
-/// are allocated from ff3x::/96).
-#[inline(always)]
-pub const fn is_ipv6_ssm_group(addr: &[u8; 16]) -> bool {
-    addr[0] == 0xff && addr[1] & 0xf0 == 0x30 && addr[2] == 0 && addr[3] == 0
-}
-
 /// IPv4 groups snoop tracks per port: multicast but 224.0.0.0/24, which is
 /// always flooded (RFC 4541 2.1.2).
 #[inline(always)]

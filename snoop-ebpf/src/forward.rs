@@ -128,6 +128,15 @@ fn redirect_vlan(ctx: &TcContext, config: &DatapathConfig, family: u8, ingress: 
     querier.then_some(Some(vlan))
 }
 
+/// Whether the copy lists still say what the bridge would do: the
+/// controller's heartbeat is recent. Only it follows ports leaving a VLAN,
+/// turning isolated or going down; without it the bridge path decides.
+#[inline(always)]
+fn lists_fresh(config: &DatapathConfig, now: u64) -> bool {
+    let age = now.saturating_sub(config.heartbeat_ns);
+    (config.redirect_fresh_ns == 0 || age <= config.redirect_fresh_ns) && !controller_gone(config, age)
+}
+
 /// Copies a registered group's packet to its ports and consumes the original,
 /// so the bridge never clones it for ports that would only drop it. When the
 /// list ends with a veth port whose peer is in another namespace, that port
@@ -143,8 +152,7 @@ pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
     let ingress = ifindex(ctx);
     let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return VERDICT_NEXT };
     let now = coarse_now_ns();
-    let heartbeat_age = now.saturating_sub(config.heartbeat_ns);
-    if controller_gone(config, heartbeat_age) {
+    if !lists_fresh(config, now) {
         return VERDICT_NEXT;
     }
     if let Some(vlan) = vlan {
@@ -166,10 +174,8 @@ pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
         return VERDICT_NEXT;
     }
     let last = ports.ifindexes.get((ports.count as usize).wrapping_sub(1)).copied().unwrap_or(ingress);
-    // Hand-overs need a live controller (it alone sees a port go down), and
-    // the sender's own port never gets its packet back: else every copy is a clone.
-    let fresh = config.handover_ns == 0 || heartbeat_age <= config.handover_ns;
-    let last_to_peer = ports.last_to_peer != 0 && last != ingress && fresh;
+    // The sender's own port never gets its packet back: else every copy is a clone.
+    let last_to_peer = ports.last_to_peer != 0 && last != ingress;
     let clones = if last_to_peer { ports.count - 1 } else { ports.count };
     let mut copies = copy_to(ctx, ports, ingress, clones, vlan);
     if copies == 0 && ports.local == 0 && !last_to_peer {
@@ -217,7 +223,7 @@ pub fn redirect_reports(ctx: &TcContext, family: u8) -> i32 {
     let ingress = ifindex(ctx);
     let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return VERDICT_NEXT };
     let now = coarse_now_ns();
-    if controller_gone(config, now.saturating_sub(config.heartbeat_ns)) {
+    if !lists_fresh(config, now) {
         return VERDICT_NEXT;
     }
     let key = GroupKey::report_targets(family, vlan.map_or(VLAN_NONE, FrameVlan::id));

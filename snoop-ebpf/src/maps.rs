@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortCounters, PortGroupKey, PortValue, SenderSlot,
-    SourceGroupKey, SourceKey, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT, EVENT_RING_BYTES, MAX_GROUPS,
-    MAX_MEMBERSHIPS, MAX_PORTS, MAX_SOURCES, MAX_SOURCE_GROUPS, MAX_TRAFFIC_SLOTS, MAX_VLANS, MAX_VLAN_PORTS,
-    SENDER_SLOTS,
+    SourceGroupKey, SourceKey, SsmRange, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT, EVENT_RING_BYTES,
+    MAX_GROUPS, MAX_MEMBERSHIPS, MAX_PORTS, MAX_SOURCES, MAX_SOURCE_GROUPS, MAX_SSM_RANGES, MAX_TRAFFIC_SLOTS,
+    MAX_VLANS, MAX_VLAN_PORTS, SENDER_SLOTS,
 };
 
 // All pinned: a restarted controller (and the programs it replaces) keep
@@ -50,3 +50,6 @@ pub static SNOOP_SOURCE_GROUP_PORTS: HashMap<SourceGroupKey, GroupPorts> =
 pub static SNOOP_VLAN_PORTS: HashMap<VlanPortKey, u32> = HashMap::pinned(MAX_VLAN_PORTS, BPF_F_NO_PREALLOC);
 #[map]
 pub static SNOOP_VLANS: HashMap<u16, VlanFlags> = HashMap::pinned(MAX_VLANS, 0);
+// The source-specific multicast ranges (`--ssm-range`).
+#[map]
+pub static SNOOP_SSM_RANGES: Array<SsmRange> = Array::pinned(MAX_SSM_RANGES, 0);

@@ -6,8 +6,8 @@ use snoop_common::{
     gets_reports_flag, no_querier_flag, router_flag,
     wire::{is_igmp_report, is_mld_report},
     Counter, DatapathConfig, GroupKey, PortGroupKey, PortValue, SourceKey, VlanPortKey, CONFIG_FLOOD_UNREGISTERED,
-    CONFIG_VLAN_AWARE, FAMILY_IPV4, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED, PORT_VLAN_FLAGS,
-    VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
+    CONFIG_VLAN_AWARE, FAMILY_IPV4, MAX_SSM_RANGES, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, PORT_UNPRUNED,
+    PORT_VLAN_FLAGS, VERDICT_DROP, VERDICT_NEXT, VLAN_NONE,
 };
 
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
     counters::{count, count_traffic},
     maps::{
         SNOOP_GROUPS, SNOOP_GROUP_TRAFFIC, SNOOP_MEMBERS, SNOOP_MEMBER_TRAFFIC, SNOOP_PORTS, SNOOP_PORT_TRAFFIC,
-        SNOOP_SOURCES, SNOOP_VLANS, SNOOP_VLAN_PORTS,
+        SNOOP_SOURCES, SNOOP_SSM_RANGES, SNOOP_VLANS, SNOOP_VLAN_PORTS,
     },
     packet::{ifindex, ip_source, tagged_vlan},
 };
@@ -120,7 +120,7 @@ fn data_egress(ctx: &TcContext, group: GroupKey, ifindex: u32, family: u8, vlan:
     } else if source_filtered {
         count(Counter::SourcePruned);
         false
-    } else if group.is_none() && key.group.is_ssm() {
+    } else if group.is_none() && is_ssm(&key.group) {
         count(Counter::SsmUnrequestedDropped);
         false
     } else if group.is_none() && flood_unregistered {
@@ -156,6 +156,19 @@ fn source_wanted(ctx: &TcContext, member: &PortGroupKey, flags: u8, family: u8) 
     // SAFETY: plain map lookup; the value is not read.
     let listed = unsafe { SNOOP_SOURCES.get(&SourceKey { member: *member, source }) }.is_some();
     listed == (flags & MEMBER_SOURCES_INCLUDE != 0)
+}
+
+/// A group of a source-specific multicast range: nobody asked for a
+/// source of it, so nobody gets it (RFC 4607).
+#[inline(always)]
+fn is_ssm(group: &GroupKey) -> bool {
+    for index in 0..MAX_SSM_RANGES {
+        match SNOOP_SSM_RANGES.get(index) {
+            Some(range) if range.contains(group) => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Why nothing of `family` (in `vlan`, on a VLAN-aware bridge) may be

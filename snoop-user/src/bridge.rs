@@ -68,6 +68,9 @@ pub struct PortPolicy {
     /// What else runs on the port's tc hooks (the operator's filters),
     /// which redirect must not copy a frame past.
     pub filters: OtherFilters,
+    /// nftables netdev chains hook the port's ingress (egress).
+    pub nft_ingress: bool,
+    pub nft_egress: bool,
 }
 
 impl Default for PortPolicy {
@@ -81,6 +84,8 @@ impl Default for PortPolicy {
             never_router: false,
             fast_leave: false,
             filters: OtherFilters::default(),
+            nft_ingress: false,
+            nft_egress: false,
         }
     }
 }
@@ -96,6 +101,8 @@ impl PortPolicy {
             Some("isolated")
         } else if self.filters.ingress_after > 0 {
             Some("tc programs or filters run after snoop's on its ingress")
+        } else if self.nft_ingress {
+            Some("an nftables netdev chain hooks its ingress")
         } else {
             None
         }
@@ -234,7 +241,11 @@ impl BridgeState {
         if self.vlan_filtering() && ieee8021ad {
             return Some("VLAN filtering with 802.1ad tags is on");
         }
-        crate::filtering::bridged_traffic_filtered()
+        let calls = crate::filtering::BridgeCalls {
+            iptables: self.options.contains(&InfoBridge::NfCallIpTables(true)),
+            ip6tables: self.options.contains(&InfoBridge::NfCallIp6Tables(true)),
+        };
+        crate::filtering::bridged_traffic_filtered(calls)
     }
 }
 

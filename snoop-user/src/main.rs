@@ -15,7 +15,7 @@ use snoop::{
     membership::Timers,
     netns,
     port_groups::{GroupRange, StaticGroup},
-    settings::{Forwarding, Live, RunConfig, Start},
+    settings::{self, Forwarding, Live, RunConfig, Start},
     show::{self, View},
 };
 
@@ -264,6 +264,12 @@ struct RunArgs {
     /// further sources are refused and counted (0: no limit).
     #[arg(long, default_value_t = snoop::membership::DEFAULT_MAX_SOURCES)]
     max_sources_per_group: usize,
+    /// A source-specific multicast range (repeatable, at most 4): any-source
+    /// joins of its groups are ignored and sources nobody asked for are not
+    /// forwarded (RFC 4607). Default: 232.0.0.0/8 and ff3x::/32; `none`:
+    /// no range, as the Linux bridge (any-source joins of 232.x work).
+    #[arg(long, value_name = "PREFIX|none", value_parser = settings::parse_ssm_range)]
+    ssm_range: Vec<Option<snoop_common::SsmRange>>,
     /// IGMP/PIM frames per second per port handed to the controller; the
     /// excess is counted and still forwarded (0: no limit).
     #[arg(long, default_value_t = 1000)]
@@ -330,13 +336,18 @@ enum Unregistered {
     Routers,
 }
 
+/// The longest duration any option takes: a day (a query interval can be
+/// at most 31744 s on the wire, RFC 3376 4.1.7). Longer ones, like NaN,
+/// infinite or negative ones, would overflow the timers.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
 fn duration(text: &str) -> Result<Duration, String> {
-    let parsed =
-        humantime::parse_duration(text).or_else(|_| text.parse::<f64>().map(Duration::from_secs_f64).map_err(|_| ()));
-    match parsed {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("must be more than zero".into()),
-        Err(()) => Err(format!("`{text}` is not a duration (examples: 125s, 500ms, 2m)")),
+    let seconds = || text.trim().parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok());
+    match humantime::parse_duration(text).ok().or_else(seconds) {
+        Some(d) if d.is_zero() => Err("must be more than zero".into()),
+        Some(d) if d > MAX_DURATION => Err(format!("`{text}` is longer than a day")),
+        Some(d) => Ok(d),
+        None => Err(format!("`{text}` is not a duration (examples: 125s, 500ms, 2m)")),
     }
 }
 
@@ -381,7 +392,7 @@ fn real_main(cli: Cli) -> Result<()> {
             require_root()?;
             // Before the runtime starts: threads inherit the calling thread's nice value.
             set_nice(args.nice);
-            let config = run_config(args, cli.netns.as_deref())?;
+            let config = run_config(args, cli.netns.as_deref()).unwrap_or_else(|error| usage_error(&error));
             let reload = reloader(std::env::args_os().collect(), cli.netns);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
@@ -397,16 +408,13 @@ fn real_main(cli: Cli) -> Result<()> {
             argv.extend(["--bridge", &bridge].map(OsString::from));
             let args = run_args(argv.clone()).unwrap_or_else(|error| match error.downcast::<clap::Error>() {
                 Ok(error) => error.exit(),
-                Err(error) => {
-                    eprintln!("snoop: {error:#}");
-                    std::process::exit(2);
-                }
+                Err(error) => usage_error(&error),
             });
             if args.keep_state {
                 bail!("--keep-state: snoop switch deletes its bridge on the way out, so there is no state to keep");
             }
             set_nice(args.nice);
-            let config = run_config(args, cli.netns.as_deref())?;
+            let config = run_config(args, cli.netns.as_deref()).unwrap_or_else(|error| usage_error(&error));
             let reload = reloader(argv, cli.netns);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
@@ -453,6 +461,27 @@ fn real_main(cli: Cli) -> Result<()> {
     }
 }
 
+/// `--ssm-range`s: none given, the defaults; `none`, no range at all.
+fn ssm_ranges(given: &[Option<snoop_common::SsmRange>]) -> Result<Vec<snoop_common::SsmRange>> {
+    if given.is_empty() {
+        return Ok(settings::DEFAULT_SSM_RANGES.to_vec());
+    }
+    let ranges: Vec<_> = given.iter().flatten().copied().collect();
+    if given.contains(&None) && !ranges.is_empty() {
+        bail!("--ssm-range none goes alone");
+    }
+    if ranges.len() > snoop_common::MAX_SSM_RANGES as usize {
+        bail!("--ssm-range: at most {} ranges", snoop_common::MAX_SSM_RANGES);
+    }
+    Ok(ranges)
+}
+
+/// Options that do not go together: said as clap says a bad option, exit 2.
+fn usage_error(error: &anyhow::Error) -> ! {
+    eprintln!("snoop: {error:#}");
+    std::process::exit(2)
+}
+
 /// The options of a `snoop run` command line, its config file's included.
 fn run_args(argv: Vec<OsString>) -> Result<RunArgs> {
     let cli = Cli::try_parse_from(with_config_file(argv)?)?;
@@ -488,10 +517,20 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         timers.last_member_query_count = v.max(1);
     }
     let pin_dir = args.pin_dir.unwrap_or_else(|| datapath::default_pin_dir(&netns::label(netns), &args.bridge));
+    // The heartbeat comes every second: a failsafe within three of them
+    // would flood and prune by turns.
+    let shortest_failsafe = 3 * snoop_common::HEARTBEAT_INTERVAL;
     let failsafe_after = match args.failsafe_after.as_deref() {
-        None => Some(timers.group_membership_interval),
+        None => Some(timers.group_membership_interval.max(shortest_failsafe)),
         Some("never") => None,
-        Some(text) => Some(duration(text).map_err(|e| anyhow::anyhow!("--failsafe-after: {e}"))?),
+        Some(text) => match duration(text).map_err(|e| anyhow::anyhow!("--failsafe-after: {e}"))? {
+            failsafe if failsafe < shortest_failsafe => {
+                anyhow::bail!(
+                    "--failsafe-after ({failsafe:?}) must be at least {shortest_failsafe:?}: three heartbeats"
+                )
+            }
+            failsafe => Some(failsafe),
+        },
     };
     let start = Start {
         bridge: args.bridge,
@@ -505,6 +544,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         vlan_query_sources: vlan_query_sources(args.vlan_query_source)?,
         snoop_ipv6_link_scope: args.snoop_ipv6_link_scope,
         max_sources_per_group: args.max_sources_per_group,
+        ssm_ranges: ssm_ranges(&args.ssm_range)?,
         control_rate_limit: args.control_rate_limit,
         failsafe_after,
         forwarding: args.forwarding,
@@ -718,6 +758,16 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../dist/snoop.toml");
+
+    #[test]
+    fn durations_no_timer_can_hold_are_refused_not_panicked_on() {
+        for text in ["nan", "NaN", "inf", "-inf", "1e20", "-5", "-5s", "100d", "0", "0s", "", "soon"] {
+            assert!(duration(text).is_err(), "{text:?} was taken");
+        }
+        assert_eq!(duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(duration("125s"), Ok(Duration::from_secs(125)));
+        assert_eq!(duration("24h"), Ok(MAX_DURATION));
+    }
 
     /// The shipped example names every option of `snoop run`, and nothing else.
     #[test]

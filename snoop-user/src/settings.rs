@@ -12,7 +12,7 @@ use std::{
 };
 
 use serde::Serialize;
-use snoop_common::MapSizes;
+use snoop_common::{MapSizes, SsmRange};
 
 use crate::{
     bridge::PortPolicy,
@@ -71,6 +71,63 @@ pub struct Start {
     pub control_group: Option<u32>,
     #[serde(rename = "max-memberships/max-groups", serialize_with = "sizes")]
     pub map_sizes: MapSizes,
+    /// Source-specific multicast ranges: any-source joins of their groups
+    /// are ignored, and their unrequested sources pruned (RFC 4607).
+    #[serde(rename = "ssm-range", serialize_with = "ssm_ranges")]
+    pub ssm_ranges: Vec<SsmRange>,
+}
+
+/// The default SSM ranges: 232.0.0.0/8 and ff3x::/32.
+pub const DEFAULT_SSM_RANGES: [SsmRange; 2] = [SsmRange::IPV4_SSM, SsmRange::IPV6_SSM];
+
+/// `--ssm-range`: `A.B.C.D/LEN`, `X::/LEN`, `ff3x::/32` (any scope), or
+/// `none` (the Linux bridge's behaviour: no range is source-specific).
+pub fn parse_ssm_range(text: &str) -> Result<Option<SsmRange>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    if text.eq_ignore_ascii_case("ff3x::/32") {
+        return Ok(Some(SsmRange::IPV6_SSM));
+    }
+    let (address, length) = text.split_once('/').ok_or_else(|| format!("`{text}`: not PREFIX/LENGTH"))?;
+    let address: IpAddr = address.parse().map_err(|_| format!("`{text}`: not an IP address"))?;
+    let (family, octets, bits) = match address {
+        IpAddr::V4(a) if a.is_multicast() => {
+            let mut octets = [0; 16];
+            octets[..4].copy_from_slice(&a.octets());
+            (snoop_common::FAMILY_IPV4, octets, 32)
+        }
+        IpAddr::V6(a) if a.is_multicast() => (snoop_common::FAMILY_IPV6, a.octets(), 128),
+        _ => return Err(format!("`{text}`: not a multicast prefix")),
+    };
+    let length: u8 = length
+        .parse()
+        .ok()
+        .filter(|l| (4..=bits).contains(l))
+        .ok_or_else(|| format!("`{text}`: a prefix length from 4 to {bits}"))?;
+    let range = SsmRange::prefix(family, octets, length);
+    if range.addr != octets {
+        return Err(format!("`{text}`: host bits set after the prefix"));
+    }
+    Ok(Some(range))
+}
+
+/// An SSM range as `--ssm-range` takes it.
+pub fn ssm_range_text(range: &SsmRange) -> String {
+    if *range == SsmRange::IPV6_SSM {
+        return "ff3x::/32".into();
+    }
+    let length: u32 = range.mask.iter().map(|b| b.count_ones()).sum();
+    if range.family == snoop_common::FAMILY_IPV4 {
+        let [a, b, c, d, ..] = range.addr;
+        format!("{}/{length}", Ipv4Addr::new(a, b, c, d))
+    } else {
+        format!("{}/{length}", Ipv6Addr::from(range.addr))
+    }
+}
+
+fn ssm_ranges<S: serde::Serializer>(ranges: &[SsmRange], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ranges.iter().map(ssm_range_text))
 }
 
 /// Settings a reload applies while snoop runs: port settings, filters,
@@ -198,7 +255,29 @@ mod tests {
             metrics: None,
             control_group: None,
             map_sizes: MapSizes::default(),
+            ssm_ranges: DEFAULT_SSM_RANGES.to_vec(),
         }
+    }
+
+    #[test]
+    fn ssm_ranges_parse_and_print_back() {
+        for text in ["232.0.0.0/8", "239.232.0.0/16", "ff3x::/32", "ff3e::/16", "ff05::/16"] {
+            let range = parse_ssm_range(text).unwrap().unwrap();
+            assert_eq!(ssm_range_text(&range), text.replace("ff3X", "ff3x"));
+        }
+        assert_eq!(parse_ssm_range("none"), Ok(None));
+        for bad in ["232.0.0.1/8", "10.0.0.0/8", "232.0.0.0", "232.0.0.0/40", "ff3e::/200", "fe80::/10", "x/8"] {
+            assert!(parse_ssm_range(bad).is_err(), "{bad} was taken");
+        }
+        let key = |text: &str| match text.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(a) => snoop_common::GroupKey::ipv4(a.octets(), 0),
+            IpAddr::V6(a) => snoop_common::GroupKey::ipv6(a.octets(), 0),
+        };
+        let ipv6 = SsmRange::IPV6_SSM;
+        assert!(ipv6.contains(&key("ff3e::8000:1")) && ipv6.contains(&key("ff35::1")));
+        assert!(!ipv6.contains(&key("ff3e:1::1")) && !ipv6.contains(&key("ff0e::1")));
+        assert!(SsmRange::IPV4_SSM.contains(&key("232.1.2.3")) && !SsmRange::IPV4_SSM.contains(&key("233.1.2.3")));
+        assert!(!SsmRange::IPV4_SSM.contains(&key("ff3e::1")), "another family");
     }
 
     #[test]

@@ -382,7 +382,7 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
         }
         groups.sort_by_key(|g| (g.group, g.vlan));
     }
-    let ignored = |named: &mut BTreeMap<String, u64>, prefix: &str, counts: [(&str, u64); 7]| {
+    let ignored = |named: &mut BTreeMap<String, u64>, prefix: &str, counts: [(&str, u64); 9]| {
         for (name, count) in counts {
             *named.entry(format!("{prefix}{name}")).or_default() += count;
         }

@@ -961,6 +961,7 @@ pub fn igmp_query_packet(source: Ipv4Addr, group: Option<Ipv4Addr>) -> Vec<u8> {
         &[],
         3,
         &timers,
+        false,
     )[14..]
         .to_vec()
 }
@@ -968,10 +969,17 @@ pub fn igmp_query_packet(source: Ipv4Addr, group: Option<Ipv4Addr>) -> Vec<u8> {
 /// An IPv4 packet (TTL 1, Router Alert) holding an IGMPv3 report with one
 /// MODE_IS_EXCLUDE({}) record per group: what a host sends to join them.
 pub fn v3_report_packet(source: Ipv4Addr, groups: &[Ipv4Addr]) -> Vec<u8> {
+    v3_records_packet(source, 2, groups)
+}
+
+/// An IGMPv3 report from `source` with one record of `record_type`
+/// (RFC 3376 4.2.12: 2 MODE_IS_EXCLUDE, 3 CHANGE_TO_INCLUDE, ...) and no
+/// sources per group.
+pub fn v3_records_packet(source: Ipv4Addr, record_type: u8, groups: &[Ipv4Addr]) -> Vec<u8> {
     let mut igmp = vec![0x22, 0, 0, 0, 0, 0];
     igmp.extend_from_slice(&(groups.len() as u16).to_be_bytes());
     for group in groups {
-        igmp.extend_from_slice(&[2, 0, 0, 0]);
+        igmp.extend_from_slice(&[record_type, 0, 0, 0]);
         igmp.extend_from_slice(&group.octets());
     }
     control_packet(2, source, Ipv4Addr::new(224, 0, 0, 22), igmp)
@@ -1603,7 +1611,7 @@ mod tests {
     fn v3_report_packet_parses_as_joins() {
         let groups = [Ipv4Addr::new(239, 1, 1, 1), Ipv4Addr::new(239, 2, 2, 2)];
         let packet = parse(&v3_report_packet(Ipv4Addr::new(10, 99, 0, 10), &groups)).unwrap();
-        let Message::RecordReport { records } = packet.message else { panic!("not a v3 report") };
+        let Message::RecordReport { records, .. } = packet.message else { panic!("not a v3 report") };
         assert_eq!(records.iter().map(|r| r.group).collect::<Vec<_>>(), groups);
         assert!(records.iter().all(|r| r.record_type == RecordType::ModeIsExclude));
     }

@@ -165,3 +165,98 @@ fn nix_index(name: &str) -> Result<u32> {
     anyhow::ensure!(index != 0, "no interface {name:?}");
     Ok(index)
 }
+
+/// `nft -f -` in the bridge's namespace with `ruleset`.
+fn nft(lab: &Lab, ruleset: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.bridge_netns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().expect("a pipe").write_all(ruleset.as_bytes())?;
+    anyhow::ensure!(child.wait()?.success(), "nft refused:\n{ruleset}");
+    Ok(())
+}
+
+fn sysctl(lab: &Lab, name: &str, value: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/bridge/{name}");
+    lab::run("ip", &["netns", "exec", &lab.bridge_netns, "sh", "-c", &format!("echo {value} > {path}")]).map(drop)
+}
+
+/// With `ruleset` in place (after `setup`), a rule the kernel runs on
+/// bridged frames drops the group on its way from h0 to the member h1:
+/// snoop must leave those frames to the bridge, which drops them; with
+/// the ruleset gone, redirect takes over again.
+fn a_rule_on_bridged_frames_is_honoured(
+    tag: &str,
+    setup: impl Fn(&Lab) -> Result<()>,
+    ruleset: &str,
+    table: &str,
+) -> Result<()> {
+    let mut lab = Lab::new(tag, 3, &LabOptions::default())?;
+    setup(&lab)?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [50, 0], "before the rule");
+    nft(&lab, ruleset)?;
+    thread::sleep(Duration::from_millis(600)); // a rescan
+    assert_eq!(deliver(&lab, "h0", &["h1", "h2"], 50)?, [0, 0], "the rule was skipped");
+    nft(&lab, &format!("delete table {table}\n"))?;
+    wait_until("redirecting again", Duration::from_secs(3), || {
+        let redirected = stat(&lab, "datapath", "redirected")?;
+        Ok(deliver(&lab, "h0", &["h1", "h2"], 10)? == [10, 0] && stat(&lab, "datapath", "redirected")? > redirected)
+    })?;
+    Ok(())
+}
+
+const DROP_G_FORWARDED: &str = "{ type filter hook forward priority 0; ip daddr 239.1.1.1 drop; }";
+
+#[test]
+fn an_inet_table_is_honoured_where_br_netfilter_calls_it() -> Result<()> {
+    // Debian's `table inet filter`, firewalld: bridged IPv4 reaches it
+    // through br_netfilter (bridge-nf-call-iptables, on by default).
+    let setup = |lab: &Lab| sysctl(lab, "bridge-nf-call-iptables", "1");
+    let ruleset = format!("table inet snooptest {{ chain forward {DROP_G_FORWARDED} }}\n");
+    a_rule_on_bridged_frames_is_honoured("nftinet", setup, &ruleset, "inet snooptest")
+}
+
+#[test]
+fn the_bridges_own_nf_call_iptables_is_honoured() -> Result<()> {
+    // The global sysctl off, the bridge's own option on.
+    let setup = |lab: &Lab| {
+        sysctl(lab, "bridge-nf-call-iptables", "0")?;
+        lab.ip_br(&["link", "set", "br0", "type", "bridge", "nf_call_iptables", "1"]).map(drop)
+    };
+    let ruleset = format!("table ip snooptest {{ chain forward {DROP_G_FORWARDED} }}\n");
+    a_rule_on_bridged_frames_is_honoured("nfcallbr", setup, &ruleset, "ip snooptest")
+}
+
+#[test]
+fn a_netdev_ingress_chain_on_the_senders_port_is_honoured() -> Result<()> {
+    let ruleset = "table netdev snooptest { chain ingress { type filter hook ingress device p0 priority 0; \
+                   ip daddr 239.1.1.1 drop; } }\n";
+    a_rule_on_bridged_frames_is_honoured("nftnetdev", |_| Ok(()), ruleset, "netdev snooptest")
+}
+
+#[test]
+fn an_ip6_table_is_honoured_where_br_netfilter_calls_it() -> Result<()> {
+    let g6: std::net::Ipv6Addr = "ff0e::4242".parse()?;
+    let mut lab = Lab::new("nftip6", 3, &LabOptions { ipv6: true, ..Default::default() })?;
+    for host in ["h0", "h1", "h2"] {
+        lab.wait_ipv6_ready(host, Duration::from_secs(10))?;
+    }
+    sysctl(&lab, "bridge-nf-call-ip6tables", "1")?;
+    lab.start_snoop(&snoop_bin(), &fast())?;
+    let _m1 = lab.join_v6("h1", g6)?;
+    snoop_tests::wait_for_members_v6(&lab, g6, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(snoop_tests::deliver_v6(&lab, "h0", g6, &["h1", "h2"], 50)?, [50, 0], "before the rule");
+    nft(
+        &lab,
+        "table ip6 snooptest { chain forward { type filter hook forward priority 0; ip6 daddr ff0e::4242 drop; } }\n",
+    )?;
+    thread::sleep(Duration::from_millis(600));
+    assert_eq!(snoop_tests::deliver_v6(&lab, "h0", g6, &["h1", "h2"], 50)?, [0, 0], "the rule was skipped");
+    assert!(forwarding(&lab)?.1.contains("IPv6"), "says why: {:?}", forwarding(&lab)?);
+    Ok(())
+}

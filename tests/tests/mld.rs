@@ -196,6 +196,7 @@ fn the_mld_querier_speaks_from_the_bridges_link_local_address_and_yields_to_a_lo
         &[],
         2,
         &query_timers(),
+        false,
     );
     let sender = lab.raw_sender("h1")?;
     let stop = Instant::now() + Duration::from_secs(6);
@@ -248,6 +249,7 @@ fn malformed_mld_is_dropped_whole_and_counted() -> Result<()> {
         &[],
         2,
         &query_timers(),
+        false,
     );
     let global_query = global_query.split_off(14);
     let sender = lab.raw_sender("h1")?;

@@ -17,7 +17,7 @@ use snoop::proto::{igmp, internet_checksum};
 use snoop_common::{MAP_GROUP_PORTS, MAP_MEMBERS};
 use snoop_tests::{
     attached_programs,
-    lab::{self, v3_report_packet, Lab},
+    lab::{self, v3_records_packet, v3_report_packet, Lab},
     map_members, pin_hash_map, rss_kb, shown_members, snoop_bin, stat, time_scale, wait_for_members, wait_until,
     LabOptions,
 };
@@ -232,6 +232,103 @@ fn report_storm_keeps_members_and_the_controller_responsive() -> Result<()> {
 }
 
 #[test]
+fn a_host_flooding_over_limit_joins_and_leaves_starves_nothing() -> Result<()> {
+    // h2 sends, as fast as the data path lets it through (its control rate
+    // limit), IGMPv3 reports of 180 records: joins of groups over its limit
+    // of 100, and leaves (TO_IN {}) of the 100 it holds. Meanwhile a join
+    // on p3 is forwarded within 2 s, `snoop show` answers within 1 s, the
+    // watchdog is fed, the failsafe never fires, and snoop asks about each
+    // group at most once per last-member interval.
+    use std::os::unix::net::UnixDatagram;
+    let storm_secs: u64 = std::env::var("SNOOP_STORM_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let mut lab = Lab::new("starve", 4, &LabOptions::default())?;
+    let path = lab.write_file("notify", "")?;
+    std::fs::remove_file(&path)?;
+    let systemd = UnixDatagram::bind(&path)?;
+    systemd.set_read_timeout(Some(Duration::from_millis(100)))?;
+    std::env::set_var("NOTIFY_SOCKET", &path);
+    std::env::set_var("WATCHDOG_USEC", "1000000");
+    let args = [FAST, &["--max-groups-per-port", "100", "--control-rate-limit", "200"]].concat();
+    let started = lab.start_snoop(&snoop_bin(), &args);
+    std::env::remove_var("NOTIFY_SOCKET");
+    std::env::remove_var("WATCHDOG_USEC");
+    started?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let pings = {
+        let stop = stop.clone();
+        thread::spawn(move || -> Duration {
+            let (mut message, mut last, mut longest) = ([0u8; 512], Instant::now(), Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                if matches!(systemd.recv(&mut message), Ok(n) if message[..n].starts_with(b"WATCHDOG=1")) {
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                }
+            }
+            longest.max(last.elapsed())
+        })
+    };
+    let held: Vec<Ipv4Addr> = (0..100u8).map(|i| Ipv4Addr::new(239, 201, 0, i)).collect();
+    let stormer = {
+        let (sender, source, stop) = (lab.raw_sender("h2")?, lab.host("h2").ip, stop.clone());
+        sender.send(&v3_records_packet(source, 2, &held))?;
+        let over: Vec<Ipv4Addr> = (0..180u8).map(|i| Ipv4Addr::new(239, 202, 0, i)).collect();
+        let frames = [
+            v3_records_packet(source, 2, &over),
+            v3_records_packet(source, 3, &held[..90]),
+            v3_records_packet(source, 2, &held),
+        ];
+        thread::spawn(move || -> u64 {
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                if sender.send(&frames[(sent % 3) as usize]).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+    };
+    let queries_before = stat(&lab, "controller", "group_queries_sent")?;
+    let start = Instant::now();
+    let mut slowest_show = Duration::ZERO;
+    let mut joined = None;
+    while start.elapsed() < Duration::from_secs(storm_secs) {
+        if joined.is_none() && start.elapsed() > Duration::from_secs(storm_secs / 2) {
+            let membership = lab.join("h3", G)?;
+            let asked = Instant::now();
+            wait_until("h3's join under the storm", Duration::from_secs(2) * time_scale(), || {
+                Ok(received(&lab, &["h3"], 5)? == [5])
+            })?;
+            println!("join to first packet under the storm: {:?}", asked.elapsed());
+            joined = Some(membership);
+        }
+        let asked = Instant::now();
+        lab.snoop_show(&snoop_bin(), "querier")?;
+        slowest_show = slowest_show.max(asked.elapsed());
+        thread::sleep(Duration::from_millis(100));
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let frames = stormer.join().expect("the storm thread");
+    let longest_silence = pings.join().expect("the watchdog thread");
+    let queries = stat(&lab, "controller", "group_queries_sent")? - queries_before;
+    println!("{frames} frames in {elapsed:?}; {queries} group queries; slowest show {slowest_show:?}; watchdog gap {longest_silence:?}");
+    assert!(slowest_show < Duration::from_secs(1) * time_scale(), "snoop show took {slowest_show:?}");
+    assert!(
+        longest_silence < Duration::from_millis(1500) * time_scale(),
+        "the watchdog went {longest_silence:?} unfed"
+    );
+    assert_eq!(stat(&lab, "datapath", "failsafe_flooded")?, 0, "the failsafe fired");
+    // One query per held group per last-member interval (200 ms), at most.
+    let bound = 100 * (elapsed.as_millis() as u64 / 200 + 2);
+    assert!(queries <= bound, "{queries} group-specific queries in {elapsed:?} (at most {bound})");
+    let ports = lab.snoop_show(&snoop_bin(), "ports")?;
+    let p2 = ports.as_array().into_iter().flatten().find(|p| p["name"] == "p2").expect("p2");
+    assert!(p2["groups"].as_u64().unwrap_or_default() <= 100, "p2 over its limit: {p2}");
+    assert!(shown_members(&lab, G)?.contains("p3"));
+    Ok(())
+}
+
+#[test]
 fn data_path_keeps_last_state_then_floods_when_the_controller_is_gone() -> Result<()> {
     let mut lab = Lab::new("failsafe", 3, &LabOptions::default())?;
     let mut args = FAST.to_vec();
@@ -266,11 +363,87 @@ fn with_the_controller_gone_a_port_set_down_still_gets_nothing() -> Result<()> {
     assert_eq!(received(&lab, &["h1", "h2", "h3"], 50)?, [50, 50, 0]);
 
     lab.stop_snoop(true)?; // kill -9
-                           // Nobody sees the port go down; hand-overs end 3 port scans (3 s) after
-                           // the last heartbeat, and a clone to a down port goes nowhere.
+                           // Nobody sees the port go down; redirects end 3 s (three heartbeats)
+                           // after the last heartbeat, and the bridge sends nothing to a down port.
     lab.ip_br(&["link", "set", "p1", "down"])?;
     thread::sleep(Duration::from_millis(3500));
     assert_eq!(received(&lab, &["h1", "h2", "h3"], 50)?, [0, 50, 0]);
+    Ok(())
+}
+
+#[test]
+fn after_a_keep_state_stop_the_bridge_decides_again_once_the_lists_are_stale() -> Result<()> {
+    // snoop stops with --keep-state: its programs and lists stay, its
+    // heartbeat stops. The operator then isolates h0's and h1's ports (the
+    // bridge forwards nothing between two isolated ports). Once the copy
+    // lists are stale (three missed heartbeats, 3 s) the bridge path decides, so h1
+    // gets none of h0's next stream, and h2 (no member) none either.
+    let mut lab = Lab::new("stalelists", 3, &LabOptions::default())?;
+    let _m1 = lab.join("h1", G)?;
+    lab.start_snoop(&snoop_bin(), &[FAST, &["--keep-state", "--failsafe-after", "60s"]].concat())?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    assert!(lab.stop_snoop(false)?.success());
+    for port in ["p0", "p1"] {
+        lab::run("bridge", &["-n", &lab.bridge_netns, "link", "set", "dev", port, "isolated", "on"])?;
+    }
+    thread::sleep(Duration::from_millis(3500));
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [0, 0], "redirect outlived the controller");
+    // The bridge path still prunes and still forwards where the bridge would.
+    lab::run("bridge", &["-n", &lab.bridge_netns, "link", "set", "dev", "p1", "isolated", "off"])?;
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
+
+#[test]
+fn a_pin_directory_reached_through_a_symlink_or_not_roots_is_refused() -> Result<()> {
+    let lab = Lab::new("pinsafe", 2, &LabOptions::default())?;
+    // The lab's pin directory is /sys/fs/bpf/snoop/<its namespace>/br0;
+    // its parent is the lab's own, so swapping it disturbs nothing else.
+    let pins = lab.pin_dir();
+    let parent = pins.parent().expect("a parent").to_owned();
+    std::fs::create_dir_all(parent.parent().expect("/sys/fs/bpf/snoop"))?;
+    let elsewhere = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-elsewhere", lab.id));
+    std::fs::create_dir_all(&elsewhere)?;
+    std::os::unix::fs::symlink(&elsewhere, &parent)?;
+    // Whatever happens, neither is left behind.
+    struct Removed<'a>(&'a Path, &'a Path);
+    impl Drop for Removed<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.0).or_else(|_| std::fs::remove_dir(self.0));
+            let _ = std::fs::remove_dir_all(self.1);
+        }
+    }
+    let _removed = Removed(&parent, &elsewhere);
+    let start = || {
+        std::process::Command::new("timeout")
+            .arg("10")
+            .arg(snoop_bin())
+            .args(["--netns", &lab.bridge_netns, "run", "--bridge", "br0"])
+            .output()
+    };
+    let out = start()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing the pin directory") && stderr.contains("symbolic link"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&elsewhere)?.count(), 0, "snoop wrote through the link");
+    // Nor is a cleanup taken through it.
+    let out = std::process::Command::new(snoop_bin())
+        .args(["--netns", &lab.bridge_netns, "cleanup", "--bridge", "br0"])
+        .output()?;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("symbolic link"));
+    std::fs::remove_file(&parent)?;
+    std::fs::remove_dir(&elsewhere)?;
+
+    // A directory someone else owns.
+    std::fs::create_dir_all(&parent)?;
+    std::os::unix::fs::chown(&parent, Some(65534), Some(65534))?;
+    let out = start()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("owned by uid 65534, not root"), "{stderr}");
+    assert!(!pins.exists(), "snoop made its pins in it");
+    std::fs::remove_dir(&parent)?;
     Ok(())
 }
 

@@ -66,7 +66,7 @@ fn a_bad_config_file_is_refused_naming_its_line() -> Result<()> {
             "robustness = 2\nquery-intervall = \"10s\"\n",
             "line 2: unknown key `query-intervall` (did you mean `query-interval`?)",
         ),
-        ("\n\n[port.p0]\nrouter = \"yes\"\n", "line 4: `port.p0.router`: true or false"),
+        ("\n\n[port.p0]\nrouter = \"yes\"\n", "line 4: `port.p0.router`: true, false or \"never\""),
         ("forwarding = \"fast\"\n", "line 1: `forwarding`: invalid value 'fast' for '--forwarding <FORWARDING>'"),
         ("query-interval = 60s\n", "line 1: "),
     ] {
@@ -341,6 +341,49 @@ fn a_reload_applies_the_changed_file_without_losing_a_packet() -> Result<()> {
     assert!(said.contains("static groups: 0 added, 0 changed, 1 deleted"), "{said}");
     wait_until("G2 gone from p2", Duration::from_secs(3), || Ok(shown_member(&lab, G2, "p2")?.is_none()))?;
     assert_eq!(deliver(&lab, "h0", G3, &["h1", "h2", "h3"], 50)?, [0, 0, 0], "p3 is no router port now");
+    Ok(())
+}
+
+/// `snoop run --bridge BRIDGE ARGS...` that should refuse to start: killed
+/// after 10 s if it does start, so the test fails rather than hangs.
+fn refused_start(lab: &Lab, args: &[&str]) -> Result<Output> {
+    let mut command = std::process::Command::new("timeout");
+    command.args(["10"]).arg(snoop_bin()).args(["--netns", &lab.bridge_netns, "run", "--bridge", &lab.bridge]);
+    Ok(command.args(args).output()?)
+}
+
+/// Durations no timer can hold (NaN, infinite, negative, beyond a day)
+/// are refused with the file's line, exit 2, at start; at a reload the
+/// running snoop answers the error, changes nothing and keeps forwarding.
+/// A failsafe within three heartbeats (3 s) is refused too (it would flap).
+#[test]
+fn absurd_durations_are_refused_at_start_and_at_reload_without_harm() -> Result<()> {
+    let mut lab = Lab::new("durations", 3, &LabOptions::default())?;
+    let bridge = lab.bridge.clone();
+    for value in ["nan", "inf", "-inf", "1e20", "-5", "\"-5s\"", "\"100d\"", "0"] {
+        let path = lab.write_file("bad.toml", &format!("\nquery-interval = {value}\n"))?;
+        let out = refused_start(&lab, &["--config", path.to_str().expect("UTF-8")])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "query-interval = {value}: {stderr}");
+        assert!(stderr.contains("line 2") && stderr.contains("query-interval"), "{value}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{value}: {stderr}");
+    }
+    let out = refused_start(&lab, &["--failsafe-after", "2s"])?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--failsafe-after") && stderr.contains("three heartbeats"), "{stderr}");
+
+    let path = start_with_config(&mut lab, "[port.p1]\nfast-leave = true\n")?;
+    let _h1 = lab.join("h1", G1)?;
+    wait_for_members(&lab, G1, &["p1"], JOIN_TIMEOUT)?;
+    for value in ["nan", "1e20", "-5"] {
+        std::fs::write(&path, format!("[port.p1]\nfast-leave = true\n\nlast-member-query-interval = {value}\n"))?;
+        let refused = snoop(&lab, &["reload", "--bridge", &bridge])?;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("line 4"), "{value}: {stderr}");
+        assert_eq!(deliver(&lab, "h0", G1, &["h1", "h2"], 50)?, [50, 0], "after a reload with {value}");
+    }
+    assert!(lab.wait_snoop_exit(Duration::ZERO).is_err(), "snoop is gone");
     Ok(())
 }
 

@@ -269,3 +269,32 @@ fn an_mld_source_query_from_snoop_reaches_every_host_behind_a_port() -> Result<(
 fn an_mld_source_query_from_another_querier_reaches_every_host_behind_a_port() -> Result<()> {
     a_block_behind_a_shared_port_leaves_the_other_hosts_sources("mldsharedq", true)
 }
+
+#[test]
+fn ssm_ranges_are_configurable_and_none_joins_232_from_any_source() -> Result<()> {
+    // `--ssm-range none`, the Linux bridge's behaviour: h2's any-source
+    // join of 232.1.2.3 counts; h1's source-specific one still gets only S1.
+    let mut lab = Lab::new("ssmrange", 5, &LabOptions::default())?;
+    let (s1, ssm) = (IpAddr::V4(lab.host("h0").ip), IpAddr::V4(SSM));
+    lab.start_snoop(&snoop_bin(), &[FAST_TIMERS, &["--ssm-range", "none"]].concat())?;
+    let _h1 = lab.join_source("h1", ssm, s1, SourceJoin::Include)?;
+    let _h2 = lab.join("h2", SSM)?;
+    wait_for_filter(&lab, ssm, "p1", &format!("include {s1}"), JOIN_TIMEOUT)?;
+    wait_for_filter(&lab, ssm, "p2", "any", JOIN_TIMEOUT)?;
+    let got = deliver_from(&lab, &["h0", "h3"], ssm, &["h1", "h2", "h4"], 50)?;
+    assert_eq!(got, [[50, 0], [50, 50], [0, 0]], "per receiver: from h0, from h3");
+    assert_eq!(stat(&lab, "controller", "ignored_ssm_any_source_joins")?, 0);
+    assert!(lab.stop_snoop(false)?.success());
+
+    // A range of one's own: 239.232.0.0/16 is source-specific, 232/8 is not.
+    let own = Ipv4Addr::new(239, 232, 1, 1);
+    lab.start_snoop(&snoop_bin(), &[FAST_TIMERS, &["--ssm-range", "239.232.0.0/16"]].concat())?;
+    let _h4 = lab.join("h4", own)?;
+    wait_until("h4's any-source join ignored", JOIN_TIMEOUT, || {
+        Ok(stat(&lab, "controller", "ignored_ssm_any_source_joins")? > 0)
+    })?;
+    wait_for_filter(&lab, ssm, "p2", "any", JOIN_TIMEOUT)?;
+    let got = deliver_from(&lab, &["h0"], IpAddr::V4(own), &["h4", "h3"], 50)?;
+    assert_eq!(got, [[0], [0]], "nobody asked for a source of 239.232.1.1");
+    Ok(())
+}

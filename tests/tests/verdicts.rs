@@ -77,14 +77,14 @@ impl DerefMut for Dp {
 }
 
 impl Dp {
-    fn configure(&mut self, flags: u32, failsafe: Option<Duration>, handover: Duration, rate_limit: u32) -> Result<()> {
+    fn configure(&mut self, flags: u32, failsafe: Option<Duration>, fresh: Duration, rate_limit: u32) -> Result<()> {
         self.control_rate_limit = rate_limit;
         let config = DatapathConfig {
             flags,
             restore: 0,
             heartbeat_ns: monotonic_now_ns(),
             failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
-            handover_ns: handover.as_nanos() as u64,
+            redirect_fresh_ns: fresh.as_nanos() as u64,
         };
         Ok(self.datapath.put(&Entry::Config(config))?)
     }
@@ -560,6 +560,15 @@ fn ingress_redirects_joined_groups_and_reports_in_redirect_mode() -> Result<()> 
         case(dp, "joined group, no querier", PROG_INGRESS, p.p0, &data(JOINED), PASS, &[])?;
         let seen = [(IgmpSeen, 1), (Captured, 1)];
         case(dp, "report, no querier", PROG_INGRESS, p.p1, &report, PASS, &seen)?;
+
+        // A heartbeat older than the lists' freshness (a killed or
+        // keep-state-stopped controller, before the failsafe): the bridge
+        // path, whose egress programs still prune.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED | CONFIG_REDIRECT, None, Duration::from_nanos(1), 0)?;
+        std::thread::sleep(Duration::from_millis(20));
+        case(dp, "joined group, stale lists", PROG_INGRESS, p.p0, &data(JOINED), PASS, &[])?;
+        case(dp, "report, stale lists", PROG_INGRESS, p.p1, &report, PASS, &[(IgmpSeen, 1), (Captured, 1)])?;
+        case(dp, "stale lists, no member", PROG_EGRESS, p.p2, &data(JOINED), DROP, &[(DataPruned, 1)])?;
 
         // With the controller gone, the bridge path takes over.
         dp.configure(

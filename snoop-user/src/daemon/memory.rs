@@ -15,6 +15,7 @@ use crate::datapath;
 pub struct MemoryMaps {
     pub entries: BTreeMap<Key, Entry>,
     pub config: Option<DatapathConfig>,
+    pub ssm_ranges: Option<super::reconcile::SsmRanges>,
     /// Room per map (by name); none given: unbounded.
     pub room: BTreeMap<&'static str, usize>,
     /// Every write and removal, in order.
@@ -51,10 +52,11 @@ impl MemoryMaps {
 impl Maps for MemoryMaps {
     fn put(&mut self, entry: &Entry) -> datapath::Result<()> {
         let Some(key) = entry.key() else {
-            self.config = match entry {
-                Entry::Config(config) => Some(*config),
-                _ => unreachable!("only the configuration has no key"),
-            };
+            match entry {
+                Entry::Config(config) => self.config = Some(*config),
+                Entry::SsmRanges(ranges) => self.ssm_ranges = Some(*ranges),
+                _ => unreachable!("only the configuration and the SSM ranges have no key"),
+            }
             return Ok(());
         };
         let map = map_of(&key);

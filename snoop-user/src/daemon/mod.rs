@@ -160,6 +160,7 @@ struct Inputs {
     ring: AsyncFd<RingBuf<MapData>>,
     signals: Signals,
     port_scan: Interval,
+    heartbeat: Interval,
     link_changes: Option<Box<dyn Stream<Item = ()> + Unpin>>,
     snapshot_queue: mpsc::Receiver<SnapshotRequest>,
     change_queue: mpsc::Receiver<ChangeRequest>,
@@ -242,7 +243,7 @@ impl Runner {
             effects.extend(self.daemon.step(now, Input::Resume(pinned)));
         }
         effects.extend(self.daemon.step(now, Input::LocalGroups(self.local_groups())));
-        effects.extend(self.daemon.started(resumed));
+        effects.extend(self.daemon.started(now, resumed));
         self.settle(effects).await;
         let ports: Vec<u32> = self.daemon.ports.keys().copied().collect();
         self.datapath.remove_stale_attachments(&ports)?;
@@ -293,6 +294,8 @@ impl Runner {
                         self.step(Input::Senders(senders)).await;
                     }
                     self.refresh_local_groups().await;
+                }
+                _ = inputs.heartbeat.tick() => {
                     let report = self.reconciler.heartbeat(monotonic_now_ns(), &mut self.datapath);
                     self.absorb_report(report);
                 }
@@ -347,6 +350,7 @@ impl Runner {
                 .map_err(|source| Error::Io { what: "watching the event ring", source: source.into() })?,
             signals,
             port_scan: tokio::time::interval(self.daemon.start.port_scan_interval),
+            heartbeat: tokio::time::interval(snoop_common::HEARTBEAT_INTERVAL),
             link_changes,
             snapshot_queue,
             change_queue,
@@ -529,6 +533,10 @@ impl Runner {
             }
         }
         let mut ports = self.netlink.ports(&self.bridge).await?;
+        let netdev = match self.daemon.start.forwarding {
+            Forwarding::Bridge => Default::default(),
+            Forwarding::Redirect => crate::filtering::netdev_chains(),
+        };
         ports.retain_mut(|port| {
             if !self.datapath.is_attached(port.ifindex) {
                 match self.datapath.attach_port(port.ifindex) {
@@ -549,6 +557,8 @@ impl Runner {
                 debug!("port {}: reading its tc hooks: {error}", port.name);
                 Default::default()
             });
+            port.policy.nft_ingress = netdev.ingress.contains(&port.name);
+            port.policy.nft_egress = netdev.egress.contains(&port.name);
             true
         });
         let obstacle = match self.daemon.start.forwarding {

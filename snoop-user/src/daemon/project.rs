@@ -183,7 +183,8 @@ pub struct ConfigEntry {
     pub flags: u32,
     pub restore: u32,
     pub failsafe: Option<Duration>,
-    pub handover: Duration,
+    pub redirect_fresh: Duration,
+    pub ssm_ranges: super::reconcile::SsmRanges,
 }
 
 /// How redirect copies leave in one VLAN of a VLAN-aware bridge.
@@ -567,8 +568,9 @@ impl Projection<'_> {
             flags,
             restore: daemon.restore,
             failsafe: start.failsafe_after,
-            // Heartbeats come with every port scan; three missed ones end hand-overs.
-            handover: (start.port_scan_interval * 3).max(Duration::from_secs(1)),
+            // Three missed heartbeats end redirects.
+            redirect_fresh: 3 * snoop_common::HEARTBEAT_INTERVAL,
+            ssm_ranges: std::array::from_fn(|i| start.ssm_ranges.get(i).copied().unwrap_or_default()),
         }
     }
 }

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use log::Level;
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortGroupKey, PortValue, SourceAddr, SourceGroupKey,
-    SourceKey, VlanFlags, VlanPortKey, MAX_FANOUT, MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT,
-    PORT_UNPRUNED,
+    SourceKey, SsmRange, VlanFlags, VlanPortKey, MAX_FANOUT, MAX_SSM_RANGES, MEMBER_SOURCES_EXCLUDE,
+    MEMBER_SOURCES_INCLUDE, NO_SLOT, PORT_UNPRUNED,
 };
 
 use super::project::{ConfigEntry, CopyList, Desired, GroupEntries, MemberEntry, PortEntry, Target, Unwritten};
@@ -31,7 +31,12 @@ pub enum Entry {
     VlanPort(VlanPortKey, u32),
     Vlan(u16, VlanFlags),
     Config(DatapathConfig),
+    /// The whole [`snoop_common::MAP_SSM_RANGES`] array.
+    SsmRanges(SsmRanges),
 }
+
+/// What [`snoop_common::MAP_SSM_RANGES`] holds: the ranges, unused ones zero.
+pub type SsmRanges = [SsmRange; MAX_SSM_RANGES as usize];
 
 /// The key of one entry, to remove it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -57,7 +62,7 @@ impl Entry {
             Entry::Port(key, _) => Key::Port(*key),
             Entry::VlanPort(key, _) => Key::VlanPort(*key),
             Entry::Vlan(key, _) => Key::Vlan(*key),
-            Entry::Config(_) => return None,
+            Entry::Config(_) | Entry::SsmRanges(_) => return None,
         })
     }
 }
@@ -95,6 +100,7 @@ pub struct Written {
     pub vlans: BTreeMap<u16, VlanFlags>,
     pub vlan_ports: BTreeMap<VlanPortKey, u32>,
     pub config: DatapathConfig,
+    pub ssm_ranges: SsmRanges,
     /// Counter slots held by memberships (their entry, a hand-over to their
     /// port) and by groups (their registration and copy lists).
     pub member_slots: HashMap<PortGroupKey, u32>,
@@ -538,10 +544,13 @@ impl Reconciler {
             restore: want.restore,
             heartbeat_ns,
             failsafe_ns: want.failsafe.map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
-            handover_ns: u64::try_from(want.handover.as_nanos()).unwrap_or(u64::MAX),
+            redirect_fresh_ns: u64::try_from(want.redirect_fresh.as_nanos()).unwrap_or(u64::MAX),
         };
         if value != self.written.config && self.put(Entry::Config(value), maps).is_ok() {
             self.written.config = value;
+        }
+        if want.ssm_ranges != self.written.ssm_ranges && self.put(Entry::SsmRanges(want.ssm_ranges), maps).is_ok() {
+            self.written.ssm_ranges = want.ssm_ranges;
         }
     }
 }

@@ -63,6 +63,7 @@ fn config() -> RunConfig {
             metrics: None,
             control_group: None,
             map_sizes: Default::default(),
+            ssm_ranges: crate::settings::DEFAULT_SSM_RANGES.to_vec(),
         },
         live: Live { max_groups_per_port: 1024, trusted_ports: vec!["p13".into()], ..Live::default() },
     }
@@ -450,6 +451,71 @@ fn with_no_port_named_trusted_any_port_may_be_the_router_and_reports_go_to_it_on
     s.frame(12, VLAN_NONE, &v2_query(ROUTER));
     assert_ne!(s.port_flags(12) & PORT_ROUTER, 0);
     assert_eq!(s.copy_list(reports), Some(vec![12]));
-    let start = s.daemon.started(false);
+    let start = s.daemon.started(s.now, false);
     assert!(start.iter().any(|e| matches!(e, Effect::Log(_, l) if l.contains("learned on any port"))), "{start:?}");
+}
+
+/// Router discovery solicitations: at start and twice more, a second
+/// apart, in IPv4 and IPv6; then no more.
+#[test]
+fn router_discovery_solicitations_are_repeated() {
+    let mut s = Scenario::new(config());
+    s.ports(&[11, 12]);
+    let solicitations = |effects: &[Effect]| {
+        let is_solicitation = |frame: &[u8]| {
+            // To 224.0.0.2 (IGMP type 0x31) or ff02::2 (ICMPv6 type 151).
+            frame.starts_with(&[0x01, 0x00, 0x5e, 0, 0, 2]) || frame.starts_with(&[0x33, 0x33, 0, 0, 0, 2])
+        };
+        effects.iter().filter(|e| matches!(e, Effect::Send { frame, .. } if is_solicitation(frame))).count()
+    };
+    assert_eq!(solicitations(&s.daemon.started(s.now, false)), 2, "IGMP and MLD at start");
+    let mut later = 0;
+    for tenth in 1..=50 {
+        s.effects.clear();
+        s.at(Duration::from_millis(100 * tenth));
+        later += solicitations(&s.effects);
+    }
+    assert_eq!(later, 4, "twice more per family within 5 s, then none");
+}
+
+/// An IGMPv3 report from HOST of one record of `kind` for `group` naming `sources`.
+fn v3_record(kind: u8, group: Ipv4Addr, sources: &[Ipv4Addr]) -> Vec<u8> {
+    let mut message = vec![0x22, 0, 0, 0, 0, 0, 0, 1, kind, 0];
+    message.extend_from_slice(&(sources.len() as u16).to_be_bytes());
+    message.extend_from_slice(&group.octets());
+    sources.iter().for_each(|s| message.extend_from_slice(&s.octets()));
+    igmp(HOST, Ipv4Addr::new(224, 0, 0, 22), message)
+}
+
+#[test]
+fn a_source_query_too_long_for_one_frame_goes_in_several() {
+    let mut config = config();
+    config.start.max_sources_per_group = 400;
+    let mut s = Scenario::new(config);
+    s.ports(&[11, 12]);
+    s.with_querier();
+    s.take_sent();
+    let sources: Vec<Ipv4Addr> = (0..400u16).map(|i| Ipv4Addr::new(10, 7, (i >> 8) as u8, i as u8)).collect();
+    s.frame(11, VLAN_NONE, &v3_record(1, G, &sources)); // IS_IN
+    s.frame(11, VLAN_NONE, &v3_record(6, G, &sources)); // BLOCK all 400
+    let frames: Vec<Vec<u8>> = s
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Send { frame, .. } => Some(frame.clone()),
+            _ => None,
+        })
+        .collect();
+    // 366 sources fit a 1500-byte frame; the other 34 go in a second query.
+    let listed: Vec<usize> = frames
+        .iter()
+        .map(|frame| {
+            assert!(frame.len() <= 1514, "a {}-byte frame", frame.len());
+            match crate::proto::igmp::parse(&frame[14..]).expect("a query").message {
+                crate::proto::Message::Query { sources, .. } => sources.len(),
+                other => panic!("not a query: {other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(listed, [366, 34]);
 }

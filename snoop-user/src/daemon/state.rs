@@ -63,8 +63,8 @@ impl Port {
         if let Some(why) = self.policy.bridge_path() {
             notes.push(if redirect { format!("{why}: bridge path") } else { why.to_owned() });
         }
-        if self.policy.filters.egress > 0 {
-            notes.push("tc filters on its egress: every copy passes them".to_owned());
+        if self.policy.filters.egress > 0 || self.policy.nft_egress {
+            notes.push("filters on its egress: every copy passes them".to_owned());
         }
         notes.join("; ")
     }
@@ -129,8 +129,28 @@ pub struct Daemon {
     presence_told: [bool; 2],
     /// A bridge view has been taken in.
     seen_bridge: bool,
+    /// Joins refused per port since the last line said so.
+    refusals: BTreeMap<u32, Refusals>,
+    /// Router discovery solicitations still to send, and when the next goes.
+    solicitations_left: u8,
+    next_solicitation: Duration,
+    /// The time of the step being taken.
+    now: Duration,
     dirty: Dirty,
     effects: Vec<Effect>,
+}
+
+/// Router discovery solicitations sent at start, a second apart.
+pub const SOLICITATIONS: u8 = 3;
+pub const SOLICITATION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often refused joins of one port are summed up in a line.
+pub const REFUSALS_SUMMED_UP_EVERY: Duration = Duration::from_secs(10);
+
+/// Joins refused on one port since `since`, beyond the one told then.
+struct Refusals {
+    count: u64,
+    since: Duration,
 }
 
 impl Daemon {
@@ -157,6 +177,10 @@ impl Daemon {
             // Resumed memberships are known: a querier counts as present.
             presence_told: [resuming; 2],
             seen_bridge: false,
+            refusals: BTreeMap::new(),
+            solicitations_left: 0,
+            next_solicitation: Duration::ZERO,
+            now: Duration::ZERO,
             dirty: Dirty::all(),
             effects: Vec::new(),
         }
@@ -164,9 +188,15 @@ impl Daemon {
 
     /// Takes one input at `now`; returns what the runner must do.
     pub fn step(&mut self, now: Duration, input: Input) -> Vec<Effect> {
+        self.now = now;
         match input {
             Input::Frame { ifindex, vlan, family, packet } => self.frame(ifindex, vlan, family, packet, now),
             Input::Timers => {
+                if self.solicitations_left > 0 && self.next_solicitation <= now {
+                    self.solicitations_left -= 1;
+                    self.next_solicitation = now + SOLICITATION_INTERVAL;
+                    self.solicit();
+                }
                 let polled: Vec<(u16, Actions)> =
                     self.contexts.iter_mut().map(|(vlan, context)| (*vlan, context.poll(now))).collect();
                 for (vlan, actions) in polled {
@@ -195,7 +225,29 @@ impl Daemon {
             Input::Resume(pinned) => self.resume(pinned, now),
         }
         self.tell_presence(now);
+        self.sum_up_refusals(now);
         std::mem::take(&mut self.effects)
+    }
+
+    /// One line per port for the joins refused since its last: a host
+    /// joining thousands of groups over its limit costs a line an interval.
+    fn sum_up_refusals(&mut self, now: Duration) {
+        let due: Vec<(u32, u64)> = self
+            .refusals
+            .iter()
+            .filter(|(_, r)| r.since + REFUSALS_SUMMED_UP_EVERY <= now)
+            .map(|(port, r)| (*port, r.count))
+            .collect();
+        for (port, count) in due {
+            if count == 0 {
+                self.refusals.remove(&port);
+                continue;
+            }
+            self.refusals.insert(port, Refusals { count: 0, since: now });
+            let every = REFUSALS_SUMMED_UP_EVERY.as_secs();
+            let detail = format!("{count} more joins refused in {every} s (group limits or filters)");
+            self.event(VLAN_NONE, EventKind::Refused, None, Some(port), detail);
+        }
     }
 
     /// What the steps since the last call touched: the projection's scope.
@@ -210,12 +262,24 @@ impl Daemon {
 
     /// When a timer is due next.
     pub fn next_deadline(&self) -> Option<Duration> {
-        self.contexts.values().filter_map(VlanContext::next_deadline).min()
+        let summaries = self.refusals.values().map(|r| r.since + REFUSALS_SUMMED_UP_EVERY);
+        let solicitation = (self.solicitations_left > 0).then_some(self.next_solicitation);
+        self.contexts.values().filter_map(VlanContext::next_deadline).chain(summaries).chain(solicitation).min()
     }
 
     /// Sends a router discovery solicitation (RFC 4286) in every VLAN, so
-    /// routers that speak it answer before any query; logs how snoop runs.
-    pub fn started(&mut self, resumed: bool) -> Vec<Effect> {
+    /// routers that speak it answer before any query (again, a second
+    /// apart, [`SOLICITATIONS`] times in all: one lost frame must not leave
+    /// them unknown until their next advertisement); logs how snoop runs.
+    pub fn started(&mut self, now: Duration, resumed: bool) -> Vec<Effect> {
+        self.solicit();
+        self.solicitations_left = SOLICITATIONS - 1;
+        self.next_solicitation = now + SOLICITATION_INTERVAL;
+        self.log_start(resumed);
+        std::mem::take(&mut self.effects)
+    }
+
+    fn solicit(&mut self) {
         let solicitations: Vec<(u16, Vec<u8>)> = self
             .contexts
             .iter()
@@ -228,8 +292,6 @@ impl Daemon {
         for (vlan, frame) in solicitations {
             self.effects.push(Effect::Send { vlan, frame });
         }
-        self.log_start(resumed);
-        std::mem::take(&mut self.effects)
     }
 
     fn log(&mut self, level: Level, line: String) {
@@ -320,7 +382,14 @@ impl Daemon {
                     };
                     self.event(vlan, kind, Some(group.addr.ip()), Some(port), detail.to_owned());
                 }
-                Action::SendQuery { group, sources } => self.send_query::<A>(vlan, group, &sources),
+                Action::SendQuery { group, sources, suppress } => {
+                    // A source list too long for one frame goes in several.
+                    for chunk in
+                        sources.chunks(A::MAX_QUERY_SOURCES.max(1)).chain(sources.is_empty().then_some(&[][..]))
+                    {
+                        self.send_query::<A>(vlan, group, chunk, suppress);
+                    }
+                }
                 Action::SetRouterPort { port, is_router } => {
                     // A VLAN's router ports are in every copy list of it, its
                     // report targets, and the port's flags.
@@ -350,8 +419,13 @@ impl Daemon {
                     ),
                 ),
                 Action::JoinRefused { group, port, why } => {
-                    log::debug!("port {}: join of {group} {}", self.port_name(port), why.describe());
+                    // The first of a while is told at once, the rest summed up.
+                    if let Some(refusals) = self.refusals.get_mut(&port) {
+                        refusals.count += 1;
+                        continue;
+                    }
                     self.event(vlan, EventKind::Refused, Some(group.addr.ip()), Some(port), why.describe().to_owned());
+                    self.refusals.insert(port, Refusals { count: 0, since: self.now });
                 }
                 Action::UntrustedRouterHeard { port, source, sign } => {
                     let name = self.port_name(port);
@@ -371,7 +445,7 @@ impl Daemon {
 
     /// A query from `vlan`'s machine of `A`, unless it has no address hosts
     /// accept queries from.
-    fn send_query<A: Snooped>(&mut self, vlan: u16, group: Option<A>, sources: &[A]) {
+    fn send_query<A: Snooped>(&mut self, vlan: u16, group: Option<A>, sources: &[A], suppress: bool) {
         let Some(snooper) = self.contexts.get(&vlan).and_then(A::of) else { return };
         let querier = snooper.querier();
         if !A::can_query_from(querier.own_address) {
@@ -388,7 +462,7 @@ impl Daemon {
             query_interval: timers.query_interval,
         };
         let source = QuerySource { mac: self.bridge.mac, address: querier.own_address };
-        let frame = A::query_frame(source, group, sources, querier.version, &query);
+        let frame = A::query_frame(source, group, sources, querier.version, &query, suppress);
         let protocol = Protocol::of::<A>();
         self.stats.bump(if group.is_some() {
             ControllerCounter::GroupQueriesSent(protocol)
@@ -519,7 +593,7 @@ impl Daemon {
         for BridgePort { ifindex, name, policy, peer_redirect } in scanned {
             // A copy handed to the peer skips the port's egress hook: not
             // past the operator's filters there.
-            let peer = peer_redirect && policy.filters.egress == 0;
+            let peer = peer_redirect && policy.filters.egress == 0 && !policy.nft_egress;
             let options = self.live.port_options(&name, &policy);
             match self.ports.get_mut(&ifindex) {
                 Some(port) => {
@@ -626,11 +700,13 @@ impl Daemon {
         let mut igmp = Snooper::new(start.timers.clone(), start.querier, self.query_source::<Ipv4Addr>(vlan), now);
         igmp.set_query_version(start.query_version);
         igmp.set_max_sources(start.max_sources_per_group);
+        igmp.set_ssm_ranges(&start.ssm_ranges);
         let mld = start.mld.then(|| {
             let mut mld = Snooper::new(start.timers.clone(), start.querier, self.query_source::<Ipv6Addr>(vlan), now);
             mld.set_query_version(start.mld_query_version);
             mld.set_max_sources(start.max_sources_per_group);
             mld.set_link_scope_snooped(start.snoop_ipv6_link_scope);
+            mld.set_ssm_ranges(&start.ssm_ranges);
             mld
         });
         let mut context = VlanContext { igmp, mld };

@@ -11,6 +11,9 @@ pub enum Error {
     Bpffs(#[source] io::Error),
     #[error("{what} {}", path.display())]
     Pins { what: &'static str, path: PathBuf, source: io::Error },
+    /// A component of the pin directory's path another user could swap.
+    #[error("refusing the pin directory: {} {why}", path.display())]
+    UnsafePinDir { path: PathBuf, why: String },
     #[error(
         "the memberships kept in {} are from a snoop with another map layout ({map}: key {} B, value {} B, {} \
          entries; this snoop: {} B, {} B, {}). Remove them with `snoop cleanup --bridge BRIDGE` (hosts report \

@@ -8,10 +8,7 @@
 //! - [`pins`]: the pin directory, and pinned state of another layout;
 //! - [`slots`]: traffic counter slots;
 //! - [`Error`]: what callers decide on.
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 mod attach;
 mod error;
@@ -32,10 +29,11 @@ use aya::{
 };
 use snoop_common::{
     DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortCounters, PortGroupKey, PortValue,
-    SenderSlot, SourceGroupKey, SourceKey, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT, MAP_CONFIG,
-    MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS, MAP_MEMBER_TRAFFIC,
-    MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES, MAP_SOURCE_GROUP_PORTS, MAP_VLANS,
-    MAP_VLAN_PORTS, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT, PROG_EGRESS, PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
+    SenderSlot, SourceGroupKey, SourceKey, SsmRange, TrafficCounters, VlanFlags, VlanPortKey, COUNTER_COUNT,
+    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_GROUPS, MAP_GROUP_PORTS, MAP_GROUP_TRAFFIC, MAP_MEMBERS,
+    MAP_MEMBER_TRAFFIC, MAP_PORTS, MAP_PORT_COUNTERS, MAP_PORT_TRAFFIC, MAP_SENDERS, MAP_SOURCES,
+    MAP_SOURCE_GROUP_PORTS, MAP_SSM_RANGES, MAP_VLANS, MAP_VLAN_PORTS, MAX_PORTS, MAX_TRAFFIC_SLOTS, NO_SLOT,
+    PROG_EGRESS, PROG_INGRESS, SENDER_SLOTS, SOURCE_LISTED,
 };
 
 use crate::daemon::reconcile::{Entry, Key, Maps, SlotKind, Written};
@@ -55,6 +53,7 @@ pub struct Datapath {
     vlan_ports: HashMap<MapData, VlanPortKey, u32>,
     vlans: HashMap<MapData, u16, VlanFlags>,
     config: Array<MapData, DatapathConfig>,
+    ssm_ranges: Array<MapData, SsmRange>,
     counters: PerCpuArray<MapData, u64>,
     member_traffic: TrafficSlots,
     group_traffic: TrafficSlots,
@@ -76,6 +75,7 @@ impl Datapath {
         let (mode, why) = AttachMode::for_this_kernel()?;
         log::info!("{why}");
         pins::ensure_bpffs()?;
+        pins::secure_pin_dir(pin_dir, true)?;
         pins::drop_pins_of_another_layout(pin_dir, sizes)?;
         let resumed = pin_dir.join(MAP_MEMBERS).exists();
         let attachments = Attachments::new(mode, pin_dir.to_owned(), bridge_ifindex)?;
@@ -88,8 +88,7 @@ impl Datapath {
     }
 
     fn load_pinned(pin_dir: &Path, attachments: Attachments, sizes: MapSizes) -> Result<Self> {
-        let links = pin_dir.join("links");
-        fs::create_dir_all(&links).map_err(|source| Error::Pins { what: "creating", path: links, source })?;
+        pins::secure_pin_dir(&pin_dir.join("links"), true)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(MAP_MEMBERS, sizes.memberships)
@@ -122,6 +121,7 @@ impl Datapath {
             vlan_ports: take_map(&mut ebpf, MAP_VLAN_PORTS)?,
             vlans: take_map(&mut ebpf, MAP_VLANS)?,
             config: take_map(&mut ebpf, MAP_CONFIG)?,
+            ssm_ranges: take_map(&mut ebpf, MAP_SSM_RANGES)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
             member_traffic: TrafficSlots::new(
                 MAP_MEMBER_TRAFFIC,
@@ -340,6 +340,10 @@ impl Maps for Datapath {
             Entry::VlanPort(key, value) => (MAP_VLAN_PORTS, self.vlan_ports.insert(key, value, 0)),
             Entry::Vlan(key, value) => (MAP_VLANS, self.vlans.insert(key, value, 0)),
             Entry::Config(value) => (MAP_CONFIG, self.config.set(0, value, 0)),
+            Entry::SsmRanges(ranges) => {
+                let written = ranges.iter().zip(0u32..).try_for_each(|(range, i)| self.ssm_ranges.set(i, range, 0));
+                (MAP_SSM_RANGES, written)
+            }
         };
         result.map_err(|e| Error::map("writing", map, e))
     }

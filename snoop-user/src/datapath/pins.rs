@@ -2,6 +2,7 @@
 //! restarted snoop adopts them without a gap in forwarding.
 use std::{
     fs, io,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -19,9 +20,36 @@ pub fn default_pin_dir(netns: &str, bridge: &str) -> PathBuf {
     Path::new(BPF_FS).join("snoop").join(netns).join(bridge)
 }
 
+/// Makes sure `pin_dir` is root's alone: each component of its path that
+/// exists is a directory owned by root and no symbolic link (whoever could
+/// put one there could hand snoop maps of their own, or have a cleanup
+/// remove something else). With `create`, missing ones are made, mode 0700.
+pub(super) fn secure_pin_dir(pin_dir: &Path, create: bool) -> Result<()> {
+    let mut path = PathBuf::new();
+    for component in pin_dir.components() {
+        path.push(component);
+        let unsafe_dir = |why: String| Error::UnsafePinDir { path: path.clone(), why };
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => return Err(unsafe_dir("is a symbolic link".into())),
+            Ok(meta) if !meta.is_dir() => return Err(unsafe_dir("is not a directory".into())),
+            Ok(meta) if meta.uid() != 0 => return Err(unsafe_dir(format!("is owned by uid {}, not root", meta.uid()))),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&path)
+                .map_err(|source| Error::Pins { what: "creating", path: path.clone(), source })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(Error::Pins { what: "reading", path, source }),
+        }
+    }
+    Ok(())
+}
+
 /// Removes a pin directory (maps and link pins, which detaches the programs),
-/// and its parents up to /sys/fs/bpf if that leaves them empty.
+/// and its parents up to /sys/fs/bpf if that leaves them empty. Never
+/// through a symbolic link, nor a directory root does not own.
 pub fn remove_pin_dir(pin_dir: &Path) -> Result<()> {
+    secure_pin_dir(pin_dir, false)?;
     match fs::remove_dir_all(pin_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -61,7 +89,9 @@ pub(super) fn drop_pins_of_another_layout(pin_dir: &Path, sizes: MapSizes) -> Re
         let info = MapInfo::from_pin(&path).map_err(|e| Error::map("reading", spec.name, e))?;
         let pinned = [info.key_size(), info.value_size(), info.max_entries()];
         let ours = [spec.key_size, spec.value_size, spec.max_entries];
-        if pinned == ours {
+        // (Of another kind with the same sizes: no map snoop pinned.)
+        let same_kind = info.map_type().is_ok_and(|kind| kind as u32 == spec.kind as u32);
+        if pinned == ours && same_kind {
             continue;
         }
         if spec.name == MAP_MEMBERS || spec.name == MAP_GROUPS {
@@ -73,7 +103,8 @@ pub(super) fn drop_pins_of_another_layout(pin_dir: &Path, sizes: MapSizes) -> Re
     Ok(())
 }
 
-/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as systemd does).
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there, root's alone
+/// (mode 0700, as systemd mounts it).
 pub(super) fn ensure_bpffs() -> Result<()> {
     let path = std::ffi::CString::new(BPF_FS).expect("no NUL");
     // SAFETY: an all-zero statfs is valid as an out-parameter.
@@ -85,8 +116,9 @@ pub(super) fn ensure_bpffs() -> Result<()> {
     }
     fs::create_dir_all(BPF_FS).map_err(Error::Bpffs)?;
     let fstype = std::ffi::CString::new("bpf").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let options = std::ffi::CString::new("mode=0700").expect("no NUL");
+    // SAFETY: valid C strings; the data argument is a C string of options.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, options.as_ptr().cast()) };
     if rc != 0 {
         return Err(Error::Bpffs(io::Error::last_os_error()));
     }

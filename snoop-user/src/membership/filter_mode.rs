@@ -231,7 +231,7 @@ impl<A: Family> Snooper<A> {
         }
         let HeardRecord { kind, sources, version, reporter } = heard;
         let excludes = matches!(kind, ModeIsExclude | ChangeToExclude);
-        if excludes && group.addr.is_ssm() {
+        if excludes && self.is_ssm(group) {
             self.ignored.ssm_any_source_joins += 1;
             return;
         }
@@ -349,7 +349,11 @@ impl<A: Family> Snooper<A> {
         // group(-and-source)-specific queries, at its own pace (RFC 3376
         // 6.6.1): the record alone lowers nothing, as the Linux bridge
         // waits for those queries. Fast leave acts at once all the same.
-        if self.querier.other.is_some() && !fast_leave {
+        let asks = query_group || !query_sources.is_empty();
+        if !fast_leave
+            && asks
+            && (self.querier.other.is_some() || self.querier.is_querier() && !self.may_query(group, now))
+        {
             query_group = false;
             query_sources.clear();
         }
@@ -376,16 +380,8 @@ impl<A: Family> Snooper<A> {
         if !query_sources.is_empty() && (!fast_leave || emptied) {
             member.leaving = true;
         }
-        let answered: Vec<A> =
-            if matches!(kind, BlockOldSources) { Vec::new() } else { sources.iter().copied().collect() };
-        if let Some(pending) = self.pending_queries.get_mut(&group) {
-            for source in &answered {
-                pending.sources.remove(source);
-            }
-            if !query_group && excludes {
-                pending.group = 0;
-            }
-        }
+        // An answer ends no round: its retransmissions go on, saying
+        // (with the S flag) which timers were raised (RFC 3376 6.6.3).
         self.settle(group, port, !is_member, now, actions);
         if !fast_leave && self.querier.is_querier() && (query_group || !query_sources.is_empty()) {
             self.query_now(group, query_group, query_sources, now, actions);
@@ -467,10 +463,6 @@ impl<A: Family> Snooper<A> {
             member.persisted = Persisted { expires, version, leaving };
             actions.push(Action::RefreshMember { group, port, version, expires, leaving });
         }
-        // Nobody on this group is leaving any more: stop its last-member queries.
-        if !self.pending_queries.is_empty() && self.groups[&group].values().all(|m| !m.leaving) {
-            self.pending_queries.remove(&group);
-        }
     }
 
     pub(super) fn remove_member(
@@ -498,7 +490,9 @@ impl<A: Family> Snooper<A> {
         }
         if ports.is_empty() {
             self.groups.remove(&group);
-            self.pending_queries.remove(&group);
+            if let Some(pending) = self.pending_queries.get_mut(&group) {
+                pending.stop();
+            }
         }
         true
     }
@@ -670,6 +664,22 @@ mod tests {
     }
 
     #[test]
+    fn v1_host_present_ignores_to_in() {
+        let mut s = snooper(true);
+        s.poll(secs(0));
+        s.handle(1, 0, &pkt(H1, Message::Report { version: 1, group: G1 }), secs(0));
+        // An IGMPv3 host behind the same port changes to INCLUDE {S1}: with
+        // a v1 host there, as good as ignored (RFC 3376 7.3.2): no query,
+        // no lowered timer, every source still forwarded.
+        let actions = s.handle(1, 0, &records(RecordType::ChangeToInclude, G1, &[S1]), secs(1));
+        assert!(!actions.iter().any(|a| matches!(a, Action::SendQuery { .. })), "{actions:?}");
+        let later = s.poll(secs(10));
+        assert!(!later.iter().any(|a| matches!(a, Action::SendQuery { group: Some(_), .. })), "{later:?}");
+        assert!(!later.iter().any(|a| matches!(a, Action::RemoveMember { .. })), "{later:?}");
+        assert_eq!(filter_of(&s, G1, 1, secs(10)), Some(SourceFilter::any()));
+    }
+
+    #[test]
     fn v1_host_present_ignores_leaves() {
         let mut s = snooper(false);
         s.handle(1, 0, &pkt(H1, Message::Report { version: 1, group: G1 }), secs(0));
@@ -695,7 +705,10 @@ mod tests {
         assert!(actions.iter().any(|a| matches!(a, Action::AddMember { port: 1, version: 1, .. })));
         let actions = s.handle(1, 0, &from(HOST, Message::Leave { group: GROUP }), secs(2));
         assert!(actions.iter().any(|a| matches!(a, Action::RefreshMember { leaving: true, .. })));
-        assert!(actions.contains(&Action::SendQuery { group: Some(GROUP), sources: vec![] }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::SendQuery { group: Some(GROUP), sources: vec![], suppress: false }),
+            "{actions:?}"
+        );
         let removed = s.poll(secs(4));
         assert!(removed.iter().any(|a| matches!(a, Action::RemoveMember { reason: RemoveReason::Left, .. })));
     }
@@ -778,7 +791,7 @@ mod tests {
     /// A record of `kind` for `group` from host `n`.
     fn from_host<A: Sample>(n: u8, kind: RecordType, group: A, sources: &[A]) -> Packet<A> {
         let record = crate::proto::GroupRecord { record_type: kind, group, sources: sources.to_vec() };
-        packet(A::host(n), Message::RecordReport { records: vec![record] })
+        packet(A::host(n), Message::RecordReport { records: vec![record], unknown_types: 0 })
     }
 
     fn fast_leave_prunes_a_port_only_when_its_last_host_leaves<A: Sample>() {

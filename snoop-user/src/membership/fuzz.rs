@@ -27,7 +27,7 @@ fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (1u8..=2, group.clone()).prop_map(|(version, group)| Message::Report { version, group }),
         group.clone().prop_map(|group| Message::Leave { group }),
-        proptest::collection::vec(record, 0..4).prop_map(|records| Message::RecordReport { records }),
+        proptest::collection::vec(record, 0..4).prop_map(|records| Message::RecordReport { records, unknown_types: 0 }),
         (prop_oneof![Just(Ipv4Addr::UNSPECIFIED), group], 0u64..3).prop_map(|(group, s)| Message::Query {
             sources: vec![],
             suppress: false,

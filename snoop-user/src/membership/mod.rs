@@ -38,11 +38,11 @@ use std::{
     time::Duration,
 };
 
-use snoop_common::{GroupKey, VLAN_NONE};
+use snoop_common::{GroupKey, SsmRange, VLAN_NONE};
 
 use filter_mode::HeardRecord;
 pub use filter_mode::{FilterMode, Member, SourceFilter, DEFAULT_MAX_SOURCES};
-use last_member::PendingQueries;
+use last_member::{PendingQueries, RoundBudget};
 pub use ports::{PortOptions, PortState, Refusal};
 use querier::HeardQuery;
 pub use querier::QuerierState;
@@ -103,11 +103,17 @@ pub struct IgnoredCounts {
     pub ssm_any_source_joins: u64,
     /// Joins of groups a port's filter does not allow.
     pub filter_refusals: u64,
+    /// Leaves that lowered no timer: the budget of last-member query
+    /// rounds per interval was spent.
+    pub query_rounds_over_budget: u64,
+    /// Group records of a type this snoop does not know, skipped (the
+    /// rest of their reports read).
+    pub unknown_record_types: u64,
 }
 
 impl IgnoredCounts {
     /// The counts by their names in `snoop show stats` (a stable interface).
-    pub fn named(&self) -> [(&'static str, u64); 7] {
+    pub fn named(&self) -> [(&'static str, u64); 9] {
         [
             ("ignored_not_snoopable_groups", self.not_snoopable_groups),
             ("ignored_untrusted_router_messages", self.untrusted_router_messages),
@@ -116,6 +122,9 @@ impl IgnoredCounts {
             ("ignored_source_limit", self.source_limit_refusals),
             ("ignored_ssm_any_source_joins", self.ssm_any_source_joins),
             ("ignored_group_filter", self.filter_refusals),
+            ("ignored_query_rounds_over_budget", self.query_rounds_over_budget),
+            // (The name of the days when such a report was dropped whole.)
+            ("dropped_unknown_record_type", self.unknown_record_types),
         ]
     }
 }
@@ -140,8 +149,8 @@ pub enum Action<A> {
     UnregisterGroup { group: Group<A> },
     /// Send a query (in the VLAN of the state machine that asks): general
     /// when `group` is `None`, group-and-source specific when `sources` is
-    /// not empty.
-    SendQuery { group: Option<A>, sources: Vec<A> },
+    /// not empty; `suppress`: with the S flag (routers keep their timers).
+    SendQuery { group: Option<A>, sources: Vec<A>, suppress: bool },
     /// A port became, or stopped being, a router port.
     SetRouterPort { port: u32, is_router: bool },
     /// Who the querier is changed; `None` when snoop itself queries.
@@ -187,6 +196,7 @@ pub struct Snooper<A> {
     groups: HashMap<Group<A>, BTreeMap<u32, Member<A>>>,
     querier: QuerierState<A>,
     pending_queries: BTreeMap<Group<A>, PendingQueries<A>>,
+    round_budget: RoundBudget,
     /// Every member's next timer event, ordered, so timers cost O(log n)
     /// with 100k members.
     expiries: BTreeSet<(Duration, Group<A>, u32)>,
@@ -196,6 +206,8 @@ pub struct Snooper<A> {
     untrusted_routers: BTreeMap<u32, UntrustedRouter<A>>,
     /// Link-scope groups are snooped too (IPv6, `--snoop-ipv6-link-scope`).
     link_scope: bool,
+    /// Source-specific multicast ranges (`--ssm-range`).
+    ssm_ranges: Vec<SsmRange>,
 }
 
 impl<A: Family> Snooper<A> {
@@ -220,17 +232,30 @@ impl<A: Family> Snooper<A> {
             groups: HashMap::new(),
             querier,
             pending_queries: BTreeMap::new(),
+            round_budget: RoundBudget::default(),
             expiries: BTreeSet::new(),
             max_sources: DEFAULT_MAX_SOURCES,
             ignored: IgnoredCounts::default(),
             untrusted_routers: BTreeMap::new(),
             link_scope: false,
+            ssm_ranges: crate::settings::DEFAULT_SSM_RANGES.to_vec(),
         }
     }
 
     /// Most sources a port keeps per group (0: no limit).
     pub fn set_max_sources(&mut self, max: usize) {
         self.max_sources = max;
+    }
+
+    /// The source-specific multicast ranges (of this family; others are ignored).
+    pub fn set_ssm_ranges(&mut self, ranges: &[SsmRange]) {
+        self.ssm_ranges = ranges.to_vec();
+    }
+
+    /// A group of a source-specific multicast range: only source lists join it.
+    fn is_ssm(&self, group: Group<A>) -> bool {
+        let key = group.key();
+        self.ssm_ranges.iter().any(|range| range.contains(&key))
     }
 
     /// Snoop link-scope groups too (see [`Family::is_snoopable`]).
@@ -310,7 +335,8 @@ impl<A: Family> Snooper<A> {
                 let heard = HeardRecord { kind: RecordType::ChangeToInclude, sources: &[], version, reporter };
                 self.record(group(*addr), port, heard, now, &mut actions)
             }
-            Message::RecordReport { records } => {
+            Message::RecordReport { records, unknown_types } => {
+                self.ignored.unknown_record_types += u64::from(*unknown_types);
                 for record in records {
                     let heard = HeardRecord {
                         kind: record.record_type,

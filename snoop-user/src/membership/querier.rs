@@ -222,7 +222,7 @@ impl<A: Family> Snooper<A> {
         }
 
         if self.querier.is_querier() && self.querier.next_general_query.is_some_and(|at| at <= now) {
-            actions.push(Action::SendQuery { group: None, sources: Vec::new() });
+            actions.push(Action::SendQuery { group: None, sources: Vec::new(), suppress: false });
             self.querier.present_from.get_or_insert(now + self.timers.query_response_interval);
             let interval = if self.querier.startup_queries_left > 1 {
                 self.querier.startup_queries_left -= 1;
@@ -264,10 +264,13 @@ mod tests {
     fn querier_startup_then_regular_interval() {
         let mut s = snooper(true);
         let t = Timers::default();
-        assert_eq!(s.poll(secs(0)), [Action::SendQuery { group: None, sources: vec![] }]);
+        assert_eq!(s.poll(secs(0)), [Action::SendQuery { group: None, sources: vec![], suppress: false }]);
         assert_eq!(s.poll(t.query_response_interval), [Action::QuerierPresence { present: true }]);
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval));
-        assert_eq!(s.poll(t.startup_query_interval), [Action::SendQuery { group: None, sources: vec![] }]);
+        assert_eq!(
+            s.poll(t.startup_query_interval),
+            [Action::SendQuery { group: None, sources: vec![], suppress: false }]
+        );
         assert_eq!(s.next_deadline(), Some(t.startup_query_interval + t.query_interval));
     }
 
@@ -286,7 +289,7 @@ mod tests {
         assert!(s.poll(secs(259)).iter().all(|a| !matches!(a, Action::SendQuery { .. })));
         let actions = s.poll(secs(260));
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }));
-        assert!(actions.contains(&Action::SendQuery { group: None, sources: vec![] }));
+        assert!(actions.contains(&Action::SendQuery { group: None, sources: vec![], suppress: false }));
         assert!(actions.contains(&Action::SetRouterPort { port: 2, is_router: false }));
     }
 
@@ -303,7 +306,7 @@ mod tests {
         // Readdressed below the elected querier: we take over at once.
         let actions = s.set_own_address(Ipv4Addr::new(10, 0, 0, 2), secs(3));
         assert_eq!(actions, [Action::QuerierChanged { other_querier: None }]);
-        assert_eq!(s.poll(secs(3)), [Action::SendQuery { group: None, sources: vec![] }]);
+        assert_eq!(s.poll(secs(3)), [Action::SendQuery { group: None, sources: vec![], suppress: false }]);
         // Without an address we never win.
         s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::UNSPECIFIED), secs(4));
         assert!(s.set_own_address(Ipv4Addr::UNSPECIFIED, secs(5)).is_empty());
@@ -506,14 +509,14 @@ mod tests {
         assert!(s.poll(secs(0)).is_empty());
         assert!(s.poll(secs(30)).is_empty(), "no query and no presence: nothing of IPv6 is pruned");
         s.set_own_address(OWN, secs(31));
-        assert!(s.poll(secs(31)).contains(&Action::SendQuery { group: None, sources: vec![] }));
+        assert!(s.poll(secs(31)).contains(&Action::SendQuery { group: None, sources: vec![], suppress: false }));
     }
 
     both_families!(a_lower_querier_wins_and_snoop_takes_over_when_it_falls_silent);
 
     fn a_lower_querier_wins_and_snoop_takes_over_when_it_falls_silent<A: Sample>() {
         let mut s = machine::<A>(true);
-        assert!(s.poll(secs(0)).contains(&Action::SendQuery { group: None, sources: vec![] }));
+        assert!(s.poll(secs(0)).contains(&Action::SendQuery { group: None, sources: vec![], suppress: false }));
         // A higher address loses.
         s.handle(2, 0, &query_of(A::router(9), A::UNSPECIFIED), secs(1));
         assert!(s.querier().is_querier());
@@ -523,7 +526,7 @@ mod tests {
         // Silent for the other-querier-present interval (255 s): snoop queries again.
         let actions = s.poll(secs(2 + 255));
         assert!(actions.contains(&Action::QuerierChanged { other_querier: None }), "{actions:?}");
-        assert!(actions.contains(&Action::SendQuery { group: None, sources: vec![] }), "{actions:?}");
+        assert!(actions.contains(&Action::SendQuery { group: None, sources: vec![], suppress: false }), "{actions:?}");
     }
 
     both_families!(a_querier_from_the_unspecified_address_is_present_but_no_router);

@@ -107,7 +107,10 @@ mod tests {
         s.restore_member(g(G2), 2, 3, false, SourceFilter::any(), secs(100));
         // Queried for at once, and gone after 2 x 1 s unless a host answers.
         let actions = s.poll(secs(100));
-        assert!(actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![] }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![], suppress: false }),
+            "{actions:?}"
+        );
         assert!(s.groups()[&g(G1)][&1].leaving);
         let actions = s.poll(secs(102));
         assert!(actions.contains(&Action::RemoveMember { group: g(G1), port: 1, reason: RemoveReason::Left }));

@@ -32,7 +32,7 @@ impl<A: Family> Snooper<A> {
         if !group.addr.is_snoopable(self.link_scope) {
             return Err(StaticError::NotSnoopable);
         }
-        if group.addr.is_ssm() && sources.is_empty() {
+        if self.is_ssm(group) && sources.is_empty() {
             return Err(StaticError::SsmWithoutSources);
         }
         let state = self.ports.get_mut(&port).ok_or(StaticError::UnknownPort)?;
@@ -140,7 +140,10 @@ mod tests {
         assert_eq!(s.port_group_count(1), 1, "one membership, not two");
         assert_eq!(s.remove_static(g(G2), 1, secs(3)), Err(StaticError::NotStatic));
         let actions = s.remove_static(g(G1), 1, secs(3)).unwrap();
-        assert!(actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![source] }), "{actions:?}");
+        assert!(
+            actions.contains(&Action::SendQuery { group: Some(G1), sources: vec![source], suppress: false }),
+            "{actions:?}"
+        );
         // A host answering keeps it.
         s.handle(1, 0, &record(RecordType::ModeIsInclude, G1, 8), secs(3));
         assert!(s.poll(secs(10)).iter().all(|a| !matches!(a, Action::RemoveMember { .. })));

@@ -31,7 +31,13 @@ pub(super) fn v2_report(group: Ipv4Addr) -> Packet<Ipv4Addr> {
 
 pub(super) fn record(record_type: RecordType, group: Ipv4Addr, source_count: u8) -> Packet<Ipv4Addr> {
     let sources = (0..source_count).map(|i| Ipv4Addr::new(10, 1, 0, i)).collect();
-    pkt(H1, Message::RecordReport { records: vec![crate::proto::GroupRecord { record_type, group, sources }] })
+    pkt(
+        H1,
+        Message::RecordReport {
+            records: vec![crate::proto::GroupRecord { record_type, group, sources }],
+            unknown_types: 0,
+        },
+    )
 }
 
 pub(super) fn query(source: Ipv4Addr, group: Ipv4Addr) -> Packet<Ipv4Addr> {
@@ -66,7 +72,7 @@ pub(super) const S3: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 
 pub(super) fn records(record_type: RecordType, group: Ipv4Addr, sources: &[Ipv4Addr]) -> Packet<Ipv4Addr> {
     let record = crate::proto::GroupRecord { record_type, group, sources: sources.to_vec() };
-    pkt(H1, Message::RecordReport { records: vec![record] })
+    pkt(H1, Message::RecordReport { records: vec![record], unknown_types: 0 })
 }
 
 pub(super) fn source_query(
@@ -148,6 +154,8 @@ pub(super) trait Sample: Family {
     const OLDER: u8;
     /// A snoopable group.
     fn group(n: u8) -> Self;
+    /// One of many groups.
+    fn nth_group(n: u32) -> Self;
     /// A source, or a host's address.
     fn host(n: u8) -> Self;
     /// snoop's own query source; `router(n)` is below it for n < 5, above for n > 5.
@@ -162,6 +170,10 @@ impl Sample for Ipv4Addr {
     fn group(n: u8) -> Self {
         Ipv4Addr::new(239, 1, 1, n)
     }
+    fn nth_group(n: u32) -> Self {
+        let [_, b, c, d] = n.to_be_bytes();
+        Ipv4Addr::new(239, b, c, d)
+    }
     fn host(n: u8) -> Self {
         Ipv4Addr::new(10, 1, 0, n)
     }
@@ -174,6 +186,9 @@ impl Sample for Ipv6Addr {
     const OLDER: u8 = 1;
     fn group(n: u8) -> Self {
         Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0x1234, n.into())
+    }
+    fn nth_group(n: u32) -> Self {
+        Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0x1235, (n >> 16) as u16, n as u16)
     }
     fn host(n: u8) -> Self {
         Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x10, n.into())
@@ -205,7 +220,7 @@ pub(super) fn packet<A: Sample>(source: A, message: Message<A>) -> Packet<A> {
 /// One group record from host 1.
 pub(super) fn record_of<A: Sample>(record_type: RecordType, group: A, sources: &[A]) -> Packet<A> {
     let record = crate::proto::GroupRecord { record_type, group, sources: sources.to_vec() };
-    packet(A::host(1), Message::RecordReport { records: vec![record] })
+    packet(A::host(1), Message::RecordReport { records: vec![record], unknown_types: 0 })
 }
 
 /// A general query (group unspecified) or a group-specific one from `source`.

@@ -25,7 +25,7 @@ pub const ALL_SYSTEMS: Ipv4Addr =
     Ipv4Addr::new(IPV4_ALL_SYSTEMS[0], IPV4_ALL_SYSTEMS[1], IPV4_ALL_SYSTEMS[2], IPV4_ALL_SYSTEMS[3]);
 /// Sources of one query in a 1500-byte frame: 1500 - IP header with
 /// Router Alert (24) - query header (12), over 4.
-const MAX_QUERY_SOURCES: usize = 366;
+pub const MAX_QUERY_SOURCES: usize = 366;
 /// IPv4 Router Alert option (RFC 2113), carried by queries snoop sends.
 const ROUTER_ALERT: [u8; 4] = [0x94, 0x04, 0x00, 0x00];
 
@@ -119,7 +119,7 @@ fn parse_query(msg: &[u8], group: Ipv4Addr) -> Result<Message, ParseError> {
 
 fn parse_v3_report(msg: &[u8]) -> Result<Message, ParseError> {
     let record_count = u16::from_be_bytes([msg[6], msg[7]]);
-    Ok(Message::RecordReport { records: parse_group_records(msg, 8, record_count)? })
+    parse_group_records(msg, 8, record_count)
 }
 
 fn parse_pim(msg: &[u8]) -> Result<Message, ParseError> {
@@ -153,6 +153,7 @@ pub fn build_query_frame(
     sources: &[Ipv4Addr],
     version: u8,
     timers: &QueryTimers,
+    suppress: bool,
 ) -> Vec<u8> {
     let QueryTimers { max_response, robustness, query_interval } = *timers;
     let group_addr = group.unwrap_or(Ipv4Addr::UNSPECIFIED);
@@ -170,7 +171,7 @@ pub fn build_query_frame(
     };
     igmp[4..8].copy_from_slice(&group_addr.octets());
     if version >= 3 {
-        igmp[8] = robustness.min(7);
+        igmp[8] = robustness.min(7) | if suppress { S_FLAG } else { 0 };
         igmp[9] = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
         igmp[10..12].copy_from_slice(&(sources.len() as u16).to_be_bytes());
         for (i, source) in sources.iter().enumerate() {
@@ -271,7 +272,7 @@ pub(crate) mod tests {
     #[test]
     fn v3_report_all_record_types() {
         let records: Vec<_> = (1..=6).map(|t| (t, [239, 1, 1, t], u16::from(t % 2))).collect();
-        let Message::RecordReport { records: parsed } = parse(&v3_report(&records)).unwrap().message else {
+        let Message::RecordReport { records: parsed, .. } = parse(&v3_report(&records)).unwrap().message else {
             panic!("not a v3 report")
         };
         let kinds: Vec<_> = parsed.iter().map(|r| r.record_type).collect();
@@ -356,6 +357,7 @@ pub(crate) mod tests {
                     &[],
                     version,
                     &timers,
+                    false,
                 );
                 let parsed = parse(&frame[14..]).unwrap();
                 let max_response = if version == 1 { Duration::from_secs(10) } else { timers.max_response };
@@ -385,6 +387,7 @@ pub(crate) mod tests {
             &[],
             2,
             &long,
+            false,
         );
         assert!(
             matches!(parse(&frame[14..]).unwrap().message, Message::Query { version: 2, max_response, .. } if max_response == Duration::from_millis(25_500))
@@ -433,10 +436,14 @@ pub(crate) mod tests {
         );
         assert_eq!(parse(&ttl64), Err(ParseError::BadTtl));
         assert_eq!(parse(&igmp(vec![0x99, 0, 0, 0, 0, 0, 0, 0])), Err(ParseError::UnknownType));
-        assert_eq!(
-            parse(&igmp(vec![0x22, 0, 0, 0, 0, 0, 0, 1, 9, 0, 0, 0, 239, 1, 1, 1])),
-            Err(ParseError::UnknownRecordType)
-        );
+        // A record of an unknown type is skipped (RFC 3376 4.2.12), the
+        // others read: here a type 9, then IS_EX 239.2.2.2.
+        let report = vec![0x22, 0, 0, 0, 0, 0, 0, 2, 9, 0, 0, 1, 239, 1, 1, 1, 10, 0, 0, 9, 2, 0, 0, 0, 239, 2, 2, 2];
+        let Message::RecordReport { records, unknown_types } = parse(&igmp(report)).unwrap().message else {
+            panic!("not a record report")
+        };
+        assert_eq!(unknown_types, 1);
+        assert_eq!(records.iter().map(|r| r.group).collect::<Vec<_>>(), [Ipv4Addr::new(239, 2, 2, 2)]);
         assert_eq!(parse(&[0x45; 10]), Err(ParseError::BadIpHeader));
     }
 
@@ -482,7 +489,7 @@ mod fuzz {
                 packet[at % len] ^= value;
             }
             packet.truncate(cut % (packet.len() + 1));
-            if let Ok(Packet { message: Message::RecordReport { records }, .. }) = parse(&packet) {
+            if let Ok(Packet { message: Message::RecordReport { records, .. }, .. }) = parse(&packet) {
                 // Every accepted record fit inside the packet.
                 let bytes: usize = records.iter().map(|r| 8 + 4 * r.sources.len()).sum();
                 prop_assert!(bytes + 8 <= packet.len());

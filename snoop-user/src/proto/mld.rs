@@ -24,7 +24,7 @@ pub type Message = super::Message<Ipv6Addr>;
 
 /// Sources of one query in a 1500-byte frame: 1500 - IPv6 header (40) -
 /// hop-by-hop (8) - query header (28), over 16.
-const MAX_QUERY_SOURCES: usize = 89;
+pub const MAX_QUERY_SOURCES: usize = 89;
 /// The hop-by-hop header of snoop's queries: Router Alert (MLD) and a PadN.
 const HOP_BY_HOP_ROUTER_ALERT: [u8; 6] = [IPV6_OPTION_ROUTER_ALERT, 2, 0, 0, 1, 0];
 
@@ -161,7 +161,7 @@ fn parse_mld(msg: &[u8]) -> Result<Message, ParseError> {
                 return Err(ParseError::ShortMessage);
             }
             let count = u16::from_be_bytes([msg[6], msg[7]]);
-            Ok(Message::RecordReport { records: parse_group_records(msg, 8, count)? })
+            parse_group_records(msg, 8, count)
         }
         _ => Err(ParseError::UnknownType),
     }
@@ -234,6 +234,7 @@ pub fn build_query_frame(
     sources: &[Ipv6Addr],
     version: u8,
     timers: &QueryTimers,
+    suppress: bool,
 ) -> Vec<u8> {
     let QueryTimers { max_response, robustness, query_interval } = *timers;
     let destination = group.unwrap_or(Ipv6Addr::from(IPV6_ALL_NODES));
@@ -245,7 +246,7 @@ pub fn build_query_frame(
     mld[4..6].copy_from_slice(&code.to_be_bytes());
     mld[8..24].copy_from_slice(&group.unwrap_or(Ipv6Addr::UNSPECIFIED).octets());
     if version >= 2 {
-        mld[24] = robustness.min(7);
+        mld[24] = robustness.min(7) | if suppress { S_FLAG } else { 0 };
         mld[25] = encode_v3_code(u32::try_from(query_interval.as_secs()).unwrap_or(u32::MAX));
         mld[26..28].copy_from_slice(&(sources.len() as u16).to_be_bytes());
         for (i, source) in sources.iter().enumerate() {
@@ -335,7 +336,7 @@ pub(crate) mod tests {
     #[test]
     fn v2_report_with_records_and_sources() {
         let packet = parse(&v2_report(&[(4, GROUP, 0), (1, GROUP, 2)])).unwrap();
-        let Message::RecordReport { records } = packet.message else { panic!("not a record report") };
+        let Message::RecordReport { records, .. } = packet.message else { panic!("not a record report") };
         assert_eq!(records.len(), 2);
         assert_eq!(records[0], GroupRecord { record_type: RecordType::ChangeToExclude, group: GROUP, sources: vec![] });
         assert_eq!(records[1].sources.len(), 2);
@@ -346,8 +347,14 @@ pub(crate) mod tests {
         let mut msg = vec![MLD_V1_REPORT, 0, 0, 0, 0, 0, 0, 0];
         msg.extend_from_slice(&GROUP.octets());
         assert!(parse(&mld_packet(Ipv6Addr::UNSPECIFIED, GROUP, msg)).is_ok());
-        let query =
-            build_query_frame(QuerySource { mac: [2; 6], address: Ipv6Addr::UNSPECIFIED }, None, &[], 2, &timers());
+        let query = build_query_frame(
+            QuerySource { mac: [2; 6], address: Ipv6Addr::UNSPECIFIED },
+            None,
+            &[],
+            2,
+            &timers(),
+            false,
+        );
         assert_eq!(parse(&query[14..]), Err(ParseError::BadSource));
         let global = build_query_frame(
             QuerySource { mac: [2; 6], address: "2001:db8::1".parse().unwrap() },
@@ -355,6 +362,7 @@ pub(crate) mod tests {
             &[],
             2,
             &timers(),
+            false,
         );
         assert_eq!(parse(&global[14..]), Err(ParseError::BadSource));
     }
@@ -366,7 +374,8 @@ pub(crate) mod tests {
     #[test]
     fn built_queries_parse_back() {
         for (version, group) in [(2, None), (2, Some(GROUP)), (1, None), (1, Some(GROUP))] {
-            let frame = build_query_frame(QuerySource { mac: [2; 6], address: HOST }, group, &[], version, &timers());
+            let frame =
+                build_query_frame(QuerySource { mac: [2; 6], address: HOST }, group, &[], version, &timers(), false);
             assert_eq!(&frame[..2], &[0x33, 0x33]);
             let packet = parse(&frame[14..]).unwrap();
             let Message::Query { version: v, group: g, max_response, announced, .. } = packet.message else {
@@ -478,7 +487,7 @@ pub(crate) mod tests {
                 packet[at] = value;
             }
             // A mutation that keeps the checksum valid must still parse whole or fail whole.
-            if let Ok(Packet { message: Message::RecordReport { records }, .. }) = parse(&packet) {
+            if let Ok(Packet { message: Message::RecordReport { records, .. }, .. }) = parse(&packet) {
                 prop_assert!(records.len() <= 6);
             }
         }

@@ -19,7 +19,7 @@ use std::{
 };
 
 use snoop_common::{
-    wire::{is_ipv4_ssm_group, is_ipv6_ssm_group, is_snooped_ipv4, is_snooped_ipv6},
+    wire::{is_snooped_ipv4, is_snooped_ipv6},
     FamilyFlags, GroupKey, SourceAddr, FAMILY_IPV4, FAMILY_IPV6, IPV4_FLAGS, IPV6_FLAGS,
 };
 
@@ -44,9 +44,6 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     /// Groups snoop tracks per port; other multicast groups are always
     /// flooded. `link_scope` (IPv6 only): snoop link-scope groups too.
     fn is_snoopable(self, link_scope: bool) -> bool;
-    /// A source-specific multicast group (232.0.0.0/8, ff3x::/32, RFC
-    /// 4607): only joins naming sources count.
-    fn is_ssm(self) -> bool;
     /// Whether queries can be sent from `source`: hosts ignore MLD queries
     /// not from a link-local address (RFC 3810 5.1.14); IGMP allows 0.0.0.0
     /// (RFC 4541 2.1.1).
@@ -64,14 +61,18 @@ pub trait Family: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static {
     fn from_ip(ip: IpAddr) -> Option<Self>;
     /// Parses a captured IP packet of this family.
     fn parse(ip_packet: &[u8]) -> Result<Packet<Self>, ParseError>;
+    /// Sources one query frame holds; more go in further queries (RFC 3376 4.1.8).
+    const MAX_QUERY_SOURCES: usize;
     /// A complete Ethernet frame holding a query of `version` from `source`:
-    /// general when `group` is `None`, group-and-source-specific with `sources`.
+    /// general when `group` is `None`, group-and-source-specific with
+    /// `sources` (at most [`Family::MAX_QUERY_SOURCES`]); `suppress`: the S flag.
     fn query_frame(
         source: QuerySource<Self>,
         group: Option<Self>,
         sources: &[Self],
         version: u8,
         timers: &QueryTimers,
+        suppress: bool,
     ) -> Vec<u8>;
     /// A router discovery solicitation from `source` (RFC 4286).
     fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8>;
@@ -117,10 +118,6 @@ impl Family for Ipv4Addr {
         is_snooped_ipv4(self.octets())
     }
 
-    fn is_ssm(self) -> bool {
-        is_ipv4_ssm_group(self.octets())
-    }
-
     fn can_query_from(_source: Self) -> bool {
         true
     }
@@ -160,14 +157,17 @@ impl Family for Ipv4Addr {
         igmp::parse(ip_packet)
     }
 
+    const MAX_QUERY_SOURCES: usize = igmp::MAX_QUERY_SOURCES;
+
     fn query_frame(
         source: QuerySource<Self>,
         group: Option<Self>,
         sources: &[Self],
         version: u8,
         timers: &QueryTimers,
+        suppress: bool,
     ) -> Vec<u8> {
-        igmp::build_query_frame(source, group, sources, version, timers)
+        igmp::build_query_frame(source, group, sources, version, timers, suppress)
     }
 
     fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8> {
@@ -196,10 +196,6 @@ impl Family for Ipv6Addr {
     /// by default (see the data path's `ipv6_flooded`).
     fn is_snoopable(self, link_scope: bool) -> bool {
         is_snooped_ipv6(&self.octets(), link_scope)
-    }
-
-    fn is_ssm(self) -> bool {
-        is_ipv6_ssm_group(&self.octets())
     }
 
     fn can_query_from(source: Self) -> bool {
@@ -242,14 +238,17 @@ impl Family for Ipv6Addr {
         mld::parse(ip_packet)
     }
 
+    const MAX_QUERY_SOURCES: usize = mld::MAX_QUERY_SOURCES;
+
     fn query_frame(
         source: QuerySource<Self>,
         group: Option<Self>,
         sources: &[Self],
         version: u8,
         timers: &QueryTimers,
+        suppress: bool,
     ) -> Vec<u8> {
-        mld::build_query_frame(source, group, sources, version, timers)
+        mld::build_query_frame(source, group, sources, version, timers, suppress)
     }
 
     fn mrd_solicitation_frame(source_mac: [u8; 6], source: Self) -> Vec<u8> {
@@ -263,18 +262,17 @@ pub fn key_ip(key: &GroupKey) -> Option<IpAddr> {
 }
 
 /// The group records of an IGMPv3 or MLDv2 report (the same layout but for
-/// the address length): `count` records from byte `at` of `msg`. Every
-/// record is checked to lie inside the message before any is returned.
-pub fn parse_group_records<A: Family>(
-    msg: &[u8],
-    mut at: usize,
-    count: u16,
-) -> Result<Vec<GroupRecord<A>>, ParseError> {
+/// the address length): `count` records from byte `at` of `msg`, as a
+/// record report. Every record is checked to lie inside the message before
+/// any is returned; one of an unknown type is skipped and counted (RFC 3376
+/// 4.2.12: ignored), the rest read as usual.
+pub fn parse_group_records<A: Family>(msg: &[u8], mut at: usize, count: u16) -> Result<Message<A>, ParseError> {
     let head_len = 4 + A::ADDR_LEN;
     let mut records = Vec::with_capacity(usize::from(count).min(msg.len() / head_len));
+    let mut unknown_types = 0u16;
     for _ in 0..count {
         let head = msg.get(at..at + head_len).ok_or(ParseError::RecordOverrun)?;
-        let record_type = RecordType::from_wire(head[0]).ok_or(ParseError::UnknownRecordType)?;
+        let record_type = RecordType::from_wire(head[0]);
         let aux_len = usize::from(head[1]) * 4;
         let source_count = usize::from(u16::from_be_bytes([head[2], head[3]]));
         let group = A::from_wire(&head[4..]);
@@ -283,10 +281,14 @@ pub fn parse_group_records<A: Family>(
         if at > msg.len() {
             return Err(ParseError::RecordOverrun);
         }
+        let Some(record_type) = record_type else {
+            unknown_types = unknown_types.saturating_add(1);
+            continue;
+        };
         let sources = (0..source_count).map(|i| A::from_wire(&msg[sources_at + A::ADDR_LEN * i..])).collect();
         records.push(GroupRecord { record_type, group, sources });
     }
-    Ok(records)
+    Ok(Message::RecordReport { records, unknown_types })
 }
 
 /// Group record types (RFC 3376 4.2.12, RFC 3810 5.2.12: the same six).
@@ -341,7 +343,8 @@ pub enum Message<A> {
     /// A leave (IGMPv2) or done (MLDv1).
     Leave { group: A },
     /// A report with group records (IGMPv3, MLDv2).
-    RecordReport { records: Vec<GroupRecord<A>> },
+    /// `unknown_types`: records of a type this snoop does not know, skipped.
+    RecordReport { records: Vec<GroupRecord<A>>, unknown_types: u16 },
     /// A PIM hello: a multicast router is behind the port.
     PimHello,
     /// Multicast router discovery (RFC 4286): a router is behind the port
@@ -388,8 +391,6 @@ pub enum ParseError {
     BadTtl,
     #[error("a group record (its sources or aux data) runs past the message")]
     RecordOverrun,
-    #[error("unknown group record type")]
-    UnknownRecordType,
     /// Flooded, not tracked (RFC 4541 2.1.1 (3)).
     #[error("a message type snoop does not interpret")]
     UnknownType,
@@ -407,7 +408,7 @@ pub enum ParseError {
 }
 
 impl ParseError {
-    pub const ALL: [ParseError; 13] = [
+    pub const ALL: [ParseError; 12] = [
         Self::BadIpHeader,
         Self::Truncated,
         Self::Fragment,
@@ -415,7 +416,6 @@ impl ParseError {
         Self::BadChecksum,
         Self::BadTtl,
         Self::RecordOverrun,
-        Self::UnknownRecordType,
         Self::UnknownType,
         Self::NotControl,
         Self::BadQueryLength,
@@ -433,7 +433,6 @@ impl ParseError {
             Self::BadChecksum => "bad_checksum",
             Self::BadTtl => "bad_ttl",
             Self::RecordOverrun => "record_overrun",
-            Self::UnknownRecordType => "unknown_record_type",
             Self::UnknownType => "unknown_type",
             Self::NotControl => "not_control",
             Self::BadQueryLength => "bad_query_length",
