@@ -392,6 +392,7 @@ fn real_main(cli: Cli) -> Result<()> {
             require_root()?;
             // Before the runtime starts: threads inherit the calling thread's nice value.
             set_nice(args.nice);
+            raise_open_file_limit();
             let config = run_config(args, cli.netns.as_deref()).unwrap_or_else(|error| usage_error(&error));
             let reload = reloader(std::env::args_os().collect(), cli.netns);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -414,6 +415,7 @@ fn real_main(cli: Cli) -> Result<()> {
                 bail!("--keep-state: snoop switch deletes its bridge on the way out, so there is no state to keep");
             }
             set_nice(args.nice);
+            raise_open_file_limit();
             let config = run_config(args, cli.netns.as_deref()).unwrap_or_else(|error| usage_error(&error));
             let reload = reloader(argv, cli.netns);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -622,6 +624,25 @@ fn logging_to_journald() -> bool {
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
     let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else { return false };
     stream.to_str() == Some(&format!("{}:{}", stderr.dev(), stderr.ino()))
+}
+
+/// Raises the soft limit on open files to the hard one: each port holds
+/// two link descriptors (TCX), and the usual soft limit (1024 under
+/// systemd) would leave ports past about 490 unattached.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a valid out-pointer and value.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            log::warn!("could not raise the open file limit: {}", std::io::Error::last_os_error());
+        } else {
+            log::debug!("open file limit raised from {} to {}", limit.rlim_cur, limit.rlim_max);
+        }
+    }
 }
 
 fn set_nice(nice: i32) {

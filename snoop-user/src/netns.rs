@@ -23,9 +23,9 @@ pub fn label(netns: Option<&str>) -> String {
         return name.to_owned();
     }
     let inode = |path: &str| fs::metadata(path).ok().map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    // (PID 1's namespace unreadable, as in a sandboxed unit: the host's.)
     match (inode("/proc/self/ns/net"), inode("/proc/1/ns/net")) {
-        (Some(own), Some(init)) if own == init => "host".into(),
-        (Some(own), _) => format!("netns-{own}"),
+        (Some(own), Some(init)) if own != init => format!("netns-{own}"),
         _ => "host".into(),
     }
 }

@@ -292,6 +292,9 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
             for (port, why) in &s.forwarding.bridge_path_ports {
                 rows.push(vec![format!("port {port}"), format!("bridge path: {why}")]);
             }
+            for (port, why) in &s.forwarding.unattached_ports {
+                rows.push(vec![format!("port {port}"), format!("not attached: {why}")]);
+            }
         }
         View::Stats => {
             rows.push(vec!["SOURCE".into(), "COUNTER".into(), "VALUE".into()]);

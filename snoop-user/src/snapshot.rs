@@ -153,6 +153,11 @@ pub struct ForwardingView {
     /// snoop's program on its ingress, ...).
     #[serde(default)]
     pub bridge_path_ports: BTreeMap<String, String>,
+    /// Ports snoop's programs could not be attached to (tried again every
+    /// port scan), and why: traffic through them is neither snooped nor
+    /// pruned.
+    #[serde(default)]
+    pub unattached_ports: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -309,6 +309,29 @@ impl Lab {
         Ok(netns)
     }
 
+    /// Adds `count` bridge ports with nothing behind them: veth pairs
+    /// q<i>/q<i>p inside the bridge's namespace, q<i> a port, both up.
+    /// Returns the ports' names.
+    pub fn add_bare_ports(&mut self, count: usize) -> Result<Vec<String>> {
+        let names: Vec<String> = (0..count).map(|i| format!("q{i}")).collect();
+        let mut batch = String::new();
+        for name in &names {
+            batch.push_str(&format!(
+                "link add {name} type veth peer name {name}p
+"
+            ));
+            batch.push_str(&format!(
+                "link set {name} master {} up
+link set {name}p up
+",
+                self.bridge
+            ));
+        }
+        let path = self.write_file("bare-ports.batch", &batch)?;
+        run("ip", &["-n", &self.bridge_netns, "-batch", &path.display().to_string()])?;
+        Ok(names)
+    }
+
     /// Writes a file for the lab's lifetime (a daemon's configuration).
     pub fn write_file(&mut self, name: &str, contents: &str) -> Result<PathBuf> {
         let path = std::env::temp_dir().join(format!("{}-{name}", self.id));
@@ -481,10 +504,37 @@ impl Lab {
         self.start_snoop_command(snoop, &[&["run", "--bridge", &bridge], args].concat())
     }
 
+    /// Starts `snoop run --bridge BRIDGE ARGS...` with a soft limit of
+    /// `open_files` open files (the hard limit as it is).
+    pub fn start_snoop_with_open_files(&mut self, snoop: &Path, args: &[&str], open_files: u64) -> Result<()> {
+        let bridge = self.bridge.clone();
+        let args = [&["run", "--bridge", &bridge], args].concat();
+        self.start_snoop_with(snoop, &args, Some(open_files))
+    }
+
     /// Starts `snoop --netns BRIDGE-NETNS ARGS...` (`switch ...`, say), which
     /// must snoop on the lab's bridge.
     pub fn start_snoop_command(&mut self, snoop: &Path, args: &[&str]) -> Result<()> {
+        self.start_snoop_with(snoop, args, None)
+    }
+
+    fn start_snoop_with(&mut self, snoop: &Path, args: &[&str], open_files: Option<u64>) -> Result<()> {
         let mut cmd = Command::new(snoop);
+        if let Some(soft) = open_files {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["--netns", &self.bridge_netns]).args(args);
         cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
         if std::env::var_os("SNOOP_LAB_VERBOSE").is_none() {

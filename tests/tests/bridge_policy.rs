@@ -210,15 +210,17 @@ fn a_rule_on_bridged_frames_is_honoured(
     Ok(())
 }
 
-const DROP_G_FORWARDED: &str = "{ type filter hook forward priority 0; ip daddr 239.1.1.1 drop; }";
+/// An nftables table of `family` whose forward chain drops G.
+fn dropping_forward(family: &str) -> String {
+    format!("table {family} snooptest {{\n chain forward {{\n  type filter hook forward priority 0; ip daddr 239.1.1.1 drop;\n }}\n}}\n")
+}
 
 #[test]
 fn an_inet_table_is_honoured_where_br_netfilter_calls_it() -> Result<()> {
     // Debian's `table inet filter`, firewalld: bridged IPv4 reaches it
     // through br_netfilter (bridge-nf-call-iptables, on by default).
     let setup = |lab: &Lab| sysctl(lab, "bridge-nf-call-iptables", "1");
-    let ruleset = format!("table inet snooptest {{ chain forward {DROP_G_FORWARDED} }}\n");
-    a_rule_on_bridged_frames_is_honoured("nftinet", setup, &ruleset, "inet snooptest")
+    a_rule_on_bridged_frames_is_honoured("nftinet", setup, &dropping_forward("inet"), "inet snooptest")
 }
 
 #[test]
@@ -228,14 +230,13 @@ fn the_bridges_own_nf_call_iptables_is_honoured() -> Result<()> {
         sysctl(lab, "bridge-nf-call-iptables", "0")?;
         lab.ip_br(&["link", "set", "br0", "type", "bridge", "nf_call_iptables", "1"]).map(drop)
     };
-    let ruleset = format!("table ip snooptest {{ chain forward {DROP_G_FORWARDED} }}\n");
-    a_rule_on_bridged_frames_is_honoured("nfcallbr", setup, &ruleset, "ip snooptest")
+    a_rule_on_bridged_frames_is_honoured("nfcallbr", setup, &dropping_forward("ip"), "ip snooptest")
 }
 
 #[test]
 fn a_netdev_ingress_chain_on_the_senders_port_is_honoured() -> Result<()> {
-    let ruleset = "table netdev snooptest { chain ingress { type filter hook ingress device p0 priority 0; \
-                   ip daddr 239.1.1.1 drop; } }\n";
+    let ruleset = "table netdev snooptest {\n chain ingress {\n  type filter hook ingress device p0 priority 0; \
+                   ip daddr 239.1.1.1 drop;\n }\n}\n";
     a_rule_on_bridged_frames_is_honoured("nftnetdev", |_| Ok(()), ruleset, "netdev snooptest")
 }
 
@@ -253,7 +254,7 @@ fn an_ip6_table_is_honoured_where_br_netfilter_calls_it() -> Result<()> {
     assert_eq!(snoop_tests::deliver_v6(&lab, "h0", g6, &["h1", "h2"], 50)?, [50, 0], "before the rule");
     nft(
         &lab,
-        "table ip6 snooptest { chain forward { type filter hook forward priority 0; ip6 daddr ff0e::4242 drop; } }\n",
+        "table ip6 snooptest {\n chain forward {\n  type filter hook forward priority 0; ip6 daddr ff0e::4242 drop;\n }\n}\n",
     )?;
     thread::sleep(Duration::from_millis(600));
     assert_eq!(snoop_tests::deliver_v6(&lab, "h0", g6, &["h1", "h2"], 50)?, [0, 0], "the rule was skipped");

@@ -448,6 +448,26 @@ fn a_pin_directory_reached_through_a_symlink_or_not_roots_is_refused() -> Result
 }
 
 #[test]
+fn three_hundred_ports_are_attached_under_a_low_open_file_limit() -> Result<()> {
+    // Each port holds two link descriptors (TCX): with the soft limit at
+    // 256, as a unit could leave it, ports past about a hundred would stay
+    // unattached unless snoop raises it to the hard limit.
+    let mut lab = Lab::new("manyports", 3, &LabOptions::default())?;
+    let bare = lab.add_bare_ports(300)?;
+    lab.start_snoop_with_open_files(&snoop_bin(), FAST, 256)?;
+    let _m1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let forwarding = lab.snoop_show(&snoop_bin(), "forwarding")?;
+    assert_eq!(forwarding["unattached_ports"], serde_json::json!({}), "{forwarding}");
+    assert_eq!(stat(&lab, "controller", "attach_failures")?, 0);
+    for port in [&bare[0], &bare[150], &bare[299]] {
+        assert_eq!(attached_programs(&lab, port)?, 2, "{port} has snoop's programs");
+    }
+    assert_eq!(received(&lab, &["h1", "h2"], 50)?, [50, 0]);
+    Ok(())
+}
+
+#[test]
 fn pins_of_another_map_layout_are_made_anew_or_refused_clearly() -> Result<()> {
     let mut lab = Lab::new("layout", 3, &LabOptions::default())?;
     let pins = lab.pin_dir();

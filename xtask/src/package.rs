@@ -25,12 +25,59 @@ IGMP/MLD snooping for Linux bridges, on eBPF
  which the data path forwards. Static groups, per-port group filters and
  limits, live views (snoop show, snoop watch) and Prometheus metrics.";
 
-/// Maintainer scripts: systemd learns of the unit, and instances stop before
-/// the binary goes.
-const POSTINST: &str = "#!/bin/sh\nset -e\nif [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi\n";
-const PRERM: &str = "#!/bin/sh\nset -e\nif [ \"$1\" = remove ] && [ -d /run/systemd/system ]; then\n    \
-                     systemctl stop 'snoop@*.service' || true\nfi\n";
-const POSTRM: &str = POSTINST;
+/// Maintainer scripts. After an install or upgrade systemd learns of the
+/// unit, and an upgrade restarts the running instances on the new binary
+/// (keep-state ones resume without a gap).
+const POSTINST: &str = r#"#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    if [ "$1" = configure ] && [ -n "$2" ]; then
+        systemctl try-restart 'snoop@*.service' || true
+    fi
+fi
+"#;
+
+/// Before the binary goes (a removal, and so a purge): instances stop and
+/// are disabled, and state a `--keep-state` stop left is undone (with no
+/// controller its programs would prune on stale state, then flood), each
+/// bridge's own snooping turned back on.
+const PRERM: &str = r#"#!/bin/sh
+set -e
+[ "$1" = remove ] || exit 0
+if [ -d /run/systemd/system ]; then
+    systemctl stop 'snoop@*.service' || true
+fi
+for link in /etc/systemd/system/*.wants/snoop@*.service; do
+    [ -L "$link" ] || continue
+    systemctl --no-reload disable "$(basename "$link")" >/dev/null 2>&1 || rm -f "$link"
+done
+for dir in /sys/fs/bpf/snoop/*/*; do
+    [ -d "$dir" ] || continue
+    netns=$(basename "$(dirname "$dir")")
+    bridge=$(basename "$dir")
+    if [ "$netns" = host ]; then
+        /usr/sbin/snoop cleanup --bridge "$bridge" || true
+    elif [ -e "/run/netns/$netns" ]; then
+        /usr/sbin/snoop --netns "$netns" cleanup --bridge "$bridge" || true
+    else
+        /usr/sbin/snoop cleanup --bridge "$bridge" --pin-dir "$dir" || true
+    fi
+done
+"#;
+
+/// After a removal systemd forgets the unit; a purge takes the control
+/// sockets' directory and an empty /etc/snoop.
+const POSTRM: &str = r#"#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+fi
+if [ "$1" = purge ]; then
+    rm -rf /run/snoop
+    rmdir /etc/snoop 2>/dev/null || true
+fi
+"#;
 
 /// Builds the package; returns its path.
 pub fn build() -> Result<PathBuf> {
@@ -102,9 +149,14 @@ pub fn install_test(deb: &Path) -> Result<()> {
     run(Command::new("dpkg").arg("-i").arg(deb))?;
     let files = output(Command::new("dpkg").args(["-L", "snoop"]));
     let tried = files.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(|files| installed_works(files));
+    let removal = tried.as_ref().ok().map(|()| KeptState::make()).transpose();
+    let removed = run(Command::new("dpkg").args(["--remove", "snoop"]));
+    let undone = removal.and_then(|kept| kept.map_or(Ok(()), |kept| kept.undone()));
     // Purged whatever happened above: a failed test leaves no package behind.
     let purged = run(Command::new("dpkg").args(["--purge", "snoop"]));
     tried?;
+    removed?;
+    undone?;
     purged?;
     let files = files?;
     let left: Vec<&str> = files.lines().filter(|path| Path::new(path).is_file()).collect();
@@ -114,8 +166,82 @@ pub fn install_test(deb: &Path) -> Result<()> {
     if Command::new("dpkg").args(["-s", "snoop"]).output()?.status.success() {
         bail!("dpkg still knows snoop after the purge");
     }
-    println!("package: installed, its demo ran, purged without a trace");
+    println!(
+        "package: installed, its demo ran, removed (instances disabled, kept state undone), purged without a trace"
+    );
     Ok(())
+}
+
+/// An escaped instance of the unit, enabled, and the state a
+/// `--keep-state` stop leaves on a bridge whose own snooping was on: what
+/// a removal must undo.
+struct KeptState {
+    netns: String,
+    instance: &'static str,
+}
+
+impl KeptState {
+    const BRIDGE: &'static str = "br0";
+
+    fn make() -> Result<Self> {
+        let kept =
+            Self { netns: format!("snooplab-pkg-{}-br", std::process::id()), instance: "snoop@br\\x2dpkg.service" };
+        run(Command::new("systemctl").args(["enable", kept.instance]))?;
+        let ip = |args: &[&str]| run(Command::new("ip").args(["-n", &kept.netns]).args(args));
+        run(Command::new("ip").args(["netns", "add", &kept.netns]))?;
+        ip(&["link", "add", Self::BRIDGE, "type", "bridge", "mcast_snooping", "1"])?;
+        ip(&["link", "add", "p0", "type", "veth", "peer", "name", "p0p"])?;
+        ip(&["link", "set", "p0", "master", Self::BRIDGE, "up"])?;
+        ip(&["link", "set", "p0p", "up"])?;
+        ip(&["link", "set", Self::BRIDGE, "up"])?;
+        let mut snoop = Command::new("/usr/sbin/snoop")
+            .args(["--netns", &kept.netns, "run", "--bridge", Self::BRIDGE, "--keep-state"])
+            .spawn()?;
+        let answered = (0..100).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            Command::new("/usr/sbin/snoop")
+                .args(["--netns", &kept.netns, "show", "querier", "--bridge", Self::BRIDGE])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        });
+        // A clean keep-state stop.
+        run(Command::new("kill").args(["-TERM", &snoop.id().to_string()]))?;
+        let stopped = snoop.wait()?;
+        if !answered || !stopped.success() {
+            bail!("the installed snoop did not run and stop with --keep-state ({stopped})");
+        }
+        if !kept.pin_dir().is_dir() || kept.kernel_snooping()? {
+            bail!("a keep-state stop should leave pins and the bridge's own snooping off");
+        }
+        Ok(kept)
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        Path::new("/sys/fs/bpf/snoop").join(&self.netns).join(Self::BRIDGE)
+    }
+
+    fn kernel_snooping(&self) -> Result<bool> {
+        let link = output(Command::new("ip").args(["-n", &self.netns, "-d", "link", "show", Self::BRIDGE]))?;
+        Ok(link.contains("mcast_snooping 1"))
+    }
+
+    /// After the removal: the instance disabled, the pins gone (the
+    /// programs with them), the bridge's own snooping back on.
+    fn undone(self) -> Result<()> {
+        let wants = Path::new("/etc/systemd/system/multi-user.target.wants").join("snoop@br\\x2dpkg.service");
+        let result = if wants.exists() || wants.is_symlink() {
+            Err(anyhow::anyhow!("the removal left {} enabled", self.instance))
+        } else if self.pin_dir().exists() {
+            Err(anyhow::anyhow!("the removal left {}", self.pin_dir().display()))
+        } else if !self.kernel_snooping()? {
+            Err(anyhow::anyhow!("the removal left the bridge's own snooping off"))
+        } else {
+            Ok(())
+        };
+        let _ = fs::remove_file(&wants);
+        let _ = run(Command::new("ip").args(["netns", "del", &self.netns]));
+        result
+    }
 }
 
 /// What the package installed is there and works: the man page, the
@@ -136,6 +262,21 @@ fn installed_works(files: &str) -> Result<()> {
     let version = output(Command::new("/usr/sbin/snoop").arg("--version"))?;
     if !version.starts_with("snoop ") {
         bail!("/usr/sbin/snoop --version said {version:?}");
+    }
+    // The unit as systemd reads it, for a bridge whose name needs escaping.
+    run(Command::new("systemd-analyze").args(["verify", "--man=no", "snoop@br\\x2dlan.service"]))?;
+    let security = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager", "snoop@br0.service"])
+        .output()?;
+    let said = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = said
+        .lines()
+        .find_map(|line| line.split("exposure level for snoop@br0.service: ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .context("systemd-analyze security gave no exposure level")?;
+    println!("package: systemd-analyze security snoop@br0.service: {exposure}");
+    if exposure > 4.0 {
+        bail!("the unit's exposure level is {exposure} (at most 4.0 expected):\n{said}");
     }
     cargo(&["build", "--release", "--package", "snoop-tests", "--bin", "snoop-lab"])?;
     let lab = workspace().join("target/release/snoop-lab");

@@ -23,7 +23,12 @@ mod memory;
 #[cfg(test)]
 mod scenarios;
 
-use std::{collections::BTreeSet, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use futures::{FutureExt as _, Stream, StreamExt as _};
@@ -153,6 +158,9 @@ struct Runner {
     reload: Option<Reload>,
     /// The state machines' time zero.
     start: Instant,
+    /// Ports of the bridge snoop's programs could not be attached to (as
+    /// last tried), and why: they are neither snooped nor pruned.
+    unattached: BTreeMap<String, String>,
 }
 
 /// What the loop waits on.
@@ -211,6 +219,7 @@ impl Runner {
             events: broadcast::channel(4096).0,
             reload,
             start,
+            unattached: BTreeMap::new(),
         };
         Ok((runner, listener, resumed))
     }
@@ -537,17 +546,27 @@ impl Runner {
             Forwarding::Bridge => Default::default(),
             Forwarding::Redirect => crate::filtering::netdev_chains(),
         };
+        let mut unattached = BTreeMap::new();
         ports.retain_mut(|port| {
             if !self.datapath.is_attached(port.ifindex) {
                 match self.datapath.attach_port(port.ifindex) {
-                    Ok(()) => {}
+                    Ok(()) => {
+                        if self.unattached.contains_key(&port.name) {
+                            info!("port {}: attached at last", port.name);
+                        }
+                    }
                     Err(datapath::Error::PortGone { .. }) => {
                         debug!("port {} went away before it was attached", port.name);
                         return false;
                     }
                     Err(error) => {
-                        warn!("{}; trying again at the next scan", error_chain(&error));
+                        // Said once per port (and error), tried again every scan.
+                        let why = error_chain(&error);
+                        if self.unattached.get(&port.name) != Some(&why) {
+                            warn!("{why}; trying again at every port scan");
+                        }
                         self.daemon.stats.bump(ControllerCounter::AttachFailures);
+                        unattached.insert(port.name.clone(), why);
                         return false;
                     }
                 }
@@ -561,6 +580,7 @@ impl Runner {
             port.policy.nft_egress = netdev.egress.contains(&port.name);
             true
         });
+        self.unattached = unattached;
         let obstacle = match self.daemon.start.forwarding {
             Forwarding::Bridge => None,
             Forwarding::Redirect => state.redirect_obstacle(),
@@ -659,6 +679,7 @@ impl Runner {
                     .filter(|_| daemon.forwarding.redirect)
                     .filter_map(|port| Some((port.name.clone(), port.policy.bridge_path()?.to_owned())))
                     .collect(),
+                unattached_ports: self.unattached.clone(),
             },
         };
         snapshot::collect(&sources, counters_only)
