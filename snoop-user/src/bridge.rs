@@ -222,6 +222,11 @@ impl BridgeState {
         self.options.contains(&InfoBridge::MulticastSnooping(true))
     }
 
+    /// STP's topology change flag is up.
+    pub fn topology_change(&self) -> bool {
+        self.options.iter().any(|o| matches!(o, InfoBridge::TopologyChange(on) if *on != 0))
+    }
+
     /// `vlan_filtering 1`.
     pub fn vlan_filtering(&self) -> bool {
         self.options.contains(&InfoBridge::VlanFiltering(true))

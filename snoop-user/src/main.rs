@@ -9,6 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
+use futures::FutureExt as _;
 use snoop::{
     control::{self, Change},
     daemon, datapath,
@@ -424,9 +425,23 @@ fn real_main(cli: Cli) -> Result<()> {
                 let mut signals = daemon::Signals::register()?;
                 let mut switch = snoop::switch::Switch::plan(&bridge, &interfaces).await?;
                 switch.build().await?;
+                let pin_dir = config.start.pin_dir.clone();
                 let result = match signals.stop_requested() {
                     true => Ok(()),
-                    false => daemon::run(config, Some(reload), signals).await.map_err(anyhow::Error::from),
+                    // A controller that panics must not leave the interfaces
+                    // in a bridge, nor its programs on them.
+                    false => match std::panic::AssertUnwindSafe(daemon::run(config, Some(reload), signals))
+                        .catch_unwind()
+                        .await
+                    {
+                        Ok(result) => result.map_err(anyhow::Error::from),
+                        Err(panic) => {
+                            if let Err(error) = daemon::cleanup(&bridge, &pin_dir).await {
+                                log::warn!("{}", snoop::error_chain(&error));
+                            }
+                            Err(anyhow::anyhow!("the controller panicked: {}", panic_text(&*panic)))
+                        }
+                    },
                 };
                 let restored = switch.restore().await;
                 result.and(restored.map_err(Into::into))
@@ -476,6 +491,11 @@ fn ssm_ranges(given: &[Option<snoop_common::SsmRange>]) -> Result<Vec<snoop_comm
         bail!("--ssm-range: at most {} ranges", snoop_common::MAX_SSM_RANGES);
     }
     Ok(ranges)
+}
+
+/// What a panic said.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic.downcast_ref::<&str>().copied().or_else(|| panic.downcast_ref::<String>().map(String::as_str)).unwrap_or("?")
 }
 
 /// Options that do not go together: said as clap says a bad option, exit 2.

@@ -309,6 +309,37 @@ impl Lab {
         Ok(netns)
     }
 
+    /// Adds host h<index> whose port p<index> is parked outside the bridge:
+    /// its end of the veth, up, in a namespace of its own, so the host has
+    /// a carrier and its joins go nowhere (a VM before it migrates here).
+    /// [`Lab::attach_parked_port`] brings it in.
+    pub fn add_parked_host(&mut self, index: usize, options: &LabOptions) -> Result<()> {
+        let name = format!("h{index}");
+        let netns = format!("{}-{name}", self.id);
+        let port = format!("p{index}");
+        let park = format!("{}-park", self.id);
+        if !self.extra_netns.contains(&park) {
+            run("ip", &["netns", "add", &park])?;
+            self.extra_netns.push(park.clone());
+        }
+        let last_octet = u8::try_from(index + 10).context("a lab holds at most 245 hosts")?;
+        let ip = Ipv4Addr::new(10, 99, 0, last_octet);
+        let ipv6 = format!("fd99::{last_octet}").parse()?;
+        new_host_netns(&netns, options)?;
+        self.hosts.push(Host { name, netns: netns.clone(), ip, ipv6, port: port.clone(), interface: "eth0".into() });
+        run("ip", &["-n", &park, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns])?;
+        run("ip", &["-n", &park, "link", "set", &port, "up"])?;
+        configure_host(&netns, ip, ipv6, options)
+    }
+
+    /// Moves a parked port ([`Lab::add_parked_host`]) into the bridge, up.
+    pub fn attach_parked_port(&self, port: &str) -> Result<()> {
+        let park = format!("{}-park", self.id);
+        run("ip", &["-n", &park, "link", "set", port, "netns", &self.bridge_netns])?;
+        let bridge = self.bridge.clone();
+        self.ip_br(&["link", "set", port, "master", &bridge, "up"]).map(drop)
+    }
+
     /// Adds `count` bridge ports with nothing behind them: veth pairs
     /// q<i>/q<i>p inside the bridge's namespace, q<i> a port, both up.
     /// Returns the ports' names.

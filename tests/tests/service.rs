@@ -471,6 +471,71 @@ fn snoop_switch_makes_a_snooping_bridge_and_puts_the_interfaces_back() -> Result
     Ok(())
 }
 
+/// What the bridge namespace routes through: the routes of `prefixes`
+/// and the nexthop objects, as `ip -j` shows them (volatile fields out).
+fn routing(lab: &Lab, prefixes: &[&str]) -> Result<Value> {
+    let mut routes = Vec::new();
+    for prefix in prefixes {
+        let mut shown: Value = serde_json::from_str(&lab.ip_br(&["-j", "route", "show", prefix])?)?;
+        for route in shown.as_array_mut().into_iter().flatten() {
+            route.as_object_mut().map(|r| r.remove("flags"));
+        }
+        routes.push(shown);
+    }
+    let nexthops: Value = serde_json::from_str(&lab.ip_br(&["-j", "nexthop", "show"])?)?;
+    Ok(serde_json::json!({ "routes": routes, "nexthops": nexthops }))
+}
+
+/// `snoop switch` also moves a multipath route with a hop through one of
+/// its interfaces and a nexthop object out of one (and the route naming
+/// it), and puts everything back even when its controller panics (a debug
+/// build panics on SIGUSR2): no bridge, no program, no pin left.
+#[test]
+fn snoop_switch_moves_multipath_routes_and_nexthops_and_undoes_them_after_a_panic() -> Result<()> {
+    let mut lab = Lab::new("switch-panic", 3, &LabOptions::default())?;
+    for port in ["p0", "p1", "p2"] {
+        lab.ip_br(&["link", "set", port, "nomaster"])?;
+    }
+    lab.ip_br(&["link", "del", &lab.bridge.clone()])?;
+    lab.ip_br(&["addr", "add", "10.99.0.1/24", "dev", "p0"])?;
+    lab.ip_br(&["addr", "add", "10.97.1.1/24", "dev", "p1"])?;
+    lab::run("ip", &["-n", &lab.host("h1").netns, "addr", "add", "10.97.1.11/24", "dev", "eth0"])?;
+    #[rustfmt::skip]
+    lab.ip_br(&["route", "add", "10.123.0.0/16", "nexthop", "via", "10.99.0.10", "dev", "p0",
+        "nexthop", "via", "10.97.1.11", "dev", "p1"])?;
+    lab.ip_br(&["nexthop", "add", "id", "42", "via", "10.99.0.10", "dev", "p0"])?;
+    lab.ip_br(&["route", "add", "10.124.0.0/16", "nhid", "42"])?;
+    let prefixes = ["10.123.0.0/16", "10.124.0.0/16"];
+    let before = routing(&lab, &prefixes)?;
+    let interfaces_before: Vec<_> = ["p0", "p1", "p2"].iter().map(|p| interface(&lab, p)).collect::<Result<_>>()?;
+
+    let bridge = lab.bridge.clone();
+    let mut args = vec!["switch", "--bridge", &bridge, "p0", "p1", "p2", "--"];
+    args.extend(FAST_TIMERS);
+    lab.start_snoop_command(&snoop_bin(), &args)?;
+    let during = routing(&lab, &prefixes)?;
+    let hops = during["routes"][0][0]["nexthops"].as_array().cloned().unwrap_or_default();
+    assert!(!hops.is_empty() && hops.iter().all(|hop| hop["dev"] == bridge), "the multipath route moved: {during}");
+    assert_eq!(during["nexthops"][0]["dev"], bridge, "nexthop 42 moved: {during}");
+    assert_eq!(during["routes"][1][0]["nhid"], 42, "the route naming it stays: {during}");
+    lab::run("ip", &["netns", "exec", &lab.bridge_netns, "ping", "-c", "1", "-W", "2", "10.97.1.11"])?;
+
+    // SAFETY: signalling the lab's snoop.
+    unsafe { libc::kill(lab.snoop_pid().expect("running") as i32, libc::SIGUSR2) };
+    let status = lab.wait_snoop_exit(Duration::from_secs(10))?;
+    let log = std::fs::read_to_string(lab.snoop_log())?;
+    assert!(!status.success() && log.contains("the controller panicked"), "{status}: {log}");
+    let bridges: Value = serde_json::from_str(&lab.ip_br(&["-j", "link", "show", "type", "bridge"])?)?;
+    assert_eq!(bridges, serde_json::json!([]), "the bridge is gone");
+    for (port, was) in ["p0", "p1", "p2"].iter().zip(&interfaces_before) {
+        assert_eq!(&interface(&lab, port)?, was, "{port} is as it was");
+        assert_eq!(snoop_tests::attached_programs(&lab, port)?, 0, "{port} has no program left");
+    }
+    assert_eq!(routing(&lab, &prefixes)?, before, "routes and nexthops are as they were");
+    assert!(!lab.pin_dir().exists(), "nothing pinned is left");
+    Ok(())
+}
+
 /// Interfaces that cannot make a switch are refused before anything changes.
 #[test]
 fn snoop_switch_refuses_interfaces_it_cannot_use_and_changes_nothing() -> Result<()> {

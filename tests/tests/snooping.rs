@@ -346,6 +346,35 @@ fn fast_leave_keeps_a_port_while_another_host_behind_it_wants_the_group() -> Res
     Ok(())
 }
 
+#[test]
+fn a_host_that_joined_elsewhere_gets_its_stream_within_a_second_of_its_port_joining() -> Result<()> {
+    // h2 joined G before its port is in the bridge (a VM migrating here,
+    // which does not report again). With the usual timers the next general
+    // query is half a minute away; snoop asks a port that appears at once.
+    let mut lab = lab("portappears", 2, LabOptions::default())?;
+    lab.add_parked_host(2, &LabOptions::default())?;
+    lab.start_snoop(&snoop_bin(), &["--last-member-query-interval", "200ms"])?;
+    // h1 is a member: G is pruned, not flooded as an unregistered group.
+    let _h1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    let _member = lab.join("h2", G)?;
+    let sniffer = lab.sniff("h2")?;
+    let _stream = lab.stream("h0", G.into())?;
+    thread::sleep(Duration::from_secs(1)); // h2's own reports have gone by, unheard
+    let attached = Instant::now();
+    lab.attach_parked_port("p2")?;
+    wait_until("the stream at h2", Duration::from_secs(5), || Ok(sniffer.count(G) > 0))?;
+    let took = attached.elapsed();
+    println!("port attached to first packet: {took:?}");
+    assert!(took < Duration::from_secs(1), "h2 waited {took:?} for its stream");
+    // Down, its memberships go; up again, it is asked again.
+    lab.ip_br(&["link", "set", "p2", "down"])?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    lab.ip_br(&["link", "set", "p2", "up"])?;
+    wait_for_members(&lab, G, &["p1", "p2"], Duration::from_secs(2))?;
+    Ok(())
+}
+
 /// `tc -s` packets through `port`'s root qdisc, or its tx counter with none.
 fn port_sent(lab: &Lab, port: &str) -> Result<u64> {
     let qdisc: serde_json::Value = serde_json::from_str(&lab::run(

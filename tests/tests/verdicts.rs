@@ -86,7 +86,10 @@ impl Dp {
             failsafe_ns: failsafe.map_or(0, |d| d.as_nanos() as u64),
             redirect_fresh_ns: fresh.as_nanos() as u64,
         };
-        Ok(self.datapath.put(&Entry::Config(config))?)
+        self.datapath.put(&Entry::Config(config))?;
+        // The default source-specific ranges, as the controller writes them.
+        let ranges = std::array::from_fn(|i| snoop::settings::DEFAULT_SSM_RANGES.get(i).copied().unwrap_or_default());
+        Ok(self.datapath.put(&Entry::SsmRanges(ranges))?)
     }
 
     fn set_port_flags(&mut self, ifindex: u32, flags: u32) -> Result<()> {

@@ -51,6 +51,8 @@ pub struct BridgeView {
     /// Why redirect forwarding must not be used now, if it must not (STP,
     /// filtering rules): checked live.
     pub obstacle: Option<&'static str>,
+    /// STP's topology change flag is up.
+    pub topology_change: bool,
 }
 
 /// Addresses queries can speak from: the bridge's own, and those of VLAN
@@ -88,6 +90,8 @@ pub enum Effect {
     /// Send a frame to every port of `vlan` (through the bridge device
     /// while it does not filter VLANs).
     Send { vlan: u16, frame: Vec<u8> },
+    /// Send a frame out of one port alone (a bridge without VLANs).
+    SendOnPort { ifindex: u32, frame: Vec<u8> },
     /// A membership event: logged and streamed to `snoop watch`.
     Event(Event),
     /// A line for the log.

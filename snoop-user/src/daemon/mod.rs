@@ -97,12 +97,23 @@ pub async fn run(config: RunConfig, reload: Option<Reload>, signals: Signals) ->
     stopped
 }
 
+/// The next of `signal`'s deliveries; never, without one.
+async fn recv_if_any(signal: &mut Option<Signal>) -> Option<()> {
+    match signal {
+        Some(signal) => signal.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The signals snoop answers: SIGINT and SIGTERM stop it, SIGHUP reloads.
 /// Registered, they no longer kill the process: they wait to be read.
 pub struct Signals {
     sigint: Signal,
     sigterm: Signal,
     sighup: Signal,
+    /// Debug builds only: SIGUSR2 makes the controller panic, for the tests
+    /// of what a panic leaves behind (`snoop switch` must undo its bridge).
+    sigusr2: Option<Signal>,
 }
 
 impl Signals {
@@ -112,6 +123,7 @@ impl Signals {
             sigint: signal(SignalKind::interrupt())?,
             sigterm: signal(SignalKind::terminate())?,
             sighup: signal(SignalKind::hangup())?,
+            sigusr2: if cfg!(debug_assertions) { Some(signal(SignalKind::user_defined2())?) } else { None },
         })
     }
 
@@ -328,6 +340,9 @@ impl Runner {
                     notify_systemd(&[NotifyState::Ready]);
                 }
                 _ = tick(&mut watchdog) => notify_systemd(&[NotifyState::Watchdog]),
+                Some(()) = recv_if_any(&mut inputs.signals.sigusr2) => {
+                    panic!("SIGUSR2: a debug build was asked to panic");
+                }
                 _ = inputs.signals.sigint.recv() => break,
                 _ = inputs.signals.sigterm.recv() => break,
             }
@@ -448,6 +463,11 @@ impl Runner {
                 Effect::Send { vlan, frame } => {
                     if let Err(error) = self.send_in_vlan(vlan, &frame) {
                         debug!("sending in {}: {error}", self.bridge.name);
+                    }
+                }
+                Effect::SendOnPort { ifindex, frame } => {
+                    if let Err(error) = self.sender.send_on(ifindex, &frame) {
+                        debug!("sending out of port {ifindex}: {error}");
                     }
                 }
                 Effect::Event(event) => {
@@ -585,7 +605,16 @@ impl Runner {
             Forwarding::Bridge => None,
             Forwarding::Redirect => state.redirect_obstacle(),
         };
-        Ok(BridgeView { mac: state.mac, vlans, addresses, ports, kernel_snooping: state.kernel_snooping(), obstacle })
+        let topology_change = state.topology_change();
+        Ok(BridgeView {
+            mac: state.mac,
+            vlans,
+            addresses,
+            ports,
+            kernel_snooping: state.kernel_snooping(),
+            obstacle,
+            topology_change,
+        })
     }
 
     /// The groups the bridge host's sockets joined, for redirect to copy to it.

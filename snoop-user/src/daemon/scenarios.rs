@@ -519,3 +519,50 @@ fn a_source_query_too_long_for_one_frame_goes_in_several() {
         .collect();
     assert_eq!(listed, [366, 34]);
 }
+
+/// A port that goes down loses its learned memberships (the Linux bridge
+/// forgets them too); one that comes up, or joins the bridge, is asked at
+/// once, out of that port alone, with the last-member response time.
+#[test]
+fn a_port_going_down_is_flushed_and_one_coming_up_is_asked_at_once() {
+    let mut s = Scenario::new(config());
+    s.ports(&[11, 12]);
+    s.with_querier();
+    s.frame(12, VLAN_NONE, &v2_report(G));
+    assert_eq!(s.member_ports(key(G)), [12].into());
+    let view = |down: &[u32], ports: &[u32]| {
+        let ports = ports
+            .iter()
+            .map(|i| Port {
+                ifindex: *i,
+                name: format!("p{i}"),
+                policy: PortPolicy { forwarding: !down.contains(i), ..PortPolicy::default() },
+                peer_redirect: false,
+            })
+            .collect();
+        Input::Bridge(Box::new(BridgeView { mac: [2, 0, 0, 0, 0, 1], ports, ..BridgeView::default() }))
+    };
+    s.input(view(&[12], &[11, 12]));
+    assert!(s.member_ports(key(G)).is_empty(), "p12's membership went with it");
+    s.effects.clear();
+    s.input(view(&[], &[11, 12]));
+    let asked: Vec<u32> = s
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::SendOnPort { ifindex, frame } if frame[12..14] == [0x08, 0x00] => {
+                let query = crate::proto::igmp::parse(&frame[14..]).expect("a query");
+                let crate::proto::Message::Query { max_response, .. } = query.message else { panic!("not a query") };
+                assert_eq!(max_response, Duration::from_secs(1), "the last-member interval");
+                Some(*ifindex)
+            }
+            Effect::SendOnPort { ifindex, .. } => Some(*ifindex + 100), // MLD
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [12, 112], "p12 alone is asked, in IGMP and MLD");
+    // A new port too.
+    s.effects.clear();
+    s.input(view(&[], &[11, 12, 13]));
+    assert!(s.effects.iter().any(|e| matches!(e, Effect::SendOnPort { ifindex: 13, .. })));
+}

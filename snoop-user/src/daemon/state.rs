@@ -131,6 +131,11 @@ pub struct Daemon {
     seen_bridge: bool,
     /// Joins refused per port since the last line said so.
     refusals: BTreeMap<u32, Refusals>,
+    /// Ports to ask at once (they came up, or joined the bridge), once the
+    /// bridge view is taken in.
+    pending_port_queries: Vec<u32>,
+    /// The bridge's STP topology change flag, as last seen.
+    topology_change: bool,
     /// Router discovery solicitations still to send, and when the next goes.
     solicitations_left: u8,
     next_solicitation: Duration,
@@ -178,6 +183,8 @@ impl Daemon {
             presence_told: [resuming; 2],
             seen_bridge: false,
             refusals: BTreeMap::new(),
+            pending_port_queries: Vec::new(),
+            topology_change: false,
             solicitations_left: 0,
             next_solicitation: Duration::ZERO,
             now: Duration::ZERO,
@@ -379,6 +386,7 @@ impl Daemon {
                         RemoveReason::PortRemoved => (EventKind::PortRemoved, ""),
                         RemoveReason::Filtered => (EventKind::Leave, "the port's group filter no longer allows it"),
                         RemoveReason::StaticDeleted => (EventKind::Leave, "static membership deleted"),
+                        RemoveReason::PortDown => (EventKind::Leave, "the port went down"),
                     };
                     self.event(vlan, kind, Some(group.addr.ip()), Some(port), detail.to_owned());
                 }
@@ -525,7 +533,7 @@ impl Daemon {
     /// be used. Containers come and go all the time: each scan is taken as
     /// it is.
     fn bridge_seen(&mut self, view: BridgeView, now: Duration) {
-        let BridgeView { mac, vlans, addresses, ports, kernel_snooping, obstacle } = view;
+        let BridgeView { mac, vlans, addresses, ports, kernel_snooping, obstacle, topology_change } = view;
         if mac != self.bridge.mac && self.seen_bridge {
             self.log(Level::Info, format!("{} has a new MAC; queries are sent from it", self.bridge.name));
         }
@@ -556,7 +564,53 @@ impl Daemon {
         }
         self.follow_query_sources(now);
         self.follow_obstacle(obstacle);
+        // STP saw the topology change: hosts may sit behind other ports
+        // now (RFC 4541 2.1.1 (4)); every port is asked.
+        if topology_change && !self.topology_change && self.seen_bridge {
+            self.log(Level::Info, format!("{}: a topology change: asking every port", self.bridge.name));
+            self.pending_port_queries.extend(self.ports.keys().copied());
+        }
+        self.topology_change = topology_change;
         self.seen_bridge = true;
+        for ifindex in std::mem::take(&mut self.pending_port_queries) {
+            self.query_port(ifindex);
+        }
+    }
+
+    /// A port came up, joined the bridge or may lead elsewhere after a
+    /// topology change: its hosts are asked at once, out of that port alone
+    /// (in each of its VLANs, on a VLAN-aware bridge), and given only the
+    /// last-member time to answer: a VM that moved here, a cable plugged
+    /// into a switch, gets its streams within a second, not a query interval.
+    fn query_port(&mut self, ifindex: u32) {
+        let vlans: Vec<u16> = self.contexts.iter().filter(|(_, c)| c.has_port(ifindex)).map(|(v, _)| *v).collect();
+        for vlan in vlans {
+            self.query_port_in::<Ipv4Addr>(vlan, ifindex);
+            self.query_port_in::<Ipv6Addr>(vlan, ifindex);
+        }
+    }
+
+    fn query_port_in<A: Snooped>(&mut self, vlan: u16, ifindex: u32) {
+        let Some(snooper) = self.contexts.get(&vlan).and_then(A::of) else { return };
+        let querier = snooper.querier();
+        if !querier.enabled || !A::can_query_from(querier.own_address) {
+            return;
+        }
+        let timers = snooper.timers();
+        let query = QueryTimers {
+            max_response: timers.last_member_query_interval,
+            robustness: u8::try_from(timers.robustness).unwrap_or(7),
+            query_interval: timers.query_interval,
+        };
+        let source = QuerySource { mac: self.bridge.mac, address: querier.own_address };
+        let frame = A::query_frame(source, None, &[], querier.version, &query, false);
+        self.stats.bump(ControllerCounter::GeneralQueriesSent(Protocol::of::<A>()));
+        // Without VLANs, out of the port alone; in a VLAN, to the VLAN.
+        self.effects.push(if vlan == VLAN_NONE {
+            Effect::SendOnPort { ifindex, frame }
+        } else {
+            Effect::Send { vlan, frame }
+        });
     }
 
     fn kernel_snooping_on(&mut self) {
@@ -579,6 +633,7 @@ impl Daemon {
     /// Ports that joined, changed or left; returns those that joined.
     fn follow_ports(&mut self, scanned: Vec<BridgePort>, now: Duration) -> BTreeSet<u32> {
         let mut joined = BTreeSet::new();
+        let (mut appeared, mut went_down) = (Vec::new(), Vec::new());
         let gone: Vec<u32> = self.ports.keys().copied().filter(|i| !scanned.iter().any(|p| p.ifindex == *i)).collect();
         for ifindex in gone {
             let removed: Vec<(u16, Actions)> =
@@ -597,6 +652,12 @@ impl Daemon {
             let options = self.live.port_options(&name, &policy);
             match self.ports.get_mut(&ifindex) {
                 Some(port) => {
+                    // Up (or forwarding again under STP) or down: a change of topology.
+                    match (port.policy.forwarding, policy.forwarding) {
+                        (false, true) => appeared.push(ifindex),
+                        (true, false) => went_down.push(ifindex),
+                        _ => {}
+                    }
                     if port.policy != policy || port.peer != peer || port.name != name {
                         let changed_options = port.options != options;
                         port.policy = policy;
@@ -623,6 +684,10 @@ impl Daemon {
                     if let Some(why) = policy.bridge_path() {
                         self.log(Level::Info, format!("port {name}: {why}: frames entering it take the bridge path"));
                     }
+                    // (At the start every port is new: startup queries ask them all.)
+                    if self.seen_bridge && policy.forwarding {
+                        appeared.push(ifindex);
+                    }
                     let filter = self.live.port_filter(&name);
                     self.ports.insert(ifindex, Port { name, policy, options, filter, peer, malformed: 0 });
                     self.event(VLAN_NONE, EventKind::PortAttached, None, Some(ifindex), format!("ifindex {ifindex}"));
@@ -630,6 +695,14 @@ impl Daemon {
                 }
             }
         }
+        for ifindex in went_down {
+            let flushed: Vec<(u16, Actions)> =
+                self.contexts.iter_mut().map(|(vlan, c)| (*vlan, c.port_down(ifindex, now))).collect();
+            for (vlan, actions) in flushed {
+                self.absorb(vlan, actions);
+            }
+        }
+        self.pending_port_queries.extend(appeared);
         joined
     }
 

@@ -92,6 +92,10 @@ impl VlanContext {
         both!(self, |s| s.remove_port(port))
     }
 
+    pub fn port_down(&mut self, port: u32, now: Duration) -> Actions {
+        both!(self, |s| s.port_down(port, now))
+    }
+
     pub fn poll(&mut self, now: Duration) -> Actions {
         both!(self, |s| s.poll(now))
     }

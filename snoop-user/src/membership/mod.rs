@@ -182,6 +182,9 @@ pub enum RemoveReason {
     /// A static membership was deleted while another querier serves the
     /// link (it asks hosts again at its next general query).
     StaticDeleted,
+    /// The port went down (or STP blocked it): its hosts report again when
+    /// it comes back, asked by a query then.
+    PortDown,
 }
 
 /// The whole membership state of one bridge for one address family.

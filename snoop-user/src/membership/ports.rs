@@ -101,6 +101,23 @@ impl<A: Family> Snooper<A> {
         actions
     }
 
+    /// `port` went down (or stopped forwarding): its learned memberships and
+    /// router port go, as the Linux bridge forgets them (static ones stay).
+    pub fn port_down(&mut self, port: u32, now: Duration) -> Vec<Action<A>> {
+        let mut actions = Vec::new();
+        let learned: Vec<Group<A>> = self
+            .groups
+            .iter()
+            .filter(|(_, ports)| ports.get(&port).is_some_and(|m| !m.permanent))
+            .map(|(group, _)| *group)
+            .collect();
+        for group in learned {
+            self.remove_member(group, port, RemoveReason::PortDown, &mut actions);
+        }
+        self.forget_router_port(port, now, &mut actions);
+        actions
+    }
+
     /// The groups `port` may join from now on; learned memberships the
     /// filter no longer allows end now (static ones stay).
     pub fn set_port_filter(&mut self, port: u32, filter: GroupFilter) -> Vec<Action<A>> {

@@ -1,8 +1,11 @@
 //! `snoop switch IF...`: a snooping switch made of plain interfaces, for a
 //! lab with no managed one. It makes a bridge of them, moves what the
-//! administrator configured on them (addresses, routes) to the bridge so the
-//! host stays reachable through them, and on the way out puts each
-//! interface back as it was: no master, its addresses and routes, up or down.
+//! administrator configured on them (addresses, routes, multipath routes
+//! and nexthop objects through them) to the bridge so the host stays
+//! reachable through them, and on the way out puts each interface back as
+//! it was: no master, its addresses and routes, up or down.
+mod nexthop;
+
 use std::net::IpAddr;
 
 use futures::TryStreamExt as _;
@@ -13,7 +16,7 @@ use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage},
         link::{InfoBridge, LinkAttribute, LinkFlags},
-        route::{RouteAttribute, RouteMessage, RouteProtocol},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol},
     },
     Handle, LinkBridge, LinkUnspec, RouteMessageBuilder,
 };
@@ -39,6 +42,10 @@ pub enum Error {
     Bridge(#[from] crate::bridge::Error),
     #[error("not put back as it was: {}", .0.join("; "))]
     NotRestored(Vec<String>),
+    #[error("listing nexthop objects")]
+    Nexthops { source: std::io::Error },
+    #[error("moving nexthop {id} to {bridge}")]
+    Nexthop { id: u32, bridge: String, source: std::io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -64,8 +71,6 @@ struct Interface {
     /// Addresses configured by hand (no lifetime), but IPv6 link-local ones,
     /// which every interface has of its own.
     addresses: Vec<AddressMessage>,
-    /// Routes added by hand (protocol boot or static) through this interface alone.
-    routes: Vec<RouteMessage>,
 }
 
 /// A bridge made of interfaces, and how to undo it.
@@ -75,6 +80,14 @@ pub struct Switch {
     /// Set once the bridge exists: only a bridge this made is deleted.
     bridge_ifindex: Option<u32>,
     interfaces: Vec<Interface>,
+    /// Routes added by hand (protocol boot or static) through the
+    /// interfaces: out of one, or with one among a multipath route's hops.
+    routes: Vec<RouteMessage>,
+    /// Nexthop objects out of the interfaces (routes naming them follow).
+    nexthops: Vec<nexthop::Nexthop>,
+    /// Routes added by hand that name one of those nexthops: deleted with
+    /// them when the bridge goes, made again after them.
+    nexthop_routes: Vec<RouteMessage>,
 }
 
 impl Switch {
@@ -85,7 +98,15 @@ impl Switch {
         if netlink.link_by_name(bridge).await?.is_some() {
             return Err(Error::NameTaken(bridge.to_owned()));
         }
-        let mut switch = Self { netlink, bridge: bridge.to_owned(), bridge_ifindex: None, interfaces: Vec::new() };
+        let mut switch = Self {
+            netlink,
+            bridge: bridge.to_owned(),
+            bridge_ifindex: None,
+            interfaces: Vec::new(),
+            routes: Vec::new(),
+            nexthops: Vec::new(),
+            nexthop_routes: Vec::new(),
+        };
         for name in interfaces {
             if switch.interfaces.iter().any(|i| &i.name == name) {
                 return Err(Error::NamedTwice(name.clone()));
@@ -110,10 +131,15 @@ impl Switch {
                 ifindex,
                 up: link.header.flags.contains(LinkFlags::Up),
                 addresses: switch.moving_addresses(ifindex).await?,
-                routes: switch.moving_routes(ifindex).await?,
             });
         }
+        switch.nexthops = nexthop::through(&switch.ifindexes()).map_err(|source| Error::Nexthops { source })?;
+        (switch.routes, switch.nexthop_routes) = switch.moving_routes().await?;
         Ok(switch)
+    }
+
+    fn ifindexes(&self) -> Vec<u32> {
+        self.interfaces.iter().map(|i| i.ifindex).collect()
     }
 
     /// Makes the bridge: its own multicast snooping off (snoop's replaces
@@ -140,11 +166,11 @@ impl Switch {
             .ok_or_else(|| Error::NoSuchInterface(self.bridge.clone()))?;
         let bridge_ifindex = bridge.header.index;
         self.bridge_ifindex = Some(bridge_ifindex);
+        for route in &self.routes {
+            ignore(self.handle().route().del(route.clone()).execute().await, &[libc::ESRCH, libc::ENOENT])
+                .map_err(netlink_error(format!("moving the route {}", route_text(route))))?;
+        }
         for interface in &self.interfaces {
-            for route in &interface.routes {
-                ignore(self.handle().route().del(route.clone()).execute().await, &[libc::ESRCH, libc::ENOENT])
-                    .map_err(netlink_error(format!("moving a route of {}", interface.name)))?;
-            }
             for address in &interface.addresses {
                 ignore(self.handle().address().del(address.clone()).execute().await, &[libc::EADDRNOTAVAIL])
                     .map_err(netlink_error(format!("moving an address of {}", interface.name)))?;
@@ -163,11 +189,21 @@ impl Switch {
                     .await
                     .map_err(netlink_error(format!("moving an address of {} to {}", interface.name, self.bridge)))?;
             }
-            for route in &interface.routes {
-                self.add_route(route, interface.ifindex, Some(bridge_ifindex))
-                    .await
-                    .map_err(netlink_error(format!("moving a route of {} to {}", interface.name, self.bridge)))?;
-            }
+        }
+        // Their gateways are reachable through the bridge now.
+        for nexthop in &self.nexthops {
+            nexthop::set_oif(nexthop, bridge_ifindex).map_err(|source| Error::Nexthop {
+                id: nexthop.id,
+                bridge: self.bridge.clone(),
+                source,
+            })?;
+        }
+        for route in &self.routes {
+            self.add_route(route, Some(bridge_ifindex)).await.map_err(netlink_error(format!(
+                "moving the route {} to {}",
+                route_text(route),
+                self.bridge
+            )))?;
         }
         let ports: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
         info!("made {} of {}", self.bridge, ports.join(", "));
@@ -180,11 +216,13 @@ impl Switch {
     pub async fn restore(&mut self) -> Result<()> {
         let mut failures = Vec::new();
         if let Some(bridge_ifindex) = self.bridge_ifindex.take() {
-            // Its ports are released, its addresses and routes go with it.
+            // Its ports are released; its addresses, routes and nexthops
+            // (and the routes naming them) go with it.
             if let Err(error) = ignore(self.handle().link().del(bridge_ifindex).execute().await, &[libc::ENODEV]) {
                 failures.push(format!("deleting {}: {error}", self.bridge));
             }
         }
+        let mut back = Vec::new();
         for interface in &self.interfaces {
             match link_name(self.handle(), interface.ifindex).await {
                 Some(name) if name == interface.name => {}
@@ -203,16 +241,23 @@ impl Switch {
                     failures.push(format!("{} on {}: {error}", address_text(address), interface.name));
                 }
             }
-            for route in &interface.routes {
-                if let Err(error) = ignore(self.add_route(route, interface.ifindex, None).await, &[libc::EEXIST]) {
-                    failures.push(format!("a route of {}: {error}", interface.name));
-                }
+            back.push(interface.ifindex);
+        }
+        // Made again as they were (or replaced, if never moved).
+        for nexthop in self.nexthops.iter().filter(|n| n.oif.is_some_and(|oif| back.contains(&oif))) {
+            if let Err(error) = nexthop::set_oif(nexthop, nexthop.oif.unwrap_or_default()) {
+                failures.push(format!("nexthop {}: {error}", nexthop.id));
             }
-            if !interface.up {
-                let down = LinkUnspec::new_with_index(interface.ifindex).down().build();
-                if let Err(error) = self.handle().link().set(down).execute().await {
-                    failures.push(format!("setting {} down: {error}", interface.name));
-                }
+        }
+        for route in self.nexthop_routes.iter().chain(&self.routes) {
+            if let Err(error) = ignore(self.add_route(route, None).await, &[libc::EEXIST]) {
+                failures.push(format!("the route {}: {error}", route_text(route)));
+            }
+        }
+        for interface in self.interfaces.iter().filter(|i| !i.up && back.contains(&i.ifindex)) {
+            let down = LinkUnspec::new_with_index(interface.ifindex).down().build();
+            if let Err(error) = self.handle().link().set(down).execute().await {
+                failures.push(format!("setting {} down: {error}", interface.name));
             }
         }
         if failures.is_empty() {
@@ -247,8 +292,14 @@ impl Switch {
         Ok(moving)
     }
 
-    async fn moving_routes(&self, ifindex: u32) -> Result<Vec<RouteMessage>> {
-        let mut moving = Vec::new();
+    /// The routes added by hand through the interfaces (out of one, or
+    /// with a multipath hop through one), and those naming a nexthop
+    /// object that goes out of one (the kernel shows those with the
+    /// nexthop's interface; they follow the nexthop, not moved themselves).
+    async fn moving_routes(&self) -> Result<(Vec<RouteMessage>, Vec<RouteMessage>)> {
+        let ifindexes = self.ifindexes();
+        let nexthop_ids: Vec<u32> = self.nexthops.iter().map(|n| n.id).collect();
+        let (mut moving, mut following) = (Vec::new(), Vec::new());
         let requests = [
             RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
             RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
@@ -256,13 +307,27 @@ impl Switch {
         for request in requests {
             let mut routes = self.handle().route().get(request).execute();
             while let Some(route) = routes.try_next().await.map_err(netlink_error("listing routes"))? {
-                let by_hand = matches!(route.header.protocol, RouteProtocol::Boot | RouteProtocol::Static);
-                if by_hand && route.attributes.contains(&RouteAttribute::Oif(ifindex)) {
-                    moving.push(route);
+                if !matches!(route.header.protocol, RouteProtocol::Boot | RouteProtocol::Static) {
+                    continue;
+                }
+                let nexthop = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::NhId(id) => Some(*id),
+                    _ => None,
+                });
+                let through = route.attributes.iter().any(|a| match a {
+                    RouteAttribute::Oif(ifindex) => ifindexes.contains(ifindex),
+                    RouteAttribute::MultiPath(hops) => hops.iter().any(|hop| ifindexes.contains(&hop.interface_index)),
+                    _ => false,
+                });
+                match nexthop {
+                    Some(id) if nexthop_ids.contains(&id) => following.push(route),
+                    Some(_) => {}
+                    None if through => moving.push(route),
+                    None => {}
                 }
             }
         }
-        Ok(moving)
+        Ok((moving, following))
     }
 
     /// Adds a saved address to its interface, or to `bridge` instead.
@@ -279,14 +344,27 @@ impl Switch {
         request.execute().await
     }
 
-    /// Adds a saved route through its interface, or through `bridge` instead.
-    async fn add_route(&self, route: &RouteMessage, ifindex: u32, bridge: Option<u32>) -> Result<(), rtnetlink::Error> {
+    /// Adds a saved route as it was, or through `bridge` instead of the
+    /// switched interfaces (its own output interface, its hops').
+    async fn add_route(&self, route: &RouteMessage, bridge: Option<u32>) -> Result<(), rtnetlink::Error> {
         let mut message = route.clone();
         message.attributes.retain(|a| !matches!(a, RouteAttribute::CacheInfo(_)));
+        // A route naming a nexthop object takes its way from it alone (the
+        // kernel shows the nexthop's interface and gateway on it too).
+        if message.attributes.iter().any(|a| matches!(a, RouteAttribute::NhId(_))) {
+            message.attributes.retain(|a| !matches!(a, RouteAttribute::Oif(_) | RouteAttribute::Gateway(_)));
+        }
         if let Some(bridge) = bridge {
+            let ifindexes = self.ifindexes();
             for attribute in &mut message.attributes {
-                if *attribute == RouteAttribute::Oif(ifindex) {
-                    *attribute = RouteAttribute::Oif(bridge);
+                match attribute {
+                    RouteAttribute::Oif(ifindex) if ifindexes.contains(ifindex) => *ifindex = bridge,
+                    RouteAttribute::MultiPath(hops) => {
+                        for hop in hops.iter_mut().filter(|hop| ifindexes.contains(&hop.interface_index)) {
+                            hop.interface_index = bridge;
+                        }
+                    }
+                    _ => {}
                 }
             }
         }
@@ -314,6 +392,16 @@ fn address_ip(address: &AddressMessage) -> Option<IpAddr> {
             _ => None,
         })
     })
+}
+
+/// A route as the log names it: its destination.
+fn route_text(route: &RouteMessage) -> String {
+    let destination = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(ip.to_string()),
+        RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(ip.to_string()),
+        _ => None,
+    });
+    format!("{}/{}", destination.unwrap_or_else(|| "default".into()), route.header.destination_prefix_length)
 }
 
 fn address_text(address: &AddressMessage) -> String {
