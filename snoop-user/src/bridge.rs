@@ -222,6 +222,12 @@ impl BridgeState {
         self.options.contains(&InfoBridge::MulticastSnooping(true))
     }
 
+    /// `mcast_router 2` on the bridge device itself: its host is a
+    /// multicast router, by the administrator's word.
+    pub fn host_is_router(&self) -> bool {
+        self.options.iter().any(|o| matches!(o, InfoBridge::MulticastRouter(BridgeMulticastRouterType::Permanent)))
+    }
+
     /// STP's topology change flag is up.
     pub fn topology_change(&self) -> bool {
         self.options.iter().any(|o| matches!(o, InfoBridge::TopologyChange(on) if *on != 0))
@@ -502,6 +508,24 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Whether the host routes multicast of each family (IPv4, IPv6) on the
+/// interface `ifindex` (a multicast routing daemon made it a VIF / MIF:
+/// pimd, FRR, smcroute, igmpproxy), read from its mc_forwarding sysctls.
+pub fn host_routes_multicast(ifindex: u32) -> [bool; 2] {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: a buffer of IF_NAMESIZE, as if_indextoname requires.
+    if unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null() {
+        return [false; 2];
+    }
+    // SAFETY: if_indextoname wrote a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_string_lossy().into_owned();
+    let on = |family: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/{family}/conf/{name}/mc_forwarding"))
+            .is_ok_and(|v| v.trim() == "1")
+    };
+    [on("ipv4"), on("ipv6")]
 }
 
 /// IPv6 groups the bridge device itself has joined, from /proc/net/igmp6:

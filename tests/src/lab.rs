@@ -363,6 +363,15 @@ link set {name}p up
         Ok(names)
     }
 
+    /// A namespace of the lab's, `<lab>-<name>`, deleted with the lab.
+    pub fn add_namespace(&mut self, name: &str) -> Result<String> {
+        let netns = format!("{}-{name}", self.id);
+        run("ip", &["netns", "add", &netns])?;
+        self.extra_netns.push(netns.clone());
+        quiet_ipv6(&netns)?;
+        Ok(netns)
+    }
+
     /// Writes a file for the lab's lifetime (a daemon's configuration).
     pub fn write_file(&mut self, name: &str, contents: &str) -> Result<PathBuf> {
         let path = std::env::temp_dir().join(format!("{}-{name}", self.id));
@@ -401,6 +410,18 @@ link set {name}p up
     /// for the lab's lifetime; [`Lab::frr`] asks them through vtysh.
     pub fn start_frr(&mut self, host: &str, pimd: &str) -> Result<()> {
         let netns = self.host(host).netns.clone();
+        self.start_frr_in(&netns, host, pimd)
+    }
+
+    /// FRR's zebra and pimd in the bridge's namespace (the bridge host as
+    /// a router), asked through [`Lab::frr`] with `name` "bridge".
+    pub fn start_frr_on_bridge(&mut self, pimd: &str) -> Result<()> {
+        let netns = self.bridge_netns.clone();
+        self.start_frr_in(&netns, "bridge", pimd)
+    }
+
+    fn start_frr_in(&mut self, netns: &str, host: &str, pimd: &str) -> Result<()> {
+        let netns = netns.to_owned();
         let dir = self.frr_dir(host);
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         self.files.push(dir.clone());
@@ -890,6 +911,13 @@ link set {name}p up
             Ok(socket)
         })??;
         Ok(GroupSender { socket })
+    }
+
+    /// A [`Stream`] of IPv4 `group` from `host` that routers forward (TTL 16).
+    pub fn routed_stream(&self, host: &str, group: Ipv4Addr) -> Result<Stream> {
+        let sender = self.sender(host)?;
+        sender.socket.set_multicast_ttl_v4(16)?;
+        Ok(Stream::start(sender.socket, SocketAddrV4::new(group, DATA_PORT).into()))
     }
 
     /// A [`Stream`] of `group` (IPv4 or IPv6) from `host`, out of its interface.

@@ -479,3 +479,55 @@ fn port_member(lab: &Lab, group: Ipv4Addr, port: &str) -> Result<Option<serde_js
         .flat_map(|g| g["members"].as_array().cloned().unwrap_or_default())
         .find(|m| m["port"] == port))
 }
+
+/// FRR's pimd on the bridge device itself, routing to a network behind
+/// another interface of the bridge's host (up0, towards `remote`), its own
+/// rendezvous point.
+const FRR_PIMD_ON_THE_BRIDGE: &str = "interface br0\n ip pim\n ip igmp\ninterface up0\n ip pim\n ip igmp\n\
+                                      ip pim rp 10.99.0.1 224.0.0.0/4\n";
+
+#[test]
+fn a_bridge_host_that_routes_multicast_gets_every_group() -> Result<()> {
+    // h1 sends G; h2 on p2 joined it, so snoop copies G to p2 straight from
+    // p1. The bridge's host routes G on (FRR pimd) to a receiver behind
+    // up0: it must get G too, or the remote receiver starves.
+    let mut lab = Lab::new("hostrouter", 3, &LabOptions::default())?;
+    lab.set_bridge_address(Ipv4Addr::new(10, 99, 0, 1))?;
+    let remote = lab.add_namespace("remote")?;
+    lab.ip_br(&["link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &remote])?;
+    lab.ip_br(&["addr", "add", "10.96.0.1/24", "dev", "up0"])?;
+    lab.ip_br(&["link", "set", "up0", "up"])?;
+    lab::run("ip", &["-n", &remote, "addr", "add", "10.96.0.2/24", "dev", "eth0"])?;
+    lab::run("ip", &["-n", &remote, "link", "set", "eth0", "up"])?;
+    lab::run("ip", &["-n", &remote, "link", "set", "lo", "up"])?;
+    lab::run("ip", &["-n", &remote, "route", "add", "default", "via", "10.96.0.1"])?;
+    lab.start_frr_on_bridge(FRR_PIMD_ON_THE_BRIDGE)?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _h2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p2"], JOIN_TIMEOUT)?;
+    // The remote receiver joins over up0.
+    let socket = in_netns(&remote, || -> Result<UdpSocket> {
+        let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, DATA_PORT))?;
+        socket.join_multicast_v4(&G, &Ipv4Addr::new(10, 96, 0, 2))?;
+        socket.set_nonblocking(true)?;
+        Ok(socket)
+    })??;
+    wait_until("pimd heard the remote join", Duration::from_secs(10), || {
+        Ok(lab.frr_igmp_groups("bridge")?.contains(&G))
+    })?;
+    let _stream = lab.routed_stream("h1", G)?;
+    // What arrived since the last look.
+    let received = || {
+        let mut buffer = [0u8; 128];
+        std::iter::from_fn(|| socket.recv(&mut buffer).ok()).count()
+    };
+    wait_until("the routed stream at the remote receiver", Duration::from_secs(10), || Ok(received() > 0))?;
+    for second in 1..=5 {
+        thread::sleep(Duration::from_secs(1));
+        assert!(received() > 50, "the remote receiver lost the stream after {second} s");
+    }
+    let h2 = lab.sniff("h2")?;
+    thread::sleep(Duration::from_millis(300));
+    assert!(h2.count(G) > 0, "h2 still gets G");
+    Ok(())
+}

@@ -23,9 +23,10 @@ pub enum Input<'a> {
     Timers,
     /// The bridge as rtnetlink shows it now (a link change, or a port scan).
     Bridge(Box<BridgeView>),
-    /// The groups the bridge's own host has joined, by VLAN (read at port
-    /// scans: redirect copies them to it).
-    LocalGroups(BTreeSet<(u16, IpAddr)>),
+    /// The groups the bridge's own host has joined, by VLAN, and the VLANs
+    /// and families (FAMILY_*) it routes multicast in (read at port scans:
+    /// redirect copies them to it).
+    Local { groups: BTreeSet<(u16, IpAddr)>, routed: BTreeSet<(u16, u8)> },
     /// Senders whose frames the fast path consumed lately: (MAC, port, VLAN).
     Senders(Vec<([u8; 6], u32, u16)>),
     /// A client asks for a change.
@@ -53,6 +54,8 @@ pub struct BridgeView {
     pub obstacle: Option<&'static str>,
     /// STP's topology change flag is up.
     pub topology_change: bool,
+    /// `mcast_router 2` on the bridge device: its host is a router.
+    pub host_is_router: bool,
 }
 
 /// Addresses queries can speak from: the bridge's own, and those of VLAN

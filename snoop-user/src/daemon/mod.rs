@@ -263,7 +263,7 @@ impl Runner {
             let pinned = pinned(self.reconciler.written());
             effects.extend(self.daemon.step(now, Input::Resume(pinned)));
         }
-        effects.extend(self.daemon.step(now, Input::LocalGroups(self.local_groups())));
+        effects.extend(self.daemon.step(now, self.local()));
         effects.extend(self.daemon.started(now, resumed));
         self.settle(effects).await;
         let ports: Vec<u32> = self.daemon.ports.keys().copied().collect();
@@ -614,13 +614,31 @@ impl Runner {
             kernel_snooping: state.kernel_snooping(),
             obstacle,
             topology_change,
+            host_is_router: state.host_is_router(),
         })
     }
 
     /// The groups the bridge host's sockets joined, for redirect to copy to it.
     async fn refresh_local_groups(&mut self) {
-        let groups = self.local_groups();
-        self.step(Input::LocalGroups(groups)).await;
+        let local = self.local();
+        self.step(local).await;
+    }
+
+    /// What the bridge's host takes: the groups it joined, the VLANs and
+    /// families it routes multicast in (redirect only: the bridge path
+    /// reaches it by itself).
+    fn local(&self) -> Input<'static> {
+        let mut routed = BTreeSet::new();
+        if self.daemon.forwarding.redirect {
+            for (ifindex, vlans) in self.daemon.local_interfaces() {
+                let [v4, v6] = bridge::host_routes_multicast(ifindex);
+                for vlan in vlans {
+                    routed.extend(v4.then_some((vlan, snoop_common::FAMILY_IPV4)));
+                    routed.extend(v6.then_some((vlan, snoop_common::FAMILY_IPV6)));
+                }
+            }
+        }
+        Input::Local { groups: self.local_groups(), routed }
     }
 
     /// The groups the bridge host's sockets joined (redirect only: the

@@ -297,7 +297,8 @@ impl Projection<'_> {
         let daemon = self.daemon;
         let egress = self.vlan_egress(group.vlan);
         let routers = self.routers::<A>(context);
-        let local = daemon.local.contains(&(group.vlan, group.addr.ip()));
+        let local = daemon.local.contains(&(group.vlan, group.addr.ip()))
+            || daemon.host_routes.contains(&(group.vlan, A::FAMILY));
         let filters: Vec<(u32, &SourceFilter<A>)> = A::of(context)
             .and_then(|s| s.groups().get(group))
             .into_iter()

@@ -113,6 +113,10 @@ pub struct Daemon {
     pub addresses: QuerySources,
     /// Groups the bridge's own host has joined, by VLAN.
     pub local: BTreeSet<(u16, IpAddr)>,
+    /// VLANs and families (FAMILY_*) the bridge's host routes multicast in.
+    pub host_routes: BTreeSet<(u16, u8)>,
+    /// `mcast_router 2` on the bridge device.
+    host_is_router: bool,
     /// The static groups in force: the configuration's, and those added
     /// and deleted at run time since. A port that joins the bridge gets its own.
     pub statics: BTreeSet<StaticGroup>,
@@ -173,6 +177,8 @@ impl Daemon {
             contexts: BTreeMap::new(),
             addresses: QuerySources::default(),
             local: BTreeSet::new(),
+            host_routes: BTreeSet::new(),
+            host_is_router: false,
             statics,
             forwarding: ForwardingState { redirect, why: (!redirect).then_some("--forwarding bridge") },
             restore,
@@ -211,7 +217,10 @@ impl Daemon {
                 }
             }
             Input::Bridge(view) => self.bridge_seen(*view, now),
-            Input::LocalGroups(groups) => self.local_groups(groups),
+            Input::Local { groups, routed } => {
+                self.local_groups(groups);
+                self.host_routes(routed);
+            }
             Input::Senders(senders) => self.teach(senders, now),
             Input::Change(change) => {
                 let reply = self.change(change, now).map_err(|error| error.to_string());
@@ -533,7 +542,9 @@ impl Daemon {
     /// be used. Containers come and go all the time: each scan is taken as
     /// it is.
     fn bridge_seen(&mut self, view: BridgeView, now: Duration) {
-        let BridgeView { mac, vlans, addresses, ports, kernel_snooping, obstacle, topology_change } = view;
+        let BridgeView { mac, vlans, addresses, ports, kernel_snooping, obstacle, topology_change, host_is_router } =
+            view;
+        self.host_is_router = host_is_router;
         if mac != self.bridge.mac && self.seen_bridge {
             self.log(Level::Info, format!("{} has a new MAC; queries are sent from it", self.bridge.name));
         }
@@ -878,6 +889,38 @@ impl Daemon {
             self.dirty.groups.insert(key_of(*addr, *vlan));
         }
         self.local = groups;
+    }
+
+    /// The VLANs and families the bridge's host routes multicast in: it
+    /// gets every group of them (a router port), else redirect would take
+    /// the streams it routes before it sees them.
+    fn host_routes(&mut self, routed: BTreeSet<(u16, u8)>) {
+        let routed: BTreeSet<(u16, u8)> = routed.into_iter().chain(self.host_router_by_setting()).collect();
+        if routed == self.host_routes {
+            return;
+        }
+        let changed: Vec<(u16, u8)> = routed.symmetric_difference(&self.host_routes).copied().collect();
+        for (vlan, family) in &changed {
+            let on = routed.contains(&(*vlan, *family));
+            let what = if *family == snoop_common::FAMILY_IPV4 { "IPv4" } else { "IPv6" };
+            let line = match on {
+                true => format!("{}'s host routes {what} multicast: it gets every group", self.vlan_name(*vlan)),
+                false => format!("{}'s host no longer routes {what} multicast", self.vlan_name(*vlan)),
+            };
+            self.log(Level::Info, line);
+        }
+        self.host_routes = routed;
+        self.dirty.all = true;
+    }
+
+    /// `mcast_router 2` on the bridge device: the host is a router of both
+    /// families in the bridge's own VLANs.
+    fn host_router_by_setting(&self) -> Vec<(u16, u8)> {
+        if !self.host_is_router {
+            return Vec::new();
+        }
+        let (_, vlans) = self.local_interfaces().into_iter().next().unwrap_or_default();
+        vlans.into_iter().flat_map(|v| [(v, snoop_common::FAMILY_IPV4), (v, snoop_common::FAMILY_IPV6)]).collect()
     }
 
     /// The interfaces whose sockets the bridge host's groups are read from,
