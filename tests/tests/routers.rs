@@ -80,6 +80,10 @@ fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_o
     let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
     thread::sleep(Duration::from_secs(1)); // igmpproxy's startup query goes by
     lab.start_snoop(&snoop_bin(), &args(&["--trusted-port", "p3"]))?;
+    // Until a first query has been answered snoop floods, as a plain bridge:
+    // h2 would get the stream then. (On a slow guest igmpproxy's startup
+    // query can come after snoop started, with its 10 s to answer.)
+    wait_present(&lab, Duration::from_secs(12))?;
 
     let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
     thread::sleep(Duration::from_millis(500));
