@@ -25,6 +25,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod filtering;
 pub mod frame_sender;
+pub mod mdb;
 pub mod membership;
 pub mod metrics;
 pub mod netns;

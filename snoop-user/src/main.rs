@@ -1,7 +1,6 @@
 use std::{
     collections::BTreeMap,
     ffi::OsString,
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     time::Duration,
@@ -315,6 +314,10 @@ struct RunArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Add a metrics series per source of each membership (one per source
+    /// per port: a host naming many sources makes many series).
+    #[arg(long)]
+    metrics_sources: bool,
     /// How often to rescan the bridge's ports (every rtnetlink link change
     /// triggers a rescan too; this catches anything an event could miss).
     #[arg(long, default_value = "1s", value_parser = duration)]
@@ -361,23 +364,11 @@ fn main() {
         }
     };
     let cli = Cli::parse_from(argv);
-    let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    if logging_to_journald() {
-        // journald stamps each line itself and takes its priority from a
-        // `<N>` prefix (sd-daemon(3)).
-        logger.format(|out, record| {
-            let priority = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(out, "<{priority}>{}", record.args())
-        });
-    } else {
+    if !(logging_to_journald() && log_to_journal(&cli)) {
+        let mut logger = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
         logger.format_timestamp_millis();
+        logger.init();
     }
-    logger.init();
     if let Err(error) = real_main(cli) {
         eprintln!("snoop: {error:#}");
         std::process::exit(1);
@@ -573,6 +564,7 @@ fn run_config(args: RunArgs, netns: Option<&str>) -> Result<RunConfig> {
         pin_dir,
         port_scan_interval: args.port_scan_interval,
         metrics: args.metrics,
+        metrics_sources: args.metrics_sources,
         control_group: args.control_group.as_deref().map(group_id).transpose()?,
         map_sizes: snoop_common::MapSizes { memberships: args.max_memberships, groups: args.max_groups },
     };
@@ -639,6 +631,46 @@ fn group_id(group: &str) -> Result<u32> {
 
 /// systemd connects stderr to journald and says so in JOURNAL_STREAM
 /// (`DEVICE:INODE` of that stream), which children may inherit: compare.
+/// Under systemd, records go to the journal natively: their priority, and
+/// fields of their own (BRIDGE= on every record; PORT=, GROUP=, VLAN=,
+/// EVENT= on membership events), filtered as RUST_LOG says. False if the
+/// journal cannot be reached (then stderr, as elsewhere).
+fn log_to_journal(cli: &Cli) -> bool {
+    let bridge = match &cli.command {
+        Command::Run(args) => Some(args.bridge.clone()),
+        Command::Switch(args) => Some(args.bridge.clone()),
+        _ => None,
+    };
+    let Ok(journal) = systemd_journal_logger::JournalLog::new() else { return false };
+    let journal = journal.with_extra_fields(bridge.map(|b| ("BRIDGE", b)));
+    let filter = match std::env::var_os("RUST_LOG") {
+        Some(_) => env_filter::Builder::from_env("RUST_LOG").build(),
+        None => env_filter::Builder::new().filter_level(log::LevelFilter::Info).build(),
+    };
+    log::set_max_level(filter.filter());
+    log::set_boxed_logger(Box::new(FilteredJournal { filter, journal })).is_ok()
+}
+
+/// The journal, as RUST_LOG filters.
+struct FilteredJournal {
+    filter: env_filter::Filter,
+    journal: systemd_journal_logger::JournalLog,
+}
+
+impl log::Log for FilteredJournal {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.filter.matches(record) {
+            self.journal.log(record);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 fn logging_to_journald() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };

@@ -67,6 +67,8 @@ pub struct Start {
     pub port_scan_interval: Duration,
     /// Serve Prometheus metrics on this address.
     pub metrics: Option<std::net::SocketAddr>,
+    /// A metrics series per source of each membership.
+    pub metrics_sources: bool,
     /// Members of this group may read the state over the control socket (root always may).
     pub control_group: Option<u32>,
     #[serde(rename = "max-memberships/max-groups", serialize_with = "sizes")]
@@ -253,6 +255,7 @@ mod tests {
             pin_dir: "/sys/fs/bpf/snoop/host/br0".into(),
             port_scan_interval: Duration::from_secs(1),
             metrics: None,
+            metrics_sources: false,
             control_group: None,
             map_sizes: MapSizes::default(),
             ssm_ranges: DEFAULT_SSM_RANGES.to_vec(),

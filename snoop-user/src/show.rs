@@ -17,13 +17,16 @@ pub enum View {
     /// How group traffic is forwarded now (redirect or the bridge path) and why.
     Forwarding,
     Stats,
+    /// The memberships as `bridge mdb show` prints the bridge's own
+    /// database (`--json`: as `bridge -j -d -s mdb show`).
+    Mdb,
 }
 
 /// What `view` needs: the querier and stats views skip groups and traffic.
 fn fetch_for(bridge: &str, view: View) -> Result<Snapshot> {
     let request = match view {
         View::Querier | View::Forwarding | View::Stats => Request::Counters,
-        View::Groups | View::Ports => Request::Snapshot,
+        View::Groups | View::Ports | View::Mdb => Request::Snapshot,
     };
     Ok(control::fetch(bridge, request)?)
 }
@@ -72,6 +75,7 @@ fn view_name(view: View) -> &'static str {
         View::Querier => "querier",
         View::Forwarding => "forwarding",
         View::Stats => "stats",
+        View::Mdb => "mdb",
     }
 }
 
@@ -93,6 +97,8 @@ pub fn print(snapshot: &Snapshot, view: View, json: bool) -> Result<()> {
                 serde_json::to_string_pretty(&querier)?
             }
             View::Forwarding => serde_json::to_string_pretty(&snapshot.forwarding)?,
+            // iproute2 prints it on one line; so does this, so the two compare alike.
+            View::Mdb => serde_json::to_string(&crate::mdb::json(snapshot))?,
             View::Stats => serde_json::to_string_pretty(&serde_json::json!({
                 "datapath": snapshot.datapath,
                 "controller": snapshot.controller,
@@ -296,6 +302,8 @@ pub fn render_with_rates(s: &Snapshot, view: View, previous: Option<&Snapshot>) 
                 rows.push(vec![format!("port {port}"), format!("not attached: {why}")]);
             }
         }
+        // iproute2's lines, not a table.
+        View::Mdb => return crate::mdb::text(s),
         View::Stats => {
             rows.push(vec!["SOURCE".into(), "COUNTER".into(), "VALUE".into()]);
             for (name, value) in &s.datapath {

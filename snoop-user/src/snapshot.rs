@@ -24,6 +24,8 @@ use crate::{
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Snapshot {
     pub bridge: String,
+    #[serde(default)]
+    pub bridge_ifindex: u32,
     pub uptime_secs: f64,
     /// The IGMP querier.
     pub querier: QuerierView,
@@ -44,6 +46,38 @@ pub struct Snapshot {
     pub controller: BTreeMap<String, u64>,
     /// Traffic per (group, member port) as the data path counted it.
     pub traffic: Vec<TrafficView>,
+    /// Groups the bridge's own host joined (known in redirect forwarding).
+    #[serde(default)]
+    pub local_groups: Vec<LocalGroupView>,
+    /// What runs: snoop's version, the kernel, how the programs attach.
+    #[serde(default)]
+    pub build: BuildView,
+    /// How full the data path's maps are.
+    #[serde(default)]
+    pub maps: Vec<MapFillView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapFillView {
+    /// "memberships", "groups", "copy_lists", "sources".
+    pub map: String,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BuildView {
+    pub version: String,
+    pub kernel: String,
+    /// "tcx" or "clsact".
+    pub attach: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LocalGroupView {
+    pub group: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -333,6 +367,12 @@ pub trait Counters {
 /// What a snapshot is collected from.
 pub struct Sources<'a> {
     pub bridge: &'a str,
+    pub bridge_ifindex: u32,
+    /// Groups the bridge's host joined, by VLAN.
+    pub local: &'a std::collections::BTreeSet<(u16, IpAddr)>,
+    /// "tcx" or "clsact".
+    pub attach: &'static str,
+    pub maps: Vec<MapFillView>,
     pub uptime: Duration,
     /// The VLAN contexts ([`VLAN_NONE`] alone without VLANs).
     pub contexts: &'a BTreeMap<u16, VlanContext>,
@@ -419,8 +459,22 @@ pub fn collect(sources: &Sources, counters_only: bool) -> Snapshot {
     } else {
         Vec::new()
     };
+    let local_groups = if counters_only {
+        Vec::new()
+    } else {
+        let vlan = |v: u16| (v != VLAN_NONE).then_some(v);
+        sources.local.iter().map(|(v, group)| LocalGroupView { group: *group, vlan: vlan(*v) }).collect()
+    };
     Snapshot {
         bridge: sources.bridge.to_owned(),
+        bridge_ifindex: sources.bridge_ifindex,
+        local_groups,
+        maps: sources.maps.clone(),
+        build: BuildView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned(),
+            attach: sources.attach.to_owned(),
+        },
         uptime_secs: sources.uptime.as_secs_f64(),
         querier: querier_view(sources, sources.igmp().next().map(|(_, s)| s)),
         mld_querier: sources.mld.then(|| querier_view(sources, sources.mld().next().map(|(_, s)| s))),

@@ -570,8 +570,33 @@ link set {name}p up
         self.start_snoop_with(snoop, args, None)
     }
 
+    /// Starts `WRAPPER... snoop --netns BRIDGE-NETNS run --bridge BRIDGE
+    /// ARGS...`: snoop as a service manager would start it, say.
+    pub fn start_snoop_wrapped(&mut self, wrapper: &[&str], snoop: &Path, args: &[&str]) -> Result<()> {
+        let bridge = self.bridge.clone();
+        let args = [&["run", "--bridge", &bridge], args].concat();
+        self.start_snoop_with_wrapper(wrapper, snoop, &args, None)
+    }
+
     fn start_snoop_with(&mut self, snoop: &Path, args: &[&str], open_files: Option<u64>) -> Result<()> {
-        let mut cmd = Command::new(snoop);
+        self.start_snoop_with_wrapper(&[], snoop, args, open_files)
+    }
+
+    fn start_snoop_with_wrapper(
+        &mut self,
+        wrapper: &[&str],
+        snoop: &Path,
+        args: &[&str],
+        open_files: Option<u64>,
+    ) -> Result<()> {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(snoop);
+                cmd
+            }
+            None => Command::new(snoop),
+        };
         if let Some(soft) = open_files {
             use std::os::unix::process::CommandExt as _;
             // SAFETY: only async-signal-safe calls between fork and exec.

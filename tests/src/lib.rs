@@ -237,6 +237,43 @@ pub fn attached_programs(lab: &Lab, port: &str) -> Result<usize> {
     Ok(tcx + filters)
 }
 
+/// The entries of a `bridge -j -d -s mdb show` document (or snoop's), as
+/// compared: timers out (they count each side's own time), link-scope
+/// IPv6 groups out (the kernel tracks them; snoop floods them by default),
+/// sorted.
+pub fn comparable_mdb(document: &Value) -> Vec<Value> {
+    let mut entries: Vec<Value> = document[0]["mdb"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| !e["grp"].as_str().unwrap_or_default().starts_with("ff02:"))
+        .map(|mut e| {
+            let object = e.as_object_mut().expect("an entry is an object");
+            object.remove("timer");
+            if let Some(list) = object.get_mut("source_list").and_then(Value::as_array_mut) {
+                list.iter_mut().for_each(|s| drop(s.as_object_mut().map(|s| s.remove("timer"))));
+            }
+            e
+        })
+        .collect();
+    entries.sort_by_key(|e| e.to_string());
+    entries
+}
+
+/// `bridge -j -d -s mdb show` on the lab's bridge.
+pub fn kernel_mdb(lab: &Lab) -> Result<Value> {
+    Ok(serde_json::from_str(&lab::run("bridge", &["-n", &lab.bridge_netns, "-j", "-d", "-s", "mdb", "show"])?)?)
+}
+
+/// `snoop show mdb --json` on the lab's bridge.
+pub fn snoop_mdb(lab: &Lab) -> Result<Value> {
+    let out = Command::new(snoop_bin())
+        .args(["--netns", &lab.bridge_netns, "show", "mdb", "--bridge", &lab.bridge, "--json"])
+        .output()?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// A process's resident memory (VmRSS), in kB.
 pub fn rss_kb(pid: u32) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -561,3 +561,110 @@ fn snoop_switch_refuses_interfaces_it_cannot_use_and_changes_nothing() -> Result
     assert_eq!(bridges.as_array().map(Vec::len), Some(1), "no bridge was made: {bridges}");
     Ok(())
 }
+
+/// Runs systemd-networkd in the current network namespace with the
+/// `.netdev`/`.network` files of the directory given, as /etc/systemd/network
+/// would hold them (a mount namespace of its own: nothing of the host's
+/// networkd is touched).
+const NETWORKD: &str = r#"set -e
+mkdir -p /run/systemd
+mount -t tmpfs tmpfs /run/systemd
+mkdir -p /run/systemd/network /run/systemd/netif
+cp "$1"/*.netdev "$1"/*.network /run/systemd/network/
+chown systemd-network:systemd-network /run/systemd/netif
+# A read-only /sys, as in a container: no udev to wait for.
+mount -o remount,bind,ro /sys
+exec /lib/systemd/systemd-networkd
+"#;
+
+/// A network namespace and the networkd in it, gone at the end.
+struct NetworkdNetns {
+    name: String,
+    networkd: Option<std::process::Child>,
+}
+
+impl Drop for NetworkdNetns {
+    fn drop(&mut self) {
+        if let Some(mut networkd) = self.networkd.take() {
+            let _ = networkd.kill();
+            let _ = networkd.wait();
+        }
+        let _ = lab::run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// The shipped systemd-networkd files, as they are, make br0 with the
+/// kernel's snooping off and its ports in it (networkd itself, in a network
+/// namespace of the test's), without a word of complaint about them; snoop
+/// then runs on that bridge.
+#[test]
+fn the_shipped_networkd_files_make_a_bridge_without_the_kernels_snooping() -> Result<()> {
+    let dist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/networkd");
+    let mut netns =
+        NetworkdNetns { name: format!("{}-networkd-{}", lab::NS_PREFIX, std::process::id()), networkd: None };
+    lab::run("ip", &["netns", "add", &netns.name])?;
+    for port in ["eth1", "eth2"] {
+        lab::run(
+            "ip",
+            &["-n", &netns.name, "link", "add", port, "type", "veth", "peer", "name", &format!("{port}-peer")],
+        )?;
+        lab::run("ip", &["-n", &netns.name, "link", "set", &format!("{port}-peer"), "up"])?;
+    }
+    let log = std::env::temp_dir().join(format!("{}.log", netns.name));
+    netns.networkd = Some(
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &netns.name,
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                NETWORKD,
+                "sh",
+            ])
+            .arg(&dist)
+            .stdout(std::fs::File::create(&log)?)
+            .stderr(std::fs::File::create(&log)?.try_clone()?)
+            .spawn()?,
+    );
+    let link = |name: &str| -> Result<Value> {
+        let out = lab::run("ip", &["-n", &netns.name, "-d", "-j", "link", "show", name])?;
+        Ok(serde_json::from_str::<Value>(&out)?[0].clone())
+    };
+    wait_until("br0 made, eth1 and eth2 in it", Duration::from_secs(10), || {
+        let enslaved = |port: &str| -> Result<bool> { Ok(link(port)?["master"] == "br0") };
+        Ok(link("br0").is_ok() && enslaved("eth1")? && enslaved("eth2")?)
+    })?;
+    let br0 = link("br0")?;
+    assert_eq!(br0["linkinfo"]["info_data"]["mcast_snooping"], 0, "{br0}");
+    let said = std::fs::read_to_string(&log)?;
+    let _ = std::fs::remove_file(&log);
+    for complaint in ["Unknown", "Failed to parse", "ignoring"] {
+        assert!(!said.contains(complaint), "networkd complained about the shipped files:\n{said}");
+    }
+
+    let mut snoop = std::process::Command::new(snoop_bin())
+        .args(["--netns", &netns.name, "run", "--bridge", "br0"])
+        .args(FAST_TIMERS)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let answered = wait_until("snoop answering on networkd's bridge", Duration::from_secs(20), || {
+        let out = std::process::Command::new(snoop_bin())
+            .args(["--netns", &netns.name, "show", "ports", "--bridge", "br0", "--json"])
+            .output()?;
+        let ports: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        Ok(ports.as_array().is_some_and(|p| p.len() == 2))
+    });
+    // SAFETY: a signal to the snoop this test started.
+    unsafe { libc::kill(snoop.id() as i32, libc::SIGTERM) };
+    let status = snoop.wait()?;
+    answered?;
+    assert!(status.success(), "snoop exited with {status}");
+    assert_eq!(link("br0")?["linkinfo"]["info_data"]["mcast_snooping"], 0, "not left as found");
+    Ok(())
+}

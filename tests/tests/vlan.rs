@@ -10,7 +10,10 @@ use std::{
 };
 
 use anyhow::Result;
-use snoop_tests::{lab::Lab, map_members_by_vlan, snoop_bin, stat, wait_until, LabOptions, FAST_TIMERS};
+use snoop_tests::{
+    comparable_mdb, kernel_mdb, lab::Lab, map_members_by_vlan, snoop_bin, snoop_mdb, stat, wait_until, LabOptions,
+    FAST_TIMERS,
+};
 
 const G: Ipv4Addr = Ipv4Addr::new(239, 1, 2, 3);
 const G6: Ipv6Addr = Ipv6Addr::new(0xff0e, 0, 0, 0, 0, 0, 0, 0x77);
@@ -233,5 +236,41 @@ fn vlan_a_querier_and_a_router_count_in_their_own_vlan_only() -> Result<()> {
     })?;
     assert_eq!(trunk_in_20.reports(), 0, "VLAN 20's reports went to VLAN 10's router port");
     assert_eq!(deliver(&lab, &["h1", "h2"], G, &receivers, 50)?, [vec![0, 0], vec![0, 0], vec![0, 50]]);
+    Ok(())
+}
+
+/// The same joins in two VLANs (h1 in 10, h4 in 20, the trunk host in 20)
+/// under the kernel's own snooping and under snoop: `snoop show mdb
+/// --json` holds the kernel's entries, with the kernel's `vid`.
+#[test]
+fn vlan_show_mdb_holds_what_the_kernels_mdb_holds() -> Result<()> {
+    let joins = |lab: &Lab| -> Result<Vec<snoop_tests::lab::Membership>> {
+        Ok(vec![lab.join("h1", G)?, lab.join("h4", G)?, lab.join("h0v20", G)?])
+    };
+    let kernel_document = {
+        let lab = vlan_lab("vlan-mdb-kernel", false)?;
+        // IGMPv3, as snoop's hosts report: the kernel shows filter modes then.
+        #[rustfmt::skip]
+        lab.ip_br(&["link", "set", &lab.bridge, "type", "bridge", "mcast_snooping", "1", "mcast_igmp_version", "3"])?;
+        let _joined = joins(&lab)?;
+        let mut document = serde_json::Value::Null;
+        wait_until("the kernel's mdb has the three entries", JOIN_TIMEOUT, || {
+            document = kernel_mdb(&lab)?;
+            Ok(comparable_mdb(&document).len() >= 3)
+        })?;
+        document
+    };
+    let mut lab = vlan_lab("vlan-mdb-snoop", false)?;
+    lab.start_snoop(&snoop_bin(), FAST_TIMERS)?;
+    let _joined = joins(&lab)?;
+    wait_for_vlan_members(&lab, G.into(), &[(10, "p1"), (20, "p4"), (20, "p0")])?;
+    let document = snoop_mdb(&lab)?;
+    assert_eq!(
+        comparable_mdb(&document),
+        comparable_mdb(&kernel_document),
+        "snoop: {document}\nkernel: {kernel_document}"
+    );
+    let vids: BTreeSet<u64> = comparable_mdb(&document).iter().filter_map(|e| e["vid"].as_u64()).collect();
+    assert_eq!(vids, BTreeSet::from([10, 20]));
     Ok(())
 }

@@ -109,6 +109,13 @@ fn main() -> Result<()> {
             setup()?;
             cargo(&["fmt", "--all", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
+            // The shipped alert rules: valid, and firing when they should.
+            if bpf_toolchain::which("promtool").is_none() {
+                Apt::default().install(&["prometheus"])?;
+            }
+            let dist = workspace().join("dist");
+            run(Command::new("promtool").args(["check", "rules", "prometheus-alerts.yml"]).current_dir(&dist))?;
+            run(Command::new("promtool").args(["test", "rules", "prometheus-alerts.test.yml"]).current_dir(&dist))?;
             // Clippy cannot build for the BPF target here (its compiler is not
             // the one with the prebuilt core): the eBPF crate gets rustc's
             // lints, denied.
@@ -329,8 +336,9 @@ fn test_in_vm(spec: &str, snoop: &Path, args: &[String], totals: &mut TestTotals
 
 /// Installs, where missing: a compiler with a BPF core, bpf-linker, iproute2,
 /// nftables (the labs count and sink group traffic at hosts with it),
-/// igmpproxy and FRRouting (multicast routers the tests put behind a port)
-/// and ping (IPv6 neighbour discovery through snoop, in the tests).
+/// igmpproxy and FRRouting (multicast routers the tests put behind a port),
+/// ping (IPv6 neighbour discovery through snoop, in the tests) and
+/// systemd's journald (where snoop logs under systemd).
 fn setup() -> Result<()> {
     let mut apt = Apt::default();
     if bpf_toolchain::find().is_none() {
@@ -374,6 +382,10 @@ fn setup() -> Result<()> {
     }
     if bpf_toolchain::which("ping").is_none() {
         apt.install(&["iputils-ping"])?;
+    }
+    if !Path::new("/lib/systemd/systemd-journald").exists() || bpf_toolchain::which("journalctl").is_none() {
+        // A journald of the test's own hears snoop log as a unit would.
+        apt.install(&["systemd"])?;
     }
     Ok(())
 }

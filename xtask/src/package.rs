@@ -94,6 +94,9 @@ pub fn build() -> Result<PathBuf> {
     let dist = workspace().join("dist");
     install(&root, "lib/systemd/system/snoop@.service", &fs::read(dist.join("snoop@.service"))?, 0o644)?;
     install(&root, "usr/share/doc/snoop/examples/snoop.toml", &fs::read(dist.join("snoop.toml"))?, 0o644)?;
+    for example in NETWORK_EXAMPLES.iter().chain(&["grafana-dashboard.json", "prometheus-alerts.yml"]) {
+        install(&root, &format!("usr/share/doc/snoop/examples/{example}"), &fs::read(dist.join(example))?, 0o644)?;
+    }
     install(&root, "usr/share/doc/snoop/README.md", &fs::read(workspace().join("README.md"))?, 0o644)?;
     let copyright = "snoop\nLicense: MIT OR Apache-2.0\n";
     install(&root, "usr/share/doc/snoop/copyright", copyright.as_bytes(), 0o644)?;
@@ -244,6 +247,16 @@ impl KeptState {
     }
 }
 
+/// The network managers' examples (dist/ and the package's examples alike).
+const NETWORK_EXAMPLES: &[&str] = &[
+    "networkd/br0.netdev",
+    "networkd/br0.network",
+    "networkd/br0-ports.network",
+    "networkd/snoop@br0.service.d/after-networkd.conf",
+    "NetworkManager/br0.nmconnection",
+    "ifupdown2/br0",
+];
+
 /// What the package installed is there and works: the man page, the
 /// completions, the unit, and the demo lab driven by the installed binary.
 fn installed_works(files: &str) -> Result<()> {
@@ -254,6 +267,8 @@ fn installed_works(files: &str) -> Result<()> {
         "/usr/share/bash-completion/completions/snoop",
         "/lib/systemd/system/snoop@.service",
         "/usr/share/doc/snoop/examples/snoop.toml",
+        "/usr/share/doc/snoop/examples/grafana-dashboard.json",
+        "/usr/share/doc/snoop/examples/prometheus-alerts.yml",
     ] {
         if !files.lines().any(|line| line == expected) || !Path::new(expected).is_file() {
             bail!("the package did not install {expected}");
@@ -265,6 +280,20 @@ fn installed_works(files: &str) -> Result<()> {
     }
     // The unit as systemd reads it, for a bridge whose name needs escaping.
     run(Command::new("systemd-analyze").args(["verify", "--man=no", "snoop@br\\x2dlan.service"]))?;
+    // With the networkd example's drop-in, as the README has it installed.
+    let drop_in = Path::new("/etc/systemd/system/snoop@br0.service.d");
+    let example = "/usr/share/doc/snoop/examples/networkd/snoop@br0.service.d/after-networkd.conf";
+    fs::create_dir_all(drop_in)?;
+    fs::copy(example, drop_in.join("after-networkd.conf"))?;
+    let verified = run(Command::new("systemd-analyze").args(["verify", "--man=no", "snoop@br0.service"]));
+    fs::remove_dir_all(drop_in)?;
+    verified?;
+    for example in NETWORK_EXAMPLES {
+        let installed = Path::new("/usr/share/doc/snoop/examples").join(example);
+        if !installed.is_file() {
+            bail!("the package did not install {}", installed.display());
+        }
+    }
     let security = Command::new("systemd-analyze")
         .args(["security", "--offline=true", "--no-pager", "snoop@br0.service"])
         .output()?;

@@ -275,7 +275,8 @@ impl Runner {
             let metrics_listener =
                 TcpListener::bind(addr).await.map_err(|source| Error::Io { what: "listening for metrics", source })?;
             info!("serving Prometheus metrics on http://{addr}/metrics");
-            tokio::spawn(metrics::serve(metrics_listener, snapshots.clone()));
+            let options = metrics::MetricsOptions { sources: self.daemon.start.metrics_sources };
+            tokio::spawn(metrics::serve(metrics_listener, snapshots.clone(), options));
         }
         let server = control::Server {
             snapshots,
@@ -471,7 +472,19 @@ impl Runner {
                     }
                 }
                 Effect::Event(event) => {
-                    info!("{}", event.to_line().split_once("  ").map_or("", |(_, rest)| rest));
+                    let line = event.to_line();
+                    let line = line.split_once("  ").map_or("", |(_, rest)| rest);
+                    // Fields of their own in the journal (none given: the field is empty).
+                    let (port, group) = (event.port.as_deref().unwrap_or(""), event.group.map(|g| g.to_string()));
+                    let vlan = event.vlan.map(|v| v.to_string());
+                    let kind = serde_json::to_value(event.event).ok().and_then(|v| v.as_str().map(str::to_owned));
+                    info!(
+                        event = kind.as_deref().unwrap_or(""),
+                        port = port,
+                        group = group.as_deref().unwrap_or(""),
+                        vlan = vlan.as_deref().unwrap_or("");
+                        "{line}"
+                    );
                     // No receivers is fine: nobody is watching.
                     let _ = self.events.send(event);
                 }
@@ -710,6 +723,27 @@ impl Runner {
         let port_flags = self.reconciler.written().ports.iter().map(|(i, p)| (*i, p.flags)).collect();
         let sources = snapshot::Sources {
             bridge: &daemon.bridge.name,
+            bridge_ifindex: daemon.bridge.ifindex,
+            local: &daemon.local,
+            maps: {
+                let written = self.reconciler.written();
+                let sizes = daemon.start.map_sizes;
+                let fill = |map: &str, entries: usize, capacity: u32| snapshot::MapFillView {
+                    map: map.to_owned(),
+                    entries: entries as u64,
+                    capacity: u64::from(capacity),
+                };
+                vec![
+                    fill("memberships", written.members.len(), sizes.memberships),
+                    fill("groups", written.groups.len(), sizes.groups),
+                    fill("copy_lists", written.lists.len(), sizes.groups),
+                    fill("sources", written.sources.values().map(|s| s.len()).sum(), snoop_common::MAX_SOURCES),
+                ]
+            },
+            attach: match self.datapath.attach_mode() {
+                datapath::AttachMode::Tcx => "tcx",
+                datapath::AttachMode::Clsact => "clsact",
+            },
             uptime: self.now(),
             contexts: &daemon.contexts,
             mld: daemon.start.mld,

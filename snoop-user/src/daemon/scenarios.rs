@@ -61,6 +61,7 @@ fn config() -> RunConfig {
             pin_dir: "/nonexistent".into(),
             port_scan_interval: secs(1),
             metrics: None,
+            metrics_sources: false,
             control_group: None,
             map_sizes: Default::default(),
             ssm_ranges: crate::settings::DEFAULT_SSM_RANGES.to_vec(),
