@@ -9,7 +9,9 @@
 //! into the kernel are not seen: use `--forwarding bridge` with those.
 use std::{collections::BTreeSet, fs, io, path::Path};
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use crate::netlink::{attribute, dump, header, NLM_F_DUMP, NLM_F_REQUEST};
 
 /// br_netfilter's calls into the IP hooks for one bridge: its own
 /// `nf_call_iptables`/`nf_call_ip6tables` options (the global sysctls
@@ -115,10 +117,6 @@ const NFTA_CHAIN_HOOK: u16 = 4;
 const NFTA_HOOK_HOOKNUM: u16 = 1;
 const NFTA_HOOK_DEV: u16 = 3;
 const NFTA_HOOK_DEVS: u16 = 4;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
 
 /// A base chain: it sees traffic (a regular chain only what a base chain
 /// jumps to), on the devices it names (netdev family).
@@ -130,42 +128,18 @@ struct BaseChain {
 
 /// The base chains of `family` on one of `hooks`.
 fn base_chains(family: u8, hooks: &[u32]) -> io::Result<Vec<BaseChain>> {
-    let mut socket = Socket::new(NETLINK_NETFILTER)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    // nlmsghdr (16 bytes) + nfgenmsg (family, version, resource id).
-    let mut request = Vec::with_capacity(20);
-    request.extend_from_slice(&20u32.to_ne_bytes());
-    request.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETCHAIN).to_ne_bytes());
-    request.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    request.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    request.extend_from_slice(&0u32.to_ne_bytes()); // port id
+    // nlmsghdr + nfgenmsg (family, version, resource id).
+    let mut request = header(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETCHAIN, NLM_F_REQUEST | NLM_F_DUMP, 4);
     request.extend_from_slice(&[family, 0, 0, 0]);
-    socket.send(&request, 0)?;
     let mut found = Vec::new();
-    loop {
-        let (reply, _) = socket.recv_from_full()?;
-        let mut at = 0;
-        while at + 16 <= reply.len() {
-            let length = u32::from_ne_bytes(reply[at..at + 4].try_into().expect("4 bytes")) as usize;
-            let kind = u16::from_ne_bytes(reply[at + 4..at + 6].try_into().expect("2 bytes"));
-            if length < 16 || at + length > reply.len() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "a malformed netlink message"));
-            }
-            match kind {
-                // nf_tables answers an error where it has nothing for the family.
-                NLMSG_DONE | NLMSG_ERROR => return Ok(found),
-                k if k == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN => {
-                    // Attributes follow the 16-byte header and the 4-byte nfgenmsg.
-                    if let Some(chain) = base_chain(reply.get(at + 20..at + length).unwrap_or_default(), hooks) {
-                        found.push(chain);
-                    }
-                }
-                _ => {}
-            }
-            at += (length + 3) & !3;
+    // nf_tables answers an error where it has nothing for the family.
+    dump(NETLINK_NETFILTER, &request, |kind, payload| {
+        if kind == NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWCHAIN {
+            // Attributes follow the 4-byte nfgenmsg.
+            found.extend(base_chain(payload.get(4..).unwrap_or_default(), hooks));
         }
-    }
+    })?;
+    Ok(found)
 }
 
 /// The chain whose attributes are `attributes`, if it is a base chain on one of `hooks`.
@@ -188,23 +162,6 @@ fn base_chain(attributes: &[u8], hooks: &[u32]) -> Option<BaseChain> {
         listed = listed.get((length + 3) & !3..).unwrap_or_default();
     }
     Some(BaseChain { hook: number, devices })
-}
-
-/// The payload of the netlink attribute of `kind` in a list, if there is one.
-fn attribute(mut attributes: &[u8], kind: u16) -> Option<&[u8]> {
-    while attributes.len() >= 4 {
-        let length = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
-        // The top bits are flags (nested, byte order).
-        let this = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
-        if length < 4 || length > attributes.len() {
-            return None;
-        }
-        if this == kind {
-            return Some(&attributes[4..length]);
-        }
-        attributes = attributes.get((length + 3) & !3..).unwrap_or_default();
-    }
-    None
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub mod frame_sender;
 pub mod mdb;
 pub mod membership;
 pub mod metrics;
+pub mod netlink;
 pub mod netns;
 pub mod port_groups;
 pub mod proto;

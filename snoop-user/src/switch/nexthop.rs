@@ -4,19 +4,16 @@
 //! an interface into the bridge moves its nexthops with it.
 use std::io;
 
-use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use netlink_sys::protocols::NETLINK_ROUTE;
+
+use crate::netlink::{attribute, dump, header, messages, open, NLMSG_ERROR, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 
 const RTM_NEWNEXTHOP: u16 = 104;
 const RTM_GETNEXTHOP: u16 = 106;
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_ACK: u16 = 4;
 const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_CREATE: u16 = 0x400;
-const NLM_F_DUMP: u16 = 0x300;
 /// The only nexthop flag a request may carry (the kernel's dumps add others).
 const RTNH_F_ONLINK: u32 = 4;
 /// struct nhmsg: family, scope, protocol, reserved, flags (u32).
@@ -34,39 +31,30 @@ pub struct Nexthop {
 
 /// The nexthop objects that go out of one of `ifindexes`.
 pub fn through(ifindexes: &[u32]) -> io::Result<Vec<Nexthop>> {
-    let socket = open()?;
     let mut request = header(RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, NHMSG_LEN);
     request.extend_from_slice(&[0; NHMSG_LEN]);
-    socket.send(&request, 0)?;
     let mut found = Vec::new();
-    loop {
-        let (reply, _) = socket.recv_from_full()?;
-        for (kind, payload) in messages(&reply)? {
-            match kind {
-                NLMSG_DONE => return Ok(found),
-                // No nexthop support in this kernel: nothing to move.
-                NLMSG_ERROR => return Ok(found),
-                RTM_NEWNEXTHOP if payload.len() >= NHMSG_LEN => {
-                    let (head, attributes) = payload.split_at(NHMSG_LEN);
-                    let value = |kind| {
-                        attribute(attributes, kind).and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)))
-                    };
-                    let (Some(id), oif) = (value(NHA_ID), value(NHA_OIF)) else { continue };
-                    if oif.is_some_and(|oif| ifindexes.contains(&oif)) {
-                        let header = head.try_into().expect("NHMSG_LEN bytes");
-                        found.push(Nexthop { id, oif, header, attributes: attributes.to_vec() });
-                    }
-                }
-                _ => {}
-            }
+    // No nexthop support in this kernel: an error, nothing to move.
+    dump(NETLINK_ROUTE, &request, |kind, payload| {
+        if kind != RTM_NEWNEXTHOP || payload.len() < NHMSG_LEN {
+            return;
         }
-    }
+        let (head, attributes) = payload.split_at(NHMSG_LEN);
+        let value =
+            |kind| attribute(attributes, kind).and_then(|v| Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?)));
+        let (Some(id), oif) = (value(NHA_ID), value(NHA_OIF)) else { return };
+        if oif.is_some_and(|oif| ifindexes.contains(&oif)) {
+            let header = head.try_into().expect("NHMSG_LEN bytes");
+            found.push(Nexthop { id, oif, header, attributes: attributes.to_vec() });
+        }
+    })?;
+    Ok(found)
 }
 
 /// Replaces `nexthop` with the same one out of `oif` (or makes it anew, as
 /// it was, if it is gone).
 pub fn set_oif(nexthop: &Nexthop, oif: u32) -> io::Result<()> {
-    let socket = open()?;
+    let socket = open(NETLINK_ROUTE)?;
     socket.send(&nexthop.request(oif), 0)?;
     let (reply, _) = socket.recv_from_full()?;
     for (kind, payload) in messages(&reply)? {
@@ -112,55 +100,6 @@ impl Nexthop {
         request.extend_from_slice(&attributes);
         request
     }
-}
-
-fn open() -> io::Result<Socket> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&SocketAddr::new(0, 0))?;
-    Ok(socket)
-}
-
-/// A netlink header for a message of `kind` whose payload is `payload` bytes.
-fn header(kind: u16, flags: u16, payload: usize) -> Vec<u8> {
-    let mut message = Vec::with_capacity(16 + payload);
-    message.extend_from_slice(&u32::try_from(16 + payload).unwrap_or(u32::MAX).to_ne_bytes());
-    message.extend_from_slice(&kind.to_ne_bytes());
-    message.extend_from_slice(&flags.to_ne_bytes());
-    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    message.extend_from_slice(&0u32.to_ne_bytes()); // port id
-    message
-}
-
-/// The messages in one netlink reply: (type, payload).
-fn messages(reply: &[u8]) -> io::Result<Vec<(u16, &[u8])>> {
-    let mut found = Vec::new();
-    let mut at = 0;
-    while at + 16 <= reply.len() {
-        let length = u32::from_ne_bytes(reply[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let kind = u16::from_ne_bytes(reply[at + 4..at + 6].try_into().expect("2 bytes"));
-        if length < 16 || at + length > reply.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "a malformed netlink message"));
-        }
-        found.push((kind, &reply[at + 16..at + length]));
-        at += (length + 3) & !3;
-    }
-    Ok(found)
-}
-
-/// The payload of the attribute of `kind` in a list, if there is one.
-fn attribute(mut attributes: &[u8], kind: u16) -> Option<&[u8]> {
-    while attributes.len() >= 4 {
-        let length = usize::from(u16::from_ne_bytes([attributes[0], attributes[1]]));
-        if length < 4 || length > attributes.len() {
-            return None;
-        }
-        if u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff == kind {
-            return Some(&attributes[4..length]);
-        }
-        attributes = attributes.get((length + 3) & !3..).unwrap_or_default();
-    }
-    None
 }
 
 #[cfg(test)]
