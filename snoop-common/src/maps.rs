@@ -164,10 +164,13 @@ pub struct PortValue {
     /// `PORT_*` flags.
     pub flags: u32,
     /// Control frames per second handed to the controller from this port; the
-    /// rest are counted and still forwarded. 0: no limit.
+    /// rest are counted and still forwarded. 0: no limit. A frame counts
+    /// the ring space its record takes, in small records (1 up to 128
+    /// bytes, 16 up to 2 KiB, 512 beyond).
     pub control_rate_limit: u32,
-    /// Rate-limit window: start (CLOCK_MONOTONIC ns) and frames so far. Written
-    /// by the data path only; a userspace write just restarts the window.
+    /// Rate-limit window: start (CLOCK_MONOTONIC ns) and what it used so
+    /// far (in small records). Written by the data path only; a userspace
+    /// write just restarts the window.
     pub window_start_ns: u64,
     pub window_frames: u64,
     /// Index into [`MAP_PORT_TRAFFIC`], or [`NO_SLOT`].

@@ -15,6 +15,20 @@ use crate::{
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
+/// What a capture of `wire_len` bytes costs of its port's rate: the ring
+/// space its record takes, in small records (a jumbo report's 64 KiB
+/// record counts 512), so fairness between ports is by bytes.
+#[inline(always)]
+fn ring_weight(wire_len: usize) -> u64 {
+    if wire_len <= SMALL_CAPTURE_LEN {
+        1
+    } else if wire_len <= CAPTURE_LEN {
+        (CAPTURE_LEN / SMALL_CAPTURE_LEN) as u64
+    } else {
+        (LARGE_CAPTURE_LEN / SMALL_CAPTURE_LEN) as u64
+    }
+}
+
 /// Captures unless the port is over its control-frame rate, so one flooding
 /// host cannot fill the ring and starve every other port's reports.
 #[inline(always)]
@@ -36,7 +50,7 @@ pub fn capture_within_rate(ctx: &TcContext, family: u8) {
                 }
                 // Not atomic (the BPF target's core has no fetch_add): CPUs
                 // racing here may let a few extra frames through.
-                (*port).window_frames += 1;
+                (*port).window_frames += ring_weight((ctx.len() as usize).saturating_sub(ETH_HLEN));
                 if (*port).window_frames > limit {
                     count(Counter::ControlRateLimited);
                     return;

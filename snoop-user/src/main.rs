@@ -242,7 +242,8 @@ struct RunArgs {
     /// `mcast_router 0`; `router = "never"` in a port's table; repeatable).
     #[arg(long, value_name = "PORT")]
     never_router_port: Vec<String>,
-    /// Most groups one port may join; further joins are refused and counted (0: no limit).
+    /// Most groups one port may join, in all its VLANs and both families
+    /// together; further joins are refused and counted (0: no limit).
     #[arg(long, default_value_t = 1024)]
     max_groups_per_port: usize,
     /// One port's own group limit, instead of --max-groups-per-port (repeatable).
@@ -270,8 +271,10 @@ struct RunArgs {
     /// no range, as the Linux bridge (any-source joins of 232.x work).
     #[arg(long, value_name = "PREFIX|none", value_parser = settings::parse_ssm_range)]
     ssm_range: Vec<Option<snoop_common::SsmRange>>,
-    /// IGMP/PIM frames per second per port handed to the controller; the
-    /// excess is counted and still forwarded (0: no limit).
+    /// IGMP/MLD/PIM frames per second per port handed to the controller;
+    /// the excess is counted and still forwarded (0: no limit). A frame
+    /// counts the ring space it takes: 1 up to 128 bytes, 16 up to 2 KiB,
+    /// 512 beyond (a jumbo report).
     #[arg(long, default_value_t = 1000)]
     control_rate_limit: u32,
     /// With no controller heartbeat for this long (snoop killed, or stopped

@@ -45,6 +45,10 @@ pub enum ControllerCounter {
     /// Memberships, groups or copy lists a full map could not hold (their
     /// ports get every group meanwhile; the writes are retried).
     MapFull,
+    /// Memberships and source entries not written because their port holds
+    /// its share (an eighth) of the map (it gets every group or source
+    /// meanwhile; retried).
+    MapShareFull,
     /// Control frames heard in a VLAN their port is not in (a VLAN-aware
     /// bridge drops them itself): nobody's membership.
     OutsideVlan,
@@ -59,13 +63,22 @@ impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [Events, EventsShort, DatapathWriteErrors, AttachFailures, MapFull, OutsideVlan, KernelSnoopingReenabled]
-            .into_iter()
-            .chain([Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
-                [GeneralQueriesSent(p), GroupQueriesSent(p)]
-                    .into_iter()
-                    .chain(ParseError::ALL.into_iter().map(move |e| Dropped(p, e)))
-            }))
+        [
+            Events,
+            EventsShort,
+            DatapathWriteErrors,
+            AttachFailures,
+            MapFull,
+            MapShareFull,
+            OutsideVlan,
+            KernelSnoopingReenabled,
+        ]
+        .into_iter()
+        .chain([Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
+            [GeneralQueriesSent(p), GroupQueriesSent(p)]
+                .into_iter()
+                .chain(ParseError::ALL.into_iter().map(move |e| Dropped(p, e)))
+        }))
     }
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.
@@ -78,6 +91,7 @@ impl ControllerCounter {
             ControllerCounter::DatapathWriteErrors => "datapath_write_errors".into(),
             ControllerCounter::AttachFailures => "attach_failures".into(),
             ControllerCounter::MapFull => "map_full".into(),
+            ControllerCounter::MapShareFull => "map_share_full".into(),
             ControllerCounter::OutsideVlan => "outside_vlan".into(),
             ControllerCounter::KernelSnoopingReenabled => "kernel_snooping_reenabled".into(),
             ControllerCounter::Dropped(p, reason) => format!("{}dropped_{}", p.prefix(), reason.name()),

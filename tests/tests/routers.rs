@@ -61,22 +61,43 @@ fn routed_source(netns: &str, source: Ipv4Addr, group: Ipv4Addr) -> Result<Strea
     Ok(Stream::start(socket, SocketAddrV4::new(group, DATA_PORT).into()))
 }
 
+/// igmpproxy's configuration on h3: upstream towards a source network
+/// (10.98.0.0/24, behind it), downstream into the bridge.
+const IGMPPROXY: &str = "quickleave\n\
+                         phyint behind upstream ratelimit 0 threshold 1\n    altnet 10.98.0.0/24\n\
+                         phyint eth0 downstream ratelimit 0 threshold 1\n";
+
+/// A lab whose h3 routes with igmpproxy from a source network behind it;
+/// returns the source's network namespace and igmpproxy's arguments (to
+/// start it when the test wants).
+fn igmpproxy_lab(tag: &str) -> Result<(Lab, String, Vec<String>)> {
+    let mut lab = Lab::new(tag, 4, &LabOptions::default())?;
+    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
+    let config = lab.write_file("igmpproxy.conf", IGMPPROXY)?;
+    Ok((lab, source_netns, vec!["-d".into(), config.display().to_string()]))
+}
+
+/// h1 joins G and gets the routed stream, h2 gets none of it.
+fn routed_to_the_member_only(lab: &Lab) -> Result<(lab::Membership, [lab::Sniffer; 2])> {
+    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
+    let joined_at = Instant::now();
+    let membership = lab.join("h1", G)?;
+    wait_until("the routed stream at h1", Duration::from_secs(3), || Ok(sniffers[0].count(G) > 0))?;
+    eprintln!("join to first routed packet: {:?}", joined_at.elapsed());
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
+    Ok((membership, sniffers))
+}
+
 #[test]
 fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_only() -> Result<()> {
     // h3 is a router: igmpproxy (Debian's) with its upstream towards a source
     // network and its downstream into the bridge, already running when snoop
     // starts. Until snoop hears it query (igmpproxy's next query is 31 s or
     // more away), only the trust of p3 can bring it the joins.
-    let mut lab = Lab::new("igmpproxy", 4, &LabOptions::default())?;
-    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
-    let config = lab.write_file(
-        "igmpproxy.conf",
-        "quickleave\n\
-         phyint behind upstream ratelimit 0 threshold 1\n    altnet 10.98.0.0/24\n\
-         phyint eth0 downstream ratelimit 0 threshold 1\n",
-    )?;
+    let (mut lab, source_netns, igmpproxy) = igmpproxy_lab("igmpproxy")?;
     let h3 = lab.host("h3").netns.clone();
-    lab.spawn_in(&h3, "igmpproxy", &["-d", &config.display().to_string()])?;
+    lab.spawn_in(&h3, "igmpproxy", &igmpproxy.iter().map(String::as_str).collect::<Vec<_>>())?;
     let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
     thread::sleep(Duration::from_secs(1)); // igmpproxy's startup query goes by
     lab.start_snoop(&snoop_bin(), &args(&["--trusted-port", "p3"]))?;
@@ -85,16 +106,11 @@ fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_o
     // query can come after snoop started, with its 10 s to answer.)
     wait_present(&lab, Duration::from_secs(12))?;
 
-    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
+    let before = lab.sniff("h1")?;
     thread::sleep(Duration::from_millis(500));
-    assert_eq!(sniffers[0].count(G), 0, "the router forwards nothing before a join");
+    assert_eq!(before.count(G), 0, "the router forwards nothing before a join");
 
-    let joined_at = Instant::now();
-    let membership = lab.join("h1", G)?;
-    wait_until("the routed stream at h1", Duration::from_secs(3), || Ok(sniffers[0].count(G) > 0))?;
-    eprintln!("join to first routed packet: {:?}", joined_at.elapsed());
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
+    let (membership, sniffers) = routed_to_the_member_only(&lab)?;
 
     drop(membership);
     wait_for_members(&lab, G, &[], JOIN_TIMEOUT)?;
@@ -359,25 +375,14 @@ fn with_no_options_a_routed_stream_outlives_the_routers_membership_interval() ->
 
 #[test]
 fn with_no_options_igmpproxy_is_learned_from_its_query_and_hears_the_joins() -> Result<()> {
-    let mut lab = Lab::new("proxynoopt", 4, &LabOptions::default())?;
-    let source_netns = lab.add_network_behind("h3", "src", "10.98.0.1/24", "10.98.0.2/24")?;
-    let config = lab.write_file(
-        "igmpproxy.conf",
-        "quickleave\n\
-         phyint behind upstream ratelimit 0 threshold 1\n    altnet 10.98.0.0/24\n\
-         phyint eth0 downstream ratelimit 0 threshold 1\n",
-    )?;
+    let (mut lab, source_netns, igmpproxy) = igmpproxy_lab("proxynoopt")?;
     lab.start_snoop(&snoop_bin(), FAST)?;
     // igmpproxy's startup query makes p3 a router port: no option needed.
     let h3 = lab.host("h3").netns.clone();
-    lab.spawn_in(&h3, "igmpproxy", &["-d", &config.display().to_string()])?;
+    lab.spawn_in(&h3, "igmpproxy", &igmpproxy.iter().map(String::as_str).collect::<Vec<_>>())?;
     wait_router_port(&lab, "p3", Duration::from_secs(5))?;
     let _source = routed_source(&source_netns, Ipv4Addr::new(10, 98, 0, 2), G)?;
-    let sniffers = [lab.sniff("h1")?, lab.sniff("h2")?];
-    let membership = lab.join("h1", G)?;
-    wait_until("the routed stream at h1", Duration::from_secs(3), || Ok(sniffers[0].count(G) > 0))?;
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
+    let (membership, sniffers) = routed_to_the_member_only(&lab)?;
     // The proxy is the querier: its group-specific queries, answered
     // within its 10 s, end the membership after two unanswered (the
     // elected querier's timing, not snoop's own last-member time).
@@ -533,5 +538,38 @@ fn a_bridge_host_that_routes_multicast_gets_every_group() -> Result<()> {
     let h2 = lab.sniff("h2")?;
     thread::sleep(Duration::from_millis(300));
     assert!(h2.count(G) > 0, "h2 still gets G");
+    Ok(())
+}
+
+/// FRR's pimd as an IGMP querier on the bridge device, querying every 2 s.
+const FRR_QUERIER_ON_THE_BRIDGE: &str =
+    "interface br0\n ip pim\n ip igmp\n ip igmp query-max-response-time 10\n ip igmp query-interval 2\n";
+
+#[test]
+fn the_bridge_hosts_own_router_takes_part_in_the_querier_election() -> Result<()> {
+    // pimd on the bridge device queries from the bridge's address, as snoop
+    // does with no options: its queries leave through the bridge, past
+    // every port's program. snoop must hear them and stand down, as the
+    // kernel bridge does for its host's router, not query beside it.
+    let mut lab = Lab::new("hostquerier", 3, &LabOptions::default())?;
+    let bridge_address = Ipv4Addr::new(10, 99, 0, 1);
+    lab.set_bridge_address(bridge_address)?;
+    lab.start_frr_on_bridge(FRR_QUERIER_ON_THE_BRIDGE)?;
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    wait_until("the host's router elected", Duration::from_secs(8), || {
+        let q = querier(&lab)?;
+        Ok(q["role"] == "other" && q["querier_address"] == bridge_address.to_string())
+    })?;
+    let sniffer = lab.sniff("h1")?;
+    let sent = snoop_tests::stat(&lab, "controller", "general_queries_sent")?;
+    thread::sleep(Duration::from_secs(5));
+    assert_eq!(snoop_tests::stat(&lab, "controller", "general_queries_sent")?, sent, "snoop queried beside pimd");
+    assert!(sniffer.queries_from(bridge_address) >= 2, "pimd's queries reach the hosts");
+    assert_eq!(querier(&lab)?["role"], "other");
+    // Memberships are kept by pimd's queries: h1 gets G, h2 nothing.
+    let _h1 = lab.join("h1", G)?;
+    wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
+    thread::sleep(Duration::from_secs(6)); // past a membership interval (5 s)
+    assert_eq!(deliver(&lab, G, &["h1", "h2"], 50)?, [50, 0]);
     Ok(())
 }

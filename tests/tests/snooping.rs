@@ -281,21 +281,23 @@ fn router_ports_get_all_groups_and_reports_hosts_get_none() -> Result<()> {
     Ok(())
 }
 
+/// Fast leave on p1, and a long last-member round (3 s): only fast leave
+/// can remove p1 quickly.
+const FAST_LEAVE_ON_P1: &[&str] = &[
+    "--query-interval",
+    "2s",
+    "--query-response-interval",
+    "1s",
+    "--last-member-query-interval",
+    "3s",
+    "--fast-leave",
+    "p1",
+];
+
 #[test]
 fn fast_leave_removes_at_once_without_queries() -> Result<()> {
     let mut lab = lab("fastleave", 3, LabOptions { igmp_version: Some(2), ..Default::default() })?;
-    // A long last-member round: only fast leave can remove p1 quickly.
-    let args = [
-        "--query-interval",
-        "2s",
-        "--query-response-interval",
-        "1s",
-        "--last-member-query-interval",
-        "3s",
-        "--fast-leave",
-        "p1",
-    ];
-    lab.start_snoop(&snoop_bin(), &args)?;
+    lab.start_snoop(&snoop_bin(), FAST_LEAVE_ON_P1)?;
     let m1 = lab.join("h1", G)?;
     let _m2 = lab.join("h2", G)?;
     wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
@@ -312,18 +314,7 @@ fn fast_leave_keeps_a_port_while_another_host_behind_it_wants_the_group() -> Res
     // h1b, the last one, leaves and p1 goes at once.
     let mut lab = lab("fastshared", 3, LabOptions::default())?;
     lab.add_hosts_behind("h1", 2, &LabOptions::default())?;
-    // A long last-member round: only fast leave removes p1 at once.
-    let args = [
-        "--query-interval",
-        "2s",
-        "--query-response-interval",
-        "1s",
-        "--last-member-query-interval",
-        "3s",
-        "--fast-leave",
-        "p1",
-    ];
-    lab.start_snoop(&snoop_bin(), &args)?;
+    lab.start_snoop(&snoop_bin(), FAST_LEAVE_ON_P1)?;
     let stayer = lab.sniff("h1b")?;
     let leaver = lab.join("h1a", G)?;
     let stayer_membership = lab.join("h1b", G)?;

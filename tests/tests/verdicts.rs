@@ -598,6 +598,18 @@ fn control_frames_over_a_ports_rate_are_counted_and_not_handed_over() -> Result<
         }
         let over = [(IgmpSeen, 1), (ControlRateLimited, 1)];
         case(dp, "over the rate", PROG_INGRESS, p.p2, &report, PASS, &over)?;
+
+        // By ring bytes: a frame whose record takes 2 KiB counts 16 small ones.
+        dp.configure(CONFIG_FLOOD_UNREGISTERED, None, Duration::from_secs(3), 20)?;
+        dp.set_port_flags(p.p2, 0)?; // a new window
+        let mut large = report.clone();
+        large.resize(1000, 0); // trailing bytes: the record is sized by the frame
+        let captured = [(IgmpSeen, 1), (Captured, 1)];
+        for _ in 0..4 {
+            case(dp, "small, within the rate", PROG_INGRESS, p.p2, &report, PASS, &captured)?;
+        }
+        case(dp, "a large one fills the rest", PROG_INGRESS, p.p2, &large, PASS, &captured)?;
+        case(dp, "then a small one is over it", PROG_INGRESS, p.p2, &report, PASS, &over)?;
         Ok(())
     })
 }

@@ -274,3 +274,45 @@ fn vlan_show_mdb_holds_what_the_kernels_mdb_holds() -> Result<()> {
     assert_eq!(vids, BTreeSet::from([10, 20]));
     Ok(())
 }
+
+/// A trunk host joining in 40 VLANs may not multiply its port's group
+/// limit (30 here) by them; other ports keep their joins, source filters
+/// and pruning.
+#[test]
+fn vlan_a_trunk_port_keeps_to_one_group_limit_across_its_vlans() -> Result<()> {
+    const SSM: Ipv4Addr = Ipv4Addr::new(232, 1, 2, 3);
+    let mut lab = vlan_lab("vlan-limit", false)?;
+    let many: Vec<u16> = (101..=140).collect();
+    lab.set_trunk_vlans("p0", &[&[10, 20][..], &many].concat())?;
+    let mut trunk_hosts = Vec::new();
+    for vlan in &many {
+        trunk_hosts.push(lab.add_vlan_host("h0", *vlan)?);
+    }
+    lab.start_snoop(&snoop_bin(), &[FAST_TIMERS, &["--max-groups-per-port", "30"]].concat())?;
+    let _trunk: Vec<_> = trunk_hosts.iter().map(|h| lab.join(h, G)).collect::<Result<_>>()?;
+    let on_trunk = |lab: &Lab| -> Result<usize> {
+        Ok(map_members_by_vlan(lab)?.into_iter().filter(|(_, _, port)| port == "p0").count())
+    };
+    wait_until("30 of the trunk's 40 joins", JOIN_TIMEOUT, || Ok(on_trunk(&lab)? == 30))?;
+    // Other ports: an any-source join and a source-specific one in VLAN 10.
+    let _h1 = lab.join("h1", G)?;
+    let source = lab.host("h3").ip;
+    let _h1_ssm = lab.join_source("h1", SSM.into(), source.into(), snoop_tests::lab::SourceJoin::Include)?;
+    wait_until("h1's joins", JOIN_TIMEOUT, || {
+        let members = map_members_by_vlan(&lab)?;
+        Ok(members.contains(&(G.into(), 10, "p1".into())) && members.contains(&(SSM.into(), 10, "p1".into())))
+    })?;
+    thread::sleep(Duration::from_secs(1)); // the trunk's reports, repeated
+    assert_eq!(on_trunk(&lab)?, 30, "the limit held");
+    let groups = lab.snoop_show(&snoop_bin(), "groups")?;
+    let ssm = groups.as_array().into_iter().flatten().find(|g| g["group"] == SSM.to_string()).cloned();
+    let h1_ssm = ssm.as_ref().and_then(|g| g["members"].as_array()?.iter().find(|m| m["port"] == "p1").cloned());
+    assert_eq!(h1_ssm.as_ref().map(|m| m["filter_mode"].clone()), Some("include".into()), "{groups}");
+    // In VLAN 10: h1 gets G from h3 (the trunk did not join there), and
+    // the SSM group from h3, its source; VLAN 20 gets nothing.
+    assert_eq!(deliver(&lab, &["h3"], G, &["h1", "h0v10", "h4"], 50)?, [vec![50], vec![0], vec![0]]);
+    assert_eq!(deliver(&lab, &["h3"], SSM, &["h1", "h0v10", "h4"], 50)?, [vec![50], vec![0], vec![0]]);
+    let refused = stat(&lab, "controller", "ignored_group_limit")?;
+    assert!(refused >= 10, "{refused} joins refused");
+    Ok(())
+}

@@ -19,6 +19,9 @@ pub enum Input<'a> {
     /// A control frame of `family` captured entering port `ifindex`, in
     /// `vlan`: its IP packet.
     Frame { ifindex: u32, vlan: u16, family: u8, packet: &'a [u8] },
+    /// A query the bridge's own host sent (its IP packet, of `family`), in
+    /// `vlan` when it was tagged.
+    HostQuery { vlan: Option<u16>, family: u8, packet: &'a [u8] },
     /// Time passed: the timers due now fire.
     Timers,
     /// The bridge as rtnetlink shows it now (a link change, or a port scan).

@@ -49,7 +49,7 @@ pub use state::Daemon;
 use self::{
     event::{BridgeView, Pinned, PinnedMember, QuerySources},
     project::{project, Dirty},
-    reconcile::{Reconciler, Report, Written},
+    reconcile::{PortShares, Reconciler, Report, Written},
     state::BridgeId,
 };
 use crate::{
@@ -57,7 +57,7 @@ use crate::{
     control::{self, Change, ChangeRequest, SnapshotRequest},
     datapath::{self, monotonic_now_ns, Datapath},
     error_chain,
-    frame_sender::FrameSender,
+    frame_sender::{FrameSender, HostQueryTap},
     metrics,
     proto::Family as _,
     settings::{Forwarding, RunConfig},
@@ -182,6 +182,8 @@ struct Inputs {
     port_scan: Interval,
     heartbeat: Interval,
     link_changes: Option<Box<dyn Stream<Item = ()> + Unpin>>,
+    /// Queries the bridge's own host sends (none: not heard).
+    host_queries: Option<AsyncFd<HostQueryTap>>,
     snapshot_queue: mpsc::Receiver<SnapshotRequest>,
     change_queue: mpsc::Receiver<ChangeRequest>,
 }
@@ -203,7 +205,7 @@ impl Runner {
         let start = Instant::now();
         let clock_base_ns = monotonic_now_ns();
         let mut restore = written.config.restore;
-        let mut reconciler = Reconciler::new(written, clock_base_ns);
+        let mut reconciler = Reconciler::new(written, clock_base_ns, PortShares::of(config.start.map_sizes));
         if kernel_snooping_on {
             // Remembered in the pinned state before it is changed: a snoop
             // killed meanwhile still gets it restored.
@@ -306,6 +308,12 @@ impl Runner {
                 }
                 _ = tokio::time::sleep_until(deadline) => self.step(Input::Timers).await,
                 Some(()) = next_change(&mut inputs.link_changes) => self.rescan().await?,
+                Some(guard) = host_query_ready(&inputs.host_queries) => {
+                    let mut guard = guard.map_err(|source| Error::Io { what: "hearing the host's queries", source })?;
+                    if self.host_queries(guard.get_inner()).await {
+                        guard.clear_ready();
+                    }
+                }
                 _ = inputs.port_scan.tick() => {
                     self.rescan().await?;
                     let retry = self.reconciler.unwritten().retry();
@@ -369,7 +377,20 @@ impl Runner {
                 None
             }
         };
+        // SAFETY: the tap owns its fd and keeps it open while registered.
+        let host_queries = match self
+            .sender
+            .host_query_tap()
+            .and_then(|tap| unsafe { AsyncFd::register(tap) }.map_err(Into::into))
+        {
+            Ok(tap) => Some(tap),
+            Err(error) => {
+                warn!("the bridge host's own queries cannot be heard ({error}): a router on it does not take part in the election");
+                None
+            }
+        };
         Ok(Inputs {
+            host_queries,
             // SAFETY: the ring owns its fd and keeps it open while registered.
             ring: unsafe { AsyncFd::register(ring) }
                 .map_err(|source| Error::Io { what: "watching the event ring", source: source.into() })?,
@@ -396,6 +417,29 @@ impl Runner {
             let effects = self.daemon.step(now, frame);
             drop(item);
             self.settle(effects).await;
+        }
+        false
+    }
+
+    /// Steps on the queries the bridge's own host sent, a bounded number a
+    /// turn; whether none are left.
+    async fn host_queries(&mut self, tap: &HostQueryTap) -> bool {
+        let mut frame = vec![0u8; 9216];
+        for _ in 0..64 {
+            let (len, vlan) = match tap.recv(&mut frame) {
+                Ok(Some(received)) => received,
+                Ok(None) => return true,
+                Err(error) => {
+                    debug!("hearing the host's queries: {error}");
+                    return true;
+                }
+            };
+            let Some(packet) = frame.get(14..len) else { continue };
+            let family = match u16::from_be_bytes([frame[12], frame[13]]) {
+                0x86dd => snoop_common::FAMILY_IPV6,
+                _ => snoop_common::FAMILY_IPV4,
+            };
+            self.step(Input::HostQuery { vlan, family, packet }).await;
         }
         false
     }
@@ -439,6 +483,9 @@ impl Runner {
     fn absorb_report(&mut self, report: Report) {
         for _ in 0..report.map_full {
             self.daemon.stats.bump(ControllerCounter::MapFull);
+        }
+        for _ in 0..report.share_full {
+            self.daemon.stats.bump(ControllerCounter::MapShareFull);
         }
         for _ in 0..report.write_errors {
             self.daemon.stats.bump(ControllerCounter::DatapathWriteErrors);
@@ -857,6 +904,16 @@ async fn tick(interval: &mut Option<Interval>) {
 }
 
 /// The next burst of link changes (a container starting is one rescan).
+/// The host's query socket readable (never, without one).
+async fn host_query_ready(
+    tap: &Option<AsyncFd<HostQueryTap>>,
+) -> Option<std::io::Result<tokio::io::unix::AsyncFdReadyGuard<'_, HostQueryTap>>> {
+    match tap {
+        Some(tap) => Some(tap.readable().await),
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_change(changes: &mut Option<Box<dyn Stream<Item = ()> + Unpin>>) -> Option<()> {
     let changes = changes.as_mut()?;
     changes.next().await?;

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use log::Level;
 use snoop_common::{
-    DatapathConfig, GroupKey, GroupPorts, GroupValue, MemberValue, PortGroupKey, PortValue, SourceAddr, SourceGroupKey,
-    SourceKey, SsmRange, VlanFlags, VlanPortKey, MAX_FANOUT, MAX_SSM_RANGES, MEMBER_SOURCES_EXCLUDE,
-    MEMBER_SOURCES_INCLUDE, NO_SLOT, PORT_UNPRUNED,
+    DatapathConfig, GroupKey, GroupPorts, GroupValue, MapSizes, MemberValue, PortGroupKey, PortValue, SourceAddr,
+    SourceGroupKey, SourceKey, SsmRange, VlanFlags, VlanPortKey, MAX_FANOUT, MAX_SOURCES, MAX_SSM_RANGES,
+    MEMBER_SOURCES_EXCLUDE, MEMBER_SOURCES_INCLUDE, NO_SLOT, PORT_UNPRUNED,
 };
 
 use super::project::{ConfigEntry, CopyList, Desired, GroupEntries, MemberEntry, PortEntry, Target, Unwritten};
@@ -116,10 +116,32 @@ impl Written {
     }
 }
 
+/// No port may hold more than an eighth of the membership or source map:
+/// one host cannot fill what every port's memberships and filters need.
+const PORT_SHARE_DIVISOR: usize = 8;
+
+/// The most entries one port may hold in the maps a remote host can grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortShares {
+    pub members: usize,
+    pub sources: usize,
+}
+
+impl PortShares {
+    pub fn of(sizes: MapSizes) -> Self {
+        Self {
+            members: sizes.memberships as usize / PORT_SHARE_DIVISOR,
+            sources: MAX_SOURCES as usize / PORT_SHARE_DIVISOR,
+        }
+    }
+}
+
 /// What a reconciliation did that the daemon counts and tells.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub map_full: u64,
+    /// Entries not written because their port holds its share of the map.
+    pub share_full: u64,
     pub write_errors: u64,
     pub logs: Vec<(Level, String)>,
     /// Ports whose PORT_UNPRUNED changed, and to what.
@@ -134,12 +156,32 @@ pub struct Reconciler {
     /// written on the data path's clock, so a restart resumes them.
     clock_base_ns: u64,
     report: Report,
+    shares: PortShares,
+    /// Written memberships and source entries per port, against its shares.
+    port_members: HashMap<u32, usize>,
+    port_sources: HashMap<u32, usize>,
 }
 
 impl Reconciler {
     /// Starting from what the maps hold (empty, or a predecessor's).
-    pub fn new(written: Written, clock_base_ns: u64) -> Self {
-        Self { written, unwritten: Unwritten::default(), clock_base_ns, report: Report::default() }
+    pub fn new(written: Written, clock_base_ns: u64, shares: PortShares) -> Self {
+        let mut port_members: HashMap<u32, usize> = HashMap::new();
+        for key in written.members.keys() {
+            *port_members.entry(key.ifindex).or_default() += 1;
+        }
+        let mut port_sources: HashMap<u32, usize> = HashMap::new();
+        for (key, sources) in &written.sources {
+            *port_sources.entry(key.ifindex).or_default() += sources.len();
+        }
+        Self {
+            written,
+            unwritten: Unwritten::default(),
+            clock_base_ns,
+            report: Report::default(),
+            shares,
+            port_members,
+            port_sources,
+        }
     }
 
     pub fn written(&self) -> &Written {
@@ -265,26 +307,35 @@ impl Reconciler {
             let mut flags = member.flags;
             if flags & (MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE) != 0 {
                 let have = self.written.sources.get(&key).cloned().unwrap_or_default();
-                let mut fits = true;
+                let mut unfit = None;
                 for source in member.sources.difference(&have) {
+                    if self.port_sources.get(port).copied().unwrap_or(0) >= self.shares.sources {
+                        self.report.share_full += 1;
+                        unfit = Some("its port holds its share of the source map");
+                        break;
+                    }
                     match self.put(Entry::Source(SourceKey { member: key, source: *source }), maps) {
-                        Ok(()) => drop(self.written.sources.entry(key).or_default().insert(*source)),
+                        Ok(()) => {
+                            self.written.sources.entry(key).or_default().insert(*source);
+                            *self.port_sources.entry(*port).or_default() += 1;
+                        }
                         Err(_) => {
-                            fits = false;
+                            unfit = Some("its sources do not fit the map");
                             break;
                         }
                     }
                 }
-                if fits {
-                    self.unwritten.sources.remove(&key);
-                } else {
-                    if self.unwritten.sources.insert(key) {
-                        self.log(
-                            Level::Warn,
-                            format!("{group:?} on port {port}: its sources do not fit the map: it gets every source meanwhile"),
-                        );
+                match unfit {
+                    None => drop(self.unwritten.sources.remove(&key)),
+                    Some(why) => {
+                        if self.unwritten.sources.insert(key) {
+                            self.log(
+                                Level::Warn,
+                                format!("{group:?} on port {port}: {why}: it gets every source meanwhile"),
+                            );
+                        }
+                        flags &= !(MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE);
                     }
-                    flags &= !(MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE);
                 }
             } else {
                 self.unwritten.sources.remove(&key);
@@ -300,8 +351,23 @@ impl Reconciler {
             if self.written.members.get(&key) == Some(&value) {
                 continue;
             }
+            let new = !self.written.members.contains_key(&key);
+            if new && self.port_members.get(port).copied().unwrap_or(0) >= self.shares.members {
+                // Like a full map, for this port alone: it gets every group.
+                self.report.share_full += 1;
+                if self.unwritten.members.insert(key) {
+                    self.log(
+                        Level::Warn,
+                        format!("{group:?} on port {port}: its port holds its share of the membership map: it gets every group meanwhile"),
+                    );
+                }
+                continue;
+            }
             match self.put(Entry::Member(key, value), maps) {
                 Ok(()) => {
+                    if new {
+                        *self.port_members.entry(*port).or_default() += 1;
+                    }
                     self.written.members.insert(key, value);
                     self.unwritten.members.remove(&key);
                 }
@@ -439,6 +505,9 @@ impl Reconciler {
             }
             if self.written.members.remove(&key).is_some() {
                 self.delete(Key::Member(key), maps);
+                if let Some(count) = self.port_members.get_mut(&key.ifindex) {
+                    *count = count.saturating_sub(1);
+                }
             }
             self.unwritten.members.remove(&key);
             self.unwritten.sources.remove(&key);
@@ -460,6 +529,9 @@ impl Reconciler {
             for source in stale {
                 self.delete(Key::Source(SourceKey { member: key, source }), maps);
                 self.written.sources.get_mut(&key).expect("listed").remove(&source);
+                if let Some(count) = self.port_sources.get_mut(&key.ifindex) {
+                    *count = count.saturating_sub(1);
+                }
             }
             if self.written.sources[&key].is_empty() {
                 self.written.sources.remove(&key);

@@ -9,7 +9,7 @@ use std::{
 
 use snoop_common::{
     GroupKey, VlanPortKey, CONFIG_NO_QUERIER, CONFIG_NO_QUERIER_IPV6, CONFIG_REDIRECT, CONFIG_VLAN_AWARE, MAP_MEMBERS,
-    PORT_IN_VLAN, PORT_ROUTER, PORT_UNPRUNED, VLAN_NONE,
+    MAP_SOURCES, MEMBER_SOURCES_INCLUDE, PORT_IN_VLAN, PORT_ROUTER, PORT_UNPRUNED, VLAN_NONE,
 };
 
 use super::{
@@ -17,7 +17,7 @@ use super::{
     memory::MemoryMaps,
     pinned,
     project::project,
-    reconcile::{Entry, Key, Reconciler, Written},
+    reconcile::{Entry, Key, PortShares, Reconciler, Written},
     state::{BridgeId, Daemon},
 };
 use crate::{
@@ -87,10 +87,11 @@ impl Scenario {
     fn resuming(config: RunConfig, written: Written, maps: MemoryMaps) -> Self {
         let resumed = written != Written::default();
         let bridge = BridgeId { name: "br0".into(), ifindex: BRIDGE, mac: [2, 0, 0, 0, 0, 1] };
+        let shares = PortShares::of(config.start.map_sizes);
         let daemon = Daemon::new(config, bridge, resumed, 0);
         Self {
             daemon,
-            reconciler: Reconciler::new(written, 1_000_000_000),
+            reconciler: Reconciler::new(written, 1_000_000_000, shares),
             maps,
             now: Duration::ZERO,
             effects: Vec::new(),
@@ -341,6 +342,56 @@ fn a_full_membership_map_unprunes_the_port_until_its_membership_fits() {
 }
 
 #[test]
+fn no_port_takes_more_than_its_share_of_the_membership_and_source_maps() {
+    // A membership map of 64: each port may hold 8 memberships.
+    let mut config = config();
+    config.start.map_sizes.memberships = 64;
+    let mut s = Scenario::new(config);
+    s.ports(&[11, 12]);
+    s.with_querier();
+    for i in 0..20 {
+        s.frame(11, VLAN_NONE, &v2_report(Ipv4Addr::new(239, 3, 0, i)));
+    }
+    let members = |s: &Scenario, port: u32| {
+        s.maps.of(MAP_MEMBERS).into_iter().filter(|e| matches!(e, Entry::Member(m, _) if m.ifindex == port)).count()
+    };
+    assert_eq!(members(&s, 11), 8);
+    assert_ne!(s.port_flags(11) & PORT_UNPRUNED, 0, "p11's memberships beyond its share: it gets every group");
+    // The other port still has room, and stays pruned.
+    s.frame(12, VLAN_NONE, &v2_report(Ipv4Addr::new(239, 3, 1, 1)));
+    assert_eq!(members(&s, 12), 1);
+    assert_eq!(s.port_flags(12) & PORT_UNPRUNED, 0);
+
+    // Sources: each port may hold an eighth of the source map. p11 names
+    // 64 sources in each of its groups until its share is used up; p12's
+    // filter, written after, is whole.
+    let share = snoop_common::MAX_SOURCES as usize / 8;
+    let mut s = Scenario::new(self::config());
+    s.ports(&[11, 12]);
+    s.with_querier();
+    let sources = |group: u16| -> Vec<Ipv4Addr> {
+        (0..64u16).map(|i| Ipv4Addr::new(10, (group >> 8) as u8, group as u8, i as u8 + 1)).collect()
+    };
+    let groups = share / 64 + 2;
+    for group in 0..groups as u16 {
+        let g = Ipv4Addr::new(232, 1, (group >> 8) as u8, group as u8);
+        s.frame(11, VLAN_NONE, &v3_record(1, g, &sources(group))); // IS_IN
+    }
+    let source_entries = |s: &Scenario, port: u32| {
+        s.maps.of(MAP_SOURCES).into_iter().filter(|e| matches!(e, Entry::Source(k) if k.member.ifindex == port)).count()
+    };
+    assert_eq!(source_entries(&s, 11), share);
+    let g = Ipv4Addr::new(232, 2, 0, 1);
+    s.frame(12, VLAN_NONE, &v3_record(1, g, &[Ipv4Addr::new(10, 9, 9, 9)]));
+    assert_eq!(source_entries(&s, 12), 1, "p12 keeps its source filter");
+    let flags = s.maps.of(MAP_MEMBERS).into_iter().find_map(|e| match e {
+        Entry::Member(k, v) if k.ifindex == 12 => Some(v.flags),
+        _ => None,
+    });
+    assert_ne!(flags.unwrap() & MEMBER_SOURCES_INCLUDE, 0);
+}
+
+#[test]
 fn a_router_port_gets_every_copy_and_the_reports() {
     let mut s = Scenario::new(config());
     s.ports(&[11, 12, 13]);
@@ -386,6 +437,40 @@ fn mld_joins_count_in_their_vlan_on_a_vlan_aware_bridge() {
     // A report heard in a VLAN its port is not in is nobody's.
     s.frame(12, 20, &mldv2_report(group));
     assert_eq!(s.daemon.stats.get(ControllerCounter::OutsideVlan), 1);
+}
+
+#[test]
+fn a_trunk_port_in_200_vlans_keeps_to_its_group_limit_across_vlans_and_families() {
+    let mut config = config();
+    config.live.max_groups_per_port = 100;
+    let mut s = Scenario::new(config);
+    let trunk = PortVlans { vlans: (1..=200).map(|v| (v, false)).collect(), pvid: None };
+    let access = PortVlans { vlans: [(1, false)].into(), pvid: Some(1) };
+    let vlans =
+        VlanConfig { filtering: true, ports: [(11, trunk), (12, access)].into(), interfaces: Default::default() };
+    s.bridge(&[11, 12], vlans);
+    s.with_querier();
+    // One IPv4 and one IPv6 group in each of 200 VLANs: 400 asked, 100 kept.
+    for vlan in 1..=200u16 {
+        s.frame(11, vlan, &v2_report(Ipv4Addr::new(239, 1, 0, 1)));
+        s.frame(11, vlan, &mldv2_report("ff0e::1".parse().unwrap()));
+    }
+    let members = |s: &Scenario, port: u32| {
+        s.maps.of(MAP_MEMBERS).into_iter().filter(|e| matches!(e, Entry::Member(m, _) if m.ifindex == port)).count()
+    };
+    assert_eq!(members(&s, 11), 100);
+    assert_eq!(s.events(EventKind::Join), 100);
+    // Another port is not limited by the trunk's groups.
+    s.frame(12, 1, &v2_report(Ipv4Addr::new(239, 1, 0, 2)));
+    assert_eq!(members(&s, 12), 1);
+    // The trunk leaves a group in one VLAN (its last-member round ends
+    // before the memberships' interval): one join elsewhere fits again.
+    s.frame(11, 1, &v2_leave(Ipv4Addr::new(239, 1, 0, 1)));
+    s.at(secs(4));
+    assert_eq!(members(&s, 11), 99);
+    s.frame(11, 150, &v2_report(Ipv4Addr::new(239, 1, 0, 3)));
+    s.frame(11, 151, &v2_report(Ipv4Addr::new(239, 1, 0, 3)));
+    assert_eq!(members(&s, 11), 100);
 }
 
 #[test]

@@ -204,6 +204,7 @@ impl Daemon {
         self.now = now;
         match input {
             Input::Frame { ifindex, vlan, family, packet } => self.frame(ifindex, vlan, family, packet, now),
+            Input::HostQuery { vlan, family, packet } => self.host_query(vlan, family, packet, now),
             Input::Timers => {
                 if self.solicitations_left > 0 && self.next_solicitation <= now {
                     self.solicitations_left -= 1;
@@ -340,10 +341,14 @@ impl Daemon {
         self.stats.bump(ControllerCounter::Events);
         // Heard in a VLAN the port is not in (the bridge drops such frames
         // itself): nobody's membership.
-        let Some(context) = self.contexts.get_mut(&vlan).filter(|c| c.has_port(ifindex)) else {
+        if !self.contexts.get(&vlan).is_some_and(|c| c.has_port(ifindex)) {
             self.stats.bump(ControllerCounter::OutsideVlan);
             return;
-        };
+        }
+        // The port's group limit counts its groups in every VLAN and family.
+        let total: usize = self.contexts.values().map(|c| c.port_groups(ifindex)).map(|(v4, v6)| v4 + v6).sum();
+        let context = self.contexts.get_mut(&vlan).expect("checked above");
+        context.set_groups_elsewhere(ifindex, total);
         match context.handle(ifindex, vlan, family, packet, now) {
             Ok(Some(actions)) => self.absorb(vlan, actions),
             Ok(None) => {}
@@ -354,6 +359,25 @@ impl Daemon {
                     port.malformed += 1;
                 }
             }
+        }
+    }
+
+    /// The bridge host's own query: sent untagged on a VLAN-aware bridge it
+    /// is in the bridge device's PVID.
+    fn host_query(&mut self, tag: Option<u16>, family: u8, packet: &[u8], now: Duration) {
+        let vlan = match (self.vlans.filtering, tag) {
+            (false, _) => VLAN_NONE,
+            (true, Some(vlan)) => vlan,
+            (true, None) => match self.vlans.ports.get(&self.bridge.ifindex).and_then(|v| v.pvid) {
+                Some(pvid) => pvid,
+                None => return,
+            },
+        };
+        let Some(context) = self.contexts.get_mut(&vlan) else { return };
+        match context.host_query(vlan, family, packet, now) {
+            Ok(Some(actions)) => self.absorb(vlan, actions),
+            Ok(None) => {}
+            Err((protocol, error)) => log::debug!("the host's own {protocol:?} query: {error}"),
         }
     }
 

@@ -107,6 +107,21 @@ impl VlanContext {
         });
     }
 
+    /// The groups `port` holds here: IPv4 and IPv6.
+    pub fn port_groups(&self, port: u32) -> (usize, usize) {
+        (self.igmp.port_group_count(port), self.mld.as_ref().map_or(0, |mld| mld.port_group_count(port)))
+    }
+
+    /// Tells both machines how many groups `port` holds beyond them, of
+    /// `total` in every VLAN and family.
+    pub fn set_groups_elsewhere(&mut self, port: u32, total: usize) {
+        let (igmp, mld) = self.port_groups(port);
+        self.igmp.set_groups_elsewhere(port, total - igmp);
+        if let Some(snooper) = self.mld.as_mut() {
+            snooper.set_groups_elsewhere(port, total - mld);
+        }
+    }
+
     pub fn has_port(&self, port: u32) -> bool {
         self.igmp.ports().contains_key(&port)
     }
@@ -126,13 +141,37 @@ impl VlanContext {
         packet: &[u8],
         now: Duration,
     ) -> Result<Option<Actions>, (Protocol, ParseError)> {
-        if family == snoop_common::FAMILY_IPV6 {
-            return match self.mld.as_mut() {
-                Some(mld) => Ok(Some(Ipv6Addr::actions(handle(mld, port, vlan, packet, now)?))),
-                None => Ok(None),
-            };
+        match family {
+            snoop_common::FAMILY_IPV6 => self.parsed::<Ipv6Addr>(packet, |s, p| s.handle(port, vlan, p, now)),
+            _ => self.parsed::<Ipv4Addr>(packet, |s, p| s.handle(port, vlan, p, now)),
         }
-        Ok(Some(Ipv4Addr::actions(handle(&mut self.igmp, port, vlan, packet, now)?)))
+    }
+
+    /// A query the bridge's own host sent here (an IP packet of `family`):
+    /// the election's, if it parses.
+    pub fn host_query(
+        &mut self,
+        vlan: u16,
+        family: u8,
+        packet: &[u8],
+        now: Duration,
+    ) -> Result<Option<Actions>, (Protocol, ParseError)> {
+        match family {
+            snoop_common::FAMILY_IPV6 => self.parsed::<Ipv6Addr>(packet, |s, p| s.host_query(vlan, p, now)),
+            _ => self.parsed::<Ipv4Addr>(packet, |s, p| s.host_query(vlan, p, now)),
+        }
+    }
+
+    /// `packet` parsed for `A`'s machine and handed to it by `step`.
+    fn parsed<A: Snooped>(
+        &mut self,
+        packet: &[u8],
+        step: impl FnOnce(&mut Snooper<A>, &Packet<A>) -> Vec<Action<A>>,
+    ) -> Result<Option<Actions>, (Protocol, ParseError)> {
+        let Some(snooper) = A::of_mut(self) else { return Ok(None) };
+        let packet: Packet<A> = A::parse(packet).map_err(|error| (Protocol::of::<A>(), error))?;
+        log::debug!("{packet:?}");
+        Ok(Some(A::actions(step(snooper, &packet))))
     }
 
     /// A querier is present for `A` here (MLD off: never).
@@ -149,16 +188,4 @@ impl VlanContext {
     pub fn members<A: Snooped>(&self, group: &Group<A>) -> impl Iterator<Item = u32> + '_ {
         A::of(self).and_then(|s| s.groups().get(group)).into_iter().flat_map(|members| members.keys().copied())
     }
-}
-
-fn handle<A: Snooped>(
-    snooper: &mut Snooper<A>,
-    port: u32,
-    vlan: u16,
-    packet: &[u8],
-    now: Duration,
-) -> Result<Vec<Action<A>>, (Protocol, ParseError)> {
-    let packet: Packet<A> = A::parse(packet).map_err(|error| (Protocol::of::<A>(), error))?;
-    log::debug!("port {port}: {packet:?}");
-    Ok(snooper.handle(port, vlan, &packet, now))
 }

@@ -44,8 +44,8 @@ use filter_mode::HeardRecord;
 pub use filter_mode::{FilterMode, Member, SourceFilter, DEFAULT_MAX_SOURCES};
 use last_member::{PendingQueries, RoundBudget};
 pub use ports::{PortOptions, PortState, Refusal};
-use querier::HeardQuery;
 pub use querier::QuerierState;
+use querier::{Heard, HeardQuery, HOST_PORT};
 pub use routers::{RouterSign, UntrustedRouter};
 pub use statics::StaticError;
 pub use timers::{Timers, NEVER};
@@ -350,17 +350,7 @@ impl<A: Family> Snooper<A> {
                     self.record(group(record.group), port, heard, now, &mut actions);
                 }
             }
-            Message::Query { version, group: addr, sources, suppress, max_response, announced } => {
-                let specific = (!addr.is_unspecified()).then(|| group(*addr));
-                let heard = HeardQuery {
-                    version: *version,
-                    max_response: *max_response,
-                    announced: *announced,
-                    sources,
-                    suppress: *suppress,
-                };
-                self.query_heard(port, packet.source, specific, heard, now, &mut actions)
-            }
+            Message::Query { .. } => self.query(port, vlan, packet, Heard::OnPort, now, &mut actions),
             Message::PimHello => {
                 let until = now + self.timers.other_querier_present_interval;
                 self.learn_router_port(port, until, now, &mut actions)
@@ -374,6 +364,41 @@ impl<A: Family> Snooper<A> {
             Message::MrdSolicitation => {}
         }
         actions
+    }
+
+    /// A query the bridge's own host sent in `vlan` (a multicast router
+    /// running on it: FRR's pimd, igmpproxy), which no port's program sees:
+    /// it takes part in the election as the kernel bridge counts its host's
+    /// queries. Anything else the host sends is not a port's business.
+    pub fn host_query(&mut self, vlan: u16, packet: &Packet<A>, now: Duration) -> Vec<Action<A>> {
+        let mut actions = Vec::new();
+        self.query(HOST_PORT, vlan, packet, Heard::FromHost, now, &mut actions);
+        actions
+    }
+
+    fn query(
+        &mut self,
+        port: u32,
+        vlan: u16,
+        packet: &Packet<A>,
+        from: Heard,
+        now: Duration,
+        actions: &mut Vec<Action<A>>,
+    ) {
+        let Message::Query { version, group: addr, sources, suppress, max_response, announced } = &packet.message
+        else {
+            return;
+        };
+        let specific = (!addr.is_unspecified()).then_some(Group { vlan, addr: *addr });
+        let heard = HeardQuery {
+            version: *version,
+            max_response: *max_response,
+            announced: *announced,
+            sources,
+            suppress: *suppress,
+            from,
+        };
+        self.query_heard(port, packet.source, specific, heard, now, actions)
     }
 
     /// Fires every timer due at `now`.

@@ -34,6 +34,10 @@ pub struct PortState {
     pub router_until: Option<Duration>,
     /// Groups the port is a member of (kept so the group limit is O(1)).
     pub groups: usize,
+    /// Groups it holds in the other family and in other VLANs, which its
+    /// limit counts too (the daemon says, before each frame): a trunk port
+    /// in many VLANs may not multiply it.
+    pub groups_elsewhere: usize,
     /// The groups it may join.
     pub filter: GroupFilter,
     /// Joins refused by its filter, and by its group limit.
@@ -150,7 +154,7 @@ impl<A: Family> Snooper<A> {
                 state.refused_by_filter += 1;
                 return Err(Refusal::Filter);
             }
-            if state.options.max_groups > 0 && state.groups >= state.options.max_groups {
+            if state.options.max_groups > 0 && state.groups + state.groups_elsewhere >= state.options.max_groups {
                 self.ignored.group_limit_refusals += 1;
                 state.refused_by_limit += 1;
                 return Err(Refusal::GroupLimit);
@@ -163,6 +167,14 @@ impl<A: Family> Snooper<A> {
     /// Groups the port is a member of.
     pub fn port_group_count(&self, port: u32) -> usize {
         self.ports.get(&port).map_or(0, |p| p.groups)
+    }
+
+    /// The groups `port` holds beyond this machine (the other family,
+    /// other VLANs), which its group limit counts as well.
+    pub fn set_groups_elsewhere(&mut self, port: u32, groups: usize) {
+        if let Some(state) = self.ports.get_mut(&port) {
+            state.groups_elsewhere = groups;
+        }
     }
 }
 
@@ -228,6 +240,20 @@ mod tests {
         assert_eq!(members(&s, G1), [2]);
         // Messages from unknown ports are ignored.
         assert!(s.handle(1, 0, &v2_report(G1), secs(1)).is_empty());
+    }
+
+    #[test]
+    fn the_group_limit_counts_the_groups_held_elsewhere() {
+        let mut s = snooper(false);
+        s.add_port(3, PortOptions { max_groups: 3, ..TRUSTED });
+        // Two groups in other VLANs or the other family: one more fits here.
+        s.set_groups_elsewhere(3, 2);
+        assert!(s.handle(3, 0, &v2_report(G1), secs(1)).iter().any(|a| matches!(a, Action::AddMember { .. })));
+        let refused = s.handle(3, 0, &v2_report(G2), secs(1));
+        assert_eq!(refused, vec![Action::JoinRefused { group: g(G2), port: 3, why: Refusal::GroupLimit }]);
+        // They left there: room again.
+        s.set_groups_elsewhere(3, 1);
+        assert!(s.handle(3, 0, &v2_report(G2), secs(2)).iter().any(|a| matches!(a, Action::AddMember { .. })));
     }
 
     both_families!(the_group_limit_counts_per_port);

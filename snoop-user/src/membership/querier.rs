@@ -7,6 +7,16 @@ use std::time::Duration;
 use super::{Action, FilterMode, Group, Snooper, Timers};
 use crate::proto::{Announced, Family};
 
+/// Where a query was heard: entering a port, or sent by the bridge's own host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Heard {
+    OnPort,
+    FromHost,
+}
+
+/// The "port" of the bridge's own host: no port's ifindex (0 is none).
+pub(super) const HOST_PORT: u32 = 0;
+
 /// What a heard query says beyond its group.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct HeardQuery<'a, A> {
@@ -17,6 +27,7 @@ pub(super) struct HeardQuery<'a, A> {
     pub(super) sources: &'a [A],
     /// Routers suppress their timer updates (RFC 3376 4.1.5).
     pub(super) suppress: bool,
+    pub(super) from: Heard,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,7 +135,14 @@ impl<A: Family> Snooper<A> {
         // keep it present and set the timers.
         let elected = self.querier.other.map(|(addr, _)| addr);
         let own = self.querier.own_address;
-        let beats_own = !self.querier.enabled || own.is_unspecified() || !A::can_query_from(own) || source < own;
+        let from_host = heard.from == Heard::FromHost;
+        // The host's own router wins at our address too (snoop queries from
+        // the bridge's address by default): it, not snoop, is the querier.
+        let beats_own = !self.querier.enabled
+            || own.is_unspecified()
+            || !A::can_query_from(own)
+            || source < own
+            || (from_host && source == own);
         let beats_elected = elected.is_none_or(|elected| source <= elected);
         let mut querier_changed = false;
         if beats_own && beats_elected {
@@ -314,6 +332,30 @@ mod tests {
     }
 
     #[test]
+    fn the_bridge_hosts_own_router_takes_part_and_wins_at_our_address() {
+        let mut s = snooper(true); // own 10.0.0.1
+        s.poll(secs(0));
+        // A host router at a higher address loses, as any querier would.
+        assert!(s.host_query(0, &query(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::UNSPECIFIED), secs(1)).is_empty());
+        assert!(s.querier().is_querier());
+        // At our own address (both query from the bridge's): the host's
+        // router is the querier, and no port becomes a router port.
+        let own = Ipv4Addr::new(10, 0, 0, 1);
+        let actions = s.host_query(0, &query(own, Ipv4Addr::UNSPECIFIED), secs(2));
+        assert_eq!(actions, [Action::QuerierChanged { other_querier: Some(own) }]);
+        assert!(!s.querier().is_querier());
+        assert!(s.ports().values().all(|p| !p.is_router(secs(2))));
+        // The same query entering a port does not beat us (RFC 3376 6.6.2: lower only).
+        let mut s = snooper(true);
+        s.poll(secs(0));
+        s.handle(2, 0, &query(own, Ipv4Addr::UNSPECIFIED), secs(1));
+        assert!(s.querier().is_querier());
+        // Anything but a query from the host is ignored.
+        assert!(s.host_query(0, &v2_report(Ipv4Addr::new(239, 1, 1, 1)), secs(1)).is_empty());
+        assert!(s.groups().is_empty());
+    }
+
+    #[test]
     fn higher_ip_or_unspecified_querier_does_not_win() {
         let mut s = snooper(true);
         s.handle(2, 0, &query(Ipv4Addr::new(10, 0, 0, 9), Ipv4Addr::UNSPECIFIED), secs(0));
@@ -476,23 +518,26 @@ mod tests {
         assert_eq!(s.poll(secs(260)), [Action::QuerierPresence { present: false }]);
     }
 
+    /// An MLDv2 general query from `source`, answered within 10 s.
+    fn mld_general_query(source: Ipv6Addr) -> Packet<Ipv6Addr> {
+        from(
+            source,
+            Message::Query {
+                version: 2,
+                group: Ipv6Addr::UNSPECIFIED,
+                sources: vec![],
+                suppress: false,
+                max_response: secs(10),
+                announced: None,
+            },
+        )
+    }
+
     #[test]
     fn the_lowest_address_wins_the_election() {
         let mut s = mld_snooper(OWN);
         s.poll(secs(0));
-        let query = |source| {
-            from(
-                source,
-                Message::Query {
-                    version: 2,
-                    group: Ipv6Addr::UNSPECIFIED,
-                    sources: vec![],
-                    suppress: false,
-                    max_response: secs(10),
-                    announced: None,
-                },
-            )
-        };
+        let query = mld_general_query;
         let higher = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x11);
         s.handle(2, 0, &query(higher), secs(1));
         assert!(s.querier().is_querier());
@@ -549,22 +594,7 @@ mod tests {
         let mut s = mld_snooper(Ipv6Addr::UNSPECIFIED);
         s.poll(secs(0));
         assert!(!s.querier_present(secs(20)), "a querier that cannot query is none");
-        s.handle(
-            1,
-            0,
-            &from(
-                Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1),
-                Message::Query {
-                    version: 2,
-                    group: Ipv6Addr::UNSPECIFIED,
-                    sources: vec![],
-                    suppress: false,
-                    max_response: secs(10),
-                    announced: None,
-                },
-            ),
-            secs(20),
-        );
+        s.handle(1, 0, &mld_general_query(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)), secs(20));
         assert!(s.poll(secs(30)).contains(&Action::QuerierPresence { present: true }));
         // The other querier stops: nobody asks the hosts; their groups flood, not age out pruned.
         let actions = s.poll(secs(20 + 255));
