@@ -137,6 +137,25 @@ fn lists_fresh(config: &DatapathConfig, now: u64) -> bool {
     (config.redirect_fresh_ns == 0 || age <= config.redirect_fresh_ns) && !controller_gone(config, age)
 }
 
+/// What every redirect checks first: the configuration, the entry port,
+/// the frame's VLAN as the bridge decides it, and fresh lists at `now`.
+struct Redirect {
+    config: &'static DatapathConfig,
+    ingress: u32,
+    vlan: Option<FrameVlan>,
+    now: u64,
+}
+
+/// None: the frame takes the bridge path.
+#[inline(always)]
+fn redirect_start(ctx: &TcContext, family: u8) -> Option<Redirect> {
+    let config = config()?;
+    let ingress = ifindex(ctx);
+    let vlan = redirect_vlan(ctx, config, family, ingress)?;
+    let now = coarse_now_ns();
+    lists_fresh(config, now).then_some(Redirect { config, ingress, vlan, now })
+}
+
 /// Copies a registered group's packet to its ports and consumes the original,
 /// so the bridge never clones it for ports that would only drop it. When the
 /// list ends with a veth port whose peer is in another namespace, that port
@@ -148,13 +167,7 @@ fn lists_fresh(config: &DatapathConfig, now: u64) -> bool {
 /// egress policy says.
 #[inline(always)]
 pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
-    let Some(config) = config() else { return VERDICT_NEXT };
-    let ingress = ifindex(ctx);
-    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return VERDICT_NEXT };
-    let now = coarse_now_ns();
-    if !lists_fresh(config, now) {
-        return VERDICT_NEXT;
-    }
+    let Some(Redirect { config, ingress, vlan, now }) = redirect_start(ctx, family) else { return VERDICT_NEXT };
     if let Some(vlan) = vlan {
         group.vlan = vlan.id();
     }
@@ -219,13 +232,7 @@ pub fn redirect_group(ctx: &TcContext, mut group: GroupKey, family: u8) -> i32 {
 /// again at every host port: on a VLAN-aware bridge, those of the VLAN.
 #[inline(always)]
 pub fn redirect_reports(ctx: &TcContext, family: u8) -> i32 {
-    let Some(config) = config() else { return VERDICT_NEXT };
-    let ingress = ifindex(ctx);
-    let Some(vlan) = redirect_vlan(ctx, config, family, ingress) else { return VERDICT_NEXT };
-    let now = coarse_now_ns();
-    if !lists_fresh(config, now) {
-        return VERDICT_NEXT;
-    }
+    let Some(Redirect { config, ingress, vlan, now }) = redirect_start(ctx, family) else { return VERDICT_NEXT };
     let key = GroupKey::report_targets(family, vlan.map_or(VLAN_NONE, FrameVlan::id));
     // SAFETY: plain map lookup; the value is only read.
     let Some(targets) = (unsafe { SNOOP_GROUP_PORTS.get(key) }) else {

@@ -27,21 +27,7 @@ impl FrameSender {
     /// generator's frames go straight to the driver.
     pub fn bypass_qdisc(&self) -> io::Result<()> {
         const PACKET_QDISC_BYPASS: libc::c_int = 20;
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with a valid int option value.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                PACKET_QDISC_BYPASS,
-                (&on as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        set_option(&self.fd, libc::SOL_PACKET, PACKET_QDISC_BYPASS, &1 as &libc::c_int)
     }
 
     /// Sends `frame` (from its Ethernet header on) to its destination MAC.
@@ -121,32 +107,8 @@ impl FrameSender {
         let fd = self.fd.try_clone()?;
         let program = host_query_filter();
         let filter = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut _ };
-        let on: libc::c_int = 1;
-        // SAFETY: setsockopt with valid option values that outlive the calls.
-        let rc = unsafe {
-            let raw = fd.as_raw_fd();
-            let attached = libc::setsockopt(
-                raw,
-                libc::SOL_SOCKET,
-                libc::SO_ATTACH_FILTER,
-                (&filter as *const libc::sock_fprog).cast(),
-                size_of::<libc::sock_fprog>() as u32,
-            );
-            if attached < 0 {
-                attached
-            } else {
-                libc::setsockopt(
-                    raw,
-                    libc::SOL_PACKET,
-                    libc::PACKET_AUXDATA,
-                    (&on as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as u32,
-                )
-            }
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &filter)?;
+        set_option(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, &1 as &libc::c_int)?;
         // Bound to every protocol on the interface only now, filter in place.
         // SAFETY: an all-zero sockaddr_ll is valid.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -211,6 +173,17 @@ impl HostQueryTap {
         }
         Ok(Some((received as usize, vlan)))
     }
+}
+
+/// setsockopt(2) of `value` (what it points to must outlive the call only).
+fn set_option<T>(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: `value` is valid for its size for the call.
+    let rc =
+        unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, (value as *const T).cast(), size_of::<T>() as u32) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Classic BPF: outgoing frames only, IPv4 IGMP queries (type 0x11) and

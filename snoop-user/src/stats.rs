@@ -63,22 +63,14 @@ impl ControllerCounter {
     /// Every counter, in display order.
     pub fn all() -> impl Iterator<Item = ControllerCounter> {
         use ControllerCounter::*;
-        [
-            Events,
-            EventsShort,
-            DatapathWriteErrors,
-            AttachFailures,
-            MapFull,
-            MapShareFull,
-            OutsideVlan,
-            KernelSnoopingReenabled,
-        ]
-        .into_iter()
-        .chain([Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
-            [GeneralQueriesSent(p), GroupQueriesSent(p)]
-                .into_iter()
-                .chain(ParseError::ALL.into_iter().map(move |e| Dropped(p, e)))
-        }))
+        [Events, EventsShort, DatapathWriteErrors, AttachFailures]
+            .into_iter()
+            .chain([MapFull, MapShareFull, OutsideVlan, KernelSnoopingReenabled])
+            .chain([Protocol::Igmp, Protocol::Mld].into_iter().flat_map(|p| {
+                [GeneralQueriesSent(p), GroupQueriesSent(p)]
+                    .into_iter()
+                    .chain(ParseError::ALL.into_iter().map(move |e| Dropped(p, e)))
+            }))
     }
 
     /// The counter's name in `snoop show stats`, JSON and metrics: a stable interface.

@@ -152,43 +152,43 @@ fn snoop_show_mdb_holds_what_the_kernels_mdb_holds() -> Result<()> {
         ])
     };
     let options = LabOptions { ipv6: true, ..Default::default() };
-    let kernel_document = {
-        let lab = Lab::new("mdb-kernel", 4, &LabOptions { kernel_snooping: true, ..options.clone() })?;
-        #[rustfmt::skip]
-        lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_querier", "1", "mcast_igmp_version", "3",
-            "mcast_mld_version", "2", "mcast_query_interval", "200", "mcast_query_response_interval", "100"])?;
+    // Each lab: hosts with IPv6 ready, then the joins, then its database.
+    // (snoop's also in text, while its lab stands)
+    let database = |tag: &str, options: &LabOptions, snoop: bool| -> Result<(Value, String)> {
+        let mut lab = Lab::new(tag, 4, options)?;
         for host in ["h0", "h1", "h2", "h3"] {
             lab.wait_ipv6_ready(host, Duration::from_secs(10))?;
         }
+        if snoop {
+            lab.start_snoop(&snoop_bin(), FAST)?;
+        } else {
+            #[rustfmt::skip]
+            lab.ip_br(&["link", "set", "br0", "type", "bridge", "mcast_querier", "1", "mcast_igmp_version", "3",
+                "mcast_mld_version", "2", "mcast_query_interval", "200", "mcast_query_response_interval", "100"])?;
+        }
         let _joined = joins(&lab)?;
         let mut document = Value::Null;
-        wait_until("the kernel's mdb has the three groups", Duration::from_secs(10), || {
-            document = kernel_mdb(&lab)?;
+        wait_until(&format!("{tag}: the three groups"), Duration::from_secs(10), || {
+            document = if snoop { snoop_mdb(&lab)? } else { kernel_mdb(&lab)? };
             Ok(comparable_mdb(&document).len() >= 4)
         })?;
-        document
+        let mut text = String::new();
+        if snoop {
+            let out = std::process::Command::new(snoop_bin())
+                .args(["--netns", &lab.bridge_netns, "show", "mdb", "--bridge", "br0"])
+                .output()?;
+            text = String::from_utf8(out.stdout)?;
+        }
+        Ok((document, text))
     };
-    let mut lab = Lab::new("mdb-snoop", 4, &options)?;
-    for host in ["h0", "h1", "h2", "h3"] {
-        lab.wait_ipv6_ready(host, Duration::from_secs(10))?;
-    }
-    lab.start_snoop(&snoop_bin(), FAST)?;
-    let _joined = joins(&lab)?;
-    let mut document = Value::Null;
-    wait_until("snoop has the three groups", Duration::from_secs(10), || {
-        document = snoop_mdb(&lab)?;
-        Ok(comparable_mdb(&document).len() >= 4)
-    })?;
+    let (kernel_document, _) = database("mdb-kernel", &LabOptions { kernel_snooping: true, ..options.clone() }, false)?;
+    let (document, text) = database("mdb-snoop", &options, true)?;
     assert_eq!(
         comparable_mdb(&document),
         comparable_mdb(&kernel_document),
         "snoop: {document}\nkernel: {kernel_document}"
     );
     // The text form too: one line per entry, the kernel's way.
-    let text = std::process::Command::new(snoop_bin())
-        .args(["--netns", &lab.bridge_netns, "show", "mdb", "--bridge", "br0"])
-        .output()?;
-    let text = String::from_utf8(text.stdout)?;
     assert!(text.contains("dev br0 port p1 grp 239.1.1.1 temp filter_mode exclude proto kernel "), "{text}");
     assert!(
         text.contains("dev br0 port p2 grp 232.1.2.3 src 10.99.0.10 temp filter_mode include proto kernel "),

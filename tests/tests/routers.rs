@@ -89,6 +89,17 @@ fn routed_to_the_member_only(lab: &Lab) -> Result<(lab::Membership, [lab::Sniffe
     Ok((membership, sniffers))
 }
 
+/// h1 leaves G: its membership ends within `timeout`, and the stream stops at h1.
+fn left_and_stopped(lab: &Lab, membership: lab::Membership, h1: &lab::Sniffer, timeout: Duration) -> Result<()> {
+    drop(membership);
+    wait_for_members(lab, G, &[], timeout)?;
+    thread::sleep(SETTLE);
+    let after_leave = h1.count(G);
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(h1.count(G), after_leave, "h1 still gets the stream after it left");
+    Ok(())
+}
+
 #[test]
 fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_only() -> Result<()> {
     // h3 is a router: igmpproxy (Debian's) with its upstream towards a source
@@ -112,22 +123,25 @@ fn igmpproxy_behind_a_trusted_port_hears_joins_at_once_and_forwards_to_members_o
 
     let (membership, sniffers) = routed_to_the_member_only(&lab)?;
 
-    drop(membership);
-    wait_for_members(&lab, G, &[], JOIN_TIMEOUT)?;
-    thread::sleep(SETTLE);
-    let after_leave = sniffers[0].count(G);
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    left_and_stopped(&lab, membership, &sniffers[0], JOIN_TIMEOUT)?;
     assert_eq!(sniffers[1].count(G), 0);
     Ok(())
+}
+
+/// A lab of 4 whose h3 is a Linux bridge querying in IGMPv`version` every
+/// `interval` (from 10.99.0.13, below snoop's address), and snoop trusting
+/// `trusted` only.
+fn beside_a_querier(tag: &str, version: u8, interval: Duration, trusted: &'static str) -> Result<Lab> {
+    let mut lab = Lab::new(tag, 4, &LabOptions::default())?;
+    lab.make_querier("h3", version, interval)?;
+    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", trusted]))?;
+    Ok(lab)
 }
 
 #[test]
 fn an_igmpv2_querier_is_elected_spoken_to_in_v2_and_hears_every_join() -> Result<()> {
     // h3 is a Linux bridge querying in IGMPv2 from 10.99.0.13, below snoop's address.
-    let mut lab = Lab::new("v2querier", 4, &LabOptions::default())?;
-    lab.make_querier("h3", 2, Duration::from_secs(2))?;
-    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", "p3"]))?;
+    let lab = beside_a_querier("v2querier", 2, Duration::from_secs(2), "p3")?;
     wait_until("the v2 querier elected", Duration::from_secs(6), || {
         let q = querier(&lab)?;
         Ok(q["role"] == "other" && q["querier_address"] == "10.99.0.13")
@@ -170,9 +184,7 @@ fn a_querier_with_a_long_interval_keeps_members_and_snoop_quiet() -> Result<()> 
     // h3 queries (IGMPv3, announcing its 8 s interval) below snoop's
     // address. snoop's own timers (2 s interval: members last 5 s, the other
     // querier 4.5 s) would expire both between its queries.
-    let mut lab = Lab::new("longquery", 4, &LabOptions::default())?;
-    lab.make_querier("h3", 3, Duration::from_secs(8))?;
-    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", "p3"]))?;
+    let lab = beside_a_querier("longquery", 3, Duration::from_secs(8), "p3")?;
     wait_until("h3 elected", Duration::from_secs(10), || Ok(querier(&lab)?["role"] == "other"))?;
     let _m1 = lab.join("h1", G)?;
     wait_for_members(&lab, G, &["p1"], JOIN_TIMEOUT)?;
@@ -192,10 +204,8 @@ fn a_querier_with_a_long_interval_keeps_members_and_snoop_quiet() -> Result<()> 
 
 #[test]
 fn a_router_on_an_untrusted_port_is_named_in_the_log_and_in_show() -> Result<()> {
-    let mut lab = Lab::new("untrusted", 4, &LabOptions::default())?;
-    lab.make_querier("h3", 2, Duration::from_secs(2))?;
     // Only p1 may be a router or the querier: h3's querier on p3 may not.
-    lab.start_snoop(&snoop_bin(), &args(&["--query-source", SNOOP_ADDRESS, "--trusted-port", "p1"]))?;
+    let lab = beside_a_querier("untrusted", 2, Duration::from_secs(2), "p1")?;
     wait_until("the router shown as ignored", Duration::from_secs(6), || {
         Ok(port_view(&lab, "p3")?["note"].as_str().unwrap_or_default().contains("ignored: untrusted"))
     })?;
@@ -364,12 +374,7 @@ fn with_no_options_a_routed_stream_outlives_the_routers_membership_interval() ->
     }
     assert_eq!(sniffers[1].count(G), 0, "h2 never joined");
     // The leave stops it at h1.
-    drop(membership);
-    wait_for_members(&lab, G, &[], JOIN_TIMEOUT)?;
-    thread::sleep(SETTLE);
-    let after_leave = sniffers[0].count(G);
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    left_and_stopped(&lab, membership, &sniffers[0], JOIN_TIMEOUT)?;
     Ok(())
 }
 
@@ -386,12 +391,7 @@ fn with_no_options_igmpproxy_is_learned_from_its_query_and_hears_the_joins() -> 
     // The proxy is the querier: its group-specific queries, answered
     // within its 10 s, end the membership after two unanswered (the
     // elected querier's timing, not snoop's own last-member time).
-    drop(membership);
-    wait_for_members(&lab, G, &[], Duration::from_secs(25))?;
-    thread::sleep(SETTLE);
-    let after_leave = sniffers[0].count(G);
-    thread::sleep(Duration::from_millis(500));
-    assert_eq!(sniffers[0].count(G), after_leave, "h1 still gets the stream after it left");
+    left_and_stopped(&lab, membership, &sniffers[0], Duration::from_secs(25))?;
     Ok(())
 }
 

@@ -17,7 +17,7 @@ use snoop_common::{MEMBER_SOURCES_INCLUDE, VLAN_NONE};
 use super::{
     event::{BridgeView, Effect, Input, Pinned, PinnedMember, QuerySources},
     project::Dirty,
-    vlan::{Actions, Snooped, VlanContext},
+    vlan::{Actions, HeardFrom, Snooped, VlanContext},
 };
 use crate::{
     bridge::{Port as BridgePort, PortPolicy, VlanConfig},
@@ -349,7 +349,7 @@ impl Daemon {
         let total: usize = self.contexts.values().map(|c| c.port_groups(ifindex)).map(|(v4, v6)| v4 + v6).sum();
         let context = self.contexts.get_mut(&vlan).expect("checked above");
         context.set_groups_elsewhere(ifindex, total);
-        match context.handle(ifindex, vlan, family, packet, now) {
+        match context.handle(HeardFrom::Port(ifindex), vlan, family, packet, now) {
             Ok(Some(actions)) => self.absorb(vlan, actions),
             Ok(None) => {}
             Err((protocol, error)) => {
@@ -374,7 +374,7 @@ impl Daemon {
             },
         };
         let Some(context) = self.contexts.get_mut(&vlan) else { return };
-        match context.host_query(vlan, family, packet, now) {
+        match context.handle(HeardFrom::BridgeHost, vlan, family, packet, now) {
             Ok(Some(actions)) => self.absorb(vlan, actions),
             Ok(None) => {}
             Err((protocol, error)) => log::debug!("the host's own {protocol:?} query: {error}"),

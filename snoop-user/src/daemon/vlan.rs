@@ -131,34 +131,20 @@ impl VlanContext {
         self.igmp.next_deadline().into_iter().chain(self.mld.as_ref().and_then(Snooper::next_deadline)).min()
     }
 
-    /// Hands a captured IP packet of `family` to its machine: its actions,
-    /// or why it was dropped. `Ok(None)`: IPv6 while MLD snooping is off.
+    /// Hands an IP packet of `family` heard from `from` to its machine: its
+    /// actions, or why it was dropped. `Ok(None)`: IPv6 while MLD snooping
+    /// is off.
     pub fn handle(
         &mut self,
-        port: u32,
+        from: HeardFrom,
         vlan: u16,
         family: u8,
         packet: &[u8],
         now: Duration,
     ) -> Result<Option<Actions>, (Protocol, ParseError)> {
         match family {
-            snoop_common::FAMILY_IPV6 => self.parsed::<Ipv6Addr>(packet, |s, p| s.handle(port, vlan, p, now)),
-            _ => self.parsed::<Ipv4Addr>(packet, |s, p| s.handle(port, vlan, p, now)),
-        }
-    }
-
-    /// A query the bridge's own host sent here (an IP packet of `family`):
-    /// the election's, if it parses.
-    pub fn host_query(
-        &mut self,
-        vlan: u16,
-        family: u8,
-        packet: &[u8],
-        now: Duration,
-    ) -> Result<Option<Actions>, (Protocol, ParseError)> {
-        match family {
-            snoop_common::FAMILY_IPV6 => self.parsed::<Ipv6Addr>(packet, |s, p| s.host_query(vlan, p, now)),
-            _ => self.parsed::<Ipv4Addr>(packet, |s, p| s.host_query(vlan, p, now)),
+            snoop_common::FAMILY_IPV6 => self.parsed::<Ipv6Addr>(packet, |s, p| from.hand(s, vlan, p, now)),
+            _ => self.parsed::<Ipv4Addr>(packet, |s, p| from.hand(s, vlan, p, now)),
         }
     }
 
@@ -187,5 +173,22 @@ impl VlanContext {
     /// The ports of `group`'s members here.
     pub fn members<A: Snooped>(&self, group: &Group<A>) -> impl Iterator<Item = u32> + '_ {
         A::of(self).and_then(|s| s.groups().get(group)).into_iter().flat_map(|members| members.keys().copied())
+    }
+}
+
+/// Who sent a control packet: a host behind a port, or the bridge's own
+/// host (whose queries only count: a router running on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeardFrom {
+    Port(u32),
+    BridgeHost,
+}
+
+impl HeardFrom {
+    fn hand<A: Family>(self, snooper: &mut Snooper<A>, vlan: u16, packet: &Packet<A>, now: Duration) -> Vec<Action<A>> {
+        match self {
+            HeardFrom::Port(port) => snooper.handle(port, vlan, packet, now),
+            HeardFrom::BridgeHost => snooper.host_query(vlan, packet, now),
+        }
     }
 }
