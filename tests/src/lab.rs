@@ -533,6 +533,22 @@ link set {name}p up
         run("ip", &["-n", &self.host(host).netns, "link", "set", "eth0", if up { "up" } else { "down" }]).map(drop)
     }
 
+    /// Silences a host's IGMP and MLD: its kernel keeps its groups but no
+    /// report or leave gets out (an nftables output rule drops them), its
+    /// link stays up. A member that vanished without a word.
+    pub fn silence_host(&self, host: &str) -> Result<()> {
+        let netns = &self.host(host).netns;
+        for command in [
+            &["add", "table", "inet", "silence"][..],
+            &["add", "chain", "inet", "silence", "out", "{ type filter hook output priority 0; }"],
+            &["add", "rule", "inet", "silence", "out", "ip", "protocol", "igmp", "drop"],
+            &["add", "rule", "inet", "silence", "out", "icmpv6", "type", "{ 131, 132, 143 }", "drop"],
+        ] {
+            run("ip", &[&["netns", "exec", netns, "nft"][..], command].concat())?;
+        }
+        Ok(())
+    }
+
     pub fn host(&self, name: &str) -> &Host {
         self.hosts.iter().find(|h| h.name == name).unwrap_or_else(|| panic!("no host {name} in the lab"))
     }

@@ -93,8 +93,9 @@ fn silent_member_is_aged_out() -> Result<()> {
     let _m2 = lab.join("h2", G)?;
     wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
 
-    // Pull h1's cable: no leave can get out.
-    lab.set_host_link("h1", false)?;
+    // h1 vanishes without a word: no report or leave of its gets out, its
+    // link stays up (a pulled cable ends the membership at once, below).
+    lab.silence_host("h1")?;
     let pulled = Instant::now();
     thread::sleep(Duration::from_millis(1500));
     assert!(map_members(&lab)?.contains(&(G, "p1".into())), "removed before the membership interval");
@@ -406,6 +407,24 @@ fn fast_path_hands_one_copy_to_a_veth_peer_but_never_skips_a_qdisc() -> Result<(
         let sent = port_sent(&lab, port)?;
         assert!(sent >= 100, "{port}'s qdisc saw {sent} packets, its host got 100");
     }
+    Ok(())
+}
+
+/// As the kernel bridge does: a port whose link goes down has its groups
+/// forgotten at once, not at the membership interval; plugged back in, it
+/// is asked at once.
+#[test]
+fn a_pulled_cable_ends_the_ports_memberships_at_once() -> Result<()> {
+    let mut lab = lab("cable", 3, LabOptions::default())?;
+    // Group membership interval: 5 s; a query every 2 s.
+    lab.start_snoop(&snoop_bin(), FAST)?;
+    let _m1 = lab.join("h1", G)?;
+    let _m2 = lab.join("h2", G)?;
+    wait_for_members(&lab, G, &["p1", "p2"], JOIN_TIMEOUT)?;
+    lab.set_host_link("h1", false)?;
+    wait_for_members(&lab, G, &["p2"], Duration::from_secs(1))?;
+    lab.set_host_link("h1", true)?;
+    wait_for_members(&lab, G, &["p1", "p2"], Duration::from_secs(2))?;
     Ok(())
 }
 
