@@ -631,32 +631,22 @@ fn clients_streaming_garbage_or_hogging_connections_cost_the_controller_nothing(
 /// `snoop --netns ... ARGS` as root: whether it succeeded, its output
 /// (stdout and stderr) and its peak RSS in kB.
 fn snoop_client(lab: &Lab, args: &[&str]) -> Result<(bool, String, i64)> {
-    use std::os::unix::process::ExitStatusExt as _;
-    let mut child = std::process::Command::new(snoop_bin())
+    // Through snoop-lab, which says the client's own peak RSS (this test
+    // process's would count in one it spawned itself).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snoop-lab"))
+        .arg("peak-rss")
+        .arg(snoop_bin())
         .args(["--netns", &lab.bridge_netns])
         .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let (mut stdout, mut stderr) = (child.stdout.take().expect("piped"), child.stderr.take().expect("piped"));
-    let reader = thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut stdout, &mut out);
-        let _ = std::io::Read::read_to_end(&mut stderr, &mut out);
-        out
-    });
-    let (mut status, mut usage): (i32, libc::rusage) = (0, unsafe_zeroed_rusage());
-    // SAFETY: waiting for our own child with valid out-pointers.
-    if unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) } < 0 {
-        anyhow::bail!("wait4: {}", std::io::Error::last_os_error());
-    }
-    let output = String::from_utf8_lossy(&reader.join().expect("reader")).into_owned();
-    Ok((std::process::ExitStatus::from_raw(status).success(), output, usage.ru_maxrss))
-}
-
-fn unsafe_zeroed_rusage() -> libc::rusage {
-    // SAFETY: an all-zero rusage is valid.
-    unsafe { std::mem::zeroed() }
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (stderr, peak) = stderr.trim_end().rsplit_once('\n').unwrap_or(("", stderr.trim_end()));
+    let rss_kb = peak
+        .strip_prefix("peak RSS ")
+        .and_then(|rest| rest.strip_suffix(" kB")?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no peak RSS from snoop-lab: {peak}"))?;
+    let output = format!("{}{stderr}", String::from_utf8_lossy(&out.stdout));
+    Ok((out.status.success(), output, rss_kb))
 }
 
 /// Anyone can bind a name in the abstract namespace first, which is where

@@ -117,8 +117,11 @@ impl Written {
 }
 
 /// No port may hold more than an eighth of the membership or source map:
-/// one host cannot fill what every port's memberships and filters need.
+/// one host cannot fill what every port's memberships and filters need...
 const PORT_SHARE_DIVISOR: usize = 8;
+/// ...but every port may hold this many (the default group limit), or the
+/// whole map where it is smaller: a small map is shared by full-map fallback.
+const PORT_SHARE_FLOOR: usize = 1024;
 
 /// The most entries one port may hold in the maps a remote host can grow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,10 +132,8 @@ pub struct PortShares {
 
 impl PortShares {
     pub fn of(sizes: MapSizes) -> Self {
-        Self {
-            members: sizes.memberships as usize / PORT_SHARE_DIVISOR,
-            sources: MAX_SOURCES as usize / PORT_SHARE_DIVISOR,
-        }
+        let share = |capacity: usize| (capacity / PORT_SHARE_DIVISOR).max(capacity.min(PORT_SHARE_FLOOR));
+        Self { members: share(sizes.memberships as usize), sources: share(MAX_SOURCES as usize) }
     }
 }
 

@@ -343,24 +343,30 @@ fn a_full_membership_map_unprunes_the_port_until_its_membership_fits() {
 
 #[test]
 fn no_port_takes_more_than_its_share_of_the_membership_and_source_maps() {
-    // A membership map of 64: each port may hold 8 memberships.
+    // A membership map of 16,384: each port may hold 2,048 memberships; no
+    // group limit (the share is what bounds a port then).
     let mut config = config();
-    config.start.map_sizes.memberships = 64;
+    config.start.map_sizes.memberships = 16_384;
+    config.live.max_groups_per_port = 0;
     let mut s = Scenario::new(config);
     s.ports(&[11, 12]);
     s.with_querier();
-    for i in 0..20 {
-        s.frame(11, VLAN_NONE, &v2_report(Ipv4Addr::new(239, 3, 0, i)));
+    for i in 0..2_100u16 {
+        s.frame(11, VLAN_NONE, &v2_report(Ipv4Addr::new(239, 3, (i >> 8) as u8, i as u8)));
     }
     let members = |s: &Scenario, port: u32| {
         s.maps.of(MAP_MEMBERS).into_iter().filter(|e| matches!(e, Entry::Member(m, _) if m.ifindex == port)).count()
     };
-    assert_eq!(members(&s, 11), 8);
+    assert_eq!(members(&s, 11), 2_048);
     assert_ne!(s.port_flags(11) & PORT_UNPRUNED, 0, "p11's memberships beyond its share: it gets every group");
     // The other port still has room, and stays pruned.
-    s.frame(12, VLAN_NONE, &v2_report(Ipv4Addr::new(239, 3, 1, 1)));
+    s.frame(12, VLAN_NONE, &v2_report(Ipv4Addr::new(239, 4, 1, 1)));
     assert_eq!(members(&s, 12), 1);
     assert_eq!(s.port_flags(12) & PORT_UNPRUNED, 0);
+
+    // A map smaller than the floor is not shared out: one port may fill it.
+    let small = PortShares::of(snoop_common::MapSizes { memberships: 3, ..Default::default() });
+    assert_eq!(small.members, 3);
 
     // Sources: each port may hold an eighth of the source map. p11 names
     // 64 sources in each of its groups until its share is used up; p12's

@@ -2,7 +2,8 @@
 //! namespaces showing a Linux bridge flooding a group to everyone, then snoop
 //! pruning it to members. `snoop-lab cleanup` removes labs of killed runs.
 //! `snoop-lab impostor ADDRESS BYTES [UID]` is a hostile control server
-//! for the tests (see [`impostor`]).
+//! for the tests (see [`impostor`]). `snoop-lab peak-rss COMMAND...` runs
+//! a command and says its peak RSS (see [`peak_rss`]).
 //!
 //! The `snoop` under test is $SNOOP_BIN, else the `snoop` beside this binary.
 use std::{
@@ -39,8 +40,29 @@ fn main() -> Result<()> {
             };
             impostor(address, bytes, args.get(2).and_then(|u| u.parse().ok()))
         }
-        _ => bail!("usage: snoop-lab demo|cleanup|impostor"),
+        Some("peak-rss") => peak_rss(&std::env::args().skip(2).collect::<Vec<_>>()),
+        _ => bail!("usage: snoop-lab demo|cleanup|impostor|peak-rss"),
     }
+}
+
+/// Runs `command`, then prints `peak RSS N kB` on stderr and exits as it
+/// did. The tests spawn clients through this small process: a child's
+/// peak RSS starts at its parent's when the parent's memory is shared into
+/// it (vfork), and a test binary's is large after a few labs.
+fn peak_rss(command: &[String]) -> Result<()> {
+    use std::os::unix::process::ExitStatusExt as _;
+    let Some((program, args)) = command.split_first() else { bail!("usage: snoop-lab peak-rss COMMAND...") };
+    let child =
+        std::process::Command::new(program).args(args).spawn().with_context(|| format!("starting {program}"))?;
+    // SAFETY: an all-zero rusage is valid.
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waiting for our own child with valid out-pointers.
+    if unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) } < 0 {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    eprintln!("peak RSS {} kB", usage.ru_maxrss);
+    let status = std::process::ExitStatus::from_raw(status);
+    std::process::exit(status.code().unwrap_or(128 + status.signal().unwrap_or(0)));
 }
 
 /// A hostile control server: listens at `address` (`@NAME`: an abstract
