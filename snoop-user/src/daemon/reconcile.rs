@@ -137,6 +137,14 @@ impl PortShares {
     }
 }
 
+/// Why an entry was not written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unfit {
+    MapFull,
+    /// Its port holds its share of the map.
+    Share,
+}
+
 /// What a reconciliation did that the daemon counts and tells.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Report {
@@ -161,6 +169,8 @@ pub struct Reconciler {
     /// Written memberships and source entries per port, against its shares.
     port_members: HashMap<u32, usize>,
     port_sources: HashMap<u32, usize>,
+    /// Ports told they hold their share.
+    share_told: BTreeSet<u32>,
 }
 
 impl Reconciler {
@@ -182,6 +192,7 @@ impl Reconciler {
             shares,
             port_members,
             port_sources,
+            share_told: BTreeSet::new(),
         }
     }
 
@@ -206,7 +217,7 @@ impl Reconciler {
         for (key, want) in &groups {
             self.grant(*key, want, maps);
         }
-        if was_empty && !self.unwritten.is_empty() {
+        if was_empty && !self.unwritten.is_empty() && self.report.map_full > 0 {
             self.log(
                 Level::Warn,
                 "a map is full: ports whose memberships do not fit get every group until they do (raise \
@@ -253,6 +264,21 @@ impl Reconciler {
             self.written.config = config;
         }
         std::mem::take(&mut self.report)
+    }
+
+    /// An entry of `port` not written for its share of the `map` map:
+    /// counted, and told once per port.
+    fn share_used_up(&mut self, port: u32, map: &str, share: usize) {
+        self.report.share_full += 1;
+        if self.share_told.insert(port) {
+            self.log(
+                Level::Warn,
+                format!(
+                    "port {port} holds its share of the {map} map ({share} entries): what does not fit leaves it \
+                     over-forwarded until it does (map_share_full counts each; told once)"
+                ),
+            );
+        }
     }
 
     fn log(&mut self, level: Level, line: String) {
@@ -311,8 +337,8 @@ impl Reconciler {
                 let mut unfit = None;
                 for source in member.sources.difference(&have) {
                     if self.port_sources.get(port).copied().unwrap_or(0) >= self.shares.sources {
-                        self.report.share_full += 1;
-                        unfit = Some("its port holds its share of the source map");
+                        self.share_used_up(*port, "source", self.shares.sources);
+                        unfit = Some(Unfit::Share);
                         break;
                     }
                     match self.put(Entry::Source(SourceKey { member: key, source: *source }), maps) {
@@ -321,18 +347,23 @@ impl Reconciler {
                             *self.port_sources.entry(*port).or_default() += 1;
                         }
                         Err(_) => {
-                            unfit = Some("its sources do not fit the map");
+                            unfit = Some(Unfit::MapFull);
                             break;
                         }
                     }
                 }
                 match unfit {
                     None => drop(self.unwritten.sources.remove(&key)),
-                    Some(why) => {
-                        if self.unwritten.sources.insert(key) {
+                    Some(unfit) => {
+                        // A full map is told per membership (it is rare), a
+                        // port over its share once (share_used_up).
+                        if self.unwritten.sources.insert(key) && unfit == Unfit::MapFull {
                             self.log(
                                 Level::Warn,
-                                format!("{group:?} on port {port}: {why}: it gets every source meanwhile"),
+                                format!(
+                                    "{group:?} on port {port}: its sources do not fit the map: it gets every source \
+                                     meanwhile"
+                                ),
                             );
                         }
                         flags &= !(MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE);
@@ -355,13 +386,8 @@ impl Reconciler {
             let new = !self.written.members.contains_key(&key);
             if new && self.port_members.get(port).copied().unwrap_or(0) >= self.shares.members {
                 // Like a full map, for this port alone: it gets every group.
-                self.report.share_full += 1;
-                if self.unwritten.members.insert(key) {
-                    self.log(
-                        Level::Warn,
-                        format!("{group:?} on port {port}: its port holds its share of the membership map: it gets every group meanwhile"),
-                    );
-                }
+                self.share_used_up(*port, "membership", self.shares.members);
+                self.unwritten.members.insert(key);
                 continue;
             }
             match self.put(Entry::Member(key, value), maps) {
