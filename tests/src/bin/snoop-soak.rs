@@ -11,7 +11,8 @@
 //! steady member of the group must have it (else a loss), a host that was a
 //! steady non-member must not (else a leak). "Steady" leaves out the join and
 //! leave transitions (1 s, 1.5 s; counted from snoop's restart when it was
-//! down). Losses of steady members while snoop was down or restarting are
+//! down, and 5.5 s for a leave sent while it was down, which nobody hears:
+//! the resumed membership ages out). Losses of steady members while snoop was down or restarting are
 //! counted apart: the data path must carry them across restarts.
 //!
 //! The `snoop` under test is $SNOOP_BIN; `--seed N` repeats a run.
@@ -38,6 +39,10 @@ const GROUPS: usize = 8;
 const RATE_PER_GROUP: u64 = 50;
 const JOIN_GRACE: Duration = Duration::from_millis(1000);
 const LEAVE_GRACE: Duration = Duration::from_millis(1500);
+/// A leave sent while no snoop ran is not heard (an IGMPv2 host sends it
+/// once): the membership resumed from the pins ends when it ages out, a
+/// group membership interval (5 s with the fast timers) after the restart.
+const LOST_LEAVE_GRACE: Duration = Duration::from_millis(5500);
 /// Packets are judged this long after they were sent (they have arrived).
 const JUDGE_LAG: Duration = Duration::from_secs(2);
 /// The fast timers, keep-state restarts, and groups nobody joined reaching
@@ -139,9 +144,14 @@ impl Receiver {
         let Some(&(changed, joined)) = self.changes[group].iter().rev().find(|(t, _)| *t <= at) else {
             return Some(false); // never joined
         };
-        let grace = if joined { JOIN_GRACE } else { LEAVE_GRACE };
-        // Seen by snoop only once it runs again.
-        let seen = downtimes.iter().find(|(down, up)| changed >= *down && changed <= *up).map_or(changed, |d| d.1);
+        // Seen by snoop only once it runs again (a leave: not at all).
+        let downtime = downtimes.iter().find(|(down, up)| changed >= *down && changed <= *up);
+        let grace = match (joined, downtime.is_some()) {
+            (true, _) => JOIN_GRACE,
+            (false, false) => LEAVE_GRACE,
+            (false, true) => LOST_LEAVE_GRACE,
+        };
+        let seen = downtime.map_or(changed, |d| d.1);
         (at >= seen + grace).then_some(joined)
     }
 }
