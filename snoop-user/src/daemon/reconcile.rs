@@ -171,6 +171,9 @@ pub struct Reconciler {
     port_sources: HashMap<u32, usize>,
     /// Ports told they hold their share.
     share_told: BTreeSet<u32>,
+    /// The ports with a written membership or source entries, per group:
+    /// what a group may have to revoke, found without a walk of every map.
+    group_ports: HashMap<GroupKey, BTreeSet<u32>>,
 }
 
 impl Reconciler {
@@ -184,6 +187,10 @@ impl Reconciler {
         for (key, sources) in &written.sources {
             *port_sources.entry(key.ifindex).or_default() += sources.len();
         }
+        let mut group_ports: HashMap<GroupKey, BTreeSet<u32>> = HashMap::new();
+        for key in written.members.keys().chain(written.sources.keys()) {
+            group_ports.entry(key.group).or_default().insert(key.ifindex);
+        }
         Self {
             written,
             unwritten: Unwritten::default(),
@@ -193,6 +200,7 @@ impl Reconciler {
             port_members,
             port_sources,
             share_told: BTreeSet::new(),
+            group_ports,
         }
     }
 
@@ -344,6 +352,7 @@ impl Reconciler {
                     match self.put(Entry::Source(SourceKey { member: key, source: *source }), maps) {
                         Ok(()) => {
                             self.written.sources.entry(key).or_default().insert(*source);
+                            self.group_ports.entry(group).or_default().insert(*port);
                             *self.port_sources.entry(*port).or_default() += 1;
                         }
                         Err(_) => {
@@ -394,6 +403,7 @@ impl Reconciler {
                 Ok(()) => {
                     if new {
                         *self.port_members.entry(*port).or_default() += 1;
+                        self.group_ports.entry(group).or_default().insert(*port);
                     }
                     self.written.members.insert(key, value);
                     self.unwritten.members.remove(&key);
@@ -523,7 +533,10 @@ impl Reconciler {
 
     /// What a group loses: memberships, their sources, its registration.
     fn revoke(&mut self, group: GroupKey, want: &GroupEntries, maps: &mut dyn Maps) {
-        let written: Vec<PortGroupKey> = self.written.members.keys().filter(|m| m.group == group).copied().collect();
+        let ports: Vec<u32> = self.group_ports.get(&group).into_iter().flatten().copied().collect();
+        let keys: Vec<PortGroupKey> = ports.iter().map(|ifindex| PortGroupKey { group, ifindex: *ifindex }).collect();
+        let written: Vec<PortGroupKey> =
+            keys.iter().filter(|k| self.written.members.contains_key(k)).copied().collect();
         let unwritten: Vec<PortGroupKey> =
             self.unwritten.members.iter().filter(|m| m.group == group).copied().collect();
         for key in written.into_iter().chain(unwritten) {
@@ -543,8 +556,9 @@ impl Reconciler {
             }
         }
         // Sources a membership no longer lists (or all, with no filter).
-        let keys: Vec<PortGroupKey> = self.written.sources.keys().filter(|m| m.group == group).copied().collect();
-        for key in keys {
+        let with_sources: Vec<PortGroupKey> =
+            keys.iter().filter(|k| self.written.sources.contains_key(k)).copied().collect();
+        for key in with_sources {
             let keep: BTreeSet<SourceAddr> = match want.members.get(&key.ifindex) {
                 Some(member) if member.flags & (MEMBER_SOURCES_INCLUDE | MEMBER_SOURCES_EXCLUDE) != 0 => {
                     member.sources.clone()
@@ -562,6 +576,17 @@ impl Reconciler {
             }
             if self.written.sources[&key].is_empty() {
                 self.written.sources.remove(&key);
+            }
+        }
+        // The index keeps the ports that still hold an entry of the group.
+        if let Some(ports) = self.group_ports.get_mut(&group) {
+            let written = &self.written;
+            ports.retain(|ifindex| {
+                let key = PortGroupKey { group, ifindex: *ifindex };
+                written.members.contains_key(&key) || written.sources.contains_key(&key)
+            });
+            if ports.is_empty() {
+                self.group_ports.remove(&group);
             }
         }
         if !want.registered && self.written.groups.remove(&group).is_some() {
